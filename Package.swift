@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+// hsmbackup: an open backup archive format for HSMs, and the library and CLI around it.
+// Module order (arrows point down only): C shims -> ByteCoding/BackupCrypto -> PayloadCodec ->
+// Envelope, HSMArchive -> SimulatedHSM, ObjectStore -> HSMBackup -> hsmbackup (CLI).
+import PackageDescription
+
+let package = Package(
+    name: "hsmbackup",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "HSMBackup", targets: ["HSMBackup"]),
+        .executable(name: "hsmbackup", targets: ["hsmbackup"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries, each behind a shim header. Only BackupCrypto and PayloadCodec import them.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive",
+                       providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+
+        .target(name: "ByteCoding"),
+        .target(name: "BackupCrypto", dependencies: ["COpenSSL"]),
+        .target(name: "PayloadCodec", dependencies: ["CArchive", "CZstd", "ByteCoding"]),
+        .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding"]),
+        .target(name: "HSMArchive", dependencies: ["BackupCrypto", "ByteCoding", "PayloadCodec"]),
+        .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec"]),
+        .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding"]),
+        .target(name: "HSMBackup", dependencies: [
+            "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding",
+        ]),
+        .executableTarget(name: "hsmbackup", dependencies: [
+            "HSMBackup",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "ByteCodingTests", dependencies: ["ByteCoding"]),
+        .testTarget(name: "BackupCryptoTests", dependencies: ["BackupCrypto", "ByteCoding"],
+                    resources: [.copy("Vectors")]),
+        .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "BackupCrypto", "ByteCoding"]),
+        .testTarget(name: "HSMArchiveTests", dependencies: ["HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "BackupCrypto", "ByteCoding"]),
+        .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup"]),
+        .testTarget(name: "CLITests", dependencies: ["HSMBackup"]),
+    ]
+)

@@ -1,0 +1,74 @@
+import COpenSSL
+
+/// Bytes that hold a secret: one heap allocation, wiped with OPENSSL_cleanse when the last
+/// reference goes, never printed. Immutable after creation, so it is safe to share.
+public final class SecureBytes: @unchecked Sendable {
+    private let pointer: UnsafeMutableRawPointer
+    public let count: Int
+
+    /// Copies `bytes` in. The caller should wipe its own copy if it has one (see `wipe(_:)`).
+    public init<C: Collection>(copying bytes: C) where C.Element == UInt8 {
+        count = bytes.count
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        var i = 0
+        for b in bytes { pointer.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
+    }
+
+    /// Allocates `count` bytes and lets `fill` write them; used so a secret produced by OpenSSL
+    /// lands directly in wiped memory.
+    public init(count: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
+        self.count = count
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: max(count, 1))
+        do {
+            try fill(UnsafeMutableRawBufferPointer(start: pointer, count: count))
+        } catch {
+            hsmb_cleanse(pointer, max(count, 1))
+            pointer.deallocate()
+            throw error
+        }
+    }
+
+    deinit {
+        hsmb_cleanse(pointer, max(count, 1))
+        pointer.deallocate()
+    }
+
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    /// A plain copy of the secret. Only for the few places that must hand the bytes on (an
+    /// explicit export command, writing a key file); the caller wipes it with `wipe(_:)`.
+    public func unsafeCopy() -> [UInt8] {
+        withUnsafeBytes { Array($0) }
+    }
+
+    /// Constant-time equality (CRYPTO_memcmp); lengths are not secret.
+    public func constantTimeEquals(_ other: SecureBytes) -> Bool {
+        guard count == other.count else { return false }
+        return withUnsafeBytes { a in other.withUnsafeBytes { b in
+            count == 0 || CRYPTO_memcmp(a.baseAddress, b.baseAddress, count) == 0 } }
+    }
+}
+
+extension SecureBytes: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String { "SecureBytes(\(count) bytes, redacted)" }
+    public var debugDescription: String { description }
+}
+
+/// Overwrites an array that held secret bytes.
+public func wipe(_ bytes: inout [UInt8]) {
+    bytes.withUnsafeMutableBytes { if $0.count > 0 { hsmb_cleanse($0.baseAddress, $0.count) } }
+    bytes.removeAll()
+}
+
+/// Constant-time comparison of two byte strings (for tags, MACs, fingerprints).
+public func constantTimeEqual<A: Collection, B: Collection>(_ a: A, _ b: B) -> Bool
+where A.Element == UInt8, B.Element == UInt8 {
+    guard a.count == b.count else { return false }
+    let x = Array(a), y = Array(b)
+    if x.isEmpty { return true }
+    return x.withUnsafeBytes { p in y.withUnsafeBytes { q in
+        CRYPTO_memcmp(p.baseAddress, q.baseAddress, x.count) == 0 } }
+}

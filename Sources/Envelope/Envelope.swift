@@ -1,0 +1,1 @@
+// Envelope: see ../shared/DESIGN.md; filled in by its issue.

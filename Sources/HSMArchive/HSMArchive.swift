@@ -1,0 +1,1 @@
+// HSMArchive: see ../shared/DESIGN.md; filled in by its issue.

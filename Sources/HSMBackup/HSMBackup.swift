@@ -1,0 +1,1 @@
+// HSMBackup: see ../shared/DESIGN.md; filled in by its issue.

@@ -1,0 +1,1 @@
+// ObjectStore: see ../shared/DESIGN.md; filled in by its issue.

@@ -1,0 +1,1 @@
+// PayloadCodec: see ../shared/DESIGN.md; filled in by its issue.

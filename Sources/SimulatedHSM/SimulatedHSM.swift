@@ -1,0 +1,1 @@
+// SimulatedHSM: see ../shared/DESIGN.md; filled in by its issue.
