@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The `hsmbackup` root command. Thin: every subcommand parses its arguments and calls the
 /// library. Subcommands live one group per file under Commands/.
@@ -7,8 +8,36 @@ struct HSMBackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hsmbackup",
         abstract: "Write, inspect, verify, store and restore HSM backup archives.",
+        discussion: """
+            Embedded defaults (local KMS, store, simulated HSMs) live in one home directory:
+            `--home DIR` before the command, or HSMBACKUP_HOME, or ~/.hsmbackup.
+            Exit codes: \(CLIExit.summary)
+            """,
         subcommands: [
             SelfTestCommand.self,
         ]
     )
+
+    /// `hsmbackup --home DIR <command> ...`: the global option is taken off before parsing and
+    /// handed to every subcommand through HSMBACKUP_HOME.
+    static func main() async {
+        var args = Array(CommandLine.arguments.dropFirst())
+        if args.count >= 2, args[0] == "--home" {
+            setenv("HSMBACKUP_HOME", args[1], 1)
+            args.removeFirst(2)
+        } else if let first = args.first, first.hasPrefix("--home=") {
+            setenv("HSMBACKUP_HOME", String(first.dropFirst("--home=".count)), 1)
+            args.removeFirst()
+        }
+        do {
+            var command = try parseAsRoot(args)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: CLIExit.translate(error))
+        }
+    }
 }

@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Files that appear whole or not at all: write a temp file beside the target (owner-only,
+/// whatever the umask), fsync it, rename it over the target, fsync the directory. A crash at any
+/// instant leaves the old file or the new one, plus at most a temp file named `.<name>.tmp-*`
+/// that `AtomicFile.removeStaleTemps` cleans up. Every module that persists state uses this.
+public enum AtomicFile {
+    /// Prefix of temp files, so cleaners can find them.
+    public static let tempMarker = ".tmp-"
+
+    /// Writes `bytes` to `path` atomically with permission bits `mode` (default 0600).
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws {
+        let w = try Writer(path: path, mode: mode)
+        do {
+            try w.append(bytes)
+            try w.commit()
+        } catch {
+            w.abort()
+            throw error
+        }
+    }
+
+    /// Reads a whole file (for small state files; large objects are streamed by their owners).
+    public static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError(errno: errno, operation: "open", path: path) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileError(errno: errno, operation: "fstat", path: path) }
+        guard Int(st.st_size) <= limit else {
+            throw FileError(code: .tooLarge, operation: "read", path: path, reason: "\(st.st_size) bytes exceeds the limit of \(limit)")
+        }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileError(errno: errno, operation: "read", path: path)
+            }
+            if n == 0 { break }
+            out.append(contentsOf: buf[0..<n])
+            guard out.count <= limit else {
+                throw FileError(code: .tooLarge, operation: "read", path: path, reason: "exceeds the limit of \(limit)")
+            }
+        }
+        return out
+    }
+
+    /// fsyncs a directory so a rename or unlink inside it is durable.
+    public static func syncDirectory(_ dir: String) throws {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError(errno: errno, operation: "open directory", path: dir) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync directory", path: dir) }
+    }
+
+    /// Creates a directory (and parents) with owner-only permissions; an existing one is kept.
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws {
+        var parts: [Substring] = path.split(separator: "/", omittingEmptySubsequences: true)
+        var current = path.hasPrefix("/") ? "" : "."
+        if parts.isEmpty { return }
+        let last = parts.removeLast()
+        for p in parts {
+            current += "/" + p
+            if mkdir(current, 0o700) != 0 && errno != EEXIST { throw FileError(errno: errno, operation: "mkdir", path: current) }
+        }
+        current += "/" + last
+        if mkdir(current, mode) != 0 {
+            guard errno == EEXIST else { throw FileError(errno: errno, operation: "mkdir", path: current) }
+        } else {
+            // mkdir's mode is filtered by the umask: set it exactly.
+            _ = chmod(current, mode)
+        }
+    }
+
+    /// Removes `.<name>.tmp-*` files left by a crash in `dir`; returns the names removed.
+    @discardableResult
+    public static func removeStaleTemps(in dir: String) throws -> [String] {
+        guard let d = opendir(dir) else { throw FileError(errno: errno, operation: "opendir", path: dir) }
+        var removed: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasPrefix("."), name.contains(tempMarker) {
+                if unlink(dir + "/" + name) == 0 { removed.append(name) }
+            }
+        }
+        closedir(d)
+        if !removed.isEmpty { try syncDirectory(dir) }
+        return removed.sorted()
+    }
+
+    /// A streaming atomic writer: `append` as often as needed, then `commit` (durable rename) or
+    /// `abort` (temp removed). If neither is called, deinit aborts, so no partial file survives.
+    public final class Writer {
+        public let path: String
+        public let tempPath: String
+        private var fd: Int32
+        private var finished = false
+        public private(set) var bytesWritten: Int = 0
+
+        public init(path: String, mode: mode_t = 0o600) throws {
+            self.path = path
+            let dir = AtomicFile.directory(of: path)
+            let name = AtomicFile.baseName(of: path)
+            var rnd = [UInt8](repeating: 0, count: 8)
+            for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
+            let suffix = rnd.map { String($0, radix: 16) }.joined()
+            tempPath = dir + "/." + name + AtomicFile.tempMarker + suffix
+            fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+            guard fd >= 0 else { throw FileError(errno: errno, operation: "create", path: tempPath) }
+            // open's mode is filtered by the umask: set it exactly.
+            guard fchmod(fd, mode) == 0 else {
+                let e = errno
+                close(fd); unlink(tempPath)
+                throw FileError(errno: e, operation: "fchmod", path: tempPath)
+            }
+        }
+
+        deinit { if !finished { abort() } }
+
+        public func append(_ bytes: UnsafeRawBufferPointer) throws {
+            precondition(!finished, "AtomicFile.Writer used after commit/abort")
+            var off = 0
+            while off < bytes.count {
+                let n = Glibc.write(fd, bytes.baseAddress! + off, bytes.count - off)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw FileError(errno: errno, operation: "write", path: tempPath)
+                }
+                off += n
+            }
+            bytesWritten += bytes.count
+        }
+
+        public func append(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try append($0) } }
+
+        /// fsync, rename over the target, fsync the directory.
+        public func commit() throws {
+            precondition(!finished, "AtomicFile.Writer committed twice")
+            guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: tempPath) }
+            guard close(fd) == 0 else { fd = -1; throw FileError(errno: errno, operation: "close", path: tempPath) }
+            fd = -1
+            guard rename(tempPath, path) == 0 else { throw FileError(errno: errno, operation: "rename", path: path) }
+            finished = true
+            try AtomicFile.syncDirectory(AtomicFile.directory(of: path))
+        }
+
+        /// Removes the temp file; the target is untouched.
+        public func abort() {
+            guard !finished else { return }
+            finished = true
+            if fd >= 0 { close(fd); fd = -1 }
+            unlink(tempPath)
+        }
+    }
+
+    public static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let d = String(path[..<slash])
+        return d.isEmpty ? "/" : d
+    }
+
+    public static func baseName(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
+
+/// A file-system failure: which operation, on which path, and the OS's reason.
+public struct FileError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable { case notFound, permissionDenied, noSpace, exists, tooLarge, io }
+    public let code: Code
+    public let operation: String
+    public let path: String
+    public let reason: String
+
+    public init(code: Code, operation: String, path: String, reason: String) {
+        self.code = code
+        self.operation = operation
+        self.path = path
+        self.reason = reason
+    }
+
+    public init(errno e: Int32, operation: String, path: String) {
+        let code: Code
+        switch e {
+        case ENOENT, ENOTDIR: code = .notFound
+        case EACCES, EPERM, EROFS: code = .permissionDenied
+        case ENOSPC, EDQUOT: code = .noSpace
+        case EEXIST: code = .exists
+        default: code = .io
+        }
+        self.init(code: code, operation: operation, path: path, reason: String(cString: strerror(e)))
+    }
+
+    public var description: String { "\(operation) \(path): \(reason)" }
+}

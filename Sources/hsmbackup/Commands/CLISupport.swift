@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+
+/// Where the embedded defaults live: `--home DIR` (root option), HSMBACKUP_HOME, or ~/.hsmbackup.
+enum Home {
+    static var path: String {
+        if let h = ProcessInfo.processInfo.environment["HSMBACKUP_HOME"], !h.isEmpty { return h }
+        return NSHomeDirectory() + "/.hsmbackup"
+    }
+    static var kms: String { path + "/kms" }
+    static var store: String { path + "/store" }
+    static var hsms: String { path + "/hsms" }
+    static var manufacturers: String { path + "/manufacturers" }
+}
+
+/// The documented exit codes. Each module's error type maps itself to one of these through
+/// `CLIExitMappable`, in the command file that uses it.
+enum CLIExit: Int32, CaseIterable {
+    case success = 0
+    case usage = 64                 // bad arguments (also ArgumentParser's validation failures)
+    case verificationFailed = 65    // data failed a check: tag, signature, digest, structure
+    case notFound = 66              // a file, backup id, key or HSM that does not exist
+    case noUsableKey = 67           // no key we have opens the archive or envelope
+    case incompatibleHSM = 68       // restore onto another manufacturer or operator key
+    case internalError = 70         // a bug: please report it
+    case ioError = 74               // the file system or store failed (full, unwritable, ...)
+
+    static var summary: String {
+        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error."
+    }
+
+    /// Maps any error to the exit code and a one-line message on stderr.
+    static func translate(_ error: Error) -> Error {
+        if let mappable = error as? CLIExitMappable {
+            FileHandle.standardError.write(Data("hsmbackup: error: \(mappable.cliMessage)\n".utf8))
+            return ExitCode(mappable.cliExit.rawValue)
+        }
+        return error // ArgumentParser's own errors (usage, help, ExitCode) pass through.
+    }
+}
+
+/// Implemented (in the command files) by each library error type, so every failure has a
+/// documented exit code and a clear message.
+protocol CLIExitMappable: Error {
+    var cliExit: CLIExit { get }
+    var cliMessage: String { get }
+}
+
+/// `--json` output: sorted keys, so field order is stable for scripts and tests.
+enum JSONOutput {
+    static func print<T: Encodable>(_ value: T) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try enc.encode(value)
+        FileHandle.standardOutput.write(data)
+        FileHandle.standardOutput.write(Data("\n".utf8))
+    }
+}
+
+/// Whether to draw progress: only when stderr is a terminal.
+enum Terminal {
+    static var stderrIsTTY: Bool { isatty(2) == 1 }
+}
