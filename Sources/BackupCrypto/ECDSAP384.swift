@@ -28,9 +28,11 @@ public struct P384PublicKey: Sendable {
     /// The SEC1 encoding of the point, compressed (49 bytes) or uncompressed (97 bytes).
     public func encodedPoint(compressed: Bool = true) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 97)
-        let n = hsmb_ec_public_point(box.pkey, compressed ? 1 : 0, &out, out.count)
-        guard n > 0 else { throw CryptoError.openSSL("EVP_PKEY_get_octet_string_param(encoded-pub-key)") }
-        return Array(out.prefix(n))
+        let n = hsmb_ec_public_point(box.pkey, 0, &out, out.count)
+        guard n == 97, out[0] == 0x04 else { throw CryptoError.openSSL("EVP_PKEY_get_octet_string_param(encoded-pub-key)") }
+        guard compressed else { return out }
+        // SEC1 2.3.3 point compression: the parity of Y picks 02 or 03, then X.
+        return [0x02 | (out[96] & 1)] + out[1...48]
     }
 
     /// Verifies a DER signature over `message` (hashed with SHA-384). Non-DER encodings fail.

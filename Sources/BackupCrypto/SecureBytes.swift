@@ -17,16 +17,18 @@ public final class SecureBytes: @unchecked Sendable {
     /// Allocates `count` bytes and lets `fill` write them; used so a secret produced by OpenSSL
     /// lands directly in wiped memory.
     public init(count: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
-        self.count = count
-        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 16)
-        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: max(count, 1))
+        // Fill before the object exists: if `fill` throws, no deinit runs, so clean up here.
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: max(count, 1))
         do {
-            try fill(UnsafeMutableRawBufferPointer(start: pointer, count: count))
+            try fill(UnsafeMutableRawBufferPointer(start: p, count: count))
         } catch {
-            hsmb_cleanse(pointer, max(count, 1))
-            pointer.deallocate()
+            hsmb_cleanse(p, max(count, 1))
+            p.deallocate()
             throw error
         }
+        self.count = count
+        pointer = p
     }
 
     deinit {

@@ -1,1 +1,81 @@
+import ByteCoding
+import Durability
 import XCTest
+
+final class ByteReaderTests: XCTestCase {
+    func testReadsBigEndianAndTracksAbsoluteOffsets() throws {
+        var w = ByteWriter()
+        w.writeUInt8(1); w.writeUInt16(0x0203); w.writeUInt32(0x0405_0607); w.writeUInt64(0x0809_0a0b_0c0d_0e0f)
+        try w.writeString16("héllo", "name")
+        var r = ByteReader(w.bytes, baseOffset: 100)
+        XCTAssertEqual(try r.readUInt8("a"), 1)
+        XCTAssertEqual(try r.readUInt16("b"), 0x0203)
+        XCTAssertEqual(try r.readUInt32("c"), 0x0405_0607)
+        XCTAssertEqual(r.offset, 107)
+        XCTAssertEqual(try r.readUInt64("d"), 0x0809_0a0b_0c0d_0e0f)
+        XCTAssertEqual(try r.readString16("name"), "héllo")
+        XCTAssertNoThrow(try r.expectEnd("record"))
+    }
+
+    func testTruncationNamesFieldAndOffsetAndLeavesCursor() {
+        var r = ByteReader([0, 5, 1, 2], baseOffset: 10)
+        XCTAssertThrowsError(try r.readLengthPrefixed16("label")) { e in
+            let err = e as! ByteCodingError
+            XCTAssertEqual(err.code, .truncated)
+            XCTAssertEqual(err.field, "label")
+            XCTAssertEqual(err.offset, 12)
+        }
+        XCTAssertEqual(r.offset, 10, "a failed read leaves the cursor where it was")
+    }
+
+    func testLimitsAndTrailingBytes() {
+        var r = ByteReader([0, 9] + [UInt8](repeating: 0, count: 9))
+        XCTAssertThrowsError(try r.readLengthPrefixed16("blob", limit: 8)) { XCTAssertEqual(($0 as! ByteCodingError).code, .limitExceeded) }
+        var r2 = ByteReader([0, 1, 7, 9])
+        XCTAssertEqual(try r2.readLengthPrefixed16("blob"), [7])
+        XCTAssertThrowsError(try r2.expectEnd("record")) { e in
+            XCTAssertEqual((e as! ByteCodingError).code, .trailingBytes)
+            XCTAssertEqual((e as! ByteCodingError).offset, 3)
+        }
+        var r3 = ByteReader([0, 2, 0xff, 0xfe])
+        XCTAssertThrowsError(try r3.readString16("name")) { XCTAssertEqual(($0 as! ByteCodingError).code, .invalidUTF8) }
+        var r4 = ByteReader([0x48, 0x53])
+        XCTAssertThrowsError(try r4.expect([0x48, 0x42], "magic")) { XCTAssertEqual(($0 as! ByteCodingError).code, .unexpectedValue) }
+        XCTAssertEqual(r4.offset, 0)
+    }
+
+    func testWriterRefusesOversizedFields() {
+        var w = ByteWriter()
+        XCTAssertThrowsError(try w.writeLengthPrefixed16([UInt8](repeating: 0, count: 70_000), "blob"))
+        XCTAssertEqual(w.count, 0)
+    }
+
+    func testHexRoundTripAndRejects() {
+        XCTAssertEqual(Hex.decode("00ffA0"), [0, 255, 160])
+        XCTAssertEqual(Hex.encode([0, 255, 160]), "00ffa0")
+        XCTAssertNil(Hex.decode("abc"))
+        XCTAssertNil(Hex.decode("zz"))
+    }
+
+    func testAtomicFileIsOwnerOnlyAndLeavesNoTempOnAbort() throws {
+        let dir = NSTemporaryDirectory() + "atomic-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let old = umask(0)
+        defer { umask(old) }
+        try AtomicFile.write([1, 2, 3], to: dir + "/f")
+        XCTAssertEqual(try AtomicFile.read(dir + "/f"), [1, 2, 3])
+        let attrs = try FileManager.default.attributesOfItem(atPath: dir + "/f")
+        XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+        do {
+            let w = try AtomicFile.Writer(path: dir + "/f")
+            try w.append([9, 9])
+            w.abort()
+        }
+        XCTAssertEqual(try AtomicFile.read(dir + "/f"), [1, 2, 3])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["f"])
+        // A crash leaves a temp: the cleaner removes it.
+        FileManager.default.createFile(atPath: dir + "/.f.tmp-dead", contents: Data([1]))
+        XCTAssertEqual(try AtomicFile.removeStaleTemps(in: dir), [".f.tmp-dead"])
+    }
+}
