@@ -1,0 +1,488 @@
+// The embedded object store: N replica directories, a write quorum, checksummed replica files,
+// verified streaming reads with fail-over and read-repair (spec/FORMAT.md section 5).
+#if canImport(Glibc)
+import Glibc
+#endif
+import BackupCrypto
+import ByteCoding
+import Durability
+
+public final class LocalObjectStore: ObjectStore {
+    public let root: String
+    public let config: StoreConfig
+    /// The replica directories, resolved against the root.
+    public let replicaPaths: [String]
+    public let clock: StoreClock
+    let faults: FaultHook?
+    /// Repair bad replicas found while reading (on by default).
+    public var readRepair = true
+
+    public static let objectsDir = "objects"
+    public static let locksDir = "locks"
+
+    // MARK: creating and opening
+
+    /// Creates a store at `root`. `replicas` are directories (absolute, or relative to `root`);
+    /// by default `replicaCount` directories `replica-<i>` inside the root. The write quorum
+    /// defaults to a majority.
+    @discardableResult
+    public static func create(at root: String, replicas: [String]? = nil, replicaCount: Int = 3,
+                              writeQuorum: Int? = nil, clock: StoreClock = SystemClock()) throws -> LocalObjectStore {
+        let paths = replicas ?? (0..<max(replicaCount, 0)).map { "replica-\($0)" }
+        let config = try StoreConfig(storeId: SecureRandom.bytes(count: 16), writeQuorum: writeQuorum ?? (paths.count / 2 + 1),
+                                     replicas: paths)
+        let confPath = root + "/" + StoreConfig.fileName
+        guard access(confPath, F_OK) != 0 else {
+            throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
+        }
+        try fileOp(root) { try AtomicFile.makeDirectory(root) }
+        try fileOp(root + "/" + locksDir) { try AtomicFile.makeDirectory(root + "/" + locksDir) }
+        for (i, p) in paths.enumerated() {
+            try initReplica(resolve(p, root: root), index: i, storeId: config.storeId)
+        }
+        // The configuration is written last: a store exists only once it is whole.
+        try fileOp(confPath) { try AtomicFile.write(try config.encode(), to: confPath) }
+        return try LocalObjectStore(root: root, clock: clock)
+    }
+
+    /// Opens an existing store and removes temp files left by crashed writers.
+    public init(root: String, clock: StoreClock = SystemClock(), faults: FaultHook? = nil, removeStaleTemps: Bool = true) throws {
+        self.root = root
+        self.clock = clock
+        self.faults = faults
+        let confPath = root + "/" + StoreConfig.fileName
+        let bytes: [UInt8]
+        do { bytes = try AtomicFile.read(confPath, limit: 1 << 20) } catch let e as FileError {
+            throw StoreError(e.code == .notFound ? .notFound : .ioError, path: confPath, "no store configuration: \(e.reason)")
+        }
+        do { config = try StoreConfig.parse(bytes) } catch {
+            throw StoreError(.badFormat, path: confPath, "store configuration: \(error)")
+        }
+        replicaPaths = config.replicas.map { Self.resolve($0, root: root) }
+        if removeStaleTemps { _ = self.removeStaleTemps() }
+    }
+
+    static func resolve(_ p: String, root: String) -> String { p.hasPrefix("/") ? p : root + "/" + p }
+
+    static func initReplica(_ path: String, index: Int, storeId: [UInt8]) throws {
+        try fileOp(path) { try AtomicFile.makeDirectory(path) }
+        try fileOp(path) { try AtomicFile.makeDirectory(path + "/" + objectsDir) }
+        let marker = path + "/" + ReplicaMarker.fileName
+        try fileOp(marker) { try AtomicFile.write(ReplicaMarker(storeId: storeId, index: index).encode(), to: marker) }
+        try fileOp(path) { try AtomicFile.syncDirectory(path) }
+    }
+
+    static func fileOp<T>(_ path: String, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as FileError {
+            throw StoreError(e.code == .notFound ? .notFound : .ioError, path: e.path, "\(e.operation): \(e.reason)")
+        }
+    }
+
+    // MARK: layout
+
+    /// The fan-out directory name of a key: the first byte of SHA-256(key), two hex digits.
+    static func fanOut(_ key: String) -> String { Hex.encode(SHA256Hasher.hash(Array(key.utf8)).prefix(1)) }
+
+    func objectDir(_ replica: Int, _ key: String) -> String {
+        replicaPaths[replica] + "/" + Self.objectsDir + "/" + Self.fanOut(key)
+    }
+
+    func objectPath(_ replica: Int, _ key: String) -> String {
+        objectDir(replica, key) + "/" + ObjectKey.fileName(key)
+    }
+
+    func stripeLockPath(fanOut: String) -> String { root + "/" + Self.locksDir + "/stripe-" + fanOut + ".lock" }
+
+    /// Nil if replica `i` is usable; otherwise why not (missing directory, foreign marker).
+    func replicaProblem(_ i: Int) -> ReplicaFinding? {
+        let path = replicaPaths[i]
+        let markerPath = path + "/" + ReplicaMarker.fileName
+        func unavailable(_ why: String) -> ReplicaFinding {
+            ReplicaFinding(replica: i, path: path, problem: .replicaUnavailable, detail: why)
+        }
+        let bytes: [UInt8]
+        do { bytes = try AtomicFile.read(markerPath, limit: 4096) } catch {
+            return unavailable("replica marker unreadable: \(error)")
+        }
+        guard let m = try? ReplicaMarker.parse(bytes) else { return unavailable("replica marker does not parse") }
+        guard m.storeId == config.storeId, m.index == i else {
+            return unavailable("replica marker belongs to store \(Hex.encode(m.storeId)) index \(m.index)")
+        }
+        return nil
+    }
+
+    /// Creates the fan-out directory if needed, durably.
+    func ensureObjectDir(_ replica: Int, _ key: String) throws {
+        let dir = objectDir(replica, key)
+        if access(dir, F_OK) == 0 { return }
+        if let e = faults?(.create, replica, dir) { throw ReplicaWriter.failure(replica, dir, "mkdir", e) }
+        if mkdir(dir, 0o700) != 0 && errno != EEXIST { throw ReplicaWriter.failure(replica, dir, "mkdir", errno) }
+        do { try AtomicFile.syncDirectory(replicaPaths[replica] + "/" + Self.objectsDir) } catch {
+            throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: dir, problem: .ioError, detail: "\(error)"))
+        }
+    }
+
+    // MARK: put
+
+    public func put(_ key: String, from source: ByteSource) throws -> PutReport {
+        try ObjectKey.validate(key)
+        let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
+        defer { withExtendedLifetime(lock) {} }
+        for i in replicaPaths.indices where access(objectPath(i, key), F_OK) == 0 {
+            throw StoreError(.alreadyExists, key: key, replica: i, path: objectPath(i, key), "the key already holds an object")
+        }
+        var failed: [ReplicaFinding] = []
+        var writers: [ReplicaWriter] = []
+        for i in replicaPaths.indices {
+            if let problem = replicaProblem(i) { failed.append(problem); continue }
+            do {
+                try ensureObjectDir(i, key)
+                writers.append(try ReplicaWriter(replica: i, dir: objectDir(i, key), fileName: ObjectKey.fileName(key), faults: faults))
+            } catch let e as ReplicaFailure {
+                failed.append(e.finding)
+            }
+        }
+        func checkQuorum(_ stage: String) throws {
+            guard writers.count >= config.writeQuorum else {
+                for w in writers { w.abort() }
+                throw StoreError(.quorumNotReached, key: key,
+                                 "\(stage): \(writers.count) of \(replicaPaths.count) replicas writable, the write quorum is \(config.writeQuorum)",
+                                 findings: failed.sorted { $0.replica < $1.replica })
+            }
+        }
+        func appendAll(_ bytes: [UInt8]) throws {
+            writers = writers.filter { w in
+                do { try w.append(bytes); return true } catch let e as ReplicaFailure {
+                    failed.append(e.finding); w.abort(); return false
+                } catch { return false }
+            }
+            try checkQuorum("write")
+        }
+        try checkQuorum("create")
+
+        let chunkSize = ObjectRecord.defaultChunkSize
+        let hasher = SHA256Hasher()
+        var chunkDigests: [[UInt8]] = []
+        var size: UInt64 = 0
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(chunkSize)
+        func flush() throws {
+            chunkDigests.append(SHA256Hasher.hash(buffer))
+            hasher.update(buffer)
+            try appendAll(buffer)
+            buffer.removeAll(keepingCapacity: true)
+        }
+        do {
+            while true {
+                let piece = try source.read(upTo: chunkSize - buffer.count)
+                if piece.isEmpty { break }
+                size += UInt64(piece.count)
+                guard size <= ObjectRecord.maxObjectSize else {
+                    throw StoreError(.limitExceeded, key: key, "object larger than \(ObjectRecord.maxObjectSize) bytes")
+                }
+                buffer.append(contentsOf: piece)
+                if buffer.count == chunkSize { try flush() }
+            }
+            if !buffer.isEmpty { try flush() }
+        } catch {
+            for w in writers { w.abort() }
+            throw error
+        }
+        let record = ObjectRecord(key: key, size: size, createdMillis: clock.nowMillis(), chunkSize: chunkSize,
+                                  chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+        try appendAll(try record.encodeWithFooter())
+        writers = writers.filter { w in
+            do { try w.sync(); return true } catch let e as ReplicaFailure { failed.append(e.finding); w.abort(); return false } catch { return false }
+        }
+        try checkQuorum("fsync")
+        var published: [Int] = []
+        for w in writers {
+            do { try w.publish(replacing: false); published.append(w.replica) } catch let e as ReplicaFailure {
+                failed.append(e.finding); w.abort()
+            }
+        }
+        guard published.count >= config.writeQuorum else {
+            // Undo: a failed put leaves no object behind.
+            for i in published { unlink(objectPath(i, key)); try? AtomicFile.syncDirectory(objectDir(i, key)) }
+            throw StoreError(.quorumNotReached, key: key,
+                             "publish: \(published.count) of \(replicaPaths.count) replicas durable, the write quorum is \(config.writeQuorum)",
+                             findings: failed.sorted { $0.replica < $1.replica })
+        }
+        return PutReport(info: info(record, replicas: published), written: published,
+                         failed: failed.sorted { $0.replica < $1.replica })
+    }
+
+    func info(_ record: ObjectRecord, replicas: [Int]) -> ObjectInfo {
+        ObjectInfo(key: record.key, size: record.size, sha256: Hex.encode(record.objectDigest),
+                   createdMillis: record.createdMillis, replicas: replicas.sorted())
+    }
+
+    // MARK: opening replicas of one object
+
+    /// Every replica of `key` opened and its record checked; the reference record is the one held
+    /// by most replicas (ties: the lowest index). Replicas whose record disagrees are conflicts.
+    struct ReplicaSet {
+        var good: [ReplicaFile] = []
+        var findings: [ReplicaFinding] = []
+        var reference: ReplicaFile? { good.first }
+    }
+
+    func openReplicas(_ key: String) -> ReplicaSet {
+        var set = ReplicaSet()
+        var opened: [ReplicaFile] = []
+        for i in replicaPaths.indices {
+            if let problem = replicaProblem(i) { set.findings.append(problem); continue }
+            switch ReplicaFile.open(replica: i, path: objectPath(i, key), key: key, faults: faults) {
+            case .success(let f): opened.append(f)
+            case .failure(let e): set.findings.append(e.finding)
+            }
+        }
+        var votes: [[UInt8]: Int] = [:]
+        for f in opened { votes[f.recordBytes, default: 0] += 1 }
+        if let best = opened.max(by: { a, b in
+            let va = votes[a.recordBytes]!, vb = votes[b.recordBytes]!
+            return va != vb ? va < vb : a.replica > b.replica
+        }) {
+            for f in opened {
+                if f.recordBytes == best.recordBytes { set.good.append(f) } else {
+                    set.findings.append(ReplicaFinding(replica: f.replica, path: f.path, problem: .conflict,
+                                                       detail: "its record (digest \(Hex.encode(f.record.objectDigest))) disagrees with the other replicas"))
+                }
+            }
+        }
+        set.findings.sort { $0.replica < $1.replica }
+        return set
+    }
+
+    /// The error when no replica has a valid record.
+    func noGoodReplica(_ key: String, _ findings: [ReplicaFinding]) -> StoreError {
+        let allAbsent = findings.allSatisfy { $0.problem == .missing || $0.problem == .replicaUnavailable }
+        if allAbsent, findings.contains(where: { $0.problem == .missing }) {
+            return StoreError(.notFound, key: key, "no such object", findings: findings)
+        }
+        return StoreError(.unrecoverable, key: key, "no replica holds a good copy", findings: findings)
+    }
+
+    // MARK: get, stat, list, delete
+
+    public func get(_ key: String) throws -> ObjectReading {
+        try ObjectKey.validate(key)
+        return try LocalObjectReader(store: self, key: key)
+    }
+
+    public func stat(_ key: String) throws -> ObjectInfo {
+        try ObjectKey.validate(key)
+        let set = openReplicas(key)
+        guard let ref = set.reference else { throw noGoodReplica(key, set.findings) }
+        return info(ref.record, replicas: set.good.map(\.replica))
+    }
+
+    public func list(prefix: String = "") throws -> [String] {
+        var keys = Set<String>()
+        for i in replicaPaths.indices where replicaProblem(i) == nil {
+            let objects = replicaPaths[i] + "/" + Self.objectsDir
+            for dir in Self.directoryEntries(objects) where dir.utf8.count == 2 {
+                for name in Self.directoryEntries(objects + "/" + dir) where !name.hasPrefix(".") {
+                    if let key = ObjectKey.key(fromFileName: name), key.hasPrefix(prefix), Self.fanOut(key) == dir {
+                        keys.insert(key)
+                    }
+                }
+            }
+        }
+        return keys.sorted()
+    }
+
+    public func delete(_ key: String) throws -> DeleteReport {
+        try ObjectKey.validate(key)
+        let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
+        defer { withExtendedLifetime(lock) {} }
+        var removed: [Int] = []
+        var failed: [ReplicaFinding] = []
+        for i in replicaPaths.indices {
+            if let problem = replicaProblem(i) { failed.append(problem); continue }
+            let path = objectPath(i, key)
+            if let e = faults?(.remove, i, path) { failed.append(OSError.finding(replica: i, path: path, operation: "unlink", errno: e)); continue }
+            if unlink(path) == 0 {
+                removed.append(i)
+                do { try AtomicFile.syncDirectory(objectDir(i, key)) } catch {
+                    failed.append(ReplicaFinding(replica: i, path: path, problem: .ioError, detail: "fsync directory: \(error)"))
+                }
+            } else if errno != ENOENT {
+                failed.append(OSError.finding(replica: i, path: path, operation: "unlink", errno: errno))
+            }
+        }
+        if removed.isEmpty && failed.isEmpty { throw StoreError(.notFound, key: key, "no such object") }
+        return DeleteReport(key: key, removed: removed, failed: failed)
+    }
+
+    // MARK: repair
+
+    /// Rewrites replica `target` of `key` from good replicas, verifying every chunk against the
+    /// reference record. Under the key's stripe lock, it re-opens the sources (so an object deleted
+    /// meanwhile is not resurrected) and skips a target that has become good.
+    func repair(_ key: String, target: Int) throws -> Bool {
+        let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
+        defer { withExtendedLifetime(lock) {} }
+        if let problem = replicaProblem(target) { throw ReplicaFailure(finding: problem) }
+        let set = openReplicas(key)
+        guard let ref = set.reference else { return false }
+        if set.good.contains(where: { $0.replica == target }) {
+            // The record is good; were the bytes? Verify them before deciding.
+            if let f = set.good.first(where: { $0.replica == target }), verify(f, against: ref.record) == nil { return false }
+        }
+        var sources = set.good.filter { $0.replica != target }
+        guard !sources.isEmpty else { return false }
+        try ensureObjectDir(target, key)
+        let w = try ReplicaWriter(replica: target, dir: objectDir(target, key), fileName: ObjectKey.fileName(key), faults: faults)
+        for c in 0..<ref.record.chunkDigests.count {
+            var written = false
+            while !sources.isEmpty && !written {
+                if let bytes = try? sources[0].readChunk(c), SHA256Hasher.hash(bytes) == ref.record.chunkDigests[c] {
+                    try w.append(bytes)
+                    written = true
+                } else {
+                    sources.removeFirst()
+                }
+            }
+            guard written else { w.abort(); return false }
+        }
+        var footer = ByteWriter()
+        footer.writeUInt32(UInt32(ref.recordBytes.count))
+        footer.writeBytes(ObjectRecord.endMagic)
+        try w.append(ref.recordBytes + footer.bytes)
+        try w.sync()
+        try w.publish(replacing: true)
+        return true
+    }
+
+    /// Streams every chunk of a replica through its digest; nil when all is well.
+    func verify(_ f: ReplicaFile, against record: ObjectRecord) -> ReplicaFinding? {
+        let hasher = SHA256Hasher()
+        for c in 0..<record.chunkDigests.count {
+            let bytes: [UInt8]
+            do { bytes = try f.readChunk(c) } catch let e as ReplicaFailure { return e.finding } catch {
+                return ReplicaFinding(replica: f.replica, path: f.path, problem: .ioError, chunk: c, detail: "\(error)")
+            }
+            guard SHA256Hasher.hash(bytes) == record.chunkDigests[c] else {
+                return ReplicaFinding(replica: f.replica, path: f.path, problem: .chunkMismatch, chunk: c,
+                                      detail: "chunk \(c) does not match its digest")
+            }
+            hasher.update(bytes)
+        }
+        guard hasher.finalize() == record.objectDigest else {
+            return ReplicaFinding(replica: f.replica, path: f.path, problem: .digestMismatch, detail: "object digest does not match")
+        }
+        return nil
+    }
+
+    // MARK: temps
+
+    /// Removes temp files of writers that are gone: a fan-out directory is cleaned only while its
+    /// stripe lock can be taken, so a live writer's temp is never touched.
+    public func removeStaleTemps() -> [String] {
+        var removed: [String] = []
+        for i in replicaPaths.indices where replicaProblem(i) == nil {
+            if let r = try? AtomicFile.removeStaleTemps(in: replicaPaths[i]) { removed += r.map { replicaPaths[i] + "/" + $0 } }
+            let objects = replicaPaths[i] + "/" + Self.objectsDir
+            for dir in Self.directoryEntries(objects) where dir.utf8.count == 2 {
+                let names = Self.directoryEntries(objects + "/" + dir)
+                guard names.contains(where: { $0.hasPrefix(".") && $0.contains(AtomicFile.tempMarker) }) else { continue }
+                guard let lock = try? FileLock.tryAcquire(stripeLockPath(fanOut: dir)) else { continue }
+                if let r = try? AtomicFile.removeStaleTemps(in: objects + "/" + dir) {
+                    removed += r.map { objects + "/" + dir + "/" + $0 }
+                }
+                withExtendedLifetime(lock) {}
+            }
+        }
+        return removed.sorted()
+    }
+
+    static func directoryEntries(_ dir: String) -> [String] {
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}
+
+/// A verified, fail-over stream over the replicas of one object (spec section 5.6).
+public final class LocalObjectReader: ObjectReading {
+    public let info: ObjectInfo
+    /// What was wrong with replicas met so far (missing, damaged, chunks that failed).
+    public private(set) var findings: [ReplicaFinding]
+    /// Replicas rewritten by read-repair at the end of the stream.
+    public private(set) var repaired: [Int] = []
+    public private(set) var repairFailures: [ReplicaFinding] = []
+
+    private let store: LocalObjectStore
+    private let key: String
+    private let record: ObjectRecord
+    private var candidates: [ReplicaFile]
+    private var chunk = 0
+    private let hasher = SHA256Hasher()
+    private var finished = false
+    private var failure: StoreError?
+
+    init(store: LocalObjectStore, key: String) throws {
+        self.store = store
+        self.key = key
+        let set = store.openReplicas(key)
+        guard let ref = set.reference else { throw store.noGoodReplica(key, set.findings) }
+        record = ref.record
+        candidates = set.good
+        findings = set.findings
+        info = store.info(ref.record, replicas: set.good.map(\.replica))
+    }
+
+    public func read() throws -> [UInt8]? {
+        if let failure { throw failure }
+        if finished { return nil }
+        if chunk == record.chunkDigests.count { try finish(); return nil }
+        while let current = candidates.first {
+            do {
+                let bytes = try current.readChunk(chunk)
+                if SHA256Hasher.hash(bytes) == record.chunkDigests[chunk] {
+                    hasher.update(bytes)
+                    chunk += 1
+                    return bytes
+                }
+                findings.append(ReplicaFinding(replica: current.replica, path: current.path, problem: .chunkMismatch,
+                                               chunk: chunk, detail: "chunk \(chunk) does not match its digest"))
+            } catch let e as ReplicaFailure {
+                findings.append(e.finding)
+            }
+            candidates.removeFirst()
+        }
+        let e = StoreError(.unrecoverable, key: key, "chunk \(chunk): no replica holds a good copy",
+                           findings: findings.sorted { $0.replica < $1.replica })
+        failure = e
+        throw e
+    }
+
+    private func finish() throws {
+        finished = true
+        guard hasher.finalize() == record.objectDigest else {
+            let e = StoreError(.unrecoverable, key: key, "object digest does not match its record", findings: findings)
+            failure = e
+            throw e
+        }
+        guard store.readRepair else { return }
+        let bad = Set(findings.filter { $0.problem != .replicaUnavailable }.map(\.replica))
+        candidates = [] // close files before rewriting
+        for target in bad.sorted() {
+            do {
+                if try store.repair(key, target: target) { repaired.append(target) }
+            } catch let e as ReplicaFailure {
+                repairFailures.append(e.finding)
+            } catch {
+                repairFailures.append(ReplicaFinding(replica: target, path: store.objectPath(target, key), problem: .ioError, detail: "\(error)"))
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+// File-level operations of the local store: every call that can fail goes through `ReplicaIO`, so
+// tests can inject an operating-system error at any step (spec/FORMAT.md section 5.5).
+#if canImport(Glibc)
+import Glibc
+#endif
+import Durability
+
+/// The steps of replica I/O where a test may inject a failure.
+public enum IOOperation: String, Sendable {
+    case create, write, sync, publish, open, read, remove
+}
+
+/// Returns an errno to make `operation` on `replica` fail as if the OS had refused, or nil.
+public typealias FaultHook = @Sendable (_ operation: IOOperation, _ replica: Int, _ path: String) -> Int32?
+
+enum OSError {
+    static func name(_ e: Int32) -> String {
+        switch e {
+        case ENOENT: return "ENOENT"
+        case EACCES: return "EACCES"
+        case EPERM: return "EPERM"
+        case EROFS: return "EROFS"
+        case ENOSPC: return "ENOSPC"
+        case EDQUOT: return "EDQUOT"
+        case EIO: return "EIO"
+        case EEXIST: return "EEXIST"
+        case ENOTDIR: return "ENOTDIR"
+        case EISDIR: return "EISDIR"
+        default: return "errno \(e)"
+        }
+    }
+
+    static func finding(replica: Int, path: String, operation: String, errno e: Int32) -> ReplicaFinding {
+        ReplicaFinding(replica: replica, path: path, problem: e == ENOENT ? .missing : .ioError,
+                       detail: "\(operation): \(String(cString: strerror(e)))", osError: name(e))
+    }
+}
+
+/// An advisory lock (flock) on a lock file, released when the value is dropped or the process
+/// dies. Locks order: catalog lock, then stripe locks; never the other way.
+final class FileLock {
+    private let fd: Int32
+
+    private init(fd: Int32) { self.fd = fd }
+
+    /// Blocks until the lock is held.
+    static func acquire(_ path: String, exclusive: Bool = true) throws -> FileLock {
+        guard let l = try lock(path, exclusive: exclusive, blocking: true) else {
+            throw StoreError(.ioError, path: path, "flock failed")
+        }
+        return l
+    }
+
+    /// Nil when another process holds it.
+    static func tryAcquire(_ path: String, exclusive: Bool = true) throws -> FileLock? {
+        try lock(path, exclusive: exclusive, blocking: false)
+    }
+
+    private static func lock(_ path: String, exclusive: Bool, blocking: Bool) throws -> FileLock? {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StoreError(.ioError, path: path, "cannot open lock file: \(String(cString: strerror(errno)))") }
+        var op = exclusive ? LOCK_EX : LOCK_SH
+        if !blocking { op |= LOCK_NB }
+        while flock(fd, op) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            close(fd)
+            if e == EWOULDBLOCK { return nil }
+            throw StoreError(.ioError, path: path, "flock: \(String(cString: strerror(e)))")
+        }
+        return FileLock(fd: fd)
+    }
+
+    deinit { close(fd) }
+}
+
+/// Writes one replica file: temp file beside the target, append, fsync, then publish with
+/// `link` (a new object: fails if the name exists) or `rename` (a repair replacing a bad copy),
+/// unlink the temp, fsync the directory. Dropping an unpublished writer removes its temp.
+final class ReplicaWriter {
+    let replica: Int
+    let finalPath: String
+    let tempPath: String
+    private let dir: String
+    private let faults: FaultHook?
+    private var fd: Int32 = -1
+    private var done = false
+
+    init(replica: Int, dir: String, fileName: String, faults: FaultHook?) throws {
+        self.replica = replica
+        self.dir = dir
+        self.faults = faults
+        finalPath = dir + "/" + fileName
+        var rnd = [UInt8](repeating: 0, count: 8)
+        for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
+        tempPath = dir + "/." + fileName + AtomicFile.tempMarker + rnd.map { String($0, radix: 16) }.joined()
+        if let e = faults?(.create, replica, tempPath) { throw Self.failure(replica, tempPath, "create", e) }
+        fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Self.failure(replica, tempPath, "create", errno) }
+    }
+
+    deinit { abort() }
+
+    static func failure(_ replica: Int, _ path: String, _ op: String, _ e: Int32) -> ReplicaFailure {
+        ReplicaFailure(finding: OSError.finding(replica: replica, path: path, operation: op, errno: e))
+    }
+
+    func append(_ bytes: UnsafeRawBufferPointer) throws {
+        if let e = faults?(.write, replica, tempPath) { throw Self.failure(replica, tempPath, "write", e) }
+        var off = 0
+        while off < bytes.count {
+            let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Self.failure(replica, tempPath, "write", errno)
+            }
+            off += n
+        }
+    }
+
+    func append(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try append($0) } }
+
+    /// fsync and close the temp file.
+    func sync() throws {
+        if let e = faults?(.sync, replica, tempPath) { throw Self.failure(replica, tempPath, "fsync", e) }
+        guard fsync(fd) == 0 else { throw Self.failure(replica, tempPath, "fsync", errno) }
+        let rc = close(fd)
+        fd = -1
+        guard rc == 0 else { throw Self.failure(replica, tempPath, "close", errno) }
+    }
+
+    /// Makes the synced temp file the replica file, durably.
+    func publish(replacing: Bool) throws {
+        if let e = faults?(.publish, replica, finalPath) { throw Self.failure(replica, finalPath, "publish", e) }
+        if replacing {
+            guard rename(tempPath, finalPath) == 0 else { throw Self.failure(replica, finalPath, "rename", errno) }
+        } else {
+            guard link(tempPath, finalPath) == 0 else { throw Self.failure(replica, finalPath, "link", errno) }
+            unlink(tempPath)
+        }
+        done = true
+        do { try AtomicFile.syncDirectory(dir) } catch {
+            throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: dir, problem: .ioError, detail: "fsync directory: \(error)", osError: nil))
+        }
+    }
+
+    func abort() {
+        guard !done else { return }
+        done = true
+        if fd >= 0 { close(fd); fd = -1 }
+        unlink(tempPath)
+    }
+}
+
+/// A replica-level failure carried inside the store until it becomes a finding in a report.
+struct ReplicaFailure: Error {
+    let finding: ReplicaFinding
+}
+
+/// An open replica file whose record has been parsed and checked against its length.
+final class ReplicaFile {
+    let replica: Int
+    let path: String
+    let record: ObjectRecord
+    let recordBytes: [UInt8]
+    private let fd: Int32
+    private let faults: FaultHook?
+
+    private init(replica: Int, path: String, fd: Int32, record: ObjectRecord, recordBytes: [UInt8], faults: FaultHook?) {
+        self.replica = replica
+        self.path = path
+        self.fd = fd
+        self.record = record
+        self.recordBytes = recordBytes
+        self.faults = faults
+    }
+
+    deinit { close(fd) }
+
+    /// Opens and checks the record; a problem comes back as a finding, never a throw.
+    static func open(replica: Int, path: String, key: String, faults: FaultHook?) -> Result<ReplicaFile, ReplicaFailure> {
+        if let e = faults?(.open, replica, path) { return .failure(ReplicaWriter.failure(replica, path, "open", e)) }
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(ReplicaWriter.failure(replica, path, "open", errno)) }
+        func fail(_ problem: ReplicaFinding.Problem, _ detail: String) -> Result<ReplicaFile, ReplicaFailure> {
+            close(fd)
+            return .failure(ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: problem, detail: detail)))
+        }
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0 else { let e = errno; close(fd); return .failure(ReplicaWriter.failure(replica, path, "fstat", e)) }
+        let fileSize = Int(st.st_size)
+        guard fileSize >= ObjectRecord.footerLength else { return fail(.badRecord, "file of \(fileSize) bytes has no record (truncated)") }
+        do {
+            let footer = try preadExactly(fd, count: ObjectRecord.footerLength, at: fileSize - ObjectRecord.footerLength)
+            let length = try ObjectRecord.parseFooter(footer, fileSize: fileSize)
+            let recordOffset = fileSize - ObjectRecord.footerLength - length
+            let bytes = try preadExactly(fd, count: length, at: recordOffset)
+            let record = try ObjectRecord.parse(bytes, baseOffset: recordOffset)
+            guard record.key == key else { return fail(.conflict, "the record is for key \(record.key)") }
+            guard UInt64(recordOffset) == record.size else {
+                return fail(.sizeMismatch, "record says \(record.size) bytes, file holds \(recordOffset)")
+            }
+            return .success(ReplicaFile(replica: replica, path: path, fd: fd, record: record, recordBytes: bytes, faults: faults))
+        } catch let e as ReplicaFailure {
+            close(fd)
+            let problem: ReplicaFinding.Problem = e.finding.problem == .sizeMismatch ? .badRecord : e.finding.problem
+            return .failure(ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: problem,
+                                                                   detail: e.finding.detail, osError: e.finding.osError)))
+        } catch {
+            return fail(.badRecord, "no valid record (truncated or damaged): \(error)")
+        }
+    }
+
+    /// Reads chunk `index`; a short read or I/O error is a ReplicaFailure.
+    func readChunk(_ index: Int) throws -> [UInt8] {
+        if let e = faults?(.read, replica, path) {
+            throw ReplicaWriter.failure(replica, path, "read chunk \(index)", e)
+        }
+        let length = record.chunkLength(index)
+        let offset = index * record.chunkSize
+        do {
+            return try Self.preadExactly(fd, count: length, at: offset)
+        } catch let e as ReplicaFailure {
+            throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: e.finding.problem, chunk: index,
+                                                         detail: e.finding.detail, osError: e.finding.osError))
+        }
+    }
+
+    static func preadExactly(_ fd: Int32, count: Int, at offset: Int) throws -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ReplicaFailure(finding: OSError.finding(replica: -1, path: "", operation: "read", errno: errno))
+            }
+            if n == 0 {
+                throw ReplicaFailure(finding: ReplicaFinding(replica: -1, path: "", problem: .sizeMismatch,
+                                                             detail: "short read: \(done) of \(count) bytes at offset \(offset)"))
+            }
+            done += n
+        }
+        return buf
+    }
+}

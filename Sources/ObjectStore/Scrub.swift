@@ -1,0 +1,104 @@
+// Scrub (verify every replica of every object, optionally repair) and fsck (stale temps, replica
+// markers); spec/FORMAT.md section 5.7.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Durability
+
+/// The machine-readable result of a scrub.
+public struct ScrubReport: Codable, Sendable {
+    public var objects = 0
+    public var replicasChecked = 0
+    public var corrupt = 0
+    public var missing = 0
+    public var repaired = 0
+    public var unrecoverable = 0
+    /// Replica directories that could not be used (and, with repair, were re-created).
+    public var unavailableReplicas: [ReplicaFinding] = []
+    public var recreatedReplicas: [Int] = []
+    /// Every problem found, per object replica.
+    public var findings: [ObjectFinding] = []
+    public var unrecoverableKeys: [String] = []
+    public var repairFailures: [ObjectFinding] = []
+
+    public var isClean: Bool { corrupt == 0 && missing == 0 && unrecoverable == 0 && unavailableReplicas.isEmpty }
+}
+
+/// A replica finding together with the object it concerns.
+public struct ObjectFinding: Codable, Equatable, Sendable {
+    public let key: String
+    public let finding: ReplicaFinding
+}
+
+public struct StoreFsckReport: Codable, Sendable {
+    public var tempsRemoved: [String] = []
+    public var unavailableReplicas: [ReplicaFinding] = []
+}
+
+extension LocalObjectStore {
+    /// Verifies every replica of every object, one chunk in memory at a time. With `repair`,
+    /// re-creates missing replica directories and rewrites bad replicas from a good one.
+    /// `progress(done, total)` is called after each object.
+    public func scrub(repair: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> ScrubReport {
+        var report = ScrubReport()
+        for i in replicaPaths.indices {
+            guard let problem = replicaProblem(i) else { continue }
+            let dirExists = access(replicaPaths[i], F_OK) == 0
+            let markerExists = access(replicaPaths[i] + "/" + ReplicaMarker.fileName, F_OK) == 0
+            if repair && (!dirExists || !markerExists) {
+                do {
+                    try Self.initReplica(replicaPaths[i], index: i, storeId: config.storeId)
+                    report.recreatedReplicas.append(i)
+                    continue
+                } catch {}
+            }
+            report.unavailableReplicas.append(problem)
+        }
+        let keys = try list(prefix: "")
+        for (n, key) in keys.enumerated() {
+            report.objects += 1
+            var set = openReplicas(key)
+            var bad = set.findings
+            if let ref = set.reference {
+                for f in set.good {
+                    if let finding = verify(f, against: ref.record) { bad.append(finding) }
+                }
+            }
+            let badReplicas = Set(bad.map(\.replica))
+            set.good.removeAll { badReplicas.contains($0.replica) }
+            let checked = replicaPaths.indices.filter { i in !bad.contains { $0.replica == i && $0.problem == .replicaUnavailable } }
+            report.replicasChecked += checked.count
+            for f in bad.sorted(by: { $0.replica < $1.replica }) {
+                if f.problem == .replicaUnavailable { continue }
+                report.findings.append(ObjectFinding(key: key, finding: f))
+                if f.problem == .missing { report.missing += 1 } else { report.corrupt += 1 }
+            }
+            if set.good.isEmpty {
+                report.unrecoverable += 1
+                report.unrecoverableKeys.append(key)
+            } else if repair {
+                set = ReplicaSet() // close files before rewriting
+                for target in badReplicas.sorted() where !bad.contains(where: { $0.replica == target && $0.problem == .replicaUnavailable }) {
+                    do {
+                        if try self.repair(key, target: target) { report.repaired += 1 }
+                    } catch let e as ReplicaFailure {
+                        report.repairFailures.append(ObjectFinding(key: key, finding: e.finding))
+                    } catch {
+                        report.repairFailures.append(ObjectFinding(key: key, finding: ReplicaFinding(
+                            replica: target, path: objectPath(target, key), problem: .ioError, detail: "\(error)")))
+                    }
+                }
+            }
+            progress?(n + 1, keys.count)
+        }
+        return report
+    }
+
+    /// Removes stale temp files and reports unusable replica directories.
+    public func fsck() -> StoreFsckReport {
+        var report = StoreFsckReport()
+        report.tempsRemoved = removeStaleTemps()
+        report.unavailableReplicas = replicaPaths.indices.compactMap { replicaProblem($0) }
+        return report
+    }
+}
