@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
+        // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
+        .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -118,7 +118,7 @@ public struct ObjectRecord: Equatable, Sendable {
         }
         var digests: [[UInt8]] = []
         digests.reserveCapacity(count)
-        for i in 0..<count { digests.append(try r.readBytes(32, "chunk digest \(i)")) }
+        for _ in 0..<count { digests.append(try r.readBytes(32, "chunk digest")) }
         let objectDigest = try r.readBytes(32, "object digest")
         let coveredEnd = r.offset - baseOffset
         let digestOffset = r.offset
