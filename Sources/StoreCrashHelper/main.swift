@@ -12,6 +12,22 @@ func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
     }
 }
 
+/// The same bytes, generated while the store reads them, so a put spends its whole time inside
+/// `put` (where the kill should land).
+final class PatternSource: ByteSource {
+    private var x: UInt64
+    private var left: Int
+    init(_ count: Int, seed: UInt64) { x = seed &* 0x9E37_79B9_7F4A_7C15 | 1; left = count }
+    func read(upTo max: Int) throws -> [UInt8] {
+        let n = Swift.min(max, left, 64 << 10)
+        left -= n
+        return (0..<n).map { _ in
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            return UInt8(truncatingIfNeeded: x)
+        }
+    }
+}
+
 /// Sizes cycle through small, one-chunk and multi-chunk objects.
 func objectSize(_ i: Int) -> Int { [3_000, 200_000, 1_300_000, 70_000][i % 4] + i % 97 }
 
@@ -30,10 +46,11 @@ do {
     case "put-loop": // ROOT PREFIX [COUNT]: puts PREFIX0, PREFIX1 ... and says "done KEY" after each
         let store = try LocalObjectStore(root: root)
         let count = args.count > 4 ? Int(args[4])! : Int.max
+        say("ready")
         var i = 0
         while i < count {
             let key = args[3] + String(i)
-            _ = try store.put(key, bytes: pattern(objectSize(i), seed: UInt64(i)))
+            _ = try store.put(key, from: PatternSource(objectSize(i), seed: UInt64(i)))
             say("done \(key)")
             i += 1
         }

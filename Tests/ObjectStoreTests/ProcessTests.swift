@@ -1,0 +1,123 @@
+import Foundation
+import XCTest
+@testable import ObjectStore
+
+/// Tests with real child processes (StoreCrashHelper): kill -9 during puts, concurrent writers.
+final class ProcessTests: XCTestCase {
+    static let helper: String = {
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("StoreCrashHelper").path,
+            Bundle.main.bundleURL.appendingPathComponent("StoreCrashHelper").path,
+            Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("StoreCrashHelper").path,
+            packageRoot.appendingPathComponent(".build/debug/StoreCrashHelper").path,
+        ]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates.last!
+    }()
+
+    /// The helper's object for index `i` (same formula as Sources/StoreCrashHelper/main.swift).
+    func expected(_ key: String) -> [UInt8] {
+        let i = Int(key.split(separator: "-").last!)!
+        return pattern([3_000, 200_000, 1_300_000, 70_000][i % 4] + i % 97, seed: UInt64(i))
+    }
+
+    func spawn(_ args: [String], stdout: Pipe? = nil) throws -> Process {
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: Self.helper), "build StoreCrashHelper first: \(Self.helper)")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.helper)
+        p.arguments = args
+        p.standardOutput = stdout ?? FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    func testKillNineDuringPutsLeavesWholeObjectsOnly() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        try LocalObjectStore.create(at: root)
+        var completed: [String] = []
+        var killedWithTemps = 0
+        for round in 0..<50 {
+            let out = Pipe()
+            let p = try spawn(["put-loop", root, "r\(round)-"], stdout: out)
+            // Wait until the child has opened the store, then kill it at a random point of its puts.
+            var said = Data()
+            while !String(decoding: said, as: UTF8.self).contains("ready\n") {
+                let d = out.fileHandleForReading.availableData
+                if d.isEmpty { break }
+                said += d
+            }
+            usleep(UInt32.random(in: 1_000...60_000))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationReason, .uncaughtSignal)
+            said += out.fileHandleForReading.readDataToEndOfFile()
+            completed += String(decoding: said, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("done ") }.map { String($0.dropFirst(5)) }
+            if !tempFiles(under: root).isEmpty { killedWithTemps += 1 }
+        }
+        print("kill loop: 50 kills, \(killedWithTemps) left temp files (killed mid-put), \(completed.count) puts completed")
+        XCTAssertFalse(completed.isEmpty)
+        let store = try LocalObjectStore(root: root) // opening removes the dead writers' temps
+        XCTAssertEqual(tempFiles(under: root), [])
+        let listed = try store.list()
+        XCTAssertTrue(Set(completed).isSubset(of: Set(listed)), "every completed put is there")
+        for key in listed {
+            // Every visible object is whole: either completed, or killed after its first replica was
+            // published (then read-repair and scrub fill in the other replicas).
+            XCTAssertEqual(try store.getAll(key, limit: 4 << 20), expected(key), key)
+        }
+        let scrub = try store.scrub(repair: true)
+        XCTAssertEqual(scrub.corrupt, 0)
+        XCTAssertEqual(scrub.unrecoverable, 0)
+        XCTAssertTrue(try store.scrub().isClean)
+    }
+
+    func testConcurrentCatalogWritersLoseNoUpdate() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        let catalog = try BackupCatalog(store: try LocalObjectStore.create(at: root))
+        _ = try catalog.add(NewBackup(backupId: "shared", clusterId: "c", hsmId: "h", manufacturer: "sim"), archive: BytesSource([1]))
+        var procs: [Process] = []
+        for k in 0..<4 {
+            procs.append(try spawn(["catalog-add", root, "p\(k)-", "10"]))
+            procs.append(try spawn(["tag", root, "shared", "t\(k)-", "12"]))
+        }
+        for p in procs { p.waitUntilExit(); XCTAssertEqual(p.terminationStatus, 0) }
+        let all = try catalog.list()
+        XCTAssertEqual(all.count, 41)
+        XCTAssertTrue(all.allSatisfy { $0.state == .ready })
+        let shared = try catalog.entry("shared")
+        XCTAssertEqual(shared.tags.count, 48, "no tag update was lost")
+        XCTAssertEqual(shared.generation, 2 + 48)
+        XCTAssertEqual(try catalog.check(), [])
+        XCTAssertEqual(try catalog.removeStaleTemps(), [])
+    }
+
+    func testConcurrentPutsReadsScrubsAndDeletes() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        let store = try LocalObjectStore.create(at: root)
+        for i in 0..<12 { _ = try store.put("pre-\(i)", bytes: expected("pre-\(i)")) }
+        let procs = try ["a-", "b-", "c-"].map { try spawn(["put-loop", root, $0, "6"]) }
+        var deleted: [String] = []
+        var i = 0
+        while procs.contains(where: { $0.isRunning }) || i < 12 {
+            if i < 12 {
+                if i % 2 == 0 { _ = try store.delete("pre-\(i)"); deleted.append("pre-\(i)") } else {
+                    XCTAssertEqual(try store.getAll("pre-\(i)"), expected("pre-\(i)"))
+                }
+                i += 1
+            }
+            let report = try store.scrub(repair: true)
+            XCTAssertEqual(report.corrupt, 0)
+            XCTAssertEqual(report.unrecoverable, 0)
+        }
+        for p in procs { p.waitUntilExit(); XCTAssertEqual(p.terminationStatus, 0) }
+        var expectedKeys = (0..<12).map { "pre-\($0)" }.filter { !deleted.contains($0) }
+        for prefix in ["a-", "b-", "c-"] { expectedKeys += (0..<6).map { prefix + String($0) } }
+        XCTAssertEqual(try store.list(), expectedKeys.sorted())
+        for key in expectedKeys { XCTAssertEqual(try store.getAll(key, limit: 4 << 20), expected(key)) }
+        XCTAssertTrue(try store.scrub().isClean)
+        XCTAssertEqual(tempFiles(under: root), [])
+    }
+}
