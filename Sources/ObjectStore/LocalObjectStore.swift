@@ -94,6 +94,8 @@ public final class LocalObjectStore: ObjectStore {
     func stripeLockPath(fanOut: String) -> String { root + "/" + Self.locksDir + "/stripe-" + fanOut + ".lock" }
 
     /// Nil if replica `i` is usable; otherwise why not (missing directory, foreign marker).
+    public func replicaStatus(_ i: Int) -> ReplicaFinding? { replicaProblem(i) }
+
     func replicaProblem(_ i: Int) -> ReplicaFinding? {
         let path = replicaPaths[i]
         let markerPath = path + "/" + ReplicaMarker.fileName

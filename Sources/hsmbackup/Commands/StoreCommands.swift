@@ -1,0 +1,316 @@
+import ArgumentParser
+import Durability
+import Foundation
+import ObjectStore
+
+/// `hsmbackup store ...`: the durable object directory and its catalog (spec/FORMAT.md section 5).
+/// Thin: every subcommand opens the store under `Home.store` and calls the ObjectStore module.
+struct StoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Create, inspect, verify and repair the replicated object store.",
+        subcommands: [StoreInit.self, StoreStat.self, StoreList.self, StorePut.self, StoreGet.self,
+                      StoreScrub.self, StoreFsck.self, StoreReindex.self])
+}
+
+struct StoreJSONOption: ParsableArguments {
+    @Flag(name: .long, help: "Print machine-readable JSON.")
+    var json = false
+}
+
+extension StoreError: CLIExitMappable {
+    var cliExit: CLIExit {
+        switch code {
+        case .invalidKey, .invalidArgument, .alreadyExists, .alreadyInitialized, .invalidState, .limitExceeded: return .usage
+        case .notFound: return .notFound
+        case .unrecoverable, .badFormat, .badCatalog: return .verificationFailed
+        case .quorumNotReached, .ioError: return .ioError
+        }
+    }
+    var cliMessage: String { description }
+}
+
+enum StoreCLI {
+    static func open() throws -> LocalObjectStore {
+        do { return try LocalObjectStore(root: Home.store) } catch let e as StoreError where e.code == .notFound {
+            throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first")
+        }
+    }
+
+    static func date(_ millis: UInt64) -> String {
+        let f = ISO8601DateFormatter()
+        return f.string(from: Date(timeIntervalSince1970: Double(millis) / 1000))
+    }
+
+    static func run(_ body: () throws -> Void) throws {
+        do { try body() } catch { throw CLIExit.translate(error) }
+    }
+
+    static func say(_ s: String) { print(s) }
+}
+
+struct StoreInit: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a store with N replica directories.")
+
+    @Option(name: .long, help: "Number of replica directories inside the store (default 3).")
+    var replicas: Int?
+    @Option(name: .customLong("replica-dir"), help: "A replica directory (repeat; ideally one per disk). Overrides --replicas.")
+    var replicaDirs: [String] = []
+    @Option(name: .long, help: "Replicas that must be durable before a put returns (default: a majority).")
+    var quorum: Int?
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try LocalObjectStore.create(at: Home.store, replicas: replicaDirs.isEmpty ? nil : replicaDirs,
+                                                    replicaCount: replicas ?? 3, writeQuorum: quorum)
+            _ = try BackupCatalog(store: store)
+            let status = StoreStatus(store)
+            if output.json { try JSONOutput.print(status) } else {
+                StoreCLI.say("created store \(status.storeId) at \(status.root): \(status.replicas.count) replicas, write quorum \(status.writeQuorum)")
+            }
+        }
+    }
+}
+
+struct StoreStatus: Encodable {
+    struct Replica: Encodable { let index: Int; let path: String; let available: Bool; let problem: String? }
+    let root: String
+    let storeId: String
+    let writeQuorum: Int
+    let replicas: [Replica]
+    var objects: Int?
+    var backups: Int?
+
+    init(_ store: LocalObjectStore) {
+        root = store.root
+        storeId = store.config.storeIdHex
+        writeQuorum = store.config.writeQuorum
+        let problems = store.fsckReplicaProblems()
+        replicas = store.replicaPaths.enumerated().map { i, p in
+            let problem = problems.first { $0.replica == i }
+            return Replica(index: i, path: p, available: problem == nil, problem: problem?.detail)
+        }
+    }
+}
+
+extension LocalObjectStore {
+    func fsckReplicaProblems() -> [ReplicaFinding] {
+        replicaPaths.indices.compactMap { replicaStatus($0) }
+    }
+}
+
+struct StoreStat: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stat", abstract: "Show the store, or one object's checksum record.")
+
+    @Argument(help: "An object key; without it, the store itself.")
+    var key: String?
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            if let key {
+                let info = try store.stat(key)
+                if output.json { try JSONOutput.print(info) } else {
+                    StoreCLI.say("\(info.key)  \(info.size) bytes  sha256 \(info.sha256)  created \(StoreCLI.date(info.createdMillis))  replicas \(info.replicas.map(String.init).joined(separator: ","))")
+                }
+                return
+            }
+            var status = StoreStatus(store)
+            status.objects = try store.list().count
+            status.backups = try BackupCatalog(store: store).list().count
+            if output.json { try JSONOutput.print(status) } else {
+                StoreCLI.say("store \(status.storeId) at \(status.root)")
+                StoreCLI.say("write quorum \(status.writeQuorum) of \(status.replicas.count); \(status.objects ?? 0) objects; \(status.backups ?? 0) backups")
+                for r in status.replicas {
+                    StoreCLI.say("  replica \(r.index): \(r.path) \(r.available ? "ok" : "UNAVAILABLE: \(r.problem ?? "")")")
+                }
+            }
+        }
+    }
+}
+
+struct StoreList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List backups from the catalog, or object keys.")
+
+    @Flag(name: .long, help: "List object keys instead of backups.")
+    var objects = false
+    @Option(name: .long, help: "With --objects: only keys with this prefix.")
+    var prefix: String = ""
+    @Option(name: .long, help: "Only backups of this cluster.")
+    var cluster: String?
+    @Option(name: .long, help: "Only backups in this state: CREATE_IN_PROGRESS, READY, PENDING_DELETION, DELETED (repeatable).")
+    var state: [String] = []
+    @Option(name: .long, help: "Only backups created at or after this time (ISO 8601).")
+    var since: String?
+    @Option(name: .long, help: "Only backups created before this time (ISO 8601).")
+    var before: String?
+    @Option(name: .long, help: "At most this many backups.")
+    var limit: Int?
+    @OptionGroup var output: StoreJSONOption
+
+    func validate() throws {
+        for s in state where BackupState(rawValue: s) == nil {
+            throw ValidationError("unknown state \(s); one of \(BackupState.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        for t in [since, before].compactMap({ $0 }) where ISO8601DateFormatter().date(from: t) == nil {
+            throw ValidationError("not an ISO 8601 time: \(t)")
+        }
+    }
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            if objects {
+                let keys = try store.list(prefix: prefix)
+                if output.json { try JSONOutput.print(keys) } else { keys.forEach { StoreCLI.say($0) } }
+                return
+            }
+            let millis = { (s: String?) in s.flatMap { ISO8601DateFormatter().date(from: $0) }.map { UInt64(max(0, $0.timeIntervalSince1970 * 1000)) } }
+            let query = CatalogQuery(clusterId: cluster, states: state.isEmpty ? nil : Set(state.compactMap(BackupState.init(rawValue:))),
+                                     createdFromMillis: millis(since), createdBeforeMillis: millis(before), limit: limit)
+            let entries = try BackupCatalog(store: store).list(query)
+            if output.json { try JSONOutput.print(entries); return }
+            for e in entries {
+                StoreCLI.say("\(e.backupId)  \(e.clusterId)  \(e.state.rawValue)  \(StoreCLI.date(e.createdMillis))  \(e.size) bytes\(e.neverExpires ? "  never-expires" : "")")
+            }
+        }
+    }
+}
+
+struct StorePut: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "put", abstract: "Store a file (or stdin with -) as a new object.")
+
+    @Argument(help: "The object key.")
+    var key: String
+    @Argument(help: "The file to store, or - for stdin.")
+    var file: String
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            let source: ByteSource = file == "-" ? FileSource(handle: .standardInput, name: "stdin") : try FileSource(path: file)
+            let report = try store.put(key, from: source)
+            if output.json { try JSONOutput.print(report) } else {
+                StoreCLI.say("stored \(report.info.key): \(report.info.size) bytes, sha256 \(report.info.sha256), replicas \(report.written.map(String.init).joined(separator: ","))")
+                for f in report.failed { FileHandle.standardError.write(Data("hsmbackup: warning: not written to \(f)\n".utf8)) }
+            }
+        }
+    }
+}
+
+struct StoreGet: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get", abstract: "Read an object, verifying it, to a file or stdout.")
+
+    @Argument(help: "The object key.")
+    var key: String
+    @Option(name: .shortAndLong, help: "Write to this file (created whole or not at all); default stdout.")
+    var output: String?
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            let reader = try store.get(key)
+            if let output {
+                let w = try AtomicFile.Writer(path: output, mode: 0o600)
+                do {
+                    while let piece = try reader.read() { try w.append(piece) }
+                    try w.commit()
+                } catch {
+                    w.abort()
+                    throw error
+                }
+            } else {
+                while let piece = try reader.read() { FileHandle.standardOutput.write(Data(piece)) }
+            }
+            if let r = reader as? LocalObjectReader {
+                for f in r.findings { FileHandle.standardError.write(Data("hsmbackup: warning: \(f)\n".utf8)) }
+                if !r.repaired.isEmpty {
+                    FileHandle.standardError.write(Data("hsmbackup: repaired replicas \(r.repaired.map(String.init).joined(separator: ","))\n".utf8))
+                }
+            }
+        }
+    }
+}
+
+struct StoreScrub: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scrub", abstract: "Verify every replica of every object; with --repair, heal from a good replica.",
+        discussion: "Exits 65 when damage remains (not repaired, or unrecoverable), 0 when the store is clean.")
+
+    @Flag(name: .long, help: "Rewrite bad or missing replicas from a good one; re-create missing replica directories.")
+    var repair = false
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            let tty = Terminal.stderrIsTTY
+            let report = try store.scrub(repair: repair, progress: tty ? { done, total in
+                FileHandle.standardError.write(Data("\rscrub: \(done)/\(total) objects".utf8))
+                if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+            } : nil)
+            if output.json { try JSONOutput.print(report) } else {
+                StoreCLI.say("objects \(report.objects), replicas checked \(report.replicasChecked), corrupt \(report.corrupt), missing \(report.missing), repaired \(report.repaired), unrecoverable \(report.unrecoverable)")
+                for f in report.unavailableReplicas { StoreCLI.say("unavailable: \(f)") }
+                for i in report.recreatedReplicas { StoreCLI.say("re-created replica \(i)") }
+                for f in report.findings { StoreCLI.say("\(f.key): \(f.finding)") }
+                for f in report.repairFailures { StoreCLI.say("repair failed: \(f.key): \(f.finding)") }
+            }
+            let remaining = report.unrecoverable > 0 || !report.repairFailures.isEmpty || !report.unavailableReplicas.isEmpty
+                || (!repair && (report.corrupt > 0 || report.missing > 0))
+            if remaining { throw ExitCode(CLIExit.verificationFailed.rawValue) }
+        }
+    }
+}
+
+struct StoreFsckResult: Encodable {
+    let tempsRemoved: [String]
+    let unavailableReplicas: [ReplicaFinding]
+    let catalog: [CatalogFinding]
+}
+
+struct StoreFsck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
+        discussion: "Exits 65 when the catalog disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
+
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let store = try StoreCLI.open()
+            let catalog = try BackupCatalog(store: store)
+            let fsck = store.fsck()
+            let result = StoreFsckResult(tempsRemoved: fsck.tempsRemoved + (try catalog.removeStaleTemps()),
+                                         unavailableReplicas: fsck.unavailableReplicas, catalog: try catalog.check())
+            if output.json { try JSONOutput.print(result) } else {
+                StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
+                for t in result.tempsRemoved { StoreCLI.say("  \(t)") }
+                for f in result.unavailableReplicas { StoreCLI.say("unavailable: \(f)") }
+                for f in result.catalog { StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
+                if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { StoreCLI.say("catalog and objects agree") }
+            }
+            if !result.catalog.isEmpty || !result.unavailableReplicas.isEmpty { throw ExitCode(CLIExit.verificationFailed.rawValue) }
+        }
+    }
+}
+
+struct StoreReindex: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reindex", abstract: "Rebuild the catalog from the metadata objects.")
+
+    @OptionGroup var output: StoreJSONOption
+
+    func run() throws {
+        try StoreCLI.run {
+            let report = try BackupCatalog(store: try StoreCLI.open()).reindex()
+            if output.json { try JSONOutput.print(report) } else {
+                StoreCLI.say("catalog rebuilt: \(report.entries) backups, \(report.policies) retention policies")
+                for k in report.unreadable { StoreCLI.say("unreadable metadata: \(k)") }
+                for k in report.orphanArchives { StoreCLI.say("archive without metadata: \(k)") }
+            }
+        }
+    }
+}
