@@ -31,8 +31,9 @@ extension StoreError: CLIExitMappable {
 }
 
 enum StoreCLI {
-    static func open() throws -> LocalObjectStore {
-        do { return try LocalObjectStore(root: Home.store) } catch let e as StoreError where e.code == .notFound {
+    /// Opens the store; opening removes dead writers' temp files unless fsck is to report them.
+    static func open(removeStaleTemps: Bool = true) throws -> LocalObjectStore {
+        do { return try LocalObjectStore(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first")
         }
     }
@@ -281,7 +282,7 @@ struct StoreFsck: ParsableCommand {
 
     func run() throws {
         try StoreCLI.run {
-            let store = try StoreCLI.open()
+            let store = try StoreCLI.open(removeStaleTemps: false)
             let catalog = try BackupCatalog(store: store)
             let fsck = store.fsck()
             let result = StoreFsckResult(tempsRemoved: fsck.tempsRemoved + (try catalog.removeStaleTemps()),
