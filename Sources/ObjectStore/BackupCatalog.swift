@@ -277,6 +277,11 @@ public final class BackupCatalog {
         self.store = store
         self.clock = clock ?? store.clock
         try LocalObjectStore.fileOp(store.root) { try AtomicFile.makeDirectory(store.root + "/" + Self.directory) }
+        // Temps of a catalog writer that died; only while no live writer holds the lock.
+        if let lock = try? FileLock.tryAcquire(lockPath) {
+            _ = try? AtomicFile.removeStaleTemps(in: store.root + "/" + Self.directory)
+            withExtendedLifetime(lock) {}
+        }
     }
 
     public static func archiveKey(_ backupId: String) -> String { "backups/\(backupId)/archive" }

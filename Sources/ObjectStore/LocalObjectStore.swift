@@ -127,91 +127,22 @@ public final class LocalObjectStore: ObjectStore {
     // MARK: put
 
     public func put(_ key: String, from source: ByteSource) throws -> PutReport {
-        try ObjectKey.validate(key)
-        let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
-        defer { withExtendedLifetime(lock) {} }
-        for i in replicaPaths.indices where access(objectPath(i, key), F_OK) == 0 {
-            throw StoreError(.alreadyExists, key: key, replica: i, path: objectPath(i, key), "the key already holds an object")
-        }
-        var failed: [ReplicaFinding] = []
-        var writers: [ReplicaWriter] = []
-        for i in replicaPaths.indices {
-            if let problem = replicaProblem(i) { failed.append(problem); continue }
-            do {
-                try ensureObjectDir(i, key)
-                writers.append(try ReplicaWriter(replica: i, dir: objectDir(i, key), fileName: ObjectKey.fileName(key), faults: faults))
-            } catch let e as ReplicaFailure {
-                failed.append(e.finding)
-            }
-        }
-        func checkQuorum(_ stage: String) throws {
-            guard writers.count >= config.writeQuorum else {
-                for w in writers { w.abort() }
-                throw StoreError(.quorumNotReached, key: key,
-                                 "\(stage): \(writers.count) of \(replicaPaths.count) replicas writable, the write quorum is \(config.writeQuorum)",
-                                 findings: failed.sorted { $0.replica < $1.replica })
-            }
-        }
-        func appendAll(_ bytes: [UInt8]) throws {
-            writers = writers.filter { w in
-                do { try w.append(bytes); return true } catch let e as ReplicaFailure {
-                    failed.append(e.finding); w.abort(); return false
-                } catch { return false }
-            }
-            try checkQuorum("write")
-        }
-        try checkQuorum("create")
-
-        let chunkSize = ObjectRecord.defaultChunkSize
-        let hasher = SHA256Hasher()
-        var chunkDigests: [[UInt8]] = []
-        var size: UInt64 = 0
-        var buffer: [UInt8] = []
-        buffer.reserveCapacity(chunkSize)
-        func flush() throws {
-            chunkDigests.append(SHA256Hasher.hash(buffer))
-            hasher.update(buffer)
-            try appendAll(buffer)
-            buffer.removeAll(keepingCapacity: true)
-        }
+        let w = try LocalObjectWriter(store: self, key: key)
         do {
             while true {
-                let piece = try source.read(upTo: chunkSize - buffer.count)
+                let piece = try source.read(upTo: ObjectRecord.defaultChunkSize)
                 if piece.isEmpty { break }
-                size += UInt64(piece.count)
-                guard size <= ObjectRecord.maxObjectSize else {
-                    throw StoreError(.limitExceeded, key: key, "object larger than \(ObjectRecord.maxObjectSize) bytes")
-                }
-                buffer.append(contentsOf: piece)
-                if buffer.count == chunkSize { try flush() }
+                try w.write(piece)
             }
-            if !buffer.isEmpty { try flush() }
+            return try w.commit()
         } catch {
-            for w in writers { w.abort() }
+            w.abort()
             throw error
         }
-        let record = ObjectRecord(key: key, size: size, createdMillis: clock.nowMillis(), chunkSize: chunkSize,
-                                  chunkDigests: chunkDigests, objectDigest: hasher.finalize())
-        try appendAll(try record.encodeWithFooter())
-        writers = writers.filter { w in
-            do { try w.sync(); return true } catch let e as ReplicaFailure { failed.append(e.finding); w.abort(); return false } catch { return false }
-        }
-        try checkQuorum("fsync")
-        var published: [Int] = []
-        for w in writers {
-            do { try w.publish(replacing: false); published.append(w.replica) } catch let e as ReplicaFailure {
-                failed.append(e.finding); w.abort()
-            }
-        }
-        guard published.count >= config.writeQuorum else {
-            // Undo: a failed put leaves no object behind.
-            for i in published { unlink(objectPath(i, key)); try? AtomicFile.syncDirectory(objectDir(i, key)) }
-            throw StoreError(.quorumNotReached, key: key,
-                             "publish: \(published.count) of \(replicaPaths.count) replicas durable, the write quorum is \(config.writeQuorum)",
-                             findings: failed.sorted { $0.replica < $1.replica })
-        }
-        return PutReport(info: info(record, replicas: published), written: published,
-                         failed: failed.sorted { $0.replica < $1.replica })
+    }
+
+    public func makeWriter(_ key: String) throws -> ObjectWriting {
+        try LocalObjectWriter(store: self, key: key)
     }
 
     func info(_ record: ObjectRecord, replicas: [Int]) -> ObjectInfo {
@@ -486,5 +417,140 @@ public final class LocalObjectReader: ObjectReading {
                 repairFailures.append(ReplicaFinding(replica: target, path: store.objectPath(target, key), problem: .ioError, detail: "\(error)"))
             }
         }
+    }
+}
+
+/// A put in progress (spec section 5.4): holds the key's stripe lock from creation to commit or
+/// abort; `write` as often as needed, then `commit` returns once the quorum is durable. Dropping
+/// an uncommitted writer aborts it, so no partial object is ever published.
+public final class LocalObjectWriter: ObjectWriting {
+    public let key: String
+    private let store: LocalObjectStore
+    private var lock: FileLock?
+    private var writers: [ReplicaWriter] = []
+    private var failed: [ReplicaFinding] = []
+    private let hasher = SHA256Hasher()
+    private var chunkDigests: [[UInt8]] = []
+    private var size: UInt64 = 0
+    private var buffer: [UInt8] = []
+    private let chunkSize = ObjectRecord.defaultChunkSize
+    private var finished = false
+    private var failure: StoreError?
+
+    init(store: LocalObjectStore, key: String) throws {
+        try ObjectKey.validate(key)
+        self.store = store
+        self.key = key
+        lock = try FileLock.acquire(store.stripeLockPath(fanOut: LocalObjectStore.fanOut(key)))
+        for i in store.replicaPaths.indices where access(store.objectPath(i, key), F_OK) == 0 {
+            lock = nil
+            throw StoreError(.alreadyExists, key: key, replica: i, path: store.objectPath(i, key), "the key already holds an object")
+        }
+        for i in store.replicaPaths.indices {
+            if let problem = store.replicaProblem(i) { failed.append(problem); continue }
+            do {
+                try store.ensureObjectDir(i, key)
+                writers.append(try ReplicaWriter(replica: i, dir: store.objectDir(i, key), fileName: ObjectKey.fileName(key), faults: store.faults))
+            } catch let e as ReplicaFailure {
+                failed.append(e.finding)
+            }
+        }
+        buffer.reserveCapacity(chunkSize)
+        try checkQuorum("create")
+    }
+
+    deinit { abort() }
+
+    private func checkQuorum(_ stage: String) throws {
+        guard writers.count >= store.config.writeQuorum else {
+            let e = StoreError(.quorumNotReached, key: key,
+                               "\(stage): \(writers.count) of \(store.replicaPaths.count) replicas writable, the write quorum is \(store.config.writeQuorum)",
+                               findings: failed.sorted { $0.replica < $1.replica })
+            fail(e)
+            throw e
+        }
+    }
+
+    private func fail(_ e: StoreError) {
+        failure = e
+        abort()
+    }
+
+    private func appendAll(_ bytes: [UInt8]) throws {
+        writers = writers.filter { w in
+            do { try w.append(bytes); return true } catch let e as ReplicaFailure {
+                failed.append(e.finding); w.abort(); return false
+            } catch { return false }
+        }
+        try checkQuorum("write")
+    }
+
+    private func flush() throws {
+        chunkDigests.append(SHA256Hasher.hash(buffer))
+        hasher.update(buffer)
+        try appendAll(buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func checkOpen() throws {
+        if let failure { throw failure }
+        guard !finished else { throw StoreError(.invalidState, key: key, "the writer was already committed or aborted") }
+    }
+
+    public func write(_ bytes: [UInt8]) throws {
+        try checkOpen()
+        size += UInt64(bytes.count)
+        guard size <= ObjectRecord.maxObjectSize else {
+            let e = StoreError(.limitExceeded, key: key, "object larger than \(ObjectRecord.maxObjectSize) bytes")
+            fail(e)
+            throw e
+        }
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            let n = min(chunkSize - buffer.count, rest.count)
+            buffer.append(contentsOf: rest.prefix(n))
+            rest = rest.dropFirst(n)
+            if buffer.count == chunkSize { try flush() }
+        }
+    }
+
+    public func commit() throws -> PutReport {
+        try checkOpen()
+        if !buffer.isEmpty { try flush() }
+        let record = ObjectRecord(key: key, size: size, createdMillis: store.clock.nowMillis(), chunkSize: chunkSize,
+                                  chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+        try appendAll(try record.encodeWithFooter())
+        writers = writers.filter { w in
+            do { try w.sync(); return true } catch let e as ReplicaFailure { failed.append(e.finding); w.abort(); return false } catch { return false }
+        }
+        try checkQuorum("fsync")
+        var published: [Int] = []
+        for w in writers {
+            do { try w.publish(replacing: false); published.append(w.replica) } catch let e as ReplicaFailure {
+                failed.append(e.finding); w.abort()
+            }
+        }
+        guard published.count >= store.config.writeQuorum else {
+            // Undo: a failed put leaves no object behind.
+            for i in published { unlink(store.objectPath(i, key)); try? AtomicFile.syncDirectory(store.objectDir(i, key)) }
+            let e = StoreError(.quorumNotReached, key: key,
+                               "publish: \(published.count) of \(store.replicaPaths.count) replicas durable, the write quorum is \(store.config.writeQuorum)",
+                               findings: failed.sorted { $0.replica < $1.replica })
+            fail(e)
+            throw e
+        }
+        finished = true
+        writers = []
+        lock = nil
+        return PutReport(info: store.info(record, replicas: published), written: published,
+                         failed: failed.sorted { $0.replica < $1.replica })
+    }
+
+    /// Removes every temp file; nothing is published. Safe to call more than once.
+    public func abort() {
+        for w in writers { w.abort() }
+        writers = []
+        finished = true
+        lock = nil
     }
 }

@@ -15,6 +15,14 @@ public protocol ObjectReading: AnyObject {
     func read() throws -> [UInt8]?
 }
 
+/// A put driven by the producer: `write` pieces, then `commit` (durable on the quorum) or
+/// `abort` (nothing published). Dropping an uncommitted writer aborts it.
+public protocol ObjectWriting: AnyObject {
+    func write(_ bytes: [UInt8]) throws
+    func commit() throws -> PutReport
+    func abort()
+}
+
 /// What the store knows about one object, from its checksum record.
 public struct ObjectInfo: Codable, Equatable, Sendable {
     public let key: String
@@ -45,6 +53,8 @@ public struct DeleteReport: Codable, Sendable {
 public protocol ObjectStore: AnyObject {
     /// Stores a new object; fails with `alreadyExists` if the key holds one (no rewriting).
     func put(_ key: String, from source: ByteSource) throws -> PutReport
+    /// Starts a new object that the caller writes piece by piece (same rules as `put`).
+    func makeWriter(_ key: String) throws -> ObjectWriting
     /// Opens an object for streaming, verified reading.
     func get(_ key: String) throws -> ObjectReading
     func stat(_ key: String) throws -> ObjectInfo

@@ -303,4 +303,44 @@ final class LocalObjectStoreTests: XCTestCase {
         XCTAssertStoreError(.alreadyInitialized, try LocalObjectStore.create(at: s.path + "/store"))
         XCTAssertStoreError(.notFound, try LocalObjectStore(root: s.path + "/nowhere"))
     }
+
+    func testStreamingWriter() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        let data = pattern(2 * mib + 999, seed: 30)
+        let w = try store.makeWriter("streamed")
+        var offset = 0
+        for n in [1, 7, mib - 8, mib + 5, 986] + [data.count] {
+            let end = min(offset + n, data.count)
+            try w.write(Array(data[offset..<end]))
+            offset = end
+        }
+        XCTAssertEqual(offset, data.count)
+        XCTAssertEqual(try w.commit().info.size, UInt64(data.count))
+        XCTAssertStoreError(.invalidState, try w.write([1]))
+        XCTAssertEqual(try store.getAll("streamed"), data)
+
+        let aborted = try store.makeWriter("aborted")
+        try aborted.write(pattern(1000))
+        aborted.abort()
+        do {
+            let dropped = try store.makeWriter("dropped")
+            try dropped.write(pattern(1000))
+        }
+        XCTAssertEqual(try store.list(), ["streamed"])
+        XCTAssertEqual(tempFiles(under: s.path), [])
+        // The key is free again after an abort.
+        XCTAssertEqual(try store.put("aborted", bytes: [5]).written, [0, 1, 2])
+    }
+
+    func testCatalogTempsRemovedOnOpen() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        let catalog = try BackupCatalog(store: store)
+        let stale = s.path + "/store/catalog/.catalog.bin.tmp-0123"
+        _ = FileManager.default.createFile(atPath: stale, contents: Data([1]))
+        _ = try BackupCatalog(store: store)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stale))
+        XCTAssertEqual(try catalog.list(), [])
+    }
 }
