@@ -181,6 +181,7 @@ final class LocalObjectStoreTests: XCTestCase {
         let s = Scratch()
         let mount = s.path + "/ro"
         let mounted = s.mountTmpfs(mount, size: "1m")
+        print("unwritable replica: \(mounted ? "a read-only tmpfs mount" : "an injected EROFS")")
         let switchy = FaultSwitch()
         let store = try makeStore(s, replicas: ["r0", "r1", mount], faults: switchy.hook)
         if mounted {
@@ -201,6 +202,7 @@ final class LocalObjectStoreTests: XCTestCase {
         let s = Scratch()
         let mount = s.path + "/full"
         let mounted = s.mountTmpfs(mount, size: "1m")
+        print("full replica: \(mounted ? "a 1 MiB tmpfs mount" : "an injected ENOSPC")")
         let switchy = FaultSwitch()
         if !mounted { switchy.set(.write, replica: 2, errno: ENOSPC) }
         let store = try makeStore(s, replicas: ["r0", "r1", mount], faults: switchy.hook)
@@ -342,5 +344,46 @@ final class LocalObjectStoreTests: XCTestCase {
         _ = try BackupCatalog(store: store)
         XCTAssertFalse(FileManager.default.fileExists(atPath: stale))
         XCTAssertEqual(try catalog.list(), [])
+    }
+
+    /// The replica file of key "a" = "abc" put at time 0, computed independently from the byte
+    /// table of spec section 5.3 (Python: hashlib.sha256 and struct.pack), not by this code.
+    func testReplicaFileKnownAnswer() throws {
+        let s = Scratch()
+        try LocalObjectStore.create(at: s.path + "/store")
+        let store = try LocalObjectStore(root: s.path + "/store", clock: ManualClock(millis: 0))
+        _ = try store.put("a", bytes: Array("abc".utf8))
+        let expected = Hex.decode(
+            "61626348534f5201000161000000000000000300000000000000000010000000000001ba7816bf8f01cfea414140de5dae22"
+            + "23b00361a396177a9cb410ff61f20015adba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            + "0549fa2166886e8308bca5f049207b5abcfff1cb080c32433efef45f9335ca190000008048534f45")!
+        for i in 0..<3 {
+            XCTAssertEqual(try [UInt8](Data(contentsOf: URL(fileURLWithPath: store.objectPath(i, "a")))), expected)
+        }
+    }
+
+    func testConflictingReplicaIsOutvotedAndRepaired() throws {
+        let s = Scratch()
+        let a = try makeStore(s)
+        let b = try LocalObjectStore.create(at: s.path + "/other")
+        _ = try a.put("k", bytes: pattern(3000, seed: 1))
+        _ = try b.put("k", bytes: pattern(3000, seed: 2))
+        // Replica 2 of store a now holds a valid object for the same key with other bytes.
+        try FileManager.default.removeItem(atPath: a.objectPath(2, "k"))
+        try FileManager.default.copyItem(atPath: b.objectPath(2, "k"), toPath: a.objectPath(2, "k"))
+        let r = try a.get("k") as! LocalObjectReader
+        XCTAssertEqual(r.findings.map(\.problem), [.conflict])
+        XCTAssertEqual(try readAll(r), pattern(3000, seed: 1))
+        XCTAssertEqual(r.repaired, [2])
+        XCTAssertTrue(try a.scrub().isClean)
+    }
+
+    func testConfigAndMarkerPrefixesFail() throws {
+        let conf = try StoreConfig(storeId: Array(repeating: 1, count: 16), writeQuorum: 1, replicas: ["x"]).encode()
+        let marker = ReplicaMarker(storeId: Array(repeating: 1, count: 16), index: 0).encode()
+        for n in 0..<conf.count { XCTAssertThrowsError(try StoreConfig.parse(Array(conf[0..<n]))) }
+        for n in 0..<marker.count { XCTAssertThrowsError(try ReplicaMarker.parse(Array(marker[0..<n]))) }
+        XCTAssertEqual(try ReplicaMarker.parse(marker).encode(), marker)
+        XCTAssertThrowsError(try ReplicaMarker.parse(marker + [0]))
     }
 }
