@@ -92,6 +92,23 @@ do {
         let ms = { (a: Date, b: Date) in String(format: "%.0f", b.timeIntervalSince(a) * 1000) }
         say("entries \(all.count) file \((try? FileManager.default.attributesOfItem(atPath: catalog.path)[.size] as? Int) ?? 0) bytes")
         say("list all: \(ms(t0, t1)) ms; by cluster (\(one.count)): \(ms(t1, t2)) ms; by state+time (\(pending.count)): \(ms(t2, t3)) ms")
+    case "bench-io": // ROOT MB: times put, get and scrub of one MB-sized object
+        let store = try (try? LocalObjectStore(root: root)) ?? LocalObjectStore.create(at: root)
+        let mb = Int(args[3])!
+        let chunk = pattern(1 << 20, seed: 1)
+        let t0 = Date()
+        let w = try store.makeWriter("bench-\(UInt64(Date().timeIntervalSince1970 * 1000))")
+        for _ in 0..<mb { try w.write(chunk) }
+        let key = (try w.commit()).info.key
+        let t1 = Date()
+        let r = try store.get(key)
+        var n = 0
+        while let p = try r.read() { n += p.count }
+        let t2 = Date()
+        let report = try store.scrub()
+        let t3 = Date()
+        let rate = { (a: Date, b: Date) in String(format: "%.0f MB/s", Double(mb) / b.timeIntervalSince(a)) }
+        say("put \(mb) MiB x \(store.replicaPaths.count) replicas: \(rate(t0, t1)); get: \(rate(t1, t2)) (\(n) bytes); scrub \(report.objects) objects: \(rate(t2, t3))")
     default:
         exit(64)
     }
