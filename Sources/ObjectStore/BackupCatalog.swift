@@ -386,21 +386,32 @@ public final class BackupCatalog {
         }
     }
 
-    /// Creates the entry, streams the archive into the store, and marks it ready.
+    /// Creates the entry, streams the archive into the store, and marks it ready. If the archive
+    /// cannot be stored, the entry goes to PENDING_DELETION (purge removes it) and the error is
+    /// rethrown.
     public func add(_ new: NewBackup, archive: ByteSource) throws -> (entry: BackupEntry, put: PutReport) {
         let e = try create(new)
-        let put = try store.put(e.objectKey, from: archive)
-        return (try markReady(e.backupId, size: put.info.size), put)
+        let put: PutReport
+        do { put = try store.put(e.objectKey, from: archive) } catch {
+            _ = try? delete(e.backupId)
+            throw error
+        }
+        return (try markReady(e.backupId), put)
     }
 
-    /// `CREATE_IN_PROGRESS` → `READY` once the archive object is durable.
-    public func markReady(_ backupId: String, size: UInt64) throws -> BackupEntry {
+    /// `CREATE_IN_PROGRESS` → `READY` once the archive object is durable; the size comes from the
+    /// archive's checksum record (and must equal `size` when given).
+    public func markReady(_ backupId: String, size: UInt64? = nil) throws -> BackupEntry {
         try update(backupId) { e in
             guard e.state == .createInProgress else {
                 throw StoreError(.invalidState, key: backupId, "backup is \(e.state.rawValue), not CREATE_IN_PROGRESS")
             }
+            let info = try store.stat(e.objectKey)
+            if let size, size != info.size {
+                throw StoreError(.invalidState, key: backupId, "the archive holds \(info.size) bytes, not \(size)")
+            }
             e.state = .ready
-            e.size = size
+            e.size = info.size
         }
     }
 

@@ -39,6 +39,9 @@ extension BackupCatalog {
             guard clock.nowMillis() < requested + recoveryWindowMillis else {
                 throw StoreError(.invalidState, key: backupId, "the recovery window has passed")
             }
+            guard (try? store.stat(e.objectKey)) != nil else {
+                throw StoreError(.invalidState, key: backupId, "the archive object is missing or unreadable; it cannot be READY")
+            }
             e.state = .ready
             e.deleteRequestedMillis = nil
         }
@@ -174,8 +177,14 @@ extension BackupCatalog {
                                                       sourceCluster: source.clusterId, copiedMillis: now),
                                objectKey: Self.archiveKey(id))
         _ = try destination.insert(copy)
-        let reader = try store.get(source.objectKey)
-        let put = try destination.store.put(copy.objectKey, from: ReaderSource(reader))
+        let put: PutReport
+        do {
+            let reader = try store.get(source.objectKey)
+            put = try destination.store.put(copy.objectKey, from: ReaderSource(reader))
+        } catch {
+            _ = try? destination.delete(id) // a failed copy leaves no READY-looking entry behind
+            throw error
+        }
         return try destination.markReady(id, size: put.info.size)
     }
 }

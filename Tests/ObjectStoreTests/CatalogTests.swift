@@ -256,4 +256,26 @@ final class CatalogTests: XCTestCase {
         // A measurement for the report, not an assertion (debug build; see the report for release).
         print("catalog 100k (debug): by cluster \(Int(t1.timeIntervalSince(t0) * 1000)) ms, all \(Int(t2.timeIntervalSince(t1) * 1000)) ms")
     }
+
+    func testFailedArchivePutLeavesNoReadyEntry() throws {
+        let s = Scratch()
+        let clock = ManualClock()
+        let faults = FaultSwitch()
+        let c = try makeCatalog(s, clock: clock, faults: faults.hook)
+        let e = try c.create(NewBackup(backupId: "b0", clusterId: "c", hsmId: "h", manufacturer: "sim"))
+        XCTAssertStoreError(.notFound, try c.markReady(e.backupId)) // no archive yet
+        _ = try c.store.put(e.objectKey, bytes: [1, 2, 3])
+        XCTAssertStoreError(.invalidState, try c.markReady(e.backupId, size: 4))
+        XCTAssertEqual(try c.markReady(e.backupId).size, 3)
+
+        faults.set(.write, replica: 0, errno: ENOSPC, pathContains: "archive")
+        faults.set(.write, replica: 1, errno: ENOSPC, pathContains: "archive")
+        XCTAssertStoreError(.quorumNotReached, try self.add(c, "b1"))
+        XCTAssertEqual(try c.entry("b1").state, .pendingDeletion)
+        XCTAssertStoreError(.invalidState, try c.restore("b1")) // no archive: it cannot become READY
+        faults.clear()
+        clock.advance(days: 7)
+        XCTAssertEqual(try c.purge().purged, ["b1"])
+        XCTAssertEqual(try c.check(), [])
+    }
 }

@@ -99,13 +99,16 @@ func tempFiles(under dir: String) -> [String] {
 /// Thread-safe switchable fault for the injected-error hook.
 final class FaultSwitch: @unchecked Sendable {
     private let lock = NSLock()
-    private var faults: [(IOOperation, Int, Int32)] = []
-    func set(_ op: IOOperation, replica: Int, errno e: Int32) { lock.lock(); faults.append((op, replica, e)); lock.unlock() }
+    private var faults: [(IOOperation, Int, Int32, String?)] = []
+    /// Fails `op` on `replica` (only for paths containing `pathContains`, when given).
+    func set(_ op: IOOperation, replica: Int, errno e: Int32, pathContains: String? = nil) {
+        lock.lock(); faults.append((op, replica, e, pathContains)); lock.unlock()
+    }
     func clear() { lock.lock(); faults = []; lock.unlock() }
     var hook: FaultHook {
-        { [self] op, replica, _ in
+        { [self] op, replica, path in
             lock.lock(); defer { lock.unlock() }
-            return faults.first { $0.0 == op && $0.1 == replica }?.2
+            return faults.first { $0.0 == op && $0.1 == replica && ($0.3 == nil || path.contains($0.3!)) }?.2
         }
     }
 }
