@@ -54,6 +54,13 @@ do {
             say("done \(key)")
             i += 1
         }
+    case "put-one": // ROOT KEY SEED: exits 0 when stored, 3 when the key already held an object
+        let store = try LocalObjectStore(root: root)
+        do {
+            _ = try store.put(args[3], from: PatternSource(1_100_000, seed: UInt64(args[4])!))
+        } catch let e as StoreError where e.code == .alreadyExists {
+            exit(3)
+        }
     case "catalog-add": // ROOT PREFIX COUNT: creates, puts and readies COUNT backups
         let catalog = try BackupCatalog(store: try LocalObjectStore(root: root))
         for i in 0..<Int(args[4])! {

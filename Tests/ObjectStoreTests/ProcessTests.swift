@@ -120,4 +120,24 @@ final class ProcessTests: XCTestCase {
         XCTAssertTrue(try store.scrub().isClean)
         XCTAssertEqual(tempFiles(under: root), [])
     }
+
+    func testRacingPutsOfOneKeyStoreExactlyOneWholeObject() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        let store = try LocalObjectStore.create(at: root)
+        for round in 0..<3 {
+            let key = "same-\(round)"
+            let procs = try (1...6).map { try spawn(["put-one", root, key, String($0)]) }
+            for p in procs { p.waitUntilExit() }
+            let winners = procs.enumerated().filter { $0.element.terminationStatus == 0 }.map { $0.offset + 1 }
+            XCTAssertEqual(winners.count, 1, "exactly one put of \(key) succeeds")
+            XCTAssertTrue(procs.allSatisfy { $0.terminationStatus == 0 || $0.terminationStatus == 3 })
+            if let seed = winners.first {
+                XCTAssertEqual(try store.getAll(key, limit: 4 << 20), pattern(1_100_000, seed: UInt64(seed)))
+            }
+        }
+        let scrub = try store.scrub()
+        XCTAssertTrue(scrub.isClean, "no replica holds a loser's bytes: \(scrub.findings)")
+        XCTAssertEqual(tempFiles(under: root), [])
+    }
 }
