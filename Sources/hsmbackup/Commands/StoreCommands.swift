@@ -63,7 +63,10 @@ struct StoreInit: ParsableCommand {
 
     func run() throws {
         try StoreCLI.run {
-            let store = try LocalObjectStore.create(at: Home.store, replicas: replicaDirs.isEmpty ? nil : replicaDirs,
+            // Relative --replica-dir paths are taken from the current directory, as a user expects.
+            let cwd = FileManager.default.currentDirectoryPath
+            let dirs = replicaDirs.map { $0.hasPrefix("/") ? $0 : cwd + "/" + $0 }
+            let store = try LocalObjectStore.create(at: Home.store, replicas: dirs.isEmpty ? nil : dirs,
                                                     replicaCount: replicas ?? 3, writeQuorum: quorum)
             _ = try BackupCatalog(store: store)
             let status = StoreStatus(store)
