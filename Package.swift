@@ -46,6 +46,6 @@ let package = Package(
         .testTarget(name: "HSMArchiveTests", dependencies: ["Durability", "HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup"]),
-        .testTarget(name: "CLITests", dependencies: ["HSMBackup"]),
+        .testTarget(name: "CLITests", dependencies: ["hsmbackup"]),
     ]
 )
