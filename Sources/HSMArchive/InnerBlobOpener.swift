@@ -29,6 +29,7 @@ public final class InnerBlobOpener {
     private var ebk: EphemeralBackupKey?
     private var headerDigest: [UInt8] = []
     private var decompressor: BoundedDecompressor?
+    private var chunkSize = 0
     private var failure: Error?
 
     public init(keyring: BackupKeyring) {
@@ -44,6 +45,8 @@ public final class InnerBlobOpener {
             try parser.feed(bytes, onHeader: { try self.openHeader($0) }, onFrame: { try self.openChunk($0) })
         } catch { failure = error; throw error }
     }
+
+    // The parser calls back while it is being mutated: the callbacks must not read `parser`.
 
     /// Ends the input; returns the decompressed payload (the pax tar) only if every check passed.
     public func finish() throws -> [UInt8] {
@@ -72,6 +75,7 @@ public final class InnerBlobOpener {
         try h.verifySeal(ebk: ebk)
         self.ebk = ebk
         headerDigest = h.digest
+        chunkSize = Int(h.payload.chunkSize)
         decompressor = try BoundedDecompressor(expectedSize: Int(h.payload.payloadBytes))
     }
 
@@ -92,7 +96,6 @@ public final class InnerBlobOpener {
             throw ArchiveError(.chunkBindingMismatch, "chunk is bound to another header, position or final flag",
                                offset: f.offset, chunk: f.index)
         }
-        let chunkSize = Int(header!.payload.chunkSize)
         guard f.isFinal ? data.count <= chunkSize : data.count == chunkSize else {
             throw ArchiveError(.malformedFrame, "chunk carries \(data.count) data bytes (chunk size \(chunkSize))", offset: f.offset, chunk: f.index)
         }
