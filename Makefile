@@ -28,5 +28,9 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build 2>&1 | tee .build/test.log | grep -vE '^Test Case .*(started|passed)' ; exit $${PIPESTATUS[0]}
 
+# Regenerates spec/vectors/inner and samples/ deterministically (fixed keys, seeds, randomness).
+samples: build
+	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
+
 clean:
 	rm -rf .build
