@@ -59,11 +59,19 @@ public struct PayloadBundle: Sendable, Equatable {
     /// Objects in manifest order: policies, then users, then keys.
     public let objects: [PayloadObject]
 
+    /// Object paths are plain ASCII, so the canonical JSON of the manifest is unambiguous.
+    public static let pathCharacters = Set(Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/-".utf8))
+    public static let maximumPathBytes = 1024
+    /// The tar holds the manifest and at most `maximumObjectsPerKind` objects of each kind.
+    public static let tarLimits = TarLimits(maximumEntries: 3 * InnerFormat.maximumObjectsPerKind + 1,
+                                            maximumEntryBytes: 64 << 20, maximumPathBytes: maximumPathBytes)
+
     public init(objects: [PayloadObject]) throws {
         let order: [ObjectKind: Int] = [.policy: 0, .user: 1, .key: 2]
         for (i, o) in objects.enumerated() {
-            guard o.path.hasPrefix(o.kind.directory), o.path.hasSuffix(".json") else {
-                throw ArchiveError(.invalidArgument, "object path must be \(o.kind.directory)<name>.json", field: o.path)
+            guard o.path.hasPrefix(o.kind.directory), o.path.hasSuffix(".json"), o.path.utf8.count <= Self.maximumPathBytes,
+                  o.path.utf8.allSatisfy({ Self.pathCharacters.contains($0) }) else {
+                throw ArchiveError(.invalidArgument, "object path must be \(o.kind.directory)<name>.json in [A-Za-z0-9._/-]", field: o.path)
             }
             if i > 0, order[objects[i - 1].kind]! > order[o.kind]! {
                 throw ArchiveError(.invalidArgument, "objects must be ordered policies, users, keys", field: o.path)
@@ -88,7 +96,7 @@ public struct PayloadBundle: Sendable, Equatable {
     public func tarBytes() throws -> [UInt8] {
         var entries = [TarEntry(path: PayloadManifest.path, contents: try manifest.canonicalBytes())]
         entries += objects.map { TarEntry(path: $0.path, contents: $0.contents) }
-        do { return try PaxTar.write(entries) } catch let e as PayloadCodecError {
+        do { return try PaxTar.write(entries, limits: Self.tarLimits) } catch let e as PayloadCodecError {
             throw ArchiveError(.invalidArgument, e.reason, field: e.entryPath)
         }
     }
@@ -98,7 +106,7 @@ public struct PayloadBundle: Sendable, Equatable {
     /// the object counts.
     public static func parse(tar: [UInt8], descriptor: PayloadDescriptor) throws -> PayloadBundle {
         let entries: [TarEntry]
-        do { entries = try PaxTar.read(tar) } catch let e as PayloadCodecError {
+        do { entries = try PaxTar.read(tar, limits: Self.tarLimits) } catch let e as PayloadCodecError {
             throw ArchiveError(.tarMalformed, e.reason, offset: e.offset, field: e.entryPath)
         }
         guard let first = entries.first, first.path == PayloadManifest.path else {
