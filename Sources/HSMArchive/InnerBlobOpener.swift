@@ -59,6 +59,13 @@ public final class InnerBlobOpener {
         } catch { failure = error; throw error }
     }
 
+    /// Ends the input and checks the payload tar and manifest too (full verification without
+    /// the HSM's own content rules).
+    public func finishBundle() throws -> PayloadBundle {
+        let tar = try finish()
+        return try PayloadBundle.parse(tar: tar, descriptor: header!.payload)
+    }
+
     private func openHeader(_ h: InnerHeader) throws {
         guard h.metadata.manufacturerId == keyring.manufacturerId else {
             throw ArchiveError(.wrongManufacturer,
@@ -116,8 +123,7 @@ public enum InnerBlob {
     public static func open(_ blob: [UInt8], keyring: BackupKeyring) throws -> (header: InnerHeader, bundle: PayloadBundle) {
         let opener = InnerBlobOpener(keyring: keyring)
         try opener.feed(blob)
-        let tar = try opener.finish()
-        let bundle = try PayloadBundle.parse(tar: tar, descriptor: opener.header!.payload)
+        let bundle = try opener.finishBundle()
         return (opener.header!, bundle)
     }
 

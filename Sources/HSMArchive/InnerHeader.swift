@@ -287,3 +287,40 @@ public struct InnerHeader: Sendable, Equatable {
         }
     }
 }
+
+/// The header's public fields in a JSON-friendly form (binary values as lowercase hex), for
+/// inspectors and `--json` output. Holds nothing secret: the wrapped EBK is only useful with
+/// the PBK.
+public struct InnerHeaderSummary: Codable, Sendable, Equatable {
+    public let formatVersion: String
+    public let metadata: ManufacturerMetadata
+    public let backupId: String
+    public let createdAt: UInt64
+    public let pbkKDF: UInt8
+    public let pbkFingerprint: String
+    public let ebkWrapAlgorithm: UInt8
+    public let wrappedEBK: String
+    public let payload: PayloadDescriptor
+    public let headerBytes: Int
+    public let headerDigest: String
+    public let seal: String
+
+    public init(_ h: InnerHeader) {
+        formatVersion = "\(h.versionMajor).\(h.versionMinor)"
+        metadata = h.metadata
+        backupId = Hex.encode(h.backupId)
+        createdAt = h.createdAt
+        pbkKDF = h.pbkKDF
+        pbkFingerprint = Hex.encode(h.pbkFingerprint)
+        ebkWrapAlgorithm = h.ebkWrapAlgorithm
+        wrappedEBK = Hex.encode(h.wrappedEBK)
+        payload = h.payload
+        headerBytes = h.byteCount
+        headerDigest = Hex.encode(h.digest)
+        seal = Hex.encode(h.seal)
+    }
+}
+
+extension InnerHeader {
+    public var summary: InnerHeaderSummary { InnerHeaderSummary(self) }
+}

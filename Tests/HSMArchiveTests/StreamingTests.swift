@@ -1,4 +1,5 @@
 import BackupCrypto
+import ByteCoding
 import Foundation
 import HSMArchive
 import PayloadCodec
@@ -96,5 +97,22 @@ final class StreamingTests: XCTestCase {
             assertCode(["invalidObject"], what) { try target.restore(b, dryRun: false) }
             XCTAssertEqual(Fixture.snapshot(target.directory), before, what)
         }
+    }
+}
+
+final class HeaderSummaryTests: XCTestCase {
+    func testSummaryNeedsOnlyTheHeaderBytes() throws {
+        let hsm = try Fixture.makeHSM()
+        try hsm.populate(keys: 2, users: 1, seed: 3, options: .deterministic)
+        let blob = try hsm.backup()
+        let length = try XCTUnwrap(try InnerHeader.headerLength(prefix: blob.prefix(InnerFormat.preludeByteCount)))
+        XCTAssertNil(try InnerHeader.headerLength(prefix: blob.prefix(5)))
+        let summary = try InnerHeader.parse(prefix: blob.prefix(length)).summary
+        XCTAssertEqual(summary.metadata, hsm.identity.metadata)
+        XCTAssertEqual(summary.payload.keyCount, 2)
+        XCTAssertEqual(summary.pbkFingerprint, Hex.encode(try XCTUnwrap(try hsm.pbkFingerprint())))
+        let json = try JSONEncoder().encode(summary)
+        XCTAssertEqual(try JSONDecoder().decode(InnerHeaderSummary.self, from: json), summary)
+        assertCode(["truncated"]) { try InnerHeader.parse(prefix: blob.prefix(length - 1)) }
     }
 }
