@@ -189,3 +189,40 @@ final class TamperTests: XCTestCase {
         XCTAssertEqual(ebkFree, h)
     }
 }
+
+/// Random multi-byte damage, insertions and deletions: always a typed error, never a crash,
+/// never a change to the HSM.
+final class RandomDamageTests: XCTestCase {
+    func testRandomDamageIsAlwaysATypedRefusal() throws {
+        let source = try Fixture.makeHSM(1)
+        try source.populate(keys: 3, users: 2, seed: 31, options: .deterministic)
+        let blob = try source.backup(chunkSize: 256)
+        let target = try Fixture.makeHSM(2)
+        let before = Fixture.snapshot(target.directory)
+        var rng = SystemRandomNumberGenerator()
+        let codes = Set(ArchiveError.Code.allCases.map(\.rawValue))
+        for round in 0..<400 {
+            var b = blob
+            switch round % 3 {
+            case 0:
+                for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                    let i = Int.random(in: 0..<b.count, using: &rng)
+                    b[i] ^= UInt8.random(in: 1...255, using: &rng)
+                }
+            case 1:
+                b.insert(UInt8.random(in: 0...255, using: &rng), at: Int.random(in: 0...b.count, using: &rng))
+            default:
+                b.remove(at: Int.random(in: 0..<b.count, using: &rng))
+            }
+            assertCode(codes, "round \(round)") { try target.restore(b, dryRun: false) }
+            do { _ = try InnerStructureChecker.check(b) } catch {
+                XCTAssertTrue(error is ArchiveError, "structure check threw \(error)")
+            }
+        }
+        for _ in 0..<100 {
+            let garbage = (0..<Int.random(in: 0...600, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            assertCode(codes) { try InnerStructureChecker.check(InnerFormat.magic + [1, 0] + garbage) }
+        }
+        XCTAssertEqual(Fixture.snapshot(target.directory), before)
+    }
+}
