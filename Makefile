@@ -34,5 +34,9 @@ test: deps
 	  f=$$(echo "$$line" | sed -E "s/.*with ([0-9]+) failures?.*/\1/"); \
 	  if [ -n "$$line" ]; then echo "tests: $$((n - f)) passed, $$f failed"; fi; exit $$rc
 
+# Regenerates spec/vectors/inner and samples/ deterministically (fixed keys, seeds, randomness).
+samples: build
+	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
+
 clean:
 	rm -rf .build

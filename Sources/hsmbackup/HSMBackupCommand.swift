@@ -15,6 +15,7 @@ struct HSMBackupCommand: AsyncParsableCommand {
             """,
         subcommands: [
             SelfTestCommand.self,
+            ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self,
         ]
     )
 
