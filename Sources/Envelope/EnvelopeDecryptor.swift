@@ -26,7 +26,9 @@ public final class EnvelopeDecryptor {
     public let openedBy: String
 
     private let reader: CountingReader
-    private let keys: KeyDerivation.Keys
+    let keys: KeyDerivation.Keys
+    /// Kept for rewrap (same module only).
+    let dataKey: DataKey
     private let verifier: P384Verifier?
     private let options: DecryptOptions
     private var expected: UInt32 = 1
@@ -64,6 +66,7 @@ public final class EnvelopeDecryptor {
         let (dataKey, edk, by) = try Self.openDataKey(header: header, keyrings: keyrings)
         openedEDK = edk
         openedBy = by
+        self.dataKey = dataKey
         keys = try KeyDerivation.derive(suite: header.suite, dataKey: dataKey, messageID: header.messageID)
         if header.suite.commits {
             guard constantTimeEqual(keys.commitKey, header.suiteData) else {

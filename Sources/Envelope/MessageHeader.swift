@@ -82,9 +82,9 @@ public struct MessageHeader: Sendable {
 
     /// Builds a v2 header (context sorted) and serializes it; the tag is added by `withTag`.
     static func makeV2(suite: AlgorithmSuite, messageID: [UInt8], context: EncryptionContext, edks: [EncryptedDataKey],
-                       frameLength: UInt32, commitKey: [UInt8]) throws -> MessageHeader {
+                       frameLength: UInt32, commitKey: [UInt8], contentType: ContentType = .framed) throws -> MessageHeader {
         let h = MessageHeader(version: 2, suite: suite, messageID: messageID, context: context.sorted, edks: edks,
-                              contentType: .framed, frameLength: frameLength, suiteData: commitKey,
+                              contentType: contentType, frameLength: frameLength, suiteData: commitKey,
                               headerIV: [], headerTag: [], bodyBytes: [])
         return MessageHeader(copying: h, body: try h.serializeBody(), tag: [])
     }
