@@ -15,6 +15,8 @@ struct HSMBackupCommand: AsyncParsableCommand {
             """,
         subcommands: [
             SelfTestCommand.self,
+            EnvelopeCommand.self,
+            KMSCommand.self,
         ]
     )
 
