@@ -28,5 +28,11 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build 2>&1 | tee .build/test.log | grep -vE '^Test Case .*(started|passed)' ; exit $${PIPESTATUS[0]}
 
+# Interop with the official AWS Encryption SDK for Python, both directions (throwaway venv, PyPI).
+.PHONY: interop
+interop: deps
+	$(SWIFT) build --product hsmbackup
+	bash scripts/interop/run.sh $(BIN)
+
 clean:
 	rm -rf .build
