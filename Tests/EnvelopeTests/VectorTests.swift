@@ -100,3 +100,34 @@ final class VectorTests: XCTestCase {
         XCTAssertEqual(h2.context.pairs[1].key, [0x63, 0x61, 0x66, 0xc3, 0xa9])
     }
 }
+
+/// Damage on the SDK-made messages: every prefix and every flipped byte fails with a typed error.
+final class VectorDamageTests: XCTestCase {
+    func testEveryPrefixOfEveryV2VectorFails() throws {
+        let truncations: Set<EnvelopeError.Code> = [.truncatedHeader, .truncatedFrame, .missingFinalFrame, .truncatedFooter]
+        for name in Vector.names where !name.hasPrefix("v1_") {
+            let v = try Vector(name)
+            for n in 0..<v.message.count {
+                do {
+                    _ = try EnvelopeDecryptor.decrypt(Array(v.message.prefix(n)), keyrings: v.keyrings)
+                    XCTFail("\(name) prefix \(n) decrypted")
+                } catch let e as EnvelopeError {
+                    XCTAssertTrue(truncations.contains(e.code), "\(name) prefix \(n): \(e)")
+                }
+            }
+        }
+    }
+
+    func testEveryFlippedByteOfEveryV2VectorFails() throws {
+        for name in Vector.names where !name.hasPrefix("v1_") && !name.contains("kms") {
+            let v = try Vector(name)
+            for i in 0..<v.message.count {
+                var bad = v.message
+                bad[i] ^= 0x01
+                XCTAssertThrowsError(try EnvelopeDecryptor.decrypt(bad, keyrings: v.keyrings), "\(name) byte \(i)") { e in
+                    XCTAssertTrue(e is EnvelopeError, "\(name) byte \(i): \(e)")
+                }
+            }
+        }
+    }
+}
