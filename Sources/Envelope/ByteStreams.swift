@@ -127,3 +127,26 @@ final class CountingReader {
         return false
     }
 }
+
+/// The verified plaintext of a message as a pull source (for a reader of the inner blob that
+/// wants a `ByteSource`). Holds at most one frame; an error of the decryptor is rethrown.
+public final class DecryptedSource: ByteSource {
+    public let decryptor: EnvelopeDecryptor
+    private var pending: [UInt8] = []
+    private var start = 0
+    private var ended = false
+
+    public init(_ decryptor: EnvelopeDecryptor) { self.decryptor = decryptor }
+
+    public func read(maxCount: Int) throws -> [UInt8] {
+        while start == pending.count {
+            if ended { return [] }
+            guard let next = try decryptor.nextChunk() else { ended = true; return [] }
+            pending = next
+            start = 0
+        }
+        let n = min(maxCount, pending.count - start)
+        defer { start += n }
+        return Array(pending[start..<(start + n)])
+    }
+}

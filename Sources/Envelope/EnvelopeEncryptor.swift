@@ -195,3 +195,6 @@ public final class EnvelopeEncryptor {
         sequence += 1
     }
 }
+
+/// An encryptor is a sink for plaintext (call `finish()` after the last write).
+extension EnvelopeEncryptor: ByteSink {}

@@ -12,6 +12,7 @@ multi-keyring) are decrypted by `hsmbackup envelope decrypt`. Exit status 0 only
 passes.
 """
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -122,6 +123,34 @@ for i, (fl, size, signed) in enumerate(cases):
             check(f"{label} via {ring}", ok, f"plaintext/context/suite mismatch (suite {suite:#06x})")
         except Exception as e:  # noqa: BLE001 - report every SDK failure
             check(f"{label} via {ring}", False, repr(e))
+
+# Rewrap: the new header opens with the SDK, the body bytes are the same, the old key no longer opens it.
+for signed in (False, True):
+    label = f"rewrap signed={signed}"
+    pt = pattern(20000, 77)
+    src, msg = os.path.join(WORK, "rw.pt"), os.path.join(WORK, "rw.msg")
+    with open(src, "wb") as f:
+        f.write(pt)
+    args = ["envelope", "encrypt", src, "-o", msg, "--kms-key", "prod", "--frame-length", "4096", *ctx_args]
+    r = cli(*(args + (["--signed"] if signed else [])))
+    check(f"{label} encrypt", r.returncode == 0, r.stderr)
+    r = cli("envelope", "rewrap", msg, "--to-kms-key", "escrow", "--to-raw-aes-key", RAW_KEY.hex(),
+            "--to-key-namespace", RAW_NS, "--to-key-name", RAW_NAME)
+    check(f"{label} rewrap", r.returncode == 0, r.stderr)
+    with open(msg, "rb") as f:
+        ct = f.read()
+    for ring in ("kms:escrow", "raw"):
+        try:
+            out, _ = client.decrypt(source=ct, keyring=sdk_rings[ring])
+            check(f"{label} via {ring}", out == pt, "plaintext differs")
+        except Exception as e:  # noqa: BLE001
+            check(f"{label} via {ring}", False, repr(e))
+    logging.getLogger("aws_encryption_sdk").setLevel(logging.CRITICAL)  # the SDK logs the expected refusal
+    try:
+        client.decrypt(source=ct, keyring=sdk_rings["kms:prod"])
+        check(f"{label} old key refused", False, "the old key still opens the rewrapped message")
+    except Exception:  # noqa: BLE001 - any SDK refusal is the expected outcome
+        check(f"{label} old key refused", True)
 t1 = time.time()
 
 # --- direction 2: the SDK encrypts, hsmbackup decrypts ----------------------------------------

@@ -12,7 +12,8 @@ struct EnvelopeCommand: ParsableCommand {
         abstract: "Encrypt, decrypt and inspect AWS Encryption SDK (v2) messages.",
         discussion: "Keys: --kms-key NAME (the local KMS under the home directory) and/or --raw-aes-key HEX "
             + "--key-namespace NS --key-name NAME (the SDK's Raw AES keyring). Every key given adds one EDK.",
-        subcommands: [EnvelopeEncryptCommand.self, EnvelopeDecryptCommand.self, EnvelopeInspectCommand.self])
+        subcommands: [EnvelopeEncryptCommand.self, EnvelopeDecryptCommand.self, EnvelopeInspectCommand.self,
+                      EnvelopeRewrapCommand.self])
 }
 
 /// Key options shared by encrypt and decrypt.
@@ -39,6 +40,12 @@ struct EnvelopeKeyOptions: ParsableArguments {
     }
 
     var kms: LocalKMS { LocalKMS(directory: kmsDir ?? Home.kms) }
+
+    static func with(kmsKeys: [String], kmsDir: String?, rawKeys: [String], namespaces: [String], names: [String]) -> EnvelopeKeyOptions {
+        var o = EnvelopeKeyOptions()
+        o.kmsKeys = kmsKeys; o.kmsDir = kmsDir; o.rawKeys = rawKeys; o.namespaces = namespaces; o.names = names
+        return o
+    }
 
     func rawKeyrings() throws -> [Keyring] {
         try zip(rawKeys, zip(namespaces, names)).map { hex, nn in
@@ -145,6 +152,35 @@ struct EnvelopeInspectCommand: ParsableCommand {
             }
             let j = HeaderJSON(header, frameCount: frameCount, messageBytes: size)
             if json { try JSONOutput.print(j) } else { print(j.text) }
+        }
+    }
+}
+
+struct EnvelopeRewrapCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rewrap", abstract: "Replace a message's EDKs with new keys, reusing the body bytes.",
+        discussion: "Opens the message with the key options (none: every local KMS key), writes a new header for the "
+            + "--to-kms-key / --to-raw-aes-key keys, verifies and copies the body, and replaces the file atomically.")
+
+    @Argument(help: "The message file (rewritten in place).") var file: String
+    @OptionGroup var keys: EnvelopeKeyOptions
+    @Option(name: .customLong("to-kms-key"), help: "A local KMS key for the new header (repeatable).") var toKMSKeys: [String] = []
+    @Option(name: .customLong("to-raw-aes-key"), help: "A raw AES key (hex) for the new header (repeatable).") var toRawKeys: [String] = []
+    @Option(name: .customLong("to-key-namespace"), help: "Key namespace for each --to-raw-aes-key.") var toNamespaces: [String] = []
+    @Option(name: .customLong("to-key-name"), help: "Key name for each --to-raw-aes-key.") var toNames: [String] = []
+    @Flag(name: .customLong("json"), help: "Print the new header as JSON.") var json = false
+
+    func run() throws {
+        try CLIEnvelope.run {
+            try CLIEnvelope.requireInput(file)
+            guard file != "-" else { throw ValidationError("rewrap works on a file") }
+            let to = EnvelopeKeyOptions.with(kmsKeys: toKMSKeys, kmsDir: keys.kmsDir, rawKeys: toRawKeys,
+                                             namespaces: toNamespaces, names: toNames)
+            try to.validate()
+            let h = try Rewrap.rewrapFile(at: file, keyrings: try keys.decryptionKeyrings(), newKeyrings: try to.encryptionKeyrings())
+            if json { try JSONOutput.print(HeaderJSON(h, frameCount: nil, messageBytes: nil)) } else {
+                print("rewrapped \(file): " + h.encryptedDataKeys.map(\.keyDescription).joined(separator: ", "))
+            }
         }
     }
 }
