@@ -70,3 +70,24 @@ final class StructureTests: XCTestCase {
         XCTAssertEqual(e?.frame, 1)
     }
 }
+
+final class AdapterTests: XCTestCase {
+    func testEncryptorAsSinkAndDecryptedSourceAsSource() throws {
+        let ring = testKeyring()
+        let out = MemorySink()
+        let e = try EnvelopeEncryptor(sink: out, keyrings: [ring], frameLength: 100)
+        let asSink: ByteSink = e
+        try asSink.write(pattern(250))
+        try e.finish()
+        let src = DecryptedSource(try EnvelopeDecryptor(source: MemorySource(out.bytes), keyrings: [ring]))
+        var got: [UInt8] = []
+        while true { let b = try src.read(maxCount: 33); if b.isEmpty { break }; got += b }
+        XCTAssertEqual(got, pattern(250))
+        var bad = out.bytes
+        bad[bad.count - 1] ^= 1
+        let src2 = DecryptedSource(try EnvelopeDecryptor(source: MemorySource(bad), keyrings: [ring]))
+        XCTAssertEqual(try src2.read(maxCount: 1000).count, 100)
+        XCTAssertEqual(try src2.read(maxCount: 1000).count, 100)
+        assertEnvelopeError(.frameAuthenticationFailed) { try src2.read(maxCount: 1000) }
+    }
+}
