@@ -84,8 +84,8 @@ public final class EnvelopeEncryptor {
                 messageID: [UInt8]? = nil) throws {
         let suite = materials.suite
         guard suite.messageFormatVersion == 2 else { throw EnvelopeError(.invalidArgument, "new messages use suite 0x0478 or 0x0578") }
-        guard frameLength >= 1, frameLength <= HeaderLimits.maximumFrameLength else {
-            throw EnvelopeError(.invalidFrameLength, "frame length must be 1...\(HeaderLimits.maximumFrameLength), got \(frameLength)")
+        guard frameLength >= 1, frameLength <= HeaderLimits.formatMaximumFrameLength else {
+            throw EnvelopeError(.invalidFrameLength, "frame length must be 1...\(HeaderLimits.formatMaximumFrameLength), got \(frameLength)")
         }
         guard suite.signs == (materials.signingKey != nil),
               suite.signs == materials.context.containsKey(EncryptionContext.publicKeyKey) else {

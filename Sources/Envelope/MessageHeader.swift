@@ -41,8 +41,11 @@ public struct HeaderLimits: Sendable {
     public var maximumEncryptedDataKeys: Int = 1024
     /// The most bytes a header (body + authentication) may have.
     public var maximumHeaderBytes: Int = 4 << 20
-    /// Framed messages: the largest frame length read (the Python SDK's 2^31-1 cap).
-    public static let maximumFrameLength: UInt32 = UInt32(Int32.max)
+    /// Framed messages: the largest frame length of the format here (the Python SDK's 2^31-1 cap).
+    public static let formatMaximumFrameLength: UInt32 = UInt32(Int32.max)
+    /// The largest frame length this reader accepts: one frame is held in memory, so a reader of
+    /// untrusted input MAY lower it (a header is refused with `invalidFrameLength` above it).
+    public var maximumFrameLength: UInt32 = HeaderLimits.formatMaximumFrameLength
     public init() {}
 }
 
@@ -213,8 +216,8 @@ public struct MessageHeader: Sendable {
             let frameLength = try r.readUInt32("frame length")
             switch contentType {
             case .framed:
-                guard frameLength >= 1, frameLength <= HeaderLimits.maximumFrameLength else {
-                    throw EnvelopeError(.invalidFrameLength, "framed content needs a frame length of 1...\(HeaderLimits.maximumFrameLength), got \(frameLength)", offset: flAt)
+                guard frameLength >= 1, frameLength <= limits.maximumFrameLength else {
+                    throw EnvelopeError(.invalidFrameLength, "framed content needs a frame length of 1...\(limits.maximumFrameLength), got \(frameLength)", offset: flAt)
                 }
             case .nonFramed:
                 guard frameLength == 0 else {

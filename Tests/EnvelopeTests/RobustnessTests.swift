@@ -183,3 +183,15 @@ final class RobustnessTests: XCTestCase {
         }
     }
 }
+
+final class LimitTests: XCTestCase {
+    func testAReaderMayLowerTheFrameLengthLimit() throws {
+        let m = try EnvelopeEncryptor.encrypt(pattern(10), keyrings: [testKeyring()], frameLength: 4096)
+        var options = DecryptOptions()
+        options.limits.maximumFrameLength = 1024
+        let e = assertEnvelopeError(.invalidFrameLength) { try EnvelopeDecryptor.decrypt(m, keyrings: [testKeyring()], options: options) }
+        XCTAssertNotNil(e?.offset)
+        options.limits.maximumFrameLength = 4096
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m, keyrings: [testKeyring()], options: options).plaintext, pattern(10))
+    }
+}
