@@ -11,6 +11,8 @@ public struct EnvelopeStructure: Sendable {
     public let plaintextBytes: UInt64
     public let signatureBytes: Int?
     public let messageBytes: Int
+    /// The format's cap on non-framed content (2^36 - 32 bytes).
+    public static let maximumNonFramedContentBytes: UInt64 = (1 << 36) - 32
 
     public static func walk(_ source: ByteSource, policy: CommitmentPolicy = .requireCommitment,
                             limits: HeaderLimits = HeaderLimits()) throws -> EnvelopeStructure {
@@ -41,7 +43,11 @@ public struct EnvelopeStructure: Sendable {
         if header.contentType == .nonFramed {
             let start = r.offset
             _ = try exact(12, frame: 1, "IV", start: start)
+            let at = r.offset
             finalLen = u(try exact(8, frame: 1, "content length", start: start))
+            guard finalLen <= maximumNonFramedContentBytes else {
+                throw EnvelopeError(.bodyTooLarge, "non-framed content of \(finalLen) bytes exceeds the format's 2^36-32", frame: 1, offset: at)
+            }
             _ = try skip(finalLen + 16, frame: 1, "content", start: start)
             frames = 1
             plain = finalLen

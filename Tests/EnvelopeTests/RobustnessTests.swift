@@ -195,3 +195,45 @@ final class LimitTests: XCTestCase {
         XCTAssertEqual(try EnvelopeDecryptor.decrypt(m, keyrings: [testKeyring()], options: options).plaintext, pattern(10))
     }
 }
+
+/// Random multi-byte damage (deterministic seed): decryption and the structure walk only ever
+/// throw typed errors, never crash or succeed on a changed message.
+final class MutationTests: XCTestCase {
+    func testRandomDamageGivesTypedErrors() throws {
+        let ring = testKeyring()
+        var rng = SplitMix(seed: 0x5eed)
+        let messages = [
+            try EnvelopeEncryptor.encrypt(pattern(70), keyrings: [ring, testKeyring("b", byte: 3)],
+                                          context: try EncryptionContext(["a": "b", "ключ": "😀"]), frameLength: 32),
+            try EnvelopeEncryptor.encrypt(pattern(70), keyrings: [ring], suite: .committingSigned, frameLength: 32),
+            try Vector("v2_0478_rawaes_nonframed").message,
+        ]
+        let rings: [Keyring] = [ring, try Vector("v2_0478_rawaes_nonframed").keyrings[0]]
+        for m in messages {
+            for _ in 0..<700 {
+                var bad = m
+                for _ in 0..<(1 + Int(rng.next() % 4)) {
+                    let i = Int(rng.next() % UInt64(bad.count))
+                    let v = UInt8(truncatingIfNeeded: rng.next())
+                    bad[i] = v == bad[i] ? v ^ 0x80 : v // always a different byte
+                }
+                if rng.next() % 4 == 0 { bad = Array(bad.prefix(Int(rng.next() % UInt64(bad.count)))) }
+                if bad == m { continue }
+                XCTAssertThrowsError(try EnvelopeDecryptor.decrypt(bad, keyrings: rings)) { XCTAssertTrue($0 is EnvelopeError, "\($0)") }
+                do { _ = try EnvelopeStructure.walk(MemorySource(bad)) } catch { XCTAssertTrue(error is EnvelopeError, "\(error)") }
+            }
+        }
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
