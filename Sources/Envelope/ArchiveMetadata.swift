@@ -160,3 +160,11 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
         return digits.allSatisfy { b[$0] >= 0x30 && b[$0] <= 0x39 } && seps.allSatisfy { b[$0.0] == $0.1 }
     }
 }
+
+extension ArchiveMetadata {
+    /// Reads an archive's header (no key, no byte past the header) and its public metadata.
+    public static func read(from source: ByteSource, limits: HeaderLimits = HeaderLimits()) throws -> (header: MessageHeader, metadata: ArchiveMetadata) {
+        let header = try HeaderReader.read(from: source, limits: limits)
+        return (header, try ArchiveMetadata(context: header.context))
+    }
+}

@@ -183,3 +183,17 @@ final class KeyringTests: XCTestCase {
         XCTAssertEqual(try ArchiveMetadata(context: try HeaderReader.read(from: MemorySource(m)).context), md)
     }
 }
+
+extension KeyringTests {
+    func testArchiveMetadataReadFromTheHeaderOnly() throws {
+        let md = ArchiveMetadata(backupID: "b1", clusterID: "c1", hsmID: "h1", manufacturer: "M", model: "m", firmware: "1",
+                                 created: "2026-01-01T00:00:00Z")
+        let m = try EnvelopeEncryptor.encrypt(pattern(5000), keyrings: [testKeyring()], context: try md.merged(), frameLength: 128)
+        let src = MemorySource(m)
+        let (h, back) = try ArchiveMetadata.read(from: src)
+        XCTAssertEqual(back, md)
+        XCTAssertEqual(src.bytesRead, h.byteCount)
+        let plain = try EnvelopeEncryptor.encrypt([1], keyrings: [testKeyring()])
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata.read(from: MemorySource(plain)) }
+    }
+}

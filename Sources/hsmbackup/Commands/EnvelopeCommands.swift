@@ -231,6 +231,10 @@ struct HeaderJSON: Encodable {
             "context (\(context.count)):",
         ]
         lines += context.map { "  \($0.key) = \($0.value)" }
+        if let archive {
+            lines.append("archive:        backup \(archive.backupID), cluster \(archive.clusterID), HSM \(archive.hsmID) "
+                         + "(\(archive.manufacturer) \(archive.model) \(archive.firmware)), created \(archive.created)")
+        }
         lines.append("encrypted data keys (\(encryptedDataKeys.count)):")
         lines += encryptedDataKeys.map { "  \($0.describes)" }
         return lines.joined(separator: "\n")
