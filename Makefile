@@ -38,5 +38,11 @@ test: deps
 samples: build
 	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
 
+# Interop with the official AWS Encryption SDK for Python, both directions (throwaway venv, PyPI).
+.PHONY: interop
+interop: deps
+	$(SWIFT) build --product hsmbackup
+	bash scripts/interop/run.sh $(BIN)
+
 clean:
 	rm -rf .build

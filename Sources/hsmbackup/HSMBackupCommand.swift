@@ -16,6 +16,8 @@ struct HSMBackupCommand: AsyncParsableCommand {
         subcommands: [
             SelfTestCommand.self,
             ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self,
+            EnvelopeCommand.self,
+            KMSCommand.self,
         ]
     )
 
