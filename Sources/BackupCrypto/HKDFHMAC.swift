@@ -1,8 +1,7 @@
 import COpenSSL
 
-/// HMAC (one-shot, EVP_Q_mac) and RFC 5869 HKDF over a chosen SHA-2 hash. Added for the
-/// envelope's legacy (message format v1) suites, which derive with HKDF-SHA256 and
-/// HKDF-SHA384; the v2 suites use `HKDFSHA512`.
+/// HMAC (one-shot, EVP_Q_mac) and RFC 5869 HKDF over a chosen SHA-2 hash. The envelope's
+/// legacy (v1) suites derive with HKDF-SHA256/384; the inner header seal is HMAC-SHA256.
 public enum HMACHash: String, Sendable {
     case sha256 = "SHA256", sha384 = "SHA384", sha512 = "SHA512"
 
@@ -31,33 +30,24 @@ public enum HMAC {
     }
 }
 
+/// HKDF (RFC 5869) over a chosen SHA-2 hash, on OpenSSL's HKDF. The v1 envelope suites use
+/// SHA-256 and SHA-384; the v2 suites SHA-512 (`HKDFSHA512`).
 public enum HKDF {
-    /// Extract (salt empty = HashLen zero bytes, as RFC 5869 says) then expand to `outputBytes`.
+    /// Extract (an empty salt means HashLen zero bytes) then expand to `outputBytes`.
     public static func derive(_ hash: HMACHash, ikm: UnsafeRawBufferPointer, salt: [UInt8], info: [UInt8],
                               outputBytes: Int) throws -> SecureBytes {
         guard outputBytes > 0, outputBytes <= 255 * hash.byteCount else {
             throw CryptoError(.outputTooLarge, "HKDF-\(hash.rawValue) output must be 1...\(255 * hash.byteCount) bytes, got \(outputBytes)")
         }
-        let realSalt = salt.isEmpty ? [UInt8](repeating: 0, count: hash.byteCount) : salt
-        let prk = try realSalt.withUnsafeBytes { s in
-            try HMAC.authenticationCode(hash, key: s, data: ikm.count > 0 ? Array(ikm) : [])
+        return try SecureBytes(count: outputBytes) { out in
+            let ok = salt.withUnsafeBufferPointer { s in
+                info.withUnsafeBufferPointer { i in
+                    hsmb_hkdf(hash.rawValue, ikm.baseAddress?.assumingMemoryBound(to: UInt8.self), ikm.count,
+                              s.baseAddress, s.count, i.baseAddress, i.count,
+                              out.baseAddress!.assumingMemoryBound(to: UInt8.self), outputBytes)
+                }
+            }
+            guard ok == 1 else { throw CryptoError.openSSL("EVP_KDF_derive(HKDF-\(hash.rawValue))") }
         }
-        var okm = [UInt8]()
-        var previous = [UInt8]()
-        var counter: UInt8 = 1
-        defer { wipe(&previous) }
-        while okm.count < outputBytes {
-            var block = previous
-            block.append(contentsOf: info)
-            block.append(counter)
-            let t = try prk.withUnsafeBytes { try HMAC.authenticationCode(hash, key: $0, data: block) }
-            wipe(&block)
-            wipe(&previous)
-            previous = t.unsafeCopy()
-            okm.append(contentsOf: previous)
-            counter &+= 1
-        }
-        defer { wipe(&okm) }
-        return SecureBytes(copying: okm.prefix(outputBytes))
     }
 }

@@ -9,19 +9,9 @@ public enum HMACSHA256 {
     public static let byteCount = 32
 
     public static func authenticationCode<C: ContiguousCollection>(key: DerivationKey, message: C) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: byteCount)
-        var outLen = 0
-        let ok: Bool = key.withUnsafeBytes { k in
-            message.withContiguousBytes { m in
-                out.withUnsafeMutableBufferPointer { o in
-                    EVP_Q_mac(nil, "HMAC", nil, "SHA256", nil, k.baseAddress, k.count,
-                              m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count,
-                              o.baseAddress, byteCount, &outLen) != nil
-                }
-            }
-        }
-        guard ok, outLen == byteCount else { throw CryptoError.openSSL("EVP_Q_mac(HMAC-SHA256)") }
-        return out
+        try key.withUnsafeBytes { k in
+            try message.withContiguousBytes { m in try HMAC.authenticationCode(.sha256, key: k, data: Array(m)) }
+        }.unsafeCopy()
     }
 }
 
