@@ -156,6 +156,11 @@ public struct InnerStructureChecker {
     private var parser = InnerFrameParser()
     public init() {}
 
+    /// The inner header, once its bytes have been fed.
+    public var header: InnerHeader? { parser.header }
+    /// Chunk frames seen so far.
+    public var chunkCount: Int { parser.chunkCount }
+
     public mutating func feed(_ bytes: [UInt8]) throws {
         try parser.feed(bytes, onHeader: { _ in }, onFrame: { _ in })
     }
