@@ -23,10 +23,26 @@ release: deps
 demo: build
 	@bash scripts/demo.sh $(BIN)
 
-# Runs the whole suite; the runner's own summary is the last thing printed.
+# Runs the whole suite (XCTest); the runner's own summary, then one plain "N passed, N failed"
+# line, are the last things printed.
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build 2>&1 | tee .build/test.log | grep -vE '^Test Case .*(started|passed)' ; exit $${PIPESTATUS[0]}
+	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
+	  | grep -vE "^Test Case .*(started|passed)"; rc=$$?; \
+	  line=$$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" .build/test.log | tail -1); \
+	  n=$$(echo "$$line" | sed -E "s/.*Executed ([0-9]+) tests?.*/\1/"); \
+	  f=$$(echo "$$line" | sed -E "s/.*with ([0-9]+) failures?.*/\1/"); \
+	  if [ -n "$$line" ]; then echo "tests: $$((n - f)) passed, $$f failed"; fi; exit $$rc
+
+# Regenerates spec/vectors/inner and samples/ deterministically (fixed keys, seeds, randomness).
+samples: build
+	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
+
+# Interop with the official AWS Encryption SDK for Python, both directions (throwaway venv, PyPI).
+.PHONY: interop
+interop: deps
+	$(SWIFT) build --product hsmbackup
+	bash scripts/interop/run.sh $(BIN)
 
 clean:
 	rm -rf .build

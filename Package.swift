@@ -44,10 +44,11 @@ let package = Package(
         .testTarget(name: "ByteCodingTests", dependencies: ["ByteCoding", "Durability"]),
         .testTarget(name: "BackupCryptoTests", dependencies: ["BackupCrypto", "ByteCoding"],
                     resources: [.copy("Vectors")]),
-        .testTarget(name: "EnvelopeTests", dependencies: ["Durability", "Envelope", "BackupCrypto", "ByteCoding"]),
+        .testTarget(name: "EnvelopeTests", dependencies: ["Durability", "Envelope", "BackupCrypto", "ByteCoding"],
+                    resources: [.copy("Vectors")]),
         .testTarget(name: "HSMArchiveTests", dependencies: ["Durability", "HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup"]),
-        .testTarget(name: "CLITests", dependencies: ["HSMBackup"]),
+        .testTarget(name: "CLITests", dependencies: ["hsmbackup"]),
     ]
 )

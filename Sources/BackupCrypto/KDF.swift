@@ -46,24 +46,12 @@ public enum KBKDF {
     }
 }
 
-/// HKDF (RFC 5869) with SHA-512, extract then expand.
+/// HKDF (RFC 5869) with SHA-512, extract then expand: the v2 envelope suites' KDF.
 public enum HKDFSHA512 {
     public static let maximumOutputBytes = 255 * 64
 
     public static func derive(ikm: UnsafeRawBufferPointer, salt: [UInt8], info: [UInt8], outputBytes: Int) throws -> SecureBytes {
-        guard outputBytes > 0, outputBytes <= maximumOutputBytes else {
-            throw CryptoError(.outputTooLarge, "HKDF-SHA512 output must be 1...\(maximumOutputBytes) bytes, got \(outputBytes)")
-        }
-        return try SecureBytes(count: outputBytes) { out in
-            let ok = salt.withUnsafeBufferPointer { s in
-                info.withUnsafeBufferPointer { i in
-                    hsmb_hkdf_sha512(ikm.baseAddress?.assumingMemoryBound(to: UInt8.self), ikm.count,
-                                     s.baseAddress, s.count, i.baseAddress, i.count,
-                                     out.baseAddress!.assumingMemoryBound(to: UInt8.self), outputBytes)
-                }
-            }
-            guard ok == 1 else { throw CryptoError.openSSL("EVP_KDF_derive(HKDF)") }
-        }
+        try HKDF.derive(.sha512, ikm: ikm, salt: salt, info: info, outputBytes: outputBytes)
     }
 
     /// Derives a typed key from another key's bytes.

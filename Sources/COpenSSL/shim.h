@@ -49,18 +49,21 @@ static inline int hsmb_kbkdf_ctr_hmac_sha256(const unsigned char *key, size_t ke
     return ok;
 }
 
-/// HKDF (RFC 5869) extract-and-expand with SHA-512. An empty salt is left unset, which RFC 5869
-/// defines as HashLen zero bytes.
-static inline int hsmb_hkdf_sha512(const unsigned char *ikm, size_t ikmlen,
-                                   const unsigned char *salt, size_t saltlen,
-                                   const unsigned char *info, size_t infolen,
-                                   unsigned char *out, size_t outlen) {
+/// HKDF (RFC 5869) extract-and-expand with the named digest ("SHA256", "SHA384", "SHA512").
+/// An empty salt is left unset, which RFC 5869 defines as HashLen zero bytes.
+static inline int hsmb_hkdf(const char *digest_name,
+                            const unsigned char *ikm, size_t ikmlen,
+                            const unsigned char *salt, size_t saltlen,
+                            const unsigned char *info, size_t infolen,
+                            unsigned char *out, size_t outlen) {
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     if (kdf == NULL) return 0;
     EVP_KDF_CTX *ctx = EVP_KDF_CTX_new(kdf);
     EVP_KDF_free(kdf);
     if (ctx == NULL) return 0;
-    char digest[] = "SHA512";
+    char digest[16];
+    if (strlen(digest_name) >= sizeof(digest)) { EVP_KDF_CTX_free(ctx); return 0; }
+    strcpy(digest, digest_name);
     unsigned char empty = 0;
     OSSL_PARAM params[6];
     size_t i = 0;

@@ -15,6 +15,9 @@ struct HSMBackupCommand: AsyncParsableCommand {
             """,
         subcommands: [
             SelfTestCommand.self,
+            ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self,
+            EnvelopeCommand.self,
+            KMSCommand.self,
             StoreCommand.self,
         ]
     )

@@ -1,1 +1,0 @@
-// Envelope: see ../shared/DESIGN.md; filled in by its issue.

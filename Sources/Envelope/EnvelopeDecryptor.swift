@@ -1,0 +1,240 @@
+import BackupCrypto
+import ByteCoding
+import Foundation
+
+/// Options of a decryptor.
+public struct DecryptOptions: Sendable {
+    public var policy: CommitmentPolicy = .requireCommitment
+    public var limits = HeaderLimits()
+    /// A non-framed body must be held whole until its tag verifies; this caps it (named limit).
+    public var maximumNonFramedBodyBytes: Int = 64 << 20
+    public init(policy: CommitmentPolicy = .requireCommitment) { self.policy = policy }
+}
+
+/// Streaming decryption from a source (spec/FORMAT.md §3.3, §3.4; ESDK digest §9).
+///
+/// `init` reads the header (and nothing more), opens an EDK with the keyrings, checks the
+/// commitment key in constant time, then the header tag. `nextChunk()` returns the plaintext of
+/// one frame only after its tag verified; for signed suites the final frame's plaintext is held
+/// until the footer signature verified. After the final frame (and footer) the input must end.
+/// Once a call has failed, the decryptor stays failed.
+public final class EnvelopeDecryptor {
+    public let header: MessageHeader
+    /// The EDK that opened the message.
+    public let openedEDK: EncryptedDataKey
+    /// Which keyring opened it.
+    public let openedBy: String
+
+    private let reader: CountingReader
+    let keys: KeyDerivation.Keys
+    /// Kept for rewrap (same module only).
+    let dataKey: DataKey
+    private let verifier: P384Verifier?
+    private let options: DecryptOptions
+    private var expected: UInt32 = 1
+    private var finished = false
+    private var failure: EnvelopeError?
+    private var inBody = true
+    /// Raw body bytes consumed since the last `takeRawBody()` (used by rewrap).
+    var collectRawBody = false
+    private var rawBody: [UInt8] = []
+    /// Frames decrypted so far (the final frame included once done).
+    public var framesRead: UInt32 { expected - 1 }
+
+    public convenience init(source: ByteSource, keyrings: [Keyring], options: DecryptOptions = DecryptOptions()) throws {
+        try self.init(reader: CountingReader(source), keyrings: keyrings, options: options)
+    }
+
+    init(reader: CountingReader, keyrings: [Keyring], options: DecryptOptions) throws {
+        self.reader = reader
+        self.options = options
+        let header = try HeaderReader.read(from: reader, policy: options.policy, limits: options.limits)
+        self.header = header
+
+        if header.suite.signs {
+            let b64 = header.context.value(forKey: EncryptionContext.publicKeyKey) ?? ""
+            guard let raw = Data(base64Encoded: b64), let pub = try? P384PublicKey(encodedPoint: [UInt8](raw)),
+                  let v = try? P384Verifier(publicKey: pub) else {
+                throw EnvelopeError(.reservedContextKey, "\(EncryptionContext.publicKeyKey) is not a Base64 P-384 point")
+            }
+            v.update(header.bytes)
+            verifier = v
+        } else {
+            verifier = nil
+        }
+
+        let (dataKey, edk, by) = try Self.openDataKey(header: header, keyrings: keyrings)
+        openedEDK = edk
+        openedBy = by
+        self.dataKey = dataKey
+        keys = try KeyDerivation.derive(suite: header.suite, dataKey: dataKey, messageID: header.messageID)
+        if header.suite.commits {
+            guard constantTimeEqual(keys.commitKey, header.suiteData) else {
+                throw EnvelopeError(.commitmentMismatch, "the derived commitment key differs from the header's: wrong data key or forged message",
+                                    offset: header.bodyBytes.count - header.suite.suiteDataByteCount)
+            }
+        }
+        let iv = header.version == 1 ? header.headerIV : [UInt8](repeating: 0, count: 12)
+        let tag = (try? KeyDerivation.headerTag(body: header.bodyBytes, key: keys.contentKey, iv: iv)) ?? []
+        guard constantTimeEqual(tag, header.headerTag) else {
+            throw EnvelopeError(.headerAuthenticationFailed, "the header tag does not verify", offset: header.bodyBytes.count + header.headerIV.count)
+        }
+        reader.observers.append { [unowned self] bytes in
+            guard self.inBody else { return }
+            self.verifier?.update(bytes)
+            if self.collectRawBody { self.rawBody.append(contentsOf: bytes) }
+        }
+    }
+
+    /// Tries the EDKs in header order against each keyring; when none opens, names the keys that would.
+    static func openDataKey(header: MessageHeader, keyrings: [Keyring]) throws -> (DataKey, EncryptedDataKey, String) {
+        var failures: [String] = []
+        var disabled: EnvelopeError?
+        for edk in header.encryptedDataKeys {
+            for k in keyrings {
+                let outcome: UnwrapOutcome
+                do { outcome = try k.unwrap(edk, context: header.context) } catch let e as EnvelopeError where e.code == .keyVersionDisabled {
+                    disabled = e
+                    continue
+                }
+                switch outcome {
+                case .notMine: continue
+                case .failed(let why): failures.append("\(edk.keyDescription): \(why)")
+                case .opened(let dk): return (dk, edk, k.keyDescription)
+                }
+            }
+        }
+        if let disabled { throw disabled }
+        let would = header.encryptedDataKeys.map(\.keyDescription).joined(separator: "; ")
+        var reason = "no key we have opens this message; it opens with: \(would)"
+        if !failures.isEmpty { reason += ". Tried and failed: " + failures.joined(separator: "; ") }
+        throw EnvelopeError(.noUsableKey, reason)
+    }
+
+    /// The next verified plaintext piece (one frame), or nil once the message ended cleanly.
+    public func nextChunk() throws -> [UInt8]? {
+        if let failure { throw failure }
+        if finished { return nil }
+        do {
+            return try header.contentType == .framed ? readFrame() : readNonFramed()
+        } catch let e as EnvelopeError {
+            failure = e
+            throw e
+        }
+    }
+
+    /// Decrypts everything into `sink`, frame by frame.
+    public func decryptAll(to sink: ByteSink) throws {
+        while let chunk = try nextChunk() {
+            if !chunk.isEmpty { try sink.write(chunk) }
+        }
+    }
+
+    /// One call on an in-memory message.
+    public static func decrypt(_ message: [UInt8], keyrings: [Keyring], options: DecryptOptions = DecryptOptions()) throws -> (header: MessageHeader, plaintext: [UInt8]) {
+        let d = try EnvelopeDecryptor(source: MemorySource(message), keyrings: keyrings, options: options)
+        let sink = MemorySink()
+        try d.decryptAll(to: sink)
+        return (d.header, sink.bytes)
+    }
+
+    func takeRawBody() -> [UInt8] {
+        defer { rawBody.removeAll(keepingCapacity: true) }
+        return rawBody
+    }
+
+    // MARK: body
+
+    private func readExact(_ n: Int, frame: UInt32, _ what: String, start: Int) throws -> [UInt8] {
+        let b = try reader.read(n)
+        guard b.count == n else {
+            throw EnvelopeError(.truncatedFrame, "the input ends inside frame \(frame) (\(what))", frame: frame, offset: start)
+        }
+        return b
+    }
+
+    private func u32(_ b: [UInt8]) -> UInt32 { b.reduce(0) { $0 << 8 | UInt32($1) } }
+
+    private func readFrame() throws -> [UInt8] {
+        let frame = expected
+        let start = reader.offset
+        let first = try reader.read(4)
+        if first.isEmpty {
+            throw EnvelopeError(.missingFinalFrame, "the input ends after frame \(frame - 1) without a final frame", frame: frame, offset: start)
+        }
+        guard first.count == 4 else {
+            throw EnvelopeError(.truncatedFrame, "the input ends inside frame \(frame) (sequence number)", frame: frame, offset: start)
+        }
+        let isFinal = u32(first) == KeyDerivation.finalFrameMarker
+        var seq = u32(first)
+        if isFinal { seq = u32(try readExact(4, frame: frame, "sequence number", start: start)) }
+        guard seq == frame else {
+            throw EnvelopeError(.frameOutOfSequence, "frame \(frame) carries sequence number \(seq)", frame: frame, offset: start)
+        }
+        let iv = try readExact(12, frame: frame, "IV", start: start)
+        var length = header.frameLength
+        if isFinal {
+            let lenAt = reader.offset
+            length = u32(try readExact(4, frame: frame, "content length", start: start))
+            guard length <= header.frameLength else {
+                throw EnvelopeError(.finalFrameTooLong, "final frame holds \(length) bytes, frame length is \(header.frameLength)", frame: frame, offset: lenAt)
+            }
+        }
+        let ct = try readExact(Int(length), frame: frame, "content", start: start)
+        let tag = try readExact(16, frame: frame, "tag", start: start)
+        let aad = KeyDerivation.bodyAAD(messageID: header.messageID,
+                                        label: isFinal ? KeyDerivation.finalFrameLabel : KeyDerivation.frameLabel,
+                                        sequence: seq, length: UInt64(length))
+        let plain: [UInt8]
+        do { plain = try AESGCM.open(ct, tag: tag, key: keys.contentKey, nonce: try GCMNonce(iv), aad: aad) } catch {
+            throw EnvelopeError(.frameAuthenticationFailed, "frame \(frame) does not authenticate", frame: frame, offset: start)
+        }
+        if isFinal {
+            try readFooterAndEnd(frame: frame)
+            finished = true
+        } else if expected == KeyDerivation.finalFrameMarker - 1 {
+            throw EnvelopeError(.tooManyFrames, "more than 2^32-1 frames", frame: frame, offset: start)
+        }
+        expected += 1
+        return plain
+    }
+
+    private func readNonFramed() throws -> [UInt8] {
+        let start = reader.offset
+        let iv = try readExact(12, frame: 1, "IV", start: start)
+        let lenAt = reader.offset
+        let lb = try readExact(8, frame: 1, "content length", start: start)
+        let length = lb.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard length <= UInt64(options.maximumNonFramedBodyBytes) else {
+            throw EnvelopeError(.bodyTooLarge, "non-framed content of \(length) bytes exceeds this reader's limit of \(options.maximumNonFramedBodyBytes)", frame: 1, offset: lenAt)
+        }
+        let ct = try readExact(Int(length), frame: 1, "content", start: start)
+        let tag = try readExact(16, frame: 1, "tag", start: start)
+        let aad = KeyDerivation.bodyAAD(messageID: header.messageID, label: KeyDerivation.singleBlockLabel, sequence: 1, length: length)
+        let plain: [UInt8]
+        do { plain = try AESGCM.open(ct, tag: tag, key: keys.contentKey, nonce: try GCMNonce(iv), aad: aad) } catch {
+            throw EnvelopeError(.frameAuthenticationFailed, "the non-framed body does not authenticate", frame: 1, offset: start)
+        }
+        try readFooterAndEnd(frame: 1)
+        finished = true
+        expected = 2
+        return plain
+    }
+
+    private func readFooterAndEnd(frame: UInt32) throws {
+        inBody = false
+        if let verifier {
+            let at = reader.offset
+            let lb = try reader.read(2)
+            guard lb.count == 2 else { throw EnvelopeError(.truncatedFooter, "the input ends before the signature footer", offset: at) }
+            let n = Int(lb[0]) << 8 | Int(lb[1])
+            let sig = try reader.read(n)
+            guard sig.count == n else { throw EnvelopeError(.truncatedFooter, "the input ends inside the signature (\(sig.count) of \(n) bytes)", offset: at) }
+            guard verifier.verify(sig) else { throw EnvelopeError(.invalidSignature, "the footer signature does not verify", offset: at) }
+        }
+        let endAt = reader.offset
+        guard try reader.atEnd() else {
+            throw EnvelopeError(.trailingBytes, "bytes follow the end of the message", offset: endAt)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+import BackupCrypto
+import ByteCoding
+import Foundation
+
+/// What one message is encrypted with: the data key, its EDKs, the full context (including the
+/// verification key for the signed suite) and the per-message signing key.
+public struct EncryptionMaterials {
+    public let suite: AlgorithmSuite
+    public let dataKey: DataKey
+    public let encryptedDataKeys: [EncryptedDataKey]
+    public let context: EncryptionContext
+    public let signingKey: P384PrivateKey?
+
+    public init(suite: AlgorithmSuite, dataKey: DataKey, encryptedDataKeys: [EncryptedDataKey],
+                context: EncryptionContext, signingKey: P384PrivateKey?) {
+        self.suite = suite
+        self.dataKey = dataKey
+        self.encryptedDataKeys = encryptedDataKeys
+        self.context = context
+        self.signingKey = signingKey
+    }
+
+    /// A fresh data key wrapped by every keyring (one EDK each, in keyring order); for the signed
+    /// suite a fresh P-384 key whose compressed point goes into the context.
+    public static func generate(keyrings: [Keyring], context: EncryptionContext,
+                                suite: AlgorithmSuite = .committing, dataKey: DataKey? = nil) throws -> EncryptionMaterials {
+        guard suite.messageFormatVersion == 2 else {
+            throw EnvelopeError(.invalidArgument, "new messages use suite 0x0478 or 0x0578, not \(suite.idHex)")
+        }
+        guard !keyrings.isEmpty else { throw EnvelopeError(.invalidArgument, "at least one keyring is needed") }
+        guard !context.containsKey(EncryptionContext.publicKeyKey) else {
+            throw EnvelopeError(.reservedContextKey, "callers may not set \(EncryptionContext.publicKeyKey)")
+        }
+        var full = context.sorted
+        var signingKey: P384PrivateKey?
+        if suite.signs {
+            let key: P384PrivateKey
+            do { key = try P384PrivateKey() } catch { throw EnvelopeError(.invalidArgument, "P-384 key generation: \(error)") }
+            let point: [UInt8]
+            do { point = try key.publicKey.encodedPoint(compressed: true) } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
+            full = try full.setting(EncryptionContext.publicKeyKey, to: Data(point).base64EncodedString())
+            signingKey = key
+        }
+        let dk: DataKey
+        if let dataKey { dk = dataKey } else {
+            do { dk = try DataKey.random() } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
+        }
+        let edks = try keyrings.map { try $0.wrap(dk, context: full) }
+        return EncryptionMaterials(suite: suite, dataKey: dk, encryptedDataKeys: edks, context: full, signingKey: signingKey)
+    }
+}
+
+/// Streaming encryption to a sink (spec/FORMAT.md §3.3): the header is written at once, then a
+/// regular frame each time `frameLength` plaintext bytes have arrived, and on `finish()` the final
+/// frame (empty when the plaintext is an exact multiple, as the Python SDK writes it) and, for the
+/// signed suite, the footer. Memory is bounded by the frame length.
+public final class EnvelopeEncryptor {
+    public static let defaultFrameLength: UInt32 = 4096
+
+    public let header: MessageHeader
+    private let sink: ByteSink
+    private let contentKey: ContentKey
+    private let signer: P384Signer?
+    private let frameLength: Int
+    private var buffer: [UInt8] = []
+    private var sequence: UInt32 = 1
+    private var state: State = .open
+    /// Plaintext bytes taken so far.
+    public private(set) var plaintextByteCount: UInt64 = 0
+    /// Message bytes written so far.
+    public private(set) var messageByteCount: UInt64 = 0
+
+    private enum State { case open, finished, failed }
+
+    /// Encrypts under every keyring (one EDK each) with a fresh data key.
+    public convenience init(sink: ByteSink, keyrings: [Keyring], context: EncryptionContext = .empty,
+                            suite: AlgorithmSuite = .committing, frameLength: UInt32 = EnvelopeEncryptor.defaultFrameLength) throws {
+        let materials = try EncryptionMaterials.generate(keyrings: keyrings, context: context, suite: suite)
+        try self.init(sink: sink, materials: materials, frameLength: frameLength)
+    }
+
+    /// With given materials and (for known-answer tests) a given message ID.
+    public init(sink: ByteSink, materials: EncryptionMaterials, frameLength: UInt32 = EnvelopeEncryptor.defaultFrameLength,
+                messageID: [UInt8]? = nil) throws {
+        let suite = materials.suite
+        guard suite.messageFormatVersion == 2 else { throw EnvelopeError(.invalidArgument, "new messages use suite 0x0478 or 0x0578") }
+        guard frameLength >= 1, frameLength <= HeaderLimits.formatMaximumFrameLength else {
+            throw EnvelopeError(.invalidFrameLength, "frame length must be 1...\(HeaderLimits.formatMaximumFrameLength), got \(frameLength)")
+        }
+        guard suite.signs == (materials.signingKey != nil),
+              suite.signs == materials.context.containsKey(EncryptionContext.publicKeyKey) else {
+            throw EnvelopeError(.reservedContextKey, "signing key and \(EncryptionContext.publicKeyKey) must be present exactly for the signed suite")
+        }
+        let id = messageID ?? SecureRandom.bytes(count: suite.messageIDByteCount)
+        guard id.count == suite.messageIDByteCount else { throw EnvelopeError(.invalidArgument, "message ID must be \(suite.messageIDByteCount) bytes") }
+        let keys = try KeyDerivation.derive(suite: suite, dataKey: materials.dataKey, messageID: id)
+        let unsigned = try MessageHeader.makeV2(suite: suite, messageID: id, context: materials.context, edks: materials.encryptedDataKeys,
+                                         frameLength: frameLength, commitKey: keys.commitKey)
+        let tag: [UInt8]
+        do { tag = try KeyDerivation.headerTag(body: unsigned.bodyBytes, key: keys.contentKey, iv: [UInt8](repeating: 0, count: 12)) } catch {
+            throw EnvelopeError(.invalidArgument, "header tag: \(error)")
+        }
+        header = unsigned.withTag(tag)
+        contentKey = keys.contentKey
+        self.sink = sink
+        self.frameLength = Int(frameLength)
+        if let key = materials.signingKey {
+            do { signer = try P384Signer(privateKey: key) } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
+        } else {
+            signer = nil
+        }
+        buffer.reserveCapacity(Int(frameLength))
+        try emit(header.bytes)
+    }
+
+    deinit { wipe(&buffer) }
+
+    /// Takes plaintext; writes every frame that becomes full.
+    public func write(_ plaintext: [UInt8]) throws {
+        try plaintext.withUnsafeBytes { try write($0) }
+    }
+
+    public func write(_ plaintext: UnsafeRawBufferPointer) throws {
+        guard state == .open else { throw EnvelopeError(.invalidArgument, "the encryptor is \(state == .finished ? "finished" : "failed")") }
+        var offset = 0
+        while offset < plaintext.count {
+            let n = min(frameLength - buffer.count, plaintext.count - offset)
+            buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: plaintext[offset..<(offset + n)]))
+            offset += n
+            plaintextByteCount += UInt64(n)
+            if buffer.count == frameLength { try guarded { try sealFrame(final: false) } }
+        }
+    }
+
+    /// Writes the final frame and, for the signed suite, the footer.
+    public func finish() throws {
+        guard state == .open else { throw EnvelopeError(.invalidArgument, "the encryptor is \(state == .finished ? "finished" : "failed")") }
+        try guarded {
+            try sealFrame(final: true)
+            if let signer {
+                let sig: [UInt8]
+                do { sig = try signer.finish() } catch { throw EnvelopeError(.invalidArgument, "signing: \(error)") }
+                var w = ByteWriter()
+                w.writeUInt16(UInt16(sig.count))
+                w.writeBytes(sig)
+                try sink.write(w.bytes)
+                messageByteCount += UInt64(w.count)
+            }
+        }
+        state = .finished
+    }
+
+    /// One call: the whole plaintext to a complete message in memory.
+    public static func encrypt(_ plaintext: [UInt8], keyrings: [Keyring], context: EncryptionContext = .empty,
+                               suite: AlgorithmSuite = .committing, frameLength: UInt32 = defaultFrameLength) throws -> [UInt8] {
+        let sink = MemorySink()
+        let e = try EnvelopeEncryptor(sink: sink, keyrings: keyrings, context: context, suite: suite, frameLength: frameLength)
+        try e.write(plaintext)
+        try e.finish()
+        return sink.bytes
+    }
+
+    private func guarded(_ body: () throws -> Void) throws {
+        do { try body() } catch { state = .failed; throw error }
+    }
+
+    private func emit(_ bytes: [UInt8]) throws {
+        signer?.update(bytes)
+        try sink.write(bytes)
+        messageByteCount += UInt64(bytes.count)
+    }
+
+    private func sealFrame(final: Bool) throws {
+        if !final && sequence == KeyDerivation.finalFrameMarker - 1 {
+            throw EnvelopeError(.tooManyFrames, "a message holds at most 2^32-1 frames", frame: sequence)
+        }
+        let iv = KeyDerivation.frameIV(sequence)
+        let aad = KeyDerivation.bodyAAD(messageID: header.messageID,
+                                        label: final ? KeyDerivation.finalFrameLabel : KeyDerivation.frameLabel,
+                                        sequence: sequence, length: UInt64(buffer.count))
+        let sealed: (ciphertext: [UInt8], tag: [UInt8])
+        do { sealed = try AESGCM.seal(buffer, key: contentKey, nonce: try GCMNonce(iv), aad: aad) } catch {
+            throw EnvelopeError(.invalidArgument, "frame encryption: \(error)", frame: sequence)
+        }
+        var w = ByteWriter(capacity: buffer.count + 40)
+        if final { w.writeUInt32(KeyDerivation.finalFrameMarker) }
+        w.writeUInt32(sequence)
+        w.writeBytes(iv)
+        if final { w.writeUInt32(UInt32(buffer.count)) }
+        w.writeBytes(sealed.ciphertext)
+        w.writeBytes(sealed.tag)
+        wipe(&buffer)
+        buffer.reserveCapacity(frameLength)
+        try emit(w.bytes)
+        sequence += 1
+    }
+}
+
+/// An encryptor is a sink for plaintext (call `finish()` after the last write).
+extension EnvelopeEncryptor: ByteSink {}

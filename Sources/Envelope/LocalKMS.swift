@@ -1,0 +1,226 @@
+import BackupCrypto
+import Durability
+import Foundation
+
+/// The embedded local KMS (spec/FORMAT.md §3.6): a keystore directory of named AES-256 keys,
+/// each with numbered versions that can be rotated, disabled and re-enabled.
+///
+/// Layout (every directory 0700, every file 0600, every file written with `AtomicFile`):
+/// ```
+/// <dir>/keys/<NAME>/key.json   metadata: name, creation time, versions with their state
+/// <dir>/keys/<NAME>/v<N>.key   the 32 raw bytes of version N
+/// ```
+/// EDKs use the raw AES keyring layout with provider ID `hsmbackup-local-kms` and key name
+/// `NAME/vN`, so an AWS Encryption SDK Raw AES keyring opens them given the exported bytes.
+/// Encryption uses the highest enabled version. One process at a time should change a keystore.
+public final class LocalKMS: @unchecked Sendable {
+    public static let namespace = "hsmbackup-local-kms"
+    public static let maximumNameBytes = 64
+
+    public struct VersionInfo: Codable, Sendable, Equatable {
+        public let version: Int
+        public let created: String
+        public var enabled: Bool
+    }
+
+    public struct KeyInfo: Codable, Sendable, Equatable {
+        public let name: String
+        public let created: String
+        public var versions: [VersionInfo]
+        /// The version new EDKs use: the highest enabled one.
+        public var primaryVersion: Int? { versions.filter(\.enabled).map(\.version).max() }
+    }
+
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    /// Allowed names: 1...64 of [A-Za-z0-9._-], not starting with '.' or '-'.
+    public static func validate(name: String) throws {
+        let ok = !name.isEmpty && name.utf8.count <= maximumNameBytes
+            && name.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2e || c == 0x5f || c == 0x2d
+            }
+            && !name.hasPrefix(".") && !name.hasPrefix("-")
+        guard ok else {
+            throw EnvelopeError(.invalidKeyName, "key name \"\(name)\" must be 1...\(maximumNameBytes) of A-Z a-z 0-9 . _ - and not start with . or -")
+        }
+    }
+
+    // MARK: management
+
+    @discardableResult
+    public func createKey(_ name: String) throws -> KeyInfo {
+        try Self.validate(name: name)
+        if (try? info(name)) != nil { throw EnvelopeError(.keyExists, "local KMS key \"\(name)\" already exists") }
+        try io { try AtomicFile.makeDirectory(keyDir(name)) }
+        var info = KeyInfo(name: name, created: Self.now(), versions: [])
+        try addVersion(&info)
+        return info
+    }
+
+    /// Adds a new version, which becomes the primary one; older versions still decrypt.
+    @discardableResult
+    public func rotate(_ name: String) throws -> KeyInfo {
+        var i = try info(name)
+        try addVersion(&i)
+        return i
+    }
+
+    @discardableResult
+    public func setEnabled(_ name: String, version: Int, enabled: Bool) throws -> KeyInfo {
+        var i = try info(name)
+        guard let idx = i.versions.firstIndex(where: { $0.version == version }) else {
+            throw EnvelopeError(.keyNotFound, "local KMS key \"\(name)\" has no version \(version)")
+        }
+        i.versions[idx].enabled = enabled
+        try writeInfo(i)
+        return i
+    }
+
+    public func listKeys() throws -> [KeyInfo] {
+        let dir = directory + "/keys"
+        guard FileManager.default.fileExists(atPath: dir) else { return [] }
+        let names = try io { try FileManager.default.contentsOfDirectory(atPath: dir) }
+        return try names.filter { !$0.hasPrefix(".") }.sorted().map { try info($0) }
+    }
+
+    public func info(_ name: String) throws -> KeyInfo {
+        try Self.validate(name: name)
+        let path = keyDir(name) + "/key.json"
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw EnvelopeError(.keyNotFound, "no local KMS key \"\(name)\" in \(directory)")
+        }
+        let bytes = try io { try AtomicFile.read(path, limit: 1 << 20) }
+        guard let i = try? JSONDecoder().decode(KeyInfo.self, from: Data(bytes)), i.name == name else {
+            throw EnvelopeError(.keystoreCorrupt, "\(path) does not parse as key metadata")
+        }
+        return i
+    }
+
+    /// The bytes of one version (the primary one if nil), for export/escrow and interop. The
+    /// caller owns a secret: print it only on explicit request.
+    public func exportKey(_ name: String, version: Int? = nil) throws -> (version: Int, key: WrappingKey) {
+        let i = try info(name)
+        guard let v = version ?? i.primaryVersion else {
+            throw EnvelopeError(.keyVersionDisabled, "local KMS key \"\(name)\" has no enabled version")
+        }
+        guard i.versions.contains(where: { $0.version == v }) else {
+            throw EnvelopeError(.keyNotFound, "local KMS key \"\(name)\" has no version \(v)")
+        }
+        return (v, try loadKey(name, version: v))
+    }
+
+    // MARK: keyrings
+
+    /// A keyring that encrypts under `name`'s primary version and opens EDKs of any version of it.
+    public func keyring(_ name: String) throws -> LocalKMSKeyring {
+        _ = try info(name)
+        return LocalKMSKeyring(kms: self, keyName: name)
+    }
+
+    /// A keyring that opens EDKs of every key in this keystore (it cannot encrypt).
+    public var decryptionKeyring: LocalKMSKeyring { LocalKMSKeyring(kms: self, keyName: nil) }
+
+    /// "NAME/vN" → (NAME, N).
+    public static func parseEDKKeyName(_ s: String) -> (name: String, version: Int)? {
+        guard let slash = s.lastIndex(of: "/") else { return nil }
+        let name = String(s[..<slash])
+        let v = s[s.index(after: slash)...]
+        guard v.hasPrefix("v"), let n = Int(v.dropFirst()), n > 0, "v\(n)" == v, (try? validate(name: name)) != nil else { return nil }
+        return (name, n)
+    }
+
+    func wrappingKey(_ name: String, version: Int) throws -> WrappingKey {
+        let i = try info(name)
+        guard let vi = i.versions.first(where: { $0.version == version }) else {
+            throw EnvelopeError(.keyNotFound, "local KMS key \"\(name)\" has no version \(version)")
+        }
+        guard vi.enabled else {
+            throw EnvelopeError(.keyVersionDisabled, "local KMS key \"\(name)\" version \(version) is disabled (enable it to use it)")
+        }
+        return try loadKey(name, version: version)
+    }
+
+    // MARK: private
+
+    private func keyDir(_ name: String) -> String { directory + "/keys/" + name }
+
+    private func loadKey(_ name: String, version: Int) throws -> WrappingKey {
+        let path = keyDir(name) + "/v\(version).key"
+        var bytes = try io { try AtomicFile.read(path, limit: 64) }
+        defer { wipe(&bytes) }
+        guard bytes.count == 32, let k = try? WrappingKey(bytes: bytes) else {
+            throw EnvelopeError(.keystoreCorrupt, "\(path) is not a 32-byte key")
+        }
+        return k
+    }
+
+    private func addVersion(_ info: inout KeyInfo) throws {
+        let v = (info.versions.map(\.version).max() ?? 0) + 1
+        var bytes = SecureRandom.secureBytes(count: 32).unsafeCopy()
+        defer { wipe(&bytes) }
+        try io { try AtomicFile.write(bytes, to: keyDir(info.name) + "/v\(v).key", mode: 0o600) }
+        info.versions.append(VersionInfo(version: v, created: Self.now(), enabled: true))
+        try writeInfo(info)
+    }
+
+    private func writeInfo(_ info: KeyInfo) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try enc.encode(info)
+        try io {
+            try AtomicFile.makeDirectory(directory, mode: 0o700)
+            try AtomicFile.makeDirectory(directory + "/keys", mode: 0o700)
+            try AtomicFile.write([UInt8](data), to: keyDir(info.name) + "/key.json", mode: 0o600)
+        }
+    }
+
+    private func io<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as EnvelopeError { throw e } catch let e as FileError {
+            throw EnvelopeError(e.code == .notFound ? .keyNotFound : .io, "local KMS: \(e)")
+        } catch {
+            throw EnvelopeError(.io, "local KMS: \(error)")
+        }
+    }
+
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: Date())
+    }
+}
+
+/// The local KMS as a keyring: EDKs in the raw AES layout, namespace `hsmbackup-local-kms`, key
+/// name `NAME/vN`.
+public struct LocalKMSKeyring: Keyring {
+    public let kms: LocalKMS
+    /// nil: any key of the keystore (decrypt only).
+    public let keyName: String?
+
+    public var keyDescription: String {
+        keyName.map { "\(LocalKMS.namespace) key \"\($0)\"" } ?? "\(LocalKMS.namespace) keystore \(kms.directory)"
+    }
+
+    public func wrap(_ dataKey: DataKey, context: EncryptionContext) throws -> EncryptedDataKey {
+        guard let keyName else { throw EnvelopeError(.invalidArgument, "name a local KMS key to encrypt with") }
+        let info = try kms.info(keyName)
+        guard let v = info.primaryVersion else {
+            throw EnvelopeError(.keyVersionDisabled, "local KMS key \"\(keyName)\" has no enabled version")
+        }
+        let ring = try RawAESKeyring(namespace: LocalKMS.namespace, name: "\(keyName)/v\(v)",
+                                     wrappingKey: try kms.wrappingKey(keyName, version: v))
+        return try ring.wrap(dataKey, context: context)
+    }
+
+    public func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome {
+        guard edk.providerID == LocalKMS.namespace, let full = edk.rawAESKeyName,
+              let (name, version) = LocalKMS.parseEDKKeyName(full) else { return .notMine }
+        if let keyName, keyName != name { return .notMine }
+        let key: WrappingKey
+        do { key = try kms.wrappingKey(name, version: version) } catch let e as EnvelopeError where e.code == .keyNotFound {
+            return .notMine
+        }
+        return RawAESKeyring.open(edk, key: key, context: context)
+    }
+}

@@ -1,0 +1,178 @@
+import BackupCrypto
+import ByteCoding
+
+// Implements spec/FORMAT.md section 4.5 (chunk frames). Grammar:
+//
+//   chunks = *frame(type = 0x01) frame(type = 0x02) END
+//   frame  = type(u8) length(u32) ciphertext(length)
+//   ciphertext = KWP-AES-256(EBK, binding || data)
+//   binding    = headerDigest(32) index(u32) final(u8: 0x00 or 0x01)
+//
+// A non-final chunk carries exactly chunkSize data bytes, a final chunk 1...chunkSize.
+
+public enum ChunkFormat {
+    public static let typeChunk: UInt8 = 0x01
+    public static let typeFinal: UInt8 = 0x02
+    public static let frameHeaderByteCount = 5
+    public static let bindingByteCount = 32 + 4 + 1
+
+    /// KWP output length for `n` plaintext bytes: the input padded to a multiple of 8, plus 8.
+    public static func ciphertextLength(dataBytes n: Int) -> Int {
+        let p = bindingByteCount + n
+        return ((p + 7) / 8) * 8 + 8
+    }
+
+    static func binding(headerDigest: [UInt8], index: Int, final: Bool) -> [UInt8] {
+        var w = ByteWriter(capacity: bindingByteCount)
+        w.writeBytes(headerDigest)
+        w.writeUInt32(UInt32(index))
+        w.writeUInt8(final ? 1 : 0)
+        return w.bytes
+    }
+}
+
+/// One chunk frame as found in the stream (no crypto applied).
+public struct ChunkFrame: Sendable {
+    public let index: Int
+    public let isFinal: Bool
+    /// Absolute offset of the frame's type byte in the blob.
+    public let offset: Int
+    public let ciphertext: [UInt8]
+}
+
+/// The keyless parser of an inner blob: prelude, header, then chunk frames with every length,
+/// count and ordering rule checked. Push bytes in any pieces; memory stays bounded by one frame.
+/// Once failed it stays failed.
+public struct InnerFrameParser {
+    public private(set) var header: InnerHeader?
+    public private(set) var chunkCount = 0
+    public private(set) var finished = false
+    /// Absolute offset of the next unconsumed byte.
+    public private(set) var offset = 0
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var failure: ArchiveError?
+
+    public init() {}
+
+    /// Feeds bytes; calls `onHeader` once, then `onFrame` for each complete frame, in order.
+    public mutating func feed(_ bytes: [UInt8], onHeader: (InnerHeader) throws -> Void,
+                              onFrame: (ChunkFrame) throws -> Void) throws {
+        if let failure { throw failure }
+        do {
+            try feedUnchecked(bytes, onHeader: onHeader, onFrame: onFrame)
+        } catch let e as ArchiveError {
+            failure = e
+            throw e
+        }
+    }
+
+    /// The input has ended: it must end exactly after the final chunk.
+    public mutating func finish() throws {
+        if let failure { throw failure }
+        let pending = buffer.count - start
+        var e: ArchiveError?
+        if header == nil {
+            e = ArchiveError(.truncated, "the input ends inside the header", offset: offset + pending, field: "header")
+        } else if !finished {
+            e = pending == 0
+                ? ArchiveError(.missingFinalChunk, "the chunk stream ends without a final chunk", offset: offset, chunk: chunkCount)
+                : ArchiveError(.truncated, "the input ends inside a chunk frame", offset: offset + pending, chunk: chunkCount)
+        }
+        if let e { failure = e; throw e }
+    }
+
+    private mutating func feedUnchecked(_ bytes: [UInt8], onHeader: (InnerHeader) throws -> Void,
+                                        onFrame: (ChunkFrame) throws -> Void) throws {
+        if finished, !bytes.isEmpty {
+            throw ArchiveError(.dataAfterFinalChunk, "\(bytes.count) bytes after the final chunk", offset: offset)
+        }
+        buffer.append(contentsOf: bytes)
+        while true {
+            let avail = buffer[start...]
+            if header == nil {
+                guard let length = try InnerHeader.headerLength(prefix: avail), avail.count >= length else { break }
+                let h = try InnerHeader.parse(prefix: avail.prefix(length))
+                consume(length)
+                header = h
+                try onHeader(h)
+                continue
+            }
+            if finished {
+                if !avail.isEmpty {
+                    throw ArchiveError(.dataAfterFinalChunk, "\(avail.count) bytes after the final chunk", offset: offset)
+                }
+                break
+            }
+            guard avail.count >= ChunkFormat.frameHeaderByteCount else { break }
+            let frameAt = offset
+            var r = ByteReader(avail, baseOffset: offset)
+            let type = try! r.readUInt8("frame type")
+            let length = Int(try! r.readUInt32("frame length"))
+            guard type == ChunkFormat.typeChunk || type == ChunkFormat.typeFinal else {
+                throw ArchiveError(.malformedFrame, "unknown frame type 0x\(String(type, radix: 16))", offset: frameAt, chunk: chunkCount)
+            }
+            let isFinal = type == ChunkFormat.typeFinal
+            let chunkSize = Int(header!.payload.chunkSize)
+            let full = ChunkFormat.ciphertextLength(dataBytes: chunkSize)
+            let minimum = ChunkFormat.ciphertextLength(dataBytes: 1)
+            let lengthOK = isFinal ? (length >= minimum && length <= full && length % 8 == 0) : length == full
+            guard lengthOK else {
+                throw ArchiveError(.malformedFrame, "\(isFinal ? "final" : "non-final") chunk ciphertext length \(length) breaks the framing rules (full chunk = \(full))",
+                                   offset: frameAt + 1, chunk: chunkCount)
+            }
+            guard chunkCount < InnerFormat.maximumChunks else {
+                throw ArchiveError(.limitExceeded, "more than \(InnerFormat.maximumChunks) chunks", offset: frameAt, chunk: chunkCount)
+            }
+            guard avail.count >= ChunkFormat.frameHeaderByteCount + length else { break }
+            let ciphertext = Array(try! r.readSlice(length, "chunk ciphertext"))
+            consume(ChunkFormat.frameHeaderByteCount + length)
+            let frame = ChunkFrame(index: chunkCount, isFinal: isFinal, offset: frameAt, ciphertext: ciphertext)
+            chunkCount += 1
+            if isFinal { finished = true }
+            try onFrame(frame)
+        }
+        if start > 1 << 16, start * 2 > buffer.count {
+            buffer.removeFirst(start)
+            start = 0
+        }
+    }
+
+    private mutating func consume(_ n: Int) {
+        start += n
+        offset += n
+    }
+}
+
+/// Structure-only validation (verification level "structure", no keys): the header parses,
+/// every frame follows the rules, the final chunk is present and nothing follows it.
+public struct InnerStructureSummary: Sendable {
+    public let header: InnerHeader
+    public let chunkCount: Int
+    public let totalBytes: Int
+}
+
+public struct InnerStructureChecker {
+    private var parser = InnerFrameParser()
+    public init() {}
+
+    /// The inner header, once its bytes have been fed.
+    public var header: InnerHeader? { parser.header }
+    /// Chunk frames seen so far.
+    public var chunkCount: Int { parser.chunkCount }
+
+    public mutating func feed(_ bytes: [UInt8]) throws {
+        try parser.feed(bytes, onHeader: { _ in }, onFrame: { _ in })
+    }
+
+    public mutating func finish() throws -> InnerStructureSummary {
+        try parser.finish()
+        return InnerStructureSummary(header: parser.header!, chunkCount: parser.chunkCount, totalBytes: parser.offset)
+    }
+
+    public static func check(_ blob: [UInt8]) throws -> InnerStructureSummary {
+        var c = InnerStructureChecker()
+        try c.feed(blob)
+        return try c.finish()
+    }
+}

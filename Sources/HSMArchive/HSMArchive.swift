@@ -1,1 +1,0 @@
-// HSMArchive: see ../shared/DESIGN.md; filled in by its issue.

@@ -1,1 +1,0 @@
-// HSMBackup: see ../shared/DESIGN.md; filled in by its issue.

@@ -1,0 +1,33 @@
+import Envelope
+import HSMArchive
+import SimulatedHSM
+
+/// Restores an archive onto an HSM of the same manufacturer, replacing everything it holds.
+public enum Restorer {
+    /// Streams the archive through the envelope into the HSM's restore session. Nothing on the
+    /// HSM changes until the last frame, the signature, the seal, every chunk and every object
+    /// have verified; then all contents are replaced in one atomic step (or, for a dry run, not
+    /// at all). Another manufacturer is refused from the public metadata, before any decryption.
+    public static func restore(_ source: ByteSource, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
+                               progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
+        let decryptor = try EnvelopeDecryptor(source: source, keyrings: keyrings)
+        let metadata = try ArchiveMetadata(context: decryptor.header.context)
+        guard Array(metadata.manufacturer.utf8) == Array(hsm.identity.manufacturerId.utf8) else {
+            throw HSMBackupError(.incompatibleHSM,
+                                 "the archive is from manufacturer \"\(metadata.manufacturer)\"; this HSM is \"\(hsm.identity.manufacturerId)\": restore refused, nothing changed")
+        }
+        let session = try hsm.beginRestore()
+        var metadataChecked = false
+        var done: UInt64 = 0
+        while let piece = try decryptor.nextChunk() {
+            try session.feed(piece)
+            if !metadataChecked, let header = session.header {
+                try metadata.check(against: header)
+                metadataChecked = true
+            }
+            done += UInt64(piece.count)
+            progress?(done)
+        }
+        return try session.finish(dryRun: dryRun)
+    }
+}

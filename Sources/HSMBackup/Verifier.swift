@@ -1,0 +1,194 @@
+import Envelope
+import HSMArchive
+import SimulatedHSM
+
+/// What a verification may use beyond the archive itself.
+public struct VerificationKeys {
+    /// KMS keyrings (for the envelope and full levels).
+    public var keyrings: [Keyring]
+    /// An HSM of the archive's manufacturer (for the full level): the check runs inside it, as a
+    /// dry-run restore that changes nothing.
+    public var hsm: SimulatedHSM?
+    /// Or the backup keys themselves (MKBK + AKBK), for a full check with no HSM at hand.
+    public var backupKeyring: BackupKeyring?
+
+    public init(keyrings: [Keyring] = [], hsm: SimulatedHSM? = nil, backupKeyring: BackupKeyring? = nil) {
+        self.keyrings = keyrings
+        self.hsm = hsm
+        self.backupKeyring = backupKeyring
+    }
+}
+
+/// Verifies archives at three depths (spec/FORMAT.md "Verification levels") and reports every
+/// finding with where it is. Bad data never throws: it becomes a finding. Only a missing key for
+/// the requested level throws, before anything is read.
+public enum Verifier {
+    public static func verify(_ source: ByteSource, name: String, level: VerificationLevel,
+                              keys: VerificationKeys = VerificationKeys(),
+                              progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
+        if level >= .envelope && keys.keyrings.isEmpty {
+            throw HSMBackupError(.invalidArgument, "verification at level \(level.rawValue) needs a KMS key")
+        }
+        if level == .full && keys.hsm == nil && keys.backupKeyring == nil {
+            throw HSMBackupError(.invalidArgument, "verification at level full needs an HSM of the archive's manufacturer")
+        }
+        var report = VerificationReport(archive: name, level: level)
+        if level == .structure {
+            structurePass(source, into: &report)
+        } else {
+            decryptingPass(source, level: level, keys: keys, into: &report, progress: progress)
+        }
+        return report
+    }
+
+    /// Level 1: every framing rule of the envelope and its public metadata, with no key.
+    static func structurePass(_ source: ByteSource, into report: inout VerificationReport) {
+        do {
+            let s = try EnvelopeStructure.walk(source)
+            report.framesChecked = Int(s.frameCount)
+            report.bytesChecked = s.messageBytes
+            do {
+                _ = try ArchiveMetadata(context: s.header.context)
+            } catch {
+                report.findings.append(finding(error, layer: .envelope))
+            }
+            report.levelsChecked = [.structure]
+        } catch {
+            report.findings.append(finding(error, layer: .envelope))
+        }
+    }
+
+    /// Levels 2 and 3 in one pass: the envelope decrypts frame by frame (every tag, the
+    /// commitment, the signature); each verified piece feeds the keyless inner structure check
+    /// and, for level 3, the HSM's own verification. A failure in one layer stops that layer only,
+    /// so the others still report what they find.
+    static func decryptingPass(_ source: ByteSource, level: VerificationLevel, keys: VerificationKeys,
+                               into report: inout VerificationReport, progress: ((UInt64) -> Void)?) {
+        let decryptor: EnvelopeDecryptor
+        let metadata: ArchiveMetadata
+        do {
+            decryptor = try EnvelopeDecryptor(source: source, keyrings: keys.keyrings)
+            metadata = try ArchiveMetadata(context: decryptor.header.context)
+        } catch {
+            report.findings.append(finding(error, layer: .envelope))
+            return
+        }
+        var structure: InnerStructureChecker? = InnerStructureChecker()
+        var full: FullCheck?
+        var fullFailed = false
+        var metadataChecked = false
+        var innerBytes: UInt64 = 0
+        if level == .full {
+            do {
+                if let hsm = keys.hsm {
+                    full = .hsm(try hsm.beginRestore())
+                } else if let keyring = keys.backupKeyring {
+                    full = .keys(InnerBlobOpener(keyring: keyring))
+                }
+            } catch {
+                report.findings.append(finding(error, layer: .inner))
+                fullFailed = true
+            }
+        }
+        var envelopeOK = false
+        do {
+            while let piece = try decryptor.nextChunk() {
+                innerBytes += UInt64(piece.count)
+                if structure != nil {
+                    do {
+                        try structure!.feed(piece)
+                        if !metadataChecked, let header = structure!.header {
+                            metadataChecked = true
+                            do { try metadata.check(against: header) } catch {
+                                report.findings.append(finding(error, layer: .inner))
+                            }
+                        }
+                    } catch {
+                        report.findings.append(finding(error, layer: .inner))
+                        structure = nil
+                    }
+                }
+                if let f = full, !fullFailed {
+                    do { try f.feed(piece) } catch {
+                        report.findings.append(finding(error, layer: layer(of: error)))
+                        fullFailed = true
+                    }
+                }
+                progress?(innerBytes)
+            }
+            envelopeOK = true
+        } catch {
+            report.findings.append(finding(error, layer: .envelope))
+        }
+        report.framesChecked = Int(decryptor.framesRead)
+        report.bytesChecked = Int(innerBytes)
+        guard envelopeOK else { return }
+        if var s = structure {
+            do {
+                let summary = try s.finish()
+                report.chunksChecked = summary.chunkCount
+                if !metadataChecked { try metadata.check(against: summary.header) }
+            } catch {
+                report.findings.append(finding(error, layer: .inner))
+            }
+        }
+        report.levelsChecked = report.errors.isEmpty ? [.structure, .envelope] : []
+        guard level == .full, let full, !fullFailed else { return }
+        do {
+            report.objectsChecked = try full.finish()
+            if report.errors.isEmpty { report.levelsChecked.append(.full) }
+        } catch {
+            report.findings.append(finding(error, layer: layer(of: error)))
+        }
+    }
+
+    /// The level-3 check: inside an HSM (dry-run restore) or with the backup keys.
+    enum FullCheck {
+        case hsm(RestoreSession)
+        case keys(InnerBlobOpener)
+
+        func feed(_ bytes: [UInt8]) throws {
+            switch self {
+            case .hsm(let s): try s.feed(bytes)
+            case .keys(let o): try o.feed(bytes)
+            }
+        }
+
+        /// Returns the number of objects checked.
+        func finish() throws -> Int {
+            switch self {
+            case .hsm(let s):
+                let r = try s.finish(dryRun: true)
+                return r.users + r.keys + r.policies
+            case .keys(let o):
+                return try o.finishBundle().objects.count
+            }
+        }
+    }
+
+    static func layer(of error: Error) -> Finding.Layer {
+        guard let e = error as? ArchiveError else { return .inner }
+        switch e.code {
+        case .payloadMalformed, .tarMalformed, .manifestMalformed, .objectDigestMismatch, .objectCountMismatch: return .payload
+        default: return .inner
+        }
+    }
+
+    /// A typed error of any layer as a finding with its location.
+    static func finding(_ error: Error, layer: Finding.Layer) -> Finding {
+        switch error {
+        case let e as EnvelopeError:
+            return Finding(layer: layer, code: e.code.rawValue, message: e.reason,
+                           location: FindingLocation(offset: e.offset, frame: e.frame.map(Int.init)))
+        case let e as ArchiveError:
+            return Finding(layer: layer, code: e.code.rawValue, message: e.reason,
+                           location: FindingLocation(offset: e.offset, chunk: e.chunk))
+        case let e as HSMError:
+            return Finding(layer: layer, code: e.code.rawValue, message: e.reason)
+        case let e as HSMBackupError:
+            return Finding(layer: layer, code: e.code.rawValue, message: e.reason)
+        default:
+            return Finding(layer: layer, code: "error", message: "\(error)")
+        }
+    }
+}

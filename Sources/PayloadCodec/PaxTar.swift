@@ -1,0 +1,199 @@
+import CArchive
+
+/// POSIX pax tar (IEEE 1003.1-2001 "pax interchange format") over memory, through libarchive.
+/// Spec: spec/FORMAT.md section 4.7 (payload). Only regular files with relative, normalized
+/// UTF-8 paths are written or accepted; every other entry type is refused.
+public struct TarEntry: Sendable, Equatable {
+    public let path: String
+    public let contents: [UInt8]
+
+    public init(path: String, contents: [UInt8]) {
+        self.path = path
+        self.contents = contents
+    }
+}
+
+public struct TarLimits: Sendable {
+    public var maximumEntries: Int
+    public var maximumEntryBytes: Int
+    public var maximumPathBytes: Int
+
+    public init(maximumEntries: Int = 1 << 20, maximumEntryBytes: Int = 64 << 20, maximumPathBytes: Int = 1024) {
+        self.maximumEntries = maximumEntries
+        self.maximumEntryBytes = maximumEntryBytes
+        self.maximumPathBytes = maximumPathBytes
+    }
+}
+
+public enum PaxTar {
+    /// The fixed metadata every entry is written with, so the same entries give the same bytes.
+    public static let entryMode: UInt32 = 0o600
+    public static let entryMTime = 0
+
+    /// Writes the entries in order as a pax tar. Paths are checked as the reader checks them.
+    public static func write(_ entries: [TarEntry], limits: TarLimits = TarLimits()) throws -> [UInt8] {
+        PayloadLocale.ensure()
+        guard entries.count <= limits.maximumEntries else {
+            throw PayloadCodecError(.tooManyEntries, "\(entries.count) entries exceed the limit of \(limits.maximumEntries)")
+        }
+        var seen = Set<String>()
+        for (i, e) in entries.enumerated() {
+            try checkPath(e.path, index: i, limits: limits)
+            guard seen.insert(e.path).inserted else {
+                throw PayloadCodecError(.duplicatePath, "path appears twice", entryIndex: i, entryPath: e.path)
+            }
+            guard e.contents.count <= limits.maximumEntryBytes else {
+                throw PayloadCodecError(.entryTooLarge, "\(e.contents.count) bytes exceed the limit of \(limits.maximumEntryBytes)",
+                                        entryIndex: i, entryPath: e.path)
+            }
+        }
+        let sink = MemorySink()
+        guard let a = archive_write_new() else { throw PayloadCodecError(.tarWriteFailed, "archive_write_new failed") }
+        defer { archive_write_free(a) }
+        func check(_ r: Int32, _ what: String) throws {
+            guard r == ARCHIVE_OK else {
+                throw PayloadCodecError(.tarWriteFailed, "\(what): \(errorString(a))")
+            }
+        }
+        try check(archive_write_set_format_pax(a), "set_format_pax")
+        try check(archive_write_add_filter_none(a), "add_filter_none")
+        let ctx = Unmanaged.passUnretained(sink).toOpaque()
+        try check(archive_write_open2(a, ctx, nil, { _, ctx, buf, n in
+            guard let ctx, let buf else { return -1 }
+            let sink = Unmanaged<MemorySink>.fromOpaque(ctx).takeUnretainedValue()
+            sink.bytes.append(contentsOf: UnsafeRawBufferPointer(start: buf, count: n))
+            return n
+        }, nil, nil), "open")
+        for (i, e) in entries.enumerated() {
+            guard let entry = archive_entry_new() else { throw PayloadCodecError(.tarWriteFailed, "archive_entry_new failed") }
+            defer { archive_entry_free(entry) }
+            archive_entry_set_pathname_utf8(entry, e.path)
+            archive_entry_set_filetype(entry, hsmb_ae_ifreg())
+            archive_entry_set_perm(entry, mode_t(entryMode))
+            archive_entry_set_size(entry, la_int64_t(e.contents.count))
+            archive_entry_set_mtime(entry, time_t(entryMTime), 0)
+            archive_entry_set_uid(entry, 0)
+            archive_entry_set_gid(entry, 0)
+            let r = archive_write_header(a, entry)
+            guard r == ARCHIVE_OK else {
+                throw PayloadCodecError(.tarWriteFailed, "write_header: \(errorString(a))", entryIndex: i, entryPath: e.path)
+            }
+            if !e.contents.isEmpty {
+                let n = e.contents.withUnsafeBytes { archive_write_data(a, $0.baseAddress, $0.count) }
+                guard n == e.contents.count else {
+                    throw PayloadCodecError(.tarWriteFailed, "write_data: \(errorString(a))", entryIndex: i, entryPath: e.path)
+                }
+            }
+        }
+        try check(archive_write_close(a), "close")
+        return sink.bytes
+    }
+
+    /// Reads a pax/ustar tar from memory. Refuses unsafe paths, duplicates, non-regular entries,
+    /// entries over the limits, and data longer than an entry declared.
+    public static func read(_ bytes: [UInt8], limits: TarLimits = TarLimits()) throws -> [TarEntry] {
+        PayloadLocale.ensure()
+        guard let a = archive_read_new() else { throw PayloadCodecError(.malformedTar, "archive_read_new failed") }
+        defer { archive_read_free(a) }
+        guard archive_read_support_format_tar(a) == ARCHIVE_OK else {
+            throw PayloadCodecError(.malformedTar, "support_format_tar: \(errorString(a))")
+        }
+        return try bytes.withUnsafeBytes { raw -> [TarEntry] in
+            // libarchive rejects a NULL buffer even for size 0; an empty input is not a tar.
+            guard raw.count > 0 else { throw PayloadCodecError(.malformedTar, "empty input", offset: 0) }
+            guard archive_read_open_memory(a, raw.baseAddress, raw.count) == ARCHIVE_OK else {
+                throw PayloadCodecError(.malformedTar, "open: \(errorString(a))", offset: 0)
+            }
+            var out: [TarEntry] = []
+            var seen = Set<String>()
+            var entry: OpaquePointer? = nil
+            var index = 0
+            while true {
+                let r = archive_read_next_header(a, &entry)
+                if r == ARCHIVE_EOF { break }
+                guard r == ARCHIVE_OK, let entry else {
+                    throw PayloadCodecError(.malformedTar, "header: \(errorString(a))", entryIndex: index,
+                                            offset: Int(archive_read_header_position(a)))
+                }
+                guard index < limits.maximumEntries else {
+                    throw PayloadCodecError(.tooManyEntries, "more than \(limits.maximumEntries) entries", entryIndex: index)
+                }
+                guard let cpath = archive_entry_pathname_utf8(entry) else {
+                    throw PayloadCodecError(.unsafePath, "path is not valid UTF-8", entryIndex: index)
+                }
+                let path = String(cString: cpath)
+                try checkPath(path, index: index, limits: limits)
+                guard archive_entry_filetype(entry) == hsmb_ae_ifreg(),
+                      archive_entry_hardlink(entry) == nil, archive_entry_symlink(entry) == nil else {
+                    throw PayloadCodecError(.unsupportedEntryType, "only regular files are allowed", entryIndex: index, entryPath: path)
+                }
+                guard seen.insert(path).inserted else {
+                    throw PayloadCodecError(.duplicatePath, "path appears twice", entryIndex: index, entryPath: path)
+                }
+                guard archive_entry_size_is_set(entry) != 0 else {
+                    throw PayloadCodecError(.malformedTar, "entry has no size", entryIndex: index, entryPath: path)
+                }
+                let declared = Int(archive_entry_size(entry))
+                guard declared >= 0, declared <= limits.maximumEntryBytes else {
+                    throw PayloadCodecError(.entryTooLarge, "\(declared) bytes exceed the limit of \(limits.maximumEntryBytes)",
+                                            entryIndex: index, entryPath: path)
+                }
+                var data = [UInt8]()
+                data.reserveCapacity(declared)
+                var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { archive_read_data(a, $0.baseAddress, $0.count) }
+                    if n == 0 { break }
+                    guard n > 0 else {
+                        throw PayloadCodecError(.malformedTar, "data: \(errorString(a))", entryIndex: index, entryPath: path)
+                    }
+                    guard data.count + n <= declared else {
+                        throw PayloadCodecError(.entryTooLarge, "more data than the \(declared) bytes declared",
+                                                entryIndex: index, entryPath: path)
+                    }
+                    data.append(contentsOf: buffer[0..<n])
+                }
+                guard data.count == declared else {
+                    throw PayloadCodecError(.malformedTar, "\(data.count) bytes of data, \(declared) declared",
+                                            entryIndex: index, entryPath: path)
+                }
+                out.append(TarEntry(path: path, contents: data))
+                index += 1
+            }
+            return out
+        }
+    }
+
+    /// A safe member path: relative, UTF-8, components neither empty nor `.` nor `..`, no NUL,
+    /// no backslash, at most `maximumPathBytes`.
+    public static func checkPath(_ path: String, index: Int, limits: TarLimits = TarLimits()) throws {
+        let bytes = Array(path.utf8)
+        func refuse(_ why: String) -> PayloadCodecError {
+            PayloadCodecError(.unsafePath, why, entryIndex: index, entryPath: path)
+        }
+        guard !bytes.isEmpty else { throw refuse("empty path") }
+        guard bytes.count <= limits.maximumPathBytes else { throw refuse("path longer than \(limits.maximumPathBytes) bytes") }
+        guard bytes.first != UInt8(ascii: "/") else { throw refuse("absolute path") }
+        guard !bytes.contains(0), !bytes.contains(UInt8(ascii: "\\")) else { throw refuse("NUL or backslash in path") }
+        for component in path.split(separator: "/", omittingEmptySubsequences: false) {
+            guard !component.isEmpty else { throw refuse("empty path component") }
+            guard component != ".", component != ".." else { throw refuse("`.` or `..` component") }
+        }
+    }
+
+    private static func errorString(_ a: OpaquePointer) -> String {
+        guard let s = archive_error_string(a) else { return "libarchive error \(archive_errno(a))" }
+        return String(cString: s)
+    }
+}
+
+final class MemorySink {
+    var bytes: [UInt8] = []
+}
+
+/// libarchive's pax writer converts names through the C locale: it needs a UTF-8 LC_CTYPE, set
+/// once per process before the first archive is opened.
+enum PayloadLocale {
+    private static let once: Void = { hsmb_set_utf8_ctype() }()
+    static func ensure() { _ = once }
+}

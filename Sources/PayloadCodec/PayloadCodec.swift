@@ -1,1 +1,0 @@
-// PayloadCodec: see ../shared/DESIGN.md; filled in by its issue.

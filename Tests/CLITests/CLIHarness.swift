@@ -1,0 +1,73 @@
+import Foundation
+import XCTest
+
+/// Runs the built `hsmbackup` binary as a user would and captures a transcript: the command,
+/// what it printed on stdout and stderr, and its exit code.
+struct CLIRun: CustomStringConvertible {
+    let arguments: [String]
+    let stdout: String
+    let stderr: String
+    let exitCode: Int32
+
+    var description: String {
+        "$ hsmbackup \(arguments.joined(separator: " "))\n\(stdout)\(stderr.isEmpty ? "" : "[stderr] \(stderr)")[exit \(exitCode)]"
+    }
+}
+
+enum CLI {
+    /// The binary built next to this test bundle (.build/debug/hsmbackup).
+    static var binary: URL {
+        if let override = ProcessInfo.processInfo.environment["HSMBACKUP_BIN"] { return URL(fileURLWithPath: override) }
+        // On Linux the test bundle is a file in the build directory; elsewhere a directory in it.
+        let bundle = Bundle(for: Marker.self).bundleURL
+        for dir in [bundle, bundle.deletingLastPathComponent()] {
+            let candidate = dir.appendingPathComponent("hsmbackup")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        }
+        return bundle.deletingLastPathComponent().appendingPathComponent("hsmbackup")
+    }
+
+    private final class Marker {}
+
+    @discardableResult
+    static func run(_ args: [String], home: String? = nil, stdin: Data? = nil,
+                    environment extra: [String: String] = [:]) throws -> CLIRun {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        if let home { env["HSMBACKUP_HOME"] = home }
+        for (k, v) in extra { env[k] = v }
+        p.environment = env
+        // Output goes to temp files, so a chatty command can never block on a full pipe.
+        let tmp = FileManager.default.temporaryDirectory
+        let outURL = tmp.appendingPathComponent("cli-out-\(UUID().uuidString)")
+        let errURL = tmp.appendingPathComponent("cli-err-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(at: outURL)
+            try? FileManager.default.removeItem(at: errURL)
+        }
+        let outHandle = try FileHandle(forWritingTo: outURL), errHandle = try FileHandle(forWritingTo: errURL)
+        let input = Pipe()
+        p.standardOutput = outHandle
+        p.standardError = errHandle
+        p.standardInput = input
+        try p.run()
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try input.fileHandleForWriting.close()
+        p.waitUntilExit()
+        try outHandle.close()
+        try errHandle.close()
+        return CLIRun(arguments: args, stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                      stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+    }
+
+    /// A fresh home directory for one test.
+    static func makeHome() throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hsmb-home-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}

@@ -1,0 +1,199 @@
+import BackupCrypto
+import Envelope
+import Foundation
+import XCTest
+
+/// Keyrings, several EDKs, the local KMS, rewrap (spec/FORMAT.md §3.5–§3.7).
+final class KeyringTests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("kms-\(UUID().uuidString)").path
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    func testSeveralEDKsEachOpenTheMessage() throws {
+        let a = testKeyring("a", byte: 1), b = testKeyring("b", byte: 2, namespace: "other"), c = testKeyring("c", byte: 3)
+        let m = try EnvelopeEncryptor.encrypt(pattern(500), keyrings: [a, b, c], frameLength: 64)
+        let h = try HeaderReader.read(from: MemorySource(m))
+        XCTAssertEqual(h.encryptedDataKeys.map(\.providerID), ["hsm-backup", "other", "hsm-backup"])
+        XCTAssertEqual(h.encryptedDataKeys.map(\.rawAESKeyName), ["a", "b", "c"])
+        for ring in [a, b, c] {
+            let d = try EnvelopeDecryptor(source: MemorySource(m), keyrings: [ring])
+            XCTAssertEqual(d.openedBy, ring.keyDescription)
+            let sink = MemorySink()
+            try d.decryptAll(to: sink)
+            XCTAssertEqual(sink.bytes, pattern(500))
+        }
+    }
+
+    func testWrongKeySaysWhichKeysWouldOpenIt() throws {
+        let m = try EnvelopeEncryptor.encrypt([1, 2, 3], keyrings: [testKeyring("prod", byte: 1), testKeyring("escrow", byte: 2)])
+        let e = assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(m, keyrings: [testKeyring("other", byte: 1)]) }
+        XCTAssertTrue(e?.reason.contains("hsm-backup key \"prod\"") ?? false)
+        XCTAssertTrue(e?.reason.contains("hsm-backup key \"escrow\"") ?? false)
+        // Same name, wrong bytes: tried and failed.
+        let e2 = assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(m, keyrings: [testKeyring("prod", byte: 9)]) }
+        XCTAssertTrue(e2?.reason.contains("Tried and failed") ?? false)
+    }
+
+    func testRawAESEDKLayout() throws {
+        let ring = testKeyring("k")
+        let dk = try DataKey.random()
+        let edk = try ring.wrap(dk, context: try EncryptionContext(["b": "2", "a": "1"]))
+        XCTAssertEqual(edk.providerID, "hsm-backup")
+        XCTAssertEqual(Array(edk.providerInfo.prefix(9)), [0x6b, 0, 0, 0, 0x80, 0, 0, 0, 0x0c])
+        XCTAssertEqual(edk.providerInfo.count, 1 + 20)
+        XCTAssertEqual(edk.ciphertext.count, 48)
+        guard case .opened(let back) = try ring.unwrap(edk, context: try EncryptionContext(["a": "1", "b": "2"])) else {
+            return XCTFail("did not open")
+        }
+        XCTAssertTrue(back.constantTimeEquals(dk))
+        guard case .failed = try ring.unwrap(edk, context: try EncryptionContext(["a": "1"])) else { return XCTFail("opened with another context") }
+    }
+
+    func testLocalKMSLifecycle() throws {
+        let kms = LocalKMS(directory: dir)
+        let info = try kms.createKey("prod")
+        XCTAssertEqual(info.primaryVersion, 1)
+        assertEnvelopeError(.keyExists) { try kms.createKey("prod") }
+        assertEnvelopeError(.invalidKeyName) { try kms.createKey("../x") }
+        assertEnvelopeError(.keyNotFound) { try kms.info("nope") }
+
+        let m1 = try EnvelopeEncryptor.encrypt(pattern(100), keyrings: [try kms.keyring("prod")])
+        XCTAssertEqual(try HeaderReader.read(from: MemorySource(m1)).encryptedDataKeys[0].rawAESKeyName, "prod/v1")
+        XCTAssertEqual(try HeaderReader.read(from: MemorySource(m1)).encryptedDataKeys[0].providerID, LocalKMS.namespace)
+
+        XCTAssertEqual(try kms.rotate("prod").primaryVersion, 2)
+        let m2 = try EnvelopeEncryptor.encrypt(pattern(100), keyrings: [try kms.keyring("prod")])
+        XCTAssertEqual(try HeaderReader.read(from: MemorySource(m2)).encryptedDataKeys[0].rawAESKeyName, "prod/v2")
+        // Old versions still open old messages, through the key's keyring or the whole keystore.
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m1, keyrings: [try kms.keyring("prod")]).plaintext, pattern(100))
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m2, keyrings: [kms.decryptionKeyring]).plaintext, pattern(100))
+
+        try kms.setEnabled("prod", version: 1, enabled: false)
+        assertEnvelopeError(.keyVersionDisabled) { try EnvelopeDecryptor.decrypt(m1, keyrings: [kms.decryptionKeyring]) }
+        XCTAssertNoThrow(try EnvelopeDecryptor.decrypt(m2, keyrings: [kms.decryptionKeyring]))
+        try kms.setEnabled("prod", version: 2, enabled: false)
+        assertEnvelopeError(.keyVersionDisabled) { try EnvelopeEncryptor.encrypt([], keyrings: [try kms.keyring("prod")]) }
+        try kms.setEnabled("prod", version: 1, enabled: true)
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m1, keyrings: [kms.decryptionKeyring]).plaintext, pattern(100))
+        XCTAssertEqual(try kms.info("prod").primaryVersion, 1)
+
+        // The exported bytes open the EDK as a plain raw AES keyring (what the SDK does).
+        let (v, key) = try kms.exportKey("prod", version: 1)
+        XCTAssertEqual(v, 1)
+        let raw = try RawAESKeyring(namespace: LocalKMS.namespace, name: "prod/v1", wrappingKey: key)
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m1, keyrings: [raw]).plaintext, pattern(100))
+
+        try kms.createKey("escrow")
+        XCTAssertEqual(try kms.listKeys().map(\.name), ["escrow", "prod"])
+        // Files are owner-only.
+        for path in [dir + "/keys", dir + "/keys/prod", dir + "/keys/prod/v1.key", dir + "/keys/prod/key.json"] {
+            let mode = (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as! NSNumber).intValue
+            XCTAssertEqual(mode & 0o077, 0, path)
+        }
+    }
+
+    func testRewrapKeepsTheBodyAndOpensWithTheNewKeys() throws {
+        let kms = LocalKMS(directory: dir)
+        try kms.createKey("old")
+        try kms.createKey("new")
+        try kms.createKey("dr")
+        for suite in [AlgorithmSuite.committing, .committingSigned] {
+            let plain = pattern(5000)
+            let ctx = try EncryptionContext(["tenant": "acme"])
+            let m = try EnvelopeEncryptor.encrypt(plain, keyrings: [try kms.keyring("old")], context: ctx, suite: suite, frameLength: 512)
+            let oldHeader = try HeaderReader.read(from: MemorySource(m))
+            let sink = MemorySink()
+            let newHeader = try Rewrap.rewrap(source: MemorySource(m), sink: sink, keyrings: [kms.decryptionKeyring],
+                                              newKeyrings: [try kms.keyring("new"), try kms.keyring("dr")])
+            let out = sink.bytes
+            XCTAssertEqual(newHeader.encryptedDataKeys.map(\.rawAESKeyName), ["new/v1", "dr/v1"])
+            XCTAssertEqual(newHeader.messageID, oldHeader.messageID)
+            XCTAssertEqual(newHeader.context.value(forKey: "tenant"), "acme")
+            // Body bytes unchanged.
+            let footerLen = suite.signs ? m.count - bodyEnd(m) : 0
+            let newFooterLen = suite.signs ? out.count - bodyEnd(out) : 0
+            XCTAssertEqual(Array(out[newHeader.byteCount..<(out.count - newFooterLen)]), Array(m[oldHeader.byteCount..<(m.count - footerLen)]))
+            XCTAssertEqual(try EnvelopeDecryptor.decrypt(out, keyrings: [try kms.keyring("dr")]).plaintext, plain)
+            assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(out, keyrings: [try kms.keyring("old")]) }
+        }
+    }
+
+    func testRewrapFileIsAtomicAndRefusesADamagedBody() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let a = testKeyring("a", byte: 1), b = testKeyring("b", byte: 2)
+        let m = try EnvelopeEncryptor.encrypt(pattern(3000), keyrings: [a], suite: .committingSigned, frameLength: 256)
+        let path = dir + "/x.hsmbak"
+        try Data(m).write(to: URL(fileURLWithPath: path))
+        try Rewrap.rewrapFile(at: path, keyrings: [a], newKeyrings: [b])
+        let out = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(out, keyrings: [b]).plaintext, pattern(3000))
+        var bad = out
+        bad[bad.count - 200] ^= 1
+        try Data(bad).write(to: URL(fileURLWithPath: path))
+        assertEnvelopeError(.frameAuthenticationFailed) { try Rewrap.rewrapFile(at: path, keyrings: [b], newKeyrings: [a]) }
+        XCTAssertEqual([UInt8](try Data(contentsOf: URL(fileURLWithPath: path))), bad)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["x.hsmbak"])
+    }
+
+    /// Offset of the footer of a framed signed message (walks the frames without keys).
+    private func bodyEnd(_ m: [UInt8]) -> Int {
+        let h = try! HeaderReader.read(from: MemorySource(m))
+        var o = h.byteCount
+        let f = Int(h.frameLength)
+        while true {
+            if m[o..<(o + 4)].elementsEqual([255, 255, 255, 255]) {
+                let len = Int(m[o + 20]) << 24 | Int(m[o + 21]) << 16 | Int(m[o + 22]) << 8 | Int(m[o + 23])
+                return o + 24 + len + 16
+            }
+            o += 4 + 12 + f + 16
+        }
+    }
+
+    func testArchiveMetadataRoundTripAndMismatch() throws {
+        var md = ArchiveMetadata(backupID: "backup-123", clusterID: "cluster-1", hsmID: "hsm-a", manufacturer: "Acme HSM",
+                                 model: "X1", firmware: "2.3.4", created: "2026-11-29T19:05:07Z")
+        md.innerBytes = 123_456
+        md.objectCount = 42
+        let ctx = try md.merged(into: try EncryptionContext(["operator-label": "prod"]))
+        XCTAssertEqual(ctx.value(forKey: "hsmbackup.format"), "hsmbak")
+        XCTAssertEqual(ctx.value(forKey: "operator-label"), "prod")
+        let back = try ArchiveMetadata(context: ctx)
+        XCTAssertEqual(back, md)
+
+        var inner = md
+        inner.copyOf = "elsewhere"
+        XCTAssertNoThrow(try md.checkAgrees(with: inner))
+        inner.hsmID = "hsm-b"
+        let e = assertEnvelopeError(.archiveMetadataMismatch) { try md.checkAgrees(with: inner) }
+        XCTAssertTrue(e?.reason.contains("hsmbackup.hsm-id") ?? false)
+
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: ctx.removing("hsmbackup.hsm-id")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.object-count", to: "042")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.format-version", to: "2")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.colour", to: "red")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.created", to: "yesterday")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try md.merged(into: try EncryptionContext(["hsmbackup.x": "1"])) }
+
+        // Readable from the header alone, with no key.
+        let m = try EnvelopeEncryptor.encrypt(pattern(10), keyrings: [testKeyring()], context: ctx)
+        XCTAssertEqual(try ArchiveMetadata(context: try HeaderReader.read(from: MemorySource(m)).context), md)
+    }
+}
+
+extension KeyringTests {
+    func testArchiveMetadataReadFromTheHeaderOnly() throws {
+        let md = ArchiveMetadata(backupID: "b1", clusterID: "c1", hsmID: "h1", manufacturer: "M", model: "m", firmware: "1",
+                                 created: "2026-01-01T00:00:00Z")
+        let m = try EnvelopeEncryptor.encrypt(pattern(5000), keyrings: [testKeyring()], context: try md.merged(), frameLength: 128)
+        let src = MemorySource(m)
+        let (h, back) = try ArchiveMetadata.read(from: src)
+        XCTAssertEqual(back, md)
+        XCTAssertEqual(src.bytesRead, h.byteCount)
+        let plain = try EnvelopeEncryptor.encrypt([1], keyrings: [testKeyring()])
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata.read(from: MemorySource(plain)) }
+    }
+}

@@ -1,0 +1,114 @@
+import BackupCrypto
+import Foundation
+import HSMArchive
+import SimulatedHSM
+import XCTest
+
+final class RoundTripTests: XCTestCase {
+    /// Backs up `source`, restores onto a fresh HSM of the same manufacturer and operator, and
+    /// checks the contents (and the contents file's bytes) are identical.
+    func roundTrip(_ contents: HSMContents, chunkSize: Int = InnerFormat.defaultChunkSize, file: StaticString = #filePath, line: UInt = #line) throws {
+        let source = try Fixture.makeHSM(1)
+        try source.replaceContents(contents)
+        let blob = try source.backup(chunkSize: chunkSize)
+        let header = try InnerBlob.inspectHeader(Array(blob.prefix(4096)))
+        XCTAssertEqual(header.metadata, source.identity.metadata, file: file, line: line)
+        XCTAssertEqual(Int(header.payload.keyCount), contents.keys.count, file: file, line: line)
+
+        let target = try Fixture.makeHSM(2)
+        try target.populate(keys: 3, users: 2, seed: 99, options: .deterministic)
+        let before = Fixture.snapshot(target.directory)
+        let dry = try target.restore(blob, dryRun: true)
+        XCTAssertTrue(dry.dryRun)
+        XCTAssertEqual(Fixture.snapshot(target.directory), before, "a dry run changes nothing", file: file, line: line)
+        let summary = try target.restore(blob, dryRun: false)
+        XCTAssertEqual(summary.keys, contents.keys.count, file: file, line: line)
+        XCTAssertEqual(target.contents, contents, file: file, line: line)
+        XCTAssertEqual(try SimulatedHSM.open(at: target.directory).contents, contents, file: file, line: line)
+        XCTAssertEqual(Fixture.snapshot(target.directory)["contents.json"], Fixture.snapshot(source.directory)["contents.json"],
+                       file: file, line: line)
+    }
+
+    func testEmptyHSM() throws { try roundTrip(.empty) }
+
+    func testOneKey() throws {
+        try roundTrip(try SimulatedHSM.makeContents(keys: 1, users: 1, seed: 1, options: .deterministic))
+    }
+
+    func testTwoThousandKeysManyChunks() throws {
+        let c = try SimulatedHSM.makeContents(keys: 2000, users: 40, seed: 2, options: .deterministic)
+        try roundTrip(c, chunkSize: 4096)
+    }
+
+    func testBigRSAKeysAndMixedTypes() throws {
+        var c = try SimulatedHSM.makeContents(keys: 8, users: 3, seed: 3, options: PopulateOptions(rsaBits: 2048))
+        let big = try SimulatedHSM.makeContents(keys: 1, users: 0, seed: 4, options: PopulateOptions(keyTypes: [.rsa], rsaBits: 4096))
+        var k = big.keys[0]
+        k.handle = 0xFFFF_0000
+        c.keys.append(k)
+        XCTAssertEqual(Set(c.keys.map(\.type)), Set(KeyType.allCases))
+        XCTAssertGreaterThan(k.material.count / 2, 2300, "a DER RSA-4096 private key")
+        try roundTrip(c, chunkSize: 1024)
+    }
+
+    func testNonASCIILabelsAndNames() throws {
+        let c = try SimulatedHSM.makeContents(keys: 10, users: 5, seed: 5, options: PopulateOptions(keyTypes: [.aes, .ec], nonASCIIEvery: 1))
+        XCTAssertTrue(c.keys.allSatisfy { $0.label.unicodeScalars.contains { !$0.isASCII } })
+        try roundTrip(c)
+    }
+
+    func testPopulateIsDeterministicWithoutRSA() throws {
+        let a = try SimulatedHSM.makeContents(keys: 20, users: 4, seed: 7, options: .deterministic)
+        let b = try SimulatedHSM.makeContents(keys: 20, users: 4, seed: 7, options: .deterministic)
+        XCTAssertEqual(a, b)
+        XCTAssertNotEqual(a, try SimulatedHSM.makeContents(keys: 20, users: 4, seed: 8, options: .deterministic))
+    }
+
+    func testStateDirectoryIsOwnerOnlyAndReopens() throws {
+        let hsm = try Fixture.makeHSM()
+        try hsm.populate(keys: 4, users: 2, seed: 1, options: .deterministic)
+        let attrs = try FileManager.default.attributesOfItem(atPath: hsm.directory)
+        XCTAssertEqual(attrs[.posixPermissions] as? Int, 0o700)
+        for name in try FileManager.default.contentsOfDirectory(atPath: hsm.directory) {
+            let a = try FileManager.default.attributesOfItem(atPath: hsm.directory + "/" + name)
+            XCTAssertEqual(a[.posixPermissions] as? Int, 0o600, name)
+        }
+        let again = try SimulatedHSM.open(at: hsm.directory)
+        XCTAssertEqual(again.contents, hsm.contents)
+        XCTAssertEqual(try again.pbkFingerprint(), try hsm.pbkFingerprint())
+        assertCode(["alreadyExists"]) { try SimulatedHSM.create(at: hsm.directory, identity: Fixture.identity(), mkbk: Fixture.mkbk) }
+        assertCode(["notFound"]) { try SimulatedHSM.open(at: Fixture.tempDir()) }
+    }
+
+    func testBackupNeedsOperatorKey() throws {
+        let hsm = try Fixture.makeHSM(akbk: nil)
+        assertCode(["operatorKeyMissing"]) { try hsm.backup() }
+        try hsm.installOperatorKey(Fixture.akbk)
+        XCTAssertNoThrow(try hsm.backup())
+        assertCode(["operatorKeyPresent"]) { try hsm.installOperatorKey(Fixture.akbk) }
+    }
+
+    func testBsdtarListsTheDecryptedPayload() throws {
+        let hsm = try Fixture.makeHSM()
+        try hsm.populate(keys: 3, users: 2, seed: 9, options: PopulateOptions(keyTypes: [.aes, .ec], nonASCIIEvery: 3))
+        let blob = try hsm.backup(chunkSize: 512)
+        let opener = InnerBlobOpener(keyring: Fixture.keyring)
+        try opener.feed(blob)
+        let tar = try opener.finish()
+        let path = NSTemporaryDirectory() + "payload-\(UUID().uuidString).tar"
+        try Data(tar).write(to: URL(fileURLWithPath: path))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/bsdtar")
+        p.arguments = ["-tvf", path]
+        p.environment = ["LC_ALL": "C.UTF-8"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let listing = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        for name in ["manifest.json", "policies/000001.json", "users/000002.json", "keys/000003.json"] {
+            XCTAssertTrue(listing.contains(name), "bsdtar lists \(name):\n\(listing)")
+        }
+    }
+}
