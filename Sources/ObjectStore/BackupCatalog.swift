@@ -389,7 +389,7 @@ public final class BackupCatalog {
     /// Creates the entry, streams the archive into the store, and marks it ready. If the archive
     /// cannot be stored, the entry goes to PENDING_DELETION (purge removes it) and the error is
     /// rethrown.
-    public func add(_ new: NewBackup, archive: ByteSource) throws -> (entry: BackupEntry, put: PutReport) {
+    public func add(_ new: NewBackup, archive: ObjectSource) throws -> (entry: BackupEntry, put: PutReport) {
         let e = try create(new)
         let put: PutReport
         do { put = try store.put(e.objectKey, from: archive) } catch {

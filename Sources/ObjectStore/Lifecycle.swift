@@ -190,21 +190,21 @@ extension BackupCatalog {
 }
 
 
-/// Adapts a verified object stream to a ByteSource (for copies between stores).
-public final class ReaderSource: ByteSource {
+/// Adapts a verified object stream to a ObjectSource (for copies between stores).
+public final class ReaderSource: ObjectSource {
     private let reader: ObjectReading
     private var pending: [UInt8] = []
     private var offset = 0
 
     public init(_ reader: ObjectReading) { self.reader = reader }
 
-    public func read(upTo max: Int) throws -> [UInt8] {
+    public func read(maxCount: Int) throws -> [UInt8] {
         if offset == pending.count {
             guard let next = try reader.read() else { return [] }
             pending = next
             offset = 0
         }
-        let n = Swift.min(max, pending.count - offset)
+        let n = Swift.min(maxCount, pending.count - offset)
         defer { offset += n }
         return Array(pending[offset..<(offset + n)])
     }

@@ -7,7 +7,7 @@ import BackupCrypto
 import ByteCoding
 import Durability
 
-public final class LocalObjectStore: ObjectStore {
+public final class LocalObjectStore: ObjectStorage {
     public let root: String
     public let config: StoreConfig
     /// The replica directories, resolved against the root.
@@ -126,11 +126,11 @@ public final class LocalObjectStore: ObjectStore {
 
     // MARK: put
 
-    public func put(_ key: String, from source: ByteSource) throws -> PutReport {
+    public func put(_ key: String, from source: ObjectSource) throws -> PutReport {
         let w = try LocalObjectWriter(store: self, key: key)
         do {
             while true {
-                let piece = try source.read(upTo: ObjectRecord.defaultChunkSize)
+                let piece = try source.read(maxCount: ObjectRecord.defaultChunkSize)
                 if piece.isEmpty { break }
                 try w.write(piece)
             }

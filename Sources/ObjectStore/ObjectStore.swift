@@ -1,11 +1,14 @@
-// The ObjectStore interface (spec/FORMAT.md section 5): put from a stream, get as a stream, stat,
-// list by prefix, delete. `LocalObjectStore` is the embedded default; an S3-compatible backend
-// can implement the same protocol later.
+// The object store interface, `ObjectStorage` (spec/FORMAT.md section 5): put from a stream, get
+// as a stream, stat, list by prefix, delete. `LocalObjectStore` is the embedded default; an
+// S3-compatible backend can implement the same protocol later. (The protocol is not named
+// `ObjectStore`: a type named like its module breaks module-qualified names for clients.)
 import Foundation
 
-/// A source of bytes for `put`: `read(upTo:)` returns up to `max` bytes, an empty array at the end.
-public protocol ByteSource: AnyObject {
-    func read(upTo max: Int) throws -> [UInt8]
+/// A source of bytes for `put`: `read(maxCount:)` returns up to `maxCount` bytes, an empty array
+/// only at the end. Same signature as Envelope's `ByteSource`, so one type can serve both
+/// (`extension MemorySource: ObjectSource {}`).
+public protocol ObjectSource: AnyObject {
+    func read(maxCount: Int) throws -> [UInt8]
 }
 
 /// A stream of verified object bytes: `read()` returns the next piece, nil at the end. A piece is
@@ -17,6 +20,8 @@ public protocol ObjectReading: AnyObject {
 
 /// A put driven by the producer: `write` pieces, then `commit` (durable on the quorum) or
 /// `abort` (nothing published). Dropping an uncommitted writer aborts it.
+/// `write` has the signature of Envelope's `ByteSink`, so `extension LocalObjectWriter: ByteSink {}`
+/// lets an archive writer stream straight into the store.
 public protocol ObjectWriting: AnyObject {
     func write(_ bytes: [UInt8]) throws
     func commit() throws -> PutReport
@@ -50,9 +55,9 @@ public struct DeleteReport: Codable, Sendable {
     public let failed: [ReplicaFinding]
 }
 
-public protocol ObjectStore: AnyObject {
+public protocol ObjectStorage: AnyObject {
     /// Stores a new object; fails with `alreadyExists` if the key holds one (no rewriting).
-    func put(_ key: String, from source: ByteSource) throws -> PutReport
+    func put(_ key: String, from source: ObjectSource) throws -> PutReport
     /// Starts a new object that the caller writes piece by piece (same rules as `put`).
     func makeWriter(_ key: String) throws -> ObjectWriting
     /// Opens an object for streaming, verified reading.
@@ -63,7 +68,7 @@ public protocol ObjectStore: AnyObject {
     func delete(_ key: String) throws -> DeleteReport
 }
 
-extension ObjectStore {
+extension ObjectStorage {
     public func put(_ key: String, bytes: [UInt8]) throws -> PutReport {
         try put(key, from: BytesSource(bytes))
     }
@@ -86,20 +91,20 @@ extension ObjectStore {
     }
 }
 
-/// A ByteSource over bytes in memory.
-public final class BytesSource: ByteSource {
+/// An ObjectSource over bytes in memory.
+public final class BytesSource: ObjectSource {
     private let bytes: [UInt8]
     private var offset = 0
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
-    public func read(upTo max: Int) throws -> [UInt8] {
-        let n = Swift.min(max, bytes.count - offset)
+    public func read(maxCount: Int) throws -> [UInt8] {
+        let n = Swift.min(maxCount, bytes.count - offset)
         defer { offset += n }
         return Array(bytes[offset..<(offset + n)])
     }
 }
 
-/// A ByteSource over a file (or a pipe such as stdin).
-public final class FileSource: ByteSource {
+/// An ObjectSource over a file (or a pipe such as stdin).
+public final class FileSource: ObjectSource {
     private let handle: FileHandle
     private let path: String
     public init(path: String) throws {
@@ -113,9 +118,9 @@ public final class FileSource: ByteSource {
         self.handle = handle
         self.path = name
     }
-    public func read(upTo max: Int) throws -> [UInt8] {
+    public func read(maxCount: Int) throws -> [UInt8] {
         do {
-            return [UInt8](try handle.read(upToCount: max) ?? Data())
+            return [UInt8](try handle.read(upToCount: maxCount) ?? Data())
         } catch {
             throw StoreError(.ioError, path: path, "read failed: \(error)")
         }

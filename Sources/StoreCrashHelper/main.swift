@@ -14,12 +14,12 @@ func pattern(_ count: Int, seed: UInt64) -> [UInt8] {
 
 /// The same bytes, generated while the store reads them, so a put spends its whole time inside
 /// `put` (where the kill should land).
-final class PatternSource: ByteSource {
+final class PatternSource: ObjectSource {
     private var x: UInt64
     private var left: Int
     init(_ count: Int, seed: UInt64) { x = seed &* 0x9E37_79B9_7F4A_7C15 | 1; left = count }
-    func read(upTo max: Int) throws -> [UInt8] {
-        let n = Swift.min(max, left, 64 << 10)
+    func read(maxCount: Int) throws -> [UInt8] {
+        let n = Swift.min(maxCount, left, 64 << 10)
         left -= n
         return (0..<n).map { _ in
             x ^= x << 13; x ^= x >> 7; x ^= x << 17

@@ -195,7 +195,7 @@ struct StorePut: ParsableCommand {
     func run() throws {
         try StoreCLI.run {
             let store = try StoreCLI.open()
-            let source: ByteSource = file == "-" ? FileSource(handle: .standardInput, name: "stdin") : try FileSource(path: file)
+            let source: ObjectSource = file == "-" ? FileSource(handle: .standardInput, name: "stdin") : try FileSource(path: file)
             let report = try store.put(key, from: source)
             if output.json { try JSONOutput.print(report) } else {
                 StoreCLI.say("stored \(report.info.key): \(report.info.size) bytes, sha256 \(report.info.sha256), replicas \(report.written.map(String.init).joined(separator: ","))")
