@@ -251,8 +251,11 @@ struct StoreScrub: ParsableCommand {
     func run() throws {
         try StoreCLI.run {
             let store = try StoreCLI.open()
-            let tty = Terminal.stderrIsTTY
-            let report = try store.scrub(repair: repair, progress: tty ? { done, total in
+            // Progress only on a terminal, redrawn at most ten times a second.
+            var lastDraw = Date.distantPast
+            let report = try store.scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
+                guard done == total || Date().timeIntervalSince(lastDraw) >= 0.1 else { return }
+                lastDraw = Date()
                 FileHandle.standardError.write(Data("\rscrub: \(done)/\(total) objects".utf8))
                 if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
             } : nil)
