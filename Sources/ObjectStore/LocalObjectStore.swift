@@ -18,6 +18,7 @@ public final class LocalObjectStore: ObjectStorage {
     public var readRepair = true
 
     public static let objectsDir = "objects"
+    public static let tempDirName = "tmp"
     public static let locksDir = "locks"
 
     // MARK: creating and opening
@@ -67,6 +68,7 @@ public final class LocalObjectStore: ObjectStorage {
     static func initReplica(_ path: String, index: Int, storeId: [UInt8]) throws {
         try fileOp(path) { try AtomicFile.makeDirectory(path) }
         try fileOp(path) { try AtomicFile.makeDirectory(path + "/" + objectsDir) }
+        try fileOp(path) { try AtomicFile.makeDirectory(path + "/" + tempDirName) }
         let marker = path + "/" + ReplicaMarker.fileName
         try fileOp(marker) { try AtomicFile.write(ReplicaMarker(storeId: storeId, index: index).encode(), to: marker) }
         try fileOp(path) { try AtomicFile.syncDirectory(path) }
@@ -91,6 +93,8 @@ public final class LocalObjectStore: ObjectStorage {
         objectDir(replica, key) + "/" + ObjectKey.fileName(key)
     }
 
+    func tempDir(_ replica: Int) -> String { replicaPaths[replica] + "/" + Self.tempDirName }
+
     func stripeLockPath(fanOut: String) -> String { root + "/" + Self.locksDir + "/stripe-" + fanOut + ".lock" }
 
     /// Nil if replica `i` is usable; otherwise why not (missing directory, foreign marker).
@@ -113,8 +117,15 @@ public final class LocalObjectStore: ObjectStorage {
         return nil
     }
 
-    /// Creates the fan-out directory if needed, durably.
+    /// Creates the fan-out directory (and the replica's temp directory) if needed, durably.
     func ensureObjectDir(_ replica: Int, _ key: String) throws {
+        let tmp = tempDir(replica)
+        if access(tmp, F_OK) != 0 {
+            if mkdir(tmp, 0o700) != 0 && errno != EEXIST { throw ReplicaWriter.failure(replica, tmp, "mkdir", errno) }
+            do { try AtomicFile.syncDirectory(replicaPaths[replica]) } catch {
+                throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: tmp, problem: .ioError, detail: "\(error)"))
+            }
+        }
         let dir = objectDir(replica, key)
         if access(dir, F_OK) == 0 { return }
         if let e = faults?(.create, replica, dir) { throw ReplicaWriter.failure(replica, dir, "mkdir", e) }
@@ -266,7 +277,8 @@ public final class LocalObjectStore: ObjectStorage {
         var sources = set.good.filter { $0.replica != target }
         guard !sources.isEmpty else { return false }
         try ensureObjectDir(target, key)
-        let w = try ReplicaWriter(replica: target, dir: objectDir(target, key), fileName: ObjectKey.fileName(key), faults: faults)
+        let w = try ReplicaWriter(replica: target, tempDir: tempDir(target), stripe: Self.fanOut(key), dir: objectDir(target, key),
+                                  fileName: ObjectKey.fileName(key), faults: faults)
         for c in 0..<ref.record.chunkDigests.count {
             var written = false
             while !sources.isEmpty && !written {
@@ -310,12 +322,32 @@ public final class LocalObjectStore: ObjectStorage {
 
     // MARK: temps
 
-    /// Removes temp files of writers that are gone: a fan-out directory is cleaned only while its
-    /// stripe lock can be taken, so a live writer's temp is never touched.
+    /// Removes temp files of writers that are gone, from each replica's `tmp/` directory (cheap:
+    /// it holds only temps). A temp is removed only while its stripe lock can be taken, so a live
+    /// writer's temp is never touched.
     public func removeStaleTemps() -> [String] {
         var removed: [String] = []
         for i in replicaPaths.indices where replicaProblem(i) == nil {
             if let r = try? AtomicFile.removeStaleTemps(in: replicaPaths[i]) { removed += r.map { replicaPaths[i] + "/" + $0 } }
+            let tmp = tempDir(i)
+            var any = false
+            for name in Self.directoryEntries(tmp) where name.hasPrefix(".") && name.contains(AtomicFile.tempMarker) {
+                let stripe = String(name.dropFirst().prefix(2))
+                guard stripe.utf8.count == 2, Hex.decode(stripe) != nil,
+                      let lock = try? FileLock.tryAcquire(stripeLockPath(fanOut: stripe)) else { continue }
+                if unlink(tmp + "/" + name) == 0 { removed.append(tmp + "/" + name); any = true }
+                withExtendedLifetime(lock) {}
+            }
+            if any { try? AtomicFile.syncDirectory(tmp) }
+        }
+        return removed.sorted()
+    }
+
+    /// The thorough sweep of fsck: also temp-like files inside the fan-out directories (left by
+    /// hand, or by other tools), each under its stripe lock. Walks every object directory.
+    func removeStrayTemps() -> [String] {
+        var removed: [String] = []
+        for i in replicaPaths.indices where replicaProblem(i) == nil {
             let objects = replicaPaths[i] + "/" + Self.objectsDir
             for dir in Self.directoryEntries(objects) where dir.utf8.count == 2 {
                 let names = Self.directoryEntries(objects + "/" + dir)
@@ -450,7 +482,8 @@ public final class LocalObjectWriter: ObjectWriting {
             if let problem = store.replicaProblem(i) { failed.append(problem); continue }
             do {
                 try store.ensureObjectDir(i, key)
-                writers.append(try ReplicaWriter(replica: i, dir: store.objectDir(i, key), fileName: ObjectKey.fileName(key), faults: store.faults))
+                writers.append(try ReplicaWriter(replica: i, tempDir: store.tempDir(i), stripe: LocalObjectStore.fanOut(key),
+                                                 dir: store.objectDir(i, key), fileName: ObjectKey.fileName(key), faults: store.faults))
             } catch let e as ReplicaFailure {
                 failed.append(e.finding)
             }

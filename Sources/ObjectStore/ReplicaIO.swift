@@ -74,9 +74,10 @@ final class FileLock {
     deinit { close(fd) }
 }
 
-/// Writes one replica file: temp file beside the target, append, fsync, then publish with
-/// `link` (a new object: fails if the name exists) or `rename` (a repair replacing a bad copy),
-/// unlink the temp, fsync the directory. Dropping an unpublished writer removes its temp.
+/// Writes one replica file: a temp file in the replica's `tmp/` directory (named after the key's
+/// stripe, so a cleaner knows which lock guards it), append, fsync, then publish with `link` (a
+/// new object: fails if the name exists) or `rename` (a repair replacing a bad copy), unlink the
+/// temp, fsync the object's directory. Dropping an unpublished writer removes its temp.
 final class ReplicaWriter {
     let replica: Int
     let finalPath: String
@@ -86,14 +87,14 @@ final class ReplicaWriter {
     private var fd: Int32 = -1
     private var done = false
 
-    init(replica: Int, dir: String, fileName: String, faults: FaultHook?) throws {
+    init(replica: Int, tempDir: String, stripe: String, dir: String, fileName: String, faults: FaultHook?) throws {
         self.replica = replica
         self.dir = dir
         self.faults = faults
         finalPath = dir + "/" + fileName
         var rnd = [UInt8](repeating: 0, count: 8)
         for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
-        tempPath = dir + "/." + fileName + AtomicFile.tempMarker + rnd.map { String($0, radix: 16) }.joined()
+        tempPath = tempDir + "/." + stripe + "-" + fileName + AtomicFile.tempMarker + rnd.map { String($0, radix: 16) }.joined()
         if let e = faults?(.create, replica, tempPath) { throw Self.failure(replica, tempPath, "create", e) }
         fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw Self.failure(replica, tempPath, "create", errno) }

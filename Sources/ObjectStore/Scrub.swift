@@ -97,7 +97,7 @@ extension LocalObjectStore {
     /// Removes stale temp files and reports unusable replica directories.
     public func fsck() -> StoreFsckReport {
         var report = StoreFsckReport()
-        report.tempsRemoved = removeStaleTemps()
+        report.tempsRemoved = (removeStaleTemps() + removeStrayTemps()).sorted()
         report.unavailableReplicas = replicaPaths.indices.compactMap { replicaProblem($0) }
         return report
     }

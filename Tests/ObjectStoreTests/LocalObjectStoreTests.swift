@@ -254,14 +254,27 @@ final class LocalObjectStoreTests: XCTestCase {
         let s = Scratch()
         let store = try makeStore(s)
         _ = try store.put("obj", bytes: [1, 2, 3])
-        let dir = store.objectDir(1, "obj")
-        let stale = dir + "/.obj.tmp-deadbeef"
+        let stripe = LocalObjectStore.fanOut("obj")
+        let stale = store.tempDir(1) + "/." + stripe + "-obj.tmp-deadbeef"
         _ = FileManager.default.createFile(atPath: stale, contents: Data([1, 2]))
         XCTAssertEqual(store.fsck().tempsRemoved, [stale])
         _ = FileManager.default.createFile(atPath: stale, contents: Data([1, 2]))
         _ = try LocalObjectStore(root: s.path + "/store")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: stale))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stale), "opening the store removes it")
+        // A temp-like file among the objects is swept by fsck only (opening stays cheap).
+        let stray = store.objectDir(2, "obj") + "/.obj.tmp-0ddba11"
+        _ = FileManager.default.createFile(atPath: stray, contents: Data([1]))
+        _ = try LocalObjectStore(root: s.path + "/store")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: stray))
         XCTAssertEqual(try store.list(), ["obj"], "temps are never listed")
+        XCTAssertEqual(store.fsck().tempsRemoved, [stray])
+        // A live writer's temp is left alone: its stripe lock is held.
+        let w = try store.makeWriter("obj2")
+        try w.write([1])
+        XCTAssertEqual(store.fsck().tempsRemoved, [])
+        XCTAssertEqual(tempFiles(under: s.path + "/store").count, 3)
+        XCTAssertEqual(try w.commit().written, [0, 1, 2])
+        XCTAssertEqual(tempFiles(under: s.path + "/store"), [])
     }
 
     func testScrubCountsEveryFinding() throws {
