@@ -229,9 +229,12 @@ public struct NewBackup: Sendable {
     public var manufacturer: String
     public var tags: [String: String]
     public var neverExpires: Bool
+    /// The creation time to record (e.g. the archive's own); default: the catalog's clock.
+    public var createdMillis: UInt64?
 
     public init(backupId: String? = nil, clusterId: String, hsmId: String, manufacturer: String,
-                tags: [String: String] = [:], neverExpires: Bool = false) {
+                tags: [String: String] = [:], neverExpires: Bool = false, createdMillis: UInt64? = nil) {
+        self.createdMillis = createdMillis
         self.backupId = backupId
         self.clusterId = clusterId
         self.hsmId = hsmId
@@ -329,6 +332,8 @@ public final class BackupCatalog {
 
     /// Loads the catalog under the exclusive lock, applies `body`, and saves it atomically.
     /// Concurrent processes serialize here, so no update is lost and no reader sees a torn file.
+    /// Low level (benchmarks, tests): changes made here are not written to metadata objects, so
+    /// `reindex` does not reproduce them; use `create`, `update` and the lifecycle operations.
     public func mutate<T>(_ body: (inout CatalogSnapshot) throws -> T) throws -> T {
         let lock = try FileLock.acquire(lockPath)
         defer { withExtendedLifetime(lock) {} }
@@ -370,7 +375,7 @@ public final class BackupCatalog {
         try BackupEntry.validateTags(new.tags)
         let now = clock.nowMillis()
         let entry = BackupEntry(backupId: id, clusterId: new.clusterId, hsmId: new.hsmId, manufacturer: new.manufacturer,
-                                state: .createInProgress, createdMillis: now, updatedMillis: now, tags: new.tags,
+                                state: .createInProgress, createdMillis: new.createdMillis ?? now, updatedMillis: now, tags: new.tags,
                                 neverExpires: new.neverExpires, objectKey: Self.archiveKey(id))
         return try insert(entry)
     }
@@ -521,7 +526,8 @@ public final class BackupCatalog {
                 findings.append(CatalogFinding(backupId: id, problem: .metadataMissing, detail: "no metadata object"))
             }
             let hasArchive = archives.contains(id)
-            if (e.state == .ready || e.state == .pendingDeletion) && !hasArchive {
+            // (PENDING_DELETION without an archive is normal: a create whose archive put failed.)
+            if e.state == .ready && !hasArchive {
                 findings.append(CatalogFinding(backupId: id, problem: .archiveMissing, detail: "\(e.state.rawValue) but no archive object"))
             }
             if e.state == .deleted && hasArchive {
