@@ -399,4 +399,26 @@ final class LocalObjectStoreTests: XCTestCase {
         XCTAssertEqual(try ReplicaMarker.parse(marker).encode(), marker)
         XCTAssertThrowsError(try ReplicaMarker.parse(marker + [0]))
     }
+
+    func testRepairThatCannotWriteIsReportedNotFatal() throws {
+        let s = Scratch()
+        let faults = FaultSwitch()
+        let store = try makeStore(s, faults: faults.hook)
+        let data = pattern(5000, seed: 40)
+        _ = try store.put("obj", bytes: data)
+        try FileManager.default.removeItem(atPath: store.objectPath(2, "obj"))
+        faults.set(.create, replica: 2, errno: ENOSPC)
+        let r = try store.get("obj") as! LocalObjectReader
+        XCTAssertEqual(try readAll(r), data, "the data is intact")
+        XCTAssertEqual(r.repaired, [])
+        XCTAssertEqual(r.repairFailures.map(\.replica), [2])
+        XCTAssertEqual(r.repairFailures.map(\.osError), ["ENOSPC"])
+        let scrub = try store.scrub(repair: true)
+        XCTAssertEqual(scrub.missing, 1)
+        XCTAssertEqual(scrub.repaired, 0)
+        XCTAssertEqual(scrub.repairFailures.map(\.finding.osError), ["ENOSPC"])
+        faults.clear()
+        XCTAssertEqual(try store.scrub(repair: true).repaired, 1)
+        XCTAssertTrue(try store.scrub().isClean)
+    }
 }
