@@ -37,7 +37,8 @@ let package = Package(
         // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
         .executableTarget(name: "hsmbackup", dependencies: [
-            "HSMBackup",
+            "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
+            "BackupCrypto", "ByteCoding", "Durability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -36,7 +36,7 @@ public enum Verifier {
         if level == .structure {
             structurePass(source, into: &report)
         } else {
-            decryptingPass(source, level: level, keys: keys, into: &report, progress: progress)
+            try decryptingPass(source, level: level, keys: keys, into: &report, progress: progress)
         }
         return report
     }
@@ -63,7 +63,7 @@ public enum Verifier {
     /// and, for level 3, the HSM's own verification. A failure in one layer stops that layer only,
     /// so the others still report what they find.
     static func decryptingPass(_ source: ByteSource, level: VerificationLevel, keys: VerificationKeys,
-                               into report: inout VerificationReport, progress: ((UInt64) -> Void)?) {
+                               into report: inout VerificationReport, progress: ((UInt64) -> Void)?) throws {
         let decryptor: EnvelopeDecryptor
         let metadata: ArchiveMetadata
         do {
@@ -72,6 +72,11 @@ public enum Verifier {
         } catch {
             report.findings.append(finding(error, layer: .envelope))
             return
+        }
+        // A full check needs an HSM that could restore this archive: say so, rather than
+        // report the archive as bad.
+        if level == .full, let hsm = keys.hsm, Array(hsm.identity.manufacturerId.utf8) != Array(metadata.manufacturer.utf8) {
+            throw HSMBackupError(.incompatibleHSM, "the archive is from manufacturer \"\(metadata.manufacturer)\"; HSM \(hsm.identity.hsmId) is \"\(hsm.identity.manufacturerId)\": it cannot verify it at level full")
         }
         var structure: InnerStructureChecker? = InnerStructureChecker()
         var full: FullCheck?

@@ -94,6 +94,17 @@ extension LocalObjectStore {
         return report
     }
 
+    /// Checks every replica of one object against its checksum record, without repairing:
+    /// the problems found, in replica order (empty when every replica is good).
+    public func verifyReplicas(_ key: String) -> [ReplicaFinding] {
+        let set = openReplicas(key)
+        var bad = set.findings
+        if let ref = set.reference {
+            for f in set.good { if let finding = verify(f, against: ref.record) { bad.append(finding) } }
+        }
+        return bad.sorted { $0.replica < $1.replica }
+    }
+
     /// Removes stale temp files and reports unusable replica directories.
     public func fsck() -> StoreFsckReport {
         var report = StoreFsckReport()

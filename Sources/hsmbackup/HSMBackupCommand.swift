@@ -14,11 +14,9 @@ struct HSMBackupCommand: AsyncParsableCommand {
             Exit codes: \(CLIExit.summary)
             """,
         subcommands: [
-            SelfTestCommand.self,
-            ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self,
-            EnvelopeCommand.self,
-            KMSCommand.self,
-            StoreCommand.self,
+            ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self, KMSCommand.self,
+            BackupCommand.self, RetentionCommand.self, InspectCommand.self, VerifyCommand.self, RestoreCommand.self,
+            StoreCommand.self, EnvelopeCommand.self, SelfTestCommand.self,
         ]
     )
 

@@ -38,6 +38,16 @@ enum StoreCLI {
         }
     }
 
+    /// One line per backup, or the entries as JSON (`store ls`, `backup list`).
+    static func printBackups(_ entries: [BackupEntry], json: Bool) throws {
+        if json { try JSONOutput.print(entries); return }
+        if entries.isEmpty { say("no backups"); return }
+        for e in entries {
+            let tags = e.tags.isEmpty ? "" : "  tags " + e.tags.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            say("\(e.backupId)  \(e.clusterId)  \(e.state.rawValue)  \(date(e.createdMillis))  \(e.size) bytes\(e.neverExpires ? "  never-expires" : "")\(e.copySource != nil ? "  copy" : "")\(tags)")
+        }
+    }
+
     static func date(_ millis: UInt64) -> String {
         let f = ISO8601DateFormatter()
         return f.string(from: Date(timeIntervalSince1970: Double(millis) / 1000))
@@ -174,11 +184,7 @@ struct StoreList: ParsableCommand {
             let millis = { (s: String?) in s.flatMap { ISO8601DateFormatter().date(from: $0) }.map { UInt64(max(0, $0.timeIntervalSince1970 * 1000)) } }
             let query = CatalogQuery(clusterId: cluster, states: state.isEmpty ? nil : Set(state.compactMap(BackupState.init(rawValue:))),
                                      createdFromMillis: millis(since), createdBeforeMillis: millis(before), limit: limit)
-            let entries = try BackupCatalog(store: store).list(query)
-            if output.json { try JSONOutput.print(entries); return }
-            for e in entries {
-                StoreCLI.say("\(e.backupId)  \(e.clusterId)  \(e.state.rawValue)  \(StoreCLI.date(e.createdMillis))  \(e.size) bytes\(e.neverExpires ? "  never-expires" : "")")
-            }
+            try StoreCLI.printBackups(try BackupCatalog(store: store).list(query), json: output.json)
         }
     }
 }

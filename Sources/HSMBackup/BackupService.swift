@@ -1,0 +1,219 @@
+import Envelope
+import Foundation
+import HSMArchive
+import ObjectStore
+import SimulatedHSM
+
+// The store's stream protocols and the envelope's have the same shape.
+extension ReaderSource: ByteSource {}
+
+/// An envelope sink that writes into a store object.
+final class ObjectWriterSink: ByteSink {
+    let writer: ObjectWriting
+    init(_ writer: ObjectWriting) { self.writer = writer }
+    func write(_ bytes: [UInt8]) throws { try writer.write(bytes) }
+}
+
+/// Backups kept in a durable object store: create, find, read, verify, restore, and the
+/// lifecycle (delete, undelete, purge, retention, tags, copy, rewrap). Everything here works on
+/// streams: an archive never has to fit in memory.
+public final class BackupService {
+    public let catalog: BackupCatalog
+    public var store: LocalObjectStore { catalog.store }
+
+    public init(catalog: BackupCatalog) { self.catalog = catalog }
+
+    /// Opens the store at `root` (made by `LocalObjectStore.create`).
+    public convenience init(storeRoot: String, clock: StoreClock = SystemClock()) throws {
+        let store = try LocalObjectStore(root: storeRoot, clock: clock)
+        self.init(catalog: try BackupCatalog(store: store, clock: clock))
+    }
+
+    // MARK: create
+
+    /// What `createBackup` did.
+    public struct Created: Sendable {
+        public let entry: BackupEntry
+        public let archive: ArchiveSummary
+        /// Replicas that could not be written (the put still reached its quorum); scrub --repair heals them.
+        public let replicasFailed: [ReplicaFinding]
+    }
+
+    /// Backs up `hsm` straight into the store: the catalog entry is CREATE_IN_PROGRESS while the
+    /// archive streams into the store, READY once it is durable on the write quorum. On any
+    /// failure the object is not published and the entry is removed, so nothing half-made stays.
+    public func createBackup(of hsm: SimulatedHSM, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
+                             tags: [String: String] = [:], neverExpires: Bool = false,
+                             progress: ((UInt64) -> Void)? = nil) throws -> Created {
+        let sink = DeferredStoreSink(catalog: catalog, hsm: hsm, tags: tags, neverExpires: neverExpires)
+        do {
+            let summary = try BackupWriter.writeArchive(of: hsm, keyrings: keyrings, options: options, to: sink, progress: progress)
+            let put = try sink.commit()
+            let entry = try catalog.markReady(summary.metadata.backupID, size: put.info.size)
+            return Created(entry: entry, archive: summary, replicasFailed: put.failed)
+        } catch {
+            sink.abandon()
+            throw error
+        }
+    }
+
+    // MARK: find and read
+
+    /// The backup with this id, or the only one whose id starts with `prefix` (at least 6 characters).
+    public func resolve(_ idOrPrefix: String) throws -> BackupEntry {
+        if let e = try? catalog.entry(idOrPrefix) { return e }
+        guard idOrPrefix.count >= 6 else {
+            throw HSMBackupError(.backupNotFound, "no backup \"\(idOrPrefix)\" (give the id or at least its first 6 characters)")
+        }
+        let matches = try catalog.list().filter { $0.backupId.hasPrefix(idOrPrefix) }
+        switch matches.count {
+        case 1: return matches[0]
+        case 0: throw HSMBackupError(.backupNotFound, "no backup \"\(idOrPrefix)\" in the store")
+        default: throw HSMBackupError(.ambiguousBackupID, "\"\(idOrPrefix)\" matches \(matches.count) backups: \(matches.prefix(5).map(\.backupId).joined(separator: ", "))")
+        }
+    }
+
+    /// A verified stream of the archive's bytes (checksums checked per chunk, failing over to
+    /// another replica and repairing the bad one).
+    public func openArchive(_ entry: BackupEntry) throws -> ByteSource {
+        guard entry.state == .ready || entry.state == .pendingDeletion else {
+            throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue)")
+        }
+        return ReaderSource(try store.get(entry.objectKey))
+    }
+
+    // MARK: inspect, verify, restore
+
+    public func inspect(_ idOrPrefix: String, keyrings: [Keyring] = []) throws -> InspectionReport {
+        let entry = try resolve(idOrPrefix)
+        return try Inspector.inspect(try openArchive(entry), archiveBytes: entry.size, keyrings: keyrings)
+    }
+
+    /// Verifies a stored backup: every replica against its checksum record (findings name the
+    /// replica), then the archive itself at `level`, read from a good replica. A bad replica that
+    /// the read repaired is reported as a warning; one still bad afterwards is an error.
+    public func verify(_ idOrPrefix: String, level: VerificationLevel, keys: VerificationKeys = VerificationKeys(),
+                       progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
+        let entry = try resolve(idOrPrefix)
+        let before = store.verifyReplicas(entry.objectKey)
+        var report = try Verifier.verify(try openArchive(entry), name: entry.backupId, level: level, keys: keys, progress: progress)
+        let after = before.isEmpty ? [] : store.verifyReplicas(entry.objectKey)
+        let replicaFindings = before.map { f -> Finding in
+            let stillBad = after.contains { $0.replica == f.replica && $0.problem == f.problem }
+            let unavailable = f.problem == .replicaUnavailable
+            return Finding(layer: .store, severity: stillBad && !unavailable ? .error : .warning, code: f.problem.rawValue,
+                           message: f.detail + (stillBad ? "" : " (repaired from a good replica by the read)"),
+                           location: FindingLocation(replica: f.replica, object: entry.objectKey))
+        }
+        report.findings.insert(contentsOf: replicaFindings, at: 0)
+        return report
+    }
+
+    public func restore(_ idOrPrefix: String, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
+                        progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
+        let entry = try resolve(idOrPrefix)
+        guard entry.state == .ready else {
+            throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue); undelete it first")
+        }
+        return try Restorer.restore(try openArchive(entry), onto: hsm, keyrings: keyrings, dryRun: dryRun, progress: progress)
+    }
+
+    // MARK: lifecycle
+
+    public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.list(query) }
+    @discardableResult public func delete(_ id: String) throws -> BackupEntry { try catalog.delete(try resolve(id).backupId) }
+    @discardableResult public func undelete(_ id: String) throws -> BackupEntry { try catalog.restore(try resolve(id).backupId) }
+    @discardableResult public func purge() throws -> PurgeReport { try catalog.purge() }
+    @discardableResult public func tag(_ id: String, set: [String: String], remove: [String]) throws -> BackupEntry {
+        let backupId = try resolve(id).backupId
+        if !set.isEmpty { try catalog.tag(backupId, set) }
+        if !remove.isEmpty { try catalog.untag(backupId, remove) }
+        return try catalog.entry(backupId)
+    }
+    @discardableResult public func setNeverExpires(_ id: String, _ flag: Bool) throws -> BackupEntry {
+        try catalog.setNeverExpires(try resolve(id).backupId, flag)
+    }
+    public func setRetention(cluster: String, days: Int) throws { try catalog.setRetention(cluster, days: days) }
+    public func applyRetention(cluster: String? = nil) throws -> [String] { try catalog.applyRetention(clusterId: cluster) }
+
+    /// Copies a ready backup into another store, keeping its id and creation time; the copy
+    /// records the source store, backup, cluster and copy time. The archive bytes are copied
+    /// verified and unchanged.
+    @discardableResult
+    public func copy(_ id: String, to destination: BackupService, cluster: String? = nil) throws -> BackupEntry {
+        let entry = try resolve(id)
+        return try catalog.copy(entry.backupId, to: destination.catalog, destinationCluster: cluster, newBackupId: entry.backupId)
+    }
+
+    /// Re-wraps a stored archive's data key for other KMS keys without touching the payload: a
+    /// new header (and, when signed, a new signature) over the same body bytes, written as a new
+    /// object; the entry then points at it and the old object is deleted. Objects are never
+    /// rewritten in place.
+    @discardableResult
+    public func rewrap(_ id: String, keyrings: [Keyring], newKeyrings: [Keyring]) throws -> BackupEntry {
+        let entry = try resolve(id)
+        guard entry.state == .ready else {
+            throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue)")
+        }
+        let newKey = "backups/\(entry.backupId)/archive-g\(entry.generation + 1)"
+        let writer = try store.makeWriter(newKey)
+        do {
+            try Rewrap.rewrap(source: try openArchive(entry), sink: ObjectWriterSink(writer), keyrings: keyrings, newKeyrings: newKeyrings)
+            let put = try writer.commit()
+            let updated = try catalog.update(entry.backupId) { e in
+                e.objectKey = newKey
+                e.size = put.info.size
+            }
+            _ = try? store.delete(entry.objectKey)
+            return updated
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+}
+
+/// The store side of `createBackup`: the catalog entry and the store writer can only be made
+/// once the backup id is known, which is when the envelope header (carrying it) is first written.
+final class DeferredStoreSink: ByteSink {
+    private let catalog: BackupCatalog
+    private let hsm: SimulatedHSM
+    private let tags: [String: String]
+    private let neverExpires: Bool
+    private var writer: ObjectWriting?
+    private var backupId: String?
+
+    init(catalog: BackupCatalog, hsm: SimulatedHSM, tags: [String: String], neverExpires: Bool) {
+        self.catalog = catalog
+        self.hsm = hsm
+        self.tags = tags
+        self.neverExpires = neverExpires
+    }
+
+    func write(_ bytes: [UInt8]) throws {
+        if writer == nil {
+            // The first write is the envelope header: its public metadata names the backup.
+            let (_, metadata) = try ArchiveMetadata.read(from: MemorySource(bytes))
+            let created = Timestamp.seconds(rfc3339: metadata.created).map { $0 * 1000 }
+            let entry = try catalog.create(NewBackup(backupId: metadata.backupID, clusterId: metadata.clusterID,
+                                                     hsmId: metadata.hsmID, manufacturer: metadata.manufacturer,
+                                                     tags: tags, neverExpires: neverExpires, createdMillis: created))
+            backupId = entry.backupId
+            writer = try catalog.store.makeWriter(entry.objectKey)
+        }
+        try writer!.write(bytes)
+    }
+
+    func commit() throws -> PutReport {
+        guard let writer else { throw HSMBackupError(.invalidArgument, "nothing was written") }
+        return try writer.commit()
+    }
+
+    /// After a failure: drop the unpublished object and the half-made entry.
+    func abandon() {
+        writer?.abort()
+        if let backupId {
+            _ = try? catalog.mutate { s in s.entries[backupId] = nil }
+        }
+    }
+}
