@@ -6,7 +6,7 @@ BIN        := .build/debug/hsmbackup
 APT_PKGS   := libssl-dev libarchive-dev libzstd-dev libarchive-tools pkg-config zstd
 PC_LIBS    := libcrypto libarchive libzstd
 
-.PHONY: deps build release demo test samples bench clean
+.PHONY: deps build release demo test samples interop clean
 
 deps:
 	@if pkg-config --exists $(PC_LIBS) && command -v bsdtar >/dev/null; then :; else \
@@ -23,10 +23,12 @@ release: deps
 demo: build
 	@bash scripts/demo.sh $(BIN)
 
-# Runs the whole suite (XCTest); the runner's own summary, then one plain "N passed, N failed"
+# Runs the whole suite: the interop check against the official AWS Encryption SDK (both
+# directions), then every XCTest; the runner's own summary, then one plain "N passed, N failed"
 # line, are the last things printed.
 test: deps
 	$(SWIFT) build --build-tests
+	bash scripts/interop/run.sh $(BIN)
 	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -vE "^Test Case .*(started|passed)"; rc=$$?; \
 	  line=$$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" .build/test.log | tail -1); \
@@ -39,7 +41,6 @@ samples: build
 	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
 
 # Interop with the official AWS Encryption SDK for Python, both directions (throwaway venv, PyPI).
-.PHONY: interop
 interop: deps
 	$(SWIFT) build --product hsmbackup
 	bash scripts/interop/run.sh $(BIN)

@@ -49,7 +49,7 @@ let package = Package(
                     resources: [.copy("Vectors")]),
         .testTarget(name: "HSMArchiveTests", dependencies: ["Durability", "HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
-        .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup"]),
+        .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup"]),
     ]
 )

@@ -9,8 +9,9 @@ struct HSMBackupCommand: AsyncParsableCommand {
         commandName: "hsmbackup",
         abstract: "Write, inspect, verify, store and restore HSM backup archives.",
         discussion: """
-            Embedded defaults (local KMS, store, simulated HSMs) live in one home directory:
+            Embedded defaults (local KMS, store, simulated HSMs) live in one home directory: \
             `--home DIR` before the command, or HSMBACKUP_HOME, or ~/.hsmbackup.
+
             Exit codes: \(CLIExit.summary)
             """,
         subcommands: [
