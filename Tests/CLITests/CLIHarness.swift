@@ -64,6 +64,34 @@ enum CLI {
                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
     }
 
+    /// Runs a shell command line (for umask and pipes), with the same capture as `run`.
+    static func runShell(_ line: String, home: String? = nil) throws -> CLIRun {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", line]
+        var env = ProcessInfo.processInfo.environment
+        if let home { env["HSMBACKUP_HOME"] = home }
+        p.environment = env
+        let tmp = FileManager.default.temporaryDirectory
+        let outURL = tmp.appendingPathComponent("sh-out-\(UUID().uuidString)")
+        let errURL = tmp.appendingPathComponent("sh-err-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(at: outURL)
+            try? FileManager.default.removeItem(at: errURL)
+        }
+        let o = try FileHandle(forWritingTo: outURL), e = try FileHandle(forWritingTo: errURL)
+        p.standardOutput = o
+        p.standardError = e
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        try o.close(); try e.close()
+        return CLIRun(arguments: [line], stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                      stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+    }
+
     /// A fresh home directory for one test.
     static func makeHome() throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hsmb-home-\(UUID().uuidString)").path
