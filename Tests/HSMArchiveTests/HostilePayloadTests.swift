@@ -1,0 +1,141 @@
+import BackupCrypto
+import Foundation
+import HSMArchive
+import PayloadCodec
+import SimulatedHSM
+import XCTest
+
+/// A payload that authenticates perfectly is still hostile input: a blob sealed with the right
+/// EBK under the right PBK (what a compromised writer with the HSM's keys could make) but whose
+/// tar or compression breaks the rules must be refused by the restoring HSM, which stays
+/// untouched.
+final class HostilePayloadTests: XCTestCase {
+    private var dir = ""
+    private let mkbk = try! ManufacturerBackupKey.random()
+    private let akbk = try! OperatorBackupKey.random()
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("hostile-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    private func makeHSM() throws -> SimulatedHSM {
+        let hsm = try SimulatedHSM.create(at: dir + "/hsm-\(UUID().uuidString)",
+                                          identity: HSMIdentity(manufacturerId: "acme", model: "M", serialNumber: "1",
+                                                                hsmId: "hsm-1", clusterId: "c"),
+                                          mkbk: mkbk, akbk: akbk)
+        try hsm.populate(keys: 2, users: 1, seed: 5, options: PopulateOptions(keyTypes: [.aes]))
+        return hsm
+    }
+
+    /// Seals arbitrary compressed payload bytes exactly as an HSM would.
+    private func seal(compressed: [UInt8], declaredBytes: UInt64, counts: (UInt32, UInt32, UInt32) = (1, 2, 2)) throws -> [UInt8] {
+        let pbk = try KeyHierarchy.derivePBK(mkbk: mkbk, akbk: akbk, manufacturerId: "acme")
+        var blob: [UInt8] = []
+        let writer = try InnerBlobWriter(metadata: ManufacturerMetadata(manufacturerId: "acme", model: "M", firmwareVersion: "1.0.0",
+                                                                        serialNumber: "9", hsmId: "hsm-9", clusterId: "c"),
+                                         backupId: SecureRandom.bytes(count: 16), createdAt: 1_800_000_000,
+                                         payload: PayloadDescriptor(payloadBytes: declaredBytes, userCount: counts.0,
+                                                                    keyCount: counts.1, policyCount: counts.2),
+                                         pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { blob += $0 })
+        try writer.write(compressed)
+        try writer.finish()
+        return blob
+    }
+
+    private func assertRefused(_ tar: [UInt8], declared: UInt64? = nil, expect codes: Set<ArchiveError.Code>,
+                               file: StaticString = #filePath, line: UInt = #line) throws {
+        let hsm = try makeHSM()
+        let before = try snapshot(hsm.directory)
+        let blob = try seal(compressed: try Zstd.compress(tar), declaredBytes: declared ?? UInt64(tar.count))
+        XCTAssertThrowsError(try hsm.restore(blob, dryRun: false), file: file, line: line) { e in
+            let code = (e as? ArchiveError)?.code
+            XCTAssertTrue(code.map(codes.contains) ?? false, "got \(e)", file: file, line: line)
+        }
+        XCTAssertEqual(try snapshot(hsm.directory), before, "the HSM changed", file: file, line: line)
+    }
+
+    func testUnsafeTarEntriesAreRefusedEvenWhenAuthenticated() throws {
+        let ok = Array(#"{"x":1}"#.utf8)
+        let cases: [(String, [UInt8])] = [
+            ("absolute path", Tar.file("/etc/passwd", ok)),
+            ("dot-dot", Tar.file("keys/../../escape.json", ok)),
+            ("symlink", Tar.entry("keys/link.json", type: "2", link: "/etc/shadow")),
+            ("hard link", Tar.entry("keys/hard.json", type: "1", link: "manifest.json")),
+            ("character device", Tar.entry("keys/dev", type: "3")),
+            ("block device", Tar.entry("keys/blk", type: "4")),
+            ("fifo", Tar.entry("keys/fifo", type: "6")),
+            ("duplicate entry", Tar.file("keys/a.json", ok, end: false) + Tar.file("keys/a.json", ok)),
+            ("size beyond the data", Tar.file("keys/a.json", ok, declaredSize: 4096)),
+        ]
+        for (name, tar) in cases {
+            print("hostile payload: \(name)")
+            try assertRefused(tar, expect: [.tarMalformed, .manifestMalformed, .payloadMalformed])
+        }
+    }
+
+    func testDecompressionNeverExceedsTheDeclaredSize() throws {
+        // A zstd bomb: 64 MiB of zeros compresses to a few KiB; the header declares 1 KiB.
+        let bomb = [UInt8](repeating: 0, count: 64 << 20)
+        try assertRefused(bomb, declared: 1024, expect: [.payloadMalformed])
+        // And a payload shorter than declared is refused too (exact size, not a bound only).
+        let short = Tar.file("manifest.json", Array("{}".utf8))
+        try assertRefused(short, declared: UInt64(short.count) + 512, expect: [.payloadMalformed])
+    }
+
+    func testDeclaredSizesAboveTheNamedLimitsAreRefusedBeforeAnyWork() throws {
+        let hsm = try makeHSM()
+        let before = try snapshot(hsm.directory)
+        // The writer refuses to declare more than the limit...
+        XCTAssertThrowsError(try seal(compressed: try Zstd.compress(Tar.file("a", [1])), declaredBytes: InnerFormat.maximumPayloadBytes + 1))
+        // ...and a reader refuses a header that does, before any crypto runs (the seal would
+        // fail too, but the limit is checked first and named).
+        let tar = Tar.file("a", [1])
+        var blob = try seal(compressed: try Zstd.compress(tar), declaredBytes: 0x0123_4567)
+        let needle: [UInt8] = [0, 0, 0, 0, 0x01, 0x23, 0x45, 0x67]
+        let at = try XCTUnwrap((0...(blob.count - 8)).first { blob[$0..<($0 + 8)].elementsEqual(needle) })
+        let huge = InnerFormat.maximumPayloadBytes + 1
+        for i in 0..<8 { blob[at + i] = UInt8(truncatingIfNeeded: huge >> (UInt64(7 - i) * 8)) }
+        XCTAssertThrowsError(try InnerHeader.parse(prefix: blob)) { XCTAssertEqual(($0 as? ArchiveError)?.code, .limitExceeded) }
+        XCTAssertThrowsError(try hsm.restore(blob, dryRun: false)) { XCTAssertEqual(($0 as? ArchiveError)?.code, .limitExceeded) }
+        XCTAssertEqual(try snapshot(hsm.directory), before)
+    }
+
+    private func snapshot(_ dir: String) throws -> [String: Data] {
+        var out: [String: Data] = [:]
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir) { out[f] = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f)) }
+        return out
+    }
+}
+
+/// A minimal ustar writer for hostile archives (libarchive's writer, rightly, will not make them).
+enum Tar {
+    static func entry(_ name: String, type: Character, link: String = "", data: [UInt8] = [], declaredSize: Int? = nil) -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: 512)
+        func put(_ s: String, _ at: Int, _ len: Int) { for (i, b) in s.utf8.prefix(len).enumerated() { h[at + i] = b } }
+        func zeroPadded(_ v: Int, _ width: Int) -> String {
+            let digits = String(v, radix: 8)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        func octal(_ v: Int, _ at: Int, _ len: Int) { put(zeroPadded(v, len - 1), at, len - 1) }
+        put(name, 0, 100)
+        octal(0o600, 100, 8); octal(0, 108, 8); octal(0, 116, 8)
+        octal(declaredSize ?? data.count, 124, 12); octal(0, 136, 12)
+        h[156] = UInt8(ascii: type.unicodeScalars.first!)
+        put(link, 157, 100)
+        put("ustar", 257, 6); put("00", 263, 2)
+        for i in 148..<156 { h[i] = 0x20 }
+        let sum = h.reduce(0) { $0 + Int($1) }
+        put(zeroPadded(sum, 6), 148, 6)
+        h[154] = 0; h[155] = 0x20
+        var out = h + data
+        if data.count % 512 != 0 { out += [UInt8](repeating: 0, count: 512 - data.count % 512) }
+        return out
+    }
+
+    static func file(_ name: String, _ data: [UInt8], declaredSize: Int? = nil, end: Bool = true) -> [UInt8] {
+        entry(name, type: "0", data: data, declaredSize: declaredSize) + (end ? [UInt8](repeating: 0, count: 1024) : [])
+    }
+}
