@@ -6,7 +6,7 @@ BIN        := .build/debug/hsmbackup
 APT_PKGS   := libssl-dev libarchive-dev libzstd-dev libarchive-tools pkg-config zstd
 PC_LIBS    := libcrypto libarchive libzstd
 
-.PHONY: deps build release demo test samples interop clean
+.PHONY: deps build release demo test test-asan test-tsan samples interop clean
 
 deps:
 	@if pkg-config --exists $(PC_LIBS) && command -v bsdtar >/dev/null; then :; else \
@@ -45,5 +45,16 @@ interop: deps
 	$(SWIFT) build --product hsmbackup
 	bash scripts/interop/run.sh $(BIN)
 
+# The suite under AddressSanitizer (LeakSanitizer on, with the XCTest/runtime suppressions),
+# and the store's concurrency tests under ThreadSanitizer. Separate build folders.
+test-asan: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/sanitizers/lsan.supp ASAN_OPTIONS=detect_leaks=1 \
+	  $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing
+
+test-tsan: deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing --filter "ProcessTests|CatalogTests|LocalObjectStoreTests"
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-asan .build-tsan

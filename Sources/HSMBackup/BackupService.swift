@@ -86,7 +86,7 @@ public final class BackupService {
 
     public func inspect(_ idOrPrefix: String, keyrings: [Keyring] = []) throws -> InspectionReport {
         let entry = try resolve(idOrPrefix)
-        return try Inspector.inspect(try openArchive(entry), archiveBytes: entry.size, keyrings: keyrings)
+        return try Inspector.inspect(try openArchive(entry), archiveBytes: entry.size, keyrings: keyrings, expectedBackupID: entry.backupId)
     }
 
     /// Verifies a stored backup: every replica against its checksum record (findings name the
@@ -96,7 +96,8 @@ public final class BackupService {
                        progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
         let entry = try resolve(idOrPrefix)
         let before = store.verifyReplicas(entry.objectKey)
-        var report = try Verifier.verify(try openArchive(entry), name: entry.backupId, level: level, keys: keys, progress: progress)
+        var report = try Verifier.verify(try openArchive(entry), name: entry.backupId, level: level, keys: keys,
+                                         expectedBackupID: entry.backupId, progress: progress)
         let after = before.isEmpty ? [] : store.verifyReplicas(entry.objectKey)
         let replicaFindings = before.map { f -> Finding in
             let stillBad = after.contains { $0.replica == f.replica && $0.problem == f.problem }
@@ -115,7 +116,8 @@ public final class BackupService {
         guard entry.state == .ready else {
             throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue); undelete it first")
         }
-        return try Restorer.restore(try openArchive(entry), onto: hsm, keyrings: keyrings, dryRun: dryRun, progress: progress)
+        return try Restorer.restore(try openArchive(entry), onto: hsm, keyrings: keyrings, dryRun: dryRun,
+                                    expectedBackupID: entry.backupId, progress: progress)
     }
 
     // MARK: lifecycle

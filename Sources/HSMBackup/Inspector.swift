@@ -57,16 +57,20 @@ public enum Inspector {
     /// No key: the envelope header only (a few KiB at most). With keyrings: also decrypts the
     /// first frames, just far enough to parse the inner header, and checks it against the public
     /// metadata.
-    public static func inspect(_ source: ByteSource, archiveBytes: UInt64? = nil, keyrings: [Keyring] = []) throws -> InspectionReport {
+    /// `expectedBackupID`: the id the archive must carry (a stored archive's catalog id).
+    public static func inspect(_ source: ByteSource, archiveBytes: UInt64? = nil, keyrings: [Keyring] = [],
+                               expectedBackupID: String? = nil) throws -> InspectionReport {
         let counting = CountingSource(source)
         guard !keyrings.isEmpty else {
             let (header, metadata) = try ArchiveMetadata.read(from: counting)
+            try metadata.check(isBackup: expectedBackupID)
             let frames = archiveBytes.flatMap { EnvelopeStructure.frameCount(header: header, messageBytes: $0) }
             return InspectionReport(metadata: metadata, envelope: EnvelopeHeaderSummary(header, frameCount: frames),
                                     inner: nil, openedBy: nil, bytesRead: counting.count)
         }
         let decryptor = try EnvelopeDecryptor(source: counting, keyrings: keyrings)
         let metadata = try ArchiveMetadata(context: decryptor.header.context)
+        try metadata.check(isBackup: expectedBackupID)
         let inner = try readInnerHeader(decryptor)
         try metadata.check(against: inner)
         let frames = archiveBytes.flatMap { EnvelopeStructure.frameCount(header: decryptor.header, messageBytes: $0) }

@@ -28,6 +28,16 @@ extension ArchiveMetadata {
     }
 }
 
+extension ArchiveMetadata {
+    /// A stored archive must be the one its catalog entry names: otherwise whoever can write the
+    /// store could swap two valid archives (say, an old backup for a new one).
+    func check(isBackup expected: String?) throws {
+        if let expected, Array(backupID.utf8) != Array(expected.utf8) {
+            throw HSMBackupError(.metadataMismatch, "the archive stored as backup \(expected) is backup \(backupID)")
+        }
+    }
+}
+
 /// Backup ids: the inner header's 16 random bytes, shown as 32 lowercase hex digits.
 public enum BackupID {
     public static func string(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }

@@ -8,10 +8,12 @@ public enum Restorer {
     /// HSM changes until the last frame, the signature, the seal, every chunk and every object
     /// have verified; then all contents are replaced in one atomic step (or, for a dry run, not
     /// at all). Another manufacturer is refused from the public metadata, before any decryption.
+    /// `expectedBackupID`: the id the archive must carry (a stored archive's catalog id).
     public static func restore(_ source: ByteSource, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
-                               progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
+                               expectedBackupID: String? = nil, progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
         let decryptor = try EnvelopeDecryptor(source: source, keyrings: keyrings)
         let metadata = try ArchiveMetadata(context: decryptor.header.context)
+        try metadata.check(isBackup: expectedBackupID)
         guard Array(metadata.manufacturer.utf8) == Array(hsm.identity.manufacturerId.utf8) else {
             throw HSMBackupError(.incompatibleHSM,
                                  "the archive is from manufacturer \"\(metadata.manufacturer)\"; this HSM is \"\(hsm.identity.manufacturerId)\": restore refused, nothing changed")

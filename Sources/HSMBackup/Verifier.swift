@@ -23,8 +23,9 @@ public struct VerificationKeys {
 /// finding with where it is. Bad data never throws: it becomes a finding. Only a missing key for
 /// the requested level throws, before anything is read.
 public enum Verifier {
+    /// `expectedBackupID`: the id the archive must carry (a stored archive's catalog id).
     public static func verify(_ source: ByteSource, name: String, level: VerificationLevel,
-                              keys: VerificationKeys = VerificationKeys(),
+                              keys: VerificationKeys = VerificationKeys(), expectedBackupID: String? = nil,
                               progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
         if level >= .envelope && keys.keyrings.isEmpty {
             throw HSMBackupError(.invalidArgument, "verification at level \(level.rawValue) needs a KMS key")
@@ -34,21 +35,21 @@ public enum Verifier {
         }
         var report = VerificationReport(archive: name, level: level)
         if level == .structure {
-            structurePass(source, into: &report)
+            structurePass(source, expectedBackupID: expectedBackupID, into: &report)
         } else {
-            try decryptingPass(source, level: level, keys: keys, into: &report, progress: progress)
+            try decryptingPass(source, level: level, keys: keys, expectedBackupID: expectedBackupID, into: &report, progress: progress)
         }
         return report
     }
 
     /// Level 1: every framing rule of the envelope and its public metadata, with no key.
-    static func structurePass(_ source: ByteSource, into report: inout VerificationReport) {
+    static func structurePass(_ source: ByteSource, expectedBackupID: String?, into report: inout VerificationReport) {
         do {
             let s = try EnvelopeStructure.walk(source)
             report.framesChecked = Int(s.frameCount)
             report.bytesChecked = s.messageBytes
             do {
-                _ = try ArchiveMetadata(context: s.header.context)
+                try ArchiveMetadata(context: s.header.context).check(isBackup: expectedBackupID)
             } catch {
                 report.findings.append(finding(error, layer: .envelope))
             }
@@ -62,7 +63,7 @@ public enum Verifier {
     /// commitment, the signature); each verified piece feeds the keyless inner structure check
     /// and, for level 3, the HSM's own verification. A failure in one layer stops that layer only,
     /// so the others still report what they find.
-    static func decryptingPass(_ source: ByteSource, level: VerificationLevel, keys: VerificationKeys,
+    static func decryptingPass(_ source: ByteSource, level: VerificationLevel, keys: VerificationKeys, expectedBackupID: String?,
                                into report: inout VerificationReport, progress: ((UInt64) -> Void)?) throws {
         let decryptor: EnvelopeDecryptor
         let metadata: ArchiveMetadata
@@ -73,6 +74,7 @@ public enum Verifier {
             report.findings.append(finding(error, layer: .envelope))
             return
         }
+        do { try metadata.check(isBackup: expectedBackupID) } catch { report.findings.append(finding(error, layer: .envelope)) }
         // A full check needs an HSM that could restore this archive: say so, rather than
         // report the archive as bad.
         if level == .full, let hsm = keys.hsm, Array(hsm.identity.manufacturerId.utf8) != Array(metadata.manufacturer.utf8) {

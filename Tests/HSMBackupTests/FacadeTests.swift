@@ -195,6 +195,26 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(try w.service.undelete(id).state, .ready)
     }
 
+    /// Whoever can write the store could swap two valid archives (an old backup in place of a
+    /// new one); the catalog id is checked against the archive's own.
+    func testAnArchiveSwappedUnderAnotherBackupsIdIsRefused() throws {
+        let w = try World(keys: 4, users: 1)
+        let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
+        let b = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
+        let bBytes = try w.service.store.getAll(b.objectKey)
+        _ = try w.service.store.delete(a.objectKey)
+        _ = try w.service.store.put(a.objectKey, bytes: bBytes)
+        XCTAssertThrowsError(try w.service.inspect(a.backupId)) { XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch) }
+        let report = try w.service.verify(a.backupId, level: .structure)
+        XCTAssertEqual(report.errors.map(\.code), ["metadataMismatch"])
+        let target = try w.makeHSM("t", manufacturer: "acme")
+        let before = try w.snapshot("t")
+        XCTAssertThrowsError(try w.service.restore(a.backupId, onto: target, keyrings: [w.kms.decryptionKeyring], dryRun: false)) {
+            XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch)
+        }
+        XCTAssertEqual(try w.snapshot("t"), before)
+    }
+
     func testIdPrefixesResolveOnlyWhenUnique() throws {
         let w = try World(keys: 2, users: 1)
         let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry.backupId
