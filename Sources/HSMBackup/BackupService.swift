@@ -18,9 +18,12 @@ final class ObjectWriterSink: ByteSink {
 /// lifecycle (delete, undelete, purge, retention, tags, copy, rewrap). Everything here works on
 /// streams: an archive never has to fit in memory.
 public final class BackupService {
+    /// The catalog of backups (and through it the store that holds their archives).
     public let catalog: BackupCatalog
+    /// The replicated object store that holds the archives.
     public var store: LocalObjectStore { catalog.store }
 
+    /// A service over an open catalog.
     public init(catalog: BackupCatalog) { self.catalog = catalog }
 
     /// Opens the store at `root` (made by `LocalObjectStore.create`).
@@ -84,6 +87,8 @@ public final class BackupService {
 
     // MARK: inspect, verify, restore
 
+    /// A stored backup's public metadata (no key), and with `keyrings` its inner header; reads
+    /// only the archive's first bytes.
     public func inspect(_ idOrPrefix: String, keyrings: [Keyring] = []) throws -> InspectionReport {
         let entry = try resolve(idOrPrefix)
         return try Inspector.inspect(try openArchive(entry), archiveBytes: entry.size, keyrings: keyrings, expectedBackupID: entry.backupId)
@@ -110,6 +115,8 @@ public final class BackupService {
         return report
     }
 
+    /// Restores a READY backup onto `hsm` (see `Restorer`); a dry run verifies everything and
+    /// changes nothing.
     public func restore(_ idOrPrefix: String, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
                         progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
         let entry = try resolve(idOrPrefix)
@@ -122,20 +129,29 @@ public final class BackupService {
 
     // MARK: lifecycle
 
+    /// Backups matching `query` (by cluster, state, creation time), in the catalog's order.
     public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.list(query) }
+    /// READY → PENDING_DELETION, recoverable for the catalog's recovery window (7 days by default).
     @discardableResult public func delete(_ id: String) throws -> BackupEntry { try catalog.delete(try resolve(id).backupId) }
+    /// PENDING_DELETION → READY, within the recovery window.
     @discardableResult public func undelete(_ id: String) throws -> BackupEntry { try catalog.restore(try resolve(id).backupId) }
+    /// Removes from every replica the backups whose recovery window has passed.
     @discardableResult public func purge() throws -> PurgeReport { try catalog.purge() }
+    /// Sets and removes catalog tags.
     @discardableResult public func tag(_ id: String, set: [String: String], remove: [String]) throws -> BackupEntry {
         let backupId = try resolve(id).backupId
         if !set.isEmpty { try catalog.tag(backupId, set) }
         if !remove.isEmpty { try catalog.untag(backupId, remove) }
         return try catalog.entry(backupId)
     }
+    /// Exempts a backup from retention (or not).
     @discardableResult public func setNeverExpires(_ id: String, _ flag: Bool) throws -> BackupEntry {
         try catalog.setNeverExpires(try resolve(id).backupId, flag)
     }
+    /// A cluster's retention period, 7...379 days.
     public func setRetention(cluster: String, days: Int) throws { try catalog.setRetention(cluster, days: days) }
+    /// Marks expired backups for deletion (never a cluster's newest, never a never-expires one);
+    /// returns their ids.
     public func applyRetention(cluster: String? = nil) throws -> [String] { try catalog.applyRetention(clusterId: cluster) }
 
     /// Copies a ready backup into another store, keeping its id and creation time; the copy
