@@ -112,6 +112,24 @@ final class BackupLifecycleTests: XCTestCase {
         try w.expect(66, ["backup", "undelete", "0123456789abcdef0123456789abcdef"])
     }
 
+    func testLifecycleStateRulesAreUsageErrors() throws {
+        let id = try w.createStoredBackup()
+        let otherHome = w.path("home-copy")
+        XCTAssertEqual(try CLI.run(["store", "init"], home: otherHome).exitCode, 0)
+        let notPending = try w.expect(64, ["backup", "undelete", id])           // READY: nothing to undelete
+        XCTAssertTrue(notPending.stderr.contains("invalidState"), notPending.description)
+        try w.expect(0, ["backup", "delete", id])
+        try w.expect(64, ["backup", "delete", id])                               // already pending
+        try w.expect(66, ["backup", "rewrap", id, "--kms-key", "k2"])            // only READY backups are rewrapped
+        try w.expect(64, ["backup", "copy", id, "--to-store", otherHome + "/store"]) // only READY backups are copied
+        XCTAssertEqual(try CLI.run(["backup", "list"], home: otherHome).stdout, "no backups\n")
+        let tagged = try w.expect(0, ["backup", "tag", id, "--set", "why=audit"])
+        XCTAssertEqual(tagged.stdout, "tagged \(id): now PENDING_DELETION\n")
+        try w.expect(0, ["backup", "undelete", id])
+        try w.expect(0, ["backup", "copy", id, "--to-store", otherHome + "/store"])
+        try w.expect(64, ["backup", "copy", id, "--to-store", otherHome + "/store"]) // the id exists there
+    }
+
     func testTagSetRemoveNeverExpires() throws {
         let id = try w.createStoredBackup(["--tag", "a=1"])
         let t = try JSON.object(try w.expect(0, ["backup", "tag", id, "--set", "b=2", "--set", "c=3", "--remove", "a",

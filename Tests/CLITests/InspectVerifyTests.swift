@@ -84,6 +84,7 @@ final class InspectVerifyTests: XCTestCase {
         try Files.write([], empty)
         try w.expect(65, ["inspect", empty])
         try w.expect(64, ["inspect"])
+        try w.expect(74, ["inspect", w.root])                         // a directory: an I/O error, not a crash
         try w.expect(64, ["inspect", archive, "--frobnicate"])
     }
 

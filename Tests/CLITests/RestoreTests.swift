@@ -76,6 +76,22 @@ final class RestoreTests: XCTestCase {
         XCTAssertEqual(try Files.snapshot(foreign), before)
     }
 
+    /// Same manufacturer name, but another home's MKBK and AKBK (another PBK): refused, 68.
+    func testSameManufacturerNameWithOtherBackupKeysIsRefused() throws {
+        let otherHome = w.path("home-other-keys")
+        let hsm = w.path("hsm-other-keys")
+        for args in [["manufacturer", "create", "acme"], ["operator", "init"],
+                     ["hsm", "create", hsm, "--manufacturer", "acme", "--model", "M1", "--serial", "Z9", "--cluster", "c1"]] {
+            let r = try CLI.run(args, home: otherHome)
+            XCTAssertEqual(r.exitCode, 0, r.description)
+        }
+        let before = try Files.snapshot(hsm)
+        let r = try w.expect(68, ["restore", archive, "--hsm", hsm])
+        XCTAssertTrue(r.stderr.contains("pbkMismatch"), r.description)
+        try w.expect(68, ["restore", archive, "--hsm", hsm, "--dry-run"])
+        XCTAssertEqual(try Files.snapshot(hsm), before)
+    }
+
     func testADamagedArchiveIsRefusedAndTheTargetUntouched() throws {
         let target = try w.makeHSM(keys: 3, seed: 4)
         let before = try Files.snapshot(target)
