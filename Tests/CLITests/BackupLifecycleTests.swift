@@ -222,7 +222,7 @@ final class BackupLifecycleTests: XCTestCase {
         try w.expect(0, ["store", "get", metaKey, "-o", metaFile])
         try w.expect(0, ["store", "get", "backups/\(id)/archive", "-o", archiveFile])
         var metaBytes = try Files.read(metaFile)
-        replaceAll(&metaBytes, Array(id.utf8), Array(twin.utf8))
+        Files.replaceAll(&metaBytes, Array(id.utf8), Array(twin.utf8))
         try Files.write(metaBytes, metaFile)
         try w.expect(0, ["store", "put", "backups/\(twin)/" + metaKey.split(separator: "/").last!, metaFile])
         try w.expect(0, ["store", "put", "backups/\(twin)/archive", archiveFile])
@@ -238,18 +238,5 @@ final class BackupLifecycleTests: XCTestCase {
         try w.expect(0, ["inspect", id])
         try w.expect(0, ["backup", "delete", twin])
         XCTAssertEqual(try w.entry(twin)["state"] as? String, "PENDING_DELETION")
-    }
-
-    private func replaceAll(_ bytes: inout [UInt8], _ old: [UInt8], _ new: [UInt8]) {
-        precondition(old.count == new.count)
-        var i = 0
-        while i + old.count <= bytes.count {
-            if Array(bytes[i..<i + old.count]) == old {
-                bytes.replaceSubrange(i..<i + old.count, with: new)
-                i += old.count
-            } else {
-                i += 1
-            }
-        }
     }
 }

@@ -159,6 +159,20 @@ enum Files {
         (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? -1
     }
 
+    /// Replaces every occurrence of `old` by `new` (same length) in `bytes`.
+    static func replaceAll(_ bytes: inout [UInt8], _ old: [UInt8], _ new: [UInt8]) {
+        precondition(old.count == new.count)
+        var i = 0
+        while i + old.count <= bytes.count {
+            if Array(bytes[i..<i + old.count]) == old {
+                bytes.replaceSubrange(i..<i + old.count, with: new)
+                i += old.count
+            } else {
+                i += 1
+            }
+        }
+    }
+
     /// Names in `dir` (temps included).
     static func list(_ dir: String) throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).sorted() }
 }
