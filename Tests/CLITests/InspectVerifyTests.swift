@@ -228,6 +228,40 @@ final class InspectVerifyTests: XCTestCase {
         try w.expect(68, ["verify", id, "--level", "full", "--hsm", w.foreignHSM])
     }
 
+    func testSignedArchiveIsShownSignedAndItsFooterChecked() throws {
+        let signed = try w.createArchiveFile(["--signed"])
+        let env = try XCTUnwrap(try JSON.object(try w.expect(0, ["inspect", signed, "--json"]).stdout)["envelope"] as? [String: Any])
+        XCTAssertEqual(env["suiteID"] as? String, "0x0578")
+        XCTAssertEqual(env["signed"] as? Bool, true)
+        try w.expect(0, ["verify", signed, "--level", "envelope"])
+        let bad = w.path("sig") + ".hsmb"
+        try Files.flipped(signed, at: try Files.size(signed) - 3, into: bad)   // inside the signature
+        let r = try w.expect(65, ["verify", bad, "--level", "envelope", "--json"])
+        XCTAssertFalse((try JSON.object(r.stdout)["findings"] as? [Any] ?? []).isEmpty, r.description)
+    }
+
+    /// Progress is drawn only on a terminal: with stderr captured, successful commands print nothing there.
+    func testLongOperationsAreQuietWhenNotATerminal() throws {
+        let out = w.path("quiet") + ".hsmb"
+        for args in [["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", out],
+                     ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1"],
+                     ["verify", out, "--level", "full", "--hsm", w.targetHSM],
+                     ["restore", out, "--hsm", w.targetHSM, "--dry-run"]] {
+            let r = try w.expect(0, args)
+            XCTAssertEqual(r.stderr, "", r.description)
+        }
+    }
+
+    /// `--home DIR` before the command is the same home as HSMBACKUP_HOME.
+    func testGlobalHomeOptionSelectsTheHome() throws {
+        let viaEnv = try w.expect(0, ["backup", "list", "--json"]).stdout
+        let viaFlag = try CLI.run(["--home", w.home, "backup", "list", "--json"], environment: ["HSMBACKUP_HOME": ""])
+        XCTAssertEqual(viaFlag.exitCode, 0, viaFlag.description)
+        XCTAssertEqual(viaFlag.stdout, viaEnv)
+        let viaEquals = try CLI.run(["--home=" + w.home, "inspect", archive], environment: ["HSMBACKUP_HOME": ""])
+        XCTAssertEqual(viaEquals.exitCode, 0, viaEquals.description)
+    }
+
     func testStructureNeedsNoKey() throws {
         // A fresh home with no keystore at all verifies the structure of a file.
         let bare = try CLI.makeHome()
