@@ -46,6 +46,17 @@ final class FailureHygieneTests: XCTestCase {
         XCTAssertEqual(try w.expect(0, ["backup", "list", "--json"]).stdout, before)
     }
 
+    func testOutputIntoAMissingDirectoryOrOntoADirectoryIsAnIOError() throws {
+        let parent = try outputDirectory()
+        try w.expect(74, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", parent + "/missing/x.hsmb"])
+        XCTAssertEqual(try Files.list(parent), [])
+        let sub = parent + "/sub"
+        try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: false)
+        try w.expect(74, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", sub])
+        XCTAssertEqual(try Files.list(parent), ["sub"], "no temp file left beside it")
+        XCTAssertEqual(try Files.list(sub), [])
+    }
+
     func testAnExistingOutputFileIsNotDamagedByAFailedCreate() throws {
         let dir = try outputDirectory()
         let out = dir + "/keep.hsmb"

@@ -221,6 +221,24 @@ final class InspectVerifyTests: XCTestCase {
         }
     }
 
+    /// Every replica damaged: verify names each one and fails; inspect and restore fail with 65
+    /// and the target HSM is untouched.
+    func testEveryReplicaDamagedIsUnrecoverable() throws {
+        let id = try w.createStoredBackup()
+        let key = try XCTUnwrap(try w.entry(id)["objectKey"] as? String)
+        for replica in 0..<3 { try Files.flipInPlace(try w.replicaFile(replica: replica, key: key), at: 3000) }
+        let r = try w.expect(65, ["verify", id, "--level", "structure", "--json"])
+        let findings = try JSON.object(r.stdout)["findings"] as? [[String: Any]] ?? []
+        let replicas = findings.filter { $0["layer"] as? String == "store" }.compactMap { ($0["location"] as? [String: Any])?["replica"] as? Int }
+        XCTAssertEqual(replicas.sorted(), [0, 1, 2], r.description)
+        XCTAssertTrue(findings.allSatisfy { $0["severity"] as? String == "error" }, r.description)
+        try w.expect(65, ["inspect", id])
+        let target = try w.makeHSM(keys: 2, seed: 8)
+        let before = try Files.snapshot(target)
+        try w.expect(65, ["restore", id, "--hsm", target])
+        XCTAssertEqual(try Files.snapshot(target), before)
+    }
+
     func testFullVerifyWithAnotherManufacturersHSMIs68() throws {
         let r = try w.expect(68, ["verify", archive, "--level", "full", "--hsm", w.foreignHSM])
         XCTAssertTrue(r.stderr.contains("incompatibleHSM"), r.description)
