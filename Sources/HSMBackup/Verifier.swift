@@ -1,5 +1,6 @@
 import Envelope
 import HSMArchive
+import ObjectStore
 import SimulatedHSM
 
 /// What a verification may use beyond the archive itself.
@@ -20,8 +21,9 @@ public struct VerificationKeys {
 }
 
 /// Verifies archives at three depths (spec/FORMAT.md "Verification levels") and reports every
-/// finding with where it is. Bad data never throws: it becomes a finding. Only a missing key for
-/// the requested level throws, before anything is read.
+/// finding with where it is. Bad data never throws: it becomes a finding. What throws is what
+/// makes the level impossible to judge: no key for it (none given, or none that opens the
+/// archive), or an HSM whose manufacturer or backup keys are not the archive's.
 public enum Verifier {
     /// `expectedBackupID`: the id the archive must carry (a stored archive's catalog id).
     public static func verify(_ source: ByteSource, name: String, level: VerificationLevel,
@@ -70,6 +72,8 @@ public enum Verifier {
         do {
             decryptor = try EnvelopeDecryptor(source: source, keyrings: keys.keyrings)
             metadata = try ArchiveMetadata(context: decryptor.header.context)
+        } catch let e as EnvelopeError where e.code == .noUsableKey || e.code == .keyVersionDisabled {
+            throw e // no key for the level asked: nothing was verified, so this is not a finding
         } catch {
             report.findings.append(finding(error, layer: .envelope))
             return
@@ -116,7 +120,10 @@ public enum Verifier {
                     }
                 }
                 if let f = full, !fullFailed {
-                    do { try f.feed(piece) } catch {
+                    do { try f.feed(piece) } catch let e as ArchiveError where e.code == .pbkMismatch || e.code == .wrongManufacturer {
+                        // The HSM's backup keys are not the archive's: the HSM cannot judge it.
+                        throw HSMBackupError(.incompatibleHSM, "HSM cannot verify this archive at level full: \(e.reason)")
+                    } catch {
                         report.findings.append(finding(error, layer: layer(of: error)))
                         fullFailed = true
                     }
@@ -124,6 +131,8 @@ public enum Verifier {
                 progress?(innerBytes)
             }
             envelopeOK = true
+        } catch let e as HSMBackupError where e.code == .incompatibleHSM {
+            throw e
         } catch {
             report.findings.append(finding(error, layer: .envelope))
         }
@@ -194,6 +203,9 @@ public enum Verifier {
             return Finding(layer: layer, code: e.code.rawValue, message: e.reason)
         case let e as HSMBackupError:
             return Finding(layer: layer, code: e.code.rawValue, message: e.reason)
+        case let e as StoreError:
+            // A read that no replica could serve: the store's finding, whatever layer was reading.
+            return Finding(layer: .store, code: e.code.rawValue, message: e.description)
         default:
             return Finding(layer: layer, code: "error", message: "\(error)")
         }

@@ -84,6 +84,12 @@ struct BackupCreate: ParsableCommand {
     @Flag(name: .customLong("never-expires"), help: "Exempt this backup from retention.") var neverExpires = false
     @Flag(help: "Machine-readable output.") var json = false
 
+    func validate() throws {
+        if out != nil && (!tags.isEmpty || neverExpires) {
+            throw ValidationError("--tag and --never-expires describe a backup in the store's catalog; they do not apply with --out")
+        }
+    }
+
     struct Output: Encodable {
         let backupId: String
         let location: String
