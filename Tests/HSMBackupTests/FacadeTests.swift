@@ -246,3 +246,21 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(summary.keys, 40)
     }
 }
+
+final class TimestampTests: XCTestCase {
+    func testRFC3339MatchesFoundationAndRoundTrips() {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        f.dateFormat = "yyyy-MM-dd'T'HH:mm:ss'Z'"
+        var rng = SystemRandomNumberGenerator()
+        for s in [0, 59, 86_399, 86_400, 951_782_400, 1_709_164_800, 4_102_444_800] + (0..<2000).map({ _ in UInt64.random(in: 0...8_000_000_000, using: &rng) }) {
+            let text = Timestamp.rfc3339(s)
+            XCTAssertEqual(text, f.string(from: Date(timeIntervalSince1970: TimeInterval(s))), "\(s)")
+            XCTAssertEqual(Timestamp.seconds(rfc3339: text), s)
+        }
+        for bad in ["2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01 00:00:00Z", "1969-12-31T23:59:59Z", "2026-01-01T00:00:00+01:00"] {
+            XCTAssertNil(Timestamp.seconds(rfc3339: bad), bad)
+        }
+    }
+}

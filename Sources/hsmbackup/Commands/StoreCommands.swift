@@ -1,4 +1,5 @@
 import ArgumentParser
+import HSMBackup
 import Durability
 import Foundation
 import ObjectStore
@@ -48,10 +49,7 @@ enum StoreCLI {
         }
     }
 
-    static func date(_ millis: UInt64) -> String {
-        let f = ISO8601DateFormatter()
-        return f.string(from: Date(timeIntervalSince1970: Double(millis) / 1000))
-    }
+    static func date(_ millis: UInt64) -> String { Timestamp.rfc3339(millis: millis) }
 
     static func run(_ body: () throws -> Void) throws {
         do { try body() } catch { throw CLIExit.translate(error) }
