@@ -153,8 +153,9 @@ public enum AESKeyWrapLanes {
 
         if !laned.isEmpty {
             let plan = LanePlan(lanes: laned, semiblocks: semiblocks)
-            let r = Scratch(words: plan.totalWords)
-            let buffer = Scratch(words: 2 * plan.laneCount)
+            // Every word of both is written before it is read (scatter, initial A, step 0).
+            let r = Scratch(words: plan.totalWords, zeroed: false)
+            let buffer = Scratch(words: 2 * plan.laneCount, zeroed: false)
             defer { r.wipe(); buffer.wipe() }
             for g in plan.groups {
                 for (k, lane) in g.lanes.enumerated() {
@@ -268,8 +269,8 @@ public enum AESKeyWrapLanes {
 
                 if !laned.isEmpty {
                     let plan = LanePlan(lanes: laned, semiblocks: semiblocks)
-                    let r = Scratch(words: plan.totalWords)
-                    let buffer = Scratch(words: 2 * plan.laneCount)
+                    let r = Scratch(words: plan.totalWords, zeroed: false)
+                    let buffer = Scratch(words: 2 * plan.laneCount, zeroed: false)
                     defer { r.wipe(); buffer.wipe() }
                     for g in plan.groups {
                         for (k, lane) in g.lanes.enumerated() {
@@ -349,64 +350,93 @@ public enum AESKeyWrapLanes {
     /// (wrap) or the next (unwrap) to A in place, and loads the next step's R.
     private static func runW(_ plan: LanePlan, r: UnsafeMutablePointer<UInt64>, buffer: UnsafeMutablePointer<UInt64>,
                              aes: AESECB, encrypt: Bool) throws {
-        let groups = plan.groups
-        // Prepare step 0.
-        for g in groups {
-            let L = g.lanes.count
-            let i0 = encrypt ? 0 : g.n - 1
+        // Plain per-group state for the hot loop: no arrays, no division.
+        let gs = UnsafeMutableBufferPointer<GroupCursor>.allocate(capacity: plan.groups.count)
+        defer { gs.deallocate() }
+        for (j, g) in plan.groups.enumerated() {
+            let cursor = GroupCursor(n: g.n, lanes: g.lanes.count, r: r + g.rOffset, blocks: buffer + 2 * g.blockBase,
+                                     i: encrypt ? 0 : g.n - 1)
+            gs.initializeElement(at: j, to: cursor)
+            // Prepare step 0: A is already in place; unwrap applies t = 6n to it.
             let tBE = encrypt ? 0 : UInt64(6 * g.n).bigEndian
-            let row = r + g.rOffset + i0 * L
-            let b = buffer + 2 * g.blockBase
-            for k in 0..<L {
-                b[2 * k] ^= tBE
-                b[2 * k + 1] = row[k]
+            let row = cursor.r + cursor.i * cursor.lanes
+            for k in 0..<cursor.lanes {
+                cursor.blocks[2 * k] ^= tBE
+                cursor.blocks[2 * k + 1] = row[k]
             }
         }
-        var activeGroups = groups.count
+        var activeGroups = gs.count
         var activeBlocks = plan.laneCount
-        let totalSteps = 6 * groups[0].n
-        try groups.withUnsafeBufferPointer { gs in
-            for s in 0..<totalSteps {
-                try aes.apply(buffer, blocks: activeBlocks)
-                for gi in 0..<activeGroups {
-                    let g = gs[gi]
-                    let L = g.lanes.count
-                    let n = g.n
-                    let steps = 6 * n
-                    let b = buffer + 2 * g.blockBase
-                    let i = encrypt ? s % n : n - 1 - s % n
-                    let current = r + g.rOffset + i * L
-                    if s + 1 < steps {
-                        let next: UnsafeMutablePointer<UInt64>
-                        let tBE: UInt64
-                        if encrypt {
-                            next = r + g.rOffset + (i + 1 == n ? 0 : i + 1) * L
-                            tBE = UInt64(s + 1).bigEndian
-                        } else {
-                            next = r + g.rOffset + (i == 0 ? n - 1 : i - 1) * L
-                            tBE = UInt64(steps - s - 1).bigEndian
-                        }
-                        for k in 0..<L {
-                            current[k] = b[2 * k + 1]
-                            b[2 * k] ^= tBE
-                            b[2 * k + 1] = next[k]
-                        }
+        let totalSteps = 6 * gs[0].n
+        for s in 0..<totalSteps {
+            try aes.apply(buffer, blocks: activeBlocks)
+            for gi in 0..<activeGroups {
+                let g = gs[gi]
+                let L = g.lanes
+                let current = g.r + g.i &* L
+                let steps = 6 &* g.n
+                if s &+ 1 < steps {
+                    let ni: Int
+                    let tBE: UInt64
+                    if encrypt {
+                        ni = g.i &+ 1 == g.n ? 0 : g.i &+ 1
+                        tBE = UInt64(truncatingIfNeeded: s &+ 1).bigEndian
                     } else {
-                        // This group's last step.
-                        let tBE = encrypt ? UInt64(s + 1).bigEndian : 0
-                        for k in 0..<L {
-                            current[k] = b[2 * k + 1]
-                            b[2 * k] ^= tBE
-                        }
+                        ni = g.i == 0 ? g.n &- 1 : g.i &- 1
+                        tBE = UInt64(truncatingIfNeeded: steps &- s &- 1).bigEndian
+                    }
+                    gs[gi].i = ni
+                    step(blocks: g.blocks, current: current, next: g.r + ni &* L, lanes: L, tBE: tBE)
+                } else {
+                    // This group's last step: store R, and (wrap) apply the last t to A.
+                    let tBE = encrypt ? UInt64(truncatingIfNeeded: s &+ 1).bigEndian : 0
+                    var b = g.blocks
+                    for k in 0..<L {
+                        current[k] = b[1]
+                        b[0] ^= tBE
+                        b += 2
                     }
                 }
-                while activeGroups > 0 && 6 * gs[activeGroups - 1].n <= s + 1 {
-                    activeGroups -= 1
-                    activeBlocks -= gs[activeGroups].lanes.count
-                }
+            }
+            while activeGroups > 0 && 6 &* gs[activeGroups - 1].n <= s &+ 1 {
+                activeGroups -= 1
+                activeBlocks -= gs[activeGroups].lanes
             }
         }
     }
+
+    /// One pass over a group after an ECB call: R[i] = LSB(B), A ^= t, load the next R.
+    @inline(__always)
+    private static func step(blocks: UnsafeMutablePointer<UInt64>, current: UnsafeMutablePointer<UInt64>,
+                             next: UnsafeMutablePointer<UInt64>, lanes: Int, tBE: UInt64) {
+        var b = blocks, c = current, x = next
+        var k = lanes
+        while k >= 2 {
+            let lo0 = b[1], lo1 = b[3]
+            let n0 = x[0], n1 = x[1]
+            c[0] = lo0
+            c[1] = lo1
+            b[0] ^= tBE
+            b[2] ^= tBE
+            b[1] = n0
+            b[3] = n1
+            b += 4; c += 2; x += 2; k &-= 2
+        }
+        if k == 1 {
+            c[0] = b[1]
+            b[0] ^= tBE
+            b[1] = x[0]
+        }
+    }
+}
+
+/// Where one group stands in `runW`.
+private struct GroupCursor {
+    let n: Int                              // semiblocks of R
+    let lanes: Int                          // lanes in the group
+    let r: UnsafeMutablePointer<UInt64>     // row 0 of the group's interleaved R
+    let blocks: UnsafeMutablePointer<UInt64> // the group's first block in the buffer
+    var i: Int                              // the R row of the current step
 }
 
 /// How the lanes of a batch are laid out: grouped by semiblock count, longest first.
@@ -438,15 +468,16 @@ private struct LanePlan {
     }
 }
 
-/// A zeroed word buffer for intermediate values (which may be plaintext); wiped by `wipe()`.
+/// A word buffer for intermediate values (which may be plaintext); wiped by `wipe()`. Zeroed
+/// unless the caller writes every word before reading any (`zeroed: false`).
 private struct Scratch {
     let base: UnsafeMutablePointer<UInt64>
     let words: Int
 
-    init(words: Int) {
+    init(words: Int, zeroed: Bool = true) {
         self.words = max(words, 1)
         base = UnsafeMutablePointer<UInt64>.allocate(capacity: self.words)
-        base.initialize(repeating: 0, count: self.words)
+        if zeroed { base.initialize(repeating: 0, count: self.words) }
     }
 
     func wipe() {

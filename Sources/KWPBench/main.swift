@@ -6,9 +6,25 @@
 import BackupCrypto
 import Foundation
 
-let repetitions = CommandLine.arguments.count > 1 ? max(1, Int(CommandLine.arguments[1]) ?? 5) : 5
 let chunkBytes = 65536 + 37            // a payload chunk: 37-byte binding + 64 KiB of data
 let key = try EphemeralBackupKey.random()
+
+// `KWPBench profile <lanes> <batches>`: only the lane path (wrap then unwrap), for a profiler.
+if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "profile" {
+    let lanes = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 16 : 16
+    let batches = CommandLine.arguments.count > 3 ? Int(CommandLine.arguments[3]) ?? 20 : 20
+    let chunks = (0..<lanes).map { _ in SecureRandom.bytes(count: chunkBytes) }
+    let t = DispatchTime.now().uptimeNanoseconds
+    for _ in 0..<batches {
+        let c = try AESKeyWrapLanes.wrapPadded(chunks, key: key)
+        _ = AESKeyWrapLanes.unwrapPadded(c, key: key)
+    }
+    let ns = DispatchTime.now().uptimeNanoseconds - t
+    print(String(format: "%d lanes: %.1f MB/s (wrap + unwrap)", lanes, Double(2 * batches * lanes * chunkBytes) / Double(ns) * 1e3))
+    exit(0)
+}
+
+let repetitions = CommandLine.arguments.count > 1 ? max(1, Int(CommandLine.arguments[1]) ?? 5) : 5
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
