@@ -241,6 +241,30 @@ final class KeyWrapLanesTests: XCTestCase {
         XCTAssertGreaterThan(counts.rejected, counts.corrupted * 9 / 10)
     }
 
+    /// A batch whose R registers exceed the cache budget runs as several sub-batches; the
+    /// outputs and their order must not change.
+    func testBatchBeyondTheCacheBudgetAgreesWithOpenSSL() throws {
+        var rng = SplitMix64(seed: 0x1_0000)
+        let key = try WrappingKey.random()
+        let large = 65536 + 37
+        var ps = (0..<(AESKeyWrapLanes.laneCacheBudgetBytes / large + 2)).map { _ in rng.bytes(large - Int.random(in: 0...64, using: &rng)) }
+        ps.insert(rng.bytes(5), at: 3)
+        ps.insert(rng.bytes(200), at: 9)
+        XCTAssertGreaterThan(ps.reduce(0) { $0 + $1.count }, AESKeyWrapLanes.laneCacheBudgetBytes)
+        let out = try AESKeyWrapLanes.wrapPadded(ps, key: key)
+        for (j, p) in ps.enumerated() {
+            XCTAssertEqual(.bytes(out[j]), openSSLWrap(p, key, padded: true), "lane \(j)")
+        }
+        var cs = out
+        cs[5][100] ^= 0x40
+        let outcomes = AESKeyWrapLanes.unwrapPadded(cs, key: key).map(Outcome.init)
+        for (j, c) in cs.enumerated() {
+            XCTAssertEqual(outcomes[j], openSSLUnwrap(c, key, padded: true), "lane \(j)")
+        }
+        XCTAssertEqual(outcomes[5], .error(.authenticationFailed))
+        XCTAssertEqual(outcomes[4], .bytes(ps[4]))
+    }
+
     /// One random corruption: a byte changed (never to itself), a semiblock cut or added, a
     /// length that is not a multiple of 8, or all bytes replaced.
     private func corrupt(_ c: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
