@@ -254,6 +254,7 @@ public enum AESKeyWrapLanes {
             var last: UInt64 = 0
             withUnsafeMutableBytes(of: &last) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[(8 * full)...])) }
             dst.pointee = last
+            withUnsafeMutableBytes(of: &last) { hsmb_cleanse($0.baseAddress, 8) }
         }
     }
 
@@ -356,7 +357,7 @@ public enum AESKeyWrapLanes {
             if offset < length {
                 var last = src.pointee
                 withUnsafeBytes(of: &last) { d.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: length - offset) }
-                last = 0
+                withUnsafeMutableBytes(of: &last) { hsmb_cleanse($0.baseAddress, 8) }
             }
         })
     }
