@@ -210,20 +210,25 @@ public enum AESKeyWrapLanes {
             + Array(UnsafeRawBufferPointer(start: r.base, count: 8 * n))
     }
 
-    /// The R registers of the lanes run together are kept within this many bytes, so that with
-    /// the inputs and outputs they stay in a core's L2 cache: 16 lanes of 64 KiB. Larger batches
-    /// run as consecutive sub-batches; at 16 lanes an ECB call is 256 bytes, past the point
-    /// where OpenSSL's per-call cost matters.
-    static let laneCacheBudgetBytes = 1 << 20
+    /// The R registers of the lanes run together are kept within about this many bytes, so that
+    /// with the inputs and outputs they stay in a core's L2 cache: 16 payload chunks of 64 KiB
+    /// (plus binding) fit. Larger batches run as consecutive sub-batches of even size; at 16
+    /// lanes an ECB call is 256 bytes, past the point where OpenSSL's per-call cost dominates.
+    static let laneCacheBudgetBytes = 5 << 18
 
-    /// Consecutive runs of `lanes` whose R registers fit `laneCacheBudgetBytes` (at least one lane each).
+    /// Consecutive runs of `lanes`, as few as keep each within `laneCacheBudgetBytes` (a lane
+    /// larger than that runs alone), of about equal size: no short tail run.
     private static func subBatches(_ lanes: [Int], semiblocks: [Int]) -> [[Int]] {
+        let total = lanes.reduce(0) { $0 + 8 * semiblocks[$1] }
+        let count = max(1, (total + laneCacheBudgetBytes - 1) / laneCacheBudgetBytes)
+        if count == 1 { return [lanes] }
+        let target = (total + count - 1) / count
         var parts: [[Int]] = []
         var current: [Int] = []
         var bytes = 0
         for lane in lanes {
             let b = 8 * semiblocks[lane]
-            if !current.isEmpty && bytes + b > laneCacheBudgetBytes {
+            if !current.isEmpty && bytes + b > target && parts.count < count - 1 {
                 parts.append(current)
                 current = []
                 bytes = 0
@@ -541,18 +546,31 @@ final class AESECB {
     }
 
     /// Encrypts or decrypts `blocks` 16-byte blocks at `words` in place.
+    @inline(__always)
     func apply(_ words: UnsafeMutablePointer<UInt64>, blocks: Int) throws {
         let p = UnsafeMutableRawPointer(words).assumingMemoryBound(to: UInt8.self)
+        let total = 16 &* blocks
+        if total <= Self.maximumCallBytes {
+            try call(p, count: total)
+            return
+        }
         var offset = 0
-        let total = 16 * blocks
         while offset < total {
             let count = min(total - offset, Self.maximumCallBytes)
-            var outLen: Int32 = 0
-            let ok = encrypt
-                ? EVP_EncryptUpdate(context.ctx, p + offset, &outLen, p + offset, Int32(count))
-                : EVP_DecryptUpdate(context.ctx, p + offset, &outLen, p + offset, Int32(count))
-            guard ok == 1, Int(outLen) == count else { throw CryptoError.openSSL(encrypt ? "EVP_EncryptUpdate(ecb)" : "EVP_DecryptUpdate(ecb)") }
+            try call(p + offset, count: count)
             offset += count
+        }
+    }
+
+    @inline(__always)
+    private func call(_ p: UnsafeMutablePointer<UInt8>, count: Int) throws {
+        var outLen: Int32 = 0
+        let inLen = Int32(truncatingIfNeeded: count)     // count <= maximumCallBytes
+        let ok = encrypt
+            ? EVP_EncryptUpdate(context.ctx, p, &outLen, p, inLen)
+            : EVP_DecryptUpdate(context.ctx, p, &outLen, p, inLen)
+        guard ok == 1, outLen == inLen else {
+            throw CryptoError.openSSL(encrypt ? "EVP_EncryptUpdate(ecb)" : "EVP_DecryptUpdate(ecb)")
         }
     }
 }
