@@ -221,6 +221,7 @@ public enum AESKeyWrapLanes {
     private static func subBatches(_ lanes: [Int], semiblocks: [Int]) -> [[Int]] {
         let total = lanes.reduce(0) { $0 + 8 * semiblocks[$1] }
         let count = max(1, (total + laneCacheBudgetBytes - 1) / laneCacheBudgetBytes)
+        if lanes.isEmpty { return [] }
         if count == 1 { return [lanes] }
         let target = (total + count - 1) / count
         var parts: [[Int]] = []
@@ -381,6 +382,7 @@ public enum AESKeyWrapLanes {
     /// (wrap) or the next (unwrap) to A in place, and loads the next step's R.
     private static func runW(_ plan: LanePlan, r: UnsafeMutablePointer<UInt64>, buffer: UnsafeMutablePointer<UInt64>,
                              aes: AESECB, encrypt: Bool) throws {
+        guard !plan.groups.isEmpty else { return }
         // Plain per-group state for the hot loop: no arrays, no division.
         let gs = UnsafeMutableBufferPointer<GroupCursor>.allocate(capacity: plan.groups.count)
         defer { gs.deallocate() }

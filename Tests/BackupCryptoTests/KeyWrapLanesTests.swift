@@ -356,6 +356,16 @@ final class KeyWrapLanesTests: XCTestCase {
         }
     }
 
+    /// A batch of only KWP single-block lanes (1...8 bytes: one AES block each, no W).
+    func testBatchOfSingleBlockLanesOnly() throws {
+        let key = try WrappingKey.random(byteCount: 24)
+        let ps = (1...8).map { [UInt8](repeating: UInt8($0), count: $0) }
+        let out = try AESKeyWrapLanes.wrapPadded(ps, key: key)
+        XCTAssertEqual(out.map { Outcome.bytes($0) }, ps.map { openSSLWrap($0, key, padded: true) })
+        XCTAssertEqual(out.map(\.count), [UInt8](repeating: 16, count: 8).map(Int.init))
+        XCTAssertEqual(laneUnwrapBatch(out, key, padded: true), ps.map { .bytes($0) })
+    }
+
     /// Typed keys of every AES role go through the lanes (the archive's EBK is one).
     func testEBKChunksRoundTrip() throws {
         let ebk = try EphemeralBackupKey.random()
