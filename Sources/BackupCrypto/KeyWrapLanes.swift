@@ -14,7 +14,12 @@ import COpenSSL
 // group; a group's R registers are stored interleaved, row i holding R[i] of each of its lanes,
 // so one step reads and writes one contiguous row. Groups are ordered by n, longest first, and
 // their blocks sit in that order in the block buffer: the lanes still running are always a
-// prefix of it, and a group that has finished simply drops off the end.
+// prefix of it, and a group that has finished simply drops off the end. A batch whose R
+// registers exceed `laneCacheBudgetBytes` runs as a few even sub-batches, to stay in L2.
+//
+// Each call owns its OpenSSL contexts and scratch, so calls may run on several threads at once.
+// Scratch that held plaintext (R registers, the block buffer) is wiped before it is freed; an
+// unwrapped lane's plaintext is copied out, into `SecureBytes`, only after its check passed.
 
 /// AES key wrap over many inputs at once (see the comment above). The batch calls are what a
 /// chunk-parallel archive writer or reader uses; the one-input calls have the same rules.
