@@ -36,6 +36,8 @@ let package = Package(
         ]),
         // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
+        // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
+        .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability",
