@@ -31,6 +31,9 @@ public final class InnerBlobOpener {
     private var decompressor: BoundedDecompressor?
     private var chunkSize = 0
     private var failure: Error?
+    /// Complete frames waiting to be unwrapped together (one multi-lane KWP call per batch);
+    /// they are checked and released strictly in order, so errors still name the first bad chunk.
+    private var batch: [ChunkFrame] = []
 
     public init(keyring: BackupKeyring) {
         self.keyring = keyring
@@ -42,7 +45,7 @@ public final class InnerBlobOpener {
     public func feed(_ bytes: [UInt8]) throws {
         if let failure { throw failure }
         do {
-            try parser.feed(bytes, onHeader: { try self.openHeader($0) }, onFrame: { try self.openChunk($0) })
+            try parser.feed(bytes, onHeader: { try self.openHeader($0) }, onFrame: { try self.queueChunk($0) })
         } catch { failure = error; throw error }
     }
 
@@ -52,6 +55,7 @@ public final class InnerBlobOpener {
     public func finish() throws -> [UInt8] {
         if let failure { throw failure }
         do {
+            try openBatch()
             try parser.finish()
             do { return try decompressor!.finish() } catch let e as PayloadCodecError {
                 throw ArchiveError(.payloadMalformed, e.reason, chunk: parser.chunkCount - 1)
@@ -86,11 +90,21 @@ public final class InnerBlobOpener {
         decompressor = try BoundedDecompressor(expectedSize: Int(h.payload.payloadBytes))
     }
 
-    private func openChunk(_ f: ChunkFrame) throws {
-        let plain: SecureBytes
-        do {
-            plain = try AESKeyWrap.unwrapPadded(f.ciphertext, key: ebk!)
-        } catch is CryptoError {
+    private func queueChunk(_ f: ChunkFrame) throws {
+        batch.append(f)
+        if batch.count == InnerBlobWriter.batchChunks || f.isFinal { try openBatch() }
+    }
+
+    private func openBatch() throws {
+        guard !batch.isEmpty else { return }
+        let frames = batch
+        batch.removeAll(keepingCapacity: true)
+        let results = AESKeyWrapLanes.unwrapPadded(frames.map(\.ciphertext), key: ebk!)
+        for (f, result) in zip(frames, results) { try openChunk(f, result) }
+    }
+
+    private func openChunk(_ f: ChunkFrame, _ unwrapped: Result<SecureBytes, CryptoError>) throws {
+        guard case .success(let plain) = unwrapped else {
             throw ArchiveError(.chunkAuthenticationFailed, "chunk does not unwrap under the EBK", offset: f.offset, chunk: f.index)
         }
         let expected = ChunkFormat.binding(headerDigest: headerDigest, index: f.index, final: f.isFinal)
