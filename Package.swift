@@ -36,6 +36,7 @@ let package = Package(
         ]),
         // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
+        .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability",
