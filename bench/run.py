@@ -12,6 +12,7 @@ Environment (all optional):
   BENCH_FLEET=1000    archives in the fleet row
   BENCH_CATALOG=100000 entries in the catalog-listing row
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
+  BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
   BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
   BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,fleet,catalog,scrub)
   KWP_BENCH=CMD       command that measures our multi-lane KWP (default .build/release/KWPBench if
@@ -38,6 +39,7 @@ FLEET = int(os.environ.get("BENCH_FLEET", "1000"))
 CATALOG_N = int(os.environ.get("BENCH_CATALOG", "100000"))
 WORK = os.path.abspath(os.environ.get("BENCH_WORK", os.path.join(ROOT, ".build-bench", "work")))
 VENV = os.path.abspath(os.environ.get("BENCH_VENV", os.path.join(ROOT, ".build-bench", "venv")))
+RESULTS = os.path.abspath(os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench")))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 HOME = os.path.join(WORK, "home")
 HSM = os.path.join(WORK, "hsm-big")
@@ -45,6 +47,8 @@ KMS_KEY = "bench-key"
 RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
 
 rows = []          # the results, in table order
+CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
+ORDER = ["kwp", "create", "verify", "rss", "inspect", "envelope", "fleet", "catalog", "scrub"]
 notes = []         # free-text findings for results.md
 
 
@@ -89,7 +93,7 @@ def med(xs):
 
 
 def add_row(name, ours, peer, goal, meets, unit="s", ours_label="", peer_label="", detail=None, samples=None):
-    r = {"row": name, "ours": ours, "peer": peer, "unit": unit, "goal": goal, "meets": meets,
+    r = {"key": CURRENT[0], "row": name, "ours": ours, "peer": peer, "unit": unit, "goal": goal, "meets": meets,
          "ours_label": ours_label, "peer_label": peer_label}
     if detail:
         r["detail"] = detail
@@ -228,7 +232,9 @@ def row_create():
                 t, rss, out = run_rss(ours())
                 o.append(t)
                 orss.append(rss)
-                ids.append(json.loads(out)["backupId"] if out.strip().startswith("{") else out.split()[1])
+                created = json.loads(out)
+                ids.append(created["backupId"])
+                state["archive_bytes"] = created.get("archiveBytes")
             else:
                 restic_repo(repo)
                 t, _, _ = run(["restic", "backup", "--repo", repo, "--quiet", HSM], env=RESTIC_ENV)
@@ -240,8 +246,6 @@ def row_create():
     m = re.search(r'"payload(?:Bytes|Size|_bytes)?"\s*:\s*([0-9]+)', out)
     payload = int(m.group(1)) if m else None
     state["payload_bytes"] = payload
-    arch = re.search(r'"(?:archiveBytes|size|archiveSize)"\s*:\s*([0-9]+)', out)
-    state["archive_bytes"] = int(arch.group(1)) if arch else None
     om, pm = med(o), med(p)
     detail = "payload %s bytes, archive %s bytes, restic repo %d bytes" % (payload, state["archive_bytes"], dir_bytes(repo))
     add_row("backup create, %d MiB HSM payload (store, 3 replicas)" % MIB, om, pm, ">= 2.5x faster than restic backup",
@@ -362,8 +366,10 @@ def row_inspect():
     run(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--out", src))
     real = os.path.getsize(src)
     os.truncate(src, 1 << 30)
-    ts, reads = [], []
+    ts, reads, floor = [], [], []
     for _ in range(max(REPS, 5)):
+        t, _, _ = run([BIN, "--help"])
+        floor.append(t * 1000)
         t, _, out = run(hb("inspect", src))
         ts.append(t * 1000)
         m = re.search(r"read ([0-9]+) bytes", out)
@@ -372,7 +378,8 @@ def row_inspect():
     rd = max(x for x in reads if x is not None) if any(x is not None for x in reads) else None
     add_row("inspect of a 1 GiB archive (process wall, bytes read)", "%.1f ms, %s B read" % (om, rd), None,
             "<= 20 ms and <= 64 KiB read", om <= 20 and rd is not None and rd <= 65536, unit="ms",
-            detail="a %d-byte real archive extended sparse to 1 GiB with truncate" % real, samples={"ours_ms": ts})
+            detail="a %d-byte real archive extended sparse to 1 GiB with truncate; process floor (`hsmbackup --help`) %.1f ms"
+            % (real, med(floor)), samples={"ours_ms": ts, "help_ms": floor})
     rm(src)
 
 
@@ -463,20 +470,33 @@ def table():
         rt = ratio(r)
         meets = {True: "yes", False: "**no**", None: "n/a"}[r["meets"]]
         peer = fmt(r["peer"], r["unit"]) + (" (%s)" % r["peer_label"] if r.get("peer_label") and r["peer"] is not None else "")
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["row"], fmt(r["ours"], r["unit"]), peer,
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["row"] + (" (previous run)" if r.get("from_previous_run") else ""), fmt(r["ours"], r["unit"]), peer,
                                                        "%.2fx" % rt if rt else "-", r["goal"], meets))
     return "\n".join(lines)
 
 
+def merge_previous():
+    """With BENCH_ONLY, keep the previous run's rows of the groups not run this time."""
+    path = os.path.join(RESULTS, "results.json")
+    if not ONLY or not os.path.exists(path):
+        return
+    ran = {r["key"] for r in rows}
+    old = [r for r in json.load(open(path)).get("rows", []) if r.get("key") not in ran]
+    for r in old:
+        r["from_previous_run"] = True
+    rows[:] = sorted(rows + old, key=lambda r: ORDER.index(r["key"]) if r.get("key") in ORDER else 99)
+
+
 def write_results(m):
+    merge_previous()
     for r in rows:
         r["ratio"] = ratio(r)
-    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
         json.dump({"machine": m, "reps": REPS, "mib": MIB, "fleet": FLEET, "catalog": CATALOG_N, "rows": rows,
                    "state": {k: v for k, v in state.items() if k in ("payload_bytes", "archive_bytes", "rss", "big_hsm")}},
                   f, indent=2)
     t = table()
-    md_path = os.path.join(ROOT, "bench", "results.md")
+    md_path = os.path.join(RESULTS, "results.md")
     # Keep the hand-written analysis (everything from "## Analysis" on) across reruns.
     analysis = ""
     if os.path.exists(md_path):
@@ -510,25 +530,28 @@ def main():
     m = machine()
     log("bench: %s cores, %s; reps %d, %d MiB, work %s" % (m["nproc"], m["cpu"], REPS, MIB, WORK))
     setup_home()
+    def go(key, fn):
+        CURRENT[0] = key
+        fn()
     if wanted("kwp"):
-        row_kwp()
+        go("kwp", row_kwp)
     if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "scrub")):
         state["big_hsm"] = make_big_hsm()
-        row_create()
+        go("create", row_create)
         if wanted("verify") or wanted("rss"):
-            row_verify()
+            go("verify", row_verify)
         if wanted("rss"):
-            row_rss()
+            go("rss", row_rss)
         if wanted("inspect"):
-            row_inspect()
+            go("inspect", row_inspect)
     if wanted("envelope"):
-        row_envelope()
+        go("envelope", row_envelope)
     if wanted("fleet"):
-        row_fleet()
+        go("fleet", row_fleet)
     if wanted("catalog"):
-        row_catalog()
+        go("catalog", row_catalog)
     if wanted("scrub"):
-        row_scrub()
+        go("scrub", row_scrub)
     t = write_results(m)
     print(t)
     if not os.environ.get("BENCH_KEEP"):
