@@ -57,6 +57,7 @@ BENCH_VENV ?= .build-bench/venv
 bench: deps
 	$(SWIFT) build -c release --product hsmbackup
 	$(SWIFT) build -c release --product BenchTool
+	@if grep -q '"KWPBench"' Package.swift; then $(SWIFT) build -c release --product KWPBench; fi
 	@if command -v restic >/dev/null && command -v age >/dev/null && command -v age-keygen >/dev/null \
 	    && python3 -c 'import ensurepip' 2>/dev/null; then :; else \
 	  echo "installing benchmark peers: restic age python3-venv"; \
