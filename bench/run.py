@@ -94,7 +94,7 @@ def med(xs):
 
 
 def add_row(name, ours, peer, goal, meets, unit="s", ours_label="", peer_label="", detail=None, samples=None):
-    r = {"key": CURRENT[0], "row": name, "ours": ours, "peer": peer, "unit": unit, "goal": goal, "meets": meets,
+    r = {"key": CURRENT[0], "run_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "row": name, "ours": ours, "peer": peer, "unit": unit, "goal": goal, "meets": meets,
          "ours_label": ours_label, "peer_label": peer_label}
     if detail:
         r["detail"] = detail
@@ -501,7 +501,7 @@ def table():
         rt = ratio(r)
         meets = {True: "yes", False: "**no**", None: "n/a"}[r["meets"]]
         peer = fmt(r["peer"], r["unit"]) + (" (%s)" % r["peer_label"] if r.get("peer_label") and r["peer"] is not None else "")
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["row"] + (" (previous run)" if r.get("from_previous_run") else ""), fmt(r["ours"], r["unit"]), peer,
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["row"] + ((" (run of %s)" % r.get("run_utc", "an earlier run")) if r.get("from_previous_run") else ""), fmt(r["ours"], r["unit"]), peer,
                                                        "%.2fx" % rt if rt else "-", r["goal"], meets))
     return "\n".join(lines)
 
