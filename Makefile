@@ -57,4 +57,26 @@ test-tsan: deps
 	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing --filter "ProcessTests|CatalogTests|LocalObjectStoreTests"
 
 clean:
-	rm -rf .build .build-asan .build-tsan
+	rm -rf .build .build-asan .build-tsan .build-fuzz .build-bench
+
+# Benchmarks (issue 7): release build, then every row of bench/README.md against its peer (restic
+# and age from apt; aws-encryption-cli and moto's KMS, on loopback, in a venv under .build-bench/).
+# Prints a table and writes bench/results.md and bench/results.json. Knobs: BENCH_REPS, BENCH_MIB,
+# BENCH_FLEET, BENCH_CATALOG, BENCH_ONLY (see bench/README.md).
+BENCH_VENV ?= .build-bench/venv
+.PHONY: bench
+bench: deps
+	$(SWIFT) build -c release --product hsmbackup
+	$(SWIFT) build -c release --product BenchTool
+	@if grep -q '"KWPBench"' Package.swift; then $(SWIFT) build -c release --product KWPBench; fi
+	@if command -v restic >/dev/null && command -v age >/dev/null && command -v age-keygen >/dev/null \
+	    && python3 -c 'import ensurepip' 2>/dev/null; then :; else \
+	  echo "installing benchmark peers: restic age python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic age python3-venv >/dev/null; \
+	fi
+	@if [ -x $(BENCH_VENV)/bin/aws-encryption-cli ] && [ -x $(BENCH_VENV)/bin/moto_server ]; then :; else \
+	  echo "installing aws-encryption-sdk-cli and moto[server] into $(BENCH_VENV)"; \
+	  python3 -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	    aws-encryption-sdk-cli 'moto[server]'; \
+	fi
+	BENCH_VENV=$(BENCH_VENV) python3 bench/run.py

@@ -38,6 +38,7 @@ let package = Package(
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
         // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
         .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
+        .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability",

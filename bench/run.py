@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""hsmbackup benchmark harness (issue 7, item 3). Run it through `make bench`.
+
+Every row runs ours and the peer alternately on the same input, BENCH_REPS times, and reports the
+medians and the ratio (peer time / our time: > 1 means we are faster). Peak RSS comes from the
+kernel's rusage of each child (ru_maxrss, the figure `/usr/bin/time -v` prints as "Maximum
+resident set size"). Prints a table and writes bench/results.md and bench/results.json.
+
+Environment (all optional):
+  BENCH_REPS=3        repetitions per row (alternated ours/peer)
+  BENCH_MIB=256       target HSM payload / envelope file size in MiB
+  BENCH_FLEET=1000    archives in the fleet row
+  BENCH_CATALOG=100000 entries in the catalog-listing row
+  BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
+  BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
+  BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
+  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,fleet,catalog,scrub)
+  KWP_BENCH=CMD       command that measures our multi-lane KWP (default `.build/release/KWPBench REPS`
+                      if present, from branch kwp): its `wrap N lanes <OpenSSL> <lanes>` rows, or a
+                      `mb_per_s=<float>` / JSON "mb_per_s" figure
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, ".build", "release")
+BIN = os.path.join(REL, "hsmbackup")
+TOOL = os.path.join(REL, "BenchTool")
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+MIB = int(os.environ.get("BENCH_MIB", "256"))
+FLEET = int(os.environ.get("BENCH_FLEET", "1000"))
+CATALOG_N = int(os.environ.get("BENCH_CATALOG", "100000"))
+WORK = os.path.abspath(os.environ.get("BENCH_WORK", os.path.join(ROOT, ".build-bench", "work")))
+VENV = os.path.abspath(os.environ.get("BENCH_VENV", os.path.join(ROOT, ".build-bench", "venv")))
+RESULTS = os.path.abspath(os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench")))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+HOME = os.path.join(WORK, "home")
+HSM = os.path.join(WORK, "hsm-big")
+KMS_KEY = "bench-key"
+RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
+
+rows = []          # the results, in table order
+CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
+ORDER = ["kwp", "create", "verify", "rss", "inspect", "envelope", "fleet", "catalog", "scrub"]
+notes = []         # free-text findings for results.md
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd, env=None, stdin=None, stdout=subprocess.PIPE, check=True):
+    """Runs cmd; returns (seconds, max RSS in KiB, stdout text). Wall time around fork..wait4."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    t = time.perf_counter() - t0
+    # communicate() has reaped the child; its rusage is in RUSAGE_CHILDREN only cumulatively, so
+    # measure RSS separately with wait4 when asked (see run_rss).
+    if check and p.returncode != 0:
+        raise RuntimeError("command failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), (err or b"").decode()[-2000:]))
+    return t, None, (out or b"").decode(errors="replace")
+
+
+def run_rss(cmd, env=None, check=True):
+    """Like run(), but with the child's own peak RSS from wait4 (KiB)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Drain pipes in a simple way: outputs of our commands are small.
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    t = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if check and p.returncode != 0:
+        raise RuntimeError("command failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), err.decode()[-2000:]))
+    return t, ru.ru_maxrss, out.decode(errors="replace")
+
+
+def hb(*args):
+    return [BIN, "--home", HOME] + list(args)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def add_row(name, ours, peer, goal, meets, unit="s", ours_label="", peer_label="", detail=None, samples=None):
+    r = {"key": CURRENT[0], "run_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "row": name, "ours": ours, "peer": peer, "unit": unit, "goal": goal, "meets": meets,
+         "ours_label": ours_label, "peer_label": peer_label}
+    if detail:
+        r["detail"] = detail
+    if samples:
+        r["samples"] = samples
+    rows.append(r)
+    log("  -> %s: ours %s, peer %s, goal %s: %s" % (name, fmt(ours, unit), fmt(peer, unit), goal,
+                                                  "MEETS" if meets else ("misses" if meets is False else "n/a")))
+
+
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if unit == "s":
+        return "%.3f s" % v if v < 10 else "%.1f s" % v
+    if unit == "ms":
+        return "%.1f ms" % v
+    if unit == "MB/s":
+        return "%.1f MB/s" % v
+    if unit == "MiB":
+        return "%.1f MiB" % v
+    return "%s %s" % (v, unit)
+
+
+def alternate(ours_cmd, peer_cmd, reps=REPS, ours_prep=None, peer_prep=None, ours_env=None, peer_env=None):
+    """Alternates ours and peer reps times (order flipped every rep). Returns sample lists."""
+    o, p, orss = [], [], []
+    for i in range(reps):
+        order = [0, 1] if i % 2 == 0 else [1, 0]
+        for which in order:
+            if which == 0:
+                if ours_prep:
+                    ours_prep()
+                t, rss, _ = run_rss(ours_cmd() if callable(ours_cmd) else ours_cmd, env=ours_env)
+                o.append(t)
+                orss.append(rss)
+            else:
+                if peer_prep:
+                    peer_prep()
+                t, _, _ = run(peer_cmd() if callable(peer_cmd) else peer_cmd, env=peer_env)
+                p.append(t)
+    return o, p, orss
+
+
+def wanted(name):
+    return not ONLY or name in ONLY
+
+
+def rm(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def dir_bytes(path):
+    total = 0
+    for dp, _, fs in os.walk(path):
+        for f in fs:
+            total += os.path.getsize(os.path.join(dp, f))
+    return total
+
+
+# ---------------------------------------------------------------- setup
+
+def setup_home():
+    rm(WORK)
+    os.makedirs(WORK)
+    run(hb("manufacturer", "create", "acme"))
+    run(hb("operator", "init"))
+    run(hb("kms", "create-key", KMS_KEY))
+    run(hb("store", "init", "--replicas", "3"))
+
+
+def make_big_hsm():
+    """An HSM whose backup payload is about BENCH_MIB MiB (see bench/README.md for why BenchTool)."""
+    run(hb("hsm", "create", HSM, "--manufacturer", "acme", "--model", "CH-2", "--serial", "B1",
+           "--cluster", "cluster-bench"))
+    # 800-byte generic secrets (CloudHSM's largest GENERIC_SECRET): hex material makes the payload
+    # about 2:1 compressible. 2744 bytes of tar payload per key (measured: JSON + pax/tar headers).
+    keys = max(1, int(MIB * 1024 * 1024 / 2744))
+    t, _, out = run([TOOL, "fill-hsm", HSM, str(keys), "800"])
+    info = json.loads(out)
+    log("  big HSM: %d keys, contents.json %.1f MiB (%.1f s)" % (keys, info["contents_json_bytes"] / 2**20, t))
+    return info
+
+
+def restic_repo(path):
+    rm(path)
+    run(["restic", "init", "--repo", path, "--quiet"], env=RESTIC_ENV)
+
+
+# ---------------------------------------------------------------- rows
+
+def parse_kwpbench(out):
+    """KWPBench (branch kwp) prints rows `wrap   N lanes   <OpenSSL MB/s>   <lanes MB/s>   <ratio>x`
+    (and unwrap rows); returns {(op, lanes): (openssl, ours)}. Also accepts `mb_per_s=<x>`."""
+    rows_ = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*(wrap|unwrap)\s+(\d+)\s+lanes?\s+([0-9.]+)\s+([0-9.]+)", line)
+        if m:
+            rows_[(m.group(1), int(m.group(2)))] = (float(m.group(3)), float(m.group(4)))
+    m = re.search(r'"?mb_per_s"?\s*[=:]\s*([0-9.]+)', out)
+    if not rows_ and m:
+        rows_[("wrap", 0)] = (None, float(m.group(1)))
+    return rows_
+
+
+def row_kwp():
+    log("row: payload KWP, one thread, 64 KiB chunks")
+    name = "payload KWP wrap, 1 thread, 64 KiB chunks"
+    cmd = os.environ.get("KWP_BENCH") or (os.path.join(REL, "KWPBench") if os.access(os.path.join(REL, "KWPBench"), os.X_OK) else None)
+    peer = []
+    for i in range(REPS):
+        _, _, out = run([TOOL, "kwp-openssl", "2", "65536"])
+        peer.append(json.loads(out)["mb_per_s"])
+    p = med(peer)
+    parsed = {}
+    if cmd:
+        try:
+            _, _, out = run(cmd.split() + ([str(REPS)] if "KWP_BENCH" not in os.environ else []))
+            parsed = parse_kwpbench(out)
+        except RuntimeError as e:
+            log("  KWPBench failed: %s" % e)
+    wraps = {k: v for k, v in parsed.items() if k[0] == "wrap"}
+    if wraps:
+        (op, lanes), (openssl, ours) = max(wraps.items(), key=lambda kv: kv[1][1])
+        base = openssl if openssl else p
+        detail = "KWPBench (ours and OpenSSL alternated in one process): " + "; ".join(
+            "%s %d lanes %.1f vs %.1f MB/s" % (k[0], k[1], v[1], v[0] or 0) for k, v in sorted(parsed.items()))
+        add_row(name + " (%d lanes)" % lanes, ours, base, ">= 15x OpenSSL", ours / base >= 15, unit="MB/s",
+                ours_label="AESKeyWrapLanes", peer_label="OpenSSL EVP id-aes256-wrap-pad",
+                detail=detail + "; BenchTool kwp-openssl alone: %.1f MB/s" % p, samples={"peer_benchtool": peer})
+    else:
+        add_row(name, "pending (kwp branch)", p, ">= 15x OpenSSL", None, unit="MB/s",
+                ours_label="pending (kwp branch)", peer_label="OpenSSL EVP id-aes256-wrap-pad", samples={"peer": peer})
+
+
+state = {}
+
+
+def row_create():
+    log("row: backup create (%d MiB payload) vs restic backup" % MIB)
+    repo = os.path.join(WORK, "restic-repo")
+    ids = []
+
+    def ours():
+        return hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--json")
+    o, p, orss = [], [], []
+    for i in range(REPS):
+        for which in ([0, 1] if i % 2 == 0 else [1, 0]):
+            if which == 0:
+                t, rss, out = run_rss(ours())
+                o.append(t)
+                orss.append(rss)
+                created = json.loads(out)
+                ids.append(created["backupId"])
+                state["archive_bytes"] = created.get("archiveBytes")
+            else:
+                restic_repo(repo)
+                t, _, _ = run(["restic", "backup", "--repo", repo, "--quiet", HSM], env=RESTIC_ENV)
+                p.append(t)
+    state["ids"] = ids
+    state["create_rss"] = orss
+    _, _, out = run(hb("inspect", ids[-1], "--json"))
+    state["inspect_json"] = out
+    m = re.search(r'"payload(?:Bytes|Size|_bytes)?"\s*:\s*([0-9]+)', out)
+    payload = int(m.group(1)) if m else None
+    state["payload_bytes"] = payload
+    om, pm = med(o), med(p)
+    detail = "payload %s bytes, archive %s bytes, restic repo %d bytes" % (payload, state["archive_bytes"], dir_bytes(repo))
+    add_row("backup create, %d MiB HSM payload (store, 3 replicas)" % MIB, om, pm, ">= 2.5x faster than restic backup",
+            pm / om >= 2.5, ours_label="hsmbackup backup create", peer_label="restic backup (fresh local repo)",
+            detail=detail, samples={"ours": o, "peer": p})
+    state["restic_repo"] = repo
+
+
+def row_verify():
+    log("row: verify --level full vs restic check --read-data")
+    ident = state["ids"][-1]
+    repo = state["restic_repo"]
+    o, p, orss = alternate(hb("verify", ident, "--level", "full", "--hsm", HSM),
+                           ["restic", "check", "--repo", repo, "--read-data", "--quiet"], peer_env=RESTIC_ENV)
+    state["verify_rss"] = orss
+    om, pm = med(o), med(p)
+    add_row("verify --level full, %d MiB payload" % MIB, om, pm, ">= 1.5x faster than restic check --read-data",
+            pm / om >= 1.5, ours_label="hsmbackup verify --level full", peer_label="restic check --read-data",
+            samples={"ours": o, "peer": p})
+
+
+def start_moto():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([os.path.join(VENV, "bin", "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = dict(os.environ, AWS_ENDPOINT_URL="http://127.0.0.1:%d" % port, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1")
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    code = "import boto3; print(boto3.client('kms').create_key(Description='bench')['KeyMetadata']['Arn'])"
+    _, _, out = run([os.path.join(VENV, "bin", "python"), "-c", code], env=env)
+    return proc, env, out.strip()
+
+
+def row_envelope():
+    log("row: envelope encrypt/decrypt %d MiB vs age and aws-encryption-cli" % MIB)
+    src = os.path.join(WORK, "envelope-in.bin")
+    with open("/dev/urandom", "rb") as r, open(src, "wb") as w:
+        for _ in range(MIB):
+            w.write(r.read(1 << 20))
+    ours_ct, ours_pt = os.path.join(WORK, "env.ours.enc"), os.path.join(WORK, "env.ours.dec")
+    age_ct, age_pt = os.path.join(WORK, "env.age"), os.path.join(WORK, "env.age.dec")
+    aws_ct, aws_pt = os.path.join(WORK, "env.aws.enc"), os.path.join(WORK, "env.aws.dec")
+    ident = os.path.join(WORK, "age-identity.txt")
+    rm(ident)
+    run(["age-keygen", "-o", ident])
+    _, _, recip = run(["age-keygen", "-y", ident])
+    recip = recip.strip()
+    enc_ours = hb("envelope", "encrypt", "--kms-key", KMS_KEY, src, "-o", ours_ct)
+    dec_ours = hb("envelope", "decrypt", "--kms-key", KMS_KEY, ours_ct, "-o", ours_pt)
+
+    def clear(*paths):
+        return lambda: [rm(x) for x in paths]
+    o_e, a_e, _ = alternate(enc_ours, ["age", "-r", recip, "-o", age_ct, src],
+                            ours_prep=clear(ours_ct), peer_prep=clear(age_ct))
+    o_d, a_d, _ = alternate(dec_ours, ["age", "-d", "-i", ident, "-o", age_pt, age_ct],
+                            ours_prep=clear(ours_pt), peer_prep=clear(age_pt))
+    for f in (ours_pt, age_pt):
+        run(["cmp", src, f])
+    moto, env, arn = start_moto()
+    try:
+        cli = os.path.join(VENV, "bin", "aws-encryption-cli")
+        o_e2, w_e, _ = alternate(enc_ours, [cli, "-e", "-i", src, "-o", aws_ct, "-w", "key=" + arn, "-S"],
+                                 ours_prep=clear(ours_ct), peer_prep=clear(aws_ct), peer_env=env)
+        o_d2, w_d, _ = alternate(dec_ours, [cli, "-d", "-i", aws_ct, "-o", aws_pt, "-w", "key=" + arn, "-S"],
+                                 ours_prep=clear(ours_pt), peer_prep=clear(aws_pt), peer_env=env)
+        run(["cmp", src, aws_pt])
+    finally:
+        os.killpg(moto.pid, signal.SIGTERM)
+        moto.wait()
+    for label, o, p, goal, factor in (
+            ("envelope encrypt %d MiB vs age" % MIB, o_e, a_e, "faster than age", 1.0),
+            ("envelope decrypt %d MiB vs age" % MIB, o_d, a_d, "faster than age", 1.0),
+            ("envelope encrypt %d MiB vs aws-encryption-cli" % MIB, o_e2, w_e, ">= 5x faster than aws-encryption-cli", 5.0),
+            ("envelope decrypt %d MiB vs aws-encryption-cli" % MIB, o_d2, w_d, ">= 5x faster than aws-encryption-cli", 5.0)):
+        om, pm = med(o), med(p)
+        peer = "age 1.1 (X25519 recipient)" if "age" in label.split()[-1] else "aws-encryption-cli (moto KMS key, loopback)"
+        add_row(label, om, pm, goal, (pm / om >= factor) if factor > 1 else (pm > om),
+                ours_label="hsmbackup envelope", peer_label=peer, samples={"ours": o, "peer": p})
+    for f in (src, ours_ct, ours_pt, age_ct, age_pt, aws_ct, aws_pt):
+        rm(f)
+
+
+def row_rss():
+    log("row: peak RSS of create, verify, restore")
+    target = os.path.join(WORK, "hsm-restore")
+    rm(target)
+    run(hb("hsm", "create", target, "--manufacturer", "acme", "--model", "CH-2", "--serial", "R1", "--cluster", "cluster-bench"))
+    ident = state["ids"][-1]
+    _, rss, _ = run_rss(hb("restore", ident, "--hsm", target))
+    big = (max(state["create_rss"]) / 1024, max(state["verify_rss"]) / 1024, rss / 1024)
+    # The same three at a quarter of the size, to see whether RSS is flat.
+    small_mib = max(1, MIB // 4)
+    small = os.path.join(WORK, "hsm-quarter")
+    run(hb("hsm", "create", small, "--manufacturer", "acme", "--model", "CH-2", "--serial", "Q1", "--cluster", "cluster-quarter"))
+    run([TOOL, "fill-hsm", small, str(max(1, int(small_mib * 1024 * 1024 / 2744))), "800"])
+    _, c_rss, out = run_rss(hb("backup", "create", "--hsm", small, "--kms-key", KMS_KEY, "--json"))
+    qid = json.loads(out)["backupId"]
+    _, v_rss, _ = run_rss(hb("verify", qid, "--level", "full", "--hsm", small))
+    rm(target)
+    run(hb("hsm", "create", target, "--manufacturer", "acme", "--model", "CH-2", "--serial", "R2", "--cluster", "cluster-bench"))
+    _, r_rss, _ = run_rss(hb("restore", qid, "--hsm", target))
+    quarter = (c_rss / 1024, v_rss / 1024, r_rss / 1024)
+    flat = all(b <= 1.25 * q for b, q in zip(big, quarter))
+    add_row("peak RSS create / verify / restore, %d MiB and %d MiB payload" % (MIB, small_mib),
+            "%.0f / %.0f / %.0f MiB at %d MiB; %.0f / %.0f / %.0f MiB at %d MiB" % (big + (MIB,) + quarter + (small_mib,)),
+            None, "<= 64 MiB and flat", max(big) <= 64 and flat, unit="MiB",
+            ours_label="ru_maxrss", detail="1 GiB: not reachable (a simulated HSM's contents.json is capped at 256 MiB, "
+            "about 370 MiB of payload; see Analysis); %s" % ("flat" if flat else "not flat: grows with the payload"))
+    state["rss"] = {"create_kib": state["create_rss"], "verify_kib": state["verify_rss"], "restore_kib": [rss],
+                    "quarter_mib": small_mib, "quarter_kib": [c_rss, v_rss, r_rss]}
+    rm(target)
+    rm(small)
+
+
+def row_inspect():
+    log("row: inspect of a 1 GiB archive")
+    src = os.path.join(WORK, "big.hsmbak")
+    run(hb("store", "get", "backups/%s/archive" % state["ids"][-1], "-o", src), check=True) if False else None
+    # Write one archive to a file with --out, then extend it sparse to 1 GiB (see notes).
+    rm(src)
+    run(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--out", src))
+    real = os.path.getsize(src)
+    os.truncate(src, 1 << 30)
+    ts, reads, floor = [], [], []
+    for _ in range(max(REPS, 5)):
+        t, _, _ = run([BIN, "--help"])
+        floor.append(t * 1000)
+        t, _, out = run(hb("inspect", src))
+        ts.append(t * 1000)
+        m = re.search(r"read ([0-9]+) bytes", out)
+        reads.append(int(m.group(1)) if m else None)
+    om = med(ts)
+    rd = max(x for x in reads if x is not None) if any(x is not None for x in reads) else None
+    add_row("inspect of a 1 GiB archive (process wall, bytes read)", "%.1f ms, %s B read" % (om, rd), None,
+            "<= 20 ms and <= 64 KiB read", om <= 20 and rd is not None and rd <= 65536, unit="ms",
+            detail="a %d-byte real archive extended sparse to 1 GiB with truncate; process floor (`hsmbackup --help`) %.1f ms"
+            % (real, med(floor)), samples={"ours_ms": ts, "help_ms": floor})
+    rm(src)
+
+
+def row_fleet():
+    log("row: fleet of %d archives of a 300-key HSM" % FLEET)
+    small = os.path.join(WORK, "hsm-300")
+    run(hb("hsm", "create", small, "--manufacturer", "acme", "--model", "CH-2", "--serial", "F1", "--cluster", "cluster-fleet"))
+    run(hb("hsm", "populate", small, "--keys", "300", "--users", "40", "--seed", "42"))
+    cts, vts, ids = [], [], []
+    for i in range(FLEET):
+        t, _, out = run(hb("backup", "create", "--hsm", small, "--kms-key", KMS_KEY, "--json"))
+        cts.append(t * 1000)
+        ids.append(json.loads(out)["backupId"])
+    for ident in ids:
+        t, _, _ = run(hb("verify", ident, "--level", "full", "--hsm", small))
+        vts.append(t * 1000)
+    lts = []
+    for _ in range(max(REPS, 3)):
+        t, _, out = run(hb("backup", "list"))
+        lts.append(t * 1000)
+    add_row("fleet: %d archives of a 300-key HSM, per archive" % FLEET,
+            "create %.0f ms, verify %.0f ms, list %.0f ms" % (med(cts), med(vts), med(lts)), None,
+            "(figure only)", None, unit="ms",
+            detail="medians; totals create %.1f s, verify %.1f s" % (sum(cts) / 1000, sum(vts) / 1000),
+            samples={"create_ms_p90": sorted(cts)[int(len(cts) * 0.9)], "verify_ms_p90": sorted(vts)[int(len(vts) * 0.9)], "list_ms": lts})
+
+
+def row_catalog():
+    log("row: backup list over a %d-entry catalog" % CATALOG_N)
+    home = os.path.join(WORK, "home-catalog")
+    rm(home)
+    run([BIN, "--home", home, "store", "init", "--replicas", "1"])
+    run([TOOL, "fill-catalog", os.path.join(home, "store"), str(CATALOG_N)])
+    ts = []
+    for _ in range(max(REPS, 5)):
+        t, _, out = run([BIN, "--home", home, "backup", "list"], stdout=subprocess.PIPE)
+        ts.append(t)
+    n = out.count("\n")
+    om = med(ts)
+    add_row("backup list, %d-entry catalog" % CATALOG_N, om, None, "< 1 s", om < 1.0,
+            ours_label="hsmbackup backup list (text, to a pipe)", detail="%d lines printed" % n, samples={"ours": ts})
+    rm(home)
+
+
+def row_scrub():
+    log("row: store scrub vs sha256sum of the replica files")
+    store = os.path.join(HOME, "store")
+    files = []
+    for dp, _, fs in os.walk(store):
+        if os.sep + "catalog" in dp:
+            continue
+        for f in fs:
+            files.append(os.path.join(dp, f))
+    total = sum(os.path.getsize(f) for f in files)
+    o, p, _ = alternate(hb("store", "scrub"), ["sha256sum"] + files)
+    om, pm = med(o), med(p)
+    add_row("store scrub vs sha256sum (%.0f MiB in %d files)" % (total / 2**20, len(files)),
+            total / om / 1e6, total / pm / 1e6, ">= 0.7x sha256sum throughput", (total / om) / (total / pm) >= 0.7,
+            unit="MB/s", ours_label="hsmbackup store scrub", peer_label="sha256sum of the same files",
+            samples={"ours_s": o, "peer_s": p})
+
+
+# ---------------------------------------------------------------- output
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // 1024
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_mib": mem,
+            "kernel": os.uname().release, "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def ratio(r):
+    o, p = r["ours"], r["peer"]
+    if not isinstance(o, (int, float)) or not isinstance(p, (int, float)) or not o or not p:
+        return None
+    return o / p if r["unit"] == "MB/s" else p / o
+
+
+def table():
+    lines = ["| row | ours | peer | ratio | goal | meets |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        rt = ratio(r)
+        meets = {True: "yes", False: "**no**", None: "n/a"}[r["meets"]]
+        peer = fmt(r["peer"], r["unit"]) + (" (%s)" % r["peer_label"] if r.get("peer_label") and r["peer"] is not None else "")
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["row"] + ((" (run of %s)" % r.get("run_utc", "an earlier run")) if r.get("from_previous_run") else ""), fmt(r["ours"], r["unit"]), peer,
+                                                       "%.2fx" % rt if rt else "-", r["goal"], meets))
+    return "\n".join(lines)
+
+
+def merge_previous():
+    """With BENCH_ONLY, keep the previous run's rows of the groups not run this time."""
+    path = os.path.join(RESULTS, "results.json")
+    if not ONLY or not os.path.exists(path):
+        return
+    ran = {r["key"] for r in rows}
+    old = [r for r in json.load(open(path)).get("rows", []) if r.get("key") not in ran]
+    for r in old:
+        r["from_previous_run"] = True
+    rows[:] = sorted(rows + old, key=lambda r: ORDER.index(r["key"]) if r.get("key") in ORDER else 99)
+
+
+def write_results(m):
+    merge_previous()
+    for r in rows:
+        r["ratio"] = ratio(r)
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump({"machine": m, "reps": REPS, "mib": MIB, "fleet": FLEET, "catalog": CATALOG_N, "rows": rows,
+                   "state": {k: v for k, v in state.items() if k in ("payload_bytes", "archive_bytes", "rss", "big_hsm")}},
+                  f, indent=2)
+    t = table()
+    md_path = os.path.join(RESULTS, "results.md")
+    # Keep the hand-written analysis (everything from "## Analysis" on) across reruns.
+    analysis = ""
+    if os.path.exists(md_path):
+        old = open(md_path).read()
+        i = old.find("## Analysis")
+        if i >= 0:
+            analysis = old[i:]
+    with open(md_path, "w") as f:
+        f.write("# Benchmark results\n\n")
+        f.write("Made by `make bench` (bench/run.py); %d alternated repetitions per row, medians. Ratio = how many "
+                "times faster ours is than the peer (throughput rows: ours / peer).\n\n" % REPS)
+        f.write("Machine: %(nproc)s cores, %(cpu)s, %(memory_mib)s MiB RAM, Linux %(kernel)s; run %(date_utc)s.\n\n" % m)
+        f.write(t + "\n\n")
+        details = [r for r in rows if r.get("detail")]
+        if details:
+            f.write("Details:\n\n")
+            for r in details:
+                f.write("- %s: %s\n" % (r["row"], r["detail"]))
+            f.write("\n")
+        for n in notes:
+            f.write("- " + n + "\n")
+        if analysis:
+            f.write("\n" + analysis)
+    return t
+
+
+def main():
+    for exe in (BIN, TOOL):
+        if not os.access(exe, os.X_OK):
+            sys.exit("bench: %s is missing (make bench builds it)" % exe)
+    m = machine()
+    log("bench: %s cores, %s; reps %d, %d MiB, work %s" % (m["nproc"], m["cpu"], REPS, MIB, WORK))
+    setup_home()
+    def go(key, fn):
+        CURRENT[0] = key
+        fn()
+    if wanted("kwp"):
+        go("kwp", row_kwp)
+    if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "scrub")):
+        state["big_hsm"] = make_big_hsm()
+        go("create", row_create)
+        if wanted("verify") or wanted("rss"):
+            go("verify", row_verify)
+        if wanted("rss"):
+            go("rss", row_rss)
+        if wanted("inspect"):
+            go("inspect", row_inspect)
+    if wanted("envelope"):
+        go("envelope", row_envelope)
+    if wanted("fleet"):
+        go("fleet", row_fleet)
+    if wanted("catalog"):
+        go("catalog", row_catalog)
+    if wanted("scrub"):
+        go("scrub", row_scrub)
+    t = write_results(m)
+    print(t)
+    if not os.environ.get("BENCH_KEEP"):
+        rm(WORK)
+
+
+if __name__ == "__main__":
+    main()
