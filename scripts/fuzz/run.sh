@@ -15,7 +15,7 @@ TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
   TARGETS=(envelope-header envelope-frames inner-header inner-chunks payload store-record catalog keystore)
 fi
-BIN=.build-fuzz/debug/FuzzRunner
+BIN=${FUZZ_BIN:-.build-fuzz/debug/FuzzRunner}
 [ -x "$BIN" ] || bash scripts/fuzz/build.sh >/dev/null
 mkdir -p .build-fuzz/artifacts .build-fuzz/logs
 failed=()
