@@ -80,3 +80,27 @@ bench: deps
 	    aws-encryption-sdk-cli 'moto[server]'; \
 	fi
 	BENCH_VENV=$(BENCH_VENV) python3 bench/run.py
+
+# Fuzzing (issue 8; scripts/fuzz/README.md). `fuzz` builds the libFuzzer runner with the fuzzer
+# and address sanitizers (.build-fuzz) and runs every target for FUZZ_SECONDS each, one after
+# another on one core. `fuzz-smoke` replays the committed corpus and a fixed set of mutations
+# through the same target functions via XCTest (no sanitizer build, well under a minute); the
+# same tests run in `make test`. `fuzz-smoke-libfuzzer` is the short libFuzzer run (build ~1 min).
+FUZZ_SECONDS ?= 600
+
+.PHONY: fuzz fuzz-smoke fuzz-smoke-libfuzzer fuzz-seeds
+fuzz: deps
+	bash scripts/fuzz/build.sh
+	bash scripts/fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --disable-swift-testing --filter FuzzTargetsTests
+
+fuzz-smoke-libfuzzer: deps
+	bash scripts/fuzz/build.sh
+	bash scripts/fuzz/run.sh 3
+
+# Regenerates fuzz/corpus (seed files) from the vectors, samples and fixed keys.
+fuzz-seeds: deps
+	bash scripts/fuzz/seeds.sh

@@ -34,6 +34,9 @@ let package = Package(
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
+        // Fuzz targets (issue 8): the shared logic, and one runner (libFuzzer or replay).
+        .target(name: "FuzzTargets", dependencies: ["Envelope", "HSMArchive", "ObjectStore", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
+        .executableTarget(name: "FuzzRunner", dependencies: ["FuzzTargets"]),
         // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),
         // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
@@ -54,5 +57,6 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup"]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec"]),
     ]
 )

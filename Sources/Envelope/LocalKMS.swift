@@ -92,10 +92,23 @@ public final class LocalKMS: @unchecked Sendable {
             throw EnvelopeError(.keyNotFound, "no local KMS key \"\(name)\" in \(directory)")
         }
         let bytes = try io { try AtomicFile.read(path, limit: 1 << 20) }
+        return try Self.parseKeyInfo(bytes, name: name, path: path)
+    }
+
+    /// Parses the bytes of a `key.json` that must describe key `name` (`path` names it in errors).
+    public static func parseKeyInfo(_ bytes: [UInt8], name: String, path: String) throws -> KeyInfo {
         guard let i = try? JSONDecoder().decode(KeyInfo.self, from: Data(bytes)), i.name == name else {
             throw EnvelopeError(.keystoreCorrupt, "\(path) does not parse as key metadata")
         }
         return i
+    }
+
+    /// Parses the bytes of a `vN.key` file: exactly 32 raw key bytes.
+    public static func parseKeyFile(_ bytes: [UInt8], path: String) throws -> WrappingKey {
+        guard bytes.count == 32, let k = try? WrappingKey(bytes: bytes) else {
+            throw EnvelopeError(.keystoreCorrupt, "\(path) is not a 32-byte key")
+        }
+        return k
     }
 
     /// The bytes of one version (the primary one if nil), for export/escrow and interop. The
@@ -150,10 +163,7 @@ public final class LocalKMS: @unchecked Sendable {
         let path = keyDir(name) + "/v\(version).key"
         var bytes = try io { try AtomicFile.read(path, limit: 64) }
         defer { wipe(&bytes) }
-        guard bytes.count == 32, let k = try? WrappingKey(bytes: bytes) else {
-            throw EnvelopeError(.keystoreCorrupt, "\(path) is not a 32-byte key")
-        }
-        return k
+        return try Self.parseKeyFile(bytes, path: path)
     }
 
     private func addVersion(_ info: inout KeyInfo) throws {

@@ -40,6 +40,11 @@ public final class BoundedDecompressor {
     private var frameEnded = false
     private var consumed = 0
     private var failed: PayloadCodecError?
+    /// The first input bytes (up to a frame header's maximum), to check the frame's declared
+    /// content size once it ends: libzstd's streaming decoder does not always check it itself
+    /// (fed byte by byte, a frame declaring 5 bytes with an empty last block ends cleanly).
+    private var frameHeader: [UInt8] = []
+    private static let frameHeaderMaximumBytes = 18
 
     public init(expectedSize: Int) throws {
         precondition(expectedSize >= 0)
@@ -64,6 +69,9 @@ public final class BoundedDecompressor {
         if frameEnded {
             throw PayloadCodecError(.trailingCompressed, "bytes after the end of the zstd frame", offset: consumed)
         }
+        if frameHeader.count < Self.frameHeaderMaximumBytes {
+            frameHeader += input.prefix(Self.frameHeaderMaximumBytes - frameHeader.count)
+        }
         var scratch = [UInt8](repeating: 0, count: 1 << 16)
         try input.withUnsafeBytes { i in
             var inBuf = ZSTD_inBuffer(src: i.baseAddress, size: i.count, pos: 0)
@@ -83,6 +91,11 @@ public final class BoundedDecompressor {
                 output.append(contentsOf: scratch[0..<produced])
                 if ret == 0 {
                     frameEnded = true
+                    let declared = frameHeader.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }
+                    if declared != hsmb_zstd_content_size_unknown(), declared != hsmb_zstd_content_size_error(),
+                       declared != UInt64(output.count) {
+                        throw PayloadCodecError(.malformedCompressed, "the zstd frame declares \(declared) bytes but holds \(output.count)", offset: 0)
+                    }
                     if inBuf.pos < inBuf.size {
                         throw PayloadCodecError(.trailingCompressed, "bytes after the end of the zstd frame", offset: consumed + inBuf.pos)
                     }
