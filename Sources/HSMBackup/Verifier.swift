@@ -120,8 +120,11 @@ public enum Verifier {
                     }
                 }
                 if let f = full, !fullFailed {
-                    do { try f.feed(piece) } catch let e as ArchiveError where e.code == .pbkMismatch || e.code == .wrongManufacturer {
-                        // The HSM's backup keys are not the archive's: the HSM cannot judge it.
+                    do { try f.feed(piece) } catch let e as ArchiveError where e.code == .pbkMismatch && report.errors.isEmpty {
+                        // The HSM's backup keys are not the archive's (another operator key):
+                        // the HSM cannot judge it. (The manufacturer was compared before any
+                        // decryption, so a wrongManufacturer here is an inner header that
+                        // disagrees with the envelope: a finding, like any other damage.)
                         throw HSMBackupError(.incompatibleHSM, "HSM cannot verify this archive at level full: \(e.reason)")
                     } catch {
                         report.findings.append(finding(error, layer: layer(of: error)))
