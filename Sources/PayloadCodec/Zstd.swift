@@ -71,6 +71,10 @@ public final class BoundedDecompressor {
         }
         if frameHeader.count < Self.frameHeaderMaximumBytes {
             frameHeader += input.prefix(Self.frameHeaderMaximumBytes - frameHeader.count)
+            // Only a current zstd frame: legacy (v0.x) frames decode differently streamed and whole.
+            if frameHeader.count >= 4, frameHeader.prefix(4) != [0x28, 0xb5, 0x2f, 0xfd] {
+                throw PayloadCodecError(.malformedCompressed, "not a zstd frame (magic)", offset: 0)
+            }
         }
         var scratch = [UInt8](repeating: 0, count: 1 << 16)
         try input.withUnsafeBytes { i in

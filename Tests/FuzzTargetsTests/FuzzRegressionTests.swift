@@ -43,4 +43,19 @@ final class FuzzRegressionTests: XCTestCase {
             XCTAssertEqual(try d.finish(), plain, "piece size \(piece)")
         }
     }
+
+    /// payload target, 2026-11-29 (second finding): a legacy zstd v0.7 magic (0xFD2FB527).
+    /// libzstd decoded it whole but refused it fed byte by byte; only current frames are taken now.
+    func testLegacyZstdFrameIsRefusedHoweverItIsFed() throws {
+        let frame: [UInt8] = [0x27, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x00, 0x00, 0x00]
+        for piece in [1, frame.count] {
+            let d = try BoundedDecompressor(expectedSize: 0)
+            XCTAssertThrowsError(try {
+                var at = 0
+                while at < frame.count { try d.feed(Array(frame[at..<min(frame.count, at + piece)])); at += piece }
+                _ = try d.finish()
+            }()) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedCompressed, "piece size \(piece)") }
+        }
+        FuzzTarget.payload.run([0x01, 0x00, 0x00, 0x00] + frame)
+    }
 }
