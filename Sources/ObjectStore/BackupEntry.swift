@@ -197,22 +197,35 @@ public struct BackupEntry: Codable, Equatable, Sendable {
     static let metaVersion: UInt16 = 1
 
     func encodeMeta() throws -> [UInt8] {
-        var w = ByteWriter()
-        w.writeBytes(Self.metaMagic)
-        w.writeUInt16(Self.metaVersion)
-        try encode(into: &w)
-        return w.bytes
+        try VersionedObject.encode(magic: Self.metaMagic, version: Self.metaVersion) { try encode(into: &$0) }
     }
 
     static func parseMeta(_ bytes: [UInt8]) throws -> BackupEntry {
+        try VersionedObject.parse(bytes, magic: metaMagic, version: metaVersion, name: "metadata", structure: "backup metadata") { try parse(&$0) }
+    }
+}
+
+/// The framing shared by the store's small objects: magic ‖ u16 version ‖ body, consumed exactly;
+/// an unknown version is refused before the body is read.
+enum VersionedObject {
+    static func encode(magic: [UInt8], version: UInt16, _ body: (inout ByteWriter) throws -> Void) throws -> [UInt8] {
+        var w = ByteWriter()
+        w.writeBytes(magic)
+        w.writeUInt16(version)
+        try body(&w)
+        return w.bytes
+    }
+
+    static func parse<T>(_ bytes: [UInt8], magic: [UInt8], version: UInt16, name: String, structure: String,
+                         _ body: (inout ByteReader) throws -> T) throws -> T {
         var r = ByteReader(bytes)
-        try r.expect(metaMagic, "metadata magic")
+        try r.expect(magic, "\(name) magic")
         let at = r.offset
-        let v = try r.readUInt16("metadata version")
-        guard v == metaVersion else { throw ByteCodingError(.unexpectedValue, field: "metadata version", offset: at, "unknown version \(v)") }
-        let e = try parse(&r)
-        try r.expectEnd("backup metadata")
-        return e
+        let v = try r.readUInt16("\(name) version")
+        guard v == version else { throw ByteCodingError(.unexpectedValue, field: "\(name) version", offset: at, "unknown version \(v)") }
+        let value = try body(&r)
+        try r.expectEnd(structure)
+        return value
     }
 }
 
@@ -244,21 +257,10 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
 
     /// Policy objects: "HSMBPOLC" || version u16 || policy. Days 0 records a removed policy.
     func encodeObject() throws -> [UInt8] {
-        var w = ByteWriter()
-        w.writeBytes(Self.magic)
-        w.writeUInt16(Self.version)
-        try encode(into: &w)
-        return w.bytes
+        try VersionedObject.encode(magic: Self.magic, version: Self.version) { try encode(into: &$0) }
     }
 
     static func parseObject(_ bytes: [UInt8]) throws -> RetentionPolicy {
-        var r = ByteReader(bytes)
-        try r.expect(magic, "policy magic")
-        let at = r.offset
-        let v = try r.readUInt16("policy version")
-        guard v == version else { throw ByteCodingError(.unexpectedValue, field: "policy version", offset: at, "unknown version \(v)") }
-        let p = try parse(&r)
-        try r.expectEnd("retention policy")
-        return p
+        try VersionedObject.parse(bytes, magic: magic, version: version, name: "policy", structure: "retention policy") { try parse(&$0) }
     }
 }

@@ -28,6 +28,11 @@ struct KeyInfoJSON: Encodable {
         name = i.name; created = i.created; primaryVersion = i.primaryVersion; versions = i.versions
         edkProviderId = LocalKMS.namespace
     }
+    /// Prints the key as JSON, or as one line after `verb`.
+    func show(json: Bool, verb: String) throws {
+        if json { try JSONOutput.print(self) } else { print("\(verb) \(text)") }
+    }
+
     var text: String {
         let vs = versions.map { "v\($0.version)\($0.enabled ? "" : " (disabled)")" }.joined(separator: ", ")
         return "\(name)  primary v\(primaryVersion.map(String.init) ?? "-")  versions: \(vs)  created \(created)"
@@ -41,8 +46,7 @@ struct KMSCreateKeyCommand: ParsableCommand {
     @Flag(name: .customLong("json")) var json = false
     func run() throws {
         try CLIEnvelope.run {
-            let i = KeyInfoJSON(try dir.kms.createKey(name))
-            if json { try JSONOutput.print(i) } else { print("created \(i.text)") }
+            try KeyInfoJSON(try dir.kms.createKey(name)).show(json: json, verb: "created")
         }
     }
 }
@@ -54,8 +58,7 @@ struct KMSRotateCommand: ParsableCommand {
     @Flag(name: .customLong("json")) var json = false
     func run() throws {
         try CLIEnvelope.run {
-            let i = KeyInfoJSON(try dir.kms.rotate(name))
-            if json { try JSONOutput.print(i) } else { print("rotated \(i.text)") }
+            try KeyInfoJSON(try dir.kms.rotate(name)).show(json: json, verb: "rotated")
         }
     }
 }
