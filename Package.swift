@@ -35,7 +35,7 @@ let package = Package(
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
         // Fuzz targets (issue 8): the shared logic, and one runner (libFuzzer or replay).
-        .target(name: "FuzzTargets", dependencies: ["Envelope", "HSMArchive", "ObjectStore", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
+        .target(name: "FuzzTargets", dependencies: ["Envelope", "HSMArchive", "ObjectStore", "PayloadCodec", "BackupCrypto", "ByteCoding", "CZstd"]),
         .executableTarget(name: "FuzzRunner", dependencies: ["FuzzTargets"]),
         // A child process for the ObjectStore tests (kill -9 during puts, concurrent writers).
         .executableTarget(name: "StoreCrashHelper", dependencies: ["ObjectStore"]),

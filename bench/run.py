@@ -9,6 +9,7 @@ resident set size"). Prints a table and writes bench/results.md and bench/result
 Environment (all optional):
   BENCH_REPS=3        repetitions per row (alternated ours/peer)
   BENCH_MIB=256       target HSM payload / envelope file size in MiB
+  BENCH_BIG_MIB=1000  the larger payload of the RSS row (1 GiB; the format's limit is 2^30 bytes)
   BENCH_FLEET=1000    archives in the fleet row
   BENCH_CATALOG=100000 entries in the catalog-listing row
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
@@ -36,6 +37,7 @@ BIN = os.path.join(REL, "hsmbackup")
 TOOL = os.path.join(REL, "BenchTool")
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 MIB = int(os.environ.get("BENCH_MIB", "256"))
+BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "1000"))
 FLEET = int(os.environ.get("BENCH_FLEET", "1000"))
 CATALOG_N = int(os.environ.get("BENCH_CATALOG", "100000"))
 WORK = os.path.abspath(os.environ.get("BENCH_WORK", os.path.join(ROOT, ".build-bench", "work")))
@@ -180,7 +182,7 @@ def make_big_hsm():
     keys = max(1, int(MIB * 1024 * 1024 / 2744))
     t, _, out = run([TOOL, "fill-hsm", HSM, str(keys), "800"])
     info = json.loads(out)
-    log("  big HSM: %d keys, contents.json %.1f MiB (%.1f s)" % (keys, info["contents_json_bytes"] / 2**20, t))
+    log("  big HSM: %d keys, contents.state %.1f MiB (%.1f s)" % (keys, info["contents_state_bytes"] / 2**20, t))
     return info
 
 
@@ -357,35 +359,38 @@ def row_envelope():
 
 
 def row_rss():
-    log("row: peak RSS of create, verify, restore")
+    log("row: peak RSS of create, verify, restore at %d MiB and %d MiB" % (MIB, BIG_MIB))
     target = os.path.join(WORK, "hsm-restore")
     rm(target)
     run(hb("hsm", "create", target, "--manufacturer", "acme", "--model", "CH-2", "--serial", "R1", "--cluster", "cluster-bench"))
     ident = state["ids"][-1]
     _, rss, _ = run_rss(hb("restore", ident, "--hsm", target))
-    big = (max(state["create_rss"]) / 1024, max(state["verify_rss"]) / 1024, rss / 1024)
-    # The same three at a quarter of the size, to see whether RSS is flat.
-    small_mib = max(1, MIB // 4)
-    small = os.path.join(WORK, "hsm-quarter")
-    run(hb("hsm", "create", small, "--manufacturer", "acme", "--model", "CH-2", "--serial", "Q1", "--cluster", "cluster-quarter"))
-    run([TOOL, "fill-hsm", small, str(max(1, int(small_mib * 1024 * 1024 / 2744))), "800"])
-    _, c_rss, out = run_rss(hb("backup", "create", "--hsm", small, "--kms-key", KMS_KEY, "--json"))
-    qid = json.loads(out)["backupId"]
-    _, v_rss, _ = run_rss(hb("verify", qid, "--level", "full", "--hsm", small))
+    at_mib = (max(state["create_rss"]) / 1024, max(state["verify_rss"]) / 1024, rss / 1024)
+    # The same three at about 1 GiB of payload: flat means it does not grow with the payload.
+    big = os.path.join(WORK, "hsm-big")
+    rm(big)
+    run(hb("hsm", "create", big, "--manufacturer", "acme", "--model", "CH-2", "--serial", "G1", "--cluster", "cluster-big"))
+    t, _, out = run([TOOL, "fill-hsm", big, str(max(1, int(BIG_MIB * 1024 * 1024 / 2744))), "800"])
+    log("  %d MiB HSM filled in %.1f s" % (BIG_MIB, t))
+    tc, c_rss, out = run_rss(hb("backup", "create", "--hsm", big, "--kms-key", KMS_KEY, "--json"))
+    created = json.loads(out)
+    bid = created["backupId"]
+    tv, v_rss, _ = run_rss(hb("verify", bid, "--level", "full", "--hsm", big))
     rm(target)
     run(hb("hsm", "create", target, "--manufacturer", "acme", "--model", "CH-2", "--serial", "R2", "--cluster", "cluster-bench"))
-    _, r_rss, _ = run_rss(hb("restore", qid, "--hsm", target))
-    quarter = (c_rss / 1024, v_rss / 1024, r_rss / 1024)
-    flat = all(b <= 1.25 * q for b, q in zip(big, quarter))
-    add_row("peak RSS create / verify / restore, %d MiB and %d MiB payload" % (MIB, small_mib),
-            "%.0f / %.0f / %.0f MiB at %d MiB; %.0f / %.0f / %.0f MiB at %d MiB" % (big + (MIB,) + quarter + (small_mib,)),
-            None, "<= 64 MiB and flat", max(big) <= 64 and flat, unit="MiB",
-            ours_label="ru_maxrss", detail="1 GiB: not reachable (a simulated HSM's contents.json is capped at 256 MiB, "
-            "about 370 MiB of payload; see Analysis); %s" % ("flat" if flat else "not flat: grows with the payload"))
+    tr, r_rss, _ = run_rss(hb("restore", bid, "--hsm", target))
+    at_big = (c_rss / 1024, v_rss / 1024, r_rss / 1024)
+    flat = all(b <= 1.25 * q + 8 for b, q in zip(at_big, at_mib))
+    add_row("peak RSS create / verify / restore, %d MiB and %d MiB payload" % (MIB, BIG_MIB),
+            "%.0f / %.0f / %.0f MiB at %d MiB; %.0f / %.0f / %.0f MiB at %d MiB" % (at_mib + (MIB,) + at_big + (BIG_MIB,)),
+            None, "<= 64 MiB and flat", max(at_mib + at_big) <= 64 and flat, unit="MiB",
+            ours_label="ru_maxrss", detail="%s; at %d MiB: create %.1f s, verify %.1f s, restore %.1f s (archive %s bytes)" % (
+                "flat (within 25%% + 8 MiB)" if flat else "not flat: grows with the payload", BIG_MIB, tc, tv, tr,
+                created.get("archiveBytes")))
     state["rss"] = {"create_kib": state["create_rss"], "verify_kib": state["verify_rss"], "restore_kib": [rss],
-                    "quarter_mib": small_mib, "quarter_kib": [c_rss, v_rss, r_rss]}
+                    "big_mib": BIG_MIB, "big_kib": [c_rss, v_rss, r_rss], "big_seconds": [tc, tv, tr]}
     rm(target)
-    rm(small)
+    rm(big)
 
 
 def row_inspect():

@@ -79,10 +79,16 @@ case "fill-hsm":
     let hsm = try SimulatedHSM.open(at: args[1])
     let base = try SimulatedHSM.makeContents(keys: 0, users: 40, seed: 42, options: .deterministic)
     let owners = base.users.filter { $0.role == .cryptoUser }.map(\.name)
-    // HSMKey has no public memberwise initializer; it is Codable, so build each key from JSON.
-    var json = "["
-    json.reserveCapacity(keys * (size * 2 + 400))
+    // HSMKey has no public memberwise initializer: decode one key from JSON, then vary copies
+    // of it (no giant JSON document, so a 1 GiB payload fits in memory).
+    let template = try JSONDecoder().decode(HSMKey.self, from: Data((
+        "{\"handle\":65536,\"label\":\"secret-1\",\"type\":\"GENERIC_SECRET\",\"bits\":\(size * 8),"
+        + "\"attributes\":{\"token\":true,\"sensitive\":true,\"extractable\":false,\"encrypt\":true,\"decrypt\":true,"
+        + "\"wrap\":false,\"unwrap\":false,\"sign\":true,\"verify\":true,\"derive\":true},"
+        + "\"owner\":\"x\",\"sharedWith\":[],\"material\":\"00\"}").utf8))
     let hexDigits = Array("0123456789abcdef".utf8)
+    var keyList: [HSMKey] = []
+    keyList.reserveCapacity(keys)
     for i in 0..<keys {
         let material = SecureRandom.bytes(count: size)
         var hex = [UInt8](repeating: 0, count: size * 2)
@@ -90,18 +96,18 @@ case "fill-hsm":
             hex[2 * j] = hexDigits[Int(b >> 4)]
             hex[2 * j + 1] = hexDigits[Int(b & 15)]
         }
-        if i > 0 { json += "," }
-        json += "{\"handle\":\(0x10000 + i),\"label\":\"secret-\(i + 1)\",\"type\":\"GENERIC_SECRET\",\"bits\":\(size * 8),"
-        json += "\"attributes\":{\"token\":true,\"sensitive\":true,\"extractable\":\(i % 4 == 0),\"encrypt\":true,\"decrypt\":true,"
-        json += "\"wrap\":false,\"unwrap\":false,\"sign\":true,\"verify\":true,\"derive\":true},"
-        json += "\"owner\":\"\(owners[i % owners.count])\",\"sharedWith\":[],\"material\":\"" + String(decoding: hex, as: UTF8.self) + "\"}"
+        var k = template
+        k.handle = UInt64(0x10000 + i)
+        k.label = "secret-\(i + 1)"
+        k.attributes.extractable = i % 4 == 0
+        k.owner = owners[i % owners.count]
+        k.material = String(decoding: hex, as: UTF8.self)
+        keyList.append(k)
     }
-    json += "]"
-    let keyList = try JSONDecoder().decode([HSMKey].self, from: Data(json.utf8))
     let t0 = now()
     try hsm.replaceContents(HSMContents(policies: base.policies, users: base.users, keys: keyList))
     let stateBytes = (try? FileManager.default.attributesOfItem(atPath: args[1] + "/" + SimulatedHSM.contentsFile)[.size] as? Int) ?? -1
-    printJSON(["keys": keys, "material_bytes": size, "contents_json_bytes": stateBytes, "write_seconds": now() - t0])
+    printJSON(["keys": keys, "material_bytes": size, "contents_state_bytes": stateBytes, "write_seconds": now() - t0])
 
 default:
     fail("unknown command \(command)")

@@ -123,11 +123,14 @@ enum FuzzInner {
         }
 
         // Fully keyed, fed in the same two pieces.
-        let opener = InnerBlobOpener(keyring: FuzzKeys.backupKeyring())
+        var tar: [UInt8] = []
+        let opener = InnerBlobOpener(keyring: FuzzKeys.backupKeyring()) { tar.append(contentsOf: $0) }
         do {
             try opener.feed(Array(bytes[..<cut]))
             try opener.feed(Array(bytes[cut...]))
-            let bundle = try opener.finishBundle()
+            try opener.finish()
+            check(UInt64(tar.count) == opener.header!.payload.payloadBytes, "an opened blob released \(tar.count) payload bytes")
+            let bundle = try PayloadBundle.parse(tar: tar, descriptor: opener.header!.payload)
             guard case .success = whole else { finding("a blob opens but fails its structure check") }
             if altered { finding("an altered blob still opens") }
             if let expected { check(bundle == expected, "an unaltered blob opens to another bundle") }

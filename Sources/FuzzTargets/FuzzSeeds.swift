@@ -78,14 +78,14 @@ public enum FuzzSeeds {
                 innerHeaders[name] = Array(b.prefix(400))
             }
             let half = b.count / 2
-            if b.count <= 4096 { chunks[name] = [0, UInt8(half >> 8), UInt8(half & 0xff)] + b }
+            if b.count <= 16384 { chunks[name] = [0, UInt8(half >> 8), UInt8(half & 0xff)] + b }
         }
         chunks["script-clean"] = [1, 0, 3, 0, 0, 0, 100, 60, 200] + Array(repeating: 0x41, count: 400)
         chunks["script-flip"] = [1, 1, 2, 1, 0, 50, 100, 60] + Array(repeating: 0x42, count: 400) + [0x40, 1, 44]
         out[.innerHeader] = innerHeaders
         out[.innerChunks] = chunks
 
-        // Payload: vector tars, a tar of the fixed bundle, damaged tars, zstd streams.
+        // Payload: vector tars, a tar of the fixed bundle, damaged tars, chunk zstd frames.
         var payload: [String: [UInt8]] = [:]
         var tars = files("spec/vectors/inner", suffix: ".payload.tar")
         let small = try PaxTar.write([TarEntry(path: "manifest.json", contents: Array("{}".utf8)),
@@ -104,9 +104,10 @@ public enum FuzzSeeds {
             let padded = plain + [UInt8](repeating: 0, count: (4 - plain.count % 4) % 4)
             let zp = try Zstd.compress(padded)
             let n = padded.count / 4
-            payload["zstd-" + name] = [1, UInt8(n >> 8), UInt8(n & 0xff), 13] + zp
-            payload["zstd-" + name + "-undeclared"] = [1, 0, 1, 255] + z
-            payload["zstd-" + name + "-truncated"] = [1, UInt8(n >> 8), UInt8(n & 0xff), 7] + zp.dropLast(3)
+            payload["zstd-" + name] = [1, UInt8(n >> 8), UInt8(n & 0xff)] + zp
+            payload["zstd-" + name + "-undeclared"] = [1, 0, 1] + z
+            payload["zstd-" + name + "-truncated"] = [1, UInt8(n >> 8), UInt8(n & 0xff)] + zp.dropLast(3)
+            payload["zstd-" + name + "-trailing"] = [1, UInt8(n >> 8), UInt8(n & 0xff)] + zp + [0]
         }
         out[.payload] = payload
 

@@ -1,14 +1,17 @@
 import BackupCrypto
 import ByteCoding
+import PayloadCodec
 
 // Implements spec/FORMAT.md section 4.5 (chunk frames). Grammar:
 //
-//   chunks = *frame(type = 0x01) frame(type = 0x02) END
+//   chunks = *frame(type = 0x01) frame(type = 0x02) END      (ceil(payload size / chunk size) frames)
 //   frame  = type(u8) length(u32) ciphertext(length)
 //   ciphertext = KWP-AES-256(EBK, binding || data)
 //   binding    = headerDigest(32) index(u32) final(u8: 0x00 or 0x01)
+//   data       = one zstd frame of the chunk's piece of the payload
 //
-// A non-final chunk carries exactly chunkSize data bytes, a final chunk 1...chunkSize.
+// Every chunk but the last carries a chunk-size piece of the payload, the last the rest; its
+// compressed data is at most `Zstd.maximumFrameBytes(piece)` bytes.
 
 public enum ChunkFormat {
     public static let typeChunk: UInt8 = 0x01
@@ -20,6 +23,12 @@ public enum ChunkFormat {
     public static func ciphertextLength(dataBytes n: Int) -> Int {
         let p = bindingByteCount + n
         return ((p + 7) / 8) * 8 + 8
+    }
+
+    /// The keyless length rule for a chunk carrying `pieceBytes` of payload: a multiple of 8
+    /// from the length of one data byte up to that of the largest frame the piece may need.
+    public static func allowedCiphertextLengths(pieceBytes: Int) -> ClosedRange<Int> {
+        ciphertextLength(dataBytes: 1)...ciphertextLength(dataBytes: Zstd.maximumFrameBytes(contentBytes: pieceBytes))
     }
 
     static func binding(headerDigest: [UInt8], index: Int, final: Bool) -> [UInt8] {
@@ -113,16 +122,18 @@ public struct InnerFrameParser {
                 throw ArchiveError(.malformedFrame, "unknown frame type 0x\(String(type, radix: 16))", offset: frameAt, chunk: chunkCount)
             }
             let isFinal = type == ChunkFormat.typeFinal
-            let chunkSize = Int(header!.payload.chunkSize)
-            let full = ChunkFormat.ciphertextLength(dataBytes: chunkSize)
-            let minimum = ChunkFormat.ciphertextLength(dataBytes: 1)
-            let lengthOK = isFinal ? (length >= minimum && length <= full && length % 8 == 0) : length == full
-            guard lengthOK else {
-                throw ArchiveError(.malformedFrame, "\(isFinal ? "final" : "non-final") chunk ciphertext length \(length) breaks the framing rules (full chunk = \(full))",
-                                   offset: frameAt + 1, chunk: chunkCount)
+            let payload = header!.payload
+            let last = payload.chunkCount - 1
+            guard isFinal == (chunkCount == last) else {
+                throw ArchiveError(.malformedFrame, isFinal
+                                   ? "chunk \(chunkCount) is flagged final; the header's sizes give \(last + 1) chunks"
+                                   : "chunk \(chunkCount) must be the final chunk (the header's sizes give \(last + 1) chunks)",
+                                   offset: frameAt, chunk: chunkCount)
             }
-            guard chunkCount < InnerFormat.maximumChunks else {
-                throw ArchiveError(.limitExceeded, "more than \(InnerFormat.maximumChunks) chunks", offset: frameAt, chunk: chunkCount)
+            let allowed = ChunkFormat.allowedCiphertextLengths(pieceBytes: payload.pieceBytes(chunk: chunkCount))
+            guard allowed.contains(length), length % 8 == 0 else {
+                throw ArchiveError(.malformedFrame, "chunk ciphertext length \(length) breaks the framing rules (a multiple of 8 in \(allowed))",
+                                   offset: frameAt + 1, chunk: chunkCount)
             }
             guard avail.count >= ChunkFormat.frameHeaderByteCount + length else { break }
             let ciphertext = Array(try! r.readSlice(length, "chunk ciphertext"))

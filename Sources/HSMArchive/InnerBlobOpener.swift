@@ -20,24 +20,43 @@ public struct BackupKeyring: Sendable {
 }
 
 /// Streaming, fully keyed reader of an inner blob (spec 4.6, read ordering). On the header it
-/// checks, in this order: manufacturer, PBK fingerprint, EBK unwrap, header seal. Then each chunk:
-/// KWP unwrap, binding (header digest, index, final flag), data length; authenticated data goes
-/// to a decompressor bounded by the declared payload size. Memory: one frame plus the payload.
+/// checks, in this order: manufacturer, PBK fingerprint, EBK unwrap, header seal. Then chunks go,
+/// 16 at a time, to the worker threads of an `OrderedPipeline`: one multi-lane KWP unwrap, each
+/// chunk's binding (header digest, index, final flag), then its zstd frame decoded to exactly its
+/// share of the payload. The decoded pieces reach `payloadSink` strictly in order, on the
+/// caller's thread, and only for chunks that authenticated; the first bad chunk in order is the
+/// one reported. Memory: a few batches of chunks, whatever the blob's size.
 public final class InnerBlobOpener {
     private let keyring: BackupKeyring
+    private let payloadSink: (UnsafeRawBufferPointer) throws -> Void
+    private let onHeader: (InnerHeader) throws -> Void
     private var parser = InnerFrameParser()
-    private var ebk: EphemeralBackupKey?
-    private var headerDigest: [UInt8] = []
-    private var decompressor: BoundedDecompressor?
-    private var chunkSize = 0
-    private var failure: Error?
-    /// Complete frames waiting to be unwrapped together (one multi-lane KWP call per batch);
-    /// they are checked and released strictly in order, so errors still name the first bad chunk.
     private var batch: [ChunkFrame] = []
+    private var failure: Error?
+    /// A delivered chunk (or the sink) failed: nothing after it may be delivered.
+    private var chunkFailed = false
+    private var pipeline: OrderedPipeline<[ChunkFrame], OpenedChunks>?
+    private let workers: Int
+    public private(set) var payloadBytesOpened: UInt64 = 0
 
-    public init(keyring: BackupKeyring) {
-        self.keyring = keyring
+    /// What a worker returns for a batch: the decoded pieces of the chunks that passed, in
+    /// order, and the error of the first that did not (the rest of the batch is not opened).
+    struct OpenedChunks {
+        var pieces: [[UInt8]]
+        var error: ArchiveError?
     }
+
+    /// `onHeader` runs once the header authenticated (after the seal check), before any chunk;
+    /// `payloadSink` receives the payload (the tar) in order, in pieces.
+    public init(keyring: BackupKeyring, workers: Int? = nil, onHeader: @escaping (InnerHeader) throws -> Void = { _ in },
+                payloadSink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+        self.keyring = keyring
+        self.onHeader = onHeader
+        self.payloadSink = payloadSink
+        self.workers = workers ?? OrderedPipeline<[ChunkFrame], OpenedChunks>.defaultWorkers
+    }
+
+    deinit { pipeline?.shutdown() }
 
     public var header: InnerHeader? { parser.header }
     public var chunkCount: Int { parser.chunkCount }
@@ -46,28 +65,40 @@ public final class InnerBlobOpener {
         if let failure { throw failure }
         do {
             try parser.feed(bytes, onHeader: { try self.openHeader($0) }, onFrame: { try self.queueChunk($0) })
-        } catch { failure = error; throw error }
+        } catch { throw fail(firstInOrder(error)) }
+    }
+
+    /// A framing error at frame k is reported only if chunks 0 ..< k all open: the spec's order
+    /// is per chunk (framing, unwrap, binding, data), and those chunks may still be in flight.
+    private func firstInOrder(_ framingError: Error) -> Error {
+        // A chunk's own failure (delivered in order) is already the first: deliver nothing more.
+        if chunkFailed { return framingError }
+        do {
+            try submitBatch()
+            try pipeline?.drain { try self.deliver($0) }
+        } catch { return error }
+        return framingError
     }
 
     // The parser calls back while it is being mutated: the callbacks must not read `parser`.
 
-    /// Ends the input; returns the decompressed payload (the pax tar) only if every check passed.
-    public func finish() throws -> [UInt8] {
+    /// Ends the input: every chunk is opened and delivered, and the blob ended exactly after the
+    /// final chunk. (The payload's own checks are the sink's.)
+    public func finish() throws {
         if let failure { throw failure }
         do {
-            try openBatch()
+            try submitBatch()
+            try pipeline?.drain { try self.deliver($0) }
             try parser.finish()
-            do { return try decompressor!.finish() } catch let e as PayloadCodecError {
-                throw ArchiveError(.payloadMalformed, e.reason, chunk: parser.chunkCount - 1)
-            }
-        } catch { failure = error; throw error }
+        } catch { throw fail(error) }
+        pipeline?.shutdown()
     }
 
-    /// Ends the input and checks the payload tar and manifest too (full verification without
-    /// the HSM's own content rules).
-    public func finishBundle() throws -> PayloadBundle {
-        let tar = try finish()
-        return try PayloadBundle.parse(tar: tar, descriptor: header!.payload)
+    private func fail(_ error: Error) -> Error {
+        failure = error
+        pipeline?.shutdown()
+        batch = []
+        return error
     }
 
     private func openHeader(_ h: InnerHeader) throws {
@@ -84,45 +115,104 @@ public final class InnerBlobOpener {
         }
         let ebk = try h.unwrapEBK(pbk: pbk)
         try h.verifySeal(ebk: ebk)
-        self.ebk = ebk
-        headerDigest = h.digest
-        chunkSize = Int(h.payload.chunkSize)
-        decompressor = try BoundedDecompressor(expectedSize: Int(h.payload.payloadBytes))
+        try onHeader(h)
+        let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
+        let digest = h.digest
+        let payload = h.payload
+        pipeline = OrderedPipeline(workers: workers, discardOutput: { out in for i in out.pieces.indices { wipe(&out.pieces[i]) } }) {
+            frames, worker in
+            Self.open(frames, ebk: ebk, headerDigest: digest, payload: payload, decompressor: decompressors[worker])
+        }
     }
 
     private func queueChunk(_ f: ChunkFrame) throws {
         batch.append(f)
-        if batch.count == InnerBlobWriter.batchChunks || f.isFinal { try openBatch() }
+        if batch.count == InnerBlobWriter.batchChunks || f.isFinal { try submitBatch() }
     }
 
-    private func openBatch() throws {
-        guard !batch.isEmpty else { return }
+    private func submitBatch() throws {
+        guard !batch.isEmpty, let pipeline else { return }
         let frames = batch
-        batch.removeAll(keepingCapacity: true)
-        let results = AESKeyWrapLanes.unwrapPadded(frames.map(\.ciphertext), key: ebk!)
-        for (f, result) in zip(frames, results) { try openChunk(f, result) }
+        batch = []
+        try pipeline.submit(frames) { try self.deliver($0) }
     }
 
-    private func openChunk(_ f: ChunkFrame, _ unwrapped: Result<SecureBytes, CryptoError>) throws {
-        guard case .success(let plain) = unwrapped else {
-            throw ArchiveError(.chunkAuthenticationFailed, "chunk does not unwrap under the EBK", offset: f.offset, chunk: f.index)
+    private func deliver(_ opened: OpenedChunks) throws {
+        var pieces = opened.pieces
+        defer { for i in pieces.indices { wipe(&pieces[i]) } }
+        do {
+            for p in pieces {
+                try p.withUnsafeBytes { try payloadSink($0) }
+                payloadBytesOpened += UInt64(p.count)
+            }
+            if let e = opened.error { throw e }
+        } catch {
+            chunkFailed = true
+            throw error
         }
-        let expected = ChunkFormat.binding(headerDigest: headerDigest, index: f.index, final: f.isFinal)
-        let (bindingOK, data) = plain.withUnsafeBytes { p -> (Bool, [UInt8]) in
-            guard p.count > ChunkFormat.bindingByteCount else { return (false, []) }
-            return (constantTimeEqual(p.prefix(ChunkFormat.bindingByteCount), expected),
-                    Array(p[ChunkFormat.bindingByteCount...]))
+    }
+
+    /// Worker side: unwrap the batch in one multi-lane call, then per chunk, in order: the
+    /// binding, then the zstd frame (only data of an authenticated chunk is decoded).
+    private static func open(_ frames: [ChunkFrame], ebk: EphemeralBackupKey, headerDigest: [UInt8], payload: PayloadDescriptor,
+                             decompressor: ZstdDecompressor) -> OpenedChunks {
+        var out = OpenedChunks(pieces: [], error: nil)
+        let results = AESKeyWrapLanes.unwrapPadded(frames.map(\.ciphertext), key: ebk)
+        for (f, result) in zip(frames, results) {
+            guard case .success(let plain) = result else {
+                out.error = ArchiveError(.chunkAuthenticationFailed, "chunk does not unwrap under the EBK", offset: f.offset, chunk: f.index)
+                return out
+            }
+            let expected = ChunkFormat.binding(headerDigest: headerDigest, index: f.index, final: f.isFinal)
+            var piece = [UInt8](repeating: 0, count: payload.pieceBytes(chunk: f.index))
+            let error: ArchiveError? = plain.withUnsafeBytes { p in
+                guard p.count > ChunkFormat.bindingByteCount,
+                      constantTimeEqual(p.prefix(ChunkFormat.bindingByteCount), expected) else {
+                    return ArchiveError(.chunkBindingMismatch, "chunk is bound to another header, position or final flag",
+                                        offset: f.offset, chunk: f.index)
+                }
+                let data = UnsafeRawBufferPointer(rebasing: p[ChunkFormat.bindingByteCount...])
+                do {
+                    try decompressor.decompress(data, into: &piece)
+                } catch let e as PayloadCodecError {
+                    return ArchiveError(.payloadMalformed, "chunk data: \(e.reason)", offset: f.offset, chunk: f.index)
+                } catch {
+                    return ArchiveError(.payloadMalformed, "chunk data: \(error)", offset: f.offset, chunk: f.index)
+                }
+                return nil
+            }
+            if let error {
+                wipe(&piece)
+                out.error = error
+                return out
+            }
+            out.pieces.append(piece)
         }
-        guard bindingOK else {
-            throw ArchiveError(.chunkBindingMismatch, "chunk is bound to another header, position or final flag",
-                               offset: f.offset, chunk: f.index)
-        }
-        guard f.isFinal ? data.count <= chunkSize : data.count == chunkSize else {
-            throw ArchiveError(.malformedFrame, "chunk carries \(data.count) data bytes (chunk size \(chunkSize))", offset: f.offset, chunk: f.index)
-        }
-        do { try decompressor!.feed(data) } catch let e as PayloadCodecError {
-            throw ArchiveError(.payloadMalformed, e.reason, offset: f.offset, chunk: f.index)
-        }
+        return out
+    }
+}
+
+/// Full verification with the backup keys alone (no HSM): the opener feeding the streaming
+/// payload check, so every chunk, the tar, the manifest and every object digest are checked in
+/// bounded memory. (The HSM's own content rules need the HSM: `SimulatedHSM.beginRestore`.)
+public final class InnerBlobChecker {
+    private var opener: InnerBlobOpener!
+    private var payload: PayloadReader?
+
+    public init(keyring: BackupKeyring) {
+        opener = InnerBlobOpener(keyring: keyring, onHeader: { [unowned self] h in
+            self.payload = PayloadReader(descriptor: h.payload)
+        }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
+    }
+
+    public var header: InnerHeader? { opener.header }
+
+    public func feed(_ bytes: [UInt8]) throws { try opener.feed(bytes) }
+
+    /// Ends the input; returns the payload's object counts once everything checked.
+    public func finish() throws -> PayloadReader.Summary {
+        try opener.finish()
+        return try payload!.finish()
     }
 }
 
@@ -133,12 +223,15 @@ public enum InnerBlob {
         try InnerHeader.parse(prefix: prefix)
     }
 
-    /// Full verification: every check of the format, the tar and every object digest.
+    /// Full verification in memory: every check of the format, the tar and every object digest.
     public static func open(_ blob: [UInt8], keyring: BackupKeyring) throws -> (header: InnerHeader, bundle: PayloadBundle) {
-        let opener = InnerBlobOpener(keyring: keyring)
+        var tar: [UInt8] = []
+        let opener = InnerBlobOpener(keyring: keyring) { tar.append(contentsOf: $0) }
+        defer { wipe(&tar) }
         try opener.feed(blob)
-        let bundle = try opener.finishBundle()
-        return (opener.header!, bundle)
+        try opener.finish()
+        let header = opener.header!
+        return (header, try PayloadBundle.parse(tar: tar, descriptor: header.payload))
     }
 
     /// Seals a payload bundle into a blob in memory.
@@ -161,23 +254,15 @@ public enum InnerBlob {
         guard chunkSize >= InnerFormat.minimumChunkSize, chunkSize <= InnerFormat.maximumChunkSize else {
             throw ArchiveError(.invalidArgument, "chunk size \(chunkSize) outside the format's limits")
         }
-        let tar = try bundle.tarBytes()
-        let compressed: [UInt8]
-        do { compressed = try Zstd.compress(tar) } catch let e as PayloadCodecError {
-            throw ArchiveError(.payloadMalformed, e.reason)
-        }
+        var tar = try bundle.tarBytes()
+        defer { wipe(&tar) }
         let counts = bundle.counts
         let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: UInt64(tar.count),
                                            userCount: UInt32(counts.users), keyCount: UInt32(counts.keys),
                                            policyCount: UInt32(counts.policies))
         let writer = try InnerBlobWriter(metadata: metadata, backupId: backupId, createdAt: createdAt, payload: descriptor,
                                          pbk: try keyring.pbk(), ebk: ebk, sink: sink)
-        var at = 0
-        while at < compressed.count {
-            let end = min(at + (1 << 20), compressed.count)
-            try writer.write(Array(compressed[at..<end]))
-            at = end
-        }
+        try writer.write(tar)
         try writer.finish()
     }
 }

@@ -1,109 +1,216 @@
 import BackupCrypto
 import ByteCoding
+import PayloadCodec
 
-/// Streaming writer of an inner blob (spec 4.6, write ordering): the sealed header goes to the
-/// sink at once, then the chunks, in order, a batch at a time (a chunk is known to be non-final
-/// once the next one's first byte arrives); sizes are never needed in advance. Once failed it stays failed; the
-/// sink must discard what it got if `finish` does not return.
+/// Streaming writer of an inner blob (spec 4.5, 4.6): the sealed header goes to the sink at once;
+/// the payload is then cut into chunk-size pieces, and each piece is compressed into its own zstd
+/// frame, bound to its position and KWP-wrapped under the EBK on the worker threads of an
+/// `OrderedPipeline` (16 chunks per multi-lane KWP call). Frames reach the sink in order, on the
+/// caller's thread. Memory: a few batches of chunks, whatever the payload's size.
+///
+/// The payload size is declared up front (it is in the header), so the last chunk is known
+/// without holding anything back. Once failed it stays failed; the sink must discard what it
+/// got if `finish` does not return. Payload pieces are wiped once wrapped.
 public final class InnerBlobWriter {
     public let header: InnerHeader
     private let ebk: EphemeralBackupKey
     private let headerDigest: [UInt8]
-    private let chunkSize: Int
+    private let payload: PayloadDescriptor
     private let sink: ([UInt8]) throws -> Void
-    private var pending: [UInt8] = []
-    /// Chunk plaintexts (binding ‖ data) waiting to be wrapped together (`batchChunks` at a time,
-    /// one multi-lane KWP call; see AESKeyWrapLanes).
+    private var piece: [UInt8] = []
     private var batch: [[UInt8]] = []
-    private var batchFinal = false
-    private var index = 0
+    /// Chunks handed to the pipeline, and chunks whose frames reached the sink.
+    private var submittedChunks = 0
+    private var nextChunk = 0
+    private var received: UInt64 = 0
+    private var rawChunks = false
     private var state = State.open
+    private let pipeline: OrderedPipeline<WrapJob, Result<WrappedFrames, ArchiveError>>
     public private(set) var bytesWritten = 0
 
     private enum State { case open, finished, failed }
 
-    /// Chunks wrapped per call: 16 × 64 KiB of working state stays in a core's L2 cache.
+    /// Chunks wrapped per call: 16 × 64 KiB of working state stays in a core's L2 cache, and 16
+    /// lanes keep AES-NI's pipeline full (see AESKeyWrapLanes).
     public static let batchChunks = 16
+
+    struct WrapJob {
+        var firstIndex: Int
+        var pieces: [[UInt8]]
+        var compressed: Bool
+    }
+
+    struct WrappedFrames {
+        var bytes: [UInt8]
+        var count: Int
+    }
 
     /// Wraps the EBK under the PBK, builds and seals the header, and writes it to `sink`.
     public init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
-                pbk: PersistentBackupKey, ebk: EphemeralBackupKey, sink: @escaping ([UInt8]) throws -> Void) throws {
+                pbk: PersistentBackupKey, ebk: EphemeralBackupKey, workers: Int? = nil,
+                sink: @escaping ([UInt8]) throws -> Void) throws {
         let fingerprint = try KeyHierarchy.fingerprint(of: pbk, manufacturerId: metadata.manufacturerId)
         let wrapped = try AESKeyWrap.wrap(key: ebk, under: pbk)
         header = try InnerHeader.make(metadata: metadata, backupId: backupId, createdAt: createdAt,
                                       pbkFingerprint: fingerprint, wrappedEBK: wrapped, payload: payload, ebk: ebk)
         self.ebk = ebk
         self.headerDigest = header.digest
-        self.chunkSize = Int(payload.chunkSize)
+        self.payload = payload
         self.sink = sink
+        let n = workers ?? OrderedPipeline<WrapJob, Result<WrappedFrames, ArchiveError>>.defaultWorkers
+        let compressors = try (0..<n).map { _ in try ZstdCompressor() }
+        let digest = header.digest
+        let last = payload.chunkCount - 1
+        pipeline = OrderedPipeline(workers: n, discardInput: { job in for i in job.pieces.indices { wipe(&job.pieces[i]) } },
+                                   work: { job, worker in
+            Self.wrap(job, compressor: compressors[worker], ebk: ebk, headerDigest: digest, lastIndex: last)
+        })
         try emit(header.encoded)
     }
 
-    /// Appends compressed payload bytes.
-    public func write(_ bytes: [UInt8]) throws {
+    deinit { pipeline.shutdown() }
+
+    /// Appends payload bytes (the uncompressed tar); in all, exactly the declared payload size.
+    public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
         try guardOpen()
-        pending.append(contentsOf: bytes)
+        guard !rawChunks else { throw fail(ArchiveError(.invalidArgument, "payload bytes after raw chunk data")) }
+        guard received + UInt64(bytes.count) <= payload.payloadBytes else {
+            throw fail(ArchiveError(.invalidArgument, "more than the declared \(payload.payloadBytes) payload bytes"))
+        }
+        received += UInt64(bytes.count)
+        var at = 0
         do {
-            var used = 0
-            while pending.count - used > chunkSize {
-                try emitChunk(pending[used..<(used + chunkSize)], final: false)
-                used += chunkSize
+            while at < bytes.count {
+                let pieceBytes = payload.pieceBytes(chunk: submittedChunks + batch.count)
+                let want = pieceBytes - piece.count
+                let take = min(want, bytes.count - at)
+                if piece.isEmpty { piece.reserveCapacity(pieceBytes) }
+                piece.append(contentsOf: bytes[at..<(at + take)])
+                at += take
+                if take == want {
+                    batch.append(piece)
+                    piece = []
+                    if batch.count == Self.batchChunks { try submitBatch() }
+                }
             }
-            if used > 0 { pending.removeFirst(used) }
-        } catch { state = .failed; throw error }
+        } catch { throw fail(error) }
     }
 
-    /// Writes the final chunk (1...chunkSize bytes; at least one byte must have been written).
+    /// Writes the chunks still pending; the payload must be complete.
     public func finish() throws {
         try guardOpen()
-        guard !pending.isEmpty else {
-            state = .failed
-            throw ArchiveError(.invalidArgument, "an inner blob carries at least one payload byte")
-        }
         do {
-            try emitChunk(pending[...], final: true)
-            try flushBatch()
-        } catch { state = .failed; throw error }
-        pending = []
+            if !rawChunks {
+                guard received == payload.payloadBytes else {
+                    throw ArchiveError(.invalidArgument, "\(received) payload bytes written, \(payload.payloadBytes) declared")
+                }
+                try submitBatch()
+                try pipeline.drain { try self.emitFrames($0) }
+            }
+            guard nextChunk == payload.chunkCount else {
+                throw ArchiveError(.invalidArgument, "\(nextChunk) chunks written, the sizes give \(payload.chunkCount)")
+            }
+        } catch { throw fail(error) }
+        pipeline.shutdown()
         state = .finished
+    }
+
+    /// Writes one chunk whose data is given as is, not compressed by the writer: for tests that
+    /// need an authenticated chunk with arbitrary (hostile) data. Not for producing backups.
+    @_spi(Testing)
+    public func writeChunkData(_ data: [UInt8]) throws {
+        try guardOpen()
+        guard received == 0, submittedChunks < payload.chunkCount else {
+            throw fail(ArchiveError(.invalidArgument, "raw chunk data mixed with payload bytes, or too many chunks"))
+        }
+        rawChunks = true
+        let job = WrapJob(firstIndex: submittedChunks, pieces: [data], compressed: true)
+        submittedChunks += 1
+        do {
+            try emitFrames(Self.wrap(job, compressor: nil, ebk: ebk, headerDigest: headerDigest,
+                                     lastIndex: payload.chunkCount - 1))
+        } catch { throw fail(error) }
     }
 
     private func guardOpen() throws {
         guard state == .open else { throw ArchiveError(.writerFailed, "the writer has already \(state == .finished ? "finished" : "failed")") }
     }
 
-    private func emitChunk(_ data: ArraySlice<UInt8>, final: Bool) throws {
-        guard index + batch.count < InnerFormat.maximumChunks else {
-            throw ArchiveError(.limitExceeded, "more than \(InnerFormat.maximumChunks) chunks", chunk: index + batch.count)
-        }
-        var plaintext = ChunkFormat.binding(headerDigest: headerDigest, index: index + batch.count, final: final)
-        plaintext.append(contentsOf: data)
-        batch.append(plaintext)
-        batchFinal = final
-        if batch.count == Self.batchChunks { try flushBatch() }
+    private func fail(_ error: Error) -> Error {
+        state = .failed
+        pipeline.shutdown()
+        wipe(&piece)
+        for i in batch.indices { wipe(&batch[i]) }
+        batch = []
+        return error
     }
 
-    /// Wraps the waiting chunks in one multi-lane KWP call and writes their frames in order.
-    private func flushBatch() throws {
+    private func submitBatch() throws {
         guard !batch.isEmpty else { return }
-        defer {
-            for i in batch.indices { wipe(&batch[i]) }
-            batch.removeAll(keepingCapacity: true)
-        }
-        let ciphertexts = try AESKeyWrapLanes.wrapPadded(batch, key: ebk)
-        for (i, ciphertext) in ciphertexts.enumerated() {
-            let final = batchFinal && i == ciphertexts.count - 1
-            var w = ByteWriter(capacity: ChunkFormat.frameHeaderByteCount + ciphertext.count)
-            w.writeUInt8(final ? ChunkFormat.typeFinal : ChunkFormat.typeChunk)
-            w.writeUInt32(UInt32(ciphertext.count))
-            w.writeBytes(ciphertext)
-            try emit(w.bytes)
-            index += 1
+        let job = WrapJob(firstIndex: submittedChunks, pieces: batch, compressed: false)
+        submittedChunks += batch.count
+        batch = []
+        try pipeline.submit(job) { try self.emitFrames($0) }
+    }
+
+    private func emitFrames(_ result: Result<WrappedFrames, ArchiveError>) throws {
+        switch result {
+        case .failure(let e): throw e
+        case .success(let frames):
+            try emit(frames.bytes)
+            nextChunk += frames.count
         }
     }
 
     private func emit(_ bytes: [UInt8]) throws {
         do { try sink(bytes) } catch { state = .failed; throw error }
         bytesWritten += bytes.count
+    }
+
+    /// Worker side: compress each piece into one zstd frame, prefix its binding, wrap the batch
+    /// in one multi-lane KWP call, and frame the ciphertexts. Plaintext is wiped before return.
+    private static func wrap(_ job: WrapJob, compressor: ZstdCompressor?, ebk: EphemeralBackupKey, headerDigest: [UInt8],
+                             lastIndex: Int) -> Result<WrappedFrames, ArchiveError> {
+        var plaintexts: [[UInt8]] = []
+        plaintexts.reserveCapacity(job.pieces.count)
+        var pieces = job.pieces
+        defer {
+            for i in pieces.indices { wipe(&pieces[i]) }
+            for i in plaintexts.indices { wipe(&plaintexts[i]) }
+        }
+        do {
+            for (k, p) in pieces.enumerated() {
+                let index = job.firstIndex + k
+                guard index < InnerFormat.maximumChunks else {
+                    throw ArchiveError(.limitExceeded, "more than \(InnerFormat.maximumChunks) chunks", chunk: index)
+                }
+                var plaintext = ChunkFormat.binding(headerDigest: headerDigest, index: index, final: index == lastIndex)
+                if job.compressed {
+                    plaintext.append(contentsOf: p)
+                } else {
+                    var frame: [UInt8]
+                    do { frame = try compressor!.compress(p[...]) } catch let e as PayloadCodecError {
+                        throw ArchiveError(.writerFailed, e.reason, chunk: index)
+                    }
+                    plaintext.append(contentsOf: frame)
+                    wipe(&frame)
+                }
+                plaintexts.append(plaintext)
+            }
+            let ciphertexts = try AESKeyWrapLanes.wrapPadded(plaintexts, key: ebk)
+            var w = ByteWriter(capacity: ciphertexts.reduce(0) { $0 + $1.count + ChunkFormat.frameHeaderByteCount })
+            for (k, c) in ciphertexts.enumerated() {
+                w.writeUInt8(job.firstIndex + k == lastIndex ? ChunkFormat.typeFinal : ChunkFormat.typeChunk)
+                w.writeUInt32(UInt32(c.count))
+                w.writeBytes(c)
+            }
+            return .success(WrappedFrames(bytes: w.bytes, count: ciphertexts.count))
+        } catch let e as ArchiveError {
+            return .failure(e)
+        } catch {
+            return .failure(ArchiveError(.writerFailed, "chunk wrap failed: \(error)", chunk: job.firstIndex))
+        }
     }
 }

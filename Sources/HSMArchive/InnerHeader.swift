@@ -9,7 +9,7 @@ import ByteCoding
 //   metadata = 6 x str16 (manufacturer id, model, firmware version, serial, HSM id, cluster id)
 //   pbkDescriptor     = kdf(u8 = 1) fingerprint(32)
 //   ebkDescriptor     = wrap(u8 = 1) wrappedEBK(40)
-//   payloadDescriptor = cipher(u8 = 1) compression(u8 = 1) format(u8 = 1) chunkSize(u32)
+//   payloadDescriptor = cipher(u8 = 1) compression(u8 = 2) format(u8 = 1) chunkSize(u32)
 //                       payloadBytes(u64) users(u32) keys(u32) policies(u32)
 //   seal     = HMAC-SHA256(K_seal, prelude || body)   (32 bytes)
 
@@ -35,7 +35,9 @@ public struct ManufacturerMetadata: Sendable, Equatable, Codable {
 /// What the chunks carry and how (spec 4.3, payload descriptor).
 public struct PayloadDescriptor: Sendable, Equatable, Codable {
     public static let cipherKWPAES256: UInt8 = 1
-    public static let compressionZstd: UInt8 = 1
+    /// zstd, one frame per chunk (spec 4.5, 4.7). Value 1 (one frame for the whole payload)
+    /// belonged to the pre-release major version 1 and is refused.
+    public static let compressionZstdPerChunk: UInt8 = 2
     public static let formatPaxTarV1: UInt8 = 1
 
     public var cipher: UInt8
@@ -51,7 +53,7 @@ public struct PayloadDescriptor: Sendable, Equatable, Codable {
     public init(chunkSize: UInt32 = UInt32(InnerFormat.defaultChunkSize), payloadBytes: UInt64,
                 userCount: UInt32, keyCount: UInt32, policyCount: UInt32) {
         cipher = Self.cipherKWPAES256
-        compression = Self.compressionZstd
+        compression = Self.compressionZstdPerChunk
         format = Self.formatPaxTarV1
         self.chunkSize = chunkSize
         self.payloadBytes = payloadBytes
@@ -59,12 +61,24 @@ public struct PayloadDescriptor: Sendable, Equatable, Codable {
         self.keyCount = keyCount
         self.policyCount = policyCount
     }
+
+    /// Chunks in the blob: the payload cut into `chunkSize` pieces, the last one shorter or equal.
+    public var chunkCount: Int {
+        let c = Int(chunkSize)
+        return (Int(payloadBytes) + c - 1) / c
+    }
+
+    /// Payload bytes chunk `index` carries: `chunkSize`, except the last chunk's remainder.
+    public func pieceBytes(chunk index: Int) -> Int {
+        let c = Int(chunkSize)
+        return index == chunkCount - 1 ? Int(payloadBytes) - c * index : c
+    }
 }
 
 /// Constants and named limits of the inner format (spec 4.3 and 4.8).
 public enum InnerFormat {
     public static let magic: [UInt8] = Array("HSMBINNR".utf8)
-    public static let versionMajor: UInt8 = 1
+    public static let versionMajor: UInt8 = 2
     public static let versionMinor: UInt8 = 0
     public static let preludeByteCount = 14
     public static let sealByteCount = 32
@@ -183,7 +197,7 @@ public struct InnerHeader: Sendable, Equatable {
             let cipher = try b.readUInt8("payload cipher")
             let compression = try b.readUInt8("payload compression")
             let format = try b.readUInt8("payload format")
-            guard cipher == PayloadDescriptor.cipherKWPAES256, compression == PayloadDescriptor.compressionZstd,
+            guard cipher == PayloadDescriptor.cipherKWPAES256, compression == PayloadDescriptor.compressionZstdPerChunk,
                   format == PayloadDescriptor.formatPaxTarV1 else {
                 throw ArchiveError(.malformedHeader, "unknown payload cipher/compression/format \(cipher)/\(compression)/\(format)",
                                    offset: algAt, field: "payload algorithms")
@@ -196,6 +210,9 @@ public struct InnerHeader: Sendable, Equatable {
             }
             let sizeAt = b.offset
             let payloadBytes = try b.readUInt64("payload size")
+            guard payloadBytes >= 1 else {
+                throw ArchiveError(.malformedHeader, "payload size 0: a payload is at least one byte", offset: sizeAt, field: "payload size")
+            }
             guard payloadBytes <= InnerFormat.maximumPayloadBytes else {
                 throw ArchiveError(.limitExceeded, "payload size \(payloadBytes) exceeds \(InnerFormat.maximumPayloadBytes)",
                                    offset: sizeAt, field: "payload size")
@@ -216,7 +233,7 @@ public struct InnerHeader: Sendable, Equatable {
         } catch let e as ByteCodingError { throw ArchiveError.header(e) }
     }
 
-    /// Builds and seals a version-1.0 header.
+    /// Builds and seals a version-2.0 header.
     public static func make(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64,
                             pbkFingerprint: [UInt8], wrappedEBK: [UInt8], payload: PayloadDescriptor,
                             ebk: EphemeralBackupKey) throws -> InnerHeader {
@@ -225,7 +242,7 @@ public struct InnerHeader: Sendable, Equatable {
             throw ArchiveError(.invalidArgument, "backup id, fingerprint or wrapped EBK has the wrong length")
         }
         guard payload.chunkSize >= InnerFormat.minimumChunkSize, payload.chunkSize <= InnerFormat.maximumChunkSize,
-              payload.payloadBytes <= InnerFormat.maximumPayloadBytes,
+              payload.payloadBytes >= 1, payload.payloadBytes <= InnerFormat.maximumPayloadBytes,
               max(payload.userCount, payload.keyCount, payload.policyCount) <= InnerFormat.maximumObjectsPerKind else {
             throw ArchiveError(.invalidArgument, "payload descriptor outside the format's limits")
         }

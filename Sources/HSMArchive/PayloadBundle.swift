@@ -101,50 +101,16 @@ public struct PayloadBundle: Sendable, Equatable {
         }
     }
 
-    /// Parses and checks a payload tar against the header's descriptor: manifest first and
-    /// canonical, tar entries exactly the manifest's list in order, every size and SHA-256, and
-    /// the object counts.
+    /// Parses and checks a whole payload tar against the header's descriptor (through the
+    /// streaming `PayloadReader`): manifest first and canonical, tar entries exactly the
+    /// manifest's list in order, every size and SHA-256, and the object counts.
     public static func parse(tar: [UInt8], descriptor: PayloadDescriptor) throws -> PayloadBundle {
-        let entries: [TarEntry]
-        do { entries = try PaxTar.read(tar, limits: Self.tarLimits) } catch let e as PayloadCodecError {
-            throw ArchiveError(.tarMalformed, e.reason, offset: e.offset, field: e.entryPath)
-        }
-        guard let first = entries.first, first.path == PayloadManifest.path else {
-            throw ArchiveError(.manifestMalformed, "the first tar entry must be \(PayloadManifest.path)", field: PayloadManifest.path)
-        }
-        let manifest: PayloadManifest
-        do { manifest = try JSONDecoder().decode(PayloadManifest.self, from: Data(first.contents)) } catch {
-            throw ArchiveError(.manifestMalformed, "the manifest is not valid JSON of the expected shape", field: PayloadManifest.path)
-        }
-        guard manifest.format == PayloadManifest.formatName, manifest.version == 1,
-              try manifest.canonicalBytes() == first.contents else {
-            throw ArchiveError(.manifestMalformed, "the manifest is not a canonical version-1 manifest", field: PayloadManifest.path)
-        }
-        let objects = entries.dropFirst()
-        guard objects.count == manifest.objects.count else {
-            throw ArchiveError(.manifestMalformed, "the manifest lists \(manifest.objects.count) objects, the tar holds \(objects.count)")
-        }
-        var out: [PayloadObject] = []
-        out.reserveCapacity(objects.count)
-        for (record, entry) in zip(manifest.objects, objects) {
-            guard record.path == entry.path else {
-                throw ArchiveError(.manifestMalformed, "tar entry \(entry.path) where the manifest lists \(record.path)", field: entry.path)
-            }
-            guard record.size == entry.contents.count,
-                  constantTimeEqual(Array(record.sha256.utf8), Array(Hex.encode(SHA256Hasher.hash(entry.contents)).utf8)) else {
-                throw ArchiveError(.objectDigestMismatch, "object size or SHA-256 differs from the manifest", field: entry.path)
-            }
-            out.append(PayloadObject(kind: record.kind, path: record.path, contents: entry.contents))
-        }
-        let bundle: PayloadBundle
-        do { bundle = try PayloadBundle(objects: out) } catch let e as ArchiveError {
+        var objects: [PayloadObject] = []
+        let reader = PayloadReader(descriptor: descriptor) { objects.append($0) }
+        try reader.feed(tar)
+        _ = try reader.finish()
+        do { return try PayloadBundle(objects: objects) } catch let e as ArchiveError {
             throw ArchiveError(.manifestMalformed, e.reason, field: e.field)
         }
-        let c = bundle.counts
-        guard c.policies == Int(descriptor.policyCount), c.users == Int(descriptor.userCount), c.keys == Int(descriptor.keyCount) else {
-            throw ArchiveError(.objectCountMismatch,
-                               "header counts \(descriptor.policyCount)/\(descriptor.userCount)/\(descriptor.keyCount) (policies/users/keys), payload \(c.policies)/\(c.users)/\(c.keys)")
-        }
-        return bundle
     }
 }

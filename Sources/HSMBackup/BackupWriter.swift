@@ -9,7 +9,7 @@ public struct ArchiveOptions: Sendable {
     public var signed = false
     /// Envelope frame length (plaintext bytes per frame).
     public var frameLength: UInt32 = 64 * 1024
-    /// Inner chunk size (compressed payload bytes per KWP chunk).
+    /// Inner chunk size: payload (tar) bytes per chunk, each compressed and KWP-wrapped on its own.
     public var chunkSize = InnerFormat.defaultChunkSize
     /// Extra encryption-context pairs of the caller (not under the reserved `hsmbackup.` prefix).
     public var context: EncryptionContext = .empty

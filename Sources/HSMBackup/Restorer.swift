@@ -18,7 +18,7 @@ public enum Restorer {
             throw HSMBackupError(.incompatibleHSM,
                                  "the archive is from manufacturer \"\(metadata.manufacturer)\"; this HSM is \"\(hsm.identity.manufacturerId)\": restore refused, nothing changed")
         }
-        let session = try hsm.beginRestore()
+        let session = try hsm.beginRestore(dryRun: dryRun)
         var metadataChecked = false
         var done: UInt64 = 0
         while let piece = try decryptor.nextChunk() {
@@ -30,6 +30,6 @@ public enum Restorer {
             done += UInt64(piece.count)
             progress?(done)
         }
-        return try session.finish(dryRun: dryRun)
+        return try session.finish()
     }
 }

@@ -92,9 +92,9 @@ public enum Verifier {
         if level == .full {
             do {
                 if let hsm = keys.hsm {
-                    full = .hsm(try hsm.beginRestore())
+                    full = .hsm(try hsm.beginRestore(dryRun: true))
                 } else if let keyring = keys.backupKeyring {
-                    full = .keys(InnerBlobOpener(keyring: keyring))
+                    full = .keys(InnerBlobChecker(keyring: keyring))
                 }
             } catch {
                 report.findings.append(finding(error, layer: .inner))
@@ -164,7 +164,7 @@ public enum Verifier {
     /// The level-3 check: inside an HSM (dry-run restore) or with the backup keys.
     enum FullCheck {
         case hsm(RestoreSession)
-        case keys(InnerBlobOpener)
+        case keys(InnerBlobChecker)
 
         func feed(_ bytes: [UInt8]) throws {
             switch self {
@@ -177,10 +177,11 @@ public enum Verifier {
         func finish() throws -> Int {
             switch self {
             case .hsm(let s):
-                let r = try s.finish(dryRun: true)
+                let r = try s.finish()
                 return r.users + r.keys + r.policies
             case .keys(let o):
-                return try o.finishBundle().objects.count
+                let r = try o.finish()
+                return r.users + r.keys + r.policies
             }
         }
     }

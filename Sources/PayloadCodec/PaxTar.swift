@@ -1,6 +1,7 @@
 import CArchive
 
-/// POSIX pax tar (IEEE 1003.1-2001 "pax interchange format") over memory, through libarchive.
+/// POSIX pax tar (IEEE 1003.1-2001 "pax interchange format"): written through libarchive, read
+/// by `PaxTarReader`.
 /// Spec: spec/FORMAT.md section 4.7 (payload). Only regular files with relative, normalized
 /// UTF-8 paths are written or accepted; every other entry type is refused.
 public struct TarEntry: Sendable, Equatable {
@@ -57,6 +58,8 @@ public enum PaxTar {
         }
         try check(archive_write_set_format_pax(a), "set_format_pax")
         try check(archive_write_add_filter_none(a), "add_filter_none")
+        // End right after the two end-of-archive blocks: no padding to a 10 KiB record.
+        try check(archive_write_set_bytes_in_last_block(a, 1), "set_bytes_in_last_block")
         let ctx = Unmanaged.passUnretained(sink).toOpaque()
         try check(archive_write_open2(a, ctx, nil, { _, ctx, buf, n in
             guard let ctx, let buf else { return -1 }
@@ -89,79 +92,13 @@ public enum PaxTar {
         return sink.bytes
     }
 
-    /// Reads a pax/ustar tar from memory. Refuses unsafe paths, duplicates, non-regular entries,
-    /// entries over the limits, and data longer than an entry declared.
+    /// Reads a whole tar from memory through `PaxTarReader` (the one reader; see its grammar).
     public static func read(_ bytes: [UInt8], limits: TarLimits = TarLimits()) throws -> [TarEntry] {
-        PayloadLocale.ensure()
-        guard let a = archive_read_new() else { throw PayloadCodecError(.malformedTar, "archive_read_new failed") }
-        defer { archive_read_free(a) }
-        guard archive_read_support_format_tar(a) == ARCHIVE_OK else {
-            throw PayloadCodecError(.malformedTar, "support_format_tar: \(errorString(a))")
-        }
-        return try bytes.withUnsafeBytes { raw -> [TarEntry] in
-            // libarchive rejects a NULL buffer even for size 0; an empty input is not a tar.
-            guard raw.count > 0 else { throw PayloadCodecError(.malformedTar, "empty input", offset: 0) }
-            guard archive_read_open_memory(a, raw.baseAddress, raw.count) == ARCHIVE_OK else {
-                throw PayloadCodecError(.malformedTar, "open: \(errorString(a))", offset: 0)
-            }
-            var out: [TarEntry] = []
-            var seen = Set<String>()
-            var entry: OpaquePointer? = nil
-            var index = 0
-            while true {
-                let r = archive_read_next_header(a, &entry)
-                if r == ARCHIVE_EOF { break }
-                guard r == ARCHIVE_OK, let entry else {
-                    throw PayloadCodecError(.malformedTar, "header: \(errorString(a))", entryIndex: index,
-                                            offset: Int(archive_read_header_position(a)))
-                }
-                guard index < limits.maximumEntries else {
-                    throw PayloadCodecError(.tooManyEntries, "more than \(limits.maximumEntries) entries", entryIndex: index)
-                }
-                guard let cpath = archive_entry_pathname_utf8(entry) else {
-                    throw PayloadCodecError(.unsafePath, "path is not valid UTF-8", entryIndex: index)
-                }
-                let path = String(cString: cpath)
-                try checkPath(path, index: index, limits: limits)
-                guard archive_entry_filetype(entry) == hsmb_ae_ifreg(),
-                      archive_entry_hardlink(entry) == nil, archive_entry_symlink(entry) == nil else {
-                    throw PayloadCodecError(.unsupportedEntryType, "only regular files are allowed", entryIndex: index, entryPath: path)
-                }
-                guard seen.insert(path).inserted else {
-                    throw PayloadCodecError(.duplicatePath, "path appears twice", entryIndex: index, entryPath: path)
-                }
-                guard archive_entry_size_is_set(entry) != 0 else {
-                    throw PayloadCodecError(.malformedTar, "entry has no size", entryIndex: index, entryPath: path)
-                }
-                let declared = Int(archive_entry_size(entry))
-                guard declared >= 0, declared <= limits.maximumEntryBytes else {
-                    throw PayloadCodecError(.entryTooLarge, "\(declared) bytes exceed the limit of \(limits.maximumEntryBytes)",
-                                            entryIndex: index, entryPath: path)
-                }
-                var data = [UInt8]()
-                data.reserveCapacity(declared)
-                var buffer = [UInt8](repeating: 0, count: 1 << 16)
-                while true {
-                    let n = buffer.withUnsafeMutableBytes { archive_read_data(a, $0.baseAddress, $0.count) }
-                    if n == 0 { break }
-                    guard n > 0 else {
-                        throw PayloadCodecError(.malformedTar, "data: \(errorString(a))", entryIndex: index, entryPath: path)
-                    }
-                    guard data.count + n <= declared else {
-                        throw PayloadCodecError(.entryTooLarge, "more data than the \(declared) bytes declared",
-                                                entryIndex: index, entryPath: path)
-                    }
-                    data.append(contentsOf: buffer[0..<n])
-                }
-                guard data.count == declared else {
-                    throw PayloadCodecError(.malformedTar, "\(data.count) bytes of data, \(declared) declared",
-                                            entryIndex: index, entryPath: path)
-                }
-                out.append(TarEntry(path: path, contents: data))
-                index += 1
-            }
-            return out
-        }
+        let collector = EntryCollector()
+        let reader = PaxTarReader(limits: limits, visitor: collector)
+        try reader.feed(bytes)
+        try reader.finish()
+        return collector.entries
     }
 
     /// A safe member path: relative, UTF-8, components neither empty nor `.` nor `..`, no NUL,
@@ -189,6 +126,23 @@ public enum PaxTar {
 
 final class MemorySink {
     var bytes: [UInt8] = []
+}
+
+/// Keeps every entry whole (for small tars: tests, tools).
+final class EntryCollector: TarVisitor {
+    var entries: [TarEntry] = []
+    private var path = ""
+    private var data: [UInt8] = []
+
+    func beginEntry(index: Int, path: String, size: Int, offset: Int) throws {
+        self.path = path
+        data = []
+        data.reserveCapacity(size)
+    }
+
+    func entryData(_ bytes: UnsafeRawBufferPointer) throws { data.append(contentsOf: bytes) }
+
+    func endEntry() throws { entries.append(TarEntry(path: path, contents: data)) }
 }
 
 /// libarchive's pax writer converts names through the C locale: it needs a UTF-8 LC_CTYPE, set

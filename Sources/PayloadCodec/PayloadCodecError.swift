@@ -8,7 +8,7 @@ public struct PayloadCodecError: Error, Equatable, CustomStringConvertible, Send
         case unsupportedEntryType  // anything but a regular file (links, devices, dirs, fifos)
         case entryTooLarge         // an entry larger than the limit, or than it declared
         case tooManyEntries        // more entries than the limit
-        case malformedTar          // libarchive could not parse the tar
+        case malformedTar          // the tar breaks the grammar of PaxTarReader
         case tarWriteFailed        // libarchive failed while writing
         case compressFailed        // zstd failed while compressing
         case malformedCompressed   // zstd could not decode the input (corrupt, not zstd)

@@ -1,18 +1,50 @@
 import CZstd
 
-/// zstd (RFC 8878), one frame per payload. Compression is one-shot; decompression streams and
-/// never produces more than the size the caller declares (a zstd bomb is refused, not inflated).
+// Implements the compression rules of spec/FORMAT.md section 4.7: every chunk's data is one
+// standard zstd frame (RFC 8878, magic 28 B5 2F FD) that declares its content size, and that
+// size is exactly the chunk's share of the payload. Each frame is compressed and decompressed in
+// one call (no streaming state crosses a chunk), so chunks are independent and any core can
+// process any chunk.
+
 public enum Zstd {
     public static let defaultLevel: Int32 = 3
-    /// The decoder's window is bounded so a hostile frame cannot demand a huge window buffer.
-    public static let maximumWindowLog: Int32 = 27
+    public static let frameMagic: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD]
 
+    /// The most bytes a frame may have for `n` bytes of content: `n + n/256 + 64`, the spec's
+    /// bound (section 4.5). It is never below libzstd's own worst case (ZSTD_compressBound).
+    public static func maximumFrameBytes(contentBytes n: Int) -> Int { n + n / 256 + 64 }
+
+    /// One frame, content size declared. (A convenience over `ZstdCompressor`.)
     public static func compress(_ input: [UInt8], level: Int32 = defaultLevel) throws -> [UInt8] {
+        try ZstdCompressor(level: level).compress(input[...])
+    }
+
+    /// Decodes one whole frame that MUST declare and expand to exactly `exactSize` bytes.
+    public static func decompress(_ frame: [UInt8], exactSize: Int) throws -> [UInt8] {
+        try ZstdDecompressor().decompress(frame[...], exactSize: exactSize)
+    }
+}
+
+/// A compression context, reused across frames (one per thread; not thread-safe).
+public final class ZstdCompressor {
+    private let cctx: OpaquePointer
+    public let level: Int32
+
+    public init(level: Int32 = Zstd.defaultLevel) throws {
+        guard let c = ZSTD_createCCtx() else { throw PayloadCodecError(.compressFailed, "ZSTD_createCCtx failed") }
+        cctx = c
+        self.level = level
+    }
+
+    deinit { ZSTD_freeCCtx(cctx) }
+
+    /// One zstd frame with the content size in its header (ZSTD_compressCCtx always writes it).
+    public func compress(_ input: ArraySlice<UInt8>) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
         var out = [UInt8](repeating: 0, count: bound)
         let n = input.withUnsafeBytes { i in
             out.withUnsafeMutableBytes { o in
-                ZSTD_compress(o.baseAddress, o.count, i.baseAddress, i.count, level)
+                ZSTD_compressCCtx(cctx, o.baseAddress, o.count, i.baseAddress, i.count, level)
             }
         }
         guard ZSTD_isError(n) == 0 else {
@@ -21,109 +53,69 @@ public enum Zstd {
         out.removeLast(out.count - n)
         return out
     }
-
-    /// Decompresses one whole frame that MUST expand to exactly `expectedSize` bytes.
-    public static func decompress(_ input: [UInt8], expectedSize: Int) throws -> [UInt8] {
-        let d = try BoundedDecompressor(expectedSize: expectedSize)
-        try d.feed(input)
-        return try d.finish()
-    }
 }
 
-/// Streaming zstd decoder with a hard output limit: feed compressed bytes as they authenticate,
-/// then `finish` checks the frame ended, nothing followed it, and the size is exact. Once it has
-/// failed it stays failed.
-public final class BoundedDecompressor {
-    public let expectedSize: Int
+/// A decompression context, reused across frames (one per thread; not thread-safe). It accepts
+/// exactly one standard frame that declares `exactSize` bytes of content and holds them; output
+/// never exceeds `exactSize` (a zstd bomb is refused, not inflated).
+public final class ZstdDecompressor {
     private let dctx: OpaquePointer
-    private var output: [UInt8] = []
-    private var frameEnded = false
-    private var consumed = 0
-    private var failed: PayloadCodecError?
-    /// The first input bytes (up to a frame header's maximum), to check the frame's declared
-    /// content size once it ends: libzstd's streaming decoder does not always check it itself
-    /// (fed byte by byte, a frame declaring 5 bytes with an empty last block ends cleanly).
-    private var frameHeader: [UInt8] = []
-    private static let frameHeaderMaximumBytes = 18
 
-    public init(expectedSize: Int) throws {
-        precondition(expectedSize >= 0)
+    public init() throws {
         guard let d = ZSTD_createDCtx() else { throw PayloadCodecError(.malformedCompressed, "ZSTD_createDCtx failed") }
         dctx = d
-        _ = ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, Zstd.maximumWindowLog)
-        self.expectedSize = expectedSize
-        output.reserveCapacity(min(expectedSize, 1 << 24))
     }
 
     deinit { ZSTD_freeDCtx(dctx) }
 
-    public var producedBytes: Int { output.count }
-
-    public func feed(_ input: [UInt8]) throws {
-        if let failed { throw failed }
-        do { try feedUnchecked(input) } catch let e as PayloadCodecError { failed = e; throw e }
-    }
-
-    private func feedUnchecked(_ input: [UInt8]) throws {
-        guard !input.isEmpty else { return }
-        if frameEnded {
-            throw PayloadCodecError(.trailingCompressed, "bytes after the end of the zstd frame", offset: consumed)
-        }
-        if frameHeader.count < Self.frameHeaderMaximumBytes {
-            frameHeader += input.prefix(Self.frameHeaderMaximumBytes - frameHeader.count)
-            // Only a current zstd frame: legacy (v0.x) frames decode differently streamed and whole.
-            if frameHeader.count >= 4, frameHeader.prefix(4) != [0x28, 0xb5, 0x2f, 0xfd] {
-                throw PayloadCodecError(.malformedCompressed, "not a zstd frame (magic)", offset: 0)
-            }
-        }
-        var scratch = [UInt8](repeating: 0, count: 1 << 16)
-        try input.withUnsafeBytes { i in
-            var inBuf = ZSTD_inBuffer(src: i.baseAddress, size: i.count, pos: 0)
-            while inBuf.pos < inBuf.size || !frameEnded {
-                let before = inBuf.pos
-                let (ret, produced) = scratch.withUnsafeMutableBytes { o -> (Int, Int) in
-                    var outBuf = ZSTD_outBuffer(dst: o.baseAddress, size: o.count, pos: 0)
-                    let r = ZSTD_decompressStream(dctx, &outBuf, &inBuf)
-                    return (r, outBuf.pos)
-                }
-                guard ZSTD_isError(ret) == 0 else {
-                    throw PayloadCodecError(.malformedCompressed, String(cString: ZSTD_getErrorName(ret)), offset: consumed + before)
-                }
-                guard output.count + produced <= expectedSize else {
-                    throw PayloadCodecError(.sizeLimitExceeded, "output exceeds the declared \(expectedSize) bytes")
-                }
-                output.append(contentsOf: scratch[0..<produced])
-                if ret == 0 {
-                    frameEnded = true
-                    let declared = frameHeader.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }
-                    if declared != hsmb_zstd_content_size_unknown(), declared != hsmb_zstd_content_size_error(),
-                       declared != UInt64(output.count) {
-                        throw PayloadCodecError(.malformedCompressed, "the zstd frame declares \(declared) bytes but holds \(output.count)", offset: 0)
-                    }
-                    if inBuf.pos < inBuf.size {
-                        throw PayloadCodecError(.trailingCompressed, "bytes after the end of the zstd frame", offset: consumed + inBuf.pos)
-                    }
-                    break
-                }
-                // Input used up and the output buffer not full: the decoder needs more input.
-                if inBuf.pos == inBuf.size && produced < scratch.count { break }
-            }
-            consumed += i.count
-        }
-    }
-
-    public func finish() throws -> [UInt8] {
-        if let failed { throw failed }
-        guard frameEnded else {
-            failed = PayloadCodecError(.truncatedCompressed, "the zstd frame is incomplete", offset: consumed)
-            throw failed!
-        }
-        guard output.count == expectedSize else {
-            failed = PayloadCodecError(.sizeMismatch, "\(output.count) bytes decompressed, \(expectedSize) declared")
-            throw failed!
-        }
-        let out = output
-        output = []
+    public func decompress(_ frame: ArraySlice<UInt8>, exactSize: Int) throws -> [UInt8] {
+        precondition(exactSize >= 0)
+        var out = [UInt8](repeating: 0, count: exactSize)
+        try decompress(frame, into: &out)
         return out
+    }
+
+    public func decompress(_ frame: ArraySlice<UInt8>, into out: inout [UInt8]) throws {
+        try frame.withUnsafeBytes { try decompress($0, into: &out) }
+    }
+
+    /// Decodes into `out`, whose count is the exact content size required.
+    public func decompress(_ f: UnsafeRawBufferPointer, into out: inout [UInt8]) throws {
+        let exactSize = out.count
+        guard f.count >= 4, f.prefix(4).elementsEqual(Zstd.frameMagic) else {
+            throw PayloadCodecError(.malformedCompressed, "not a zstd frame (magic)", offset: 0)
+        }
+        do {
+            let declared = ZSTD_getFrameContentSize(f.baseAddress, f.count)
+            if declared == hsmb_zstd_content_size_error() {
+                throw PayloadCodecError(.malformedCompressed, "the zstd frame header is malformed or incomplete", offset: 0)
+            }
+            guard declared != hsmb_zstd_content_size_unknown() else {
+                throw PayloadCodecError(.malformedCompressed, "the zstd frame does not declare its content size", offset: 0)
+            }
+            guard declared == UInt64(exactSize) else {
+                throw PayloadCodecError(declared > UInt64(exactSize) ? .sizeLimitExceeded : .sizeMismatch,
+                                        "the zstd frame declares \(declared) bytes; exactly \(exactSize) are required", offset: 0)
+            }
+            let length = ZSTD_findFrameCompressedSize(f.baseAddress, f.count)
+            guard ZSTD_isError(length) == 0 else {
+                throw PayloadCodecError(.truncatedCompressed, "the zstd frame is incomplete: \(String(cString: ZSTD_getErrorName(length)))",
+                                        offset: f.count)
+            }
+            guard length == f.count else {
+                throw PayloadCodecError(.trailingCompressed, "\(f.count - length) bytes after the end of the zstd frame", offset: length)
+            }
+            let n = out.withUnsafeMutableBytes { o in
+                ZSTD_decompressDCtx(dctx, o.baseAddress, o.count, f.baseAddress, f.count)
+            }
+            guard ZSTD_isError(n) == 0 else {
+                let name = String(cString: ZSTD_getErrorName(n))
+                throw PayloadCodecError(hsmb_zstd_dst_too_small(n) != 0 ? .sizeLimitExceeded : .malformedCompressed,
+                                        name, offset: 0)
+            }
+            guard n == exactSize else {
+                throw PayloadCodecError(.sizeMismatch, "\(n) bytes decompressed, \(exactSize) required", offset: 0)
+            }
+        }
     }
 }

@@ -1,3 +1,4 @@
+import BackupCrypto
 import ByteCoding
 import Foundation
 import HSMArchive
@@ -149,44 +150,111 @@ extension HSMContents {
 
     /// Decodes and checks the objects of a verified bundle.
     init(bundle: PayloadBundle) throws {
-        var contents = HSMContents()
-        for kind in ObjectKind.allCases {
-            for (i, o) in bundle.objects(of: kind).enumerated() {
-                guard o.path == Self.path(kind, i) else {
-                    throw HSMError(.invalidObject, "expected \(Self.path(kind, i))", path: o.path)
-                }
-                switch kind {
-                case .policy: contents.policies.append(try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: o.path))
-                case .user: contents.users.append(try CanonicalJSON.decode(HSMUser.self, o.contents, path: o.path))
-                case .key: contents.keys.append(try CanonicalJSON.decode(HSMKey.self, o.contents, path: o.path))
-                }
-            }
-        }
-        try contents.validate()
-        self = contents
+        let checker = ContentChecker(keep: true)
+        for o in bundle.objects { try checker.check(o) }
+        self = checker.contents
     }
 
-    /// Content rules: unique user names and key handles, hex material of the declared size.
+    /// Content rules over the whole contents (what `ContentChecker` checks object by object).
     func validate() throws {
-        var names = Set<String>()
-        for (i, u) in users.enumerated() where !names.insert(u.name).inserted {
-            throw HSMError(.invalidObject, "duplicate user name", path: Self.path(.user, i))
+        let checker = ContentChecker(keep: false)
+        for o in try payloadBundle().objects { try checker.check(o) }
+    }
+}
+
+/// The HSM's content rules, object by object, in payload order (spec 4.6 step 10): each object
+/// is at its kind's next path `<dir><nnnnnn>.json`, decodes as canonical JSON, user names and
+/// key handles are unique, key material is hex of the declared size. The per-object part
+/// (`decodeAndCheck`) is pure, so a restore runs it on worker threads; the cross-object part
+/// (`nextPath`, `record`) runs in order. Memory: the names and handles seen (and the decoded
+/// contents only if `keep`).
+final class ContentChecker {
+    /// What the cross-object rules need of an object.
+    enum Identity: Sendable {
+        case policy
+        case user(String)
+        case key(UInt64)
+    }
+
+    private let keep: Bool
+    private(set) var contents = HSMContents()
+    private var counts: [ObjectKind: Int] = [:]
+    private var names = Set<String>()
+    private var handles = Set<UInt64>()
+
+    init(keep: Bool) { self.keep = keep }
+
+    func check(_ o: PayloadObject) throws {
+        let path = nextPath(o.kind)
+        if keep {
+            try checkPath(o, path)
+            switch o.kind {
+            case .policy: contents.policies.append(try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: path))
+            case .user:
+                let u = try CanonicalJSON.decode(HSMUser.self, o.contents, path: path)
+                try record(.user(u.name), path: path)
+                contents.users.append(u)
+            case .key:
+                let k = try CanonicalJSON.decode(HSMKey.self, o.contents, path: path)
+                try Self.checkKey(k, path: path)
+                try record(.key(k.handle), path: path)
+                contents.keys.append(k)
+            }
+        } else {
+            try record(try Self.decodeAndCheck(o, expectedPath: path), path: path)
         }
-        var handles = Set<UInt64>()
-        for (i, k) in keys.enumerated() {
-            let path = Self.path(.key, i)
-            guard handles.insert(k.handle).inserted else { throw HSMError(.invalidObject, "duplicate key handle", path: path) }
-            guard let material = Hex.decode(k.material), !material.isEmpty else {
-                throw HSMError(.invalidObject, "key material is not hex", path: path)
-            }
-            switch k.type {
-            case .aes, .genericSecret:
-                guard material.count * 8 == k.bits else { throw HSMError(.invalidObject, "key material size differs from bits", path: path) }
-            case .ec:
-                guard material.count == 48 + 97, k.bits == 384 else { throw HSMError(.invalidObject, "EC key material must be P-384", path: path) }
-            case .rsa:
-                guard k.bits >= 1024 else { throw HSMError(.invalidObject, "RSA key too small", path: path) }
-            }
+    }
+
+    /// The path the next object of `kind` must have (1-based, 6 digits).
+    func nextPath(_ kind: ObjectKind) -> String {
+        let i = counts[kind, default: 0]
+        counts[kind] = i + 1
+        return HSMContents.path(kind, i)
+    }
+
+    /// The cross-object rules: unique user names and key handles.
+    func record(_ identity: Identity, path: String) throws {
+        switch identity {
+        case .policy: break
+        case .user(let name):
+            guard names.insert(name).inserted else { throw HSMError(.invalidObject, "duplicate user name", path: path) }
+        case .key(let handle):
+            guard handles.insert(handle).inserted else { throw HSMError(.invalidObject, "duplicate key handle", path: path) }
+        }
+    }
+
+    private func checkPath(_ o: PayloadObject, _ path: String) throws {
+        guard o.path == path else { throw HSMError(.invalidObject, "expected \(path)", path: o.path) }
+    }
+
+    /// The per-object rules (thread-safe): path, canonical JSON of the kind, key material.
+    static func decodeAndCheck(_ o: PayloadObject, expectedPath path: String) throws -> Identity {
+        guard o.path == path else { throw HSMError(.invalidObject, "expected \(path)", path: o.path) }
+        switch o.kind {
+        case .policy:
+            _ = try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: path)
+            return .policy
+        case .user:
+            return .user(try CanonicalJSON.decode(HSMUser.self, o.contents, path: path).name)
+        case .key:
+            let k = try CanonicalJSON.decode(HSMKey.self, o.contents, path: path)
+            try checkKey(k, path: path)
+            return .key(k.handle)
+        }
+    }
+
+    private static func checkKey(_ k: HSMKey, path: String) throws {
+        guard var material = Hex.decode(k.material), !material.isEmpty else {
+            throw HSMError(.invalidObject, "key material is not hex", path: path)
+        }
+        defer { wipe(&material) }
+        switch k.type {
+        case .aes, .genericSecret:
+            guard material.count * 8 == k.bits else { throw HSMError(.invalidObject, "key material size differs from bits", path: path) }
+        case .ec:
+            guard material.count == 48 + 97, k.bits == 384 else { throw HSMError(.invalidObject, "EC key material must be P-384", path: path) }
+        case .rsa:
+            guard k.bits >= 1024 else { throw HSMError(.invalidObject, "RSA key too small", path: path) }
         }
     }
 }

@@ -6,31 +6,38 @@ import HSMArchive
 
 /// A software HSM that behaves like a real one at its boundary: it holds the MKBK, the AKBK and
 /// its contents in an owner-only state directory; `backup()` returns only the sealed inner blob;
-/// `restore(_:dryRun:)` checks everything before it replaces all contents in one atomic step.
+/// a restore checks everything before it replaces all contents in one atomic step.
 ///
 /// State directory (mode 0700, every file 0600, each written with `AtomicFile`):
 ///   identity.json   the public identity (canonical JSON)
 ///   mkbk.key        32 raw bytes, installed when the HSM is made
 ///   akbk.key        32 raw bytes, installed by the operator (absent before)
-///   contents.json   users, keys and policies (canonical JSON); replaced whole by a restore
+///   contents.state  users, keys and policies: a 29-byte prefix ("HSMSTATE", version 1, the
+///                   policy, user and key counts as u32, the payload size as u64), then the
+///                   payload tar of spec 4.7 itself. Replaced whole by a restore. A backup
+///                   streams it into chunks, a restore streams the checked tar into its temp
+///                   file, so neither holds the contents in memory.
+/// (An HSM made by an earlier version keeps `contents.json`; `open` converts it once.)
 public final class SimulatedHSM {
     public static let identityFile = "identity.json"
     public static let mkbkFile = "mkbk.key"
     public static let akbkFile = "akbk.key"
-    public static let contentsFile = "contents.json"
+    public static let contentsFile = "contents.state"
+    public static let legacyContentsFile = "contents.json"
     public static let maximumStateFileBytes = 256 << 20
 
     public let directory: String
     public let identity: HSMIdentity
-    public private(set) var contents: HSMContents
+    /// The contents' counts and payload size, from the state file's prefix.
+    public private(set) var state: ContentsState
     private let mkbk: ManufacturerBackupKey
     private var akbk: OperatorBackupKey?
 
-    private init(directory: String, identity: HSMIdentity, contents: HSMContents,
+    private init(directory: String, identity: HSMIdentity, state: ContentsState,
                  mkbk: ManufacturerBackupKey, akbk: OperatorBackupKey?) {
         self.directory = directory
         self.identity = identity
-        self.contents = contents
+        self.state = state
         self.mkbk = mkbk
         self.akbk = akbk
     }
@@ -53,9 +60,9 @@ public final class SimulatedHSM {
             var raw = mkbk.secret.unsafeCopy()
             defer { wipe(&raw) }
             try AtomicFile.write(raw, to: directory + "/" + mkbkFile)
-            try AtomicFile.write(try CanonicalJSON.encode(HSMContents.empty), to: directory + "/" + contentsFile)
         } catch let e as FileError { throw HSMError.file(e) }
-        let hsm = SimulatedHSM(directory: directory, identity: identity, contents: .empty, mkbk: mkbk, akbk: nil)
+        let state = try ContentsState.write(HSMContents.empty, to: directory + "/" + contentsFile)
+        let hsm = SimulatedHSM(directory: directory, identity: identity, state: state, mkbk: mkbk, akbk: nil)
         if let akbk { try hsm.installOperatorKey(akbk) }
         return hsm
     }
@@ -85,8 +92,15 @@ public final class SimulatedHSM {
             }
             akbk = k
         }
-        let contents = try decodeState(HSMContents.self, try read(contentsFile), name: contentsFile, directory: directory)
-        return SimulatedHSM(directory: directory, identity: identity, contents: contents, mkbk: mkbk, akbk: akbk)
+        let statePath = directory + "/" + contentsFile
+        let legacyPath = directory + "/" + legacyContentsFile
+        if !FileManager.default.fileExists(atPath: statePath), FileManager.default.fileExists(atPath: legacyPath) {
+            let legacy = try decodeState(HSMContents.self, try read(legacyContentsFile), name: legacyContentsFile, directory: directory)
+            _ = try ContentsState.write(legacy, to: statePath)
+            unlink(legacyPath)
+        }
+        let state = try ContentsState.read(statePath)
+        return SimulatedHSM(directory: directory, identity: identity, state: state, mkbk: mkbk, akbk: akbk)
     }
 
     private static func decodeState<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], name: String, directory: String) throws -> T {
@@ -119,13 +133,20 @@ public final class SimulatedHSM {
 
     // MARK: contents
 
-    /// Replaces all contents (atomically). Used by `populate` and by a restore.
+    /// The whole contents, decoded and checked (streams the state file; for display and tests,
+    /// not for backups, which never decode it).
+    public var contents: HSMContents {
+        get throws {
+            let checker = ContentChecker(keep: true)
+            try ContentsState.stream(directory + "/" + Self.contentsFile, state: state) { object in try checker.check(object) }
+            return checker.contents
+        }
+    }
+
+    /// Replaces all contents (atomically). Used by `populate`.
     public func replaceContents(_ new: HSMContents) throws {
         try new.validate()
-        do { try AtomicFile.write(try CanonicalJSON.encode(new), to: directory + "/" + Self.contentsFile) } catch let e as FileError {
-            throw HSMError.file(e)
-        }
-        contents = new
+        state = try ContentsState.write(new, to: directory + "/" + Self.contentsFile)
     }
 
     // MARK: backup and restore
@@ -138,26 +159,33 @@ public final class SimulatedHSM {
         return out
     }
 
-    /// Streams a backup to `sink` (header first, then each chunk); returns the header written.
+    /// Streams a backup to `sink` (header first, then the chunks in order); returns the header.
+    /// The payload is the state file's tar, read in pieces: memory stays a few chunk batches.
     @discardableResult
     public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int = InnerFormat.defaultChunkSize,
                        randomness: RandomSource = SystemRandomSource(), createdAt: UInt64? = nil) throws -> InnerHeader {
         let keyring = try keyring()
+        guard chunkSize >= InnerFormat.minimumChunkSize, chunkSize <= InnerFormat.maximumChunkSize else {
+            throw ArchiveError(.invalidArgument, "chunk size \(chunkSize) outside the format's limits")
+        }
         let backupId = randomness.bytes(count: InnerFormat.backupIdByteCount)
         let ebk = try EphemeralBackupKey(secret: randomness.secureBytes(count: 32))
         let time = createdAt ?? UInt64(max(0, Date().timeIntervalSince1970))
-        var header: InnerHeader?
-        try InnerBlob.seal(try contents.payloadBundle(), metadata: identity.metadata, backupId: backupId, createdAt: time,
-                           keyring: keyring, ebk: ebk, chunkSize: chunkSize) { bytes in
-            if header == nil { header = try InnerHeader.parse(prefix: bytes) }
-            try sink(bytes)
-        }
-        return header!
+        let file = try ContentsState.openPayload(directory + "/" + Self.contentsFile, state: state)
+        let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: state.payloadBytes,
+                                           userCount: state.users, keyCount: state.keys, policyCount: state.policies)
+        let writer = try InnerBlobWriter(metadata: identity.metadata, backupId: backupId, createdAt: time, payload: descriptor,
+                                         pbk: try keyring.pbk(), ebk: ebk, sink: sink)
+        try file.forEachPiece { try writer.write($0) }
+        try writer.finish()
+        return writer.header
     }
 
-    /// A streaming restore: feed the blob in pieces, then `finish(dryRun:)`.
-    public func beginRestore() throws -> RestoreSession {
-        RestoreSession(hsm: self, opener: InnerBlobOpener(keyring: try keyring()))
+    /// A streaming restore: feed the blob in pieces, then `finish()`. A dry run checks
+    /// everything and writes nothing; a real restore streams the checked payload into a temp
+    /// state file that replaces the old one only once every check passed.
+    public func beginRestore(dryRun: Bool) throws -> RestoreSession {
+        try RestoreSession(hsm: self, keyring: try keyring(), dryRun: dryRun)
     }
 
     /// Restores a blob: refuses another manufacturer, then a PBK mismatch, before anything else;
@@ -165,12 +193,12 @@ public final class SimulatedHSM {
     /// all contents atomically. On any failure the state directory is untouched.
     @discardableResult
     public func restore(_ blob: [UInt8], dryRun: Bool) throws -> RestoreSummary {
-        let session = try beginRestore()
+        let session = try beginRestore(dryRun: dryRun)
         try session.feed(blob)
-        return try session.finish(dryRun: dryRun)
+        return try session.finish()
     }
 
-    fileprivate func commitRestore(_ new: HSMContents) throws { try replaceContents(new) }
+    fileprivate func committed(_ new: ContentsState) { state = new }
 }
 
 /// What a restore (or a dry run) found.
@@ -187,25 +215,109 @@ public struct RestoreSummary: Sendable, Codable {
 
 public final class RestoreSession {
     private let hsm: SimulatedHSM
-    private let opener: InnerBlobOpener
+    private let dryRun: Bool
+    private var opener: InnerBlobOpener!
+    private var payload: PayloadReader?
+    private var output: AtomicFile.Writer?
+    private let checker = ContentChecker(keep: false)
+    /// Objects waiting to be checked, a batch at a time, on the workers of `checks`: decoding
+    /// every object's JSON is most of a restore's work, and objects are independent.
+    private var pendingChecks: [(object: PayloadObject, path: String)] = []
+    private var pendingBytes = 0
+    private let checks = OrderedPipeline<[(object: PayloadObject, path: String)], Result<[(ContentChecker.Identity, String)], HSMError>>(
+        work: { batch, _ in
+            do {
+                return .success(try batch.map { (try ContentChecker.decodeAndCheck($0.object, expectedPath: $0.path), $0.path) })
+            } catch let e as HSMError { return .failure(e) } catch {
+                return .failure(HSMError(.invalidObject, "\(error)"))
+            }
+        })
+    private static let checkBatchObjects = 256
+    private static let checkBatchBytes = 1 << 20
+    private var failure: Error?
 
-    fileprivate init(hsm: SimulatedHSM, opener: InnerBlobOpener) {
+    fileprivate init(hsm: SimulatedHSM, keyring: BackupKeyring, dryRun: Bool) throws {
         self.hsm = hsm
-        self.opener = opener
+        self.dryRun = dryRun
+        opener = InnerBlobOpener(keyring: keyring, onHeader: { [unowned self] h in try self.start(h) },
+                                 payloadSink: { [unowned self] piece in
+            try self.payload!.feed(piece)
+            try self.output?.append(piece)
+        })
+    }
+
+    deinit {
+        output?.abort()
+        checks.shutdown()
     }
 
     public var header: InnerHeader? { opener.header }
 
-    public func feed(_ bytes: [UInt8]) throws { try opener.feed(bytes) }
+    /// Once the header authenticated: the payload check, and (not for a dry run) the temp file.
+    private func start(_ h: InnerHeader) throws {
+        payload = PayloadReader(descriptor: h.payload) { [unowned self] object in try self.queueCheck(object) }
+        guard !dryRun else { return }
+        let state = ContentsState(policies: h.payload.policyCount, users: h.payload.userCount, keys: h.payload.keyCount,
+                                  payloadBytes: h.payload.payloadBytes)
+        do {
+            let w = try AtomicFile.Writer(path: hsm.directory + "/" + SimulatedHSM.contentsFile)
+            try w.append(state.prefix)
+            output = w
+        } catch let e as FileError { throw HSMError.file(e) }
+    }
 
-    public func finish(dryRun: Bool) throws -> RestoreSummary {
-        let tar = try opener.finish()
-        let header = opener.header!
-        let bundle = try PayloadBundle.parse(tar: tar, descriptor: header.payload)
-        let contents = try HSMContents(bundle: bundle)
-        if !dryRun { try hsm.commitRestore(contents) }
+    public func feed(_ bytes: [UInt8]) throws {
+        if let failure { throw failure }
+        do { try opener.feed(bytes) } catch { throw fail(error) }
+    }
+
+    public func finish() throws -> RestoreSummary {
+        if let failure { throw failure }
+        let header: InnerHeader
+        let summary: PayloadReader.Summary
+        do {
+            try opener.finish()
+            header = opener.header!
+            summary = try payload!.finish()
+            try submitChecks()
+            try checks.drain { try self.deliverChecks($0) }
+            if let output {
+                do { try output.commit() } catch let e as FileError { throw HSMError.file(e) }
+                self.output = nil
+                hsm.committed(ContentsState(policies: header.payload.policyCount, users: header.payload.userCount,
+                                            keys: header.payload.keyCount, payloadBytes: header.payload.payloadBytes))
+            }
+        } catch { throw fail(error) }
         return RestoreSummary(backupId: Hex.encode(header.backupId), createdAt: header.createdAt, sourceHSM: header.metadata.hsmId,
-                              policies: contents.policies.count, users: contents.users.count, keys: contents.keys.count,
+                              policies: summary.policies, users: summary.users, keys: summary.keys,
                               chunks: opener.chunkCount, dryRun: dryRun)
+    }
+
+    private func queueCheck(_ object: PayloadObject) throws {
+        pendingChecks.append((object, checker.nextPath(object.kind)))
+        pendingBytes += object.contents.count
+        if pendingChecks.count >= Self.checkBatchObjects || pendingBytes >= Self.checkBatchBytes { try submitChecks() }
+    }
+
+    private func submitChecks() throws {
+        guard !pendingChecks.isEmpty else { return }
+        let batch = pendingChecks
+        pendingChecks = []
+        pendingBytes = 0
+        try checks.submit(batch) { try self.deliverChecks($0) }
+    }
+
+    /// In payload order: the first object that breaks a rule is the one reported.
+    private func deliverChecks(_ result: Result<[(ContentChecker.Identity, String)], HSMError>) throws {
+        for (identity, path) in try result.get() { try checker.record(identity, path: path) }
+    }
+
+    private func fail(_ error: Error) -> Error {
+        failure = error
+        output?.abort()
+        output = nil
+        checks.shutdown()
+        pendingChecks = []
+        return error
     }
 }

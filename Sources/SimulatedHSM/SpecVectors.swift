@@ -2,7 +2,7 @@ import BackupCrypto
 import ByteCoding
 import Durability
 import Foundation
-import HSMArchive
+@_spi(Testing) import HSMArchive
 import PayloadCodec
 
 /// Generates spec/vectors/inner/ and samples/ deterministically (fixed keys, seeds, clock and
@@ -186,8 +186,8 @@ public enum SpecVectors {
         }
 
         addReject("reject-bad-magic", .badMagic, "first byte of the magic changed", flipped(0, 0xFF))
-        var v2 = blob; v2[8] = 2
-        addReject("reject-major-version-2", .unsupportedVersion, "major version 2: refused before any key is used", v2)
+        var v1 = blob; v1[8] = 1
+        addReject("reject-major-version-1", .unsupportedVersion, "major version 1 (the pre-release single-frame format): refused before any key is used", v1)
         addReject("reject-truncated-header", .truncated, "the blob cut inside the header", Array(blob.prefix(h - 10)))
         addReject("reject-truncated-chunk", .truncated, "the blob cut inside chunk 1",
                   Array(blob.prefix(frames[1].offset + 20)))
@@ -211,10 +211,10 @@ public enum SpecVectors {
         addReject("reject-chunk-duplicated", .chunkBindingMismatch, "chunk 0 twice",
                   headerBytes + allFrames[0] + allFrames.flatMap { $0 })
         var fin = blob; fin[frames[0].offset] = ChunkFormat.typeFinal
-        addReject("reject-chunk-flagged-final", .chunkBindingMismatch, "chunk 0's frame type set to final", fin)
+        addReject("reject-chunk-flagged-final", .malformedFrame, "chunk 0's frame type set to final (the sizes give \(frames.count) chunks)", fin)
         var ft = blob; ft[frames[0].offset] = 0x07
         addReject("reject-unknown-frame-type", .malformedFrame, "frame type 0x07", ft)
-        addReject("reject-frame-length", .malformedFrame, "chunk 0's length field plus 8", flipped(frames[0].offset + 4, 0x08))
+        addReject("reject-frame-length", .malformedFrame, "chunk 0's length field plus 1 (not a multiple of 8)", flipped(frames[0].offset + 4, 0x01))
         let otherBackup = try sealed(small, seed: 77, chunkSize: 256).blob
         var op = InnerFrameParser()
         var otherFrames: [ChunkFrame] = []
@@ -224,7 +224,9 @@ public enum SpecVectors {
                   headerBytes + allFrames[0] + spliced + allFrames[2...].flatMap { $0 })
 
         // Blobs an EBK holder could make: well sealed, but with a bad payload.
-        func crafted(tar: [UInt8], payloadBytes: Int, counts: (Int, Int, Int), seed: UInt64) throws -> [UInt8] {
+        // `chunkData`: each chunk's data as given (zstd frames made here), instead of the writer's.
+        func crafted(tar: [UInt8], payloadBytes: Int, counts: (Int, Int, Int), seed: UInt64,
+                     chunkData: [[UInt8]]? = nil) throws -> [UInt8] {
             let rnd = SeededRandomSource(seed: seed)
             let backupId = rnd.bytes(count: 16)
             let ebk = try EphemeralBackupKey(secret: rnd.secureBytes(count: 32))
@@ -234,13 +236,29 @@ public enum SpecVectors {
                 payload: PayloadDescriptor(chunkSize: 256, payloadBytes: UInt64(payloadBytes), userCount: UInt32(counts.1),
                                            keyCount: UInt32(counts.2), policyCount: UInt32(counts.0)),
                 pbk: try keyring.pbk(), ebk: ebk, sink: { out.append(contentsOf: $0) })
-            try writer.write(try Zstd.compress(tar))
+            if let chunkData {
+                for d in chunkData { try writer.writeChunkData(d) }
+            } else {
+                try writer.write(tar)
+            }
             try writer.finish()
             return out
         }
         let smallTar = try small.payloadBundle().tarBytes()
-        addReject("reject-payload-size", .payloadMalformed, "the payload decompresses to more than the header declares",
-                  try crafted(tar: smallTar, payloadBytes: smallTar.count - 512, counts: (2, 2, 3), seed: 90))
+        func pieces(_ tar: [UInt8], declared: Int) throws -> [[UInt8]] {
+            let n = (declared + 255) / 256
+            return try (0..<n).map { i in
+                try Zstd.compress(Array(tar[(i * 256)..<(i == n - 1 ? tar.count : (i + 1) * 256)]))
+            }
+        }
+        addReject("reject-payload-size", .payloadMalformed,
+                  "the header declares 512 bytes less than the payload: the last chunk's frame holds more than its share",
+                  try crafted(tar: smallTar, payloadBytes: smallTar.count - 512, counts: (2, 2, 3), seed: 90,
+                              chunkData: try pieces(smallTar, declared: smallTar.count - 512)))
+        var trailing = try pieces(smallTar, declared: smallTar.count)
+        trailing[1] += [0]
+        addReject("reject-chunk-data-trailing-byte", .payloadMalformed, "chunk 1's data is its zstd frame and one more byte",
+                  try crafted(tar: smallTar, payloadBytes: smallTar.count, counts: (2, 2, 3), seed: 93, chunkData: trailing))
         addReject("reject-object-counts", .objectCountMismatch, "the header declares 4 keys, the payload holds 3",
                   try crafted(tar: smallTar, payloadBytes: smallTar.count, counts: (2, 2, 4), seed: 91))
         var entries = try PaxTar.read(smallTar)

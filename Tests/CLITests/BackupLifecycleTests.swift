@@ -214,7 +214,9 @@ final class BackupLifecycleTests: XCTestCase {
 
         // Two backups sharing a 12-character prefix: store a twin of this backup (same archive,
         // metadata naming the twin id) with `store put`, then `store reindex`.
-        let twin = String(id.prefix(12)) + String(repeating: "0", count: 20)
+        // Its 13th character differs from the id's, so the 13-character prefix below is unique.
+        let thirteenth = id[id.index(id.startIndex, offsetBy: 12)]
+        let twin = String(id.prefix(12)) + (thirteenth == "f" ? "e" : "f") + String(repeating: "0", count: 19)
         XCTAssertNotEqual(twin, id)
         let objects = try JSON.any(try w.expect(0, ["store", "ls", "--objects", "--prefix", "backups/\(id)/", "--json"]).stdout) as? [String] ?? []
         let metaKey = try XCTUnwrap(objects.filter { $0.contains("/meta-") }.max(), "\(objects)")

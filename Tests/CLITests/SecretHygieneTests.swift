@@ -57,9 +57,11 @@ final class SecretHygieneTests: XCTestCase {
         var secrets: [(String, [UInt8])] = []
         let keyFiles = try allFiles(home).filter { $0.hasSuffix(".key") } + [work + "/src/mkbk.key", work + "/src/akbk.key"]
         for f in keyFiles { secrets.append((f, [UInt8](try Data(contentsOf: URL(fileURLWithPath: f))))) }
-        let contents = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/src/contents.json"))) as? [String: Any]
-        for k in (contents?["keys"] as? [[String: Any]] ?? []) {
-            if let m = k["material"] as? String, m.count >= 32 { secrets.append(("HSM key \(k["label"] ?? "?")", hexDecode(m))) }
+        // The HSM's key objects are canonical JSON inside its contents file (a tar behind a prefix).
+        let state = String(decoding: try Data(contentsOf: URL(fileURLWithPath: work + "/src/contents.state")), as: UTF8.self)
+        let material = try NSRegularExpression(pattern: #""material":"([0-9a-f]{32,})""#)
+        for (i, m) in material.matches(in: state, range: NSRange(state.startIndex..., in: state)).enumerated() {
+            secrets.append(("HSM key \(i + 1)", hexDecode(String(state[Range(m.range(at: 1), in: state)!]))))
         }
         XCTAssertGreaterThanOrEqual(secrets.count, 6)
 

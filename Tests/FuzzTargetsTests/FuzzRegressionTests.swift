@@ -4,58 +4,66 @@ import XCTest
 
 /// Findings of the fuzz campaign, each as a named test (the input also lives in
 /// fuzz/corpus/<target>/regress-*, replayed by FuzzCorpusReplayTests).
+///
+/// The three payload findings of 2026-11-29 were disagreements between libzstd's streaming
+/// decoder (what the single-frame payload of the pre-release format needed) and its one-shot
+/// decoder. Format 2 compresses each chunk as its own frame and decodes it in one call, after
+/// checking the magic, the declared content size and the frame's exact extent; the streaming
+/// decoder is gone, and each input is now refused by the one decoder there is.
 final class FuzzRegressionTests: XCTestCase {
-    /// payload target, 2026-11-29: a zstd frame whose header declares 5 content bytes but whose
-    /// only block is an empty raw last block. Fed whole, libzstd refuses it; fed byte by byte,
-    /// libzstd 1.5.4's streaming decoder ended the frame cleanly with 0 bytes, so the bounded
-    /// decompressor accepted it (expected size 0) depending on how the input was split. The
-    /// decompressor now checks the frame's declared content size itself.
-    func testZstdFrameDeclaringMoreThanItHoldsIsRefusedHoweverItIsFed() throws {
-        let frame: [UInt8] = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x05, 0x01, 0x00, 0x00]
-        for piece in [1, 2, 4, frame.count] {
-            let d = try BoundedDecompressor(expectedSize: 0)
-            XCTAssertThrowsError(try {
-                var at = 0
-                while at < frame.count {
-                    try d.feed(Array(frame[at..<min(frame.count, at + piece)]))
-                    at += piece
-                }
-                _ = try d.finish()
-            }(), "piece size \(piece)") {
-                XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedCompressed, "piece size \(piece)")
+    private func assertRefused(_ frame: [UInt8], exactSizes: [Int], file: StaticString = #filePath, line: UInt = #line) {
+        for size in exactSizes {
+            XCTAssertThrowsError(try Zstd.decompress(frame, exactSize: size), "exact size \(size)", file: file, line: line) {
+                XCTAssertNotNil($0 as? PayloadCodecError, file: file, line: line)
             }
         }
-        XCTAssertThrowsError(try Zstd.decompress(frame, expectedSize: 0)) {
+    }
+
+    /// First finding: a frame whose header declares 5 content bytes but whose only block is an
+    /// empty raw last block (streamed byte by byte, libzstd 1.5.4 ended it cleanly with 0 bytes).
+    func testZstdFrameDeclaringMoreThanItHoldsIsRefused() throws {
+        let frame: [UInt8] = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x05, 0x01, 0x00, 0x00]
+        assertRefused(frame, exactSizes: [0, 5])
+        FuzzTarget.payload.run([0x05, 0x00, 0x00, 0x00] + frame)   // the committed input
+        FuzzTarget.payload.run([0x05, 0x00, 0x00] + frame)
+    }
+
+    /// Second finding: a legacy zstd v0.7 magic (0xFD2FB527), decoded whole but not streamed.
+    func testLegacyZstdFrameIsRefused() throws {
+        let frame: [UInt8] = [0x27, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x00, 0x00, 0x00]
+        assertRefused(frame, exactSizes: [0, 1])
+        XCTAssertThrowsError(try Zstd.decompress(frame, exactSize: 0)) {
             XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedCompressed)
         }
-        // The committed crash input runs through the target without a finding.
-        FuzzTarget.payload.run([0x05, 0x00, 0x00, 0x00] + frame)
+        FuzzTarget.payload.run([0x01, 0x00, 0x00, 0x00] + frame)
     }
 
-    /// Valid frames still decompress in any split (the new check does not refuse good input).
-    func testValidZstdFramesDecompressInAnySplit() throws {
+    /// Third finding (open at the end of stop 9): a single-segment frame declaring 0 bytes whose
+    /// last block is an RLE block with its byte missing; streamed it ended cleanly, one-shot it
+    /// is "data corruption". The frame cannot be delimited, so the chunk decoder refuses it.
+    func testZstdFrameWithAnRLEBlockMissingItsByteIsRefused() throws {
+        let frame: [UInt8] = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x05, 0x00, 0x00]
+        assertRefused(frame, exactSizes: [0, 1, 5])
+        FuzzTarget.payload.run([0x0d, 0x00, 0x00, 0x00] + frame)   // the input libFuzzer found
+    }
+
+    /// Valid frames decode to exactly their size, and only to it; a byte after the frame or a
+    /// frame cut short is refused.
+    func testChunkFramesDecodeExactlyAndNothingElse() throws {
         let plain = Array("hsmbackup fuzz regression ".utf8) + [UInt8](repeating: 7, count: 300)
         let z = try Zstd.compress(plain)
-        for piece in [1, 3, 17, z.count] {
-            let d = try BoundedDecompressor(expectedSize: plain.count)
-            var at = 0
-            while at < z.count { try d.feed(Array(z[at..<min(z.count, at + piece)])); at += piece }
-            XCTAssertEqual(try d.finish(), plain, "piece size \(piece)")
+        XCTAssertEqual(try Zstd.decompress(z, exactSize: plain.count), plain)
+        XCTAssertThrowsError(try Zstd.decompress(z, exactSize: plain.count - 1)) {
+            XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeLimitExceeded)
         }
-    }
-
-    /// payload target, 2026-11-29 (second finding): a legacy zstd v0.7 magic (0xFD2FB527).
-    /// libzstd decoded it whole but refused it fed byte by byte; only current frames are taken now.
-    func testLegacyZstdFrameIsRefusedHoweverItIsFed() throws {
-        let frame: [UInt8] = [0x27, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x00, 0x00, 0x00]
-        for piece in [1, frame.count] {
-            let d = try BoundedDecompressor(expectedSize: 0)
-            XCTAssertThrowsError(try {
-                var at = 0
-                while at < frame.count { try d.feed(Array(frame[at..<min(frame.count, at + piece)])); at += piece }
-                _ = try d.finish()
-            }()) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedCompressed, "piece size \(piece)") }
+        XCTAssertThrowsError(try Zstd.decompress(z, exactSize: plain.count + 1)) {
+            XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeMismatch)
         }
-        FuzzTarget.payload.run([0x01, 0x00, 0x00, 0x00] + frame)
+        XCTAssertThrowsError(try Zstd.decompress(z + [0], exactSize: plain.count)) {
+            XCTAssertEqual(($0 as? PayloadCodecError)?.code, .trailingCompressed)
+        }
+        XCTAssertThrowsError(try Zstd.decompress(Array(z.dropLast()), exactSize: plain.count)) {
+            XCTAssertEqual(($0 as? PayloadCodecError)?.code, .truncatedCompressed)
+        }
     }
 }

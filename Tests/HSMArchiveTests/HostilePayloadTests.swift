@@ -1,6 +1,6 @@
 import BackupCrypto
 import Foundation
-import HSMArchive
+@_spi(Testing) import HSMArchive
 import PayloadCodec
 import SimulatedHSM
 import XCTest
@@ -30,7 +30,7 @@ final class HostilePayloadTests: XCTestCase {
         return hsm
     }
 
-    /// Seals arbitrary compressed payload bytes exactly as an HSM would.
+    /// Seals arbitrary chunk data (a zstd frame, or anything) exactly as an HSM would.
     private func seal(compressed: [UInt8], declaredBytes: UInt64, counts: (UInt32, UInt32, UInt32) = (1, 2, 2)) throws -> [UInt8] {
         let pbk = try KeyHierarchy.derivePBK(mkbk: mkbk, akbk: akbk, manufacturerId: "acme")
         var blob: [UInt8] = []
@@ -40,8 +40,10 @@ final class HostilePayloadTests: XCTestCase {
                                          payload: PayloadDescriptor(payloadBytes: declaredBytes, userCount: counts.0,
                                                                     keyCount: counts.1, policyCount: counts.2),
                                          pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { blob += $0 })
-        try writer.write(compressed)
-        try writer.finish()
+        // One chunk of the given data (at the default chunk size the tars here fit in one); with
+        // a declared size of several chunks only the header and the first chunk are made.
+        try writer.writeChunkData(compressed)
+        if writer.header.payload.chunkCount == 1 { try writer.finish() }
         return blob
     }
 
@@ -77,9 +79,13 @@ final class HostilePayloadTests: XCTestCase {
     }
 
     func testDecompressionNeverExceedsTheDeclaredSize() throws {
-        // A zstd bomb: 64 MiB of zeros compresses to a few KiB; the header declares 1 KiB.
-        let bomb = [UInt8](repeating: 0, count: 64 << 20)
+        // A zstd bomb: 8 MiB of zeros compresses to a few hundred bytes (within the largest
+        // frame a 1 KiB chunk may carry); the header declares 1 KiB. The frame's declared size
+        // is checked before decoding, and the output buffer is the chunk's share, never more.
+        let bomb = [UInt8](repeating: 0, count: 8 << 20)
         try assertRefused(bomb, declared: 1024, expect: [.payloadMalformed])
+        // 64 MiB of zeros: its frame is already larger than a 1 KiB chunk may carry (keyless).
+        try assertRefused([UInt8](repeating: 0, count: 64 << 20), declared: 1024, expect: [.malformedFrame])
         // And a payload shorter than declared is refused too (exact size, not a bound only).
         let short = Tar.file("manifest.json", Array("{}".utf8))
         try assertRefused(short, declared: UInt64(short.count) + 512, expect: [.payloadMalformed])

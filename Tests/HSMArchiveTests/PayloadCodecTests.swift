@@ -59,22 +59,56 @@ final class PayloadCodecTests: XCTestCase {
     func testZstdRoundTripAndBounds() throws {
         let data = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 / 100) }
         let z = try Zstd.compress(data)
-        XCTAssertEqual(try Zstd.decompress(z, expectedSize: data.count), data)
-        // In pieces, as chunks arrive.
-        let d = try BoundedDecompressor(expectedSize: data.count)
-        var i = 0
-        while i < z.count { try d.feed(Array(z[i..<min(i + 777, z.count)])); i += 777 }
-        XCTAssertEqual(try d.finish(), data)
+        XCTAssertEqual(try Zstd.decompress(z, exactSize: data.count), data)
+        // One context decodes many frames (as a worker does, chunk after chunk).
+        let d = try ZstdDecompressor()
+        for _ in 0..<3 { XCTAssertEqual(try d.decompress(z[...], exactSize: data.count), data) }
 
         let bomb = try Zstd.compress([UInt8](repeating: 0, count: 8 << 20))
-        XCTAssertThrowsError(try Zstd.decompress(bomb, expectedSize: 1000)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeLimitExceeded) }
-        XCTAssertThrowsError(try Zstd.decompress(z, expectedSize: data.count + 1)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeMismatch) }
-        XCTAssertThrowsError(try Zstd.decompress(Array(z.dropLast(3)), expectedSize: data.count)) {
+        XCTAssertThrowsError(try Zstd.decompress(bomb, exactSize: 1000)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeLimitExceeded) }
+        XCTAssertThrowsError(try Zstd.decompress(z, exactSize: data.count + 1)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .sizeMismatch) }
+        XCTAssertThrowsError(try Zstd.decompress(Array(z.dropLast(3)), exactSize: data.count)) {
             XCTAssertEqual(($0 as? PayloadCodecError)?.code, .truncatedCompressed)
         }
-        XCTAssertThrowsError(try Zstd.decompress(z + [0], expectedSize: data.count)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .trailingCompressed) }
-        XCTAssertThrowsError(try Zstd.decompress([1, 2, 3, 4, 5, 6, 7, 8], expectedSize: 10)) {
+        XCTAssertThrowsError(try Zstd.decompress(z + [0], exactSize: data.count)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .trailingCompressed) }
+        XCTAssertThrowsError(try Zstd.decompress([1, 2, 3, 4, 5, 6, 7, 8], exactSize: 10)) {
             XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedCompressed)
         }
+    }
+
+    /// The streaming tar reader gives the same entries (or the same error) whatever the split,
+    /// and refuses a tar without its end-of-archive blocks or with non-zero bytes after them.
+    func testStreamingTarReaderAgreesInAnySplitAndChecksTheEnd() throws {
+        let tar = try PaxTar.write([TarEntry(path: "manifest.json", contents: Array("{}".utf8)),
+                                    TarEntry(path: "keys/" + String(repeating: "k", count: 150) + ".json", contents: [1, 2, 3]),
+                                    TarEntry(path: "keys/empty.json", contents: [])])
+        let whole = try PaxTar.read(tar)
+        XCTAssertEqual(whole.map(\.path).count, 3)
+        final class Collect: TarVisitor {
+            var entries: [TarEntry] = []
+            var path = "", data: [UInt8] = []
+            func beginEntry(index: Int, path: String, size: Int, offset: Int) throws { self.path = path; data = [] }
+            func entryData(_ bytes: UnsafeRawBufferPointer) throws { data += bytes }
+            func endEntry() throws { entries.append(TarEntry(path: path, contents: data)) }
+        }
+        for step in [1, 7, 511, 512, 513, 4096, tar.count] {
+            let c = Collect()
+            let r = PaxTarReader(visitor: c)
+            var at = 0
+            while at < tar.count { try r.feed(Array(tar[at..<min(tar.count, at + step)])); at += step }
+            try r.finish()
+            XCTAssertEqual(c.entries, whole, "step \(step)")
+        }
+        // Cut before the end blocks; a non-zero byte after them; a bad header checksum.
+        var noEnd = tar
+        while noEnd.count > 0, noEnd.last == 0 { noEnd.removeLast() }
+        noEnd += [UInt8](repeating: 0, count: (512 - noEnd.count % 512) % 512)
+        XCTAssertThrowsError(try PaxTar.read(noEnd)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedTar) }
+        var junk = tar
+        junk[junk.count - 1] = 1
+        XCTAssertThrowsError(try PaxTar.read(junk)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedTar) }
+        var badSum = tar
+        badSum[0] ^= 0x01
+        XCTAssertThrowsError(try PaxTar.read(badSum)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedTar) }
     }
 }

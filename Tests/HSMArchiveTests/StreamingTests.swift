@@ -17,7 +17,8 @@ final class StreamingTests: XCTestCase {
         let reference = try InnerBlob.open(blob, keyring: Fixture.keyring).bundle
         var rng = SystemRandomNumberGenerator()
         for split in [1, 7, 64, 1000] {
-            let opener = InnerBlobOpener(keyring: Fixture.keyring)
+            var tar: [UInt8] = []
+            let opener = InnerBlobOpener(keyring: Fixture.keyring) { tar.append(contentsOf: $0) }
             var checker = InnerStructureChecker()
             var at = 0
             while at < blob.count {
@@ -27,16 +28,16 @@ final class StreamingTests: XCTestCase {
                 try checker.feed(piece)
                 at += n
             }
-            let tar = try opener.finish()
+            try opener.finish()
             XCTAssertEqual(try PayloadBundle.parse(tar: tar, descriptor: opener.header!.payload), reference)
             XCTAssertEqual(try checker.finish().totalBytes, blob.count)
         }
         // A streaming restore in pieces.
         let target = try Fixture.makeHSM(2)
-        let session = try target.beginRestore()
+        let session = try target.beginRestore(dryRun: false)
         for p in pieces { try session.feed(p) }
-        XCTAssertEqual(try session.finish(dryRun: false).keys, 6)
-        XCTAssertEqual(target.contents, hsm.contents)
+        XCTAssertEqual(try session.finish().keys, 6)
+        XCTAssertEqual(try target.contents, try hsm.contents)
     }
 
     func testFailedReaderStaysFailed() throws {
@@ -44,8 +45,8 @@ final class StreamingTests: XCTestCase {
         let blob = try hsm.backup(chunkSize: 256)
         var damaged = blob
         damaged[damaged.count - 3] ^= 0xFF
-        let opener = InnerBlobOpener(keyring: Fixture.keyring)
-        assertCode(["chunkAuthenticationFailed"]) { try opener.feed(damaged) }
+        let opener = InnerBlobOpener(keyring: Fixture.keyring) { _ in }
+        assertCode(["chunkAuthenticationFailed"]) { try opener.feed(damaged); try opener.finish() }
         assertCode(["chunkAuthenticationFailed"]) { try opener.feed([]) }
         assertCode(["chunkAuthenticationFailed"]) { try opener.finish() }
     }
@@ -54,10 +55,22 @@ final class StreamingTests: XCTestCase {
         let pbk = try Fixture.keyring.pbk()
         var out: [UInt8] = []
         let w = try InnerBlobWriter(metadata: Fixture.identity().metadata, backupId: [UInt8](repeating: 1, count: 16), createdAt: 0,
-                                    payload: PayloadDescriptor(chunkSize: 256, payloadBytes: 0, userCount: 0, keyCount: 0, policyCount: 0),
+                                    payload: PayloadDescriptor(chunkSize: 256, payloadBytes: 600, userCount: 0, keyCount: 0, policyCount: 0),
                                     pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { out.append(contentsOf: $0) })
-        assertCode(["invalidArgument"]) { try w.finish() }
+        try w.write([UInt8](repeating: 1, count: 300))
+        assertCode(["invalidArgument"]) { try w.finish() }   // 300 of the 600 declared bytes
         assertCode(["writerFailed"]) { try w.write([1]) }
+        // More than declared is refused at once.
+        let w2 = try InnerBlobWriter(metadata: Fixture.identity().metadata, backupId: [UInt8](repeating: 1, count: 16), createdAt: 0,
+                                     payload: PayloadDescriptor(chunkSize: 256, payloadBytes: 10, userCount: 0, keyCount: 0, policyCount: 0),
+                                     pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { _ in })
+        assertCode(["invalidArgument"]) { try w2.write([UInt8](repeating: 1, count: 11)) }
+        // A payload of zero bytes is outside the format.
+        assertCode(["invalidArgument"]) {
+            try InnerBlobWriter(metadata: Fixture.identity().metadata, backupId: [UInt8](repeating: 1, count: 16), createdAt: 0,
+                                payload: PayloadDescriptor(payloadBytes: 0, userCount: 0, keyCount: 0, policyCount: 0),
+                                pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { _ in })
+        }
         assertCode(["invalidArgument"]) {
             try InnerBlobWriter(metadata: Fixture.identity().metadata, backupId: [1], createdAt: 0,
                                 payload: PayloadDescriptor(payloadBytes: 0, userCount: 0, keyCount: 0, policyCount: 0),

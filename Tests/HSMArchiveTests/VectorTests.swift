@@ -72,6 +72,6 @@ final class VectorTests: XCTestCase {
         let s = try hsm.restore(blob, dryRun: false)
         XCTAssertEqual(s.keys, 6)
         let contents = try JSONDecoder().decode(HSMContents.self, from: Data(read(Self.samplesDir + "/example-hsm.contents.json")))
-        XCTAssertEqual(hsm.contents, contents)
+        XCTAssertEqual(try hsm.contents, contents)
     }
 }

@@ -163,7 +163,7 @@ struct HSMCommand: ParsableCommand {
                 var options = noRsa ? PopulateOptions.deterministic : PopulateOptions()
                 options.rsaBits = rsaBits
                 try hsm.populate(keys: keys, users: users, seed: seed, options: options)
-                print("populated \(hsm.identity.hsmId): \(hsm.contents.policies.count) policies, \(hsm.contents.users.count) users, \(hsm.contents.keys.count) keys")
+                print("populated \(hsm.identity.hsmId): \(hsm.state.policies) policies, \(hsm.state.users) users, \(hsm.state.keys) keys")
             } catch { throw CLIExit.translate(error) }
         }
     }
@@ -188,7 +188,7 @@ struct HSMCommand: ParsableCommand {
         func run() throws {
             do {
                 let hsm = try SimulatedHSM.open(at: directory)
-                let c = hsm.contents
+                let c = try hsm.contents
                 let report = Report(directory: directory, identity: hsm.identity, operatorKeyInstalled: hsm.hasOperatorKey,
                                     pbkFingerprint: try hsm.pbkFingerprint().map { Hex.encode($0) },
                                     policies: c.policies.map(\.name),

@@ -11,12 +11,31 @@ def kdf(k, label, ctx, L=256):
 
 class E(Exception): pass
 
+def declared_size(d):
+    """The content size a zstd frame header declares (RFC 8878 3.1.1.1), or None."""
+    if len(d) < 5 or d[:4] != b"\x28\xb5\x2f\xfd": return None
+    fhd = d[4]; fcs_flag = fhd >> 6; single = (fhd >> 5) & 1; did = [0, 1, 2, 4][fhd & 3]
+    size = [1 if single else 0, 2, 4, 8][fcs_flag]
+    at = 5 + (0 if single else 1) + did
+    if size == 0 or len(d) < at + size: return None
+    v = int.from_bytes(d[at:at + size], "little")
+    return v + 256 if size == 2 else v
+
+def unzstd(d, piece):
+    """One chunk's data: one standard zstd frame declaring exactly `piece` bytes, nothing after."""
+    if declared_size(d) != piece: raise E("payloadMalformed")
+    r = subprocess.run(["zstd", "-dc"], input=d, capture_output=True)
+    if r.returncode != 0 or len(r.stdout) != piece: raise E("payloadMalformed")
+    # nothing after the frame: the same frame without its last byte must not decode
+    if subprocess.run(["zstd", "-dc"], input=d[:-1], capture_output=True).returncode == 0: raise E("payloadMalformed")
+    return r.stdout
+
 def read(blob, mfr, mkbk, akbk):
     if len(blob) < 8 or blob[:8] != b"HSMBINNR":
         if blob[:8] != b"HSMBINNR"[:len(blob[:8])]: raise E("badMagic")
         raise E("truncated")
     if len(blob) < 14: raise E("truncated")
-    if blob[8] != 1: raise E("unsupportedVersion")
+    if blob[8] != 2: raise E("unsupportedVersion")
     minor = blob[9]
     blen = struct.unpack(">I", blob[10:14])[0]
     if blen > 16384: raise E("limitExceeded")
@@ -39,10 +58,12 @@ def read(blob, mfr, mkbk, akbk):
     fp = take(32)
     if take(1) != b"\x01": raise E("malformedHeader")
     wrapped = take(40)
-    if take(3) != b"\x01\x01\x01": raise E("malformedHeader")
+    if take(3) != b"\x01\x02\x01": raise E("malformedHeader")
     cs = struct.unpack(">I", take(4))[0]
     if not 256 <= cs <= 4194304: raise E("limitExceeded")
     psize = struct.unpack(">Q", take(8))[0]
+    if psize == 0: raise E("malformedHeader")
+    if psize > 1 << 30: raise E("limitExceeded")
     counts = struct.unpack(">III", take(12))
     if minor == 0 and p != len(body): raise E("malformedHeader")
     seal = blob[14 + blen:hl]
@@ -55,26 +76,25 @@ def read(blob, mfr, mkbk, akbk):
     ks = kdf(ebk, b"hsmbackup/v1 inner header seal", bid)
     if not hmac.compare_digest(hmac.new(ks, blob[:14 + blen], hashlib.sha256).digest(), seal): raise E("headerSealMismatch")
     hd = hashlib.sha256(blob[:hl]).digest()
-    full = 8 + 8 * ((37 + cs + 7) // 8)
-    pos = hl; i = 0; data = b""; final = False
+    nchunks = (psize + cs - 1) // cs
+    ctlen = lambda d: 8 + 8 * ((37 + d + 7) // 8)
+    pos = hl; i = 0; tar = b""; final = False
     while pos < len(blob):
         if final: raise E("dataAfterFinalChunk")
         if len(blob) - pos < 5: raise E("truncated")
         t = blob[pos]; n = struct.unpack(">I", blob[pos + 1:pos + 5])[0]
         if t not in (1, 2): raise E("malformedFrame")
         fin = t == 2
-        if (not fin and n != full) or (fin and not (48 <= n <= full and n % 8 == 0)): raise E("malformedFrame")
+        if fin != (i == nchunks - 1): raise E("malformedFrame")
+        piece = psize - cs * i if fin else cs
+        if not (ctlen(1) <= n <= ctlen(piece + piece // 256 + 64) and n % 8 == 0): raise E("malformedFrame")
         if len(blob) - pos - 5 < n: raise E("truncated")
         try: pt = aes_key_unwrap_with_padding(ebk, blob[pos + 5:pos + 5 + n])
         except InvalidUnwrap: raise E("chunkAuthenticationFailed")
         if pt[:37] != hd + struct.pack(">I", i) + (b"\x01" if fin else b"\x00"): raise E("chunkBindingMismatch")
-        d = pt[37:]
-        if (not fin and len(d) != cs) or (fin and not 1 <= len(d) <= cs): raise E("malformedFrame")
-        data += d; pos += 5 + n; i += 1; final = fin
+        tar += unzstd(pt[37:], piece)
+        pos += 5 + n; i += 1; final = fin
     if not final: raise E("missingFinalChunk" if pos == len(blob) else "truncated")
-    r = subprocess.run(["zstd", "-dc"], input=data, capture_output=True)
-    if r.returncode != 0 or len(r.stdout) != psize: raise E("payloadMalformed")
-    tar = r.stdout
     tf = tarfile.open(fileobj=io.BytesIO(tar), mode="r:")
     members = tf.getmembers()
     if not members or members[0].name != "manifest.json": raise E("manifestMalformed")
