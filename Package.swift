@@ -24,7 +24,8 @@ let package = Package(
                        providers: [.apt(["libzstd-dev"])]),
 
         .target(name: "ByteCoding"),
-        .target(name: "Durability"),
+        .target(name: "CDurability"),
+        .target(name: "Durability", dependencies: ["CDurability"]),
         .target(name: "BackupCrypto", dependencies: ["COpenSSL"]),
         .target(name: "PayloadCodec", dependencies: ["CArchive", "CZstd", "ByteCoding"]),
         .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),

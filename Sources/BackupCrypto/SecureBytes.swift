@@ -74,3 +74,51 @@ where A.Element == UInt8, B.Element == UInt8 {
     return x.withUnsafeBytes { p in y.withUnsafeBytes { q in
         CRYPTO_memcmp(p.baseAddress, q.baseAddress, x.count) == 0 } }
 }
+
+/// A reusable, growable working buffer for bytes that may be secret (plaintext frames, read and
+/// write buffers of a stream): one heap allocation, wiped with OPENSSL_cleanse when it grows
+/// (the old storage), on `wipe()` and on deinit. Unlike `SecureBytes` it is mutable and owned by
+/// one streaming object at a time; it is not Sendable and has no `description` of its contents.
+public final class SecretBuffer {
+    private var pointer: UnsafeMutableRawPointer
+    public private(set) var capacity: Int
+
+    public init(capacity: Int = 0) {
+        self.capacity = max(capacity, 0)
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1), alignment: 16)
+    }
+
+    deinit {
+        hsmb_cleanse(pointer, max(capacity, 1))
+        pointer.deallocate()
+    }
+
+    /// Makes the capacity at least `count`, keeping the first `preserving` bytes; the old
+    /// storage is wiped before it is freed.
+    public func reserve(_ count: Int, preserving: Int = 0) {
+        guard count > capacity else { return }
+        precondition(preserving >= 0 && preserving <= capacity, "SecretBuffer.reserve: preserving \(preserving) of \(capacity)")
+        let p = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 16)
+        if preserving > 0 { p.copyMemory(from: pointer, byteCount: preserving) }
+        hsmb_cleanse(pointer, max(capacity, 1))
+        pointer.deallocate()
+        pointer = p
+        capacity = count
+    }
+
+    /// Overwrites the first `count` bytes (all of them by default).
+    public func wipe(count: Int? = nil) {
+        let n = min(count ?? capacity, capacity)
+        if n > 0 { hsmb_cleanse(pointer, n) }
+    }
+
+    /// The whole capacity; valid only inside `body` (a later `reserve` moves the storage).
+    public func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeMutableRawBufferPointer(start: pointer, count: capacity))
+    }
+}
+
+extension SecretBuffer: CustomStringConvertible, CustomDebugStringConvertible {
+    public var description: String { "SecretBuffer(capacity \(capacity), redacted)" }
+    public var debugDescription: String { description }
+}

@@ -1,3 +1,4 @@
+import CDurability
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -104,6 +105,7 @@ public enum AtomicFile {
         private var fd: Int32
         private var finished = false
         public private(set) var bytesWritten: Int = 0
+        private var writebackStart = 0
 
         public init(path: String, mode: mode_t = 0o600) throws {
             self.path = path
@@ -140,6 +142,19 @@ public enum AtomicFile {
         }
 
         public func append(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try append($0) } }
+
+        /// Asks the kernel to start writing back the bytes appended since the last call (Linux
+        /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`, through CDurability; a no-op elsewhere). It waits for nothing and
+        /// promises nothing: `commit()`'s fsync is still what makes the file durable. A writer of
+        /// a large file calls it now and then so the disk works while it produces the rest, and
+        /// the final fsync has little left to wait for.
+        public func startWriteback() {
+            precondition(!finished, "AtomicFile.Writer used after commit/abort")
+            let from = writebackStart
+            guard bytesWritten > from else { return }
+            _ = hsmb_start_writeback(fd, Int64(from), Int64(bytesWritten - from))
+            writebackStart = bytesWritten
+        }
 
         /// fsync, rename over the target, fsync the directory.
         public func commit() throws {

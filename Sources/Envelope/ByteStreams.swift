@@ -1,15 +1,36 @@
-import Foundation
+import BackupCrypto
 import Durability
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where an envelope's bytes come from (pull). `read` returns up to `maxCount` bytes and an
-/// empty array only at the end of the input.
+/// empty array only at the end of the input; `read(into:)` fills up to `buffer.count` bytes of a
+/// caller's buffer and returns 0 only at the end (the default goes through `read(maxCount:)`).
 public protocol ByteSource: AnyObject {
     func read(maxCount: Int) throws -> [UInt8]
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
 }
 
-/// Where an envelope's bytes go (push).
+extension ByteSource {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let b = try read(maxCount: buffer.count)
+        precondition(b.count <= buffer.count, "ByteSource.read(maxCount:) returned more than asked")
+        b.withUnsafeBytes { if $0.count > 0 { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+        return b.count
+    }
+}
+
+/// Where an envelope's bytes go (push). `write(_: UnsafeRawBufferPointer)` lets a producer hand
+/// over bytes from its own reusable buffer (the default copies them into an array).
 public protocol ByteSink: AnyObject {
     func write(_ bytes: [UInt8]) throws
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+}
+
+extension ByteSink {
+    public func write(_ bytes: UnsafeRawBufferPointer) throws { try write(Array(bytes)) }
 }
 
 /// An in-memory source (tests, small messages).
@@ -26,6 +47,15 @@ public final class MemorySource: ByteSource {
         defer { position += n }
         return Array(bytes[position..<(position + n)])
     }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = min(buffer.count, bytes.count - position)
+        if n > 0 {
+            bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + position, byteCount: n) }
+        }
+        position += n
+        return n
+    }
 }
 
 /// An in-memory sink.
@@ -33,9 +63,11 @@ public final class MemorySink: ByteSink {
     public private(set) var bytes: [UInt8] = []
     public init() {}
     public func write(_ b: [UInt8]) throws { bytes.append(contentsOf: b) }
+    public func write(_ b: UnsafeRawBufferPointer) throws { bytes.append(contentsOf: b) }
 }
 
-/// A source over a FileHandle (a file, or stdin).
+/// A source over a FileHandle (a file, or stdin). Reads go straight to read(2) on its file
+/// descriptor, into the caller's buffer when it brings one.
 public final class FileHandleSource: ByteSource {
     private let handle: FileHandle
     private let name: String
@@ -49,11 +81,20 @@ public final class FileHandleSource: ByteSource {
     }
 
     public func read(maxCount: Int) throws -> [UInt8] {
-        do {
-            guard let d = try handle.read(upToCount: maxCount) else { return [] }
-            return [UInt8](d)
-        } catch {
-            throw EnvelopeError(.io, "reading \(name): \(error)")
+        guard maxCount > 0 else { return [] }
+        var out = [UInt8](repeating: 0, count: maxCount)
+        let n = try out.withUnsafeMutableBytes { try read(into: $0) }
+        out.removeLast(maxCount - n)
+        return out
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard buffer.count > 0 else { return 0 }
+        while true {
+            let n = Glibc.read(handle.fileDescriptor, buffer.baseAddress!, buffer.count)
+            if n >= 0 { return n }
+            if errno == EINTR { continue }
+            throw EnvelopeError(.io, "reading \(name): \(String(cString: strerror(errno)))")
         }
     }
 }
@@ -64,67 +105,150 @@ public final class FileHandleSink: ByteSink {
     private let handle: FileHandle
     public init(_ handle: FileHandle) { self.handle = handle }
     public func write(_ b: [UInt8]) throws {
-        do { try handle.write(contentsOf: Data(b)) } catch { throw EnvelopeError(.io, "writing: \(error)") }
+        try b.withUnsafeBytes { try write($0) }
+    }
+    public func write(_ b: UnsafeRawBufferPointer) throws {
+        var off = 0
+        while off < b.count {
+            let n = Glibc.write(handle.fileDescriptor, b.baseAddress! + off, b.count - off)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw EnvelopeError(.io, "writing: \(String(cString: strerror(errno)))")
+            }
+            off += n
+        }
     }
 }
 
 /// A sink that writes a temp file beside `path` and renames it into place on `commit()`;
-/// dropped or aborted, it leaves nothing behind.
+/// dropped or aborted, it leaves nothing behind. Writes are gathered in a `bufferBytes` buffer
+/// (decrypted plaintext, so it is a `SecretBuffer`: wiped when the sink goes) and reach the file
+/// in large write(2) calls; `commit()` writes what is left, then fsync, rename, fsync directory.
 public final class AtomicFileSink: ByteSink {
+    public static let bufferBytes = 1 << 20
     private let writer: AtomicFile.Writer
+    private let buffer = SecretBuffer(capacity: AtomicFileSink.bufferBytes)
+    private var used = 0
+    /// Every this many bytes the kernel is asked to start writing the file back, so that the
+    /// disk works while the message is produced and commit's fsync has little left to wait for.
+    public static let writebackBytes = 8 << 20
+    private var writebackAt = 0
+
     public init(path: String, mode: mode_t = 0o600) throws {
         do { writer = try AtomicFile.Writer(path: path, mode: mode) } catch { throw EnvelopeError(.io, "\(error)") }
     }
+
     public func write(_ b: [UInt8]) throws {
-        do { try writer.append(b) } catch { throw EnvelopeError(.io, "\(error)") }
+        try b.withUnsafeBytes { try write($0) }
     }
+
+    public func write(_ b: UnsafeRawBufferPointer) throws {
+        guard b.count > 0 else { return }
+        if used + b.count > buffer.capacity { try flush() }
+        if b.count >= buffer.capacity {
+            try append(b)
+            return
+        }
+        buffer.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: used).copyMemory(from: b.baseAddress!, byteCount: b.count) }
+        used += b.count
+    }
+
     public func commit() throws {
+        try flush()
         do { try writer.commit() } catch { throw EnvelopeError(.io, "\(error)") }
+        buffer.wipe()
     }
-    public func abort() { writer.abort() }
+
+    public func abort() {
+        used = 0
+        buffer.wipe()
+        writer.abort()
+    }
+
+    private func flush() throws {
+        guard used > 0 else { return }
+        let n = used
+        used = 0
+        try buffer.withUnsafeMutableBytes { try append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+    }
+
+    private func append(_ b: UnsafeRawBufferPointer) throws {
+        do { try writer.append(b) } catch { throw EnvelopeError(.io, "\(error)") }
+        if writer.bytesWritten - writebackAt >= Self.writebackBytes {
+            writer.startWriteback()
+            writebackAt = writer.bytesWritten
+        }
+    }
 }
 
 /// A pulling reader over a source that knows its absolute offset and can read exact counts.
-/// Reads never go past what the caller asks for, so a header reader reads only the header.
+/// With `readAhead` 0 it never asks the source for more than the caller asks for, so a header
+/// reader reads only the header (inspection); with `readAhead` > 0 it asks in blocks of at least
+/// that size (file decryption). Bytes are lent from one reusable buffer (`withBytes`) or copied
+/// out (`read`); the buffer grows only as bytes actually arrive, so a declared length cannot make
+/// it allocate more than about twice what the input holds.
 final class CountingReader {
     private let source: ByteSource
-    private var pending: [UInt8] = []
-    private var pendingStart = 0
+    private let buffer = SecretBuffer() // message bytes (ciphertext); wiped anyway, it costs nothing
+    private var start = 0
+    private var end = 0
     private(set) var offset = 0
+    var readAhead = 0
     /// Every byte handed out also goes here (signature verification, body copy for rewrap).
-    var observers: [([UInt8]) -> Void] = []
+    var observers: [(UnsafeRawBufferPointer) -> Void] = []
 
-    init(_ source: ByteSource) { self.source = source }
+    init(_ source: ByteSource, readAhead: Int = 0) {
+        self.source = source
+        self.readAhead = readAhead
+    }
+
+    /// Buffers up to `count` bytes (fewer only at the end of the input); returns how many.
+    private func fill(_ count: Int) throws -> Int {
+        while end - start < count {
+            let have = end - start
+            let want = max(count - have, readAhead)
+            if buffer.capacity - end < want {
+                if start > 0 {
+                    if have > 0 { buffer.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: $0.baseAddress! + start, byteCount: have) } }
+                    start = 0
+                    end = have
+                }
+                if buffer.capacity - end < want {
+                    buffer.reserve(max(buffer.capacity, min(have + want, max(buffer.capacity * 2, 1 << 16))), preserving: end)
+                }
+            }
+            let room = min(want, buffer.capacity - end)
+            let n = try buffer.withUnsafeMutableBytes { b in
+                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: b[end..<(end + room)]))
+            }
+            if n == 0 { break }
+            end += n
+        }
+        return min(end - start, count)
+    }
+
+    /// Consumes up to `count` bytes (fewer only at the end of the input) and lends them to `body`;
+    /// the pointer is valid only inside `body`.
+    func withBytes<R>(_ count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let n = try fill(count)
+        let at = start
+        start += n
+        offset += n
+        return try buffer.withUnsafeMutableBytes { b in
+            let bytes = UnsafeRawBufferPointer(rebasing: b[at..<(at + n)])
+            for o in observers { o(bytes) }
+            return try body(bytes)
+        }
+    }
 
     /// Up to `count` bytes; fewer only at the end of the input.
     func read(_ count: Int) throws -> [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(min(count, 1 << 20))
-        while out.count < count {
-            if pendingStart < pending.count {
-                let n = min(count - out.count, pending.count - pendingStart)
-                out.append(contentsOf: pending[pendingStart..<(pendingStart + n)])
-                pendingStart += n
-                continue
-            }
-            let chunk = try source.read(maxCount: count - out.count)
-            if chunk.isEmpty { break }
-            pending = chunk
-            pendingStart = 0
-        }
-        offset += out.count
-        for o in observers { o(out) }
-        return out
+        try withBytes(count) { Array($0) }
     }
 
-    /// True if no byte is left (may pull one byte from the source and keep it).
+    /// True if no byte is left (may pull bytes from the source and keep them).
     func atEnd() throws -> Bool {
-        if pendingStart < pending.count { return false }
-        let chunk = try source.read(maxCount: 1)
-        if chunk.isEmpty { return true }
-        pending = chunk
-        pendingStart = 0
-        return false
+        try fill(1) == 0
     }
 }
 

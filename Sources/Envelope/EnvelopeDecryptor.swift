@@ -8,6 +8,10 @@ public struct DecryptOptions: Sendable {
     public var limits = HeaderLimits()
     /// A non-framed body must be held whole until its tag verifies; this caps it (named limit).
     public var maximumNonFramedBodyBytes: Int = 64 << 20
+    /// 0: the decryptor asks its source for exactly the bytes it needs next (inspection reads the
+    /// header and nothing more). Larger: it reads ahead in blocks of this size (file decryption;
+    /// `EnvelopeFile.decrypt` sets 1 MiB). Plaintext is released per frame either way.
+    public var readAheadBytes: Int = 0
     public init(policy: CommitmentPolicy = .requireCommitment) { self.policy = policy }
 }
 
@@ -15,9 +19,11 @@ public struct DecryptOptions: Sendable {
 ///
 /// `init` reads the header (and nothing more), opens an EDK with the keyrings, checks the
 /// commitment key in constant time, then the header tag. `nextChunk()` returns the plaintext of
-/// one frame only after its tag verified; for signed suites the final frame's plaintext is held
-/// until the footer signature verified. After the final frame (and footer) the input must end.
-/// Once a call has failed, the decryptor stays failed.
+/// one frame only after its tag verified (`withNextChunk` lends it from a reused, wiped buffer
+/// instead of copying it); for signed suites the final frame's plaintext is held until the footer
+/// signature verified. After the final frame (and footer) the input must end. Once a call has
+/// failed, the decryptor stays failed. All frames are opened on one GCM context (one key schedule
+/// per message), straight from the reader's buffer.
 public final class EnvelopeDecryptor {
     public let header: MessageHeader
     /// The EDK that opened the message.
@@ -38,11 +44,15 @@ public final class EnvelopeDecryptor {
     /// Raw body bytes consumed since the last `takeRawBody()` (used by rewrap).
     var collectRawBody = false
     private var rawBody: [UInt8] = []
+    /// Opens every frame: one GCM context and key schedule for the message.
+    private let opener: AESGCMFrameOpener
+    /// The current frame's plaintext, verified before anyone sees it; reused, wiped on deinit and on failure.
+    private let plaintext = SecretBuffer()
     /// Frames decrypted so far (the final frame included once done).
     public var framesRead: UInt32 { expected - 1 }
 
     public convenience init(source: ByteSource, keyrings: [Keyring], options: DecryptOptions = DecryptOptions()) throws {
-        try self.init(reader: CountingReader(source), keyrings: keyrings, options: options)
+        try self.init(reader: CountingReader(source, readAhead: options.readAheadBytes), keyrings: keyrings, options: options)
     }
 
     init(reader: CountingReader, keyrings: [Keyring], options: DecryptOptions) throws {
@@ -79,6 +89,9 @@ public final class EnvelopeDecryptor {
         guard constantTimeEqual(tag, header.headerTag) else {
             throw EnvelopeError(.headerAuthenticationFailed, "the header tag does not verify", offset: header.bodyBytes.count + header.headerIV.count)
         }
+        do { opener = try AESGCMFrameOpener(key: keys.contentKey) } catch {
+            throw EnvelopeError(.invalidArgument, "AES-GCM context: \(error)")
+        }
         reader.observers.append { [unowned self] bytes in
             guard self.inBody else { return }
             self.verifier?.update(bytes)
@@ -113,21 +126,32 @@ public final class EnvelopeDecryptor {
 
     /// The next verified plaintext piece (one frame), or nil once the message ended cleanly.
     public func nextChunk() throws -> [UInt8]? {
+        try withNextChunk { Array($0) }
+    }
+
+    /// Lends the next verified plaintext piece (one frame) to `body`, or returns nil once the
+    /// message ended cleanly. The bytes live in a buffer the next call reuses (and deinit wipes):
+    /// valid only inside `body`.
+    public func withNextChunk<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
         if let failure { throw failure }
         if finished { return nil }
+        let count: Int
         do {
-            return try header.contentType == .framed ? readFrame() : readNonFramed()
+            count = try header.contentType == .framed ? readFrame() : readNonFramed()
         } catch let e as EnvelopeError {
             failure = e
+            plaintext.wipe()
             throw e
         }
+        return try plaintext.withUnsafeMutableBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }
 
     /// Decrypts everything into `sink`, frame by frame.
     public func decryptAll(to sink: ByteSink) throws {
-        while let chunk = try nextChunk() {
+        while try withNextChunk({ (chunk: UnsafeRawBufferPointer) -> Bool in
             if !chunk.isEmpty { try sink.write(chunk) }
-        }
+            return true
+        }) != nil {}
     }
 
     /// One call on an in-memory message.
@@ -155,7 +179,8 @@ public final class EnvelopeDecryptor {
 
     private func u32(_ b: [UInt8]) -> UInt32 { b.reduce(0) { $0 << 8 | UInt32($1) } }
 
-    private func readFrame() throws -> [UInt8] {
+    /// Reads, verifies and decrypts one frame into `plaintext`; returns its length.
+    private func readFrame() throws -> Int {
         let frame = expected
         let start = reader.offset
         let first = try reader.read(4)
@@ -180,14 +205,29 @@ public final class EnvelopeDecryptor {
                 throw EnvelopeError(.finalFrameTooLong, "final frame holds \(length) bytes, frame length is \(header.frameLength)", frame: frame, offset: lenAt)
             }
         }
-        let ct = try readExact(Int(length), frame: frame, "content", start: start)
-        let tag = try readExact(16, frame: frame, "tag", start: start)
         let aad = KeyDerivation.bodyAAD(messageID: header.messageID,
                                         label: isFinal ? KeyDerivation.finalFrameLabel : KeyDerivation.frameLabel,
                                         sequence: seq, length: UInt64(length))
-        let plain: [UInt8]
-        do { plain = try AESGCM.open(ct, tag: tag, key: keys.contentKey, nonce: try GCMNonce(iv), aad: aad) } catch {
-            throw EnvelopeError(.frameAuthenticationFailed, "frame \(frame) does not authenticate", frame: frame, offset: start)
+        let count = Int(length)
+        // Content and tag are lent from the reader's buffer; the plaintext buffer grows only once
+        // the bytes are there (a declared length alone allocates nothing).
+        try reader.withBytes(count + AESGCM.tagByteCount) { body in
+            guard body.count == count + AESGCM.tagByteCount else {
+                throw EnvelopeError(.truncatedFrame, "the input ends inside frame \(frame) (\(body.count < count ? "content" : "tag"))",
+                                    frame: frame, offset: start)
+            }
+            plaintext.reserve(count)
+            do {
+                try plaintext.withUnsafeMutableBytes { out in
+                    try aad.withUnsafeBytes { a in
+                        try opener.open(UnsafeRawBufferPointer(rebasing: body[0..<count]),
+                                        tag: UnsafeRawBufferPointer(rebasing: body[count...]),
+                                        nonce: try GCMNonce(iv), aad: a, plaintext: out)
+                    }
+                }
+            } catch {
+                throw EnvelopeError(.frameAuthenticationFailed, "frame \(frame) does not authenticate", frame: frame, offset: start)
+            }
         }
         if isFinal {
             try readFooterAndEnd(frame: frame)
@@ -196,10 +236,10 @@ public final class EnvelopeDecryptor {
             throw EnvelopeError(.tooManyFrames, "more than 2^32-1 frames", frame: frame, offset: start)
         }
         expected += 1
-        return plain
+        return count
     }
 
-    private func readNonFramed() throws -> [UInt8] {
+    private func readNonFramed() throws -> Int {
         let start = reader.offset
         let iv = try readExact(12, frame: 1, "IV", start: start)
         let lenAt = reader.offset
@@ -211,14 +251,24 @@ public final class EnvelopeDecryptor {
         let ct = try readExact(Int(length), frame: 1, "content", start: start)
         let tag = try readExact(16, frame: 1, "tag", start: start)
         let aad = KeyDerivation.bodyAAD(messageID: header.messageID, label: KeyDerivation.singleBlockLabel, sequence: 1, length: length)
-        let plain: [UInt8]
-        do { plain = try AESGCM.open(ct, tag: tag, key: keys.contentKey, nonce: try GCMNonce(iv), aad: aad) } catch {
+        plaintext.reserve(ct.count)
+        do {
+            try plaintext.withUnsafeMutableBytes { out in
+                try ct.withUnsafeBytes { c in
+                    try tag.withUnsafeBytes { t in
+                        try aad.withUnsafeBytes { a in
+                            try opener.open(c, tag: t, nonce: try GCMNonce(iv), aad: a, plaintext: out)
+                        }
+                    }
+                }
+            }
+        } catch {
             throw EnvelopeError(.frameAuthenticationFailed, "the non-framed body does not authenticate", frame: 1, offset: start)
         }
         try readFooterAndEnd(frame: 1)
         finished = true
         expected = 2
-        return plain
+        return ct.count
     }
 
     private func readFooterAndEnd(frame: UInt32) throws {

@@ -45,8 +45,9 @@ public enum Rewrap {
         do { signer = try signingKey.map { try P384Signer(privateKey: $0) } } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
         signer?.update(header.bytes)
         try sink.write(header.bytes)
-        while var plain = try d.nextChunk() {
-            wipe(&plain)
+        // Each frame is verified (the plaintext stays in the decryptor's wiped buffer), then its
+        // raw bytes are copied out unchanged.
+        while try d.withNextChunk({ _ in true }) != nil {
             let raw = d.takeRawBody()
             signer?.update(raw)
             try sink.write(raw)

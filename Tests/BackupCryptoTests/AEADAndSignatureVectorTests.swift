@@ -92,6 +92,42 @@ final class AEADAndSignatureVectorTests: XCTestCase {
         XCTAssertThrowsError(try AESGCM.open(ct, tag: badTag, key: key, nonce: nonce, aad: [1, 2, 3]))
     }
 
+    /// One keyed context for many messages (the envelope's frames): each seal/open with a new
+    /// nonce must give exactly what a fresh one-shot context gives, whatever came before.
+    func testFrameContextsMatchOneShotAcrossManyMessages() throws {
+        let key = try ContentKey.random()
+        let sealer = try AESGCMFrameSealer(key: key)
+        let opener = try AESGCMFrameOpener(key: key)
+        for (i, size) in [0, 1, 15, 16, 17, 4096, 65_536, 100_003, 0, 33].enumerated() {
+            var ivBytes = [UInt8](repeating: 0, count: 12)
+            ivBytes[11] = UInt8(i + 1)
+            let nonce = try GCMNonce(ivBytes)
+            let pt = SecureRandom.bytes(count: size)
+            let aad = i % 3 == 0 ? [] : SecureRandom.bytes(count: 13 * i)
+            let oneShot = try AESGCM.seal(pt, key: key, nonce: nonce, aad: aad)
+            var ct = [UInt8](repeating: 0xAA, count: size)
+            var tag = [UInt8](repeating: 0, count: 16)
+            try pt.withUnsafeBytes { p in try aad.withUnsafeBytes { a in try ct.withUnsafeMutableBytes { c in try tag.withUnsafeMutableBytes { t in
+                try sealer.seal(p, nonce: nonce, aad: a, ciphertext: c, tag: t) } } } }
+            XCTAssertEqual(ct, oneShot.ciphertext, "message \(i)")
+            XCTAssertEqual(tag, oneShot.tag, "message \(i)")
+            var out = [UInt8](repeating: 0, count: size)
+            try ct.withUnsafeBytes { c in try tag.withUnsafeBytes { t in try aad.withUnsafeBytes { a in try out.withUnsafeMutableBytes { o in
+                try opener.open(c, tag: t, nonce: nonce, aad: a, plaintext: o) } } } }
+            XCTAssertEqual(out, pt, "message \(i)")
+            // A wrong tag: the call throws authenticationFailed and leaves no plaintext behind.
+            guard size > 0 else { continue }
+            var bad = tag
+            bad[i % 16] ^= 0x01
+            var leak = [UInt8](repeating: 0, count: size)
+            XCTAssertThrowsError(try ct.withUnsafeBytes { c in try bad.withUnsafeBytes { t in try aad.withUnsafeBytes { a in
+                try leak.withUnsafeMutableBytes { o in try opener.open(c, tag: t, nonce: nonce, aad: a, plaintext: o) } } } }) {
+                XCTAssertEqual(($0 as? CryptoError)?.code, .authenticationFailed)
+            }
+            XCTAssertEqual(leak, [UInt8](repeating: 0, count: size), "unauthenticated plaintext was left in the buffer")
+        }
+    }
+
     func testWycheproofECDSAP384SHA384() throws {
         var tally = VectorTally(file: "ecdsa_secp384r1_sha384_test.json")
         for (g, t) in try Vectors.wycheproof("ecdsa_secp384r1_sha384_test.json") {

@@ -78,4 +78,28 @@ final class ByteReaderTests: XCTestCase {
         FileManager.default.createFile(atPath: dir + "/.f.tmp-dead", contents: Data([1]))
         XCTAssertEqual(try AtomicFile.removeStaleTemps(in: dir), [".f.tmp-dead"])
     }
+
+    /// startWriteback (sync_file_range) between appends changes nothing in what is published,
+    /// and an aborted writer that started write-back still leaves nothing behind.
+    func testStartWritebackKeepsTheFileAtomicAndWhole() throws {
+        let dir = NSTemporaryDirectory() + "atomic-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let piece = (0..<100_003).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let w = try AtomicFile.Writer(path: dir + "/f")
+        w.startWriteback() // nothing written yet: a no-op
+        for _ in 0..<3 {
+            try w.append(piece)
+            w.startWriteback()
+        }
+        w.startWriteback()
+        try w.append([1])
+        try w.commit()
+        XCTAssertEqual(try AtomicFile.read(dir + "/f"), piece + piece + piece + [1])
+        let a = try AtomicFile.Writer(path: dir + "/g")
+        try a.append(piece)
+        a.startWriteback()
+        a.abort()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["f"])
+    }
 }

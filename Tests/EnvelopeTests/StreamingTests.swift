@@ -58,6 +58,60 @@ final class StreamingTests: XCTestCase {
         }
     }
 
+    /// Whole frames are sealed straight from the caller's buffer and partial ones through the
+    /// encryptor's own buffer: both paths, in any mix, give the identical message (same data key
+    /// and message ID; the unsigned suite, so nothing is randomised).
+    func testWritePatternsGiveIdenticalMessages() throws {
+        let materials = try EncryptionMaterials.generate(keyrings: [ring], context: .empty, suite: .committing)
+        let id = [UInt8](repeating: 0x42, count: 32)
+        let plain = pattern(5 * 4096 + 1234)
+        func message(_ pieces: [Int]) throws -> [UInt8] {
+            let sink = MemorySink()
+            let e = try EnvelopeEncryptor(sink: sink, materials: materials, frameLength: 4096, messageID: id)
+            var i = 0, k = 0
+            while i < plain.count {
+                let m = min(pieces[k % pieces.count], plain.count - i)
+                try e.write(Array(plain[i..<(i + m)]))
+                i += m
+                k += 1
+            }
+            try e.finish()
+            return sink.bytes
+        }
+        let whole = try message([plain.count])
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(whole, keyrings: [ring]).plaintext, plain)
+        for pieces in [[1], [4095, 1, 4096, 3, 8192], [100, 10_000], [4096], [4097]] {
+            XCTAssertEqual(try message(pieces), whole, "pieces \(pieces)")
+        }
+    }
+
+    /// The file path (1 MiB blocks, read-ahead, buffered atomic output) gives the same bytes back
+    /// at the default frame length, and `withNextChunk` lends exactly the frames `nextChunk` copies.
+    func testFileRoundTripAtTheDefaultFrameLength() throws {
+        XCTAssertEqual(EnvelopeEncryptor.defaultFrameLength % 128, 0, "the Python SDK encrypts only multiples of 128")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("env-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fl = Int(EnvelopeEncryptor.defaultFrameLength)
+        let plain = pattern(3 * EnvelopeFile.readChunkBytes + fl / 2 + 7)
+        try Data(plain).write(to: URL(fileURLWithPath: dir + "/in"))
+        let h = try EnvelopeFile.encrypt(input: dir + "/in", output: dir + "/msg", keyrings: [ring], context: .empty)
+        XCTAssertEqual(h.frameLength, EnvelopeEncryptor.defaultFrameLength)
+        let r = try EnvelopeFile.decrypt(input: dir + "/msg", output: dir + "/out", keyrings: [ring])
+        XCTAssertEqual([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/out"))), plain)
+        XCTAssertEqual(Int(r.frames), plain.count / fl + 1)
+        let msg = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/msg")))
+        let a = try EnvelopeDecryptor(source: MemorySource(msg), keyrings: [ring])
+        var b = try EnvelopeDecryptor(source: MemorySource(msg), keyrings: [ring], options: { var o = DecryptOptions(); o.readAheadBytes = 1 << 20; return o }())
+        var lent: [[UInt8]] = [], copied: [[UInt8]] = []
+        while let c = try a.nextChunk() { copied.append(c) }
+        while let c = try b.withNextChunk({ Array($0) }) { lent.append(c) }
+        XCTAssertEqual(lent, copied)
+        XCTAssertEqual(lent.joined().count, plain.count)
+        b = try EnvelopeDecryptor(source: MemorySource(msg), keyrings: [ring])
+        XCTAssertNotNil(try b.withNextChunk { _ in true })
+    }
+
     func testDecryptFileLeavesNoOutputOnFailure() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("env-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

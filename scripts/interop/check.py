@@ -4,9 +4,9 @@ Run by run.sh inside a throwaway venv with `aws-encryption-sdk[mpl]` installed:
 
     python check.py /path/to/hsmbackup WORKDIR
 
-Direction 1: messages written by `hsmbackup envelope encrypt` (frame lengths 1, 7, 4096, 1 MiB;
-empty, exact-multiple and other plaintexts; non-ASCII context; unsigned 0x0478 and signed
-0x0578; two or three EDKs) are decrypted by the SDK with its Raw AES keyring, once per EDK.
+Direction 1: messages written by `hsmbackup envelope encrypt` (frame lengths 1, 7, 4096,
+64 KiB (the CLI default), 1 MiB; empty, exact-multiple and other plaintexts; non-ASCII context;
+unsigned 0x0478 and signed 0x0578; two or three EDKs) are decrypted by the SDK with its Raw AES keyring, once per EDK.
 Direction 2: messages written by the SDK (framed 128/4096/1 MiB and non-framed, both suites, a
 multi-keyring) are decrypted by `hsmbackup envelope decrypt`. Exit status 0 only if every case
 passes.
@@ -89,7 +89,8 @@ ctx_args = [a for k, v in CONTEXT.items() for a in ("--context", f"{k}={v}")]
 t0 = time.time()
 MIB = 1 << 20
 cases = []
-for fl, sizes in ((1, [0, 1, 37]), (7, [0, 14, 50]), (4096, [0, 4096, 3 * 4096, 10000]), (MIB, [0, MIB, MIB + MIB // 2])):
+for fl, sizes in ((1, [0, 1, 37]), (7, [0, 14, 50]), (4096, [0, 4096, 3 * 4096, 10000]),
+                  (65536, [0, 65536, 2 * MIB + 12345]), (MIB, [0, MIB, MIB + MIB // 2])):
     for size in sizes:
         for signed in (False, True):
             cases.append((fl, size, signed))

@@ -78,7 +78,7 @@ struct EnvelopeEncryptCommand: ParsableCommand {
     @Option(name: [.short, .long], help: "Output file, or - for stdout. A file appears only when complete.") var output: String
     @OptionGroup var keys: EnvelopeKeyOptions
     @Option(name: .customLong("context"), help: "An encryption context pair k=v (repeatable).") var context: [String] = []
-    @Option(name: .customLong("frame-length"), help: "Plaintext bytes per frame (the SDK's encrypt wants a multiple of 128).")
+    @Option(name: .customLong("frame-length"), help: "Plaintext bytes per frame (spec/FORMAT.md §3.3.2; the SDK's encrypt wants a multiple of 128).")
     var frameLength: UInt32 = EnvelopeEncryptor.defaultFrameLength
     @Flag(name: .customLong("signed"), help: "Use suite 0x0578 (ECDSA P-384 footer) instead of 0x0478.") var signed = false
     @Flag(name: .customLong("json"), help: "Print a summary as JSON (not with -o -).") var json = false
