@@ -212,18 +212,30 @@ public enum Hex {
 
     /// Decodes hex (either case); nil on odd length or a non-hex digit.
     public static func decode(_ s: String) -> [UInt8]? {
-        let chars = Array(s.utf8)
-        guard chars.count % 2 == 0 else { return nil }
-        var out = [UInt8]()
-        out.reserveCapacity(chars.count / 2)
-        var i = 0
-        while i < chars.count {
-            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
+        var s = s
+        return s.withUTF8 { decode(utf8: UnsafeRawBufferPointer($0)) }
     }
+
+    /// Decodes hex digits given as UTF-8 bytes (a restore decodes every key's material: this is
+    /// a table lookup per digit, with no intermediate copies).
+    public static func decode(utf8 chars: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard chars.count % 2 == 0 else { return nil }
+        var ok = true
+        let out = [UInt8](unsafeUninitializedCapacity: chars.count / 2) { buffer, initialized in
+            var bad: UInt8 = 0
+            for i in 0..<(chars.count / 2) {
+                let hi = nibbles[Int(chars[2 * i])], lo = nibbles[Int(chars[2 * i + 1])]
+                bad |= (hi | lo) & 0x10
+                buffer[i] = hi << 4 | (lo & 0x0f)
+            }
+            initialized = chars.count / 2
+            ok = bad == 0
+        }
+        return ok ? out : nil
+    }
+
+    /// 0x00-0x0f for a hex digit, 0x10 for anything else.
+    private static let nibbles: [UInt8] = (0..<256).map { c in nibble(UInt8(c)) ?? 0x10 }
 
     private static func nibble(_ c: UInt8) -> UInt8? {
         switch c {

@@ -7,12 +7,33 @@ import PayloadCodec
 // against its manifest record: path, size, SHA-256), so memory holds the manifest's records and
 // one object, never the payload.
 
-/// A manifest record in compact form (the digest as 32 bytes).
-public struct ManifestRecord: Sendable, Equatable {
-    public let kind: ObjectKind
-    public let path: String
-    public let size: Int
-    public let sha256: [UInt8]
+/// The manifest's records in compact columns (about 60 bytes per object: a restore of a million
+/// objects keeps them all until the objects arrive): kind, size, the path in one byte pool and
+/// the SHA-256 in another.
+public struct ManifestTable: Sendable {
+    private var kinds: [ObjectKind] = []
+    private var sizes: [UInt32] = []
+    private var pathEnds: [UInt32] = []
+    private var pathPool: [UInt8] = []
+    private var digests: [UInt8] = []
+
+    public init() {}
+
+    public var count: Int { kinds.count }
+
+    mutating func append(kind: ObjectKind, path: ArraySlice<UInt8>, size: Int, sha256: [UInt8]) {
+        kinds.append(kind)
+        sizes.append(UInt32(size))
+        pathPool.append(contentsOf: path)
+        pathEnds.append(UInt32(pathPool.count))
+        digests.append(contentsOf: sha256)
+    }
+
+    public func kind(_ i: Int) -> ObjectKind { kinds[i] }
+    public func size(_ i: Int) -> Int { Int(sizes[i]) }
+    public func pathBytes(_ i: Int) -> ArraySlice<UInt8> { pathPool[(i == 0 ? 0 : Int(pathEnds[i - 1]))..<Int(pathEnds[i])] }
+    public func path(_ i: Int) -> String { String(decoding: pathBytes(i), as: UTF8.self) }
+    public func sha256(_ i: Int) -> ArraySlice<UInt8> { digests[(32 * i)..<(32 * i + 32)] }
 }
 
 /// Parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding itself,
@@ -25,7 +46,7 @@ public struct ManifestRecord: Sendable, Equatable {
 ///
 /// Records are ordered policies, users, keys.
 public enum ManifestParser {
-    public static func parse(_ bytes: [UInt8], maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes) throws -> [ManifestRecord] {
+    public static func parse(_ bytes: [UInt8], maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes) throws -> ManifestTable {
         var at = 0
         func fail(_ why: String) -> ArchiveError {
             ArchiveError(.manifestMalformed, "the manifest is not a canonical version-1 manifest: \(why) at byte \(at)",
@@ -37,32 +58,47 @@ public enum ManifestParser {
             guard ok else { throw fail("expected \(literal)") }
             at += n
         }
-        func string(allowed: Set<UInt8>, maximum: Int) throws -> [UInt8] {
+        func string(allowed: [Bool], maximum: Int) throws -> ArraySlice<UInt8> {
             let start = at
             while at < bytes.count, bytes[at] != UInt8(ascii: "\"") {
-                guard allowed.contains(bytes[at]), at - start < maximum else { throw fail("character or length not allowed in a string") }
+                guard allowed[Int(bytes[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
                 at += 1
             }
-            let s = Array(bytes[start..<at])
+            let s = bytes[start..<at]
             try expect("\"")
             return s
         }
         try expect(#"{"format":"hsmbackup-payload","objects":["#)
-        var records: [ManifestRecord] = []
+        var records = ManifestTable()
+        // Each path once: 128 bits of its SHA-256 stand for it (16 bytes a path, not a String).
+        var seen = Set<SIMD2<UInt64>>()
+        var previousKind: ObjectKind?
         let order: [ObjectKind: Int] = [.policy: 0, .user: 1, .key: 2]
-        let hex = Set(Array("0123456789abcdef".utf8))
+        func table(_ chars: String) -> [Bool] {
+            var t = [Bool](repeating: false, count: 256)
+            for c in chars.utf8 { t[Int(c)] = true }
+            return t
+        }
+        let hex = table("0123456789abcdef")
+        let lower = table("abcdefghijklmnopqrstuvwxyz")
+        let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
         while at < bytes.count, bytes[at] != UInt8(ascii: "]") {
-            if !records.isEmpty { try expect(",") }
+            if records.count > 0 { try expect(",") }
             try expect(#"{"kind":""#)
-            let kindBytes = try string(allowed: Set(Array("abcdefghijklmnopqrstuvwxyz".utf8)), maximum: 8)
+            let kindBytes = try string(allowed: lower, maximum: 8)
             guard let kind = ObjectKind(rawValue: String(decoding: kindBytes, as: UTF8.self)) else { throw fail("unknown kind") }
-            if let previous = records.last, order[previous.kind]! > order[kind]! {
+            if let previousKind, order[previousKind]! > order[kind]! {
                 throw fail("objects must be ordered policies, users, keys")
             }
+            previousKind = kind
             try expect(#","path":""#)
-            let pathBytes = try string(allowed: PayloadBundle.pathCharacters, maximum: PayloadBundle.maximumPathBytes)
-            let path = String(decoding: pathBytes, as: UTF8.self)
-            guard path.hasPrefix(kind.directory), path.hasSuffix(".json") else { throw fail("path \(path) is not \(kind.directory)<name>.json") }
+            let pathBytes = try string(allowed: pathChars, maximum: PayloadBundle.maximumPathBytes)
+            guard pathBytes.starts(with: kind.directory.utf8), pathBytes.count > kind.directory.utf8.count + 5,
+                  pathBytes.suffix(5).elementsEqual(".json".utf8) else {
+                throw fail("path \(String(decoding: pathBytes, as: UTF8.self)) is not \(kind.directory)<name>.json")
+            }
+            let key = SHA256Hasher.hash(pathBytes).withUnsafeBytes { SIMD2<UInt64>($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
+            guard seen.insert(key).inserted else { throw fail("path \(String(decoding: pathBytes, as: UTF8.self)) listed twice") }
             try expect(#","sha256":""#)
             let digestHex = try string(allowed: hex, maximum: 64)
             guard digestHex.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
@@ -77,8 +113,8 @@ public enum ManifestParser {
             }
             guard at > sizeAt else { throw fail("a size") }
             try expect("}")
-            records.append(ManifestRecord(kind: kind, path: path, size: size,
-                                          sha256: Hex.decode(String(decoding: digestHex, as: UTF8.self))!))
+            records.append(kind: kind, path: pathBytes, size: size,
+                           sha256: digestHex.withUnsafeBytes { Hex.decode(utf8: $0)! })
         }
         try expect(#"],"version":1}"#)
         guard at == bytes.count else { throw fail("bytes after the manifest") }
@@ -100,7 +136,7 @@ public final class PayloadReader: TarVisitor {
     private let descriptor: PayloadDescriptor
     private let onObject: ((PayloadObject) throws -> Void)?
     private var tar: PaxTarReader!
-    private var records: [ManifestRecord] = []
+    private var records = ManifestTable()
     private var manifestBytes: [UInt8] = []
     private var entry = -1
     private var hasher: SHA256Hasher?
@@ -110,11 +146,15 @@ public final class PayloadReader: TarVisitor {
     public init(descriptor: PayloadDescriptor, onObject: ((PayloadObject) throws -> Void)? = nil) {
         self.descriptor = descriptor
         self.onObject = onObject
-        tar = PaxTarReader(limits: PayloadBundle.tarLimits, visitor: self)
+        // Each entry must be the manifest's next path, and those are unique (ManifestParser):
+        // the tar reader need not keep every path too.
+        var limits = PayloadBundle.tarLimits
+        limits.refusesDuplicatePaths = false
+        tar = PaxTarReader(limits: limits, visitor: self)
     }
 
     /// The manifest's records, once the manifest entry has been read.
-    public var manifest: [ManifestRecord] { records }
+    public var manifest: ManifestTable { records }
 
     public func feed(_ bytes: UnsafeRawBufferPointer) throws {
         if let failure { throw failure }
@@ -163,12 +203,12 @@ public final class PayloadReader: TarVisitor {
         guard index <= records.count else {
             throw ArchiveError(.manifestMalformed, "the tar holds more entries than the manifest's \(records.count) objects", field: path)
         }
-        let r = records[index - 1]
-        guard r.path == path else {
-            throw ArchiveError(.manifestMalformed, "tar entry \(path) where the manifest lists \(r.path)", field: path)
+        let r = index - 1
+        guard records.pathBytes(r).elementsEqual(path.utf8) else {
+            throw ArchiveError(.manifestMalformed, "tar entry \(path) where the manifest lists \(records.path(r))", field: path)
         }
-        guard r.size == size else {
-            throw ArchiveError(.objectDigestMismatch, "object size \(size) differs from the manifest's \(r.size)", field: path)
+        guard records.size(r) == size else {
+            throw ArchiveError(.objectDigestMismatch, "object size \(size) differs from the manifest's \(records.size(r))", field: path)
         }
         hasher = SHA256Hasher()
         if onObject != nil {
@@ -191,7 +231,7 @@ public final class PayloadReader: TarVisitor {
             records = try ManifestParser.parse(manifestBytes)
             manifestBytes = []
             var counts: [ObjectKind: Int] = [:]
-            for r in records { counts[r.kind, default: 0] += 1 }
+            for r in 0..<records.count { counts[records.kind(r), default: 0] += 1 }
             let (p, u, k) = (counts[.policy] ?? 0, counts[.user] ?? 0, counts[.key] ?? 0)
             guard p == Int(descriptor.policyCount), u == Int(descriptor.userCount), k == Int(descriptor.keyCount) else {
                 throw ArchiveError(.objectCountMismatch,
@@ -199,14 +239,14 @@ public final class PayloadReader: TarVisitor {
             }
             return
         }
-        let r = records[entry - 1]
+        let r = entry - 1
         let digest = hasher!.finalize()
         hasher = nil
-        guard constantTimeEqual(digest, r.sha256) else {
-            throw ArchiveError(.objectDigestMismatch, "object SHA-256 differs from the manifest", field: r.path)
+        guard constantTimeEqual(digest, records.sha256(r)) else {
+            throw ArchiveError(.objectDigestMismatch, "object SHA-256 differs from the manifest", field: records.path(r))
         }
         if let onObject {
-            let object = PayloadObject(kind: r.kind, path: r.path, contents: contents)
+            let object = PayloadObject(kind: records.kind(r), path: records.path(r), contents: contents)
             contents = []
             try onObject(object)
         }

@@ -18,11 +18,16 @@ public struct TarLimits: Sendable {
     public var maximumEntries: Int
     public var maximumEntryBytes: Int
     public var maximumPathBytes: Int
+    /// Whether the reader itself refuses a path seen before (it keeps every path to do so). A
+    /// caller that checks each entry against a list of unique paths turns it off.
+    public var refusesDuplicatePaths: Bool
 
-    public init(maximumEntries: Int = 1 << 20, maximumEntryBytes: Int = 64 << 20, maximumPathBytes: Int = 1024) {
+    public init(maximumEntries: Int = 1 << 20, maximumEntryBytes: Int = 64 << 20, maximumPathBytes: Int = 1024,
+                refusesDuplicatePaths: Bool = true) {
         self.maximumEntries = maximumEntries
         self.maximumEntryBytes = maximumEntryBytes
         self.maximumPathBytes = maximumPathBytes
+        self.refusesDuplicatePaths = refusesDuplicatePaths
     }
 }
 

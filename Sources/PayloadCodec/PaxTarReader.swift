@@ -194,7 +194,7 @@ public final class PaxTarReader {
         paxPath = nil
         paxSize = nil
         try PaxTar.checkPath(path, index: index, limits: limits)
-        guard seen.insert(path).inserted else {
+        guard !limits.refusesDuplicatePaths || seen.insert(path).inserted else {
             throw PayloadCodecError(.duplicatePath, "path appears twice", entryIndex: index, entryPath: path)
         }
         guard size <= limits.maximumEntryBytes else {

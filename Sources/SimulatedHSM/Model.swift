@@ -237,9 +237,37 @@ final class ContentChecker {
         case .user:
             return .user(try CanonicalJSON.decode(HSMUser.self, o.contents, path: path).name)
         case .key:
+            if let k = CanonicalKeyParser.parse(o.contents) {
+                // The fast path (see CanonicalKeyParser): the same rules on the same values.
+                let ok: Bool? = o.contents.withUnsafeBytes { raw in
+                    guard var material = Hex.decode(utf8: UnsafeRawBufferPointer(rebasing: raw[k.material])) else { return nil }
+                    defer { wipe(&material) }
+                    return materialFits(material.count, type: k.type, bits: k.bits)
+                }
+                guard let ok else { throw HSMError(.invalidObject, "key material is not hex", path: path) }
+                guard ok else { throw HSMError(.invalidObject, materialRule(k.type), path: path) }
+                return .key(k.handle)
+            }
             let k = try CanonicalJSON.decode(HSMKey.self, o.contents, path: path)
             try checkKey(k, path: path)
             return .key(k.handle)
+        }
+    }
+
+    /// The material rule of each key type (one place for both decode paths).
+    static func materialFits(_ count: Int, type: KeyType, bits: Int) -> Bool {
+        switch type {
+        case .aes, .genericSecret: return count > 0 && count * 8 == bits
+        case .ec: return count == 48 + 97 && bits == 384
+        case .rsa: return count > 0 && bits >= 1024
+        }
+    }
+
+    static func materialRule(_ type: KeyType) -> String {
+        switch type {
+        case .aes, .genericSecret: return "key material size differs from bits"
+        case .ec: return "EC key material must be P-384"
+        case .rsa: return "RSA key too small"
         }
     }
 
@@ -248,13 +276,8 @@ final class ContentChecker {
             throw HSMError(.invalidObject, "key material is not hex", path: path)
         }
         defer { wipe(&material) }
-        switch k.type {
-        case .aes, .genericSecret:
-            guard material.count * 8 == k.bits else { throw HSMError(.invalidObject, "key material size differs from bits", path: path) }
-        case .ec:
-            guard material.count == 48 + 97, k.bits == 384 else { throw HSMError(.invalidObject, "EC key material must be P-384", path: path) }
-        case .rsa:
-            guard k.bits >= 1024 else { throw HSMError(.invalidObject, "RSA key too small", path: path) }
+        guard materialFits(material.count, type: k.type, bits: k.bits) else {
+            throw HSMError(.invalidObject, materialRule(k.type), path: path)
         }
     }
 }
