@@ -61,6 +61,6 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
-        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec"]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )
