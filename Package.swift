@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // hsmbackup: an open backup archive format for HSMs, and the library and CLI around it.
-// Module order (arrows point down only): C shims -> ByteCoding/BackupCrypto -> PayloadCodec ->
+// Module order (arrows point down only): C shims -> ByteCoding/BackupCrypto/ProcessHardening -> PayloadCodec ->
 // Envelope, HSMArchive -> SimulatedHSM, ObjectStore -> HSMBackup -> hsmbackup (CLI).
 import PackageDescription
 
@@ -23,9 +23,13 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
 
+        // prctl/setrlimit behind static inline wrappers (prctl is variadic); only ProcessHardening imports it.
+        .target(name: "CProcess"),
+
         .target(name: "ByteCoding"),
         .target(name: "CDurability"),
         .target(name: "Durability", dependencies: ["CDurability"]),
+        .target(name: "ProcessHardening", dependencies: ["CProcess"]),
         .target(name: "BackupCrypto", dependencies: ["COpenSSL"]),
         .target(name: "PayloadCodec", dependencies: ["CArchive", "CZstd", "ByteCoding"]),
         .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
@@ -45,7 +49,7 @@ let package = Package(
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
-            "BackupCrypto", "ByteCoding", "Durability",
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -57,7 +61,7 @@ let package = Package(
         .testTarget(name: "HSMArchiveTests", dependencies: ["Durability", "HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
-        .testTarget(name: "CLITests", dependencies: ["hsmbackup"]),
-        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec"]),
+        .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

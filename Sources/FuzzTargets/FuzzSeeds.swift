@@ -161,6 +161,7 @@ public enum FuzzSeeds {
         keystore["key-file"] = [1] + [UInt8](repeating: 0x11, count: 32)
         keystore["key-file-short"] = [1] + [UInt8](repeating: 0x11, count: 31)
         out[.keystore] = keystore
+        for (t, seeds) in try catalogObjectSeeds() { out[t] = seeds }
         return out
     }
 

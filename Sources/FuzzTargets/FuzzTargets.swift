@@ -34,6 +34,14 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case catalog = "catalog"
     /// Local KMS keystore files: `key.json` and `vN.key`.
     case keystore = "keystore"
+    /// Catalog listings: `CatalogSnapshot.query` (index fast path) against the full parse, and
+    /// the listing options as text (`CatalogQueryOptions`).
+    case catalogQuery = "catalog-query"
+    /// Per-backup metadata objects: `BackupEntry.parseMeta`, canonical re-encoding.
+    case backupMeta = "backup-meta"
+    /// Retention policy objects (`RetentionPolicy.parseObject`) and the lifecycle's time rules
+    /// (`RetentionRules`).
+    case retentionPolicy = "retention-policy"
 
     public func run(_ data: [UInt8]) {
         switch self {
@@ -45,6 +53,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .storeRecord: FuzzStore.record(data)
         case .catalog: FuzzStore.catalog(data)
         case .keystore: FuzzKeystore.run(data)
+        case .catalogQuery: FuzzCatalogObjects.query(data)
+        case .backupMeta: FuzzCatalogObjects.meta(data)
+        case .retentionPolicy: FuzzCatalogObjects.policy(data)
         }
     }
 }

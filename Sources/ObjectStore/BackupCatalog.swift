@@ -164,6 +164,8 @@ public struct CatalogSnapshot: Equatable, Sendable {
         for _ in 0..<pcount {
             let at = l.reader.offset
             let p = try RetentionPolicy.parse(&l.reader)
+            // Days 0 marks a removed policy in policy objects; the catalog never lists one.
+            guard p.days != 0 else { throw ByteCodingError(.unexpectedValue, field: "retention days", offset: at, "a removed policy in the catalog") }
             if let q = previous, !BackupEntry.utf8Less(q, p.clusterId) {
                 throw ByteCodingError(.unexpectedValue, field: "cluster id", offset: at, "policies not in ascending order")
             }
@@ -175,7 +177,8 @@ public struct CatalogSnapshot: Equatable, Sendable {
     }
 
     /// The fast path of listing: filters on the index, decodes only the entries that match.
-    static func query(_ bytes: [UInt8], _ q: CatalogQuery) throws -> [BackupEntry] {
+    public static func query(_ bytes: [UInt8], _ q: CatalogQuery) throws -> [BackupEntry] {
+        try q.validate()
         let l = try layout(bytes)
         let cluster: Int?
         if let c = q.clusterId {
@@ -311,6 +314,7 @@ public final class BackupCatalog {
     }
 
     public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
+        try query.validate()
         let bytes: [UInt8]
         do { bytes = try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
             if e.code == .notFound { return [] }

@@ -146,12 +146,31 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         return s
     }
 
+    /// A string field that must also pass `rule` (what the catalog's writer enforces), so a
+    /// reader accepts only what a writer could have written.
+    static func readString(_ r: inout ByteReader, _ field: StaticString, limit: Int, _ rule: (String) -> Bool) throws -> String {
+        let at = r.offset
+        let s = try readString(&r, field, limit: limit)
+        guard rule(s) else { throw ByteCodingError(.unexpectedValue, field: "\(field)", offset: at, "not a value a writer produces") }
+        return s
+    }
+
+    static func isName(_ s: String) -> Bool { (try? ObjectKey.validateName(s, what: "")) != nil }
+    static func isNonEmpty(_ s: String) -> Bool { !s.isEmpty }
+    static func isStoreId(_ s: String) -> Bool {
+        s.utf8.count == 32 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
     static func parse(_ r: inout ByteReader) throws -> BackupEntry {
-        let id = try Self.readString(&r, "backup id", limit: maxNameLength)
-        let cluster = try Self.readString(&r, "cluster id", limit: maxNameLength)
-        let hsm = try Self.readString(&r, "HSM id", limit: maxNameLength)
-        let manufacturer = try Self.readString(&r, "manufacturer", limit: maxNameLength)
-        let objectKey = try Self.readString(&r, "object key", limit: ObjectKey.maxLength)
+        let id = try Self.readString(&r, "backup id", limit: maxNameLength, isName)
+        let cluster = try Self.readString(&r, "cluster id", limit: maxNameLength, isName)
+        let hsm = try Self.readString(&r, "HSM id", limit: maxNameLength, isNonEmpty)
+        let manufacturer = try Self.readString(&r, "manufacturer", limit: maxNameLength, isNonEmpty)
+        // The archive lives under the backup's own prefix ("archive", or "archive-g<n>" after a
+        // rewrap), so no entry can point at (and purge) another backup's archive.
+        let objectKey = try Self.readString(&r, "object key", limit: ObjectKey.maxLength) {
+            $0.hasPrefix("backups/\(id)/") && (try? ObjectKey.validate($0)) != nil && !$0.dropFirst("backups/\(id)/".count).contains("/")
+        }
         let stateOffset = r.offset
         guard let state = BackupState(code: try r.readUInt8("state")) else {
             throw ByteCodingError(.unexpectedValue, field: "state", offset: stateOffset, "unknown state")
@@ -166,9 +185,9 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         let deleteRequested = flags & 2 != 0 ? try r.readUInt64("delete requested") : nil
         var copy: CopySource?
         if flags & 4 != 0 {
-            copy = CopySource(sourceStore: try Self.readString(&r, "source store", limit: maxNameLength),
-                              sourceBackupId: try Self.readString(&r, "source backup id", limit: maxNameLength),
-                              sourceCluster: try Self.readString(&r, "source cluster", limit: maxNameLength),
+            copy = CopySource(sourceStore: try Self.readString(&r, "source store", limit: maxNameLength, isStoreId),
+                              sourceBackupId: try Self.readString(&r, "source backup id", limit: maxNameLength, isName),
+                              sourceCluster: try Self.readString(&r, "source cluster", limit: maxNameLength, isName),
                               copiedMillis: try r.readUInt64("copied"))
         }
         let countOffset = r.offset
@@ -178,7 +197,7 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         var previous: String?
         for _ in 0..<count {
             let at = r.offset
-            let k = try Self.readString(&r, "tag key", limit: maxTagKeyLength)
+            let k = try Self.readString(&r, "tag key", limit: maxTagKeyLength, isNonEmpty)
             if let p = previous, !utf8Less(p, k) {
                 throw ByteCodingError(.unexpectedValue, field: "tag key", offset: at, "tag keys not in ascending order")
             }
@@ -196,11 +215,11 @@ public struct BackupEntry: Codable, Equatable, Sendable {
     static let metaMagic: [UInt8] = Array("HSMBMETA".utf8)
     static let metaVersion: UInt16 = 1
 
-    func encodeMeta() throws -> [UInt8] {
+    public func encodeMeta() throws -> [UInt8] {
         try VersionedObject.encode(magic: Self.metaMagic, version: Self.metaVersion) { try encode(into: &$0) }
     }
 
-    static func parseMeta(_ bytes: [UInt8]) throws -> BackupEntry {
+    public static func parseMeta(_ bytes: [UInt8]) throws -> BackupEntry {
         try VersionedObject.parse(bytes, magic: metaMagic, version: metaVersion, name: "metadata", structure: "backup metadata") { try parse(&$0) }
     }
 }
@@ -236,6 +255,12 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
     public let days: Int
     public let generation: UInt64
 
+    public init(clusterId: String, days: Int, generation: UInt64) {
+        self.clusterId = clusterId
+        self.days = days
+        self.generation = generation
+    }
+
     static let magic: [UInt8] = Array("HSMBPOLC".utf8)
     static let version: UInt16 = 1
 
@@ -246,7 +271,7 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
     }
 
     static func parse(_ r: inout ByteReader) throws -> RetentionPolicy {
-        let cluster = try r.readString16("cluster id", limit: BackupEntry.maxNameLength)
+        let cluster = try BackupEntry.readString(&r, "cluster id", limit: BackupEntry.maxNameLength, BackupEntry.isName)
         let at = r.offset
         let days = Int(try r.readUInt16("retention days"))
         guard allowedDays.contains(days) || days == 0 else {
@@ -256,11 +281,11 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
     }
 
     /// Policy objects: "HSMBPOLC" || version u16 || policy. Days 0 records a removed policy.
-    func encodeObject() throws -> [UInt8] {
+    public func encodeObject() throws -> [UInt8] {
         try VersionedObject.encode(magic: Self.magic, version: Self.version) { try encode(into: &$0) }
     }
 
-    static func parseObject(_ bytes: [UInt8]) throws -> RetentionPolicy {
+    public static func parseObject(_ bytes: [UInt8]) throws -> RetentionPolicy {
         try VersionedObject.parse(bytes, magic: magic, version: version, name: "policy", structure: "retention policy") { try parse(&$0) }
     }
 }

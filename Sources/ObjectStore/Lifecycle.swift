@@ -33,10 +33,10 @@ extension BackupCatalog {
     @discardableResult
     public func restore(_ backupId: String) throws -> BackupEntry {
         try update(backupId) { e in
-            guard e.state == .pendingDeletion, let requested = e.deleteRequestedMillis else {
+            guard e.state == .pendingDeletion, e.deleteRequestedMillis != nil else {
                 throw StoreError(.invalidState, key: backupId, "backup is \(e.state.rawValue), not PENDING_DELETION")
             }
-            guard clock.nowMillis() < requested + recoveryWindowMillis else {
+            guard RetentionRules.restorable(e, nowMillis: clock.nowMillis(), windowMillis: recoveryWindowMillis) else {
                 throw StoreError(.invalidState, key: backupId, "the recovery window has passed")
             }
             guard (try? store.stat(e.objectKey)) != nil else {
@@ -53,13 +53,13 @@ extension BackupCatalog {
         var report = PurgeReport()
         let now = clock.nowMillis()
         let due = try list(CatalogQuery(states: [.pendingDeletion])).filter {
-            ($0.deleteRequestedMillis ?? UInt64.max) + recoveryWindowMillis <= now
+            RetentionRules.purgeDue($0, nowMillis: now, windowMillis: recoveryWindowMillis)
         }
         for candidate in due {
             do {
                 try update(candidate.backupId) { e in
                     // Re-checked under the lock: a concurrent restore wins.
-                    guard e.state == .pendingDeletion, let r = e.deleteRequestedMillis, r + recoveryWindowMillis <= now else { return }
+                    guard RetentionRules.purgeDue(e, nowMillis: now, windowMillis: recoveryWindowMillis) else { return }
                     do {
                         let d = try store.delete(e.objectKey)
                         if !d.failed.isEmpty {
@@ -117,14 +117,7 @@ extension BackupCatalog {
         let now = clock.nowMillis()
         var expired: [String] = []
         for policy in snapshot.policies.values where clusterId == nil || policy.clusterId == clusterId {
-            let ready = snapshot.entries.values.filter { $0.clusterId == policy.clusterId && $0.state == .ready }
-            let newest = ready.max { a, b in
-                a.createdMillis != b.createdMillis ? a.createdMillis < b.createdMillis : BackupEntry.utf8Less(a.backupId, b.backupId)
-            }
-            for e in ready where e.backupId != newest?.backupId && !e.neverExpires
-                && e.createdMillis + UInt64(policy.days) * Millis.day <= now {
-                expired.append(e.backupId)
-            }
+            expired += RetentionRules.expired(snapshot.entries.values, policy: policy, nowMillis: now)
         }
         expired.sort(by: BackupEntry.utf8Less)
         for id in expired {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessHardening
 
 /// The `hsmbackup` root command. Thin: every subcommand parses its arguments and calls the
 /// library. Subcommands live one group per file under Commands/.
@@ -24,6 +25,11 @@ struct HSMBackupCommand: AsyncParsableCommand {
     /// `hsmbackup --home DIR <command> ...`: the global option is taken off before parsing and
     /// handed to every subcommand through HSMBACKUP_HOME.
     static func main() async {
+        // First, before any key can be read: no core files, not dumpable (spec section 7).
+        do { try ProcessHardening.apply() } catch {
+            FileHandle.standardError.write(Data("hsmbackup: error: cannot protect the process's memory: \(error)\n".utf8))
+            Foundation.exit(CLIExit.internalError.rawValue)
+        }
         var args = Array(CommandLine.arguments.dropFirst())
         if args.count >= 2, args[0] == "--home" {
             setenv("HSMBACKUP_HOME", args[1], 1)

@@ -22,7 +22,7 @@ final class CatalogTests: XCTestCase {
         s.entries["b1"] = BackupEntry(backupId: "b1", clusterId: "c1", hsmId: "h", manufacturer: "m", state: .pendingDeletion,
                                       createdMillis: 5, updatedMillis: 6, size: 7, tags: ["z": "1", "a": "2"], neverExpires: true,
                                       deleteRequestedMillis: 8,
-                                      copySource: CopySource(sourceStore: "ab", sourceBackupId: "b0", sourceCluster: "c0", copiedMillis: 9),
+                                      copySource: CopySource(sourceStore: String(repeating: "ab", count: 16), sourceBackupId: "b0", sourceCluster: "c0", copiedMillis: 9),
                                       objectKey: "backups/b1/archive", generation: 3)
         s.entries["b0"] = BackupEntry(backupId: "b0", clusterId: "c2", hsmId: "h", manufacturer: "m", state: .ready,
                                       createdMillis: 1, updatedMillis: 1, objectKey: "backups/b0/archive")

@@ -13,7 +13,8 @@ SECONDS_EACH=${1:?usage: run.sh SECONDS [target...]}
 shift
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(envelope-header envelope-frames inner-header inner-chunks payload store-record catalog keystore)
+  TARGETS=(envelope-header envelope-frames inner-header inner-chunks payload store-record catalog keystore
+           catalog-query backup-meta retention-policy)
 fi
 BIN=${FUZZ_BIN:-.build-fuzz/debug/FuzzRunner}
 [ -x "$BIN" ] || bash scripts/fuzz/build.sh >/dev/null

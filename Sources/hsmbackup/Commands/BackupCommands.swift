@@ -148,16 +148,15 @@ struct BackupList: ParsableCommand {
     @Option(help: "At most this many backups.") var limit: Int?
     @Flag(help: "Machine-readable output.") var json = false
 
+    var queryOptions: CatalogQueryOptions { CatalogQueryOptions(cluster: cluster, states: state, limit: limit) }
+
     func validate() throws {
-        for s in state where BackupState(rawValue: s) == nil {
-            throw ValidationError("unknown state \(s); one of \(BackupState.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        do { _ = try queryOptions.query() } catch let e as StoreError { throw ValidationError("\(e.key.map { "\($0): " } ?? "")\(e.reason)") }
     }
 
     func run() throws {
         try runMapped {
-            let query = CatalogQuery(clusterId: cluster, states: state.isEmpty ? nil : Set(state.compactMap(BackupState.init(rawValue:))), limit: limit)
-            try StoreCLI.printBackups(try ArchiveRef.service().list(query), json: json)
+            try StoreCLI.printBackups(try ArchiveRef.service().list(try queryOptions.query()), json: json)
         }
     }
 }

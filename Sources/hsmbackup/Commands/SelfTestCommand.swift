@@ -1,8 +1,10 @@
 import ArgumentParser
 import BackupCrypto
+import ProcessHardening
 
-/// `hsmbackup selftest`: runs each cryptographic primitive once against a known answer, so an
-/// operator can check a build and its OpenSSL before trusting it with keys.
+/// `hsmbackup selftest`: runs each cryptographic primitive once against a known answer, and reads
+/// back the process hardening set at start-up, so an operator can check a build, its OpenSSL and
+/// its process settings before trusting it with keys.
 struct SelfTestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selftest",
@@ -11,6 +13,9 @@ struct SelfTestCommand: ParsableCommand {
     func run() throws {
         let results = CryptoSelfTest.run()
         for r in results { print("\(r.passed ? "ok  " : "FAIL") \(r.name)") }
-        if results.contains(where: { !$0.passed }) { throw ExitCode(70) }
+        // The process's own protection of the keys it holds (set at start-up).
+        let hardening = try? ProcessHardening.status()
+        print("\(hardening?.isHardened == true ? "ok  " : "FAIL") process hardening: \(hardening.map(String.init(describing:)) ?? "unreadable")")
+        if results.contains(where: { !$0.passed }) || hardening?.isHardened != true { throw ExitCode(70) }
     }
 }

@@ -162,13 +162,10 @@ struct StoreList: ParsableCommand {
     var limit: Int?
     @OptionGroup var output: StoreJSONOption
 
+    var queryOptions: CatalogQueryOptions { CatalogQueryOptions(cluster: cluster, states: state, since: since, before: before, limit: limit) }
+
     func validate() throws {
-        for s in state where BackupState(rawValue: s) == nil {
-            throw ValidationError("unknown state \(s); one of \(BackupState.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        for t in [since, before].compactMap({ $0 }) where ISO8601DateFormatter().date(from: t) == nil {
-            throw ValidationError("not an ISO 8601 time: \(t)")
-        }
+        do { _ = try queryOptions.query() } catch let e as StoreError { throw ValidationError("\(e.key.map { "\($0): " } ?? "")\(e.reason)") }
     }
 
     func run() throws {
@@ -179,10 +176,7 @@ struct StoreList: ParsableCommand {
                 if output.json { try JSONOutput.print(keys) } else { keys.forEach { StoreCLI.say($0) } }
                 return
             }
-            let millis = { (s: String?) in s.flatMap { ISO8601DateFormatter().date(from: $0) }.map { UInt64(max(0, $0.timeIntervalSince1970 * 1000)) } }
-            let query = CatalogQuery(clusterId: cluster, states: state.isEmpty ? nil : Set(state.compactMap(BackupState.init(rawValue:))),
-                                     createdFromMillis: millis(since), createdBeforeMillis: millis(before), limit: limit)
-            try StoreCLI.printBackups(try BackupCatalog(store: store).list(query), json: output.json)
+            try StoreCLI.printBackups(try BackupCatalog(store: store).list(try queryOptions.query()), json: output.json)
         }
     }
 }
