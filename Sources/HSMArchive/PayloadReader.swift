@@ -2,130 +2,214 @@ import BackupCrypto
 import ByteCoding
 import PayloadCodec
 
-// Implements the payload checks of spec/FORMAT.md section 4.7 as a stream: the tar arrives in
-// pieces as chunks authenticate and is checked entry by entry (manifest first, then each object
-// against its manifest record: path, size, SHA-256), so memory holds the manifest's records and
-// one object, never the payload.
+// Implements the payload checks of spec/FORMAT.md section 4.7 as a stream, in memory that does
+// not grow with the payload: the tar arrives in pieces as chunks authenticate; the manifest (the
+// first entry) is parsed record by record as it arrives, never held whole; each object is then
+// checked against its record. What is kept per object is 4 bytes of a record fingerprint (so a
+// mismatch is reported at the object where it happens) and 16 bytes of a path key (each path at
+// most once); a running SHA-256 over every record, compared with the same over what the objects
+// turned out to be, makes the check exact at the end.
 
-/// The manifest's records in compact columns (about 60 bytes per object: a restore of a million
-/// objects keeps them all until the objects arrive): kind, size, the path in one byte pool and
-/// the SHA-256 in another.
-public struct ManifestTable: Sendable {
-    private var kinds: [ObjectKind] = []
-    private var sizes: [UInt32] = []
-    private var pathEnds: [UInt32] = []
-    private var pathPool: [UInt8] = []
-    private var digests: [UInt8] = []
+/// One manifest record (spec 4.7).
+public struct ManifestRecord: Sendable, Equatable {
+    public let kind: ObjectKind
+    public let path: String
+    public let size: Int
+    public let sha256: [UInt8]
 
-    public init() {}
-
-    public var count: Int { kinds.count }
-
-    mutating func append(kind: ObjectKind, path: ArraySlice<UInt8>, size: Int, sha256: [UInt8]) {
-        kinds.append(kind)
-        sizes.append(UInt32(size))
-        pathPool.append(contentsOf: path)
-        pathEnds.append(UInt32(pathPool.count))
-        digests.append(contentsOf: sha256)
+    /// The bytes both sides of the check hash: kind, path, size, SHA-256.
+    var encoded: [UInt8] {
+        var w = ByteWriter(capacity: 1 + 2 + path.utf8.count + 8 + 32)
+        w.writeUInt8(kind == .policy ? 1 : kind == .user ? 2 : 3)
+        w.writeUInt16(UInt16(path.utf8.count))
+        w.writeBytes(Array(path.utf8))
+        w.writeUInt64(UInt64(size))
+        w.writeBytes(sha256)
+        return w.bytes
     }
 
-    public func kind(_ i: Int) -> ObjectKind { kinds[i] }
-    public func size(_ i: Int) -> Int { Int(sizes[i]) }
-    public func pathBytes(_ i: Int) -> ArraySlice<UInt8> { pathPool[(i == 0 ? 0 : Int(pathEnds[i - 1]))..<Int(pathEnds[i])] }
-    public func path(_ i: Int) -> String { String(decoding: pathBytes(i), as: UTF8.self) }
-    public func sha256(_ i: Int) -> ArraySlice<UInt8> { digests[(32 * i)..<(32 * i + 32)] }
+    /// 32 bits that tell a record from a changed one at once, so the error names the object
+    /// (Swift's per-process seeded hash; the running SHA-256 is what decides).
+    static func fingerprint(_ encoded: [UInt8]) -> UInt32 {
+        var h = Hasher()
+        encoded.withUnsafeBytes { h.combine(bytes: $0) }
+        return UInt32(truncatingIfNeeded: h.finalize())
+    }
 }
 
-/// Parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding itself,
-/// so what parses is canonical by construction (one encoding per value):
+/// Streaming parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding
+/// itself, so what parses is canonical by construction (one encoding per value):
 ///
 ///   manifest = `{"format":"hsmbackup-payload","objects":[` [record *("," record)] `],"version":1}`
 ///   record   = `{"kind":"` kind `","path":"` path `","sha256":"` 64 lowercase hex `","size":` uint `}`
 ///   kind     = "policy" / "user" / "key";  uint = "0" / [1-9] *DIGIT
 ///   path     = the kind's directory, then [A-Za-z0-9._/-]*, ending ".json", at most 1024 bytes
 ///
-/// Records are ordered policies, users, keys.
-public enum ManifestParser {
-    public static func parse(_ bytes: [UInt8], maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes) throws -> ManifestTable {
+/// Records are ordered policies, users, keys, and no path appears twice. Feed the manifest's
+/// bytes in any pieces (its total length is known from its tar header); each record is handed
+/// to `onRecord` as soon as it is complete. Memory: one record's bytes and the path keys.
+public struct ManifestParser {
+    /// No record is longer (a 1024-byte path, a 64 MiB size): with this many bytes in hand, a
+    /// record that does not parse is malformed, not short.
+    static let maximumRecordBytes = 2048
+    private static let prefix = Array(#"{"format":"hsmbackup-payload","objects":["#.utf8)
+    private static let suffix = Array(#"],"version":1}"#.utf8)
+
+    public let totalBytes: Int
+    private let maximumObjectBytes: Int
+    private var buffer: [UInt8] = []
+    private var consumed = 0
+    private var received = 0
+    private var begun = false
+    private var ended = false
+    public private(set) var count = 0
+    public private(set) var counts: [ObjectKind: Int] = [:]
+    private var previousKind: ObjectKind?
+    /// Each path once: 128 bits of two seeded hashes stand for it (16 bytes a path, not a
+    /// String). A collision could only refuse a good manifest, never pass a bad one.
+    private var seen = Set<SIMD2<UInt64>>()
+
+    public init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes) {
+        self.totalBytes = totalBytes
+        self.maximumObjectBytes = maximumObjectBytes
+    }
+
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, onRecord: (ManifestRecord) throws -> Void) throws {
+        buffer.append(contentsOf: bytes)
+        received += bytes.count
+        try parseAvailable(onRecord: onRecord)
+    }
+
+    /// All `totalBytes` have been fed: the manifest must have ended exactly there.
+    public mutating func finish() throws {
+        guard received == totalBytes, ended, buffer.count == 0 else { throw fail("the manifest is incomplete", at: consumed) }
+    }
+
+    /// Parses a whole manifest (tests, tools).
+    public static func parse(_ bytes: [UInt8]) throws -> [ManifestRecord] {
+        var p = ManifestParser(totalBytes: bytes.count)
+        var out: [ManifestRecord] = []
+        try bytes.withUnsafeBytes { try p.feed($0) { out.append($0) } }
+        try p.finish()
+        return out
+    }
+
+    private func fail(_ why: String, at offset: Int) -> ArchiveError {
+        ArchiveError(.manifestMalformed, "the manifest is not a canonical version-1 manifest: \(why) at byte \(offset)",
+                     field: PayloadManifest.path)
+    }
+
+    private mutating func parseAvailable(onRecord: (ManifestRecord) throws -> Void) throws {
+        let all = received == totalBytes
         var at = 0
-        func fail(_ why: String) -> ArchiveError {
-            ArchiveError(.manifestMalformed, "the manifest is not a canonical version-1 manifest: \(why) at byte \(at)",
-                         field: PayloadManifest.path)
+        func need(_ n: Int) -> Bool { at + n <= buffer.count }
+        func expect(_ literal: [UInt8]) throws {
+            guard need(literal.count), buffer[at..<(at + literal.count)].elementsEqual(literal) else {
+                throw fail("expected \(String(decoding: literal, as: UTF8.self))", at: consumed + at)
+            }
+            at += literal.count
         }
+        if !begun {
+            guard need(Self.prefix.count) else {
+                if all { throw fail("expected the manifest's opening", at: consumed) }
+                return
+            }
+            try expect(Self.prefix)
+            begun = true
+        }
+        while !ended {
+            // Enough bytes for any record, or all there is.
+            guard all || buffer.count - at >= Self.maximumRecordBytes + Self.suffix.count else { break }
+            guard need(1) else { throw fail("the manifest ends inside its list", at: consumed + at) }
+            if buffer[at] == UInt8(ascii: "]") {
+                try expect(Self.suffix)
+                ended = true
+                break
+            }
+            if count > 0 { try expect(Array(",".utf8)) }
+            let record = try parseRecord(&at)
+            count += 1
+            counts[record.kind, default: 0] += 1
+            try onRecord(record)
+        }
+        if ended, at < buffer.count { throw fail("bytes after the manifest", at: consumed + at) }
+        buffer.removeFirst(at)
+        consumed += at
+    }
+
+    private static let hex = table("0123456789abcdef")
+    private static let lower = table("abcdefghijklmnopqrstuvwxyz")
+    private static let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
+    private static let order: [ObjectKind: Int] = [.policy: 0, .user: 1, .key: 2]
+    private static func table(_ chars: String) -> [Bool] {
+        var t = [Bool](repeating: false, count: 256)
+        for c in chars.utf8 { t[Int(c)] = true }
+        return t
+    }
+
+    private mutating func parseRecord(_ at: inout Int) throws -> ManifestRecord {
+        let b = buffer
+        let base = consumed
+        func fail(_ why: String) -> ArchiveError { self.fail(why, at: base + at) }
         func expect(_ literal: StaticString) throws {
             let n = literal.utf8CodeUnitCount
-            let ok = literal.withUTF8Buffer { lit in at + n <= bytes.count && bytes[at..<(at + n)].elementsEqual(lit) }
+            let ok = literal.withUTF8Buffer { lit in at + n <= b.count && b[at..<(at + n)].elementsEqual(lit) }
             guard ok else { throw fail("expected \(literal)") }
             at += n
         }
         func string(allowed: [Bool], maximum: Int) throws -> ArraySlice<UInt8> {
             let start = at
-            while at < bytes.count, bytes[at] != UInt8(ascii: "\"") {
-                guard allowed[Int(bytes[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
+            while at < b.count, b[at] != UInt8(ascii: "\"") {
+                guard allowed[Int(b[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
                 at += 1
             }
-            let s = bytes[start..<at]
+            let s = b[start..<at]
             try expect("\"")
             return s
         }
-        try expect(#"{"format":"hsmbackup-payload","objects":["#)
-        var records = ManifestTable()
-        // Each path once: 128 bits of its SHA-256 stand for it (16 bytes a path, not a String).
-        var seen = Set<SIMD2<UInt64>>()
-        var previousKind: ObjectKind?
-        let order: [ObjectKind: Int] = [.policy: 0, .user: 1, .key: 2]
-        func table(_ chars: String) -> [Bool] {
-            var t = [Bool](repeating: false, count: 256)
-            for c in chars.utf8 { t[Int(c)] = true }
-            return t
+        try expect(#"{"kind":""#)
+        let kindBytes = try string(allowed: Self.lower, maximum: 8)
+        guard let kind = ObjectKind(rawValue: String(decoding: kindBytes, as: UTF8.self)) else { throw fail("unknown kind") }
+        if let previousKind, Self.order[previousKind]! > Self.order[kind]! {
+            throw fail("objects must be ordered policies, users, keys")
         }
-        let hex = table("0123456789abcdef")
-        let lower = table("abcdefghijklmnopqrstuvwxyz")
-        let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
-        while at < bytes.count, bytes[at] != UInt8(ascii: "]") {
-            if records.count > 0 { try expect(",") }
-            try expect(#"{"kind":""#)
-            let kindBytes = try string(allowed: lower, maximum: 8)
-            guard let kind = ObjectKind(rawValue: String(decoding: kindBytes, as: UTF8.self)) else { throw fail("unknown kind") }
-            if let previousKind, order[previousKind]! > order[kind]! {
-                throw fail("objects must be ordered policies, users, keys")
-            }
-            previousKind = kind
-            try expect(#","path":""#)
-            let pathBytes = try string(allowed: pathChars, maximum: PayloadBundle.maximumPathBytes)
-            guard pathBytes.starts(with: kind.directory.utf8), pathBytes.count > kind.directory.utf8.count + 5,
-                  pathBytes.suffix(5).elementsEqual(".json".utf8) else {
-                throw fail("path \(String(decoding: pathBytes, as: UTF8.self)) is not \(kind.directory)<name>.json")
-            }
-            let key = SHA256Hasher.hash(pathBytes).withUnsafeBytes { SIMD2<UInt64>($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
-            guard seen.insert(key).inserted else { throw fail("path \(String(decoding: pathBytes, as: UTF8.self)) listed twice") }
-            try expect(#","sha256":""#)
-            let digestHex = try string(allowed: hex, maximum: 64)
-            guard digestHex.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
-            try expect(#","size":"#)
-            let sizeAt = at
-            var size = 0
-            while at < bytes.count, bytes[at] >= 0x30, bytes[at] <= 0x39 {
-                guard !(at > sizeAt && bytes[sizeAt] == 0x30) else { throw fail("a size with a leading zero") }
-                size = size * 10 + Int(bytes[at] - 0x30)
-                guard size <= maximumObjectBytes else { throw fail("size beyond the \(maximumObjectBytes)-byte entry limit") }
-                at += 1
-            }
-            guard at > sizeAt else { throw fail("a size") }
-            try expect("}")
-            records.append(kind: kind, path: pathBytes, size: size,
-                           sha256: digestHex.withUnsafeBytes { Hex.decode(utf8: $0)! })
+        previousKind = kind
+        try expect(#","path":""#)
+        let pathBytes = try string(allowed: Self.pathChars, maximum: PayloadBundle.maximumPathBytes)
+        let path = String(decoding: pathBytes, as: UTF8.self)
+        guard pathBytes.starts(with: kind.directory.utf8), pathBytes.count > kind.directory.utf8.count + 5,
+              pathBytes.suffix(5).elementsEqual(".json".utf8) else {
+            throw fail("path \(path) is not \(kind.directory)<name>.json")
         }
-        try expect(#"],"version":1}"#)
-        guard at == bytes.count else { throw fail("bytes after the manifest") }
-        return records
+        var h0 = Hasher(), h1 = Hasher()
+        h0.combine(0 as UInt8)
+        h1.combine(1 as UInt8)
+        pathBytes.withUnsafeBytes { h0.combine(bytes: $0); h1.combine(bytes: $0) }
+        let key = SIMD2<UInt64>(UInt64(bitPattern: Int64(h0.finalize())), UInt64(bitPattern: Int64(h1.finalize())))
+        guard seen.insert(key).inserted else { throw fail("path \(path) listed twice") }
+        try expect(#","sha256":""#)
+        let digestHex = try string(allowed: Self.hex, maximum: 64)
+        guard digestHex.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
+        try expect(#","size":"#)
+        let sizeAt = at
+        var size = 0
+        while at < b.count, b[at] >= 0x30, b[at] <= 0x39 {
+            guard !(at > sizeAt && b[sizeAt] == 0x30) else { throw fail("a size with a leading zero") }
+            size = size * 10 + Int(b[at] - 0x30)
+            guard size <= maximumObjectBytes else { throw fail("size beyond the \(maximumObjectBytes)-byte entry limit") }
+            at += 1
+        }
+        guard at > sizeAt else { throw fail("a size") }
+        try expect("}")
+        return ManifestRecord(kind: kind, path: path, size: size, sha256: digestHex.withUnsafeBytes { Hex.decode(utf8: $0)! })
     }
 }
 
-/// The streaming payload check. Feed the tar in pieces, then `finish()`. Each object that
-/// matches its record is handed to `onObject` (if given) with its bytes; without it, objects are
-/// only hashed. Errors are `ArchiveError`s: `tarMalformed`, `manifestMalformed`,
-/// `objectDigestMismatch`, `objectCountMismatch`. Once failed it stays failed.
+/// The streaming payload check. Feed the tar in pieces, then `finish()`. Each object whose
+/// record fingerprint matches is handed to `onObject` (if given) with its bytes; without it,
+/// objects are only hashed. Errors are `ArchiveError`s: `tarMalformed`, `manifestMalformed`,
+/// `objectDigestMismatch` (at the object, or at the end if only the running digest tells),
+/// `objectCountMismatch`. Once failed it stays failed.
 public final class PayloadReader: TarVisitor {
     public struct Summary: Sendable, Equatable {
         public let policies: Int
@@ -136,9 +220,14 @@ public final class PayloadReader: TarVisitor {
     private let descriptor: PayloadDescriptor
     private let onObject: ((PayloadObject) throws -> Void)?
     private var tar: PaxTarReader!
-    private var records = ManifestTable()
-    private var manifestBytes: [UInt8] = []
+    private var manifest: ManifestParser?
+    private var fingerprints: [UInt32] = []
+    private let listed = SHA256Hasher()
+    private let found = SHA256Hasher()
     private var entry = -1
+    private var path = ""
+    private var kind = ObjectKind.key
+    private var size = 0
     private var hasher: SHA256Hasher?
     private var contents: [UInt8] = []
     private var failure: Error?
@@ -146,15 +235,12 @@ public final class PayloadReader: TarVisitor {
     public init(descriptor: PayloadDescriptor, onObject: ((PayloadObject) throws -> Void)? = nil) {
         self.descriptor = descriptor
         self.onObject = onObject
-        // Each entry must be the manifest's next path, and those are unique (ManifestParser):
-        // the tar reader need not keep every path too.
+        // Each entry must match the manifest's next record, whose paths are unique
+        // (ManifestParser): the tar reader need not keep every path too.
         var limits = PayloadBundle.tarLimits
         limits.refusesDuplicatePaths = false
         tar = PaxTarReader(limits: limits, visitor: self)
     }
-
-    /// The manifest's records, once the manifest entry has been read.
-    public var manifest: ManifestTable { records }
 
     public func feed(_ bytes: UnsafeRawBufferPointer) throws {
         if let failure { throw failure }
@@ -170,8 +256,11 @@ public final class PayloadReader: TarVisitor {
             guard entry >= 0 else {
                 throw ArchiveError(.manifestMalformed, "the payload holds no \(PayloadManifest.path)", field: PayloadManifest.path)
             }
-            guard entry == records.count else {
-                throw ArchiveError(.manifestMalformed, "the manifest lists \(records.count) objects, the tar holds \(entry)")
+            guard entry == fingerprints.count else {
+                throw ArchiveError(.manifestMalformed, "the manifest lists \(fingerprints.count) objects, the tar holds \(entry)")
+            }
+            guard constantTimeEqual(listed.finalize(), found.finalize()) else {
+                throw ArchiveError(.objectDigestMismatch, "the objects' paths, sizes or SHA-256s differ from the manifest")
             }
         } catch { throw record(error) }
         return Summary(policies: Int(descriptor.policyCount), users: Int(descriptor.userCount), keys: Int(descriptor.keyCount))
@@ -197,19 +286,19 @@ public final class PayloadReader: TarVisitor {
             guard path == PayloadManifest.path else {
                 throw ArchiveError(.manifestMalformed, "the first tar entry must be \(PayloadManifest.path)", field: path)
             }
-            manifestBytes.reserveCapacity(size)
+            manifest = ManifestParser(totalBytes: size)
+            if size == 0 { try endManifest() }
             return
         }
-        guard index <= records.count else {
-            throw ArchiveError(.manifestMalformed, "the tar holds more entries than the manifest's \(records.count) objects", field: path)
+        guard index <= fingerprints.count else {
+            throw ArchiveError(.manifestMalformed, "the tar holds more entries than the manifest's \(fingerprints.count) objects", field: path)
         }
-        let r = index - 1
-        guard records.pathBytes(r).elementsEqual(path.utf8) else {
-            throw ArchiveError(.manifestMalformed, "tar entry \(path) where the manifest lists \(records.path(r))", field: path)
+        guard let kind = ObjectKind.allCases.first(where: { path.hasPrefix($0.directory) }) else {
+            throw ArchiveError(.manifestMalformed, "tar entry \(path) is in none of policies/, users/, keys/", field: path)
         }
-        guard records.size(r) == size else {
-            throw ArchiveError(.objectDigestMismatch, "object size \(size) differs from the manifest's \(records.size(r))", field: path)
-        }
+        self.path = path
+        self.kind = kind
+        self.size = size
         hasher = SHA256Hasher()
         if onObject != nil {
             contents = []
@@ -219,7 +308,11 @@ public final class PayloadReader: TarVisitor {
 
     public func entryData(_ bytes: UnsafeRawBufferPointer) throws {
         if entry == 0 {
-            manifestBytes.append(contentsOf: bytes)
+            try manifest!.feed(bytes) { r in
+                let encoded = r.encoded
+                fingerprints.append(ManifestRecord.fingerprint(encoded))
+                listed.update(encoded)
+            }
         } else {
             hasher!.update(bytes)
             if onObject != nil { contents.append(contentsOf: bytes) }
@@ -228,27 +321,31 @@ public final class PayloadReader: TarVisitor {
 
     public func endEntry() throws {
         if entry == 0 {
-            records = try ManifestParser.parse(manifestBytes)
-            manifestBytes = []
-            var counts: [ObjectKind: Int] = [:]
-            for r in 0..<records.count { counts[records.kind(r), default: 0] += 1 }
-            let (p, u, k) = (counts[.policy] ?? 0, counts[.user] ?? 0, counts[.key] ?? 0)
-            guard p == Int(descriptor.policyCount), u == Int(descriptor.userCount), k == Int(descriptor.keyCount) else {
-                throw ArchiveError(.objectCountMismatch,
-                                   "header counts \(descriptor.policyCount)/\(descriptor.userCount)/\(descriptor.keyCount) (policies/users/keys), manifest \(p)/\(u)/\(k)")
-            }
+            if manifest!.totalBytes > 0 { try endManifest() }
             return
         }
-        let r = entry - 1
-        let digest = hasher!.finalize()
+        let actual = ManifestRecord(kind: kind, path: path, size: size, sha256: hasher!.finalize())
         hasher = nil
-        guard constantTimeEqual(digest, records.sha256(r)) else {
-            throw ArchiveError(.objectDigestMismatch, "object SHA-256 differs from the manifest", field: records.path(r))
+        let encoded = actual.encoded
+        found.update(encoded)
+        guard ManifestRecord.fingerprint(encoded) == fingerprints[entry - 1] else {
+            throw ArchiveError(.objectDigestMismatch, "object path, size or SHA-256 differs from manifest record \(entry)", field: path)
         }
         if let onObject {
-            let object = PayloadObject(kind: records.kind(r), path: records.path(r), contents: contents)
+            let object = PayloadObject(kind: kind, path: path, contents: contents)
             contents = []
             try onObject(object)
+        }
+    }
+
+    private func endManifest() throws {
+        try manifest!.finish()
+        let counts = manifest!.counts
+        let (p, u, k) = (counts[.policy] ?? 0, counts[.user] ?? 0, counts[.key] ?? 0)
+        manifest = nil
+        guard p == Int(descriptor.policyCount), u == Int(descriptor.userCount), k == Int(descriptor.keyCount) else {
+            throw ArchiveError(.objectCountMismatch,
+                               "header counts \(descriptor.policyCount)/\(descriptor.userCount)/\(descriptor.keyCount) (policies/users/keys), manifest \(p)/\(u)/\(k)")
         }
     }
 }

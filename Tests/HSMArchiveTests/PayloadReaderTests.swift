@@ -1,0 +1,64 @@
+import BackupCrypto
+import HSMArchive
+import PayloadCodec
+import XCTest
+
+/// The streaming payload check: the manifest parsed record by record in any split, a changed
+/// object named where it is, a path listed twice refused.
+final class PayloadReaderTests: XCTestCase {
+    private func bundle(_ n: Int) throws -> PayloadBundle {
+        try PayloadBundle(objects: (0..<n).map { i in
+            PayloadObject(kind: i < 2 ? .policy : .key, path: (i < 2 ? "policies/" : "keys/") + String(format: "%06d.json", i + 1),
+                          contents: Array("{\"n\":\(i)}".utf8))
+        })
+    }
+
+    func testManifestParsesTheSameInAnySplit() throws {
+        let manifest = try bundle(300).manifest.canonicalBytes()
+        let whole = try ManifestParser.parse(manifest)
+        XCTAssertEqual(whole.count, 300)
+        for step in [1, 7, 100, 2048, 5000] {
+            var p = ManifestParser(totalBytes: manifest.count)
+            var got: [ManifestRecord] = []
+            var at = 0
+            while at < manifest.count {
+                let end = min(manifest.count, at + step)
+                try manifest[at..<end].withUnsafeBytes { try p.feed($0) { got.append($0) } }
+                at = end
+            }
+            try p.finish()
+            XCTAssertEqual(got, whole, "step \(step)")
+        }
+        // Cut short, or one byte more: refused.
+        XCTAssertThrowsError(try ManifestParser.parse(Array(manifest.dropLast()))) {
+            XCTAssertEqual(($0 as? ArchiveError)?.code, .manifestMalformed)
+        }
+        XCTAssertThrowsError(try ManifestParser.parse(manifest + [0x20])) {
+            XCTAssertEqual(($0 as? ArchiveError)?.code, .manifestMalformed)
+        }
+    }
+
+    func testAPathListedTwiceIsRefused() throws {
+        var text = String(decoding: try bundle(4).manifest.canonicalBytes(), as: UTF8.self)
+        text = text.replacingOccurrences(of: "keys/000004.json", with: "keys/000003.json")
+        XCTAssertThrowsError(try ManifestParser.parse(Array(text.utf8))) { e in
+            XCTAssertEqual((e as? ArchiveError)?.code, .manifestMalformed)
+            XCTAssertTrue("\(e)".contains("listed twice"), "\(e)")
+        }
+    }
+
+    func testAChangedObjectIsNamedWhereItIs() throws {
+        let b = try bundle(50)
+        var entries = try PaxTar.read(try b.tarBytes())
+        entries[30] = TarEntry(path: entries[30].path, contents: Array("{\"n\":99}".utf8))
+        let tar = try PaxTar.write(entries)
+        let descriptor = PayloadDescriptor(payloadBytes: UInt64(tar.count), userCount: 0, keyCount: 48, policyCount: 2)
+        var seen = 0
+        let reader = PayloadReader(descriptor: descriptor) { _ in seen += 1 }
+        XCTAssertThrowsError(try { try reader.feed(tar); _ = try reader.finish() }()) { e in
+            XCTAssertEqual((e as? ArchiveError)?.code, .objectDigestMismatch)
+            XCTAssertEqual((e as? ArchiveError)?.field, entries[30].path)
+        }
+        XCTAssertEqual(seen, 29, "the objects before the changed one were checked and handed on")
+    }
+}
