@@ -1,6 +1,7 @@
 // Scrub (verify every replica of every object, optionally repair) and fsck (stale temps, replica
 // markers); spec/FORMAT.md section 5.7.
 #if canImport(Glibc)
+import Foundation
 import Glibc
 #endif
 import Durability
@@ -100,7 +101,15 @@ extension LocalObjectStore {
         let set = openReplicas(key)
         var bad = set.findings
         if let ref = set.reference {
-            for f in set.good { if let finding = verify(f, against: ref.record) { bad.append(finding) } }
+            // Each replica streams through its own hashes on its own thread (its own file
+            // descriptor): the cores share the 2 × N × size bytes of SHA-256 this takes.
+            let files = set.good
+            let results = ConcurrentResults<ReplicaFinding?>(count: files.count)
+            let record = ref.record
+            // Iteration i touches only replica file i and the store's immutable settings.
+            let work = UncheckedSendable { (i: Int) in self.verify(files[i], against: record) }
+            DispatchQueue.concurrentPerform(iterations: files.count) { i in results.set(i, work.value(i)) }
+            bad += results.values.compactMap { $0 }
         }
         return bad.sorted { $0.replica < $1.replica }
     }
@@ -112,4 +121,19 @@ extension LocalObjectStore {
         report.unavailableReplicas = replicaPaths.indices.compactMap { replicaProblem($0) }
         return report
     }
+}
+
+/// Slots that concurrent iterations fill, one each.
+final class ConcurrentResults<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [T?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ value: T) { lock.lock(); slots[i] = value; lock.unlock() }
+    var values: [T] { lock.lock(); defer { lock.unlock() }; return slots.map { $0! } }
+}
+
+/// A value handed to concurrent iterations that each use a disjoint part of it.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
