@@ -46,7 +46,8 @@ interop: deps
 	bash scripts/interop/run.sh $(BIN)
 
 # The suite under AddressSanitizer (LeakSanitizer on, with the XCTest/runtime suppressions),
-# and the store's concurrency tests under ThreadSanitizer. Separate build folders.
+# and the concurrency tests (the store's processes, the chunk and object pipelines, the parallel
+# replica checks) under ThreadSanitizer. Separate build folders.
 test-asan: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/sanitizers/lsan.supp ASAN_OPTIONS=detect_leaks=1 \
@@ -54,7 +55,7 @@ test-asan: deps
 
 test-tsan: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing --filter "ProcessTests|CatalogTests|LocalObjectStoreTests"
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing --filter "ProcessTests|CatalogTests|LocalObjectStoreTests|StreamingTests|HostilePayloadTests|PayloadReaderTests|FacadeTests"
 
 clean:
 	rm -rf .build .build-asan .build-tsan .build-fuzz .build-bench
