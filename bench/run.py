@@ -367,7 +367,7 @@ def row_rss():
     _, rss, _ = run_rss(hb("restore", ident, "--hsm", target))
     at_mib = (max(state["create_rss"]) / 1024, max(state["verify_rss"]) / 1024, rss / 1024)
     # The same three at about 1 GiB of payload: flat means it does not grow with the payload.
-    big = os.path.join(WORK, "hsm-big")
+    big = os.path.join(WORK, "hsm-1gib")  # not HSM (hsm-big), which later rows still use
     rm(big)
     run(hb("hsm", "create", big, "--manufacturer", "acme", "--model", "CH-2", "--serial", "G1", "--cluster", "cluster-big"))
     t, _, out = run([TOOL, "fill-hsm", big, str(max(1, int(BIG_MIB * 1024 * 1024 / 2744))), "800"])
