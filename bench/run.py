@@ -385,7 +385,7 @@ def row_rss():
             "%.0f / %.0f / %.0f MiB at %d MiB; %.0f / %.0f / %.0f MiB at %d MiB" % (at_mib + (MIB,) + at_big + (BIG_MIB,)),
             None, "<= 64 MiB and flat", max(at_mib + at_big) <= 64 and flat, unit="MiB",
             ours_label="ru_maxrss", detail="%s; at %d MiB: create %.1f s, verify %.1f s, restore %.1f s (archive %s bytes)" % (
-                "flat (within 25%% + 8 MiB)" if flat else "not flat: grows with the payload", BIG_MIB, tc, tv, tr,
+                "flat (within 25% + 8 MiB)" if flat else "not flat: grows with the payload", BIG_MIB, tc, tv, tr,
                 created.get("archiveBytes")))
     state["rss"] = {"create_kib": state["create_rss"], "verify_kib": state["verify_rss"], "restore_kib": [rss],
                     "big_mib": BIG_MIB, "big_kib": [c_rss, v_rss, r_rss], "big_seconds": [tc, tv, tr]}
