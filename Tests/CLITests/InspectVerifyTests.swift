@@ -177,7 +177,10 @@ final class InspectVerifyTests: XCTestCase {
 
         // A flip in a middle frame names that frame (frame numbers start at 1).
         let bad = w.path("flip") + ".hsmb"
-        let offset = size / 2
+        // Into the ciphertext of the frame in the middle (not its sequence number or IV, whose
+        // damage has its own codes). Each frame: 4 seq + 12 iv + frameLength + 16 tag.
+        let frameBytes = 4 + 12 + Self.frameLength + 16
+        let offset = headerBytes + ((size / 2 - headerBytes) / frameBytes) * frameBytes + 16 + 100
         try Files.flipped(archive, at: offset, into: bad)
         let j = try JSON.object(try w.run(["verify", bad, "--level", "envelope", "--json"]).stdout)
         let f = try XCTUnwrap((j["findings"] as? [[String: Any]])?.first)
