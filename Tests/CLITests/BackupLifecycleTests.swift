@@ -3,21 +3,7 @@ import XCTest
 
 /// Transcript tests of `backup create|list|delete|undelete|purge|copy|rewrap|tag`, `retention`,
 /// and backup id prefixes.
-final class BackupLifecycleTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
-    var w: CLIWorld { Self.world }
-
-    override class func setUp() {
-        super.setUp()
-        world = try! CLIWorld()
-    }
-
-    override class func tearDown() {
-        world?.tearDown()
-        world = nil
-        super.tearDown()
-    }
-
+final class BackupLifecycleTests: CLIWorldTestCase {
     func testCreateIntoTheStoreReportsTheBackupAndListShowsIt() throws {
         let r = try w.expect(0, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--kms-key", "k2", "--signed",
                                  "--tag", "env=prod", "--tag", "team=ops", "--json"])

@@ -176,3 +176,21 @@ enum Files {
     /// Names in `dir` (temps included).
     static func list(_ dir: String) throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).sorted() }
 }
+
+/// A test class whose tests share one `CLIWorld` (a home with keys, a store and HSMs), made once
+/// per class before its first test and removed after its last.
+class CLIWorldTestCase: XCTestCase {
+    nonisolated(unsafe) private static var worlds: [ObjectIdentifier: CLIWorld] = [:]
+    class var world: CLIWorld { worlds[ObjectIdentifier(self)]! }
+    var w: CLIWorld { Self.world }
+
+    override class func setUp() {
+        super.setUp()
+        worlds[ObjectIdentifier(self)] = try! CLIWorld()
+    }
+
+    override class func tearDown() {
+        worlds.removeValue(forKey: ObjectIdentifier(self))?.tearDown()
+        super.tearDown()
+    }
+}

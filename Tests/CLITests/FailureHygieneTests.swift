@@ -3,21 +3,7 @@ import XCTest
 
 /// A failed command leaves no output file and no temp file beside it; unknown flags are usage
 /// errors (64) everywhere.
-final class FailureHygieneTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
-    var w: CLIWorld { Self.world }
-
-    override class func setUp() {
-        super.setUp()
-        world = try! CLIWorld()
-    }
-
-    override class func tearDown() {
-        world?.tearDown()
-        world = nil
-        super.tearDown()
-    }
-
+final class FailureHygieneTests: CLIWorldTestCase {
     /// An empty directory for one command's output.
     func outputDirectory() throws -> String {
         let dir = w.path("out")

@@ -2,26 +2,18 @@ import Foundation
 import XCTest
 
 /// Transcript tests of `inspect` and `verify`: on files and stored backups, good and damaged.
-final class InspectVerifyTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
+final class InspectVerifyTests: CLIWorldTestCase {
     /// An archive file with small frames (so a flipped byte lands in a known frame).
     nonisolated(unsafe) static var archive: String!
-    var w: CLIWorld { Self.world }
     var archive: String { Self.archive }
 
     static let frameLength = 1024
 
     override class func setUp() {
         super.setUp()
-        world = try! CLIWorld()
         archive = try! world.createArchiveFile(["--frame-length", "\(frameLength)", "--kms-key", "k2"])
     }
 
-    override class func tearDown() {
-        world?.tearDown()
-        world = nil
-        super.tearDown()
-    }
 
     // MARK: inspect
 

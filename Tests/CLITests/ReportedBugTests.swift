@@ -2,11 +2,7 @@ import Foundation
 import XCTest
 
 /// Regression tests for bugs the CLI transcript tests found (exit codes and a swapped archive).
-final class ReportedBugTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
-    var w: CLIWorld { Self.world }
-    override class func setUp() { super.setUp(); world = try! CLIWorld() }
-    override class func tearDown() { world?.tearDown(); world = nil; super.tearDown() }
+final class ReportedBugTests: CLIWorldTestCase {
 
     /// Bug 1: envelope-level verify with no key that opens the archive should be 67 (no usable key), not 65.
     func testEnvelopeVerifyWithNoUsableKeyIs67() throws {

@@ -3,22 +3,13 @@ import XCTest
 
 /// Transcript tests of `restore`: contents reproduced, dry run, refusals leave the target
 /// byte-identical.
-final class RestoreTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
+final class RestoreTests: CLIWorldTestCase {
     nonisolated(unsafe) static var archive: String!
-    var w: CLIWorld { Self.world }
     var archive: String { Self.archive }
 
     override class func setUp() {
         super.setUp()
-        world = try! CLIWorld()
         archive = try! world.createArchiveFile(["--signed", "--frame-length", "2048"])
-    }
-
-    override class func tearDown() {
-        world?.tearDown()
-        world = nil
-        super.tearDown()
     }
 
     func testRestoreFromAFileReproducesTheContents() throws {

@@ -2,21 +2,7 @@ import Foundation
 import XCTest
 
 /// Transcript tests of the setup commands: manufacturer, operator, kms, store, hsm.
-final class SetupCommandTests: XCTestCase {
-    nonisolated(unsafe) static var world: CLIWorld!
-    var w: CLIWorld { Self.world }
-
-    override class func setUp() {
-        super.setUp()
-        world = try! CLIWorld()
-    }
-
-    override class func tearDown() {
-        world?.tearDown()
-        world = nil
-        super.tearDown()
-    }
-
+final class SetupCommandTests: CLIWorldTestCase {
     func testManufacturerAndOperatorAreCreatedOnceAndNeededByHSMCreate() throws {
         let r = try w.expect(0, ["manufacturer", "create", "newco"])
         XCTAssertTrue(r.stdout.contains("manufacturer newco"), r.description)
