@@ -37,7 +37,6 @@ public final class InnerBlobOpener {
     private var chunkFailed = false
     private var pipeline: OrderedPipeline<[ChunkFrame], OpenedChunks>?
     private let workers: Int
-    public private(set) var payloadBytesOpened: UInt64 = 0
 
     /// What a worker returns for a batch: the decoded pieces of the chunks that passed, in
     /// order, and the error of the first that did not (the rest of the batch is not opened).
@@ -141,10 +140,7 @@ public final class InnerBlobOpener {
         var pieces = opened.pieces
         defer { for i in pieces.indices { wipe(&pieces[i]) } }
         do {
-            for p in pieces {
-                try p.withUnsafeBytes { try payloadSink($0) }
-                payloadBytesOpened += UInt64(p.count)
-            }
+            for p in pieces { try p.withUnsafeBytes { try payloadSink($0) } }
             if let e = opened.error { throw e }
         } catch {
             chunkFailed = true

@@ -99,7 +99,7 @@ public enum PaxTar {
 
     /// Reads a whole tar from memory through `PaxTarReader` (the one reader; see its grammar).
     public static func read(_ bytes: [UInt8], limits: TarLimits = TarLimits()) throws -> [TarEntry] {
-        let collector = EntryCollector()
+        let collector = TarEntryCollector()
         let reader = PaxTarReader(limits: limits, visitor: collector)
         try reader.feed(bytes)
         try reader.finish()
@@ -133,21 +133,23 @@ final class MemorySink {
     var bytes: [UInt8] = []
 }
 
-/// Keeps every entry whole (for small tars: tests, tools).
-final class EntryCollector: TarVisitor {
-    var entries: [TarEntry] = []
+/// Keeps every entry whole (for small tars: `PaxTar.read`, tests, tools).
+public final class TarEntryCollector: TarVisitor {
+    public private(set) var entries: [TarEntry] = []
     private var path = ""
     private var data: [UInt8] = []
 
-    func beginEntry(index: Int, path: String, size: Int, offset: Int) throws {
+    public init() {}
+
+    public func beginEntry(index: Int, path: String, size: Int, offset: Int) throws {
         self.path = path
         data = []
         data.reserveCapacity(size)
     }
 
-    func entryData(_ bytes: UnsafeRawBufferPointer) throws { data.append(contentsOf: bytes) }
+    public func entryData(_ bytes: UnsafeRawBufferPointer) throws { data.append(contentsOf: bytes) }
 
-    func endEntry() throws { entries.append(TarEntry(path: path, contents: data)) }
+    public func endEntry() throws { entries.append(TarEntry(path: path, contents: data)) }
 }
 
 /// libarchive's pax writer converts names through the C locale: it needs a UTF-8 LC_CTYPE, set

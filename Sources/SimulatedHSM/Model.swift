@@ -184,24 +184,16 @@ final class ContentChecker {
 
     init(keep: Bool) { self.keep = keep }
 
+    /// All rules for the next object; with `keep`, its decoded value is kept too (a second
+    /// decode: `keep` serves display and tests, not restores).
     func check(_ o: PayloadObject) throws {
         let path = nextPath(o.kind)
-        if keep {
-            try checkPath(o, path)
-            switch o.kind {
-            case .policy: contents.policies.append(try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: path))
-            case .user:
-                let u = try CanonicalJSON.decode(HSMUser.self, o.contents, path: path)
-                try record(.user(u.name), path: path)
-                contents.users.append(u)
-            case .key:
-                let k = try CanonicalJSON.decode(HSMKey.self, o.contents, path: path)
-                try Self.checkKey(k, path: path)
-                try record(.key(k.handle), path: path)
-                contents.keys.append(k)
-            }
-        } else {
-            try record(try Self.decodeAndCheck(o, expectedPath: path), path: path)
+        try record(try Self.decodeAndCheck(o, expectedPath: path), path: path)
+        guard keep else { return }
+        switch o.kind {
+        case .policy: contents.policies.append(try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: path))
+        case .user: contents.users.append(try CanonicalJSON.decode(HSMUser.self, o.contents, path: path))
+        case .key: contents.keys.append(try CanonicalJSON.decode(HSMKey.self, o.contents, path: path))
         }
     }
 
@@ -221,10 +213,6 @@ final class ContentChecker {
         case .key(let handle):
             guard handles.insert(handle).inserted else { throw HSMError(.invalidObject, "duplicate key handle", path: path) }
         }
-    }
-
-    private func checkPath(_ o: PayloadObject, _ path: String) throws {
-        guard o.path == path else { throw HSMError(.invalidObject, "expected \(path)", path: o.path) }
     }
 
     /// The per-object rules (thread-safe): path, canonical JSON of the kind, key material.

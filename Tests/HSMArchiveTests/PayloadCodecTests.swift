@@ -84,15 +84,8 @@ final class PayloadCodecTests: XCTestCase {
                                     TarEntry(path: "keys/empty.json", contents: [])])
         let whole = try PaxTar.read(tar)
         XCTAssertEqual(whole.map(\.path).count, 3)
-        final class Collect: TarVisitor {
-            var entries: [TarEntry] = []
-            var path = "", data: [UInt8] = []
-            func beginEntry(index: Int, path: String, size: Int, offset: Int) throws { self.path = path; data = [] }
-            func entryData(_ bytes: UnsafeRawBufferPointer) throws { data += bytes }
-            func endEntry() throws { entries.append(TarEntry(path: path, contents: data)) }
-        }
         for step in [1, 7, 511, 512, 513, 4096, tar.count] {
-            let c = Collect()
+            let c = TarEntryCollector()
             let r = PaxTarReader(visitor: c)
             var at = 0
             while at < tar.count { try r.feed(Array(tar[at..<min(tar.count, at + step)])); at += step }
