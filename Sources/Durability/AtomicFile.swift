@@ -217,3 +217,12 @@ public struct FileError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { "\(operation) \(path): \(reason)" }
 }
+
+extension AtomicFile {
+    /// `Writer.startWriteback()` for a file descriptor someone else owns (the object store's
+    /// replica writers): starts write-back of bytes `from ..< to` and waits for nothing.
+    public static func startWriteback(fd: Int32, from: Int, to: Int) {
+        guard to > from else { return }
+        _ = hsmb_start_writeback(fd, Int64(from), Int64(to - from))
+    }
+}

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import BackupCrypto
 import ByteCoding
+import Dispatch
 import Durability
 
 public final class LocalObjectStore: ObjectStorage {
@@ -240,19 +241,31 @@ public final class LocalObjectStore: ObjectStorage {
         try ObjectKey.validate(key)
         let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
         defer { withExtendedLifetime(lock) {} }
+        // One replica per iteration, all at once: unlinking a large file frees its blocks, which
+        // takes the file system a while on each replica's disk.
+        enum Outcome { case removed, absent, removedButDirectoryNotSynced(ReplicaFinding), failed(ReplicaFinding) }
+        let outcomes = ConcurrentResults<Outcome>(count: replicaPaths.count)
+        let work = UncheckedSendable { (i: Int) -> Outcome in
+            if let problem = self.replicaProblem(i) { return .failed(problem) }
+            let path = self.objectPath(i, key)
+            if let e = self.faults?(.remove, i, path) { return .failed(OSError.finding(replica: i, path: path, operation: "unlink", errno: e)) }
+            guard unlink(path) == 0 else {
+                return errno == ENOENT ? .absent : .failed(OSError.finding(replica: i, path: path, operation: "unlink", errno: errno))
+            }
+            do { try AtomicFile.syncDirectory(self.objectDir(i, key)) } catch {
+                return .removedButDirectoryNotSynced(ReplicaFinding(replica: i, path: path, problem: .ioError, detail: "fsync directory: \(error)"))
+            }
+            return .removed
+        }
+        DispatchQueue.concurrentPerform(iterations: replicaPaths.count) { i in outcomes.set(i, work.value(i)) }
         var removed: [Int] = []
         var failed: [ReplicaFinding] = []
-        for i in replicaPaths.indices {
-            if let problem = replicaProblem(i) { failed.append(problem); continue }
-            let path = objectPath(i, key)
-            if let e = faults?(.remove, i, path) { failed.append(OSError.finding(replica: i, path: path, operation: "unlink", errno: e)); continue }
-            if unlink(path) == 0 {
-                removed.append(i)
-                do { try AtomicFile.syncDirectory(objectDir(i, key)) } catch {
-                    failed.append(ReplicaFinding(replica: i, path: path, problem: .ioError, detail: "fsync directory: \(error)"))
-                }
-            } else if errno != ENOENT {
-                failed.append(OSError.finding(replica: i, path: path, operation: "unlink", errno: errno))
+        for (i, outcome) in outcomes.values.enumerated() {
+            switch outcome {
+            case .removed: removed.append(i)
+            case .absent: break
+            case .removedButDirectoryNotSynced(let f): removed.append(i); failed.append(f)
+            case .failed(let f): failed.append(f)
             }
         }
         if removed.isEmpty && failed.isEmpty { throw StoreError(.notFound, key: key, "no such object") }
@@ -553,8 +566,19 @@ public final class LocalObjectWriter: ObjectWriting {
         let record = ObjectRecord(key: key, size: size, createdMillis: store.clock.nowMillis(), chunkSize: chunkSize,
                                   chunkDigests: chunkDigests, objectDigest: hasher.finalize())
         try appendAll(try record.encodeWithFooter())
-        writers = writers.filter { w in
-            do { try w.sync(); return true } catch let e as ReplicaFailure { failed.append(e.finding); w.abort(); return false } catch { return false }
+        // The replicas' fsyncs wait on their disks at once, not one after another. Iteration i
+        // touches only writer i (its own file descriptor); the fault hook is Sendable.
+        let syncing = writers
+        let outcomes = ConcurrentResults<ReplicaFinding?>(count: syncing.count)
+        let work = UncheckedSendable { (i: Int) -> ReplicaFinding? in
+            do { try syncing[i].sync(); return nil } catch let e as ReplicaFailure { return e.finding } catch {
+                return ReplicaFinding(replica: syncing[i].replica, path: syncing[i].tempPath, problem: .ioError, detail: "fsync: \(error)")
+            }
+        }
+        DispatchQueue.concurrentPerform(iterations: syncing.count) { i in outcomes.set(i, work.value(i)) }
+        writers = []
+        for (w, finding) in zip(syncing, outcomes.values) {
+            if let finding { failed.append(finding); w.abort() } else { writers.append(w) }
         }
         try checkQuorum("fsync")
         var published: [Int] = []
