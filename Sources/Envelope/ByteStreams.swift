@@ -194,7 +194,7 @@ final class CountingReader {
     private var end = 0
     private(set) var offset = 0
     var readAhead = 0
-    /// Every byte handed out also goes here (signature verification, body copy for rewrap).
+    /// Every byte handed out also goes here (signature verification).
     var observers: [(UnsafeRawBufferPointer) -> Void] = []
 
     init(_ source: ByteSource, readAhead: Int = 0) {

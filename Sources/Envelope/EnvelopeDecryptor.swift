@@ -32,18 +32,13 @@ public final class EnvelopeDecryptor {
     public let openedBy: String
 
     private let reader: CountingReader
-    let keys: KeyDerivation.Keys
-    /// Kept for rewrap (same module only).
-    let dataKey: DataKey
+    private let keys: KeyDerivation.Keys
     private let verifier: P384Verifier?
     private let options: DecryptOptions
     private var expected: UInt32 = 1
     private var finished = false
     private var failure: EnvelopeError?
     private var inBody = true
-    /// Raw body bytes consumed since the last `takeRawBody()` (used by rewrap).
-    var collectRawBody = false
-    private var rawBody: [UInt8] = []
     /// Opens every frame: one GCM context and key schedule for the message.
     private let opener: AESGCMFrameOpener
     /// The current frame's plaintext, verified before anyone sees it; reused, wiped on deinit and on failure.
@@ -76,7 +71,6 @@ public final class EnvelopeDecryptor {
         let (dataKey, edk, by) = try Self.openDataKey(header: header, keyrings: keyrings)
         openedEDK = edk
         openedBy = by
-        self.dataKey = dataKey
         keys = try KeyDerivation.derive(suite: header.suite, dataKey: dataKey, messageID: header.messageID)
         if header.suite.commits {
             guard constantTimeEqual(keys.commitKey, header.suiteData) else {
@@ -95,7 +89,6 @@ public final class EnvelopeDecryptor {
         reader.observers.append { [unowned self] bytes in
             guard self.inBody else { return }
             self.verifier?.update(bytes)
-            if self.collectRawBody { self.rawBody.append(contentsOf: bytes) }
         }
     }
 
@@ -160,11 +153,6 @@ public final class EnvelopeDecryptor {
         let sink = MemorySink()
         try d.decryptAll(to: sink)
         return (d.header, sink.bytes)
-    }
-
-    func takeRawBody() -> [UInt8] {
-        defer { rawBody.removeAll(keepingCapacity: true) }
-        return rawBody
     }
 
     // MARK: body

@@ -90,9 +90,18 @@ public final class EnvelopeEncryptor {
         try self.init(sink: sink, materials: materials, frameLength: frameLength)
     }
 
-    /// With given materials and (for known-answer tests) a given message ID.
-    public init(sink: ByteSink, materials: EncryptionMaterials, frameLength: UInt32 = EnvelopeEncryptor.defaultFrameLength,
-                messageID: [UInt8]? = nil) throws {
+    /// With given materials and a fresh random message ID.
+    public convenience init(sink: ByteSink, materials: EncryptionMaterials,
+                            frameLength: UInt32 = EnvelopeEncryptor.defaultFrameLength) throws {
+        try self.init(sink: sink, materials: materials, frameLength: frameLength, messageID: nil)
+    }
+
+    /// With a given message ID: for known-answer tests and deterministic vectors only, so it is
+    /// not public. One (data key, message ID) pair MUST never head two different messages: the
+    /// header tag is GCM under the all-zero IV, and two tags under one key and IV give away
+    /// GCM's hash key (spec/FORMAT.md §3.7, §7). Callers derive the ID from everything the
+    /// message holds, or use a fresh data key.
+    package init(sink: ByteSink, materials: EncryptionMaterials, frameLength: UInt32, messageID: [UInt8]?) throws {
         let suite = materials.suite
         guard suite.messageFormatVersion == 2 else { throw EnvelopeError(.invalidArgument, "new messages use suite 0x0478 or 0x0578") }
         guard frameLength >= 1, frameLength <= HeaderLimits.formatMaximumFrameLength else {

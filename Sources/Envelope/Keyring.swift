@@ -53,8 +53,9 @@ public struct RawAESKeyring: Keyring {
         try wrap(dataKey, context: context, nonce: GCMNonce.random())
     }
 
-    /// With a given IV: for known-answer tests that reproduce SDK output byte for byte.
-    public func wrap(_ dataKey: DataKey, context: EncryptionContext, nonce: GCMNonce) throws -> EncryptedDataKey {
+    /// With a given IV: for known-answer tests that reproduce SDK output byte for byte. Not
+    /// public: an IV given twice under one wrapping key with another context reuses a GCM nonce.
+    package func wrap(_ dataKey: DataKey, context: EncryptionContext, nonce: GCMNonce) throws -> EncryptedDataKey {
         let aad = try context.serialized(canonical: true)
         var plain = dataKey.secret.unsafeCopy()
         defer { wipe(&plain) }

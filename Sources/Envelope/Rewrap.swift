@@ -2,65 +2,37 @@ import BackupCrypto
 import ByteCoding
 import Foundation
 
-/// Rewrap (spec/FORMAT.md §3.7): a new header for another set of keys, the body bytes reused.
+/// Rewrap (spec/FORMAT.md §3.7): the same plaintext under other KMS keys, as a **new message**.
 ///
-/// The data key is opened with `keyrings`; a new header is written with the same suite,
-/// message ID, commitment key, frame length and caller context, and one EDK per `newKeyrings`.
-/// Every body frame is verified (tag) while it is copied unchanged. For the signed suite the old
-/// signature is verified, a fresh P-384 key replaces `aws-crypto-public-key`, and a new
-/// signature covers the new header and the same body. Memory is bounded by the frame length.
+/// The old message is opened with `keyrings` and decrypted frame by frame; each verified frame's
+/// plaintext is encrypted at once into a new message with a fresh data key, a fresh random message
+/// ID (so a fresh content key and commitment key), the same suite, caller context and frame
+/// length, and one EDK per `newKeyrings`. Nothing of the old message's keys or tags is reused: a
+/// second header tag under the old (content key, all-zero IV) would give away GCM's hash key to
+/// anyone holding both versions (issue 12). For the signed suite a fresh P-384 key signs the new
+/// message and the old signature is verified before the last plaintext is released. Memory is
+/// bounded by the frame length; the plaintext stays in wiped buffers.
 public enum Rewrap {
     @discardableResult
     public static func rewrap(source: ByteSource, sink: ByteSink, keyrings: [Keyring], newKeyrings: [Keyring],
                               options: DecryptOptions = DecryptOptions()) throws -> MessageHeader {
         guard !newKeyrings.isEmpty else { throw EnvelopeError(.invalidArgument, "rewrap needs at least one new keyring") }
-        let d = try EnvelopeDecryptor(reader: CountingReader(source), keyrings: keyrings, options: options)
+        let d = try EnvelopeDecryptor(source: source, keyrings: keyrings, options: options)
         let old = d.header
         guard old.version == 2 else {
             throw EnvelopeError(.invalidArgument, "only format v2 messages are rewrapped; decrypt and re-encrypt v1 messages")
         }
-        d.collectRawBody = true
-        let callerContext = old.context.removing(EncryptionContext.publicKeyKey)
-        let signingKey: P384PrivateKey?
-        var context = callerContext
-        if old.suite.signs {
-            do {
-                let k = try P384PrivateKey()
-                context = try context.setting(EncryptionContext.publicKeyKey,
-                                              to: Data(try k.publicKey.encodedPoint(compressed: true)).base64EncodedString())
-                signingKey = k
-            } catch let e as EnvelopeError { throw e } catch { throw EnvelopeError(.invalidArgument, "signing key: \(error)") }
-        } else {
-            signingKey = nil
-        }
-        let edks = try newKeyrings.map { try $0.wrap(d.dataKey, context: context) }
-        let unsigned = try MessageHeader.makeV2(suite: old.suite, messageID: old.messageID, context: context, edks: edks,
-                                                frameLength: old.frameLength, commitKey: old.suiteData, contentType: old.contentType)
-        let tag: [UInt8]
-        do { tag = try KeyDerivation.headerTag(body: unsigned.bodyBytes, key: d.keys.contentKey, iv: [UInt8](repeating: 0, count: 12)) } catch {
-            throw EnvelopeError(.invalidArgument, "header tag: \(error)")
-        }
-        let header = unsigned.withTag(tag)
-        let signer: P384Signer?
-        do { signer = try signingKey.map { try P384Signer(privateKey: $0) } } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
-        signer?.update(header.bytes)
-        try sink.write(header.bytes)
-        // Each frame is verified (the plaintext stays in the decryptor's wiped buffer), then its
-        // raw bytes are copied out unchanged.
-        while try d.withNextChunk({ _ in true }) != nil {
-            let raw = d.takeRawBody()
-            signer?.update(raw)
-            try sink.write(raw)
-        }
-        if let signer {
-            let sig: [UInt8]
-            do { sig = try signer.finish() } catch { throw EnvelopeError(.invalidArgument, "signing: \(error)") }
-            var w = ByteWriter()
-            w.writeUInt16(UInt16(sig.count))
-            w.writeBytes(sig)
-            try sink.write(w.bytes)
-        }
-        return header
+        // A fresh data key: whoever could open the old message (an old KMS key, an exported
+        // version) cannot open the new one, which is what retiring a key by rewrap needs.
+        let materials = try EncryptionMaterials.generate(keyrings: newKeyrings,
+                                                         context: old.context.removing(EncryptionContext.publicKeyKey),
+                                                         suite: old.suite)
+        // A non-framed (decode-only) body becomes a framed one.
+        let frameLength = old.contentType == .framed ? old.frameLength : EnvelopeEncryptor.defaultFrameLength
+        let e = try EnvelopeEncryptor(sink: sink, materials: materials, frameLength: frameLength)
+        while try d.withNextChunk({ try e.write($0) }) != nil {}
+        try e.finish()
+        return e.header
     }
 
     /// Rewraps the file at `path` in place: the new message goes to a temp file beside it and
@@ -70,6 +42,8 @@ public enum Rewrap {
                                   options: DecryptOptions = DecryptOptions()) throws -> MessageHeader {
         let source = try FileHandleSource(path: path)
         let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.uint16Value ?? 0o600
+        var options = options
+        if options.readAheadBytes == 0 { options.readAheadBytes = EnvelopeFile.readChunkBytes }
         let sink = try AtomicFileSink(path: path, mode: mode_t(mode))
         do {
             let h = try rewrap(source: source, sink: sink, keyrings: keyrings, newKeyrings: newKeyrings, options: options)

@@ -165,7 +165,9 @@ public enum FuzzSeeds {
         return out
     }
 
-    /// An unsigned message is deterministic: fixed data key, EDK IV and message ID.
+    /// An unsigned message is deterministic: a fixed data key, and the message ID and EDK IV
+    /// derived from everything the message holds, so two different seeds never share a
+    /// (data key, message ID) or a (wrapping key, IV) pair (spec/FORMAT.md §3.7).
     static func message(suite: AlgorithmSuite, frameLength: UInt32, plaintext: [UInt8], context: Bool) throws -> [UInt8] {
         var ctx = context ? try EncryptionContext(["purpose": "fuzz-seed", "a": "b"]) : .empty
         let sink = MemorySink()
@@ -177,9 +179,17 @@ public enum FuzzSeeds {
         }
         ctx = ctx.sorted
         let dataKey = try DataKey(bytes: [UInt8](repeating: 0x24, count: 32))
-        let edk = try FuzzKeys.envelopeKeyring().wrap(dataKey, context: ctx, nonce: try GCMNonce([UInt8](repeating: 9, count: 12)))
+        var what = ByteWriter()
+        what.writeBytes(Array("hsmbackup fuzz seed message".utf8))
+        what.writeUInt16(suite.id)
+        what.writeUInt32(frameLength)
+        what.writeBytes(try ctx.serialized(canonical: true))
+        what.writeBytes(plaintext)
+        let messageID = SHA256Hasher.hash(what.bytes)
+        let iv = Array(SHA256Hasher.hash(Array("edk iv".utf8) + messageID).prefix(12))
+        let edk = try FuzzKeys.envelopeKeyring().wrap(dataKey, context: ctx, nonce: try GCMNonce(iv))
         let materials = EncryptionMaterials(suite: suite, dataKey: dataKey, encryptedDataKeys: [edk], context: ctx, signingKey: nil)
-        let e = try EnvelopeEncryptor(sink: sink, materials: materials, frameLength: frameLength, messageID: [UInt8](repeating: 0x33, count: 32))
+        let e = try EnvelopeEncryptor(sink: sink, materials: materials, frameLength: frameLength, messageID: messageID)
         try e.write(plaintext)
         try e.finish()
         return sink.bytes

@@ -163,10 +163,10 @@ public final class BackupService {
         return try catalog.copy(entry.backupId, to: destination.catalog, destinationCluster: cluster, newBackupId: entry.backupId)
     }
 
-    /// Re-wraps a stored archive's data key for other KMS keys without touching the payload: a
-    /// new header (and, when signed, a new signature) over the same body bytes, written as a new
-    /// object; the entry then points at it and the old object is deleted. Objects are never
-    /// rewritten in place.
+    /// Puts a stored archive under other KMS keys (spec/FORMAT.md §3.7): a new envelope message
+    /// with a fresh data key and message ID, its frames re-encrypted as they stream; the inner
+    /// blob is unchanged, so no HSM is needed. Written as a new object; the entry then points at
+    /// it and the old object is deleted. Objects are never rewritten in place.
     @discardableResult
     public func rewrap(_ id: String, keyrings: [Keyring], newKeyrings: [Keyring]) throws -> BackupEntry {
         let entry = try resolve(id)

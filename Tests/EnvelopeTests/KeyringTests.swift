@@ -96,7 +96,7 @@ final class KeyringTests: XCTestCase {
         }
     }
 
-    func testRewrapKeepsTheBodyAndOpensWithTheNewKeys() throws {
+    func testRewrapWritesANewMessageUnderNewKeys() throws {
         let kms = LocalKMS(directory: dir)
         try kms.createKey("old")
         try kms.createKey("new")
@@ -110,16 +110,36 @@ final class KeyringTests: XCTestCase {
             let newHeader = try Rewrap.rewrap(source: MemorySource(m), sink: sink, keyrings: [kms.decryptionKeyring],
                                               newKeyrings: [try kms.keyring("new"), try kms.keyring("dr")])
             let out = sink.bytes
+            XCTAssertEqual(try HeaderReader.read(from: MemorySource(out)).bytes, newHeader.bytes)
             XCTAssertEqual(newHeader.encryptedDataKeys.map(\.rawAESKeyName), ["new/v1", "dr/v1"])
-            XCTAssertEqual(newHeader.messageID, oldHeader.messageID)
+            XCTAssertEqual(newHeader.suite, suite)
+            XCTAssertEqual(newHeader.frameLength, 512)
             XCTAssertEqual(newHeader.context.value(forKey: "tenant"), "acme")
-            // Body bytes unchanged.
-            let footerLen = suite.signs ? m.count - bodyEnd(m) : 0
-            let newFooterLen = suite.signs ? out.count - bodyEnd(out) : 0
-            XCTAssertEqual(Array(out[newHeader.byteCount..<(out.count - newFooterLen)]), Array(m[oldHeader.byteCount..<(m.count - footerLen)]))
+            // A new message: another message ID, so another content key and commitment key (and,
+            // from the fresh data key, a commitment the old data key cannot reproduce).
+            XCTAssertNotEqual(newHeader.messageID, oldHeader.messageID)
+            XCTAssertNotEqual(newHeader.suiteData, oldHeader.suiteData)
+            XCTAssertNotEqual(newHeader.headerTag, oldHeader.headerTag)
+            if suite.signs {
+                XCTAssertNotEqual(newHeader.context.value(forKey: EncryptionContext.publicKeyKey),
+                                  oldHeader.context.value(forKey: EncryptionContext.publicKeyKey))
+            }
+            XCTAssertEqual(out.count, m.count - oldHeader.byteCount + newHeader.byteCount + (suite.signs ? out.count - bodyEnd(out) - (m.count - bodyEnd(m)) : 0))
             XCTAssertEqual(try EnvelopeDecryptor.decrypt(out, keyrings: [try kms.keyring("dr")]).plaintext, plain)
+            XCTAssertEqual(try EnvelopeDecryptor.decrypt(out, keyrings: [try kms.keyring("new")]).plaintext, plain)
             assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(out, keyrings: [try kms.keyring("old")]) }
         }
+    }
+
+    /// A non-framed v2 body (the SDKs can write one; we only read it) comes out framed.
+    func testRewrapOfANonFramedMessageWritesAFramedOne() throws {
+        let v = try Vector("v2_0478_rawaes_nonframed")
+        let sink = MemorySink()
+        let b = testKeyring("b", byte: 2)
+        let h = try Rewrap.rewrap(source: MemorySource(v.message), sink: sink, keyrings: v.keyrings, newKeyrings: [b])
+        XCTAssertEqual(h.contentType, .framed)
+        XCTAssertEqual(h.frameLength, EnvelopeEncryptor.defaultFrameLength)
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(sink.bytes, keyrings: [b]).plaintext, v.plaintext)
     }
 
     func testRewrapFileIsAtomicAndRefusesADamagedBody() throws {

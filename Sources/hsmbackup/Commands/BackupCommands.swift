@@ -240,8 +240,8 @@ struct BackupCopy: ParsableCommand {
 
 struct BackupRewrap: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "rewrap", abstract: "Re-wrap a backup's data key for other KMS keys without touching the payload.",
-        discussion: "Any key of the home's local KMS that opens the archive is used to open it (--from-kms-key narrows); --kms-key names the new keys (one EDK each). The body bytes are reused unchanged; the old object is replaced by a new one.")
+        commandName: "rewrap", abstract: "Put a backup under other KMS keys (a new envelope; the HSM payload untouched).",
+        discussion: "Any key of the home's local KMS that opens the archive is used to open it (--from-kms-key narrows); --kms-key names the new keys (one EDK each). The archive becomes a new envelope message with a fresh data key and message ID, each frame re-encrypted as it streams; the inner blob is unchanged, so no HSM is needed. The old object is replaced by a new one, and the old keys no longer open it (spec §3.7).")
     @Argument(help: "Backup id (or a unique prefix).") var id: String
     @Option(name: .customLong("kms-key"), help: "A new KMS key (repeatable).") var kmsKeys: [String] = []
     @Option(name: .customLong("from-kms-key"), help: "The KMS key that opens it now (default: try every local key).") var fromKeys: [String] = []

@@ -158,9 +158,11 @@ struct EnvelopeInspectCommand: ParsableCommand {
 
 struct EnvelopeRewrapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "rewrap", abstract: "Replace a message's EDKs with new keys, reusing the body bytes.",
-        discussion: "Opens the message with the key options (none: every local KMS key), writes a new header for the "
-            + "--to-kms-key / --to-raw-aes-key keys, verifies and copies the body, and replaces the file atomically.")
+        commandName: "rewrap", abstract: "Put a message under new keys: a new message with a fresh data key.",
+        discussion: "Opens the message with the key options (none: every local KMS key) and writes a new message for the "
+            + "--to-kms-key / --to-raw-aes-key keys, with a fresh data key and message ID: each frame is verified, "
+            + "decrypted and re-encrypted as it streams. The file is replaced atomically once all of it verified; "
+            + "the old keys no longer open it (spec §3.7).")
 
     @Argument(help: "The message file (rewritten in place).") var file: String
     @OptionGroup var keys: EnvelopeKeyOptions
