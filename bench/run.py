@@ -15,7 +15,7 @@ Environment (all optional):
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
   BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
   BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
-  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,fleet,catalog,scrub)
+  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,rewrap,fleet,catalog,scrub)
   KWP_BENCH=CMD       command that measures our multi-lane KWP (default `.build/release/KWPBench REPS`
                       if present, from branch kwp): its `wrap N lanes <OpenSSL> <lanes>` rows, or a
                       `mb_per_s=<float>` / JSON "mb_per_s" figure
@@ -47,11 +47,12 @@ ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 HOME = os.path.join(WORK, "home")
 HSM = os.path.join(WORK, "hsm-big")
 KMS_KEY = "bench-key"
+KMS_KEY2 = "bench-key-2"
 RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
 
 rows = []          # the results, in table order
 CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
-ORDER = ["kwp", "create", "verify", "rss", "inspect", "envelope", "fleet", "catalog", "scrub"]
+ORDER = ["kwp", "create", "verify", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub"]
 notes = []         # free-text findings for results.md
 
 
@@ -170,6 +171,7 @@ def setup_home():
     run(hb("manufacturer", "create", "acme"))
     run(hb("operator", "init"))
     run(hb("kms", "create-key", KMS_KEY))
+    run(hb("kms", "create-key", KMS_KEY2))
     run(hb("store", "init", "--replicas", "3"))
 
 
@@ -287,6 +289,41 @@ def row_verify():
     add_row("verify --level full, %d MiB payload" % MIB, om, pm, ">= 1.5x faster than restic check --read-data",
             pm / om >= 1.5, ours_label="hsmbackup verify --level full", peer_label="restic check --read-data",
             samples={"ours": o, "peer": p})
+
+
+def row_rewrap():
+    """Rewrap (issue 12) decrypts and re-encrypts every frame under a new data key; goal: at most
+    1.5x the time of decrypting the same archive. Its own archive, so the other rows' keys stay."""
+    log("row: backup rewrap / envelope rewrap of the %d MiB archive vs envelope decrypt of it" % MIB)
+    _, _, out = run(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--json"))
+    ident = json.loads(out)["backupId"]
+    archive = os.path.join(WORK, "rewrap.hsmbak")
+    plain = os.path.join(WORK, "rewrap.inner")
+    rm(archive)
+    run(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--out", archive))
+    keys = {"store": [KMS_KEY, KMS_KEY2], "file": [KMS_KEY, KMS_KEY2]}
+
+    def rewrap(kind):
+        # Alternates between the two keys, so every run has a key that opens the archive.
+        old, new = keys[kind]
+        keys[kind] = [new, old]
+        if kind == "store":
+            return hb("backup", "rewrap", ident, "--from-kms-key", old, "--kms-key", new)
+        return hb("envelope", "rewrap", archive, "--kms-key", old, "--to-kms-key", new)
+
+    def decrypt():
+        return hb("envelope", "decrypt", "--kms-key", keys["file"][0], archive, "-o", plain)
+    clear = lambda: rm(plain)
+    for kind, label in (("store", "backup rewrap (store, 3 replicas)"), ("file", "envelope rewrap (file)")):
+        o, p, orss = alternate(lambda: rewrap(kind), decrypt, peer_prep=clear)
+        om, pm = med(o), med(p)
+        add_row("%s, %d MiB archive, vs envelope decrypt of it" % (label, MIB), om, pm,
+                "<= 1.5x the decrypt time", om <= 1.5 * pm, ours_label="hsmbackup " + label.split(" (")[0],
+                peer_label="hsmbackup envelope decrypt (same archive, to a file)",
+                detail="peak RSS %.1f MiB" % (max(orss) / 1024.0), samples={"ours": o, "peer": p})
+    run(hb("verify", ident, "--level", "envelope"))
+    rm(archive)
+    rm(plain)
 
 
 def start_moto():
@@ -571,15 +608,18 @@ def main():
         fn()
     if wanted("kwp"):
         go("kwp", row_kwp)
-    if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "scrub")):
+    if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "rewrap", "scrub")):
         state["big_hsm"] = make_big_hsm()
-        go("create", row_create)
+        if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "scrub")):
+            go("create", row_create)
         if wanted("verify") or wanted("rss"):
             go("verify", row_verify)
         if wanted("rss"):
             go("rss", row_rss)
         if wanted("inspect"):
             go("inspect", row_inspect)
+        if wanted("rewrap"):
+            go("rewrap", row_rewrap)
     if wanted("envelope"):
         go("envelope", row_envelope)
     if wanted("fleet"):
