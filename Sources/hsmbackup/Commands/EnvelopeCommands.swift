@@ -103,7 +103,7 @@ struct EnvelopeEncryptCommand: ParsableCommand {
 struct EnvelopeDecryptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decrypt", abstract: "Decrypt a message (or - for stdin).",
-        discussion: "With no key option, every key of the local KMS is tried. A failed decrypt leaves no output file.")
+        discussion: "With no key option, every key of the local KMS is tried; when keys are named (--kms-key, --raw-aes-key), only those are. A failed decrypt leaves no output file. Input and output must be regular files (or -): a FIFO, device or directory is refused.")
 
     @Argument(help: "Input message, or - for stdin.") var input: String
     @Option(name: [.short, .long], help: "Output file, or - for stdout.") var output: String
