@@ -233,7 +233,9 @@ final class BadInputTests: CLIWorldTestCase {
         XCTAssertFalse(text.split(separator: "\n").contains { $0.hasPrefix("FAKE LINE") }, text)
         XCTAssertFalse(text.unicodeScalars.contains { $0 == "\u{1b}" || $0 == "\u{9b}" }, text)
         XCTAssertTrue(text.contains("note = line1\\nFAKE LINE\\u{1B}[2J\\u{9B}"), text)
-        let json = try JSON.object(try w.expect(0, ["envelope", "inspect", message, "--json"]).stdout)
+        let jsonText = try w.expect(0, ["envelope", "inspect", message, "--json"]).stdout
+        XCTAssertFalse(jsonText.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" || (0x7F...0x9F).contains($0.value) }, jsonText)
+        let json = try JSON.object(jsonText)
         let pairs = json["context"] as? [[String: Any]] ?? []
         XCTAssertEqual(pairs.first { $0["key"] as? String == "note" }?["value"] as? String, hostile)
     }

@@ -60,12 +60,26 @@ protocol CLIExitMappable: Error {
     var cliMessage: String { get }
 }
 
-/// `--json` output: sorted keys, so field order is stable for scripts and tests.
+/// `--json` output: sorted keys, so field order is stable for scripts and tests. The encoder
+/// escapes C0 controls; DEL and C1 controls (U+0080...U+009F, CSI among them) are escaped here
+/// too, so no string in JSON can drive a terminal either. The value is the same JSON.
 enum JSONOutput {
     static func print<T: Encodable>(_ value: T) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        try Out.raw([UInt8](try enc.encode(value)) + [0x0A])
+        var text = String(decoding: try enc.encode(value), as: UTF8.self)
+        if text.unicodeScalars.contains(where: { $0.value >= 0x7F && $0.value <= 0x9F }) {
+            var escaped = String.UnicodeScalarView()
+            for u in text.unicodeScalars {
+                if u.value >= 0x7F && u.value <= 0x9F {
+                    escaped.append(contentsOf: String(format: "\\u%04x", u.value).unicodeScalars)
+                } else {
+                    escaped.append(u)
+                }
+            }
+            text = String(escaped)
+        }
+        try Out.raw(Array((text + "\n").utf8))
     }
 }
 
