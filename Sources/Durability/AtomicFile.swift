@@ -26,9 +26,9 @@ public enum AtomicFile {
     }
 
     /// Reads a whole file (for small state files; large objects are streamed by their owners).
+    /// Only a regular file is read: a FIFO, device, socket or directory is refused, never waited on.
     public static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw FileError(errno: errno, operation: "open", path: path) }
+        let fd = try openRegularFile(path)
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw FileError(errno: errno, operation: "fstat", path: path) }
@@ -50,6 +50,49 @@ public enum AtomicFile {
             }
         }
         return out
+    }
+
+    /// Opens `path` read-only if it is a regular file (symlinks followed). The open itself cannot
+    /// block (O_NONBLOCK: a FIFO with no writer would otherwise wait for one), and anything but a
+    /// regular file is refused before a byte is read: a FIFO or a device would hang or never end.
+    public static func openRegularFile(_ path: String) throws -> Int32 {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError(errno: errno, operation: "open", path: path) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw FileError(errno: e, operation: "fstat", path: path)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw FileError.notRegular(path, mode: st.st_mode, operation: "open")
+        }
+        // Regular files ignore O_NONBLOCK; clear it anyway so the descriptor behaves as a plain one.
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+        return fd
+    }
+
+    /// Checks a path that is about to be read: it must exist and be a regular file (symlinks
+    /// followed). Never opens it, so a FIFO or device cannot block or react.
+    public static func checkInput(_ path: String) throws {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw FileError(errno: errno, operation: "open", path: path) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw FileError.notRegular(path, mode: st.st_mode, operation: "read") }
+    }
+
+    /// Checks a path that is about to be written (a temp file renamed over it): it must not exist
+    /// or be a regular file. A device, FIFO, socket or directory is refused, since the rename
+    /// would replace the node itself (`-o /dev/null` would become a regular file holding the output).
+    public static func checkOutput(_ path: String) throws {
+        var st = stat()
+        if stat(path, &st) != 0 {
+            let e = errno
+            if e == ENOENT { return } // absent (or a dangling symlink, which the rename replaces)
+            throw FileError(errno: e, operation: "stat", path: path)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw FileError.notRegular(path, mode: st.st_mode, operation: "write") }
     }
 
     /// fsyncs a directory so a rename or unlink inside it is durable.
@@ -109,6 +152,7 @@ public enum AtomicFile {
 
         public init(path: String, mode: mode_t = 0o600) throws {
             self.path = path
+            try AtomicFile.checkOutput(path)
             let dir = AtomicFile.directory(of: path)
             let name = AtomicFile.baseName(of: path)
             var rnd = [UInt8](repeating: 0, count: 8)
@@ -190,7 +234,13 @@ public enum AtomicFile {
 
 /// A file-system failure: which operation, on which path, and the OS's reason.
 public struct FileError: Error, CustomStringConvertible, Sendable {
-    public enum Code: String, Sendable { case notFound, permissionDenied, noSpace, exists, tooLarge, io }
+    public enum Code: String, Sendable {
+        case notFound, permissionDenied, noSpace, exists, tooLarge, io
+        /// The path names a directory, FIFO, device or socket where a regular file is needed.
+        case notRegularFile
+        /// The path is a symbolic link that loops (ELOOP).
+        case symlinkLoop
+    }
     public let code: Code
     public let operation: String
     public let path: String
@@ -210,9 +260,30 @@ public struct FileError: Error, CustomStringConvertible, Sendable {
         case EACCES, EPERM, EROFS: code = .permissionDenied
         case ENOSPC, EDQUOT: code = .noSpace
         case EEXIST: code = .exists
+        case ELOOP: code = .symlinkLoop
         default: code = .io
         }
-        self.init(code: code, operation: operation, path: path, reason: String(cString: strerror(e)))
+        let reason = e == ELOOP ? "a symbolic link loop (too many levels of symbolic links)" : String(cString: strerror(e))
+        self.init(code: code, operation: operation, path: path, reason: reason)
+    }
+
+    /// A node that is not a regular file, named by its kind.
+    public static func notRegular(_ path: String, mode: mode_t, operation: String) -> FileError {
+        FileError(code: .notRegularFile, operation: operation, path: path,
+                  reason: "is a \(kindName(mode)), not a regular file")
+    }
+
+    public static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "directory"
+        case S_IFIFO: return "FIFO"
+        case S_IFCHR: return "character device"
+        case S_IFBLK: return "block device"
+        case S_IFSOCK: return "socket"
+        case S_IFLNK: return "symbolic link"
+        case S_IFREG: return "regular file"
+        default: return "special file"
+        }
     }
 
     public var description: String { "\(operation) \(path): \(reason)" }

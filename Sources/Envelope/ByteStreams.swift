@@ -73,11 +73,15 @@ public final class FileHandleSource: ByteSource {
     private let name: String
     public init(_ handle: FileHandle, name: String) { self.handle = handle; self.name = name }
 
+    /// Opens a regular file; a FIFO, device, socket or directory is refused (it could block or
+    /// never end), as `invalidArgument`.
     public convenience init(path: String) throws {
-        guard let h = FileHandle(forReadingAtPath: path) else {
-            throw EnvelopeError(.io, "cannot open \(path) for reading")
+        let fd: Int32
+        do { fd = try AtomicFile.openRegularFile(path) } catch let e as FileError {
+            throw EnvelopeError(e.code == .notRegularFile || e.code == .symlinkLoop ? .invalidArgument : .io,
+                                "cannot open \(path) for reading: \(e.reason)")
         }
-        self.init(h, name: path)
+        self.init(FileHandle(fileDescriptor: fd, closeOnDealloc: true), name: path)
     }
 
     public func read(maxCount: Int) throws -> [UInt8] {

@@ -78,11 +78,13 @@ public final class BackupService {
 
     /// A verified stream of the archive's bytes (checksums checked per chunk, failing over to
     /// another replica and repairing the bad one).
-    public func openArchive(_ entry: BackupEntry) throws -> ByteSource {
+    public func openArchive(_ entry: BackupEntry) throws -> ByteSource { ReaderSource(try openReader(entry)) }
+
+    private func openReader(_ entry: BackupEntry) throws -> ObjectReading {
         guard entry.state == .ready || entry.state == .pendingDeletion else {
             throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue)")
         }
-        return ReaderSource(try store.get(entry.objectKey))
+        return try store.get(entry.objectKey)
     }
 
     // MARK: inspect, verify, restore
@@ -95,21 +97,31 @@ public final class BackupService {
     }
 
     /// Verifies a stored backup: every replica against its checksum record (findings name the
-    /// replica), then the archive itself at `level`, read from a good replica. A bad replica that
-    /// the read repaired is reported as a warning; one still bad afterwards is an error.
+    /// replica), then the archive itself at `level`, read from a good replica. A bad replica is a
+    /// warning while another replica is intact (the read repaired it, or says why it could not,
+    /// with the OS error); it is an error only when no replica is intact any more.
     public func verify(_ idOrPrefix: String, level: VerificationLevel, keys: VerificationKeys = VerificationKeys(),
                        progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
         let entry = try resolve(idOrPrefix)
         let before = store.verifyReplicas(entry.objectKey)
-        var report = try Verifier.verify(try openArchive(entry), name: entry.backupId, level: level, keys: keys,
+        let reader = try openReader(entry)
+        var report = try Verifier.verify(ReaderSource(reader), name: entry.backupId, level: level, keys: keys,
                                          expectedBackupID: entry.backupId, progress: progress)
         let after = before.isEmpty ? [] : store.verifyReplicas(entry.objectKey)
+        let repairFailures = (reader as? LocalObjectReader)?.repairFailures ?? []
+        let intact = store.replicaPaths.count - Set(after.map(\.replica)).count
         let replicaFindings = before.map { f -> Finding in
             let stillBad = after.contains { $0.replica == f.replica && $0.problem == f.problem }
             let unavailable = f.problem == .replicaUnavailable
-            return Finding(layer: .store, severity: stillBad && !unavailable ? .error : .warning, code: f.problem.rawValue,
-                           message: f.detail + (stillBad ? "" : " (repaired from a good replica by the read)"),
-                           location: FindingLocation(replica: f.replica, object: entry.objectKey))
+            var message = f.detail + (f.osError.map { " [\($0)]" } ?? "")
+            if !stillBad {
+                message += " (repaired from a good replica by the read)"
+            } else if !unavailable {
+                let why = repairFailures.first { $0.replica == f.replica }.map { "the repair failed: \($0.detail)\($0.osError.map { " [\($0)]" } ?? ""); " } ?? ""
+                message += " (still bad: \(why)\(intact) of \(store.replicaPaths.count) replicas intact; run `hsmbackup store scrub --repair`)"
+            }
+            return Finding(layer: .store, severity: stillBad && !unavailable && intact == 0 ? .error : .warning, code: f.problem.rawValue,
+                           message: message, location: FindingLocation(replica: f.replica, object: entry.objectKey))
         }
         report.findings.insert(contentsOf: replicaFindings, at: 0)
         return report

@@ -2,6 +2,7 @@
 // as a stream, stat, list by prefix, delete. `LocalObjectStore` is the embedded default; an
 // S3-compatible backend can implement the same protocol later. (The protocol is not named
 // `ObjectStore`: a type named like its module breaks module-qualified names for clients.)
+import Durability
 import Foundation
 
 /// A source of bytes for `put`: `read(maxCount:)` returns up to `maxCount` bytes, an empty array
@@ -107,12 +108,13 @@ public final class BytesSource: ObjectSource {
 public final class FileSource: ObjectSource {
     private let handle: FileHandle
     private let path: String
+    /// Opens a regular file; a FIFO, device, socket or directory is refused (it could block or never end).
     public init(path: String) throws {
         self.path = path
-        guard let h = FileHandle(forReadingAtPath: path) else {
-            throw StoreError(.notFound, path: path, "cannot open the input file")
+        do { handle = FileHandle(fileDescriptor: try AtomicFile.openRegularFile(path), closeOnDealloc: true) } catch let e as FileError {
+            let code: StoreError.Code = e.code == .notFound ? .notFound : e.code == .notRegularFile || e.code == .symlinkLoop ? .invalidArgument : .ioError
+            throw StoreError(code, path: path, "cannot open the input file: \(e.reason)")
         }
-        handle = h
     }
     public init(handle: FileHandle, name: String) {
         self.handle = handle

@@ -193,7 +193,8 @@ final class ReplicaFile {
     /// Opens and checks the record; a problem comes back as a finding, never a throw.
     static func open(replica: Int, path: String, key: String, faults: FaultHook?) -> Result<ReplicaFile, ReplicaFailure> {
         if let e = faults?(.open, replica, path) { return .failure(ReplicaWriter.failure(replica, path, "open", e)) }
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: a FIFO in a replica's place must not block the open (it is refused below).
+        let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0 else { return .failure(ReplicaWriter.failure(replica, path, "open", errno)) }
         func fail(_ problem: ReplicaFinding.Problem, _ detail: String) -> Result<ReplicaFile, ReplicaFailure> {
             close(fd)
@@ -201,6 +202,10 @@ final class ReplicaFile {
         }
         var st = Glibc.stat()
         guard fstat(fd, &st) == 0 else { let e = errno; close(fd); return .failure(ReplicaWriter.failure(replica, path, "fstat", e)) }
+        // A FIFO, device or directory is a bad replica, never read: it could hang or never end.
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            return fail(.badRecord, "the replica file \(FileError.notRegular(path, mode: st.st_mode, operation: "open").reason)")
+        }
         let fileSize = Int(st.st_size)
         guard fileSize >= ObjectRecord.footerLength else { return fail(.badRecord, "file of \(fileSize) bytes has no record (truncated)") }
         do {

@@ -27,17 +27,24 @@ struct HSMBackupCommand: AsyncParsableCommand {
     static func main() async {
         // First, before any key can be read: no core files, not dumpable (spec section 7).
         do { try ProcessHardening.apply() } catch {
-            FileHandle.standardError.write(Data("hsmbackup: error: cannot protect the process's memory: \(error)\n".utf8))
+            Err.line("hsmbackup: error: cannot protect the process's memory: \(error)")
             Foundation.exit(CLIExit.internalError.rawValue)
         }
         var args = Array(CommandLine.arguments.dropFirst())
+        var home: String?
         if args.count >= 2, args[0] == "--home" {
-            setenv("HSMBACKUP_HOME", args[1], 1)
+            home = args[1]
             args.removeFirst(2)
         } else if let first = args.first, first.hasPrefix("--home=") {
-            setenv("HSMBACKUP_HOME", String(first.dropFirst("--home=".count)), 1)
+            home = String(first.dropFirst("--home=".count))
             args.removeFirst()
         }
+        if let home {
+            // An empty value must not quietly mean the default home.
+            guard !home.isEmpty else { usageExit("--home needs a directory (an empty value is refused, not taken as ~/.hsmbackup)") }
+            setenv("HSMBACKUP_HOME", home, 1)
+        }
+        if let problem = Home.problem { usageExit(problem) }
         do {
             var command = try parseAsRoot(args)
             if var asyncCommand = command as? AsyncParsableCommand {
@@ -48,5 +55,10 @@ struct HSMBackupCommand: AsyncParsableCommand {
         } catch {
             exit(withError: CLIExit.translate(error))
         }
+    }
+
+    private static func usageExit(_ message: String) -> Never {
+        Err.line("hsmbackup: error: \(message)")
+        Foundation.exit(CLIExit.usage.rawValue)
     }
 }

@@ -1,6 +1,9 @@
 import ByteCoding
 import Durability
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 final class ByteReaderTests: XCTestCase {
     func testReadsBigEndianAndTracksAbsoluteOffsets() throws {
@@ -77,6 +80,33 @@ final class ByteReaderTests: XCTestCase {
         // A crash leaves a temp: the cleaner removes it.
         FileManager.default.createFile(atPath: dir + "/.f.tmp-dead", contents: Data([1]))
         XCTAssertEqual(try AtomicFile.removeStaleTemps(in: dir), [".f.tmp-dead"])
+    }
+
+    /// Issue 14 items 10 and 12: a FIFO, device or directory is never read (or waited on) and
+    /// never replaced by a writer's rename.
+    func testNonRegularFilesAreRefusedForReadingAndAsWriteTargets() throws {
+        let dir = NSTemporaryDirectory() + "atomic-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fifo = dir + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        for path in [fifo, dir, "/dev/null"] {
+            XCTAssertThrowsError(try AtomicFile.read(path)) { XCTAssertEqual(($0 as? FileError)?.code, .notRegularFile, "\(path): \($0)") }
+            XCTAssertThrowsError(try AtomicFile.Writer(path: path)) { XCTAssertEqual(($0 as? FileError)?.code, .notRegularFile, "\(path): \($0)") }
+            XCTAssertThrowsError(try AtomicFile.checkInput(path)) { XCTAssertEqual(($0 as? FileError)?.code, .notRegularFile) }
+        }
+        var st = stat()
+        XCTAssertEqual(lstat(fifo, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "the FIFO is still a FIFO")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["fifo"], "no temp file left")
+        XCTAssertEqual(symlink("loop-b", dir + "/loop-a"), 0)
+        XCTAssertEqual(symlink("loop-a", dir + "/loop-b"), 0)
+        XCTAssertThrowsError(try AtomicFile.read(dir + "/loop-a")) { XCTAssertEqual(($0 as? FileError)?.code, .symlinkLoop) }
+        // A regular file and an absent path are fine targets.
+        try AtomicFile.checkOutput(dir + "/absent")
+        try AtomicFile.write([1], to: dir + "/f")
+        try AtomicFile.checkOutput(dir + "/f")
+        XCTAssertEqual(try AtomicFile.read(dir + "/f"), [1])
     }
 
     /// startWriteback (sync_file_range) between appends changes nothing in what is published,

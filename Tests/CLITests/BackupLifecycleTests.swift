@@ -212,8 +212,8 @@ final class BackupLifecycleTests: CLIWorldTestCase {
         var metaBytes = try Files.read(metaFile)
         Files.replaceAll(&metaBytes, Array(id.utf8), Array(twin.utf8))
         try Files.write(metaBytes, metaFile)
-        try w.expect(0, ["store", "put", "backups/\(twin)/" + metaKey.split(separator: "/").last!, metaFile])
-        try w.expect(0, ["store", "put", "backups/\(twin)/archive", archiveFile])
+        try w.expect(0, ["store", "put", "--allow-reserved", "backups/\(twin)/" + metaKey.split(separator: "/").last!, metaFile])
+        try w.expect(0, ["store", "put", "--allow-reserved", "backups/\(twin)/archive", archiveFile])
         try w.expect(0, ["store", "reindex"])
         XCTAssertNoThrow(try w.entry(twin))
 

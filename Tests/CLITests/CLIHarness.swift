@@ -8,9 +8,12 @@ struct CLIRun: CustomStringConvertible {
     let stdout: String
     let stderr: String
     let exitCode: Int32
+    /// The command did not end within the harness's bound and was killed (a hang, not a result).
+    var timedOut = false
 
     var description: String {
         "$ hsmbackup \(arguments.joined(separator: " "))\n\(stdout)\(stderr.isEmpty ? "" : "[stderr] \(stderr)")[exit \(exitCode)]"
+            + (timedOut ? " [HUNG: killed after \(CLI.hangBound) s]" : "")
     }
 }
 
@@ -29,12 +32,20 @@ enum CLI {
 
     private final class Marker {}
 
+    /// How long a command may run before the harness calls it hung and kills it. Not an
+    /// assertion about speed: a bound so that a regression to a hang fails instead of stalling the suite.
+    /// HSMBACKUP_TEST_HANG_BOUND (seconds) overrides it, e.g. to run these tests against an old
+    /// binary (HSMBACKUP_BIN) that still hangs.
+    static let hangBound: TimeInterval = ProcessInfo.processInfo.environment["HSMBACKUP_TEST_HANG_BOUND"].flatMap(TimeInterval.init) ?? 300
+
+    /// `stdoutPath`: send stdout there instead of capturing it (`/dev/full`); `cwd`: run there.
     @discardableResult
     static func run(_ args: [String], home: String? = nil, stdin: Data? = nil,
-                    environment extra: [String: String] = [:]) throws -> CLIRun {
+                    environment extra: [String: String] = [:], cwd: String? = nil, stdoutPath: String? = nil) throws -> CLIRun {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
         var env = ProcessInfo.processInfo.environment
         if let home { env["HSMBACKUP_HOME"] = home }
         for (k, v) in extra { env[k] = v }
@@ -51,17 +62,31 @@ enum CLI {
         }
         let outHandle = try FileHandle(forWritingTo: outURL), errHandle = try FileHandle(forWritingTo: errURL)
         let input = Pipe()
-        p.standardOutput = outHandle
+        let redirected = try stdoutPath.map { path -> FileHandle in
+            guard let h = FileHandle(forWritingAtPath: path) else { throw CLIWorldError("cannot open \(path) for the command's stdout") }
+            return h
+        }
+        p.standardOutput = redirected ?? outHandle
         p.standardError = errHandle
         p.standardInput = input
+        let ended = DispatchSemaphore(value: 0)
+        p.terminationHandler = { _ in ended.signal() }
         try p.run()
         if let stdin { input.fileHandleForWriting.write(stdin) }
         try input.fileHandleForWriting.close()
-        p.waitUntilExit()
+        var timedOut = false
+        if ended.wait(timeout: .now() + hangBound) == .timedOut {
+            timedOut = true
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
         try outHandle.close()
         try errHandle.close()
-        return CLIRun(arguments: args, stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                      stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+        try redirected?.close()
+        var r = CLIRun(arguments: args, stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+        r.timedOut = timedOut
+        return r
     }
 
     /// Runs a shell command line (for umask and pipes), with the same capture as `run`.
@@ -85,11 +110,20 @@ enum CLI {
         p.standardOutput = o
         p.standardError = e
         p.standardInput = FileHandle.nullDevice
+        let ended = DispatchSemaphore(value: 0)
+        p.terminationHandler = { _ in ended.signal() }
         try p.run()
-        p.waitUntilExit()
+        var timedOut = false
+        if ended.wait(timeout: .now() + hangBound) == .timedOut {
+            timedOut = true
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
         try o.close(); try e.close()
-        return CLIRun(arguments: [line], stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                      stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+        var r = CLIRun(arguments: [line], stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
+                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), exitCode: p.terminationStatus)
+        r.timedOut = timedOut
+        return r
     }
 
     /// A fresh home directory for one test.

@@ -41,7 +41,10 @@ final class CLIWorld {
 
     /// Runs `hsmbackup ARGS` in this world's home.
     @discardableResult
-    func run(_ args: [String], stdin: Data? = nil) throws -> CLIRun { try CLI.run(args, home: home, stdin: stdin) }
+    func run(_ args: [String], stdin: Data? = nil, environment: [String: String] = [:], cwd: String? = nil,
+             stdoutPath: String? = nil) throws -> CLIRun {
+        try CLI.run(args, home: home, stdin: stdin, environment: environment, cwd: cwd, stdoutPath: stdoutPath)
+    }
 
     /// Runs and fails the test (naming the transcript) unless the exit code is `code`.
     @discardableResult

@@ -32,13 +32,15 @@ final class FailureHygieneTests: CLIWorldTestCase {
         XCTAssertEqual(try w.expect(0, ["backup", "list", "--json"]).stdout, before)
     }
 
-    func testOutputIntoAMissingDirectoryOrOntoADirectoryIsAnIOError() throws {
+    /// Into a missing directory: the file system failed (74). Onto a directory: the argument is
+    /// not a regular file, 64, as for every file argument (issue 14 item 17).
+    func testOutputIntoAMissingDirectoryIsAnIOErrorAndOntoADirectoryAUsageError() throws {
         let parent = try outputDirectory()
         try w.expect(74, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", parent + "/missing/x.hsmb"])
         XCTAssertEqual(try Files.list(parent), [])
         let sub = parent + "/sub"
         try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: false)
-        try w.expect(74, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", sub])
+        try w.expect(64, ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", sub])
         XCTAssertEqual(try Files.list(parent), ["sub"], "no temp file left beside it")
         XCTAssertEqual(try Files.list(sub), [])
     }

@@ -41,20 +41,20 @@ final class StoreCLITests: XCTestCase {
         let input = s.path + "/in.bin"
         let data = pattern(1_500_000, seed: 21)
         _ = FileManager.default.createFile(atPath: input, contents: Data(data))
-        let put = try cli(home, "store", "put", "backups/x/archive", input, "--json")
+        let put = try cli(home, "store", "put", "misc/x/archive", input, "--json")
         XCTAssertEqual(put.status, 0, put.stderr)
         let report = try JSONSerialization.jsonObject(with: Data(put.stdout.utf8)) as! [String: Any]
         XCTAssertEqual(report["written"] as? [Int], [0, 1, 2])
-        let stat = try JSONSerialization.jsonObject(with: Data(try cli(home, "store", "stat", "backups/x/archive", "--json").stdout.utf8)) as! [String: Any]
+        let stat = try JSONSerialization.jsonObject(with: Data(try cli(home, "store", "stat", "misc/x/archive", "--json").stdout.utf8)) as! [String: Any]
         XCTAssertEqual(stat["size"] as? Int, data.count)
-        XCTAssertEqual(try cli(home, "store", "ls", "--objects").stdout, "backups/x/archive\n")
+        XCTAssertEqual(try cli(home, "store", "ls", "--objects").stdout, "misc/x/archive\n")
 
         // Damage every replica of chunk 1: scrub exits 65, get fails 65 and leaves no output file.
         let store = try LocalObjectStore(root: home + "/store")
-        for i in 0..<3 { flipByte(store.objectPath(i, "backups/x/archive"), at: 1_200_000) }
+        for i in 0..<3 { flipByte(store.objectPath(i, "misc/x/archive"), at: 1_200_000) }
         XCTAssertEqual(try cli(home, "store", "scrub").status, 65)
         let out = s.path + "/out.bin"
-        let get = try cli(home, "store", "get", "backups/x/archive", "-o", out)
+        let get = try cli(home, "store", "get", "misc/x/archive", "-o", out)
         XCTAssertEqual(get.status, 65)
         XCTAssertTrue(get.stderr.contains("unrecoverable"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: out))

@@ -32,6 +32,9 @@ KMS_NS = "hsmbackup-local-kms"
 RAW_NS, RAW_NAME = "interop-ns", "raw key ключ"
 RAW_KEY = bytes(range(32, 64))
 RAW_KEY_128 = bytes(range(100, 116))
+# Raw keys reach the CLI through the environment, never its command line (spec section 7).
+ENV["INTEROP_RAW_KEY"] = RAW_KEY.hex()
+ENV["INTEROP_RAW_KEY_128"] = RAW_KEY_128.hex()
 CONTEXT = {"tenant": "acme", "purpose": "interop", "été": "ж", "😀 grin": "～ tilde", "Zeta": "z"}
 
 client = aws_encryption_sdk.EncryptionSDKClient(commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT)
@@ -103,7 +106,7 @@ for i, (fl, size, signed) in enumerate(cases):
         f.write(pt)
     three = i % 2 == 0
     args = ["envelope", "encrypt", src, "-o", msg, "--frame-length", str(fl), "--kms-key", "prod",
-            "--raw-aes-key", RAW_KEY.hex(), "--key-namespace", RAW_NS, "--key-name", RAW_NAME, *ctx_args]
+            "--raw-aes-key", "env:INTEROP_RAW_KEY", "--key-namespace", RAW_NS, "--key-name", RAW_NAME, *ctx_args]
     if three:
         args += ["--kms-key", "escrow"]
     if signed:
@@ -135,7 +138,7 @@ for signed in (False, True):
     args = ["envelope", "encrypt", src, "-o", msg, "--kms-key", "prod", "--frame-length", "4096", *ctx_args]
     r = cli(*(args + (["--signed"] if signed else [])))
     check(f"{label} encrypt", r.returncode == 0, r.stderr)
-    r = cli("envelope", "rewrap", msg, "--to-kms-key", "escrow", "--to-raw-aes-key", RAW_KEY.hex(),
+    r = cli("envelope", "rewrap", msg, "--to-kms-key", "escrow", "--to-raw-aes-key", "env:INTEROP_RAW_KEY",
             "--to-key-namespace", RAW_NS, "--to-key-name", RAW_NAME)
     check(f"{label} rewrap", r.returncode == 0, r.stderr)
     with open(msg, "rb") as f:
@@ -171,9 +174,9 @@ for i, (fl, size, alg) in enumerate(sdk_cases):
     with open(msg, "wb") as f:
         f.write(ct)
     for how, extra in (("local kms", []),
-                       ("raw key", ["--raw-aes-key", RAW_KEY.hex(), "--key-namespace", RAW_NS, "--key-name", RAW_NAME,
+                       ("raw key", ["--raw-aes-key", "env:INTEROP_RAW_KEY", "--key-namespace", RAW_NS, "--key-name", RAW_NAME,
                                     "--kms-dir", os.path.join(WORK, "empty-kms")]),
-                       ("128-bit raw key", ["--raw-aes-key", RAW_KEY_128.hex(), "--key-namespace", "interop-128",
+                       ("128-bit raw key", ["--raw-aes-key", "env:INTEROP_RAW_KEY_128", "--key-namespace", "interop-128",
                                             "--key-name", "short key", "--kms-dir", os.path.join(WORK, "empty-kms")])):
         out = os.path.join(WORK, f"sdkout{i}")
         r = cli("envelope", "decrypt", msg, "-o", out, *extra)

@@ -28,19 +28,28 @@ extension CryptoError: CLIExitMappable {
     var cliMessage: String { description }
 }
 
-extension FileError: CLIExitMappable {
-    var cliExit: CLIExit { code == .notFound ? .notFound : .ioError }
-    var cliMessage: String { description }
-}
-
-/// An archive named on the command line: a file if one exists at that path, else a backup id
-/// (or unique prefix) in the home's store.
+/// An archive named on the command line: a file, or a backup id (or unique prefix) in the
+/// home's store. An argument with a `/` is always a file. A bare name is a file if one exists
+/// there (a symlink included, even a broken or looping one: it is reported as such) and a backup
+/// id otherwise; a bare name that is both an existing file and a stored backup is refused as
+/// ambiguous (64), so `restore a3fd83c` can never restore a stray file instead of the backup.
 enum ArchiveRef {
     case file(String)
     case stored(String)
 
-    init(_ arg: String) {
-        self = FileManager.default.fileExists(atPath: arg) ? .file(arg) : .stored(arg)
+    static func resolve(_ arg: String) throws -> ArchiveRef {
+        if arg.contains("/") {
+            try PathArgument.input(arg)
+            return .file(arg)
+        }
+        var st = stat()
+        guard lstat(arg, &st) == 0 else { return .stored(arg) }
+        if BackupIDs.couldBePrefix(arg), let service = try? ArchiveRef.service(), service.names(arg) {
+            throw HSMBackupError(.ambiguousBackupID, "\"\(arg)\" is both a file here and a backup in the store: "
+                + "write ./\(arg) for the file; for the backup, run the command from another directory or rename the file")
+        }
+        try PathArgument.input(arg)
+        return .file(arg)
     }
 
     static func service() throws -> BackupService {
@@ -60,6 +69,20 @@ func runMapped(_ body: () throws -> Void) throws {
 }
 
 func openHSM(_ dir: String) throws -> SimulatedHSM { try SimulatedHSM.open(at: dir) }
+
+enum BackupIDs {
+    /// Backup ids are 32 lower-case hex digits, named by a prefix of at least 6.
+    static func couldBePrefix(_ s: String) -> Bool {
+        (6...32).contains(s.utf8.count) && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
+    }
+}
+
+extension BackupService {
+    /// Whether `arg` names a stored backup (one, or several: an ambiguous prefix still names backups).
+    func names(_ arg: String) -> Bool {
+        do { _ = try resolve(arg); return true } catch let e as HSMBackupError where e.code == .ambiguousBackupID { return true } catch { return false }
+    }
+}
 
 // MARK: backup
 
@@ -88,6 +111,7 @@ struct BackupCreate: ParsableCommand {
         if out != nil && (!tags.isEmpty || neverExpires) {
             throw ValidationError("--tag and --never-expires describe a backup in the store's catalog; they do not apply with --out")
         }
+        _ = try parsePairs(tags, "--tag")
     }
 
     struct Output: Encodable {
@@ -104,6 +128,7 @@ struct BackupCreate: ParsableCommand {
 
     func run() throws {
         try runMapped {
+            if let out { try PathArgument.output(out) }
             let hsm = try openHSM(self.hsm)
             var options = ArchiveOptions(signed: signed)
             options.frameLength = frameLength
@@ -122,20 +147,30 @@ struct BackupCreate: ParsableCommand {
                                 keys: c.archive.keys, metadata: c.archive.metadata, replicasFailed: c.replicasFailed)
             }
             bar.finish()
-            if json { try JSONOutput.print(output); return }
-            print("backup \(output.backupId) of HSM \(output.metadata.hsmID) (cluster \(output.metadata.clusterID), manufacturer \(output.metadata.manufacturer))")
-            print("  \(output.metadata.keyCount ?? 0) keys, \(output.metadata.userCount ?? 0) users; archive \(output.archiveBytes) bytes\(output.signed ? ", signed" : "")")
-            print("  opens with: \(output.keys.joined(separator: "; "))")
-            print("  written to \(output.location)\(output.state.map { " (\($0))" } ?? "")")
-            for f in output.replicasFailed { print("  warning: replica \(f.replica) not written (\(f.problem.rawValue)); run `hsmbackup store scrub --repair`") }
+            do { try report(output) } catch let e as StdoutError {
+                // The backup itself is complete: say so, so nobody makes it again.
+                throw StdoutError(reason: e.reason + " (backup \(output.backupId) was written to \(output.location)\(output.state.map { ", \($0)" } ?? ""))")
+            }
         }
+    }
+
+    private func report(_ output: Output) throws {
+        if json { try JSONOutput.print(output); return }
+        try Out.line("backup \(output.backupId) of HSM \(output.metadata.hsmID) (cluster \(output.metadata.clusterID), manufacturer \(output.metadata.manufacturer))")
+        try Out.line("  \(output.metadata.keyCount ?? 0) keys, \(output.metadata.userCount ?? 0) users; archive \(output.archiveBytes) bytes\(output.signed ? ", signed" : "")")
+        try Out.line("  opens with: \(output.keys.joined(separator: "; "))")
+        try Out.line("  written to \(output.location)\(output.state.map { " (\($0))" } ?? "")")
+        for f in output.replicasFailed { try Out.line("  warning: replica \(f.replica) not written (\(f.problem.rawValue)); run `hsmbackup store scrub --repair`") }
     }
 }
 
+/// `k=v` pairs. Control characters are refused: a tag is printed by `backup list`, and a newline
+/// in it would fake a line there.
 func parsePairs(_ items: [String], _ flag: String) throws -> [String: String] {
     var out: [String: String] = [:]
     for item in items {
-        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { throw ValidationError("\(flag) takes k=v, got \"\(item)\"") }
+        try Printable.requireNoControl(item, flag)
+        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { throw ValidationError("\(flag) takes k=v, got \"\(Printable.escape(item))\"") }
         out[String(item[..<eq])] = String(item[item.index(after: eq)...])
     }
     return out
@@ -174,7 +209,7 @@ extension EntryCommand {
         try runMapped {
             let e = try apply(try ArchiveRef.service())
             if json { try JSONOutput.print(e); return }
-            print("\(verb) \(e.backupId): now \(e.state.rawValue)")
+            try Out.line("\(verb) \(e.backupId): now \(e.state.rawValue)")
         }
     }
 }
@@ -217,8 +252,8 @@ struct BackupPurge: ParsableCommand {
         try runMapped {
             let r = try ArchiveRef.service().purge()
             if json { try JSONOutput.print(r); return }
-            print("purged \(r.purged.count) backup(s)\(r.purged.isEmpty ? "" : ": " + r.purged.joined(separator: ", "))")
-            for f in r.failed { print("  not purged: \(f.key) replica \(f.finding.replica): \(f.finding.detail) (retried on the next purge)") }
+            try Out.line("purged \(r.purged.count) backup(s)\(r.purged.isEmpty ? "" : ": " + r.purged.joined(separator: ", "))")
+            for f in r.failed { try Out.line("  not purged: \(f.key) replica \(f.finding.replica): \(f.finding.detail) (retried on the next purge)") }
         }
     }
 }
@@ -233,7 +268,7 @@ struct BackupCopy: ParsableCommand {
         try runMapped {
             let e = try ArchiveRef.service().copy(id, to: try BackupService(storeRoot: toStore), cluster: cluster)
             if json { try JSONOutput.print(e); return }
-            print("copied \(e.backupId) to \(toStore): \(e.state.rawValue), source cluster \(e.copySource?.sourceCluster ?? "?")")
+            try Out.line("copied \(e.backupId) to \(toStore): \(e.state.rawValue), source cluster \(e.copySource?.sourceCluster ?? "?")")
         }
     }
 }
@@ -255,7 +290,7 @@ struct BackupRewrap: ParsableCommand {
             let new = EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: [])
             let e = try ArchiveRef.service().rewrap(id, keyrings: try old.decryptionKeyrings(), newKeyrings: try new.encryptionKeyrings())
             if json { try JSONOutput.print(e); return }
-            print("rewrapped \(e.backupId) for \(kmsKeys.joined(separator: ", ")); payload unchanged")
+            try Out.line("rewrapped \(e.backupId) for \(kmsKeys.joined(separator: ", ")); payload unchanged")
         }
     }
 }
@@ -271,11 +306,17 @@ struct RetentionCommand: ParsableCommand {
 struct RetentionSet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a cluster's retention period.")
     @Option(help: "The cluster id.") var cluster: String
-    @Option(help: "Days to keep backups (7...379).") var days: Int
+    // Unconditional: `--days -1` is a value to refuse, not a missing one.
+    @Option(parsing: .unconditional, help: "Days to keep backups (7...379).") var days: Int
+    func validate() throws {
+        guard RetentionPolicy.allowedDays.contains(days) else {
+            throw ValidationError("--days must be \(RetentionPolicy.allowedDays.lowerBound)...\(RetentionPolicy.allowedDays.upperBound), got \(days)")
+        }
+    }
     func run() throws {
         try runMapped {
             try ArchiveRef.service().setRetention(cluster: cluster, days: days)
-            print("cluster \(cluster): backups older than \(days) days are marked for deletion by `retention apply`")
+            try Out.line("cluster \(cluster): backups older than \(days) days are marked for deletion by `retention apply`")
         }
     }
 }
@@ -289,7 +330,7 @@ struct RetentionApply: ParsableCommand {
         try runMapped {
             let ids = try ArchiveRef.service().applyRetention(cluster: cluster)
             if json { try JSONOutput.print(ids); return }
-            print("marked \(ids.count) backup(s) for deletion\(ids.isEmpty ? "" : ": " + ids.joined(separator: ", "))")
+            try Out.line("marked \(ids.count) backup(s) for deletion\(ids.isEmpty ? "" : ": " + ids.joined(separator: ", "))")
         }
     }
 }
@@ -306,9 +347,9 @@ struct InspectCommand: ParsableCommand {
 
     func run() throws {
         try runMapped {
-            let keyrings = try kmsKeys.map { try LocalKMS(directory: Home.kms).keyring($0) as Keyring }
+            let keyrings = kmsKeys.isEmpty ? [] : try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
             let report: InspectionReport
-            switch ArchiveRef(archive) {
+            switch try ArchiveRef.resolve(archive) {
             case .file(let path):
                 report = try Inspector.inspect(try FileHandleSource(path: path), archiveBytes: ArchiveRef.fileSize(path), keyrings: keyrings)
             case .stored(let id):
@@ -316,16 +357,16 @@ struct InspectCommand: ParsableCommand {
             }
             if json { try JSONOutput.print(report); return }
             let m = report.metadata, e = report.envelope
-            print("backup \(m.backupID)  created \(m.created)")
-            print("  HSM \(m.hsmID)  cluster \(m.clusterID)  manufacturer \(m.manufacturer)  model \(m.model)  firmware \(m.firmware)")
-            print("  contents: \(m.keyCount ?? 0) keys, \(m.userCount ?? 0) users, \(m.objectCount ?? 0) objects, payload \(m.payloadBytes ?? 0) bytes")
-            if let src = m.copyOf { print("  copy of \(src) from \(m.copySource ?? "?") at \(m.copiedAt ?? "?")") }
-            print("  envelope: \(e.suite) (\(e.suiteID))\(e.signed ? ", signed" : ""), \(e.contentType), frame length \(e.frameLength)\(e.frameCount.map { ", \($0) frames" } ?? "")")
-            for k in e.keys { print("  opens with: \(k.provider) \(k.key)") }
+            try Out.line("backup \(m.backupID)  created \(m.created)")
+            try Out.line("  HSM \(m.hsmID)  cluster \(m.clusterID)  manufacturer \(m.manufacturer)  model \(m.model)  firmware \(m.firmware)")
+            try Out.line("  contents: \(m.keyCount ?? 0) keys, \(m.userCount ?? 0) users, \(m.objectCount ?? 0) objects, payload \(m.payloadBytes ?? 0) bytes")
+            if let src = m.copyOf { try Out.line("  copy of \(src) from \(m.copySource ?? "?") at \(m.copiedAt ?? "?")") }
+            try Out.line("  envelope: \(e.suite) (\(e.suiteID))\(e.signed ? ", signed" : ""), \(e.contentType), frame length \(e.frameLength)\(e.frameCount.map { ", \($0) frames" } ?? "")")
+            for k in e.keys { try Out.line("  opens with: \(k.provider) \(k.key)") }
             if let i = report.inner {
-                print("  inner header (opened with \(report.openedBy ?? "?")): format \(i.formatVersion), chunk size \(i.payload.chunkSize), PBK fingerprint \(i.pbkFingerprint)")
+                try Out.line("  inner header (opened with \(report.openedBy ?? "?")): format \(i.formatVersion), chunk size \(i.payload.chunkSize), PBK fingerprint \(i.pbkFingerprint)")
             }
-            print("  (read \(report.bytesRead) bytes)")
+            try Out.line("  (read \(report.bytesRead) bytes)")
         }
     }
 }
@@ -352,7 +393,7 @@ struct VerifyCommand: ParsableCommand {
                 keys.hsm = try openHSM(hsm)
             }
             let report: VerificationReport
-            switch ArchiveRef(archive) {
+            switch try ArchiveRef.resolve(archive) {
             case .file(let path):
                 let bar = ProgressBar("verify", total: ArchiveRef.fileSize(path).map(Int64.init))
                 report = try Verifier.verify(try FileHandleSource(path: path), name: path, level: level, keys: keys, progress: { bar.update(Int64($0)) })
@@ -365,12 +406,12 @@ struct VerifyCommand: ParsableCommand {
             if json {
                 try JSONOutput.print(report)
             } else {
-                for f in report.findings { print(f.description) }
+                for f in report.findings { try Out.line(f.description) }
                 let counts = "\(report.framesChecked) frames, \(report.chunksChecked) chunks, \(report.objectsChecked) objects"
                 if report.passed {
-                    print("PASS \(report.archive) at level \(level.rawValue) (\(report.levelsChecked.map(\.rawValue).joined(separator: " + "))): \(counts)")
+                    try Out.line("PASS \(report.archive) at level \(level.rawValue) (\(report.levelsChecked.map(\.rawValue).joined(separator: " + "))): \(counts)")
                 } else {
-                    print("FAIL \(report.archive) at level \(level.rawValue): \(report.errors.count) error(s); \(counts)")
+                    try Out.line("FAIL \(report.archive) at level \(level.rawValue): \(report.errors.count) error(s); \(counts)")
                 }
             }
             if !report.passed { throw ExitCode(CLIExit.verificationFailed.rawValue) }
@@ -395,7 +436,7 @@ struct RestoreCommand: ParsableCommand {
             let target = try openHSM(hsm)
             let rings = try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
             let summary: RestoreSummary
-            switch ArchiveRef(archive) {
+            switch try ArchiveRef.resolve(archive) {
             case .file(let path):
                 let bar = ProgressBar("restore", total: ArchiveRef.fileSize(path).map(Int64.init))
                 summary = try Restorer.restore(try FileHandleSource(path: path), onto: target, keyrings: rings, dryRun: dryRun, progress: { bar.update(Int64($0)) })
@@ -406,8 +447,8 @@ struct RestoreCommand: ParsableCommand {
                 bar.finish()
             }
             if json { try JSONOutput.print(summary); return }
-            print("\(dryRun ? "dry run: would restore" : "restored") backup \(summary.backupId) (from HSM \(summary.sourceHSM)) onto \(target.identity.hsmId)")
-            print("  \(summary.policies) policies, \(summary.users) users, \(summary.keys) keys; \(summary.chunks) chunks verified\(dryRun ? "; nothing changed" : "; all previous contents replaced")")
+            try Out.line("\(dryRun ? "dry run: would restore" : "restored") backup \(summary.backupId) (from HSM \(summary.sourceHSM)) onto \(target.identity.hsmId)")
+            try Out.line("  \(summary.policies) policies, \(summary.users) users, \(summary.keys) keys; \(summary.chunks) chunks verified\(dryRun ? "; nothing changed" : "; all previous contents replaced")")
         }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Durability
 import Foundation
 
 /// Where the embedded defaults live: `--home DIR` (root option), HSMBACKUP_HOME, or ~/.hsmbackup.
@@ -8,6 +9,19 @@ enum Home {
         return NSHomeDirectory() + "/.hsmbackup"
     }
     static var kms: String { path + "/kms" }
+
+    /// Why the home cannot be used (it exists but is not a directory), or nil. A home that does
+    /// not exist yet is fine: the first command that needs it creates it.
+    static var problem: String? {
+        var st = stat()
+        if stat(path, &st) != 0 {
+            return errno == ENOENT ? nil : "home \(path): \(FileError(errno: errno, operation: "stat", path: path).reason)"
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            return "home \(path) is a \(FileError.kindName(st.st_mode)), not a directory (--home DIR or HSMBACKUP_HOME)"
+        }
+        return nil
+    }
     static var store: String { path + "/store" }
     static var hsms: String { path + "/hsms" }
     static var manufacturers: String { path + "/manufacturers" }
@@ -32,7 +46,7 @@ enum CLIExit: Int32, CaseIterable {
     /// Maps any error to the exit code and a one-line message on stderr.
     static func translate(_ error: Error) -> Error {
         if let mappable = error as? CLIExitMappable {
-            FileHandle.standardError.write(Data("hsmbackup: error: \(mappable.cliMessage)\n".utf8))
+            Err.line("hsmbackup: error: \(mappable.cliMessage)")
             return ExitCode(mappable.cliExit.rawValue)
         }
         return error // ArgumentParser's own errors (usage, help, ExitCode) pass through.
@@ -46,14 +60,26 @@ protocol CLIExitMappable: Error {
     var cliMessage: String { get }
 }
 
-/// `--json` output: sorted keys, so field order is stable for scripts and tests.
+/// `--json` output: sorted keys, so field order is stable for scripts and tests. The encoder
+/// escapes C0 controls; DEL and C1 controls (U+0080...U+009F, CSI among them) are escaped here
+/// too, so no string in JSON can drive a terminal either. The value is the same JSON.
 enum JSONOutput {
     static func print<T: Encodable>(_ value: T) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = try enc.encode(value)
-        FileHandle.standardOutput.write(data)
-        FileHandle.standardOutput.write(Data("\n".utf8))
+        var text = String(decoding: try enc.encode(value), as: UTF8.self)
+        if text.unicodeScalars.contains(where: { $0.value >= 0x7F && $0.value <= 0x9F }) {
+            var escaped = String.UnicodeScalarView()
+            for u in text.unicodeScalars {
+                if u.value >= 0x7F && u.value <= 0x9F {
+                    escaped.append(contentsOf: String(format: "\\u%04x", u.value).unicodeScalars)
+                } else {
+                    escaped.append(u)
+                }
+            }
+            text = String(escaped)
+        }
+        try Out.raw(Array((text + "\n").utf8))
     }
 }
 

@@ -10,8 +10,11 @@ struct EnvelopeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "envelope",
         abstract: "Encrypt, decrypt and inspect AWS Encryption SDK (v2) messages.",
-        discussion: "Keys: --kms-key NAME (the local KMS under the home directory) and/or --raw-aes-key HEX "
-            + "--key-namespace NS --key-name NAME (the SDK's Raw AES keyring). Every key given adds one EDK.",
+        discussion: "Keys: --kms-key NAME (the local KMS under the home directory) and/or --raw-aes-key SOURCE "
+            + "--key-namespace NS --key-name NAME (the SDK's Raw AES keyring), where SOURCE is file:PATH, fd:N or env:VAR "
+            + "holding the key in hex: never the key itself, which every local user could read on the command line. "
+            + "Every key given adds one EDK. To decrypt, the keys named are the only ones tried; with none named, every "
+            + "local KMS key is.",
         subcommands: [EnvelopeEncryptCommand.self, EnvelopeDecryptCommand.self, EnvelopeInspectCommand.self,
                       EnvelopeRewrapCommand.self])
 }
@@ -24,7 +27,9 @@ struct EnvelopeKeyOptions: ParsableArguments {
     @Option(name: .customLong("kms-dir"), help: "The local KMS keystore (default: <home>/kms).")
     var kmsDir: String?
 
-    @Option(name: .customLong("raw-aes-key"), help: "A raw AES wrapping key in hex (16, 24 or 32 bytes; repeatable).")
+    @Option(name: .customLong("raw-aes-key"), help: ArgumentHelp(
+        "A raw AES wrapping key (16, 24 or 32 bytes, in hex), read from file:PATH, fd:N or env:VAR (repeatable).",
+        discussion: "Never the key itself: a command line is readable by every local user.", valueName: "source"))
     var rawKeys: [String] = []
 
     @Option(name: .customLong("key-namespace"), help: "Key namespace (provider ID) for each --raw-aes-key.")
@@ -37,6 +42,7 @@ struct EnvelopeKeyOptions: ParsableArguments {
         guard rawKeys.count == namespaces.count, rawKeys.count == names.count else {
             throw ValidationError("give --key-namespace and --key-name once for each --raw-aes-key")
         }
+        for spec in rawKeys { try RawKeySource.checkSyntax(spec) }
     }
 
     var kms: LocalKMS { LocalKMS(directory: kmsDir ?? Home.kms) }
@@ -47,12 +53,10 @@ struct EnvelopeKeyOptions: ParsableArguments {
         return o
     }
 
+    /// The raw keys, read from their sources.
     func rawKeyrings() throws -> [Keyring] {
-        try zip(rawKeys, zip(namespaces, names)).map { hex, nn in
-            guard var bytes = Hex.decode(hex) else { throw ValidationError("--raw-aes-key is not hex") }
-            defer { wipe(&bytes) }
-            guard let key = try? WrappingKey(bytes: bytes) else { throw ValidationError("--raw-aes-key must be 16, 24 or 32 bytes") }
-            return try RawAESKeyring(namespace: nn.0, name: nn.1, wrappingKey: key)
+        try zip(rawKeys, zip(namespaces, names)).map { source, nn in
+            try RawAESKeyring(namespace: nn.0, name: nn.1, wrappingKey: try RawKeySource.read(source, option: "raw AES key"))
         }
     }
 
@@ -63,11 +67,12 @@ struct EnvelopeKeyOptions: ParsableArguments {
         return rings
     }
 
-    /// Decryption: the named keys, or (none named) every key of the local keystore.
+    /// Decryption: the named keys and only those; with no key named, every key of the local
+    /// keystore. Each is wrapped so a local key that fails to open its EDK is remembered.
     func decryptionKeyrings() throws -> [Keyring] {
         var rings = try kmsKeys.map { try kms.keyring($0) as Keyring } + rawKeyrings()
-        if kmsKeys.isEmpty { rings.append(kms.decryptionKeyring) }
-        return rings
+        if kmsKeys.isEmpty && rawKeys.isEmpty { rings.append(kms.decryptionKeyring) }
+        return rings.map { RecordingKeyring(inner: $0) }
     }
 }
 
@@ -87,6 +92,7 @@ struct EnvelopeEncryptCommand: ParsableCommand {
         try CLIEnvelope.run {
             let ctx = try CLIEnvelope.parseContext(context)
             try CLIEnvelope.requireInput(input)
+            try CLIEnvelope.requireOutput(output)
             let h = try EnvelopeFile.encrypt(input: input, output: output, keyrings: try keys.encryptionKeyrings(), context: ctx,
                                              suite: signed ? .committingSigned : .committing, frameLength: frameLength)
             if json && output != "-" { try JSONOutput.print(HeaderJSON(h, frameCount: nil, messageBytes: nil)) }
@@ -97,7 +103,7 @@ struct EnvelopeEncryptCommand: ParsableCommand {
 struct EnvelopeDecryptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decrypt", abstract: "Decrypt a message (or - for stdin).",
-        discussion: "With no key option, every key of the local KMS is tried. A failed decrypt leaves no output file.")
+        discussion: "With no key option, every key of the local KMS is tried; when keys are named (--kms-key, --raw-aes-key), only those are. A failed decrypt leaves no output file. Input and output must be regular files (or -): a FIFO, device or directory is refused.")
 
     @Argument(help: "Input message, or - for stdin.") var input: String
     @Option(name: [.short, .long], help: "Output file, or - for stdout.") var output: String
@@ -109,6 +115,7 @@ struct EnvelopeDecryptCommand: ParsableCommand {
     func run() throws {
         try CLIEnvelope.run {
             try CLIEnvelope.requireInput(input)
+            try CLIEnvelope.requireOutput(output)
             var options = DecryptOptions(policy: allowLegacy ? .allowLegacyDecrypt : .requireCommitment)
             options.limits.maximumEncryptedDataKeys = maxEDKs
             let r = try EnvelopeFile.decrypt(input: input, output: output, keyrings: try keys.decryptionKeyrings(), options: options)
@@ -151,7 +158,7 @@ struct EnvelopeInspectCommand: ParsableCommand {
                 }
             }
             let j = HeaderJSON(header, frameCount: frameCount, messageBytes: size)
-            if json { try JSONOutput.print(j) } else { print(j.text) }
+            if json { try JSONOutput.print(j) } else { try Out.lines(j.lines) }
         }
     }
 }
@@ -167,10 +174,14 @@ struct EnvelopeRewrapCommand: ParsableCommand {
     @Argument(help: "The message file (rewritten in place).") var file: String
     @OptionGroup var keys: EnvelopeKeyOptions
     @Option(name: .customLong("to-kms-key"), help: "A local KMS key for the new header (repeatable).") var toKMSKeys: [String] = []
-    @Option(name: .customLong("to-raw-aes-key"), help: "A raw AES key (hex) for the new header (repeatable).") var toRawKeys: [String] = []
+    @Option(name: .customLong("to-raw-aes-key"), help: ArgumentHelp(
+        "A raw AES key for the new header, read as hex from file:PATH, fd:N or env:VAR (repeatable).", valueName: "source"))
+    var toRawKeys: [String] = []
     @Option(name: .customLong("to-key-namespace"), help: "Key namespace for each --to-raw-aes-key.") var toNamespaces: [String] = []
     @Option(name: .customLong("to-key-name"), help: "Key name for each --to-raw-aes-key.") var toNames: [String] = []
     @Flag(name: .customLong("json"), help: "Print the new header as JSON.") var json = false
+
+    func validate() throws { for spec in toRawKeys { try RawKeySource.checkSyntax(spec) } }
 
     func run() throws {
         try CLIEnvelope.run {
@@ -181,7 +192,7 @@ struct EnvelopeRewrapCommand: ParsableCommand {
             try to.validate()
             let h = try Rewrap.rewrapFile(at: file, keyrings: try keys.decryptionKeyrings(), newKeyrings: try to.encryptionKeyrings())
             if json { try JSONOutput.print(HeaderJSON(h, frameCount: nil, messageBytes: nil)) } else {
-                print("rewrapped \(file): " + h.encryptedDataKeys.map(\.keyDescription).joined(separator: ", "))
+                try Out.line("rewrapped \(file): " + h.encryptedDataKeys.map(\.keyDescription).joined(separator: ", "))
             }
         }
     }
@@ -222,7 +233,8 @@ struct HeaderJSON: Encodable {
         archive = try? ArchiveMetadata(context: h.context)
     }
 
-    var text: String {
+    /// The text form, one entry per line (each escaped when printed).
+    var lines: [String] {
         var lines = [
             "format version: \(formatVersion)",
             "suite:          \(suite.id) \(suite.name)",
@@ -239,7 +251,7 @@ struct HeaderJSON: Encodable {
         }
         lines.append("encrypted data keys (\(encryptedDataKeys.count)):")
         lines += encryptedDataKeys.map { "  \($0.describes)" }
-        return lines.joined(separator: "\n")
+        return lines
     }
 }
 
@@ -262,8 +274,14 @@ enum CLIEnvelope {
         return try EncryptionContext(pairs: pairs)
     }
 
+    /// An input file must exist and be a regular file (a FIFO or device would hang or never end).
     static func requireInput(_ path: String) throws {
-        if path != "-" && !FileManager.default.fileExists(atPath: path) { throw EnvelopeCLIError.notFound(path) }
+        if path != "-" { try PathArgument.input(path) }
+    }
+
+    /// An output file must be absent or a regular file (a device node would be replaced).
+    static func requireOutput(_ path: String) throws {
+        if path != "-" { try PathArgument.output(path) }
     }
 
     /// Runs a command body, turning envelope errors into documented exit codes.
@@ -272,17 +290,10 @@ enum CLIEnvelope {
     }
 }
 
-enum EnvelopeCLIError: CLIExitMappable {
-    case notFound(String)
-    var cliExit: CLIExit { .notFound }
-    var cliMessage: String {
-        switch self { case .notFound(let p): return "\(p): no such file" }
-    }
-}
-
 extension EnvelopeError: CLIExitMappable {
     var cliExit: CLIExit {
         switch code {
+        case .noUsableKey where !KeyAttempts.shared.localFailures.isEmpty: return .verificationFailed
         case .noUsableKey, .keyVersionDisabled: return .noUsableKey
         case .keyNotFound: return .notFound
         case .invalidArgument, .invalidKeyName, .keyExists: return .usage
@@ -294,6 +305,12 @@ extension EnvelopeError: CLIExitMappable {
     var cliMessage: String {
         var s = description
         if code == .nonCommittingSuiteRefused { s += " (use --allow-legacy)" }
+        let altered = KeyAttempts.shared.localFailures
+        if code == .noUsableKey && !altered.isEmpty {
+            s += ". This keystore holds the key version that \(altered.joined(separator: ", ")) names, and it does not open "
+                + "that EDK: the message's header (its encryption context or EDK) was altered, or this keystore's key of that "
+                + "name is another key"
+        }
         return s
     }
 }

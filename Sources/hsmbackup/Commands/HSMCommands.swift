@@ -82,7 +82,7 @@ struct ManufacturerCommand: ParsableCommand {
             do {
                 let key = try ManufacturerBackupKey.random()
                 try HSMHome.writeNewKey(key.secret, to: HSMHome.manufacturerKeyPath(name), what: "manufacturer \(name)")
-                print("manufacturer \(name): MKBK at \(HSMHome.manufacturerKeyPath(name))")
+                try Out.line("manufacturer \(name): MKBK at \(HSMHome.manufacturerKeyPath(name))")
             } catch { throw CLIExit.translate(error) }
         }
     }
@@ -99,7 +99,7 @@ struct OperatorCommand: ParsableCommand {
         func run() throws {
             do {
                 try HSMHome.writeNewKey(try OperatorBackupKey.random().secret, to: HSMHome.operatorKeyPath, what: "operator key")
-                print("operator AKBK at \(HSMHome.operatorKeyPath)")
+                try Out.line("operator AKBK at \(HSMHome.operatorKeyPath)")
             } catch { throw CLIExit.translate(error) }
         }
     }
@@ -133,7 +133,7 @@ struct HSMCommand: ParsableCommand {
                                            serialNumber: serial, hsmId: hsmId ?? "hsm-\(serial)", clusterId: cluster)
                 let hsm = try SimulatedHSM.create(at: directory, identity: identity, mkbk: try ManufacturerBackupKey(bytes: mkbkRaw),
                                                   akbk: try OperatorBackupKey(bytes: akbkRaw))
-                print("created HSM \(identity.hsmId) (\(manufacturer) \(model)) in \(hsm.directory)")
+                try Out.line("created HSM \(identity.hsmId) (\(manufacturer) \(model)) in \(hsm.directory)")
             } catch let e as CryptoError {
                 throw CLIExit.translate(HSMError(.invalidState, "a stored key has the wrong size: \(e.reason)"))
             } catch { throw CLIExit.translate(error) }
@@ -163,7 +163,7 @@ struct HSMCommand: ParsableCommand {
                 var options = noRsa ? PopulateOptions.deterministic : PopulateOptions()
                 options.rsaBits = rsaBits
                 try hsm.populate(keys: keys, users: users, seed: seed, options: options)
-                print("populated \(hsm.identity.hsmId): \(hsm.state.policies) policies, \(hsm.state.users) users, \(hsm.state.keys) keys")
+                try Out.line("populated \(hsm.identity.hsmId): \(hsm.state.policies) policies, \(hsm.state.users) users, \(hsm.state.keys) keys")
             } catch { throw CLIExit.translate(error) }
         }
     }
@@ -196,13 +196,13 @@ struct HSMCommand: ParsableCommand {
                                     keys: c.keys.map { KeyInfo(handle: $0.handle, label: $0.label, type: $0.type.rawValue, bits: $0.bits, owner: $0.owner) })
                 if json { try JSONOutput.print(report); return }
                 let i = hsm.identity
-                print("HSM \(i.hsmId)  manufacturer \(i.manufacturerId)  model \(i.model)  firmware \(i.firmwareVersion)")
-                print("serial \(i.serialNumber)  cluster \(i.clusterId)")
-                print("operator key: \(hsm.hasOperatorKey ? "installed" : "not installed")" +
+                try Out.line("HSM \(i.hsmId)  manufacturer \(i.manufacturerId)  model \(i.model)  firmware \(i.firmwareVersion)")
+                try Out.line("serial \(i.serialNumber)  cluster \(i.clusterId)")
+                try Out.line("operator key: \(hsm.hasOperatorKey ? "installed" : "not installed")" +
                       (report.pbkFingerprint.map { "  PBK fingerprint \($0)" } ?? ""))
-                print("policies: \(c.policies.count)  users: \(c.users.count)  keys: \(c.keys.count)")
-                for u in c.users { print("  user \(u.name) (\(u.role.rawValue))") }
-                for k in c.keys { print("  key 0x\(String(k.handle, radix: 16)) \(k.type.rawValue)-\(k.bits) \"\(k.label)\" owner \(k.owner)") }
+                try Out.line("policies: \(c.policies.count)  users: \(c.users.count)  keys: \(c.keys.count)")
+                for u in c.users { try Out.line("  user \(u.name) (\(u.role.rawValue))") }
+                for k in c.keys { try Out.line("  key 0x\(String(k.handle, radix: 16)) \(k.type.rawValue)-\(k.bits) \"\(k.label)\" owner \(k.owner)") }
             } catch { throw CLIExit.translate(error) }
         }
     }
@@ -218,7 +218,7 @@ struct HSMCommand: ParsableCommand {
         func run() throws {
             do {
                 let written = try SpecVectors.generate(vectorsDirectory: vectors, samplesDirectory: samples)
-                print("wrote \(written.count) files under \(vectors) and \(samples)")
+                try Out.line("wrote \(written.count) files under \(vectors) and \(samples)")
             } catch { throw CLIExit.translate(error) }
         }
     }

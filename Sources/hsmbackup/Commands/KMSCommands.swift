@@ -30,7 +30,7 @@ struct KeyInfoJSON: Encodable {
     }
     /// Prints the key as JSON, or as one line after `verb`.
     func show(json: Bool, verb: String) throws {
-        if json { try JSONOutput.print(self) } else { print("\(verb) \(text)") }
+        if json { try JSONOutput.print(self) } else { try Out.line("\(verb) \(text)") }
     }
 
     var text: String {
@@ -69,7 +69,7 @@ struct KMSDisableCommand: ParsableCommand {
     @Option(name: .customLong("version")) var version: Int
     @OptionGroup var dir: KMSDirOption
     func run() throws {
-        try CLIEnvelope.run { print("disabled " + KeyInfoJSON(try dir.kms.setEnabled(name, version: version, enabled: false)).text) }
+        try CLIEnvelope.run { try Out.line("disabled " + KeyInfoJSON(try dir.kms.setEnabled(name, version: version, enabled: false)).text) }
     }
 }
 
@@ -79,7 +79,7 @@ struct KMSEnableCommand: ParsableCommand {
     @Option(name: .customLong("version")) var version: Int
     @OptionGroup var dir: KMSDirOption
     func run() throws {
-        try CLIEnvelope.run { print("enabled " + KeyInfoJSON(try dir.kms.setEnabled(name, version: version, enabled: true)).text) }
+        try CLIEnvelope.run { try Out.line("enabled " + KeyInfoJSON(try dir.kms.setEnabled(name, version: version, enabled: true)).text) }
     }
 }
 
@@ -90,7 +90,7 @@ struct KMSListCommand: ParsableCommand {
     func run() throws {
         try CLIEnvelope.run {
             let keys = try dir.kms.listKeys().map(KeyInfoJSON.init)
-            if json { try JSONOutput.print(keys) } else { keys.forEach { print($0.text) } }
+            if json { try JSONOutput.print(keys) } else { try keys.forEach { try Out.line($0.text) } }
         }
     }
 }
@@ -109,15 +109,12 @@ struct KMSExportCommand: ParsableCommand {
     func run() throws {
         try CLIEnvelope.run {
             let (v, key) = try dir.kms.exportKey(name, version: version)
-            FileHandle.standardError.write(Data("""
-                hsmbackup: WARNING: printing the SECRET bytes of local KMS key "\(name)" version \(v).
-                hsmbackup: WARNING: whoever holds them can decrypt every envelope wrapped with this version.
-
-                """.utf8))
+            Err.line("hsmbackup: WARNING: printing the SECRET bytes of local KMS key \"\(name)\" version \(v).")
+            Err.line("hsmbackup: WARNING: whoever holds them can decrypt every envelope wrapped with this version.")
             var bytes = key.secret.unsafeCopy()
             defer { wipe(&bytes) }
             let e = Export(name: name, version: v, keyHex: Hex.encode(bytes), keyNamespace: LocalKMS.namespace, keyName: "\(name)/v\(v)")
-            if json { try JSONOutput.print(e) } else { print(e.keyHex) }
+            if json { try JSONOutput.print(e) } else { try Out.line(e.keyHex) }
         }
     }
 }

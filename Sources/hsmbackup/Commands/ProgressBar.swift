@@ -32,7 +32,7 @@ final class ProgressBar: @unchecked Sendable {
         guard enabled else { return }
         lock.lock(); defer { lock.unlock() }
         draw(Date())
-        FileHandle.standardError.write(Data("\n".utf8))
+        Err.raw("\n")
     }
 
     private func draw(_ now: Date) {
@@ -48,7 +48,7 @@ final class ProgressBar: @unchecked Sendable {
             if rate > 0 { line += " ETA \(Self.duration(Double(total - done) / rate))" }
         }
         line += " \(Self.bytes(Int64(rate)))/s"
-        FileHandle.standardError.write(Data((line + "\u{1b}[K").utf8))
+        Err.raw(line + "\u{1b}[K")
     }
 
     static func bytes(_ n: Int64) -> String {

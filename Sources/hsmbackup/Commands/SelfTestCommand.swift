@@ -12,10 +12,10 @@ struct SelfTestCommand: ParsableCommand {
 
     func run() throws {
         let results = CryptoSelfTest.run()
-        for r in results { print("\(r.passed ? "ok  " : "FAIL") \(r.name)") }
+        for r in results { try Out.line("\(r.passed ? "ok  " : "FAIL") \(r.name)") }
         // The process's own protection of the keys it holds (set at start-up).
         let hardening = try? ProcessHardening.status()
-        print("\(hardening?.isHardened == true ? "ok  " : "FAIL") process hardening: \(hardening.map(String.init(describing:)) ?? "unreadable")")
+        try Out.line("\(hardening?.isHardened == true ? "ok  " : "FAIL") process hardening: \(hardening.map(String.init(describing:)) ?? "unreadable")")
         if results.contains(where: { !$0.passed }) || hardening?.isHardened != true { throw ExitCode(70) }
     }
 }

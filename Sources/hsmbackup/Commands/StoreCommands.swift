@@ -42,10 +42,10 @@ enum StoreCLI {
     /// One line per backup, or the entries as JSON (`store ls`, `backup list`).
     static func printBackups(_ entries: [BackupEntry], json: Bool) throws {
         if json { try JSONOutput.print(entries); return }
-        if entries.isEmpty { say("no backups"); return }
+        if entries.isEmpty { try say("no backups"); return }
         for e in entries {
             let tags = e.tags.isEmpty ? "" : "  tags " + e.tags.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            say("\(e.backupId)  \(e.clusterId)  \(e.state.rawValue)  \(date(e.createdMillis))  \(e.size) bytes\(e.neverExpires ? "  never-expires" : "")\(e.copySource != nil ? "  copy" : "")\(tags)")
+            try say("\(e.backupId)  \(e.clusterId)  \(e.state.rawValue)  \(date(e.createdMillis))  \(e.size) bytes\(e.neverExpires ? "  never-expires" : "")\(e.copySource != nil ? "  copy" : "")\(tags)")
         }
     }
 
@@ -55,7 +55,10 @@ enum StoreCLI {
         do { try body() } catch { throw CLIExit.translate(error) }
     }
 
-    static func say(_ s: String) { print(s) }
+    static func say(_ s: String) throws { try Out.line(s) }
+
+    /// Object keys the backup catalog owns (its metadata, archives and retention policies).
+    static let reservedPrefixes = ["backups/", "clusters/"]
 }
 
 struct StoreInit: ParsableCommand {
@@ -79,7 +82,7 @@ struct StoreInit: ParsableCommand {
             _ = try BackupCatalog(store: store)
             let status = StoreStatus(store)
             if output.json { try JSONOutput.print(status) } else {
-                StoreCLI.say("created store \(status.storeId) at \(status.root): \(status.replicas.count) replicas, write quorum \(status.writeQuorum)")
+                try StoreCLI.say("created store \(status.storeId) at \(status.root): \(status.replicas.count) replicas, write quorum \(status.writeQuorum)")
             }
         }
     }
@@ -125,7 +128,7 @@ struct StoreStat: ParsableCommand {
             if let key {
                 let info = try store.stat(key)
                 if output.json { try JSONOutput.print(info) } else {
-                    StoreCLI.say("\(info.key)  \(info.size) bytes  sha256 \(info.sha256)  created \(StoreCLI.date(info.createdMillis))  replicas \(info.replicas.map(String.init).joined(separator: ","))")
+                    try StoreCLI.say("\(info.key)  \(info.size) bytes  sha256 \(info.sha256)  created \(StoreCLI.date(info.createdMillis))  replicas \(info.replicas.map(String.init).joined(separator: ","))")
                 }
                 return
             }
@@ -133,10 +136,10 @@ struct StoreStat: ParsableCommand {
             status.objects = try store.list().count
             status.backups = try BackupCatalog(store: store).list().count
             if output.json { try JSONOutput.print(status) } else {
-                StoreCLI.say("store \(status.storeId) at \(status.root)")
-                StoreCLI.say("write quorum \(status.writeQuorum) of \(status.replicas.count); \(status.objects ?? 0) objects; \(status.backups ?? 0) backups")
+                try StoreCLI.say("store \(status.storeId) at \(status.root)")
+                try StoreCLI.say("write quorum \(status.writeQuorum) of \(status.replicas.count); \(status.objects ?? 0) objects; \(status.backups ?? 0) backups")
                 for r in status.replicas {
-                    StoreCLI.say("  replica \(r.index): \(r.path) \(r.available ? "ok" : "UNAVAILABLE: \(r.problem ?? "")")")
+                    try StoreCLI.say("  replica \(r.index): \(r.path) \(r.available ? "ok" : "UNAVAILABLE: \(r.problem ?? "")")")
                 }
             }
         }
@@ -173,7 +176,7 @@ struct StoreList: ParsableCommand {
             let store = try StoreCLI.open()
             if objects {
                 let keys = try store.list(prefix: prefix)
-                if output.json { try JSONOutput.print(keys) } else { keys.forEach { StoreCLI.say($0) } }
+                if output.json { try JSONOutput.print(keys) } else { try keys.forEach { try StoreCLI.say($0) } }
                 return
             }
             try StoreCLI.printBackups(try BackupCatalog(store: store).list(try queryOptions.query()), json: output.json)
@@ -182,22 +185,30 @@ struct StoreList: ParsableCommand {
 }
 
 struct StorePut: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "put", abstract: "Store a file (or stdin with -) as a new object.")
+    static let configuration = CommandConfiguration(
+        commandName: "put", abstract: "Store a file (or stdin with -) as a new object.",
+        discussion: "Keys under \(StoreCLI.reservedPrefixes.joined(separator: " and ")) belong to the backup catalog (spec/FORMAT.md section 5) and are refused: an object put there by hand would disagree with the catalog for good.")
 
     @Argument(help: "The object key.")
     var key: String
     @Argument(help: "The file to store, or - for stdin.")
     var file: String
+    @Flag(name: .customLong("allow-reserved"), help: ArgumentHelp("Write under a catalog key anyway (fault tests and hand repair; run `store reindex` afterwards).", visibility: .hidden))
+    var allowReserved = false
     @OptionGroup var output: StoreJSONOption
 
     func run() throws {
         try StoreCLI.run {
+            if !allowReserved, let p = StoreCLI.reservedPrefixes.first(where: { key.hasPrefix($0) }) {
+                throw StoreError(.invalidKey, key: key, "keys under \(p) belong to the backup catalog; `backup create`, `backup copy` and the lifecycle commands write them")
+            }
+            if file != "-" { try PathArgument.input(file) }
             let store = try StoreCLI.open()
             let source: ObjectSource = file == "-" ? FileSource(handle: .standardInput, name: "stdin") : try FileSource(path: file)
             let report = try store.put(key, from: source)
             if output.json { try JSONOutput.print(report) } else {
-                StoreCLI.say("stored \(report.info.key): \(report.info.size) bytes, sha256 \(report.info.sha256), replicas \(report.written.map(String.init).joined(separator: ","))")
-                for f in report.failed { FileHandle.standardError.write(Data("hsmbackup: warning: not written to \(f)\n".utf8)) }
+                try StoreCLI.say("stored \(report.info.key): \(report.info.size) bytes, sha256 \(report.info.sha256), replicas \(report.written.map(String.init).joined(separator: ","))")
+                for f in report.failed { Err.line("hsmbackup: warning: not written to \(f)") }
             }
         }
     }
@@ -208,11 +219,13 @@ struct StoreGet: ParsableCommand {
 
     @Argument(help: "The object key.")
     var key: String
-    @Option(name: .shortAndLong, help: "Write to this file (created whole or not at all); default stdout.")
+    @Option(name: .shortAndLong, help: "Write to this file (created whole or not at all); - or none: stdout.")
     var output: String?
 
     func run() throws {
         try StoreCLI.run {
+            let output = self.output == "-" ? nil : self.output
+            if let output { try PathArgument.output(output) }
             let store = try StoreCLI.open()
             let reader = try store.get(key)
             if let output {
@@ -225,12 +238,12 @@ struct StoreGet: ParsableCommand {
                     throw error
                 }
             } else {
-                while let piece = try reader.read() { FileHandle.standardOutput.write(Data(piece)) }
+                while let piece = try reader.read() { try Out.raw(piece) }
             }
             if let r = reader as? LocalObjectReader {
-                for f in r.findings { FileHandle.standardError.write(Data("hsmbackup: warning: \(f)\n".utf8)) }
+                for f in r.findings { Err.line("hsmbackup: warning: \(f)") }
                 if !r.repaired.isEmpty {
-                    FileHandle.standardError.write(Data("hsmbackup: repaired replicas \(r.repaired.map(String.init).joined(separator: ","))\n".utf8))
+                    Err.line("hsmbackup: repaired replicas \(r.repaired.map(String.init).joined(separator: ","))")
                 }
             }
         }
@@ -254,15 +267,15 @@ struct StoreScrub: ParsableCommand {
             let report = try store.scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
                 guard done == total || Date().timeIntervalSince(lastDraw) >= 0.1 else { return }
                 lastDraw = Date()
-                FileHandle.standardError.write(Data("\rscrub: \(done)/\(total) objects".utf8))
-                if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+                Err.raw("\rscrub: \(done)/\(total) objects")
+                if done == total { Err.raw("\n") }
             } : nil)
             if output.json { try JSONOutput.print(report) } else {
-                StoreCLI.say("objects \(report.objects), replicas checked \(report.replicasChecked), corrupt \(report.corrupt), missing \(report.missing), repaired \(report.repaired), unrecoverable \(report.unrecoverable)")
-                for f in report.unavailableReplicas { StoreCLI.say("unavailable: \(f)") }
-                for i in report.recreatedReplicas { StoreCLI.say("re-created replica \(i)") }
-                for f in report.findings { StoreCLI.say("\(f.key): \(f.finding)") }
-                for f in report.repairFailures { StoreCLI.say("repair failed: \(f.key): \(f.finding)") }
+                try StoreCLI.say("objects \(report.objects), replicas checked \(report.replicasChecked), corrupt \(report.corrupt), missing \(report.missing), repaired \(report.repaired), unrecoverable \(report.unrecoverable)")
+                for f in report.unavailableReplicas { try StoreCLI.say("unavailable: \(f)") }
+                for i in report.recreatedReplicas { try StoreCLI.say("re-created replica \(i)") }
+                for f in report.findings { try StoreCLI.say("\(f.key): \(f.finding)") }
+                for f in report.repairFailures { try StoreCLI.say("repair failed: \(f.key): \(f.finding)") }
             }
             let remaining = report.unrecoverable > 0 || !report.repairFailures.isEmpty || !report.unavailableReplicas.isEmpty
                 || (!repair && (report.corrupt > 0 || report.missing > 0))
@@ -292,11 +305,11 @@ struct StoreFsck: ParsableCommand {
             let result = StoreFsckResult(tempsRemoved: fsck.tempsRemoved + (try catalog.removeStaleTemps()),
                                          unavailableReplicas: fsck.unavailableReplicas, catalog: try catalog.check())
             if output.json { try JSONOutput.print(result) } else {
-                StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
-                for t in result.tempsRemoved { StoreCLI.say("  \(t)") }
-                for f in result.unavailableReplicas { StoreCLI.say("unavailable: \(f)") }
-                for f in result.catalog { StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
-                if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { StoreCLI.say("catalog and objects agree") }
+                try StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
+                for t in result.tempsRemoved { try StoreCLI.say("  \(t)") }
+                for f in result.unavailableReplicas { try StoreCLI.say("unavailable: \(f)") }
+                for f in result.catalog { try StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
+                if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { try StoreCLI.say("catalog and objects agree") }
             }
             if !result.catalog.isEmpty || !result.unavailableReplicas.isEmpty { throw ExitCode(CLIExit.verificationFailed.rawValue) }
         }
@@ -312,9 +325,9 @@ struct StoreReindex: ParsableCommand {
         try StoreCLI.run {
             let report = try BackupCatalog(store: try StoreCLI.open()).reindex()
             if output.json { try JSONOutput.print(report) } else {
-                StoreCLI.say("catalog rebuilt: \(report.entries) backups, \(report.policies) retention policies")
-                for k in report.unreadable { StoreCLI.say("unreadable metadata: \(k)") }
-                for k in report.orphanArchives { StoreCLI.say("archive without metadata: \(k)") }
+                try StoreCLI.say("catalog rebuilt: \(report.entries) backups, \(report.policies) retention policies")
+                for k in report.unreadable { try StoreCLI.say("unreadable metadata: \(k)") }
+                for k in report.orphanArchives { try StoreCLI.say("archive without metadata: \(k)") }
             }
         }
     }

@@ -1,0 +1,132 @@
+import ArgumentParser
+import BackupCrypto
+import ByteCoding
+import Durability
+import Envelope
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a raw AES key's bytes come from (spec §7: a key never appears on the command line,
+/// where every local user can read it in /proc/PID/cmdline). The value of `--raw-aes-key` and
+/// `--to-raw-aes-key` names a source; the source holds the key as hex (surrounding whitespace
+/// ignored), which is what `kms export` prints:
+///   file:PATH   a regular file (keep it 0600)
+///   fd:N        an open file descriptor, read to its end (`fd:3 3<key.hex`, or a pipe)
+///   env:VAR     an environment variable (removed from the environment once read)
+enum RawKeySource {
+    static let syntax = "file:PATH, fd:N or env:VAR"
+    /// A hex key of 32 bytes is 64 characters; allow a trailing newline and some spaces.
+    static let maximumBytes = 1024
+
+    /// Refuses, before anything runs, a value that is not a source (a key typed on the command line).
+    static func checkSyntax(_ spec: String) throws {
+        guard spec.hasPrefix("file:") || spec.hasPrefix("fd:") || spec.hasPrefix("env:") else {
+            throw ValidationError("--raw-aes-key and --to-raw-aes-key take where to read the key from (\(syntax)), never the key itself: "
+                + "a command line is visible to every local user (/proc/PID/cmdline)")
+        }
+    }
+
+    static func read(_ spec: String, option: String) throws -> WrappingKey {
+        var text = try bytes(spec, option: option)
+        defer { wipe(&text) }
+        // Trim ASCII whitespace at both ends without copying the secret into a String.
+        var lo = 0, hi = text.count
+        func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D }
+        while lo < hi, isSpace(text[lo]) { lo += 1 }
+        while hi > lo, isSpace(text[hi - 1]) { hi -= 1 }
+        guard var key = text[lo..<hi].withUnsafeBytes({ Hex.decode(utf8: $0) }) else {
+            throw ValidationError("\(option) \(spec): the key must be hex (16, 24 or 32 bytes, as `hsmbackup kms export` prints it)")
+        }
+        defer { wipe(&key) }
+        guard let k = try? WrappingKey(bytes: key) else {
+            throw ValidationError("\(option) \(spec): the key must be 16, 24 or 32 bytes, not \(key.count)")
+        }
+        return k
+    }
+
+    private static func bytes(_ spec: String, option: String) throws -> [UInt8] {
+        if spec.hasPrefix("file:") {
+            let path = String(spec.dropFirst(5))
+            do { return try AtomicFile.read(path, limit: maximumBytes) } catch let e as FileError {
+                throw e.code == .notFound ? e : FileError(code: e.code, operation: "read key", path: path, reason: e.reason)
+            }
+        }
+        if spec.hasPrefix("env:") {
+            let name = String(spec.dropFirst(4))
+            guard !name.isEmpty, let value = getenv(name) else {
+                throw ValidationError("\(option) \(spec): the environment variable \(name.isEmpty ? "(empty name)" : name) is not set")
+            }
+            let n = strlen(value)
+            var out = [UInt8](UnsafeRawBufferPointer(start: value, count: n))
+            // Overwrite and drop the variable: nothing this process starts inherits it.
+            memset(value, 0, n)
+            unsetenv(name)
+            if out.count > maximumBytes { wipe(&out); throw ValidationError("\(option) \(spec): longer than \(maximumBytes) bytes") }
+            return out
+        }
+        if spec.hasPrefix("fd:") {
+            guard let fd = Int32(spec.dropFirst(3)), fd >= 0 else { throw ValidationError("\(option) \(spec): fd:N takes a descriptor number") }
+            var st = stat()
+            guard fstat(fd, &st) == 0 else {
+                throw ValidationError("\(option) \(spec): descriptor \(fd) is not open (\(String(cString: strerror(errno))))")
+            }
+            let kind = st.st_mode & S_IFMT
+            guard kind == S_IFREG || kind == S_IFIFO || kind == S_IFSOCK else {
+                throw ValidationError("\(option) \(spec): descriptor \(fd) is a \(FileError.kindName(st.st_mode)); give a file or a pipe")
+            }
+            defer { close(fd) }
+            var out = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 256)
+            defer { wipe(&buf) }
+            while true {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    let e = errno
+                    wipe(&out)
+                    throw FileError(errno: e, operation: "read key", path: "fd \(fd)")
+                }
+                if n == 0 { break }
+                out.append(contentsOf: buf[0..<n])
+                if out.count > maximumBytes { wipe(&out); throw ValidationError("\(option) \(spec): longer than \(maximumBytes) bytes") }
+            }
+            return out
+        }
+        throw ValidationError("--raw-aes-key and --to-raw-aes-key take where to read the key from (\(syntax)), never the key itself: "
+            + "a command line is visible to every local user (/proc/PID/cmdline)")
+    }
+}
+
+/// Remembers which EDKs a key of the home's local KMS claimed by name but could not open, so
+/// that "no usable key" can tell an altered header (the keystore holds the very key version the
+/// EDK names, and it does not authenticate) from having no key at all. One command per process,
+/// so one shared record.
+final class KeyAttempts: @unchecked Sendable {
+    static let shared = KeyAttempts()
+    private let lock = NSLock()
+    private var failed: [String] = []
+
+    func recordLocalFailure(_ edk: String) {
+        lock.lock(); defer { lock.unlock() }
+        if !failed.contains(edk) { failed.append(edk) }
+    }
+
+    var localFailures: [String] {
+        lock.lock(); defer { lock.unlock() }
+        return failed
+    }
+}
+
+/// A keyring that passes everything through and records local KMS keys that failed (see `KeyAttempts`).
+struct RecordingKeyring: Keyring {
+    let inner: Keyring
+    var keyDescription: String { inner.keyDescription }
+    func wrap(_ dataKey: DataKey, context: EncryptionContext) throws -> EncryptedDataKey { try inner.wrap(dataKey, context: context) }
+    func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome {
+        let outcome = try inner.unwrap(edk, context: context)
+        if case .failed = outcome, inner is LocalKMSKeyring { KeyAttempts.shared.recordLocalFailure(edk.keyDescription) }
+        return outcome
+    }
+}
