@@ -95,6 +95,7 @@ public final class EnvelopeDecryptor {
     /// Tries the EDKs in header order against each keyring; when none opens, names the keys that would.
     static func openDataKey(header: MessageHeader, keyrings: [Keyring]) throws -> (DataKey, EncryptedDataKey, String) {
         var failures: [String] = []
+        var altered: [String] = []
         var disabled: EnvelopeError?
         for edk in header.encryptedDataKeys {
             for k in keyrings {
@@ -106,11 +107,18 @@ public final class EnvelopeDecryptor {
                 switch outcome {
                 case .notMine: continue
                 case .failed(let why): failures.append("\(edk.keyDescription): \(why)")
+                case .altered(let why): altered.append("\(edk.keyDescription): \(why)")
                 case .opened(let dk): return (dk, edk, k.keyDescription)
                 }
             }
         }
         if let disabled { throw disabled }
+        if !altered.isEmpty {
+            throw EnvelopeError(.encryptedDataKeyAuthenticationFailed,
+                                "a keystore holds the very key version an EDK names, and the EDK does not authenticate under it: "
+                                + "the message's encryption context or EDK was altered (or that keystore's key of the name is "
+                                + "another keystore's): " + (altered + failures).joined(separator: "; "))
+        }
         let would = header.encryptedDataKeys.map(\.keyDescription).joined(separator: "; ")
         var reason = "no key we have opens this message; it opens with: \(would)"
         if !failures.isEmpty { reason += ". Tried and failed: " + failures.joined(separator: "; ") }

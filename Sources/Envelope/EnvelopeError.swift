@@ -22,6 +22,7 @@ public struct EnvelopeError: Error, Equatable, CustomStringConvertible, Sendable
         case headerTooLarge             // the header exceeds the named limit
         // Keys (§3.5)
         case noUsableKey                // no keyring opened any EDK; reason names the keys that would
+        case encryptedDataKeyAuthenticationFailed // an EDK for a key held exactly (local KMS version) did not authenticate: altered header
         case keyVersionDisabled         // a local KMS key version exists but is disabled
         case commitmentMismatch         // the derived commitment key differs from the header's
         case headerAuthenticationFailed // the header tag does not verify

@@ -7,6 +7,11 @@ public enum UnwrapOutcome: Sendable {
     case notMine
     /// The EDK is addressed to this keyring but did not open (wrong key bytes or altered context).
     case failed(String)
+    /// The EDK names a key this keyring holds exactly (the local KMS: the very key version it
+    /// names) and did not authenticate under it: the EDK or the message's encryption context was
+    /// altered (or the keystore's key of that name is another keystore's). A verification
+    /// failure, not a missing key (spec/FORMAT.md §3.5, §3.9).
+    case altered(String)
     case opened(DataKey)
 }
 

@@ -231,6 +231,9 @@ public struct LocalKMSKeyring: Keyring {
         do { key = try kms.wrappingKey(name, version: version) } catch let e as EnvelopeError where e.code == .keyNotFound {
             return .notMine
         }
-        return RawAESKeyring.open(edk, key: key, context: context)
+        // The keystore holds the exact version the EDK names, so a failure is not "another key".
+        let outcome = RawAESKeyring.open(edk, key: key, context: context)
+        if case .failed(let why) = outcome { return .altered(why) }
+        return outcome
     }
 }

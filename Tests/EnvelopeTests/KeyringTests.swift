@@ -142,6 +142,26 @@ final class KeyringTests: XCTestCase {
         XCTAssertEqual(try EnvelopeDecryptor.decrypt(sink.bytes, keyrings: [b]).plaintext, v.plaintext)
     }
 
+    /// An EDK for a key version the local KMS holds that does not open is an altered header
+    /// (its context is the EDK's AAD), a verification failure; a raw key that does not open its
+    /// EDK is just not the right key (spec/FORMAT.md §3.9).
+    func testAnAlteredContextUnderAHeldLocalKeyIsNotAMissingKey() throws {
+        let kms = LocalKMS(directory: dir)
+        try kms.createKey("k")
+        let ctx = try EncryptionContext(["tenant": "acme"])
+        let m = try EnvelopeEncryptor.encrypt(pattern(100), keyrings: [try kms.keyring("k")], context: ctx)
+        var altered = m
+        let value = Array("acme".utf8)
+        let at = try XCTUnwrap((0...(m.count - 4)).first { Array(m[$0..<($0 + 4)]) == value })
+        altered[at + 3] = UInt8(ascii: "f")
+        assertEnvelopeError(.encryptedDataKeyAuthenticationFailed) { try EnvelopeDecryptor.decrypt(altered, keyrings: [kms.decryptionKeyring]) }
+        assertEnvelopeError(.encryptedDataKeyAuthenticationFailed) { try EnvelopeDecryptor.decrypt(altered, keyrings: [try kms.keyring("k")]) }
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m, keyrings: [kms.decryptionKeyring]).plaintext, pattern(100))
+        let raw = testKeyring("r", byte: 1)
+        let m2 = try EnvelopeEncryptor.encrypt(pattern(100), keyrings: [raw], context: ctx)
+        assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(m2, keyrings: [testKeyring("r", byte: 2)]) }
+    }
+
     func testRewrapFileIsAtomicAndRefusesADamagedBody() throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let a = testKeyring("a", byte: 1), b = testKeyring("b", byte: 2)

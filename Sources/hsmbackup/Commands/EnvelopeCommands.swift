@@ -68,11 +68,12 @@ struct EnvelopeKeyOptions: ParsableArguments {
     }
 
     /// Decryption: the named keys and only those; with no key named, every key of the local
-    /// keystore. Each is wrapped so a local key that fails to open its EDK is remembered.
+    /// keystore. A local key that holds the very version an EDK names and does not open it makes
+    /// `encryptedDataKeyAuthenticationFailed` (65: the header was altered), not `noUsableKey`.
     func decryptionKeyrings() throws -> [Keyring] {
         var rings = try kmsKeys.map { try kms.keyring($0) as Keyring } + rawKeyrings()
         if kmsKeys.isEmpty && rawKeys.isEmpty { rings.append(kms.decryptionKeyring) }
-        return rings.map { RecordingKeyring(inner: $0) }
+        return rings
     }
 }
 
@@ -293,7 +294,6 @@ enum CLIEnvelope {
 extension EnvelopeError: CLIExitMappable {
     var cliExit: CLIExit {
         switch code {
-        case .noUsableKey where !KeyAttempts.shared.localFailures.isEmpty: return .verificationFailed
         case .noUsableKey, .keyVersionDisabled: return .noUsableKey
         case .keyNotFound: return .notFound
         case .invalidArgument, .invalidKeyName, .keyExists: return .usage
@@ -305,12 +305,6 @@ extension EnvelopeError: CLIExitMappable {
     var cliMessage: String {
         var s = description
         if code == .nonCommittingSuiteRefused { s += " (use --allow-legacy)" }
-        let altered = KeyAttempts.shared.localFailures
-        if code == .noUsableKey && !altered.isEmpty {
-            s += ". This keystore holds the key version that \(altered.joined(separator: ", ")) names, and it does not open "
-                + "that EDK: the message's header (its encryption context or EDK) was altered, or this keystore's key of that "
-                + "name is another key"
-        }
         return s
     }
 }

@@ -98,35 +98,3 @@ enum RawKeySource {
             + "a command line is visible to every local user (/proc/PID/cmdline)")
     }
 }
-
-/// Remembers which EDKs a key of the home's local KMS claimed by name but could not open, so
-/// that "no usable key" can tell an altered header (the keystore holds the very key version the
-/// EDK names, and it does not authenticate) from having no key at all. One command per process,
-/// so one shared record.
-final class KeyAttempts: @unchecked Sendable {
-    static let shared = KeyAttempts()
-    private let lock = NSLock()
-    private var failed: [String] = []
-
-    func recordLocalFailure(_ edk: String) {
-        lock.lock(); defer { lock.unlock() }
-        if !failed.contains(edk) { failed.append(edk) }
-    }
-
-    var localFailures: [String] {
-        lock.lock(); defer { lock.unlock() }
-        return failed
-    }
-}
-
-/// A keyring that passes everything through and records local KMS keys that failed (see `KeyAttempts`).
-struct RecordingKeyring: Keyring {
-    let inner: Keyring
-    var keyDescription: String { inner.keyDescription }
-    func wrap(_ dataKey: DataKey, context: EncryptionContext) throws -> EncryptedDataKey { try inner.wrap(dataKey, context: context) }
-    func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome {
-        let outcome = try inner.unwrap(edk, context: context)
-        if case .failed = outcome, inner is LocalKMSKeyring { KeyAttempts.shared.recordLocalFailure(edk.keyDescription) }
-        return outcome
-    }
-}
