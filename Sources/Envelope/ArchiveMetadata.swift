@@ -1,3 +1,5 @@
+import ByteCoding
+
 /// The archive envelope's public metadata (spec/FORMAT.md §3.8): reserved encryption-context
 /// keys under the `hsmbackup.` prefix. They are readable with no key (the header is cleartext),
 /// authenticated by the header tag, and bound into every EDK as AAD. When an archive is opened,
@@ -18,20 +20,16 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
         case model = "hsmbackup.model"
         case firmware = "hsmbackup.firmware"
         case created = "hsmbackup.created"
-        case innerBytes = "hsmbackup.inner-bytes"
         case payloadBytes = "hsmbackup.payload-bytes"
         case objectCount = "hsmbackup.object-count"
         case userCount = "hsmbackup.user-count"
         case keyCount = "hsmbackup.key-count"
-        case copyOf = "hsmbackup.copy-of"
-        case copySource = "hsmbackup.copy-source"
-        case copiedAt = "hsmbackup.copied-at"
 
         static let required: [Key] = [.format, .formatVersion, .backupID, .clusterID, .hsmID, .manufacturer, .model, .firmware, .created]
-        static let numeric: Set<Key> = [.formatVersion, .innerBytes, .payloadBytes, .objectCount, .userCount, .keyCount]
-        static let timestamps: Set<Key> = [.created, .copiedAt]
-        /// Fields that describe where a copy came from; they legitimately differ from the inner header.
-        static let copyFields: Set<Key> = [.copyOf, .copySource, .copiedAt]
+        static let numeric: Set<Key> = [.formatVersion, .payloadBytes, .objectCount, .userCount, .keyCount]
+        /// The HSM identity strings and their rules (§4.3.2), the same the inner header obeys.
+        static let identity: [Key: IdentityRules.Field] = [.clusterID: .clusterId, .hsmID: .hsmId, .manufacturer: .manufacturerId,
+                                                           .model: .model, .firmware: .firmwareVersion]
     }
 
     public var formatVersion: Int = ArchiveMetadata.currentFormatVersion
@@ -43,17 +41,11 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
     public var firmware: String
     /// RFC 3339 UTC with seconds, e.g. 2026-11-29T19:05:07Z.
     public var created: String
-    /// Size of the inner blob (the envelope plaintext), when known before writing.
-    public var innerBytes: UInt64?
     /// Size of the uncompressed payload, when known.
     public var payloadBytes: UInt64?
     public var objectCount: UInt64?
     public var userCount: UInt64?
     public var keyCount: UInt64?
-    /// Set on copies: the backup id of the source, where it came from, when it was copied.
-    public var copyOf: String?
-    public var copySource: String?
-    public var copiedAt: String?
 
     public init(backupID: String, clusterID: String, hsmID: String, manufacturer: String, model: String,
                 firmware: String, created: String) {
@@ -69,9 +61,8 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
             (.firmware, firmware), (.created, created),
         ]
         let optional: [(Key, String?)] = [
-            (.innerBytes, innerBytes.map(String.init)), (.payloadBytes, payloadBytes.map(String.init)),
-            (.objectCount, objectCount.map(String.init)), (.userCount, userCount.map(String.init)),
-            (.keyCount, keyCount.map(String.init)), (.copyOf, copyOf), (.copySource, copySource), (.copiedAt, copiedAt),
+            (.payloadBytes, payloadBytes.map(String.init)), (.objectCount, objectCount.map(String.init)),
+            (.userCount, userCount.map(String.init)), (.keyCount, keyCount.map(String.init)),
         ]
         for (k, v) in optional { if let v { out.append((k, v)) } }
         return out
@@ -118,46 +109,55 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
                   manufacturer: values[.manufacturer]!, model: values[.model]!, firmware: values[.firmware]!,
                   created: values[.created]!)
         formatVersion = Int(version)
-        innerBytes = try number(.innerBytes)
         payloadBytes = try number(.payloadBytes)
         objectCount = try number(.objectCount)
         userCount = try number(.userCount)
         keyCount = try number(.keyCount)
-        copyOf = values[.copyOf]
-        copySource = values[.copySource]
-        copiedAt = values[.copiedAt]
         try validate()
     }
 
-    /// Field rules: non-empty identifiers, RFC 3339 UTC timestamps.
+    /// Field rules (§3.8): every reserved value non-empty, the identity strings by the rules of
+    /// §4.3.2, `created` a real UTC date and time.
     public func validate() throws {
         for (k, v) in pairs {
             guard !v.isEmpty else { throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue) is empty") }
-            if Key.timestamps.contains(k) && !Self.isRFC3339UTC(v) {
-                throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue) \"\(v)\" is not YYYY-MM-DDTHH:MM:SSZ")
+            if let field = Key.identity[k], let problem = IdentityRules.problem(field, v) {
+                throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue): \(problem)")
+            }
+            if k == .created && !Self.isRFC3339UTC(v) {
+                throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue) \"\(v)\" is not a UTC date and time YYYY-MM-DDTHH:MM:SSZ from 1970 to 9999")
             }
         }
     }
 
-    /// Compares with the metadata the inner header states. Copy fields are ignored (an inner
-    /// header is written once, before any copy exists); a field absent on either side is not
-    /// compared. The first differing field is named.
+    /// Compares with the metadata the inner header states; a field absent on either side (an
+    /// optional count) is not compared. The first differing field is named.
     public func checkAgrees(with inner: ArchiveMetadata) throws {
         let mine = Dictionary(uniqueKeysWithValues: pairs.map { ($0.0.rawValue, $0.1) })
         let theirs = Dictionary(uniqueKeysWithValues: inner.pairs.map { ($0.0.rawValue, $0.1) })
-        for k in Key.allCases where !Key.copyFields.contains(k) {
+        for k in Key.allCases {
             if let a = mine[k.rawValue], let b = theirs[k.rawValue], Array(a.utf8) != Array(b.utf8) {
                 throw EnvelopeError(.archiveMetadataMismatch, "\(k.rawValue): the envelope says \"\(a)\", the inner header says \"\(b)\"")
             }
         }
     }
 
+    /// `YYYY-MM-DDTHH:MM:SSZ` naming a real instant from 1970-01-01T00:00:00Z to
+    /// 9999-12-31T23:59:59Z: month 01-12, a day the month has (leap years by the Gregorian rule),
+    /// hour 00-23, minute and second 00-59 (no leap second: the inner header counts seconds
+    /// without them).
     static func isRFC3339UTC(_ s: String) -> Bool {
         let b = Array(s.utf8)
         guard b.count == 20 else { return false }
         let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
         let seps: [(Int, UInt8)] = [(4, 0x2d), (7, 0x2d), (10, 0x54), (13, 0x3a), (16, 0x3a), (19, 0x5a)]
-        return digits.allSatisfy { b[$0] >= 0x30 && b[$0] <= 0x39 } && seps.allSatisfy { b[$0.0] == $0.1 }
+        guard digits.allSatisfy({ b[$0] >= 0x30 && b[$0] <= 0x39 }), seps.allSatisfy({ b[$0.0] == $0.1 }) else { return false }
+        func n(_ from: Int, _ count: Int) -> Int { b[from..<(from + count)].reduce(0) { $0 * 10 + Int($1 - 0x30) } }
+        let (year, month, day, hour, minute, second) = (n(0, 4), n(5, 2), n(8, 2), n(11, 2), n(14, 2), n(17, 2))
+        guard year >= 1970, (1...12).contains(month), hour <= 23, minute <= 59, second <= 59 else { return false }
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+        let days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
+        return (1...days).contains(day)
     }
 }
 

@@ -22,6 +22,16 @@ public struct HSMIdentity: Codable, Sendable, Equatable {
         self.clusterId = clusterId
     }
 
+    /// The identity rules of spec/FORMAT.md §4.3.2, checked when an HSM is created, so that an
+    /// HSM that exists can always be backed up, stored and restored.
+    public func validate() throws {
+        let fields: [(IdentityRules.Field, String)] = [(.manufacturerId, manufacturerId), (.model, model), (.firmwareVersion, firmwareVersion),
+                                                       (.serialNumber, serialNumber), (.hsmId, hsmId), (.clusterId, clusterId)]
+        for (field, value) in fields {
+            if let problem = IdentityRules.problem(field, value) { throw HSMError(.invalidArgument, problem) }
+        }
+    }
+
     public var metadata: ManufacturerMetadata {
         ManufacturerMetadata(manufacturerId: manufacturerId, model: model, firmwareVersion: firmwareVersion,
                              serialNumber: serialNumber, hsmId: hsmId, clusterId: clusterId)

@@ -50,6 +50,7 @@ public final class SimulatedHSM {
     public static func create(at directory: String, identity: HSMIdentity, mkbk: ManufacturerBackupKey,
                               akbk: OperatorBackupKey? = nil) throws -> SimulatedHSM {
         _ = try KeyHierarchy.manufacturerContext(identity.manufacturerId)
+        try identity.validate()
         if let existing = try? FileManager.default.contentsOfDirectory(atPath: directory), !existing.isEmpty {
             throw HSMError(.alreadyExists, "the directory is not empty", path: directory)
         }

@@ -196,7 +196,7 @@ final class KeyringTests: XCTestCase {
     func testArchiveMetadataRoundTripAndMismatch() throws {
         var md = ArchiveMetadata(backupID: "backup-123", clusterID: "cluster-1", hsmID: "hsm-a", manufacturer: "Acme HSM",
                                  model: "X1", firmware: "2.3.4", created: "2026-11-29T19:05:07Z")
-        md.innerBytes = 123_456
+        md.payloadBytes = 123_456
         md.objectCount = 42
         let ctx = try md.merged(into: try EncryptionContext(["operator-label": "prod"]))
         XCTAssertEqual(ctx.value(forKey: "hsmbackup.format"), "hsmbak")
@@ -205,7 +205,7 @@ final class KeyringTests: XCTestCase {
         XCTAssertEqual(back, md)
 
         var inner = md
-        inner.copyOf = "elsewhere"
+        inner.objectCount = nil
         XCTAssertNoThrow(try md.checkAgrees(with: inner))
         inner.hsmID = "hsm-b"
         let e = assertEnvelopeError(.archiveMetadataMismatch) { try md.checkAgrees(with: inner) }
@@ -217,6 +217,12 @@ final class KeyringTests: XCTestCase {
         assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.colour", to: "red")) }
         assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.created", to: "yesterday")) }
         assertEnvelopeError(.archiveMetadataInvalid) { try md.merged(into: try EncryptionContext(["hsmbackup.x": "1"])) }
+        // Keys of earlier drafts that no writer wrote (§3.8): unknown now, so refused.
+        for key in ["hsmbackup.inner-bytes", "hsmbackup.copy-of", "hsmbackup.copy-source", "hsmbackup.copied-at"] {
+            assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting(key, to: "1")) }
+        }
+        // Operator keys follow §3.2.2 only: an empty value is theirs to use.
+        XCTAssertEqual(try ArchiveMetadata(context: try ctx.setting("operator-note", to: "")), md)
 
         // Readable from the header alone, with no key.
         let m = try EnvelopeEncryptor.encrypt(pattern(10), keyrings: [testKeyring()], context: ctx)
@@ -225,6 +231,28 @@ final class KeyringTests: XCTestCase {
 }
 
 extension KeyringTests {
+    /// `created` must name a real instant (§3.8.1); the identity strings obey §4.3.2.
+    func testArchiveMetadataTimesAreRealDatesAndIdentitiesFollowTheirRules() throws {
+        let md = ArchiveMetadata(backupID: "b1", clusterID: "c1", hsmID: "h1", manufacturer: "M", model: "m", firmware: "1",
+                                 created: "2026-01-01T00:00:00Z")
+        let ctx = try md.merged()
+        for good in ["1970-01-01T00:00:00Z", "2024-02-29T23:59:59Z", "2000-02-29T12:00:00Z", "9999-12-31T23:59:59Z"] {
+            XCTAssertNoThrow(try ArchiveMetadata(context: try ctx.setting("hsmbackup.created", to: good)), good)
+        }
+        for bad in ["1969-12-31T23:59:59Z", "2026-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2026-13-01T00:00:00Z",
+                    "2026-04-31T00:00:00Z", "2026-00-10T00:00:00Z", "2026-01-00T00:00:00Z", "2026-01-01T24:00:00Z",
+                    "2026-01-01T00:60:00Z", "2026-01-01T00:00:60Z", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00+00:00"] {
+            assertEnvelopeError(.archiveMetadataInvalid, bad) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.created", to: bad)) }
+        }
+        for (key, bad) in [("hsmbackup.cluster-id", "../x"), ("hsmbackup.cluster-id", ".hidden"), ("hsmbackup.cluster-id", "café"),
+                           ("hsmbackup.cluster-id", String(repeating: "c", count: 129)), ("hsmbackup.hsm-id", String(repeating: "h", count: 129)),
+                           ("hsmbackup.hsm-id", "a\nb"), ("hsmbackup.model", String(repeating: "m", count: 257)),
+                           ("hsmbackup.manufacturer", "acme\u{85}")] {
+            assertEnvelopeError(.archiveMetadataInvalid, key) { try ArchiveMetadata(context: try ctx.setting(key, to: bad)) }
+        }
+        XCTAssertNoThrow(try ArchiveMetadata(context: try ctx.setting("hsmbackup.hsm-id", to: String(repeating: "é", count: 64))))
+    }
+
     func testArchiveMetadataReadFromTheHeaderOnly() throws {
         let md = ArchiveMetadata(backupID: "b1", clusterID: "c1", hsmID: "h1", manufacturer: "M", model: "m", firmware: "1",
                                  created: "2026-01-01T00:00:00Z")

@@ -80,6 +80,22 @@ final class RoundTripTests: XCTestCase {
         assertCode(["notFound"]) { try SimulatedHSM.open(at: Fixture.tempDir()) }
     }
 
+    /// The identity rules (spec §4.3.2) hold for the library too, not only the CLI: nothing is made.
+    func testAnIdentityOutsideTheRulesIsRefusedBeforeAnythingIsMade() throws {
+        var bad: [HSMIdentity] = []
+        for mutate in [{ (i: inout HSMIdentity) in i.clusterId = "../x" }, { $0.clusterId = "" }, { $0.model = "" },
+                       { $0.hsmId = String(repeating: "h", count: 129) }, { $0.firmwareVersion = "1\u{0}" }] {
+            var i = Fixture.identity()
+            mutate(&i)
+            bad.append(i)
+        }
+        for identity in bad {
+            let dir = Fixture.tempDir()
+            assertCode(["invalidArgument"], "\(identity)") { try SimulatedHSM.create(at: dir, identity: identity, mkbk: Fixture.mkbk) }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir))
+        }
+    }
+
     func testBackupNeedsOperatorKey() throws {
         let hsm = try Fixture.makeHSM(akbk: nil)
         assertCode(["operatorKeyMissing"]) { try hsm.backup() }

@@ -360,7 +360,6 @@ struct InspectCommand: ParsableCommand {
             try Out.line("backup \(m.backupID)  created \(m.created)")
             try Out.line("  HSM \(m.hsmID)  cluster \(m.clusterID)  manufacturer \(m.manufacturer)  model \(m.model)  firmware \(m.firmware)")
             try Out.line("  contents: \(m.keyCount ?? 0) keys, \(m.userCount ?? 0) users, \(m.objectCount ?? 0) objects, payload \(m.payloadBytes ?? 0) bytes")
-            if let src = m.copyOf { try Out.line("  copy of \(src) from \(m.copySource ?? "?") at \(m.copiedAt ?? "?")") }
             try Out.line("  envelope: \(e.suite) (\(e.suiteID))\(e.signed ? ", signed" : ""), \(e.contentType), frame length \(e.frameLength)\(e.frameCount.map { ", \($0) frames" } ?? "")")
             for k in e.keys { try Out.line("  opens with: \(k.provider) \(k.key)") }
             if let i = report.inner {

@@ -46,6 +46,7 @@ enum HSMHome {
               !name.contains("/"), !name.contains("\0") else {
             throw ValidationError("manufacturer name must be 1...\(KeyHierarchy.maximumManufacturerIdBytes) bytes, no '/', not starting with '.'")
         }
+        if let problem = IdentityRules.problem(.manufacturerId, name) { throw ValidationError(problem) }
     }
 
     static func readKey(_ path: String, what: String) throws -> [UInt8] {
@@ -121,7 +122,17 @@ struct HSMCommand: ParsableCommand {
         @Option(help: "HSM id (default: hsm-<serial>).") var hsmId: String?
         @Option(help: "Firmware version.") var firmware: String = "1.0.0"
 
-        func validate() throws { try HSMHome.checkName(manufacturer) }
+        var identity: HSMIdentity {
+            HSMIdentity(manufacturerId: manufacturer, model: model, firmwareVersion: firmware,
+                        serialNumber: serial, hsmId: hsmId ?? "hsm-\(serial)", clusterId: cluster)
+        }
+
+        /// The identity rules (spec §4.3.2) before anything is made: an HSM that exists can
+        /// always be backed up, stored and restored.
+        func validate() throws {
+            try HSMHome.checkName(manufacturer)
+            do { try identity.validate() } catch let e as HSMError { throw ValidationError(e.reason) }
+        }
 
         func run() throws {
             do {
@@ -129,8 +140,6 @@ struct HSMCommand: ParsableCommand {
                 defer { wipe(&mkbkRaw) }
                 var akbkRaw = try HSMHome.readKey(HSMHome.operatorKeyPath, what: "operator key (run `operator init`)")
                 defer { wipe(&akbkRaw) }
-                let identity = HSMIdentity(manufacturerId: manufacturer, model: model, firmwareVersion: firmware,
-                                           serialNumber: serial, hsmId: hsmId ?? "hsm-\(serial)", clusterId: cluster)
                 let hsm = try SimulatedHSM.create(at: directory, identity: identity, mkbk: try ManufacturerBackupKey(bytes: mkbkRaw),
                                                   akbk: try OperatorBackupKey(bytes: akbkRaw))
                 try Out.line("created HSM \(identity.hsmId) (\(manufacturer) \(model)) in \(hsm.directory)")
