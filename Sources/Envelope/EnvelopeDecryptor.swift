@@ -35,7 +35,9 @@ public final class EnvelopeDecryptor {
     private let keys: KeyDerivation.Keys
     private let verifier: P384Verifier?
     private let options: DecryptOptions
-    private var expected: UInt32 = 1
+    /// The next frame's sequence number; UInt64 so that the step past a final frame numbered
+    /// FFFFFFFF (the 2^32 − 1st frame) cannot overflow. Internal: tests start it near the end.
+    var expected: UInt64 = 1
     private var finished = false
     private var failure: EnvelopeError?
     private var inBody = true
@@ -44,7 +46,7 @@ public final class EnvelopeDecryptor {
     /// The current frame's plaintext, verified before anyone sees it; reused, wiped on deinit and on failure.
     private let plaintext = SecretBuffer()
     /// Frames decrypted so far (the final frame included once done).
-    public var framesRead: UInt32 { expected - 1 }
+    public var framesRead: UInt32 { UInt32(expected - 1) }
 
     public convenience init(source: ByteSource, keyrings: [Keyring], options: DecryptOptions = DecryptOptions()) throws {
         try self.init(reader: CountingReader(source, readAhead: options.readAheadBytes), keyrings: keyrings, options: options)
@@ -177,7 +179,7 @@ public final class EnvelopeDecryptor {
 
     /// Reads, verifies and decrypts one frame into `plaintext`; returns its length.
     private func readFrame() throws -> Int {
-        let frame = expected
+        let frame = UInt32(expected)
         let start = reader.offset
         let first = try reader.read(4)
         if first.isEmpty {
@@ -228,9 +230,9 @@ public final class EnvelopeDecryptor {
         if isFinal {
             try readFooterAndEnd(frame: frame)
             finished = true
-        } else if expected == KeyDerivation.finalFrameMarker - 1 {
-            throw EnvelopeError(.tooManyFrames, "more than 2^32-1 frames", frame: frame, offset: start)
         }
+        // No frame limit to check: a regular frame cannot carry FFFFFFFF (the final-frame
+        // marker), so the sequence rule alone caps a message at 2^32 − 1 frames (§3.3.2).
         expected += 1
         return count
     }

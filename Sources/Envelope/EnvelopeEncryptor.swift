@@ -74,7 +74,9 @@ public final class EnvelopeEncryptor {
     private var pendingCount = 0
     /// The frame being written (ciphertext).
     private let frameOut = SecretBuffer()
-    private var sequence: UInt32 = 1
+    /// The next frame's sequence number; UInt64 so the step past a final frame FFFFFFFF cannot
+    /// overflow. Internal: tests start it near the end.
+    var sequence: UInt64 = 1
     private var state: State = .open
     /// Plaintext bytes taken so far.
     public private(set) var plaintextByteCount: UInt64 = 0
@@ -222,9 +224,13 @@ public final class EnvelopeEncryptor {
     /// Regular frame: u32 sequence ‖ IV ‖ ciphertext ‖ tag. Final frame: u32 0xFFFFFFFF ‖ u32
     /// sequence ‖ IV ‖ u32 length ‖ ciphertext ‖ tag (spec/FORMAT.md §3.3).
     private func sealFrame(_ plaintext: UnsafeRawBufferPointer, final: Bool) throws {
-        if !final && sequence == KeyDerivation.finalFrameMarker - 1 {
-            throw EnvelopeError(.tooManyFrames, "a message holds at most 2^32-1 frames", frame: sequence)
+        // Regular frames carry 1...FFFFFFFE (FFFFFFFF is the final-frame marker); the final frame
+        // may carry FFFFFFFF. So a message holds at most 2^32 − 1 frames.
+        let marker = UInt64(KeyDerivation.finalFrameMarker)
+        guard self.sequence < marker || (final && self.sequence == marker) else {
+            throw EnvelopeError(.tooManyFrames, "a message holds at most 2^32-1 frames", frame: KeyDerivation.finalFrameMarker)
         }
+        let sequence = UInt32(self.sequence)
         let count = plaintext.count
         let iv = KeyDerivation.frameIV(sequence)
         let aad = KeyDerivation.bodyAAD(messageID: header.messageID,
@@ -256,7 +262,7 @@ public final class EnvelopeEncryptor {
             }
             try emit(UnsafeRawBufferPointer(rebasing: out[0..<total]))
         }
-        sequence += 1
+        self.sequence += 1
     }
 }
 

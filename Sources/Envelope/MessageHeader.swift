@@ -1,4 +1,5 @@
 import ByteCoding
+import Foundation
 
 /// One encrypted data key entry (spec/FORMAT.md §3.2.3): u16-prefixed provider ID (UTF-8),
 /// provider info, and ciphertext, each at most 65535 bytes.
@@ -142,7 +143,21 @@ public struct MessageHeader: Sendable {
         return w.bytes
     }
 
-    /// Checks version and suite before anything else is read (no crypto has run yet).
+    /// The syntax of `aws-crypto-public-key` (§3.2.2), checked with no crypto: 68 characters of
+    /// standard Base64 (padding included) decoding to 49 bytes, the first 02 or 03. Whether the
+    /// point is on the curve is the decryptor's check (it needs the curve).
+    static func isCompressedP384PointBase64(_ value: String) -> Bool {
+        let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=".utf8)
+        guard value.utf8.count == 68, value.utf8.allSatisfy(alphabet.contains),
+              let raw = Data(base64Encoded: value), raw.count == 49, raw.first == 2 || raw.first == 3,
+              raw.base64EncodedString() == value else { return false }
+        return true
+    }
+
+    /// Checks version and suite before anything else is read (no crypto has run yet). The order
+    /// is normative (§3.1): version, then a suite we implement, then the suite's format version
+    /// against the header's, then the commitment policy; so a v1 suite in a v2 header is
+    /// `suiteVersionMismatch` under every policy.
     static func checkVersionAndSuite(version: UInt8, suiteID: UInt16?, policy: CommitmentPolicy) throws -> AlgorithmSuite? {
         guard version == 1 || version == 2 else {
             throw EnvelopeError(.unsupportedVersion, "message format version \(version) is not supported (1 and 2 are)", offset: 0)
@@ -236,6 +251,11 @@ public struct MessageHeader: Sendable {
             }
             if !suite.signs && hasPublicKey {
                 throw EnvelopeError(.reservedContextKey, "unsigned suite \(suite.idHex) but the context holds \(EncryptionContext.publicKeyKey)", offset: ctxAt)
+            }
+            if suite.signs, let value = context.value(forKey: EncryptionContext.publicKeyKey), !Self.isCompressedP384PointBase64(value) {
+                throw EnvelopeError(.reservedContextKey,
+                                    "\(EncryptionContext.publicKeyKey) is not the standard Base64 of a 49-byte compressed P-384 point (02 or 03 first)",
+                                    offset: ctxAt)
             }
             return MessageHeader(version: version, suite: suite, messageID: messageID, context: context, edks: edks,
                                  contentType: contentType, frameLength: frameLength, suiteData: suiteData,

@@ -75,3 +75,34 @@ final class VectorTests: XCTestCase {
         XCTAssertEqual(try hsm.contents, contents)
     }
 }
+
+extension VectorTests {
+    /// spec §4.6 and §6: with the key, each frame is framed, unwrapped, bound and decoded before
+    /// the next is looked at, and the earliest failing frame names the error; a keyless check
+    /// (levels structure and envelope) checks framing alone and may stop at a later frame. So one
+    /// blob can give two codes, by level. `reject-chunk-duplicated` (chunk 0 twice): with the key,
+    /// frame 1 is well framed but bound to index 0 (`chunkBindingMismatch`, chunk 1); without,
+    /// the frame count follows from the sizes and frame n − 1 should be final but is not
+    /// (`malformedFrame`, chunk n − 1).
+    func testTheCodeOfADuplicatedChunkDependsOnTheLevel() throws {
+        let file = try loadVectors()
+        let v = try XCTUnwrap(file.vectors.first { $0.name == "reject-chunk-duplicated" })
+        let blob = try read(Self.vectorsDir + "/" + v.file)
+        do {
+            _ = try InnerBlob.open(blob, keyring: try v.verifyWith.keyring())
+            XCTFail("opened")
+        } catch let e as ArchiveError {
+            XCTAssertEqual(e.code, .chunkBindingMismatch)
+            XCTAssertEqual(e.chunk, 1)
+        }
+        do {
+            _ = try InnerStructureChecker.check(blob)
+            XCTFail("passed the keyless check")
+        } catch let e as ArchiveError {
+            XCTAssertEqual(e.code, .malformedFrame)
+            let n = try InnerStructureChecker.check(try read(Self.vectorsDir + "/ok-small.blob")).chunkCount
+            XCTAssertGreaterThan(n, 2)
+            XCTAssertEqual(e.chunk, n - 1)
+        }
+    }
+}
