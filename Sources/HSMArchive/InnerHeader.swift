@@ -6,7 +6,9 @@ import ByteCoding
 //   header   = prelude body seal
 //   prelude  = magic(8) major(u8) minor(u8) bodyLength(u32)
 //   body     = metadata backupId(16) createdAt(u64) pbkDescriptor ebkDescriptor payloadDescriptor
-//   metadata = 6 x str16 (manufacturer id, model, firmware version, serial, HSM id, cluster id)
+//              [fields appended by a later minor version: skipped, section 4.3.1]
+//   metadata = 6 x str16 (manufacturer id 1...128 bytes, the others 0...256; UTF-8)
+//   createdAt <= 253402300799 (9999-12-31T23:59:59Z)
 //   pbkDescriptor     = kdf(u8 = 1) fingerprint(32)
 //   ebkDescriptor     = wrap(u8 = 1) wrappedEBK(40)
 //   payloadDescriptor = cipher(u8 = 1) compression(u8 = 2) format(u8 = 1) chunkSize(u32)
