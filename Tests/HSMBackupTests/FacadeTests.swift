@@ -159,6 +159,7 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(metadata.innerVersion, "2.0")
         XCTAssertEqual(try metadata.merged().value(forKey: "hsmbackup.inner-version"), "2.0")
         XCTAssertNoThrow(try metadata.check(against: inner))
+        XCTAssertEqual(try ArchiveMetadata(context: try metadata.merged()).innerVersion, "2.0", "read back from the context")
         metadata.innerVersion = "2.1"
         XCTAssertThrowsError(try metadata.check(against: inner)) {
             XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch)
