@@ -13,6 +13,7 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
     public enum Key: String, CaseIterable, Sendable {
         case format = "hsmbackup.format"
         case formatVersion = "hsmbackup.format-version"
+        case innerVersion = "hsmbackup.inner-version"
         case backupID = "hsmbackup.backup-id"
         case clusterID = "hsmbackup.cluster-id"
         case hsmID = "hsmbackup.hsm-id"
@@ -33,6 +34,10 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
     }
 
     public var formatVersion: Int = ArchiveMetadata.currentFormatVersion
+    /// The inner blob's `<major>.<minor>` version (spec 4.3), e.g. `2.0`, so that a reader can
+    /// tell without a key which inner version it needs. Absent in archives written before it
+    /// was published (2026-12-04); writers always set it.
+    public var innerVersion: String?
     public var backupID: String
     public var clusterID: String
     public var hsmID: String
@@ -61,8 +66,9 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
             (.firmware, firmware), (.created, created),
         ]
         let optional: [(Key, String?)] = [
-            (.payloadBytes, payloadBytes.map(String.init)), (.objectCount, objectCount.map(String.init)),
-            (.userCount, userCount.map(String.init)), (.keyCount, keyCount.map(String.init)),
+            (.innerVersion, innerVersion), (.payloadBytes, payloadBytes.map(String.init)),
+            (.objectCount, objectCount.map(String.init)), (.userCount, userCount.map(String.init)),
+            (.keyCount, keyCount.map(String.init)),
         ]
         for (k, v) in optional { if let v { out.append((k, v)) } }
         return out
@@ -109,6 +115,7 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
                   manufacturer: values[.manufacturer]!, model: values[.model]!, firmware: values[.firmware]!,
                   created: values[.created]!)
         formatVersion = Int(version)
+        innerVersion = values[.innerVersion]
         payloadBytes = try number(.payloadBytes)
         objectCount = try number(.objectCount)
         userCount = try number(.userCount)
@@ -127,6 +134,9 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
             if k == .created && !Self.isRFC3339UTC(v) {
                 throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue) \"\(v)\" is not a UTC date and time YYYY-MM-DDTHH:MM:SSZ from 1970 to 9999")
             }
+            if k == .innerVersion && !Self.isInnerVersion(v) {
+                throw EnvelopeError(.archiveMetadataInvalid, "\(k.rawValue) \"\(v)\" is not <major>.<minor> (canonical decimals, each 0...255)")
+            }
         }
     }
 
@@ -139,6 +149,15 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
             if let a = mine[k.rawValue], let b = theirs[k.rawValue], Array(a.utf8) != Array(b.utf8) {
                 throw EnvelopeError(.archiveMetadataMismatch, "\(k.rawValue): the envelope says \"\(a)\", the inner header says \"\(b)\"")
             }
+        }
+    }
+
+    /// `<major>.<minor>`: two canonical decimal numbers 0...255 (the inner header's two bytes).
+    static func isInnerVersion(_ s: String) -> Bool {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 2 && parts.allSatisfy { p in
+            guard p.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let n = UInt8(p) else { return false }
+            return String(n) == p
         }
     }
 

@@ -24,7 +24,7 @@ public struct ArchiveError: Error, Equatable, CustomStringConvertible, Sendable 
         case payloadMalformed           // zstd stream invalid, truncated, or of the wrong size
         case tarMalformed               // the payload tar is invalid or unsafe
         case manifestMalformed          // the manifest is missing, invalid, or disagrees with the tar
-        case objectDigestMismatch       // an object's SHA-256 differs from the manifest
+        case objectDigestMismatch       // an object's path, size or SHA-256 differs from its manifest record
         case objectCountMismatch        // object counts differ between header and manifest
         case invalidArgument            // a writer was given values the format cannot carry
         case writerFailed               // the writer was used after it failed or finished

@@ -46,13 +46,24 @@ public final class InnerBlobWriter {
     }
 
     /// Wraps the EBK under the PBK, builds and seals the header, and writes it to `sink`.
+    public convenience init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
+                            pbk: PersistentBackupKey, ebk: EphemeralBackupKey, workers: Int? = nil,
+                            sink: @escaping ([UInt8]) throws -> Void) throws {
+        try self.init(metadata: metadata, backupId: backupId, createdAt: createdAt, payload: payload, pbk: pbk, ebk: ebk,
+                      workers: workers, minorVersion: InnerFormat.versionMinor, appendedFields: [], sink: sink)
+    }
+
+    /// The same with a later minor version's appended header fields (vectors only: this
+    /// writer is minor 0).
+    @_spi(Testing)
     public init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
-                pbk: PersistentBackupKey, ebk: EphemeralBackupKey, workers: Int? = nil,
-                sink: @escaping ([UInt8]) throws -> Void) throws {
+                pbk: PersistentBackupKey, ebk: EphemeralBackupKey, workers: Int? = nil, minorVersion: UInt8,
+                appendedFields: [UInt8], sink: @escaping ([UInt8]) throws -> Void) throws {
         let fingerprint = try KeyHierarchy.fingerprint(of: pbk, manufacturerId: metadata.manufacturerId)
         let wrapped = try AESKeyWrap.wrap(key: ebk, under: pbk)
         header = try InnerHeader.make(metadata: metadata, backupId: backupId, createdAt: createdAt,
-                                      pbkFingerprint: fingerprint, wrappedEBK: wrapped, payload: payload, ebk: ebk)
+                                      pbkFingerprint: fingerprint, wrappedEBK: wrapped, payload: payload, ebk: ebk,
+                                      minorVersion: minorVersion, appendedFields: appendedFields)
         self.ebk = ebk
         self.headerDigest = header.digest
         self.payload = payload

@@ -6,7 +6,9 @@ import ByteCoding
 //   header   = prelude body seal
 //   prelude  = magic(8) major(u8) minor(u8) bodyLength(u32)
 //   body     = metadata backupId(16) createdAt(u64) pbkDescriptor ebkDescriptor payloadDescriptor
-//   metadata = 6 x str16 (manufacturer id, model, firmware version, serial, HSM id, cluster id)
+//              [fields appended by a later minor version: skipped, section 4.3.1]
+//   metadata = 6 x str16 (manufacturer id 1...128 bytes, the others 0...256; UTF-8)
+//   createdAt <= 253402300799 (9999-12-31T23:59:59Z)
 //   pbkDescriptor     = kdf(u8 = 1) fingerprint(32)
 //   ebkDescriptor     = wrap(u8 = 1) wrappedEBK(40)
 //   payloadDescriptor = cipher(u8 = 1) compression(u8 = 2) format(u8 = 1) chunkSize(u32)
@@ -95,6 +97,9 @@ public enum InnerFormat {
     public static let maximumPayloadBytes: UInt64 = 1 << 30
     public static let maximumObjectsPerKind = 1 << 20
     public static let maximumChunks = 1 << 22
+    /// 9999-12-31T23:59:59Z: the last second a 4-digit year (the public metadata's `created`,
+    /// spec 3.8.1) can show.
+    public static let maximumCreatedAt: UInt64 = 253_402_300_799
 }
 
 public struct InnerHeader: Sendable, Equatable {
@@ -167,20 +172,27 @@ public struct InnerHeader: Sendable, Equatable {
             let minor = try r.readUInt8("minor version")
             let bodyLength = Int(try r.readUInt32("header body length"))
             var b = ByteReader(try r.readSlice(bodyLength, "header body"), baseOffset: InnerFormat.preludeByteCount)
-            let limit = InnerFormat.maximumMetadataFieldBytes
-            let mfrAt = b.offset
-            let metadata = ManufacturerMetadata(
-                manufacturerId: try b.readString16("manufacturer id", limit: KeyHierarchy.maximumManufacturerIdBytes),
-                model: try b.readString16("model", limit: limit),
-                firmwareVersion: try b.readString16("firmware version", limit: limit),
-                serialNumber: try b.readString16("serial number", limit: limit),
-                hsmId: try b.readString16("HSM id", limit: limit),
-                clusterId: try b.readString16("cluster id", limit: limit))
-            guard !metadata.manufacturerId.isEmpty else {
-                throw ArchiveError(.malformedHeader, "empty manufacturer id", offset: mfrAt, field: "manufacturer id")
+            // Fields are checked in order: the first bad one names the error (spec 4.3). Identity
+            // strings: over the maximum is limitExceeded (from the length, before the bytes are
+            // read); anything else the rules of 4.3.2 exclude is malformedHeader.
+            func identity(_ field: IdentityRules.Field) throws -> String {
+                let at = b.offset
+                let s = try b.readString16(field.rawValue, limit: field.byteRange.upperBound)
+                if let problem = IdentityRules.problem(field, s) {
+                    throw ArchiveError(.malformedHeader, problem, offset: at, field: field.rawValue)
+                }
+                return s
             }
+            let metadata = ManufacturerMetadata(
+                manufacturerId: try identity(.manufacturerId), model: try identity(.model),
+                firmwareVersion: try identity(.firmwareVersion), serialNumber: try identity(.serialNumber),
+                hsmId: try identity(.hsmId), clusterId: try identity(.clusterId))
             let backupId = try b.readBytes(InnerFormat.backupIdByteCount, "backup id")
             let createdAt = try b.readUInt64("created at")
+            guard createdAt <= InnerFormat.maximumCreatedAt else {
+                throw ArchiveError(.malformedHeader, "created at \(createdAt) is after 9999-12-31T23:59:59Z (\(InnerFormat.maximumCreatedAt))",
+                                   offset: b.offset - 8, field: "created at")
+            }
             let kdfAt = b.offset
             let kdf = try b.readUInt8("PBK KDF")
             guard kdf == InnerFormat.pbkKDFCounterHMACSHA256 else {
@@ -220,7 +232,8 @@ public struct InnerHeader: Sendable, Equatable {
             let users = UInt32(try b.readCount32("user count", limit: InnerFormat.maximumObjectsPerKind))
             let keys = UInt32(try b.readCount32("key count", limit: InnerFormat.maximumObjectsPerKind))
             let policies = UInt32(try b.readCount32("policy count", limit: InnerFormat.maximumObjectsPerKind))
-            // Minor versions of this major may append fields; a minor-0 body is consumed exactly.
+            // A higher minor version may only append fields that are safe to ignore (spec 4.3.1):
+            // this minor-0 reader skips them. A minor-0 body is consumed exactly.
             if minor == 0 { try b.expectEnd("header body") }
             let seal = try r.readBytes(InnerFormat.sealByteCount, "header seal")
             try r.expectEnd("header")
@@ -230,13 +243,35 @@ public struct InnerHeader: Sendable, Equatable {
             return InnerHeader(versionMajor: major, versionMinor: minor, metadata: metadata, backupId: backupId,
                                createdAt: createdAt, pbkKDF: kdf, pbkFingerprint: fingerprint, ebkWrapAlgorithm: wrap,
                                wrappedEBK: wrapped, payload: payload, seal: seal, encoded: encoded)
-        } catch let e as ByteCodingError { throw ArchiveError.header(e) }
+        } catch let e as ByteCodingError {
+            // Every byte of the header is present (parse checked its length): a field that runs
+            // past bodyLength means a wrong body, not a short input.
+            guard e.code == .truncated else { throw ArchiveError.header(e) }
+            throw ArchiveError(.malformedHeader, "the header body ends inside \(e.field) (bodyLength too small for its fields)",
+                               offset: e.offset, field: e.field)
+        }
     }
 
     /// Builds and seals a version-2.0 header.
     public static func make(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64,
                             pbkFingerprint: [UInt8], wrappedEBK: [UInt8], payload: PayloadDescriptor,
                             ebk: EphemeralBackupKey) throws -> InnerHeader {
+        try make(metadata: metadata, backupId: backupId, createdAt: createdAt, pbkFingerprint: pbkFingerprint,
+                 wrappedEBK: wrappedEBK, payload: payload, ebk: ebk, minorVersion: InnerFormat.versionMinor, appendedFields: [])
+    }
+
+    /// A header of a later minor version (2.m, m > 0) whose body ends with `appendedFields`:
+    /// what a future writer would make, for the vectors that show a minor-0 reader skipping them.
+    @_spi(Testing)
+    public static func make(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64,
+                            pbkFingerprint: [UInt8], wrappedEBK: [UInt8], payload: PayloadDescriptor,
+                            ebk: EphemeralBackupKey, minorVersion: UInt8, appendedFields: [UInt8]) throws -> InnerHeader {
+        guard minorVersion > 0 || appendedFields.isEmpty else {
+            throw ArchiveError(.invalidArgument, "a minor-0 header has no appended fields")
+        }
+        guard createdAt <= InnerFormat.maximumCreatedAt else {
+            throw ArchiveError(.invalidArgument, "created at \(createdAt) is after 9999-12-31T23:59:59Z", field: "created at")
+        }
         guard backupId.count == InnerFormat.backupIdByteCount, pbkFingerprint.count == KeyHierarchy.fingerprintByteCount,
               wrappedEBK.count == InnerFormat.wrappedEBKByteCount else {
             throw ArchiveError(.invalidArgument, "backup id, fingerprint or wrapped EBK has the wrong length")
@@ -248,14 +283,13 @@ public struct InnerHeader: Sendable, Equatable {
         }
         var body = ByteWriter()
         do {
-            let limit = InnerFormat.maximumMetadataFieldBytes
-            guard !metadata.manufacturerId.isEmpty else { throw ArchiveError(.invalidArgument, "empty manufacturer id") }
-            try body.writeString16(metadata.manufacturerId, "manufacturer id", limit: KeyHierarchy.maximumManufacturerIdBytes)
-            try body.writeString16(metadata.model, "model", limit: limit)
-            try body.writeString16(metadata.firmwareVersion, "firmware version", limit: limit)
-            try body.writeString16(metadata.serialNumber, "serial number", limit: limit)
-            try body.writeString16(metadata.hsmId, "HSM id", limit: limit)
-            try body.writeString16(metadata.clusterId, "cluster id", limit: limit)
+            let fields: [(IdentityRules.Field, String)] = [
+                (.manufacturerId, metadata.manufacturerId), (.model, metadata.model), (.firmwareVersion, metadata.firmwareVersion),
+                (.serialNumber, metadata.serialNumber), (.hsmId, metadata.hsmId), (.clusterId, metadata.clusterId)]
+            for (field, value) in fields {
+                if let problem = IdentityRules.problem(field, value) { throw ArchiveError(.invalidArgument, problem, field: field.rawValue) }
+                try body.writeString16(value, field.rawValue, limit: field.byteRange.upperBound)
+            }
         } catch let e as ByteCodingError {
             throw ArchiveError(.invalidArgument, e.reason, field: e.field)
         }
@@ -273,10 +307,14 @@ public struct InnerHeader: Sendable, Equatable {
         body.writeUInt32(payload.userCount)
         body.writeUInt32(payload.keyCount)
         body.writeUInt32(payload.policyCount)
+        body.writeBytes(appendedFields)
+        guard body.count <= InnerFormat.maximumHeaderBodyBytes else {
+            throw ArchiveError(.invalidArgument, "header body of \(body.count) bytes exceeds \(InnerFormat.maximumHeaderBodyBytes)")
+        }
         var w = ByteWriter()
         w.writeBytes(InnerFormat.magic)
         w.writeUInt8(InnerFormat.versionMajor)
-        w.writeUInt8(InnerFormat.versionMinor)
+        w.writeUInt8(minorVersion)
         w.writeUInt32(UInt32(body.count))
         w.writeBytes(body.bytes)
         let sealKey = try KeyHierarchy.sealKey(ebk: ebk, backupId: backupId)

@@ -293,8 +293,11 @@ public final class PayloadReader: TarVisitor {
         guard index <= fingerprints.count else {
             throw ArchiveError(.manifestMalformed, "the tar holds more entries than the manifest's \(fingerprints.count) objects", field: path)
         }
+        // Every record's path is in its kind's directory: an entry outside them is not its
+        // record's object (a renamed entry, the same code as any other path that differs).
         guard let kind = ObjectKind.allCases.first(where: { path.hasPrefix($0.directory) }) else {
-            throw ArchiveError(.manifestMalformed, "tar entry \(path) is in none of policies/, users/, keys/", field: path)
+            throw ArchiveError(.objectDigestMismatch, "tar entry \(index) (\(path)) is in none of policies/, users/, keys/: not manifest record \(index)",
+                               field: path)
         }
         self.path = path
         self.kind = kind

@@ -11,6 +11,7 @@ extension ArchiveMetadata {
         self.init(backupID: BackupID.string(h.backupId), clusterID: h.metadata.clusterId, hsmID: h.metadata.hsmId,
                   manufacturer: h.metadata.manufacturerId, model: h.metadata.model,
                   firmware: h.metadata.firmwareVersion, created: Timestamp.rfc3339(h.createdAt))
+        innerVersion = "\(h.versionMajor).\(h.versionMinor)"
         payloadBytes = h.payload.payloadBytes
         userCount = UInt64(h.payload.userCount)
         keyCount = UInt64(h.payload.keyCount)

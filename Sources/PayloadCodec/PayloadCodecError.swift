@@ -16,6 +16,7 @@ public struct PayloadCodecError: Error, Equatable, CustomStringConvertible, Send
         case trailingCompressed    // bytes after the single zstd frame
         case sizeLimitExceeded     // decompressed output would exceed the declared size (zstd bomb)
         case sizeMismatch          // decompressed output is shorter than declared
+        case unsupportedFrame      // a zstd frame with a dictionary, or a window larger than its content
     }
 
     public let code: Code

@@ -2,7 +2,9 @@ import CZstd
 
 // Implements the compression rules of spec/FORMAT.md section 4.7: every chunk's data is one
 // standard zstd frame (RFC 8878, magic 28 B5 2F FD) that declares its content size, and that
-// size is exactly the chunk's share of the payload. Each frame is compressed and decompressed in
+// size is exactly the chunk's share of the payload. Its frame header (RFC 8878 3.1.1.1) names no
+// dictionary and is single-segment or has a window no larger than the content, so a streaming
+// decoder's memory is bounded by the chunk. Each frame is compressed and decompressed in
 // one call (no streaming state crosses a chunk), so chunks are independent and any core can
 // process any chunk.
 
@@ -99,6 +101,7 @@ public final class ZstdDecompressor {
                 throw PayloadCodecError(declared > UInt64(exactSize) ? .sizeLimitExceeded : .sizeMismatch,
                                         "the zstd frame declares \(declared) bytes; exactly \(exactSize) are required", offset: 0)
             }
+            try Self.checkFrameHeader(f, contentBytes: exactSize)
             let length = ZSTD_findFrameCompressedSize(f.baseAddress, f.count)
             guard ZSTD_isError(length) == 0 else {
                 throw PayloadCodecError(.truncatedCompressed, "the zstd frame is incomplete: \(String(cString: ZSTD_getErrorName(length)))",
@@ -117,6 +120,28 @@ public final class ZstdDecompressor {
             }
             guard n == exactSize else {
                 throw PayloadCodecError(.sizeMismatch, "\(n) bytes decompressed, \(exactSize) required", offset: 0)
+            }
+        }
+    }
+
+    /// The frame header rules of spec 4.7 that libzstd does not enforce by itself. The
+    /// Frame_Header_Descriptor (byte 4): bits 0-1 Dictionary_ID_flag, bit 5 Single_Segment_flag;
+    /// without Single_Segment_flag, byte 5 is the Window_Descriptor (exponent 5 bits, mantissa 3).
+    static func checkFrameHeader(_ f: UnsafeRawBufferPointer, contentBytes: Int) throws {
+        guard f.count >= 6 else {
+            throw PayloadCodecError(.malformedCompressed, "the zstd frame header is incomplete", offset: f.count)
+        }
+        let descriptor = f[4]
+        guard descriptor & 0x03 == 0 else {
+            throw PayloadCodecError(.unsupportedFrame, "the zstd frame names a dictionary (Dictionary_ID_flag \(descriptor & 0x03))", offset: 4)
+        }
+        if descriptor & 0x20 == 0 {
+            let exponent = Int(f[5] >> 3), mantissa = Int(f[5] & 0x07)
+            let base = 1 << (10 + exponent)
+            let window = base + (base / 8) * mantissa
+            guard window <= contentBytes else {
+                throw PayloadCodecError(.unsupportedFrame,
+                                        "the zstd frame's window is \(window) bytes, more than its \(contentBytes) bytes of content", offset: 5)
             }
         }
     }

@@ -76,6 +76,41 @@ final class PayloadCodecTests: XCTestCase {
         }
     }
 
+    /// Spec 4.7: the writer's frames are single-segment or have a window no larger than their
+    /// content, at every piece size the format allows; a dictionary id or a larger window is
+    /// refused although zstd itself would decode the frame.
+    func testZstdFramesNameNoDictionaryAndAWindowNoLargerThanThePiece() throws {
+        var rng = SeededGenerator(seed: 7)
+        for n in [1, 255, 256, 257, 1000, 65_536, 600_000, 4 << 20] {
+            let data = (0..<n).map { i in i % 7 == 0 ? UInt8.random(in: 0...255, using: &rng) : UInt8(truncatingIfNeeded: i / 64) }
+            let z = try Zstd.compress(data)
+            XCTAssertEqual(z[4] & 0x03, 0, "no dictionary id (\(n) bytes)")
+            XCTAssertEqual(try Zstd.decompress(z, exactSize: n), data, "\(n) bytes")
+        }
+        let piece = (0..<256).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let z = try Zstd.compress(piece)
+        XCTAssertEqual(z[4] & 0x23, 0x20, "single segment, no dictionary id")
+        let fcsBytes = [1, 2, 4, 8][Int(z[4] >> 6)]
+        let rest = z[(5 + fcsBytes)...]
+        let size4: [UInt8] = [0x00, 0x01, 0x00, 0x00]   // 256, little-endian
+        let magic = Zstd.frameMagic
+        let cases: [(String, [UInt8])] = [
+            ("dictionary id 0", magic + [0xA1, 0x00] + size4 + rest),
+            ("dictionary id 1", magic + [0xA1, 0x01] + size4 + rest),
+            ("window 1 KiB for 256 bytes", magic + [0x80, 0x00] + size4 + rest),
+        ]
+        for (name, frame) in cases {
+            XCTAssertThrowsError(try Zstd.decompress(frame, exactSize: 256), name) {
+                XCTAssertEqual(($0 as? PayloadCodecError)?.code, .unsupportedFrame, name)
+            }
+        }
+        // The same window is allowed for a piece at least that large.
+        let big = (0..<1024).map { UInt8(truncatingIfNeeded: $0 / 3) }
+        let zb = try Zstd.compress(big)
+        let fb = [1, 2, 4, 8][Int(zb[4] >> 6)]
+        XCTAssertEqual(try Zstd.decompress(magic + [0x80, 0x00, 0x00, 0x04, 0x00, 0x00] + zb[(5 + fb)...], exactSize: 1024), big)
+    }
+
     /// The streaming tar reader gives the same entries (or the same error) whatever the split,
     /// and refuses a tar without its end-of-archive blocks or with non-zero bytes after them.
     func testStreamingTarReaderAgreesInAnySplitAndChecksTheEnd() throws {
@@ -103,5 +138,18 @@ final class PayloadCodecTests: XCTestCase {
         var badSum = tar
         badSum[0] ^= 0x01
         XCTAssertThrowsError(try PaxTar.read(badSum)) { XCTAssertEqual(($0 as? PayloadCodecError)?.code, .malformedTar) }
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for test data.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

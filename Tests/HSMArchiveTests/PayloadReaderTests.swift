@@ -61,4 +61,25 @@ final class PayloadReaderTests: XCTestCase {
         }
         XCTAssertEqual(seen, 29, "the objects before the changed one were checked and handed on")
     }
+
+    /// Spec 4.7: entry i is compared with record i. Another path, wherever it points, is
+    /// objectDigestMismatch at that entry; an entry with no record, or a record with no entry,
+    /// is manifestMalformed.
+    func testEntriesThatDifferFromTheManifestHaveOneCodeEach() throws {
+        let entries = try PaxTar.read(try bundle(5).tarBytes())
+        let descriptor = { (tar: [UInt8]) in PayloadDescriptor(payloadBytes: UInt64(tar.count), userCount: 0, keyCount: 3, policyCount: 2) }
+        func check(_ e: [TarEntry], _ code: ArchiveError.Code, _ name: String) throws {
+            let tar = try PaxTar.write(e)
+            let reader = PayloadReader(descriptor: descriptor(tar))
+            XCTAssertThrowsError(try { try reader.feed(tar); _ = try reader.finish() }(), name) {
+                XCTAssertEqual(($0 as? ArchiveError)?.code, code, "\(name): \($0)")
+            }
+        }
+        for path in ["keys/renamed.json", "policies/000009.json", "other/000005.json", "000005.json"] {
+            try check(entries.dropLast() + [TarEntry(path: path, contents: entries.last!.contents)], .objectDigestMismatch, path)
+        }
+        try check(entries + [TarEntry(path: "keys/000006.json", contents: [])], .manifestMalformed, "extra entry")
+        try check(Array(entries.dropLast()), .manifestMalformed, "missing entry")
+        try check([entries[1], entries[0]] + entries[2...], .manifestMalformed, "manifest not first")
+    }
 }

@@ -129,3 +129,22 @@ final class RoundTripTests: XCTestCase {
         }
     }
 }
+
+extension RoundTripTests {
+    /// Spec 4.3: `created at` is at most 9999-12-31T23:59:59Z; the writer refuses a later time
+    /// (the reader's refusal is the vector reject-created-after-9999).
+    func testWriterRefusesATimeAfterTheYear9999() throws {
+        let bundle = try PayloadBundle(objects: [])
+        for (t, ok) in [(InnerFormat.maximumCreatedAt, true), (InnerFormat.maximumCreatedAt + 1, false), (UInt64.max, false)] {
+            let seal = {
+                try InnerBlob.seal(bundle, metadata: Fixture.identity().metadata, backupId: [UInt8](repeating: 7, count: 16),
+                                   createdAt: t, keyring: Fixture.keyring, ebk: try EphemeralBackupKey.random())
+            }
+            if ok {
+                XCTAssertEqual(try InnerBlob.open(try seal(), keyring: Fixture.keyring).header.createdAt, t)
+            } else {
+                assertCode(["invalidArgument"], "\(t)") { try seal() }
+            }
+        }
+    }
+}

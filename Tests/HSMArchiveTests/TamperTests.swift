@@ -135,7 +135,8 @@ final class TamperTests: XCTestCase {
             out.append((name, at..<(at + n), codes))
         }
         try field("backup id", 16, ["headerSealMismatch"])
-        try field("created at", 8, ["headerSealMismatch"])
+        // A flip that puts the time after 9999-12-31T23:59:59Z is refused before the seal.
+        try field("created at", 8, ["headerSealMismatch", "malformedHeader"])
         try field("PBK KDF", 1, ["malformedHeader"])
         try field("PBK fingerprint", 32, ["pbkMismatch"])
         try field("EBK wrap algorithm", 1, ["malformedHeader"])

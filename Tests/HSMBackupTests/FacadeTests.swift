@@ -149,6 +149,32 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(try w.hsm("t").contents, HSMContents())
     }
 
+    /// The inner version is public (spec 3.8, `hsmbackup.inner-version`) and must agree with the
+    /// inner header like every other field; `created` never needs more than a 4-digit year.
+    func testInnerVersionIsPublishedAndMustAgree() throws {
+        let w = try World(keys: 2, users: 1)
+        let blob = try w.hsm("prod").backup()
+        let inner = try InnerHeader.parse(prefix: blob)
+        var metadata = ArchiveMetadata(innerHeader: inner)
+        XCTAssertEqual(metadata.innerVersion, "2.0")
+        XCTAssertEqual(try metadata.merged().value(forKey: "hsmbackup.inner-version"), "2.0")
+        XCTAssertNoThrow(try metadata.check(against: inner))
+        XCTAssertEqual(try ArchiveMetadata(context: try metadata.merged()).innerVersion, "2.0", "read back from the context")
+        metadata.innerVersion = "2.1"
+        XCTAssertThrowsError(try metadata.check(against: inner)) {
+            XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch)
+            XCTAssertTrue("\($0)".contains("hsmbackup.inner-version"), "\($0)")
+        }
+        // Archives written before the key existed still open: absent is not compared.
+        metadata.innerVersion = nil
+        XCTAssertNoThrow(try metadata.check(against: inner))
+        for bad in ["2", "2.", "02.0", "2.00", "2.256", "v2.0", "2.0.1", "+2.0"] {
+            metadata.innerVersion = bad
+            XCTAssertThrowsError(try metadata.merged(), bad) { XCTAssertEqual(($0 as? EnvelopeError)?.code, .archiveMetadataInvalid, bad) }
+        }
+        XCTAssertEqual(Timestamp.rfc3339(InnerFormat.maximumCreatedAt), "9999-12-31T23:59:59Z")
+    }
+
     func testAFailedCreateLeavesNoEntryAndNoObject() throws {
         let w = try World()
         let noOperator = try SimulatedHSM.create(at: w.root + "/bare",
