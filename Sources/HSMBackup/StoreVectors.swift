@@ -75,7 +75,13 @@ extension ArchiveVectors {
     public static func generateStore(directory: String) throws -> [String] {
         let root = directory + "/" + storeRootName
         let fm = FileManager.default
-        if fm.fileExists(atPath: root) { try fm.removeItem(atPath: root) }
+        // Rebuilt from nothing; only ever removes a store (or an empty directory) there.
+        if fm.fileExists(atPath: root) {
+            guard fm.fileExists(atPath: root + "/" + StoreConfig.fileName) || (try fm.contentsOfDirectory(atPath: root)).isEmpty else {
+                throw HSMBackupError(.invalidArgument, "\(root) exists and is not a store: not removing it")
+            }
+            try fm.removeItem(atPath: root)
+        }
         try AtomicFile.makeDirectory(directory, mode: 0o755)
         let clock = ManualClock(millis: storeClockStart)
         let store = try LocalObjectStore.create(at: root, replicaCount: 3, clock: clock, storeId: storeId)
