@@ -403,7 +403,7 @@ public enum ArchiveVectors {
                   Array(multi.bytes.prefix(multi.envelope.frames[2].offset + 10)))
         addReject("reject-missing-final-frame", EnvelopeError.Code.missingFinalFrame.rawValue,
                   "ok-frames-short-final cut before its final frame (at a frame boundary)", from: "ok-frames-short-final",
-                  Array(multi.bytes.prefix(multi.envelope.frames.last!.offset)))
+                  Array(multi.bytes.prefix(try required(multi.envelope.frames.last, "final frame").offset)))
         addReject("reject-trailing-byte", EnvelopeError.Code.trailingBytes.rawValue,
                   "ok-unsigned and one zero byte", from: "ok-unsigned", unsigned.bytes + [0])
         addReject("reject-wrong-key", EnvelopeError.Code.noUsableKey.rawValue,

@@ -77,7 +77,7 @@ extension ArchiveVectors {
         let fm = FileManager.default
         // Rebuilt from nothing; only ever removes a store (or an empty directory) there.
         if fm.fileExists(atPath: root) {
-            guard fm.fileExists(atPath: root + "/" + StoreConfig.fileName) || (try fm.contentsOfDirectory(atPath: root)).isEmpty else {
+            guard try fm.fileExists(atPath: root + "/" + StoreConfig.fileName) || fm.contentsOfDirectory(atPath: root).isEmpty else {
                 throw HSMBackupError(.invalidArgument, "\(root) exists and is not a store: not removing it")
             }
             try fm.removeItem(atPath: root)
