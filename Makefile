@@ -36,9 +36,12 @@ test: deps
 	  f=$$(echo "$$line" | sed -E "s/.*with ([0-9]+) failures?.*/\1/"); \
 	  if [ -n "$$line" ]; then echo "tests: $$((n - f)) passed, $$f failed"; fi; exit $$rc
 
-# Regenerates spec/vectors/inner and samples/ deterministically (fixed keys, seeds, randomness).
+# Regenerates spec/vectors/inner, samples/, spec/vectors/archive and spec/vectors/store
+# deterministically (fixed keys, seeds, clock, randomness; the signed archive keeps its committed
+# footer while every byte before it is unchanged, spec/FORMAT.md 3.10).
 samples: build
 	$(BIN) hsm generate-samples --vectors spec/vectors/inner --samples samples
+	$(BIN) hsm generate-archive-vectors --archive spec/vectors/archive --store spec/vectors/store
 
 # Interop with the official AWS Encryption SDK for Python, both directions (throwaway venv, PyPI).
 interop: deps

@@ -52,6 +52,17 @@ public final class P384PrivateKey: @unchecked Sendable {
         box = PKeyBox(p)
     }
 
+    /// A fixed key from DER (SEC1 ECPrivateKey with its public key, or PKCS#8): for published
+    /// test vectors only (spec/vectors/archive), so their headers are reproducible. Not public: a
+    /// message key is fresh for every message.
+    package init(der: [UInt8]) throws {
+        guard let p = der.withUnsafeBufferPointer({ hsmb_p384_private_from_der($0.baseAddress, $0.count) }) else {
+            CryptoError.clearQueue()
+            throw CryptoError(.invalidPublicKey, "not a DER P-384 private key")
+        }
+        box = PKeyBox(p)
+    }
+
     public var publicKey: P384PublicKey { P384PublicKey(box: box) }
 
     public func signature(for message: [UInt8]) throws -> [UInt8] {

@@ -115,6 +115,23 @@ static inline EVP_PKEY *hsmb_p384_generate(void) {
     return pkey;
 }
 
+/// A P-384 key pair from DER (SEC1 ECPrivateKey or PKCS#8), for fixed test vectors only; NULL
+/// when the bytes are not exactly one P-384 private key.
+static inline EVP_PKEY *hsmb_p384_private_from_der(const unsigned char *der, size_t len) {
+    const unsigned char *p = der;
+    EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    if (pkey == NULL) return NULL;
+    char group[32];
+    size_t glen = 0;
+    if (p != der + len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC ||
+        EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &glen) <= 0 ||
+        strcmp(group, "secp384r1") != 0) {
+        EVP_PKEY_free(pkey);
+        return NULL;
+    }
+    return pkey;
+}
+
 /// The public point of an EC key, compressed (02/03||X) or uncompressed (04||X||Y).
 /// Returns the length written, or 0 on failure.
 static inline size_t hsmb_ec_public_point(EVP_PKEY *pkey, int compressed,

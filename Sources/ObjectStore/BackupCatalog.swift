@@ -461,7 +461,8 @@ public final class BackupCatalog {
             let parts = key.split(separator: "/")
             guard parts.count == 3 else { continue }
             let id = String(parts[1])
-            if parts[2] == "archive" { archives.insert(id) }
+            // `archive`, or `archive-g<n>` once rewrapped (5.8).
+            if parts[2] == "archive" || parts[2].hasPrefix("archive-g") { archives.insert(id) }
             if parts[2].hasPrefix("meta-"), let g = UInt64(parts[2].dropFirst(5), radix: 16) { metas[id, default: []].append((g, key)) }
         }
         for (id, gens) in metas {
@@ -511,11 +512,16 @@ public final class BackupCatalog {
         }
         var metas: [String: UInt64] = [:]
         var archives: Set<String> = []
+        var archiveKeys: Set<String> = []
         for key in try store.list(prefix: "backups/") {
             let parts = key.split(separator: "/")
             guard parts.count == 3 else { continue }
             let id = String(parts[1])
-            if parts[2] == "archive" { archives.insert(id) }
+            // `archive`, or `archive-g<n>` once rewrapped (5.8).
+            if parts[2] == "archive" || parts[2].hasPrefix("archive-g") {
+                archives.insert(id)
+                archiveKeys.insert(key)
+            }
             if parts[2].hasPrefix("meta-"), let g = UInt64(parts[2].dropFirst(5), radix: 16) { metas[id] = max(metas[id] ?? 0, g) }
         }
         for id in s.entries.keys.sorted(by: BackupEntry.utf8Less) {
@@ -531,7 +537,8 @@ public final class BackupCatalog {
             }
             let hasArchive = archives.contains(id)
             // (PENDING_DELETION without an archive is normal: a create whose archive put failed.)
-            if e.state == .ready && !hasArchive {
+            // READY needs the very object the entry names (a rewrapped entry names archive-g<n>).
+            if e.state == .ready && !archiveKeys.contains(e.objectKey) {
                 findings.append(CatalogFinding(backupId: id, problem: .archiveMissing, detail: "\(e.state.rawValue) but no archive object"))
             }
             if e.state == .deleted && hasArchive {

@@ -30,8 +30,17 @@ public final class LocalObjectStore: ObjectStorage {
     @discardableResult
     public static func create(at root: String, replicas: [String]? = nil, replicaCount: Int = 3,
                               writeQuorum: Int? = nil, clock: StoreClock = SystemClock()) throws -> LocalObjectStore {
+        try create(at: root, replicas: replicas, replicaCount: replicaCount, writeQuorum: writeQuorum, clock: clock,
+                   storeId: SecureRandom.bytes(count: 16))
+    }
+
+    /// With a given store id: for the deterministic store vectors (spec/vectors/store) only; a
+    /// real store's id is random, so that no two stores share one.
+    @discardableResult
+    package static func create(at root: String, replicas: [String]? = nil, replicaCount: Int = 3,
+                               writeQuorum: Int? = nil, clock: StoreClock, storeId: [UInt8]) throws -> LocalObjectStore {
         let paths = replicas ?? (0..<max(replicaCount, 0)).map { "replica-\($0)" }
-        let config = try StoreConfig(storeId: SecureRandom.bytes(count: 16), writeQuorum: writeQuorum ?? (paths.count / 2 + 1),
+        let config = try StoreConfig(storeId: storeId, writeQuorum: writeQuorum ?? (paths.count / 2 + 1),
                                      replicas: paths)
         let confPath = root + "/" + StoreConfig.fileName
         guard access(confPath, F_OK) != 0 else {

@@ -139,7 +139,7 @@ enum CanonicalJSON {
 
 extension HSMContents {
     /// The payload objects of a backup, in format order (spec 4.7): policies, users, keys.
-    func payloadBundle() throws -> PayloadBundle {
+    package func payloadBundle() throws -> PayloadBundle {
         var objects: [PayloadObject] = []
         for (i, p) in policies.enumerated() {
             objects.append(PayloadObject(kind: .policy, path: Self.path(.policy, i), contents: try CanonicalJSON.encode(p)))

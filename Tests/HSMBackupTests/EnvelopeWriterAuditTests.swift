@@ -86,9 +86,12 @@ final class EnvelopeWriterAuditTests: XCTestCase {
             "Envelope/Rewrap.swift",             // rewrap: fresh data key, random ID (§3.7)
             "HSMBackup/BackupWriter.swift",      // backup create: fresh data key, random ID
             "FuzzTargets/FuzzSeeds.swift",       // fuzz seeds: ID derived from everything the message holds
+            "HSMBackup/ArchiveVectors.swift",    // spec/vectors/archive and store: data key from the vector's name, ID
+                                                 // derived from everything the message holds (§3.10); ArchiveVectorTests
+                                                 // checks no two vectors share a (data key, ID) pair
         ])
-        // A given message ID is not public API, and only the fuzz seeds pass one (derived).
-        XCTAssertEqual(using("messageID: messageID)"), ["FuzzTargets/FuzzSeeds.swift"])
+        // A given message ID is not public API, and only the fuzz seeds and the spec vectors pass one (derived).
+        XCTAssertEqual(using("messageID: messageID)"), ["FuzzTargets/FuzzSeeds.swift", "HSMBackup/ArchiveVectors.swift"])
         XCTAssertTrue(files["Envelope/EnvelopeEncryptor.swift"]!.contains("package init(sink: ByteSink, materials: EncryptionMaterials, frameLength: UInt32, messageID: [UInt8]?)"))
         XCTAssertTrue(files["Envelope/Keyring.swift"]!.contains("package func wrap(_ dataKey: DataKey, context: EncryptionContext, nonce: GCMNonce)"))
     }

@@ -4,6 +4,7 @@ import ByteCoding
 import Durability
 import Foundation
 import HSMArchive
+import HSMBackup
 import PayloadCodec
 import SimulatedHSM
 
@@ -109,7 +110,7 @@ struct OperatorCommand: ParsableCommand {
 struct HSMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hsm", abstract: "Create, fill and show simulated HSMs.",
-        subcommands: [Create.self, Populate.self, Show.self, GenerateSamples.self])
+        subcommands: [Create.self, Populate.self, Show.self, GenerateSamples.self, GenerateArchiveVectors.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -228,6 +229,22 @@ struct HSMCommand: ParsableCommand {
             do {
                 let written = try SpecVectors.generate(vectorsDirectory: vectors, samplesDirectory: samples)
                 try Out.line("wrote \(written.count) files under \(vectors) and \(samples)")
+            } catch { throw CLIExit.translate(error) }
+        }
+    }
+
+    struct GenerateArchiveVectors: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "generate-archive-vectors",
+            abstract: "Regenerate the whole-archive and store vectors (spec/FORMAT.md 3.10, 5.10).", shouldDisplay: false)
+        @Option(help: "Archive vectors directory.") var archive: String = "spec/vectors/archive"
+        @Option(help: "Store vectors directory.") var store: String = "spec/vectors/store"
+
+        func run() throws {
+            do {
+                let a = try ArchiveVectors.generateArchives(directory: archive)
+                let s = try ArchiveVectors.generateStore(directory: store)
+                try Out.line("wrote \(a.count) files under \(archive) and \(s.count) under \(store)")
             } catch { throw CLIExit.translate(error) }
         }
     }
