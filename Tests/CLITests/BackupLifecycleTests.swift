@@ -142,8 +142,9 @@ final class BackupLifecycleTests: CLIWorldTestCase {
         XCTAssertTrue(set.stdout.contains("7 days"), set.description)
         try w.expect(0, ["retention", "set", "--cluster", cluster, "--days", "379"])
         // A fresh backup (and a cluster's newest) is never marked.
-        let applied = try JSON.any(try w.expect(0, ["retention", "apply", "--json"]).stdout) as? [String]
-        XCTAssertEqual(applied, [])
+        let applied = try JSON.object(try w.expect(0, ["retention", "apply", "--json"]).stdout)
+        XCTAssertEqual(applied["expired"] as? [String], [])
+        XCTAssertEqual((applied["failed"] as? [Any])?.count, 0)
         XCTAssertEqual(try w.expect(0, ["retention", "apply", "--cluster", cluster]).stdout, "marked 0 backup(s) for deletion\n")
         XCTAssertEqual(try w.entry(id)["state"] as? String, "READY")
     }

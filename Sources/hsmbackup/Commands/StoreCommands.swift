@@ -251,7 +251,8 @@ struct StoreScrub: ParsableCommand {
             let store = try StoreCLI.open()
             // Progress only on a terminal, redrawn at most ten times a second.
             var lastDraw = Date.distantPast
-            let report = try store.scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
+            // Through the catalog: leftovers of deleted backups and killed rewraps are not healed.
+            let report = try BackupCatalog(store: store).scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
                 guard done == total || Date().timeIntervalSince(lastDraw) >= 0.1 else { return }
                 lastDraw = Date()
                 FileHandle.standardError.write(Data("\rscrub: \(done)/\(total) objects".utf8))
@@ -263,6 +264,7 @@ struct StoreScrub: ParsableCommand {
                 for i in report.recreatedReplicas { StoreCLI.say("re-created replica \(i)") }
                 for f in report.findings { StoreCLI.say("\(f.key): \(f.finding)") }
                 for f in report.repairFailures { StoreCLI.say("repair failed: \(f.key): \(f.finding)") }
+                for k in report.notRepaired { StoreCLI.say("not repaired: \(k): no backup uses it (`store fsck` removes it)") }
             }
             let remaining = report.unrecoverable > 0 || !report.repairFailures.isEmpty || !report.unavailableReplicas.isEmpty
                 || (!repair && (report.corrupt > 0 || report.missing > 0))
@@ -274,13 +276,16 @@ struct StoreScrub: ParsableCommand {
 struct StoreFsckResult: Encodable {
     let tempsRemoved: [String]
     let unavailableReplicas: [ReplicaFinding]
+    /// What recovery did (abandoned creates finished or rolled back, newer metadata taken,
+    /// leftover archives removed), before the catalog was checked.
+    let recovered: [RecoveryAction]
     let catalog: [CatalogFinding]
 }
 
 struct StoreFsck: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
-        discussion: "Exits 65 when the catalog disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
+        discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
 
     @OptionGroup var output: StoreJSONOption
 
@@ -289,11 +294,14 @@ struct StoreFsck: ParsableCommand {
             let store = try StoreCLI.open(removeStaleTemps: false)
             let catalog = try BackupCatalog(store: store)
             let fsck = store.fsck()
-            let result = StoreFsckResult(tempsRemoved: fsck.tempsRemoved + (try catalog.removeStaleTemps()),
-                                         unavailableReplicas: fsck.unavailableReplicas, catalog: try catalog.check())
+            let temps = fsck.tempsRemoved + (try catalog.removeStaleTemps())
+            let recovered = try BackupService(catalog: catalog).recover()
+            let result = StoreFsckResult(tempsRemoved: temps, unavailableReplicas: fsck.unavailableReplicas,
+                                         recovered: recovered, catalog: try catalog.check())
             if output.json { try JSONOutput.print(result) } else {
                 StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
                 for t in result.tempsRemoved { StoreCLI.say("  \(t)") }
+                for a in result.recovered { StoreCLI.say("recovered: \(a.backupId): \(a.action.rawValue): \(a.detail)") }
                 for f in result.unavailableReplicas { StoreCLI.say("unavailable: \(f)") }
                 for f in result.catalog { StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
                 if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { StoreCLI.say("catalog and objects agree") }
