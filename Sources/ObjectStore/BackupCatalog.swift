@@ -780,7 +780,10 @@ public final class BackupCatalog {
                 continue
             }
             defer { withExtendedLifetime(lock) {} }
-            actions += try recoverOne(id, inv, check)
+            // One backup that cannot be settled (a replica refuses a delete) does not stop the rest.
+            do { actions += try recoverOne(id, inv, check) } catch {
+                actions.append(RecoveryAction(backupId: id, action: .skipped, detail: "\(error)"))
+            }
         }
         return actions
     }

@@ -103,6 +103,24 @@ final class RecoveryTests: XCTestCase {
         try assertSettled(c)
     }
 
+    /// With a replica away, a rollback cannot delete everywhere: recovery reports the backup
+    /// `skipped` (it does not fail as a whole) and finishes once the replica is back.
+    func testRecoveryWithAReplicaAwayIsRetried() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        try add(c, "b0")
+        _ = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
+        let marker = c.store.replicaPaths[2] + "/" + ReplicaMarker.fileName
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: marker))
+        try FileManager.default.removeItem(atPath: marker)
+        let first = try c.recover()
+        XCTAssertEqual(first.map(\.action), [.skipped])
+        XCTAssertEqual(try c.entry("b1").state, .createInProgress)
+        try bytes.write(to: URL(fileURLWithPath: marker))
+        XCTAssertEqual(try c.recover().map(\.action), [.rolledBack])
+        try assertSettled(c)
+    }
+
     /// A failed create (disk full on the quorum) is rolled back in-process: nothing remains.
     func testDiskFullDuringCreateLeavesNothing() throws {
         let s = Scratch()
