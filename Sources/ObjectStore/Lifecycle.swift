@@ -50,10 +50,12 @@ extension BackupCatalog {
             guard RetentionRules.restorable(e, nowMillis: clock.nowMillis(), windowMillis: recoveryWindowMillis) else {
                 throw StoreError(.invalidState, key: backupId, "the recovery window has passed")
             }
-            guard (try? store.stat(e.objectKey)) != nil else {
+            guard let info = try? store.stat(e.objectKey) else {
                 throw StoreError(.invalidState, key: backupId, "the archive object is missing or unreadable; it cannot be READY")
             }
+            // The size comes from the archive's record (a deleted CREATE_IN_PROGRESS entry has none).
             e.state = .ready
+            e.size = info.size
             e.deleteRequestedMillis = nil
         }
     }

@@ -103,6 +103,20 @@ final class RecoveryTests: XCTestCase {
         try assertSettled(c)
     }
 
+    /// `delete` + `undelete` of an abandoned create whose archive was stored: READY with the
+    /// archive's size (it said 0 bytes before).
+    func testUndeleteOfADeletedCreateTakesTheArchiveSize() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        let e = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
+        _ = try c.store.put(e.objectKey, bytes: pattern(7000, seed: 2))
+        try c.delete("b1")
+        let back = try c.restore("b1")
+        XCTAssertEqual(back.state, .ready)
+        XCTAssertEqual(back.size, 7000)
+        try assertSettled(c)
+    }
+
     /// With a replica away, a rollback cannot delete everywhere: recovery reports the backup
     /// `skipped` (it does not fail as a whole) and finishes once the replica is back.
     func testRecoveryWithAReplicaAwayIsRetried() throws {
@@ -170,6 +184,11 @@ final class RecoveryTests: XCTestCase {
         XCTAssertGreaterThan(again.generation, copy.generation)
         XCTAssertEqual(try b.store.getAll(again.objectKey), bytes)
         try assertSettled(b)
+
+        // Another backup under an id the destination holds is refused (only a retry is done).
+        try add(a, "b3")
+        try add(b, "b3", size: 10)
+        XCTAssertStoreError(.alreadyExists, try a.copy("b3", to: b, newBackupId: "b3"))
 
         // A copy that fails in-process (the source unreadable) leaves nothing behind.
         _ = try add(a, "b2")
