@@ -310,6 +310,23 @@ public final class BackupCatalog {
             _ = try? AtomicFile.removeStaleTemps(in: store.root + "/" + Self.directory)
             withExtendedLifetime(lock) {}
         }
+        // A store gets its (empty) catalog file before its first metadata object can exist, so a
+        // kill in the first change leaves a catalog to recover into, and from then on a missing
+        // file is damage (spec 5.8). Done once, when the file is absent and nothing needs it.
+        if access(path, F_OK) != 0, let lock = try? FileLock.acquire(lockPath) {
+            if access(path, F_OK) != 0, !holdsCatalogObjects() { try? save(CatalogSnapshot()) }
+            withExtendedLifetime(lock) {}
+        }
+    }
+
+    /// Whether any metadata or policy object exists (stops at the first).
+    func holdsCatalogObjects() -> Bool {
+        store.hasObject { key in
+            let parts = key.split(separator: "/")
+            guard parts.count == 3 else { return false }
+            return (parts[0] == "backups" && Self.generation(parts[2], prefix: "meta-") != nil)
+                || (parts[0] == "clusters" && Self.generation(parts[2], prefix: "policy-") != nil)
+        }
     }
 
     public static func archiveKey(_ backupId: String) -> String { "backups/\(backupId)/archive" }
@@ -412,13 +429,7 @@ public final class BackupCatalog {
     func readCatalogBytes() throws -> [UInt8]? {
         do { return try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
             guard e.code == .notFound else { throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)") }
-            let holdsCatalogObjects = store.hasObject { key in
-                let parts = key.split(separator: "/")
-                guard parts.count == 3 else { return false }
-                return (parts[0] == "backups" && Self.generation(parts[2], prefix: "meta-") != nil)
-                    || (parts[0] == "clusters" && Self.generation(parts[2], prefix: "policy-") != nil)
-            }
-            if holdsCatalogObjects {
+            if holdsCatalogObjects() {
                 throw StoreError(.badCatalog, path: path, "catalog.bin is missing but the store holds backups; run `hsmbackup store reindex`")
             }
             return nil
