@@ -152,7 +152,7 @@ public final class BackupService {
     // MARK: lifecycle
 
     /// Backups matching `query` (by cluster, state, creation time), in the catalog's order.
-    public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.list(query) }
+    public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.listCurrent(query) }
     /// READY → PENDING_DELETION, recoverable for the catalog's recovery window (7 days by default).
     @discardableResult public func delete(_ id: String) throws -> BackupEntry { try catalog.delete(try resolve(id).backupId) }
     /// PENDING_DELETION → READY, within the recovery window.

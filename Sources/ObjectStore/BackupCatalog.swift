@@ -451,8 +451,30 @@ public final class BackupCatalog {
         }
     }
 
+    /// One backup as its newest metadata says (see `current`).
     public func entry(_ backupId: String) throws -> BackupEntry {
         guard let e = try load().entries[backupId] else { throw StoreError(.notFound, key: backupId, "no such backup") }
+        return current(e)
+    }
+
+    /// `list`, each entry as its newest metadata says, and filtered again by state and cluster:
+    /// what `backup list` and `store ls` show. (A backup whose catalog state does not match the
+    /// query but whose newer metadata would is not added; `store fsck` brings the index up to date.)
+    public func listCurrent(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
+        try list(query).map(current).filter { e in
+            (query.states?.contains(e.state) ?? true) && (query.clusterId.map { $0 == e.clusterId } ?? true)
+        }
+    }
+
+    /// The entry with any metadata generations newer than it applied: a change killed between its
+    /// metadata and catalog writes leaves the catalog one generation behind, and the metadata is
+    /// the truth. One existence check per replica when nothing is newer; no lock (reads only).
+    public func current(_ entry: BackupEntry) -> BackupEntry {
+        var e = entry
+        while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)),
+              let newer = try? readMeta(e.backupId, e.generation + 1) {
+            e = newer
+        }
         return e
     }
 

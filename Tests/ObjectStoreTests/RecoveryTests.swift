@@ -283,6 +283,11 @@ final class RecoveryTests: XCTestCase {
         newer.deleteRequestedMillis = clock.nowMillis()
         _ = try c.store.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
         XCTAssertEqual(try c.check().map(\.problem), [.staleEntry])
+        // Readers show what the metadata says (a listing said READY before).
+        XCTAssertEqual(try c.entry("b1").state, .pendingDeletion)
+        XCTAssertEqual(try c.listCurrent().map(\.state), [.pendingDeletion, .ready])
+        XCTAssertEqual(try c.listCurrent(CatalogQuery(states: [.ready])).map(\.backupId), ["b2"])
+        XCTAssertEqual(try c.list(CatalogQuery(states: [.ready])).map(\.backupId), ["b1", "b2"], "the index itself is behind")
         // The next change of b1 takes the newer metadata first (it failed `alreadyExists` before).
         let tagged = try c.tag("b1", ["k": "v"])
         XCTAssertEqual(tagged.state, .pendingDeletion)

@@ -176,7 +176,7 @@ struct StoreList: ParsableCommand {
                 if output.json { try JSONOutput.print(keys) } else { keys.forEach { StoreCLI.say($0) } }
                 return
             }
-            try StoreCLI.printBackups(try BackupCatalog(store: store).list(try queryOptions.query()), json: output.json)
+            try StoreCLI.printBackups(try BackupCatalog(store: store).listCurrent(try queryOptions.query()), json: output.json)
         }
     }
 }
