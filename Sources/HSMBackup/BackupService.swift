@@ -173,7 +173,7 @@ public final class BackupService {
     /// A cluster's retention period, 7...379 days.
     public func setRetention(cluster: String, days: Int) throws { try catalog.setRetention(cluster, days: days) }
     /// Marks expired backups for deletion (never a cluster's newest, never a never-expires one);
-    /// returns their ids.
+    /// reports the ids it marked and, with their errors, those it had to skip.
     public func applyRetention(cluster: String? = nil) throws -> RetentionReport { try catalog.applyRetention(clusterId: cluster) }
 
     /// Copies a ready backup into another store, keeping its id and creation time; the copy
