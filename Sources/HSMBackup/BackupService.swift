@@ -53,10 +53,32 @@ public final class BackupService {
             let summary = try BackupWriter.writeArchive(of: hsm, keyrings: keyrings, options: options, to: sink, progress: progress)
             let put = try sink.commit()
             let entry = try catalog.markReady(summary.metadata.backupID, size: put.info.size)
+            sink.finished()
             return Created(entry: entry, archive: summary, replicasFailed: put.failed)
         } catch {
             sink.abandon()
             throw error
+        }
+    }
+
+    // MARK: recovery
+
+    /// `store fsck`'s repair step (spec 5.8, "Recovery"): finishes or rolls back creates and
+    /// copies whose process died, lets newer metadata win over the catalog, and removes archive
+    /// objects no entry uses. An abandoned create is finished only when its archive is whole in
+    /// the store and passes `structure` verification as this backup's archive.
+    public func recover() throws -> [RecoveryAction] {
+        try catalog.recover { entry in self.abandonedArchiveProblem(entry) }
+    }
+
+    func abandonedArchiveProblem(_ entry: BackupEntry) -> String? {
+        if let problem = catalog.storeLevelArchiveCheck(entry) { return problem }
+        do {
+            let report = try Verifier.verify(ReaderSource(try store.get(entry.objectKey)), name: entry.backupId, level: .structure,
+                                             keys: VerificationKeys(), expectedBackupID: entry.backupId)
+            return report.passed ? nil : "the archive fails structure verification: \(report.errors.map(\.description).joined(separator: "; "))"
+        } catch {
+            return "the archive fails structure verification: \(error)"
         }
     }
 
@@ -142,7 +164,7 @@ public final class BackupService {
     // MARK: lifecycle
 
     /// Backups matching `query` (by cluster, state, creation time), in the catalog's order.
-    public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.list(query) }
+    public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] { try catalog.listCurrent(query) }
     /// READY → PENDING_DELETION, recoverable for the catalog's recovery window (7 days by default).
     @discardableResult public func delete(_ id: String) throws -> BackupEntry { try catalog.delete(try resolve(id).backupId) }
     /// PENDING_DELETION → READY, within the recovery window.
@@ -163,8 +185,8 @@ public final class BackupService {
     /// A cluster's retention period, 7...379 days.
     public func setRetention(cluster: String, days: Int) throws { try catalog.setRetention(cluster, days: days) }
     /// Marks expired backups for deletion (never a cluster's newest, never a never-expires one);
-    /// returns their ids.
-    public func applyRetention(cluster: String? = nil) throws -> [String] { try catalog.applyRetention(clusterId: cluster) }
+    /// reports the ids it marked and, with their errors, those it had to skip.
+    public func applyRetention(cluster: String? = nil) throws -> RetentionReport { try catalog.applyRetention(clusterId: cluster) }
 
     /// Copies a ready backup into another store, keeping its id and creation time; the copy
     /// records the source store, backup, cluster and copy time. The archive bytes are copied
@@ -177,27 +199,44 @@ public final class BackupService {
 
     /// Puts a stored archive under other KMS keys (spec/FORMAT.md §3.7): a new envelope message
     /// with a fresh data key and message ID, its frames re-encrypted as they stream; the inner
-    /// blob is unchanged, so no HSM is needed. Written as a new object; the entry then points at
-    /// it and the old object is deleted. Objects are never rewritten in place.
+    /// blob is unchanged, so no HSM is needed. Written as a new object `archive-g<n>`; the entry
+    /// then points at it and the archive it pointed at when switching is deleted. Objects are
+    /// never rewritten in place. The backup's writer lock is held throughout, so `store fsck`
+    /// never takes the new object for a leftover; a kill leaves at most one archive the entry
+    /// does not name, which fsck removes.
     @discardableResult
     public func rewrap(_ id: String, keyrings: [Keyring], newKeyrings: [Keyring]) throws -> BackupEntry {
         let entry = try resolve(id)
         guard entry.state == .ready else {
             throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue)")
         }
-        let newKey = "backups/\(entry.backupId)/archive-g\(entry.generation + 1)"
+        let writing = try catalog.writerLock(entry.backupId)
+        defer { withExtendedLifetime(writing) {} }
+        guard entry.generation < BackupEntry.maxGeneration else {
+            throw StoreError(.limitExceeded, key: entry.backupId, "generation \(entry.generation) is the last one; the backup cannot change")
+        }
+        let newKey = BackupCatalog.archiveKey(entry.backupId, generation: entry.generation + 1)
         let writer = try store.makeWriter(newKey)
+        var committed = false
         do {
             try Rewrap.rewrap(source: try openArchive(entry), sink: ObjectWriterSink(writer), keyrings: keyrings, newKeyrings: newKeyrings)
             let put = try writer.commit()
+            committed = true
+            var previous: String?
             let updated = try catalog.update(entry.backupId) { e in
+                // The state and archive as they are now (a tag or another rewrap may have run).
+                guard e.state == .ready else {
+                    throw HSMBackupError(.backupNotReady, "backup \(e.backupId) became \(e.state.rawValue) during the rewrap")
+                }
+                previous = e.objectKey
                 e.objectKey = newKey
                 e.size = put.info.size
             }
-            _ = try? store.delete(entry.objectKey)
+            if let previous, previous != newKey { _ = try? store.delete(previous) }
             return updated
         } catch {
             writer.abort()
+            if committed, (try? catalog.entry(entry.backupId).objectKey) != newKey { _ = try? store.delete(newKey) }
             throw error
         }
     }
@@ -212,6 +251,8 @@ final class DeferredStoreSink: ByteSink {
     private let neverExpires: Bool
     private var writer: ObjectWriting?
     private var backupId: String?
+    /// Held from before the entry exists until it is READY or rolled back (spec 5.8, "Recovery").
+    private var writing: BackupCatalog.WriterLock?
 
     init(catalog: BackupCatalog, hsm: SimulatedHSM, tags: [String: String], neverExpires: Bool) {
         self.catalog = catalog
@@ -225,13 +266,15 @@ final class DeferredStoreSink: ByteSink {
             // The first write is the envelope header: its public metadata names the backup.
             let (_, metadata) = try ArchiveMetadata.read(from: MemorySource(bytes))
             let created = Timestamp.seconds(rfc3339: metadata.created).map { $0 * 1000 }
+            writing = try catalog.writerLock(metadata.backupID)
             let entry = try catalog.create(NewBackup(backupId: metadata.backupID, clusterId: metadata.clusterID,
                                                      hsmId: metadata.hsmID, manufacturer: metadata.manufacturer,
                                                      tags: tags, neverExpires: neverExpires, createdMillis: created))
             backupId = entry.backupId
             writer = try catalog.store.makeWriter(entry.objectKey)
         }
-        try writer!.write(bytes)
+        guard let writer else { throw HSMBackupError(.invalidArgument, "no store writer") }
+        try writer.write(bytes)
     }
 
     func commit() throws -> PutReport {
@@ -239,11 +282,14 @@ final class DeferredStoreSink: ByteSink {
         return try writer.commit()
     }
 
-    /// After a failure: drop the unpublished object and the half-made entry.
+    /// The entry is READY: the writer lock is no longer needed.
+    func finished() { writing = nil }
+
+    /// After a failure: drop the unpublished object and roll the half-made entry back (archive,
+    /// entry and metadata; if that fails too, the next `store fsck` finishes the rollback).
     func abandon() {
         writer?.abort()
-        if let backupId {
-            _ = try? catalog.mutate { s in s.entries[backupId] = nil }
-        }
+        if let backupId { _ = try? catalog.rollBack(backupId) }
+        writing = nil
     }
 }

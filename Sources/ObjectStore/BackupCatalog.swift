@@ -89,7 +89,10 @@ public struct CatalogSnapshot: Equatable, Sendable {
         let at = r.offset
         let v = try r.readUInt16("catalog version")
         guard v == version else { throw ByteCodingError(.unexpectedValue, field: "catalog version", offset: at, "unknown version \(v)") }
+        let writeCountAt = r.offset
         let writeCount = try r.readUInt64("write count")
+        // The next save adds one: a count no writer reaches is refused, so that never overflows.
+        guard writeCount < UInt64.max else { throw ByteCodingError(.unexpectedValue, field: "write count", offset: writeCountAt, "past the last count a writer makes") }
         let clusterCount = try r.readCount32("cluster count", limit: maxEntries)
         var clusters: [String] = []
         clusters.reserveCapacity(clusterCount)
@@ -258,6 +261,25 @@ public struct CatalogFinding: Codable, Equatable, Sendable {
     public let detail: String
 }
 
+/// What `recover` did for one backup.
+public struct RecoveryAction: Codable, Equatable, Sendable {
+    public enum Action: String, Codable, Sendable {
+        /// An abandoned create whose archive was whole became READY.
+        case finished
+        /// An abandoned create was removed (archive, entry, metadata).
+        case rolledBack
+        /// The catalog took a newer metadata generation (a change killed before its catalog write).
+        case adoptedMetadata
+        /// An archive object that was not the backup's archive (or of a DELETED backup) was removed.
+        case removedArchive
+        /// Left alone: a writer may be alive, or a replica refused; the next fsck retries.
+        case skipped
+    }
+    public let backupId: String
+    public let action: Action
+    public let detail: String
+}
+
 public struct ReindexReport: Codable, Sendable {
     public var entries = 0
     public var policies = 0
@@ -288,9 +310,29 @@ public final class BackupCatalog {
             _ = try? AtomicFile.removeStaleTemps(in: store.root + "/" + Self.directory)
             withExtendedLifetime(lock) {}
         }
+        // A store gets its (empty) catalog file before its first metadata object can exist, so a
+        // kill in the first change leaves a catalog to recover into, and from then on a missing
+        // file is damage (spec 5.8). Done once, when the file is absent and nothing needs it.
+        if access(path, F_OK) != 0, let lock = try? FileLock.acquire(lockPath) {
+            if access(path, F_OK) != 0, !holdsCatalogObjects() { try? save(CatalogSnapshot()) }
+            withExtendedLifetime(lock) {}
+        }
+    }
+
+    /// Whether any metadata or policy object exists (stops at the first).
+    func holdsCatalogObjects() -> Bool {
+        store.hasObject { key in
+            let parts = key.split(separator: "/")
+            guard parts.count == 3 else { return false }
+            return (parts[0] == "backups" && Self.generation(parts[2], prefix: "meta-") != nil)
+                || (parts[0] == "clusters" && Self.generation(parts[2], prefix: "policy-") != nil)
+        }
     }
 
     public static func archiveKey(_ backupId: String) -> String { "backups/\(backupId)/archive" }
+    /// The archive a rewrap writes (`archive-g<n>`, n the entry's generation after the switch-over).
+    public static func archiveKey(_ backupId: String, generation: UInt64) -> String { "backups/\(backupId)/archive-g\(generation)" }
+    static func backupPrefix(_ backupId: String) -> String { "backups/\(backupId)/" }
     static func metaPrefix(_ backupId: String) -> String { "backups/\(backupId)/meta-" }
     static func metaKey(_ backupId: String, _ generation: UInt64) -> String { metaPrefix(backupId) + hex16(generation) }
     static func policyPrefix(_ clusterId: String) -> String { "clusters/\(clusterId)/policy-" }
@@ -300,33 +342,139 @@ public final class BackupCatalog {
         return String(repeating: "0", count: 16 - s.count) + s
     }
 
+    /// The generation in a `meta-<gen>` or `policy-<gen>` name: exactly 16 lowercase hex digits
+    /// after `prefix` (the only spelling a writer makes), else nil.
+    static func generation(_ name: Substring, prefix: String) -> UInt64? {
+        guard name.hasPrefix(prefix) else { return nil }
+        let digits = name.dropFirst(prefix.count)
+        guard digits.utf8.count == 16,
+              digits.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else { return nil }
+        return UInt64(digits, radix: 16)
+    }
+
+    /// Whether a last key segment names an archive: `archive`, or `archive-g<n>` with n a decimal
+    /// number without leading zeros in 1...2^64 − 1 (what a rewrap writes).
+    static func isArchiveName(_ name: Substring) -> Bool {
+        if name == "archive" { return true }
+        guard name.hasPrefix("archive-g") else { return false }
+        let digits = name.dropFirst("archive-g".count)
+        guard let first = digits.utf8.first, first != UInt8(ascii: "0"),
+              digits.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let n = UInt64(digits) else { return false }
+        return n >= 1
+    }
+
+    /// What the objects under `backups/` say, per backup id: metadata generations and archive keys.
+    struct Inventory {
+        var metas: [String: [UInt64]] = [:]
+        var archives: [String: [String]] = [:]
+
+        func highestMeta(_ id: String) -> UInt64? { metas[id]?.max() }
+    }
+
+    /// One walk over the object keys under `prefix` (`backups/` or one backup's own prefix).
+    func inventory(prefix: String = "backups/") throws -> Inventory {
+        var inv = Inventory()
+        for key in try store.list(prefix: prefix) {
+            let parts = key.split(separator: "/")
+            guard parts.count == 3, parts[0] == "backups" else { continue }
+            let id = String(parts[1])
+            if Self.isArchiveName(parts[2]) { inv.archives[id, default: []].append(key) }
+            if let g = Self.generation(parts[2], prefix: "meta-") { inv.metas[id, default: []].append(g) }
+        }
+        return inv
+    }
+
+    /// Reads and checks one metadata object: it parses, names this backup, and its generation
+    /// field equals the generation in its key (a reader refuses what no writer produces).
+    func readMeta(_ backupId: String, _ generation: UInt64) throws -> BackupEntry {
+        let key = Self.metaKey(backupId, generation)
+        let e = try BackupEntry.parseMeta(try store.getAll(key, limit: 1 << 20))
+        guard e.backupId == backupId, e.generation == generation else {
+            throw StoreError(.badFormat, key: key, "metadata of backup \(e.backupId) generation \(e.generation) stored under this key")
+        }
+        return e
+    }
+
+    // MARK: writer locks
+
+    /// Held (shared) by a process that writes a backup's archive: `create`, `copy`, `rewrap`,
+    /// from before its entry exists until it is READY or rolled back. Recovery (`recover`) takes
+    /// it exclusively without waiting: if it can, no writer of that backup is alive (a killed
+    /// process loses its flock). Locks are striped by the backup id (256 files, never removed),
+    /// so a live writer of another backup in the same stripe only delays a recovery.
+    public final class WriterLock {
+        let lock: FileLock
+        init(_ lock: FileLock) { self.lock = lock }
+    }
+
+    func writerLockPath(_ backupId: String) -> String {
+        store.root + "/" + LocalObjectStore.locksDir + "/backup-" + LocalObjectStore.fanOut(backupId) + ".lock"
+    }
+
+    /// The shared writer lock of `backupId` (waits while a recovery holds it).
+    public func writerLock(_ backupId: String) throws -> WriterLock {
+        WriterLock(try FileLock.acquire(writerLockPath(backupId), exclusive: false))
+    }
+
+    /// The exclusive writer lock, or nil when a writer (or another recovery) holds it.
+    func tryRecoveryLock(_ backupId: String) throws -> FileLock? {
+        try FileLock.tryAcquire(writerLockPath(backupId), exclusive: true)
+    }
+
     // MARK: reading (no lock: the file is replaced atomically)
 
-    public func load() throws -> CatalogSnapshot {
-        let bytes: [UInt8]
-        do { bytes = try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
-            if e.code == .notFound { return CatalogSnapshot() }
-            throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)")
+    /// The catalog file's bytes; nil for a store that never had a catalog. A missing file in a
+    /// store that holds metadata or policy objects is damage, like a truncated one: an empty
+    /// catalog would hide every backup, and the next change would write one that forgets them.
+    func readCatalogBytes() throws -> [UInt8]? {
+        do { return try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
+            guard e.code == .notFound else { throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)") }
+            if holdsCatalogObjects() {
+                throw StoreError(.badCatalog, path: path, "catalog.bin is missing but the store holds backups; run `hsmbackup store reindex`")
+            }
+            return nil
         }
+    }
+
+    public func load() throws -> CatalogSnapshot {
+        guard let bytes = try readCatalogBytes() else { return CatalogSnapshot() }
         do { return try CatalogSnapshot.parse(bytes) } catch {
-            throw StoreError(.badCatalog, path: path, "catalog does not parse (run reindex): \(error)")
+            throw StoreError(.badCatalog, path: path, "catalog does not parse (run `hsmbackup store reindex`): \(error)")
         }
     }
 
     public func list(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
         try query.validate()
-        let bytes: [UInt8]
-        do { bytes = try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
-            if e.code == .notFound { return [] }
-            throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)")
-        }
+        guard let bytes = try readCatalogBytes() else { return [] }
         do { return try CatalogSnapshot.query(bytes, query) } catch {
-            throw StoreError(.badCatalog, path: path, "catalog does not parse (run reindex): \(error)")
+            throw StoreError(.badCatalog, path: path, "catalog does not parse (run `hsmbackup store reindex`): \(error)")
         }
     }
 
+    /// One backup as its newest metadata says (see `current`).
     public func entry(_ backupId: String) throws -> BackupEntry {
         guard let e = try load().entries[backupId] else { throw StoreError(.notFound, key: backupId, "no such backup") }
+        return current(e)
+    }
+
+    /// `list`, each entry as its newest metadata says, and filtered again by state and cluster:
+    /// what `backup list` and `store ls` show. (A backup whose catalog state does not match the
+    /// query but whose newer metadata would is not added; `store fsck` brings the index up to date.)
+    public func listCurrent(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
+        try list(query).map(current).filter { e in
+            (query.states?.contains(e.state) ?? true) && (query.clusterId.map { $0 == e.clusterId } ?? true)
+        }
+    }
+
+    /// The entry with any metadata generations newer than it applied: a change killed between its
+    /// metadata and catalog writes leaves the catalog one generation behind, and the metadata is
+    /// the truth. One existence check per replica when nothing is newer; no lock (reads only).
+    public func current(_ entry: BackupEntry) -> BackupEntry {
+        var e = entry
+        while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)),
+              let newer = try? readMeta(e.backupId, e.generation + 1) {
+            e = newer
+        }
         return e
     }
 
@@ -367,6 +515,8 @@ public final class BackupCatalog {
     }
 
     /// Registers a new backup in `CREATE_IN_PROGRESS`; its archive goes to `entry.objectKey`.
+    /// The caller holds `writerLock(id)` until the entry is READY or rolled back, so that
+    /// `recover` can tell a live create from an abandoned one.
     public func create(_ new: NewBackup) throws -> BackupEntry {
         let id = new.backupId ?? ("backup-" + Hex.encode(SecureRandom.bytes(count: 8)))
         try ObjectKey.validateName(id, what: "backup id")
@@ -384,25 +534,49 @@ public final class BackupCatalog {
         return try insert(entry)
     }
 
+    /// Adds a new entry. A DELETED entry (a purged backup's tombstone) of the same id is replaced,
+    /// its generations continued; any other existing entry, or a leftover archive or metadata
+    /// object of the id, is `alreadyExists`.
     func insert(_ entry: BackupEntry) throws -> BackupEntry {
-        try mutate { s in
-            guard s.entries[entry.backupId] == nil, (try? store.stat(entry.objectKey)) == nil else {
-                throw StoreError(.alreadyExists, key: entry.backupId, "a backup with this id exists")
+        var e = entry
+        let old: BackupEntry? = try mutate { s in
+            let old = s.entries[e.backupId]
+            if let old {
+                guard old.state == .deleted else {
+                    throw StoreError(.alreadyExists, key: e.backupId, "a backup with this id exists (\(old.state.rawValue))")
+                }
+                guard old.generation < BackupEntry.maxGeneration else {
+                    throw StoreError(.limitExceeded, key: e.backupId, "the tombstone is at the last generation")
+                }
+                e.generation = old.generation + 1
             }
-            try writeMeta(entry)
-            s.entries[entry.backupId] = entry
-            return entry
+            guard !store.anyReplicaHolds(e.objectKey) else {
+                throw StoreError(.alreadyExists, key: e.backupId, "an archive object of this id exists (run `hsmbackup store fsck`)")
+            }
+            guard !store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation)) else {
+                throw StoreError(.alreadyExists, key: e.backupId, "a metadata object of this id exists without a catalog entry (run `hsmbackup store fsck`)")
+            }
+            try writeMeta(e)
+            s.entries[e.backupId] = e
+            return old
         }
+        if old != nil { dropOldMeta(e.backupId, before: e.generation) }
+        return e
     }
 
     /// Creates the entry, streams the archive into the store, and marks it ready. If the archive
-    /// cannot be stored, the entry goes to PENDING_DELETION (purge removes it) and the error is
-    /// rethrown.
+    /// cannot be stored, the entry and its objects are rolled back (as if it had never been
+    /// made) and the error is rethrown.
     public func add(_ new: NewBackup, archive: ObjectSource) throws -> (entry: BackupEntry, put: PutReport) {
-        let e = try create(new)
+        let id = new.backupId ?? ("backup-" + Hex.encode(SecureRandom.bytes(count: 8)))
+        var n = new
+        n.backupId = id
+        let writing = try writerLock(id)
+        defer { withExtendedLifetime(writing) {} }
+        let e = try create(n)
         let put: PutReport
         do { put = try store.put(e.objectKey, from: archive) } catch {
-            _ = try? delete(e.backupId)
+            _ = try? rollBack(e.backupId)
             throw error
         }
         return (try markReady(e.backupId), put)
@@ -425,16 +599,22 @@ public final class BackupCatalog {
     }
 
     /// Read-modify-write of one entry under the lock: writes a new metadata generation, then the
-    /// catalog, then drops the old generation.
+    /// catalog, then drops the old generation. A newer metadata generation than the catalog's (a
+    /// change killed between its metadata and catalog writes) is taken first: the metadata wins.
     @discardableResult
     public func update(_ backupId: String, _ body: (inout BackupEntry) throws -> Void) throws -> BackupEntry {
         let updated: BackupEntry = try mutate { s in
             guard var e = s.entries[backupId] else { throw StoreError(.notFound, key: backupId, "no such backup") }
+            e = try catchUp(e)
+            s.entries[backupId] = e
             let before = e
             try body(&e)
             guard e != before else { return e }
             precondition(e.backupId == before.backupId, "update may not change the backup id")
             try BackupEntry.validateTags(e.tags)
+            guard before.generation < BackupEntry.maxGeneration else {
+                throw StoreError(.limitExceeded, key: backupId, "generation \(before.generation) is the last one; the backup cannot change")
+            }
             e.generation = before.generation + 1
             e.updatedMillis = clock.nowMillis()
             try writeMeta(e)
@@ -443,6 +623,53 @@ public final class BackupCatalog {
         }
         dropOldMeta(backupId, before: updated.generation)
         return updated
+    }
+
+    /// The entry as its newest metadata generation says, when that is ahead of the catalog's:
+    /// one existence check per replica when nothing is ahead (the usual case). Under the lock.
+    func catchUp(_ entry: BackupEntry) throws -> BackupEntry {
+        var e = entry
+        while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)) {
+            do { e = try readMeta(e.backupId, e.generation + 1) } catch {
+                throw StoreError(.badCatalog, key: Self.metaKey(e.backupId, e.generation + 1),
+                                 "metadata newer than the catalog does not read (\(error)); run `hsmbackup store scrub --repair`, then `hsmbackup store reindex`")
+            }
+        }
+        return e
+    }
+
+    /// Removes a backup that never became READY, as if it had never been made: every archive
+    /// object, then the catalog entry, then every metadata object (a kill in between leaves
+    /// metadata of a CREATE_IN_PROGRESS backup, which `recover` rolls back again). Under the
+    /// catalog lock; the caller holds the backup's writer lock (shared or exclusive).
+    public func rollBack(_ backupId: String) throws { try rollBack(backupId, objects: nil) }
+
+    func rollBack(_ backupId: String, objects: Inventory?) throws {
+        let lock = try FileLock.acquire(lockPath)
+        defer { withExtendedLifetime(lock) {} }
+        var s = try load()
+        let entry = s.entries[backupId]
+        if let entry, entry.state != .createInProgress {
+            throw StoreError(.invalidState, key: backupId, "backup is \(entry.state.rawValue); only CREATE_IN_PROGRESS is rolled back")
+        }
+        var archives = objects?.archives[backupId] ?? []
+        var metas = objects?.metas[backupId] ?? []
+        if let entry {
+            archives.append(entry.objectKey)
+            metas += [entry.generation, entry.generation > 1 ? entry.generation - 1 : entry.generation]
+        }
+        var failed: [ReplicaFinding] = []
+        for key in Set(archives).sorted() {
+            do { failed += try store.delete(key).failed } catch let e as StoreError where e.code == .notFound {}
+        }
+        guard failed.isEmpty else {
+            throw StoreError(.ioError, key: backupId, "archive not removed from every replica; the rollback is retried by `store fsck`", findings: failed)
+        }
+        if entry != nil {
+            s.entries[backupId] = nil
+            try save(s)
+        }
+        for g in Set(metas).sorted(by: >) { _ = try? store.delete(Self.metaKey(backupId, g)) }
     }
 
     // MARK: reindex and check
@@ -455,40 +682,31 @@ public final class BackupCatalog {
         var report = ReindexReport()
         var s = CatalogSnapshot()
         if let old = try? load() { s.writeCount = old.writeCount }
-        var metas: [String: [(UInt64, String)]] = [:]
-        var archives: Set<String> = []
-        for key in try store.list(prefix: "backups/") {
-            let parts = key.split(separator: "/")
-            guard parts.count == 3 else { continue }
-            let id = String(parts[1])
-            // `archive`, or `archive-g<n>` once rewrapped (5.8).
-            if parts[2] == "archive" || parts[2].hasPrefix("archive-g") { archives.insert(id) }
-            if parts[2].hasPrefix("meta-"), let g = UInt64(parts[2].dropFirst(5), radix: 16) { metas[id, default: []].append((g, key)) }
-        }
-        for (id, gens) in metas {
-            for (_, key) in gens.sorted(by: { $0.0 > $1.0 }) {
+        let inv = try inventory()
+        for (id, gens) in inv.metas {
+            for g in gens.sorted(by: >) {
                 do {
-                    let e = try BackupEntry.parseMeta(try store.getAll(key, limit: 1 << 20))
-                    guard e.backupId == id else { report.unreadable.append(key); continue }
-                    s.entries[id] = e
+                    s.entries[id] = try readMeta(id, g)
                     break
                 } catch {
-                    report.unreadable.append(key)
+                    report.unreadable.append(Self.metaKey(id, g))
                 }
             }
         }
-        report.orphanArchives = archives.filter { metas[$0] == nil }.sorted()
-        var policyGens: [String: [(UInt64, String)]] = [:]
+        report.orphanArchives = inv.archives.keys.filter { inv.metas[$0] == nil }.sorted()
+        var policyGens: [String: [UInt64]] = [:]
         for key in try store.list(prefix: "clusters/") {
             let parts = key.split(separator: "/")
-            guard parts.count == 3, parts[2].hasPrefix("policy-"), let g = UInt64(parts[2].dropFirst(7), radix: 16) else { continue }
-            policyGens[String(parts[1]), default: []].append((g, key))
+            guard parts.count == 3, let g = Self.generation(parts[2], prefix: "policy-") else { continue }
+            policyGens[String(parts[1]), default: []].append(g)
         }
         for (cluster, gens) in policyGens {
-            for (_, key) in gens.sorted(by: { $0.0 > $1.0 }) {
+            for g in gens.sorted(by: >) {
+                let key = Self.policyKey(cluster, g)
                 do {
                     let p = try RetentionPolicy.parseObject(try store.getAll(key, limit: 1 << 16))
-                    if p.days != 0 && p.clusterId == cluster { s.policies[cluster] = p }
+                    guard p.clusterId == cluster, p.generation == g else { report.unreadable.append(key); continue }
+                    if p.days != 0 { s.policies[cluster] = p }
                     break
                 } catch {
                     report.unreadable.append(key)
@@ -502,56 +720,162 @@ public final class BackupCatalog {
         return report
     }
 
-    /// Compares the catalog with the objects; every disagreement is a finding (reindex fixes
-    /// catalog-side ones; archive-side ones need purge or scrub).
+    /// Compares the catalog with the objects; every disagreement is a finding. `recover` fixes
+    /// what a crash leaves; what remains needs `reindex` (catalog side) or is damage.
     public func check() throws -> [CatalogFinding] {
         var findings: [CatalogFinding] = []
         let s: CatalogSnapshot
         do { s = try load() } catch let e as StoreError {
             return [CatalogFinding(backupId: "", problem: .catalogDamaged, detail: e.reason)]
         }
-        var metas: [String: UInt64] = [:]
-        var archives: Set<String> = []
-        var archiveKeys: Set<String> = []
-        for key in try store.list(prefix: "backups/") {
-            let parts = key.split(separator: "/")
-            guard parts.count == 3 else { continue }
-            let id = String(parts[1])
-            // `archive`, or `archive-g<n>` once rewrapped (5.8).
-            if parts[2] == "archive" || parts[2].hasPrefix("archive-g") {
-                archives.insert(id)
-                archiveKeys.insert(key)
-            }
-            if parts[2].hasPrefix("meta-"), let g = UInt64(parts[2].dropFirst(5), radix: 16) { metas[id] = max(metas[id] ?? 0, g) }
-        }
+        let inv = try inventory()
         for id in s.entries.keys.sorted(by: BackupEntry.utf8Less) {
             let e = s.entries[id]!
-            if let g = metas[id] {
+            if let g = inv.highestMeta(id) {
                 if g != e.generation {
                     findings.append(CatalogFinding(backupId: id, problem: .staleEntry, detail: "catalog has generation \(e.generation), objects have \(g)"))
-                } else if (try? BackupEntry.parseMeta(try store.getAll(Self.metaKey(id, g), limit: 1 << 20))) != e {
+                } else if (try? readMeta(id, g)) != e {
                     findings.append(CatalogFinding(backupId: id, problem: .metadataUnreadable, detail: "metadata generation \(g) is unreadable or differs"))
                 }
             } else {
                 findings.append(CatalogFinding(backupId: id, problem: .metadataMissing, detail: "no metadata object"))
             }
-            let hasArchive = archives.contains(id)
+            let archives = inv.archives[id] ?? []
             // (PENDING_DELETION without an archive is normal: a create whose archive put failed.)
-            // READY needs the very object the entry names (a rewrapped entry names archive-g<n>).
-            if e.state == .ready && !archiveKeys.contains(e.objectKey) {
-                findings.append(CatalogFinding(backupId: id, problem: .archiveMissing, detail: "\(e.state.rawValue) but no archive object"))
+            if e.state == .ready && !archives.contains(e.objectKey) {
+                findings.append(CatalogFinding(backupId: id, problem: .archiveMissing, detail: "\(e.state.rawValue) but no archive object \(e.objectKey)"))
             }
-            if e.state == .deleted && hasArchive {
-                findings.append(CatalogFinding(backupId: id, problem: .archiveNotPurged, detail: "DELETED but the archive object remains"))
+            if e.state == .deleted && !archives.isEmpty {
+                findings.append(CatalogFinding(backupId: id, problem: .archiveNotPurged, detail: "DELETED but \(archives.sorted().joined(separator: ", ")) remains"))
+            } else {
+                for key in archives.sorted() where key != e.objectKey {
+                    findings.append(CatalogFinding(backupId: id, problem: .orphanArchive, detail: "\(key) is not the backup's archive (\(e.objectKey))"))
+                }
             }
         }
-        for id in metas.keys.sorted(by: BackupEntry.utf8Less) where s.entries[id] == nil {
+        for id in inv.metas.keys.sorted(by: BackupEntry.utf8Less) where s.entries[id] == nil {
             findings.append(CatalogFinding(backupId: id, problem: .notInCatalog, detail: "metadata object without a catalog entry"))
         }
-        for id in archives.sorted(by: BackupEntry.utf8Less) where metas[id] == nil {
+        for id in inv.archives.keys.sorted(by: BackupEntry.utf8Less) where inv.metas[id] == nil && s.entries[id] == nil {
             findings.append(CatalogFinding(backupId: id, problem: .orphanArchive, detail: "archive object without metadata"))
         }
         return findings
+    }
+
+    /// Scrub with the catalog's view of what may be healed: an archive object that is not the
+    /// current archive of a live (not DELETED) backup is never re-copied, so a purged backup or a
+    /// killed rewrap's leftover is not resurrected; `recover` removes such objects.
+    /// With the catalog unreadable, every object is healed as before (reindex, then fsck,
+    /// removes what no backup uses).
+    public func scrub(repair: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> ScrubReport {
+        guard let s = try? load() else { return try store.scrub(repair: repair, progress: progress) }
+        return try store.scrub(repair: repair, repairable: { key in
+            let parts = key.split(separator: "/")
+            guard parts.count == 3, parts[0] == "backups", Self.isArchiveName(parts[2]) else { return true }
+            guard let e = s.entries[String(parts[1])] else { return false }
+            return e.state != .deleted && e.objectKey == key
+        }, progress: progress)
+    }
+
+    // MARK: recovery (store fsck)
+
+    /// The default archive check of `recover`: some replica holds the whole object, every chunk
+    /// matching its record. Nil when it passes, else what is wrong.
+    public func storeLevelArchiveCheck(_ e: BackupEntry) -> String? {
+        let available = store.replicaPaths.indices.filter { store.replicaStatus($0) == nil }.count
+        let bad = store.verifyReplicas(e.objectKey).filter { $0.problem != .replicaUnavailable }
+        return bad.count < available ? nil : "no replica of \(e.objectKey) is whole: \(bad.map(\.description).joined(separator: "; "))"
+    }
+
+    /// Finishes what killed processes left (spec 5.8, "Recovery"); `store fsck` runs it before
+    /// `check`. Per backup, only while its writer lock can be taken exclusively (no live writer):
+    /// - metadata newer than the catalog (or not in it) wins: the catalog takes it;
+    /// - CREATE_IN_PROGRESS: if the archive object exists and `checkArchive` passes it (nil),
+    ///   the backup becomes READY; otherwise it is rolled back (archive, entry, metadata removed);
+    /// - archive objects that are not the entry's archive (all of them for DELETED) are removed.
+    /// Backups whose lock is held are reported `skipped` and left for the next run.
+    public func recover(checkArchive: ((BackupEntry) -> String?)? = nil) throws -> [RecoveryAction] {
+        let check = checkArchive ?? storeLevelArchiveCheck
+        let snapshot: CatalogSnapshot
+        do { snapshot = try load() } catch let e as StoreError where e.code == .badCatalog { return [] } // check() reports it
+        let inv = try inventory()
+        var ids = Set<String>()
+        for (id, e) in snapshot.entries where e.state == .createInProgress { ids.insert(id) }
+        for id in inv.metas.keys where snapshot.entries[id]?.generation != inv.highestMeta(id) { ids.insert(id) }
+        for (id, keys) in inv.archives {
+            guard let e = snapshot.entries[id] else { continue }
+            if keys.contains(where: { $0 != e.objectKey || e.state == .deleted }) { ids.insert(id) }
+        }
+        var actions: [RecoveryAction] = []
+        for id in ids.sorted(by: BackupEntry.utf8Less) {
+            guard let lock = try tryRecoveryLock(id) else {
+                actions.append(RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe; left for the next fsck"))
+                continue
+            }
+            defer { withExtendedLifetime(lock) {} }
+            // One backup that cannot be settled (a replica refuses a delete) does not stop the rest.
+            do { actions += try recoverOne(id, inv, check) } catch {
+                actions.append(RecoveryAction(backupId: id, action: .skipped, detail: "\(error)"))
+            }
+        }
+        return actions
+    }
+
+    /// `recover` for one backup (`copy` runs it before a retry): one walk over that backup's
+    /// objects. A `skipped` action means a live writer holds the backup's lock.
+    public func recoverBackup(_ id: String, checkArchive: ((BackupEntry) -> String?)? = nil) throws -> [RecoveryAction] {
+        guard let lock = try tryRecoveryLock(id) else {
+            return [RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe")]
+        }
+        defer { withExtendedLifetime(lock) {} }
+        return try recoverOne(id, try inventory(prefix: Self.backupPrefix(id)), checkArchive ?? storeLevelArchiveCheck)
+    }
+
+    private func recoverOne(_ id: String, _ inv: Inventory, _ check: (BackupEntry) -> String?) throws -> [RecoveryAction] {
+        var actions: [RecoveryAction] = []
+        // 1. The newest metadata that reads wins over an older (or absent) catalog entry.
+        let adopted: (BackupEntry, UInt64?)? = try mutate { s in
+            let current = s.entries[id]
+            for g in (inv.metas[id] ?? []).sorted(by: >) where g > (current?.generation ?? 0) {
+                guard let e = try? readMeta(id, g) else { continue }
+                s.entries[id] = e
+                return (e, current?.generation)
+            }
+            return nil
+        }
+        if let (e, old) = adopted {
+            actions.append(RecoveryAction(backupId: id, action: .adoptedMetadata,
+                                          detail: "catalog had \(old.map { "generation \($0)" } ?? "no entry"); metadata generation \(e.generation) (\(e.state.rawValue)) taken"))
+        }
+        guard var e = try load().entries[id] else { return actions }
+        // 2. An abandoned create: finish it when its archive is whole, else roll it back.
+        if e.state == .createInProgress {
+            let problem = store.anyReplicaHolds(e.objectKey) ? check(e) : "no archive object"
+            if problem == nil {
+                let key = e.objectKey
+                e = try update(id) { x in
+                    guard x.state == .createInProgress, x.objectKey == key else { return }
+                    x.state = .ready
+                    x.size = try store.stat(key).size
+                }
+                actions.append(RecoveryAction(backupId: id, action: e.state == .ready ? .finished : .skipped,
+                                              detail: "abandoned create: the archive is whole; now \(e.state.rawValue)"))
+            } else {
+                try rollBack(id, objects: inv)
+                actions.append(RecoveryAction(backupId: id, action: .rolledBack, detail: "abandoned create rolled back: \(problem ?? "")"))
+                return actions
+            }
+        }
+        // 3. Archive objects that are not the entry's (a killed rewrap, or purge): removed.
+        for key in (inv.archives[id] ?? []).sorted() where key != e.objectKey || e.state == .deleted {
+            do {
+                let d = try store.delete(key)
+                actions.append(RecoveryAction(backupId: id, action: d.failed.isEmpty ? .removedArchive : .skipped,
+                                              detail: d.failed.isEmpty ? "removed \(key) (not the backup's archive)"
+                                                  : "\(key) not removed from every replica: \(d.failed.map(\.description).joined(separator: "; "))"))
+            } catch let err as StoreError where err.code == .notFound {}
+        }
+        return actions
     }
 
     /// Removes temp files a crashed catalog writer left (under the lock, so no live writer's).

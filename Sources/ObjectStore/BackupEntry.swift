@@ -51,6 +51,10 @@ public struct BackupEntry: Codable, Equatable, Sendable {
     public static let maxTagKeyLength = 128
     public static let maxTagValueLength = 256
     public static let maxNameLength = 128
+    /// The highest generation a writer produces: an update of this generation is refused
+    /// (`limitExceeded`), so `generation + 1` (and an `archive-g<n>` name after it) never overflows.
+    /// A reader refuses anything higher (spec 5.8).
+    public static let maxGeneration = UInt64.max - 1
 
     public var backupId: String
     public var clusterId: String
@@ -181,7 +185,11 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         let created = try r.readUInt64("created")
         let updated = try r.readUInt64("updated")
         let size = try r.readUInt64("size")
+        let generationAt = r.offset
         let generation = try r.readUInt64("generation")
+        guard generation <= maxGeneration else {
+            throw ByteCodingError(.unexpectedValue, field: "generation", offset: generationAt, "generation \(generation) is past the last one a writer makes")
+        }
         let deleteRequested = flags & 2 != 0 ? try r.readUInt64("delete requested") : nil
         var copy: CopySource?
         if flags & 4 != 0 {
@@ -277,7 +285,12 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
         guard allowedDays.contains(days) || days == 0 else {
             throw ByteCodingError(.unexpectedValue, field: "retention days", offset: at, "\(days) is outside \(allowedDays)")
         }
-        return RetentionPolicy(clusterId: cluster, days: days, generation: try r.readUInt64("generation"))
+        let generationAt = r.offset
+        let generation = try r.readUInt64("generation")
+        guard generation <= BackupEntry.maxGeneration else {
+            throw ByteCodingError(.unexpectedValue, field: "generation", offset: generationAt, "generation \(generation) is past the last one a writer makes")
+        }
+        return RetentionPolicy(clusterId: cluster, days: days, generation: generation)
     }
 
     /// Policy objects: "HSMBPOLC" || version u16 || policy. Days 0 records a removed policy.

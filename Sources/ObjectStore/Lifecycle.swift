@@ -10,6 +10,17 @@ import Glibc
 import BackupCrypto
 import ByteCoding
 
+/// What `applyRetention` did: the backups it marked, and those it could not change.
+public struct RetentionReport: Codable, Sendable {
+    public struct Failure: Codable, Equatable, Sendable {
+        public let backupId: String
+        public let code: StoreError.Code
+        public let message: String
+    }
+    public var expired: [String] = []
+    public var failed: [Failure] = []
+}
+
 public struct PurgeReport: Codable, Sendable {
     public var purged: [String] = []
     /// Backups whose archive could not be removed from every replica; they stay pending.
@@ -39,15 +50,19 @@ extension BackupCatalog {
             guard RetentionRules.restorable(e, nowMillis: clock.nowMillis(), windowMillis: recoveryWindowMillis) else {
                 throw StoreError(.invalidState, key: backupId, "the recovery window has passed")
             }
-            guard (try? store.stat(e.objectKey)) != nil else {
+            guard let info = try? store.stat(e.objectKey) else {
                 throw StoreError(.invalidState, key: backupId, "the archive object is missing or unreadable; it cannot be READY")
             }
+            // The size comes from the archive's record (a deleted CREATE_IN_PROGRESS entry has none).
             e.state = .ready
+            e.size = info.size
             e.deleteRequestedMillis = nil
         }
     }
 
-    /// Removes the archives of backups pending deletion for longer than the recovery window.
+    /// Removes the archives of backups pending deletion for longer than the recovery window:
+    /// every archive object of the backup (`archive` and any `archive-g<n>` a rewrap left), not
+    /// only the one the entry names.
     @discardableResult
     public func purge() throws -> PurgeReport {
         var report = PurgeReport()
@@ -55,17 +70,20 @@ extension BackupCatalog {
         let due = try list(CatalogQuery(states: [.pendingDeletion])).filter {
             RetentionRules.purgeDue($0, nowMillis: now, windowMillis: recoveryWindowMillis)
         }
+        let inv = due.isEmpty ? Inventory() : try inventory()
         for candidate in due {
             do {
                 try update(candidate.backupId) { e in
                     // Re-checked under the lock: a concurrent restore wins.
                     guard RetentionRules.purgeDue(e, nowMillis: now, windowMillis: recoveryWindowMillis) else { return }
-                    do {
-                        let d = try store.delete(e.objectKey)
-                        if !d.failed.isEmpty {
-                            throw StoreError(.ioError, key: e.objectKey, "archive not removed from every replica", findings: d.failed)
-                        }
-                    } catch let err as StoreError where err.code == .notFound {}
+                    for key in Set((inv.archives[e.backupId] ?? []) + [e.objectKey]).sorted() {
+                        do {
+                            let d = try store.delete(key)
+                            if !d.failed.isEmpty {
+                                throw StoreError(.ioError, key: key, "archive not removed from every replica", findings: d.failed)
+                            }
+                        } catch let err as StoreError where err.code == .notFound {}
+                    }
                     e.state = .deleted
                 }
                 if try entry(candidate.backupId).state == .deleted { report.purged.append(candidate.backupId) }
@@ -95,7 +113,11 @@ extension BackupCatalog {
 
     private func writePolicy(_ clusterId: String, days: Int) throws {
         let generation: UInt64 = try mutate { s in
-            let g = (s.policies[clusterId]?.generation ?? latestPolicyGeneration(clusterId)) + 1
+            let last = s.policies[clusterId]?.generation ?? latestPolicyGeneration(clusterId)
+            guard last < BackupEntry.maxGeneration else {
+                throw StoreError(.limitExceeded, key: clusterId, "policy generation \(last) is the last one")
+            }
+            let g = last + 1
             let p = RetentionPolicy(clusterId: clusterId, days: days, generation: g)
             _ = try store.put(Self.policyKey(clusterId, g), bytes: try p.encodeObject())
             s.policies[clusterId] = days == 0 ? nil : p
@@ -106,13 +128,15 @@ extension BackupCatalog {
 
     private func latestPolicyGeneration(_ clusterId: String) -> UInt64 {
         let prefix = Self.policyPrefix(clusterId)
-        return ((try? store.list(prefix: prefix)) ?? []).compactMap { UInt64($0.dropFirst(prefix.count), radix: 16) }.max() ?? 0
+        return ((try? store.list(prefix: prefix)) ?? []).compactMap {
+            Self.generation($0.split(separator: "/").last ?? "", prefix: "policy-")
+        }.filter { $0 <= BackupEntry.maxGeneration }.max() ?? 0
     }
 
-    /// Marks expired backups `PENDING_DELETION` in one cluster (or every cluster with a policy);
-    /// returns their ids.
+    /// Marks expired backups `PENDING_DELETION` in one cluster (or every cluster with a policy).
+    /// A backup whose change fails is skipped and reported; the others are still marked.
     @discardableResult
-    public func applyRetention(clusterId: String? = nil) throws -> [String] {
+    public func applyRetention(clusterId: String? = nil) throws -> RetentionReport {
         let snapshot = try load()
         let now = clock.nowMillis()
         var expired: [String] = []
@@ -120,14 +144,20 @@ extension BackupCatalog {
             expired += RetentionRules.expired(snapshot.entries.values, policy: policy, nowMillis: now)
         }
         expired.sort(by: BackupEntry.utf8Less)
+        var report = RetentionReport()
         for id in expired {
-            try update(id) { e in
-                guard e.state == .ready, !e.neverExpires else { return }
-                e.state = .pendingDeletion
-                e.deleteRequestedMillis = now
+            do {
+                try update(id) { e in
+                    guard e.state == .ready, !e.neverExpires else { return }
+                    e.state = .pendingDeletion
+                    e.deleteRequestedMillis = now
+                }
+                report.expired.append(id)
+            } catch let err as StoreError {
+                report.failed.append(RetentionReport.Failure(backupId: id, code: err.code, message: err.description))
             }
         }
-        return expired
+        return report
     }
 
     // MARK: tags and flags
@@ -162,20 +192,39 @@ extension BackupCatalog {
         let cluster = destinationCluster ?? source.clusterId
         try ObjectKey.validateName(id, what: "backup id")
         try ObjectKey.validateName(cluster, what: "cluster id")
+        let sourceInfo = try store.stat(source.objectKey)
+        let sourceStore = store.config.storeIdHex
+        // A retry: an earlier attempt that was killed (no live writer) is finished when its
+        // archive is the source's, bytes for bytes, or rolled back; a DELETED copy is replaced.
+        let recovered = try destination.recoverBackup(id) { e in
+            guard e.copySource?.sourceStore == sourceStore, e.copySource?.sourceBackupId == backupId,
+                  (try? destination.store.stat(e.objectKey).sha256) == sourceInfo.sha256 else { return "not this backup's archive" }
+            return destination.storeLevelArchiveCheck(e)
+        }
+        if recovered.contains(where: { $0.action == .skipped }) {
+            throw StoreError(.alreadyExists, key: id, "another copy or create of this backup id is in progress in the destination")
+        }
+        if let existing = try destination.load().entries[id], existing.state == .ready,
+           existing.copySource?.sourceStore == sourceStore, existing.copySource?.sourceBackupId == backupId,
+           (try? destination.store.stat(existing.objectKey).sha256) == sourceInfo.sha256 {
+            return existing // copied before (this is a retry): nothing left to do
+        }
         let now = destination.clock.nowMillis()
         let copy = BackupEntry(backupId: id, clusterId: cluster, hsmId: source.hsmId, manufacturer: source.manufacturer,
                                state: .createInProgress, createdMillis: source.createdMillis, updatedMillis: now,
                                size: 0, tags: source.tags, neverExpires: source.neverExpires,
-                               copySource: CopySource(sourceStore: store.config.storeIdHex, sourceBackupId: backupId,
+                               copySource: CopySource(sourceStore: sourceStore, sourceBackupId: backupId,
                                                       sourceCluster: source.clusterId, copiedMillis: now),
                                objectKey: Self.archiveKey(id))
-        _ = try destination.insert(copy)
+        let writing = try destination.writerLock(id)
+        defer { withExtendedLifetime(writing) {} }
+        let inserted = try destination.insert(copy)
         let put: PutReport
         do {
             let reader = try store.get(source.objectKey)
-            put = try destination.store.put(copy.objectKey, from: ReaderSource(reader))
+            put = try destination.store.put(inserted.objectKey, from: ReaderSource(reader))
         } catch {
-            _ = try? destination.delete(id) // a failed copy leaves no READY-looking entry behind
+            _ = try? destination.rollBack(id) // a failed copy leaves nothing behind, so it can be retried
             throw error
         }
         return try destination.markReady(id, size: put.info.size)

@@ -21,6 +21,7 @@ public final class LocalObjectStore: ObjectStorage {
     public static let objectsDir = "objects"
     public static let tempDirName = "tmp"
     public static let locksDir = "locks"
+    static let initLockName = "init.lock"
 
     // MARK: creating and opening
 
@@ -48,6 +49,13 @@ public final class LocalObjectStore: ObjectStorage {
         }
         try fileOp(root) { try AtomicFile.makeDirectory(root) }
         try fileOp(root + "/" + locksDir) { try AtomicFile.makeDirectory(root + "/" + locksDir) }
+        // Two inits at once: the second waits here, then finds the first one's configuration, so
+        // no replica ever gets the loser's marker (spec 5.1).
+        let initLock = try FileLock.acquire(root + "/" + locksDir + "/" + initLockName)
+        defer { withExtendedLifetime(initLock) {} }
+        guard access(confPath, F_OK) != 0 else {
+            throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
+        }
         for (i, p) in paths.enumerated() {
             try initReplica(resolve(p, root: root), index: i, storeId: config.storeId)
         }
@@ -244,6 +252,25 @@ public final class LocalObjectStore: ObjectStorage {
             }
         }
         return keys.sorted()
+    }
+
+    /// Whether any object key satisfies `match`; stops at the first one (the catalog asks this
+    /// only when its file is missing).
+    func hasObject(where match: (String) -> Bool) -> Bool {
+        for i in replicaPaths.indices where replicaProblem(i) == nil {
+            let objects = replicaPaths[i] + "/" + Self.objectsDir
+            for dir in Self.directoryEntries(objects) where dir.utf8.count == 2 {
+                for name in Self.directoryEntries(objects + "/" + dir) where !name.hasPrefix(".") {
+                    if let key = ObjectKey.key(fromFileName: name), Self.fanOut(key) == dir, match(key) { return true }
+                }
+            }
+        }
+        return false
+    }
+
+    /// Whether any replica has a file for `key` (no record check: what a put's step 1 sees).
+    func anyReplicaHolds(_ key: String) -> Bool {
+        replicaPaths.indices.contains { replicaProblem($0) == nil && access(objectPath($0, key), F_OK) == 0 }
     }
 
     public func delete(_ key: String) throws -> DeleteReport {

@@ -37,7 +37,8 @@ enum OSError {
 }
 
 /// An advisory lock (flock) on a lock file, released when the value is dropped or the process
-/// dies. Locks order: catalog lock, then stripe locks; never the other way.
+/// dies. Locks order: a backup's writer lock, then the catalog lock, then stripe locks; never the
+/// other way (spec 5.8).
 final class FileLock {
     private let fd: Int32
 

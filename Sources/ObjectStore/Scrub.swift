@@ -21,6 +21,8 @@ public struct ScrubReport: Codable, Sendable {
     public var findings: [ObjectFinding] = []
     public var unrecoverableKeys: [String] = []
     public var repairFailures: [ObjectFinding] = []
+    /// Bad objects not repaired because `repairable` refused them (leftovers `store fsck` removes).
+    public var notRepaired: [String] = []
 
     public var isClean: Bool { corrupt == 0 && missing == 0 && unrecoverable == 0 && unavailableReplicas.isEmpty }
 }
@@ -38,9 +40,13 @@ public struct StoreFsckReport: Codable, Sendable {
 
 extension LocalObjectStore {
     /// Verifies every replica of every object, one chunk in memory at a time. With `repair`,
-    /// re-creates missing replica directories and rewrites bad replicas from a good one.
+    /// re-creates missing replica directories and rewrites bad replicas from a good one, except
+    /// for keys `repairable` refuses (the catalog's leftovers: they are removed, not healed).
+    /// An object that looks bad is checked again under its stripe lock, so one deleted or
+    /// replaced by a committed change while the scrub ran is not reported as damage.
     /// `progress(done, total)` is called after each object.
-    public func scrub(repair: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> ScrubReport {
+    public func scrub(repair: Bool = false, repairable: ((String) -> Bool)? = nil,
+                      progress: ((Int, Int) -> Void)? = nil) throws -> ScrubReport {
         var report = ScrubReport()
         for i in replicaPaths.indices {
             guard let problem = replicaProblem(i) else { continue }
@@ -57,14 +63,20 @@ extension LocalObjectStore {
         }
         let keys = try list(prefix: "")
         for (n, key) in keys.enumerated() {
-            report.objects += 1
-            var set = openReplicas(key)
-            var bad = set.findings
-            if let ref = set.reference {
-                for f in set.good {
-                    if let finding = verify(f, against: ref.record) { bad.append(finding) }
+            var (set, bad) = examine(key)
+            if bad.contains(where: { $0.problem != .replicaUnavailable }) {
+                // Seen without a lock: a delete may have been half done. Under the lock no put or
+                // delete of this key is in flight; a key gone from every replica was deleted.
+                let lock = try FileLock.acquire(stripeLockPath(fanOut: Self.fanOut(key)))
+                set = ReplicaSet()
+                (set, bad) = examine(key)
+                withExtendedLifetime(lock) {}
+                if set.good.isEmpty && bad.allSatisfy({ $0.problem == .missing || $0.problem == .replicaUnavailable }) {
+                    progress?(n + 1, keys.count)
+                    continue
                 }
             }
+            report.objects += 1
             let badReplicas = Set(bad.map(\.replica))
             set.good.removeAll { badReplicas.contains($0.replica) }
             let checked = replicaPaths.indices.filter { i in !bad.contains { $0.replica == i && $0.problem == .replicaUnavailable } }
@@ -77,6 +89,8 @@ extension LocalObjectStore {
             if set.good.isEmpty {
                 report.unrecoverable += 1
                 report.unrecoverableKeys.append(key)
+            } else if repair, !(repairable?(key) ?? true) {
+                report.notRepaired.append(key)
             } else if repair {
                 set = ReplicaSet() // close files before rewriting
                 for target in badReplicas.sorted() where !bad.contains(where: { $0.replica == target && $0.problem == .replicaUnavailable }) {
@@ -93,6 +107,18 @@ extension LocalObjectStore {
             progress?(n + 1, keys.count)
         }
         return report
+    }
+
+    /// Every replica of `key` opened and streamed through its digests: the good set, and every finding.
+    private func examine(_ key: String) -> (ReplicaSet, [ReplicaFinding]) {
+        let set = openReplicas(key)
+        var bad = set.findings
+        if let ref = set.reference {
+            for f in set.good {
+                if let finding = verify(f, against: ref.record) { bad.append(finding) }
+            }
+        }
+        return (set, bad)
     }
 
     /// Checks every replica of one object against its checksum record, without repairing:

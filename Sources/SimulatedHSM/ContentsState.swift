@@ -72,12 +72,10 @@ public struct ContentsState: Sendable, Equatable {
         let c = bundle.counts
         let state = ContentsState(policies: UInt32(c.policies), users: UInt32(c.users), keys: UInt32(c.keys),
                                   payloadBytes: UInt64(tar.count))
-        do {
-            let w = try AtomicFile.Writer(path: path)
-            try w.append(state.prefix)
-            try w.append(tar)
-            try w.commit()
-        } catch let e as FileError { throw HSMError.file(e) }
+        let w = try ContentsWriter(path: path)
+        try w.append(state.prefix)
+        try w.append(tar)
+        try w.commit()
         return state
     }
 

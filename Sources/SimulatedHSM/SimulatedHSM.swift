@@ -93,6 +93,8 @@ public final class SimulatedHSM {
             }
             akbk = k
         }
+        // A restore killed mid-way left its temp (the plaintext payload tar): gone on the next open.
+        ContentsWriter.removeStaleTemps(in: directory, fileName: contentsFile)
         let statePath = directory + "/" + contentsFile
         let legacyPath = directory + "/" + legacyContentsFile
         if !FileManager.default.fileExists(atPath: statePath), FileManager.default.fileExists(atPath: legacyPath) {
@@ -219,7 +221,7 @@ public final class RestoreSession {
     private let dryRun: Bool
     private var opener: InnerBlobOpener!
     private var payload: PayloadReader?
-    private var output: AtomicFile.Writer?
+    private var output: ContentsWriter?
     private let checker = ContentChecker(keep: false)
     /// Objects waiting to be checked, a batch at a time, on the workers of `checks`: decoding
     /// every object's JSON is most of a restore's work, and objects are independent.
@@ -260,11 +262,9 @@ public final class RestoreSession {
         guard !dryRun else { return }
         let state = ContentsState(policies: h.payload.policyCount, users: h.payload.userCount, keys: h.payload.keyCount,
                                   payloadBytes: h.payload.payloadBytes)
-        do {
-            let w = try AtomicFile.Writer(path: hsm.directory + "/" + SimulatedHSM.contentsFile)
-            try w.append(state.prefix)
-            output = w
-        } catch let e as FileError { throw HSMError.file(e) }
+        let w = try ContentsWriter(path: hsm.directory + "/" + SimulatedHSM.contentsFile)
+        try w.append(state.prefix)
+        output = w
     }
 
     public func feed(_ bytes: [UInt8]) throws {
@@ -283,7 +283,7 @@ public final class RestoreSession {
             try submitChecks()
             try checks.drain { try self.deliverChecks($0) }
             if let output {
-                do { try output.commit() } catch let e as FileError { throw HSMError.file(e) }
+                try output.commit()
                 self.output = nil
                 hsm.committed(ContentsState(policies: header.payload.policyCount, users: header.payload.userCount,
                                             keys: header.payload.keyCount, payloadBytes: header.payload.payloadBytes))

@@ -37,7 +37,7 @@ func say(_ s: String) {
 
 let args = CommandLine.arguments
 guard args.count >= 3 else {
-    FileHandle.standardError.write(Data("usage: StoreCrashHelper put-loop|catalog-add|tag|bench-catalog ROOT ...\n".utf8))
+    FileHandle.standardError.write(Data("usage: StoreCrashHelper put-loop|put-one|catalog-add|add-big|copy|init|tag|bench-catalog|bench-io ROOT ...\n".utf8))
     exit(64)
 }
 do {
@@ -68,6 +68,25 @@ do {
                                                    hsmId: "hsm-1", manufacturer: "sim"),
                                          archive: BytesSource(pattern(1000 + i, seed: UInt64(i))))
             say("added \(e.backupId)")
+        }
+    case "add-big": // ROOT PREFIX COUNT SIZE: like catalog-add with SIZE-byte archives (to be killed mid-way)
+        let catalog = try BackupCatalog(store: try LocalObjectStore(root: root))
+        say("ready")
+        for i in 0..<Int(args[4])! {
+            let (e, _) = try catalog.add(NewBackup(backupId: args[3] + String(i), clusterId: "cluster-\(i % 3)",
+                                                   hsmId: "hsm-1", manufacturer: "sim"),
+                                         archive: PatternSource(Int(args[5])!, seed: UInt64(i)))
+            say("added \(e.backupId)")
+        }
+    case "copy": // SOURCE_ROOT BACKUP DEST_ROOT: copies the backup under its own id
+        let source = try BackupCatalog(store: try LocalObjectStore(root: root))
+        let destination = try BackupCatalog(store: try LocalObjectStore(root: args[4]))
+        say("ready")
+        _ = try source.copy(args[3], to: destination, newBackupId: args[3])
+        say("copied")
+    case "init": // ROOT: exits 0 when it made the store, 4 when one was there
+        do { try LocalObjectStore.create(at: root) } catch let e as StoreError where e.code == .alreadyInitialized {
+            exit(4)
         }
     case "tag": // ROOT BACKUP PREFIX COUNT: adds COUNT tags, one read-modify-write each
         let catalog = try BackupCatalog(store: try LocalObjectStore(root: root))

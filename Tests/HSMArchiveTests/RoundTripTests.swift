@@ -96,6 +96,30 @@ final class RoundTripTests: XCTestCase {
         }
     }
 
+    /// Issue 14 item 6: a restore's new contents file (the plaintext payload tar) has no name
+    /// while it is written, so a kill leaves nothing; a named leftover (an older writer's) is
+    /// removed on the next open, but never while a restore of that HSM is live.
+    func testRestoreTempIsUnnamedAndLeftoversGoOnTheNextOpen() throws {
+        let source = try Fixture.makeHSM(1)
+        try source.populate(keys: 30, users: 2, seed: 5, options: .deterministic)
+        let blob = try source.backup(chunkSize: InnerFormat.minimumChunkSize)
+        let target = try Fixture.makeHSM(2)
+        let before = Fixture.snapshot(target.directory)
+        let leftover = ".contents.state.tmp-0badc0de"
+        FileManager.default.createFile(atPath: target.directory + "/" + leftover, contents: Data([1, 2, 3]))
+        func temps() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: target.directory).filter { $0.contains(".tmp-") } }
+        var session: RestoreSession? = try target.beginRestore(dryRun: false)
+        try session?.feed(Array(blob.prefix(blob.count / 2)))
+        _ = try SimulatedHSM.open(at: target.directory)
+        XCTAssertEqual(try temps(), [leftover], "the live restore's file has no name, and the leftover waits for its lock")
+        session = nil
+        _ = try SimulatedHSM.open(at: target.directory)
+        XCTAssertEqual(try temps(), [])
+        XCTAssertEqual(Fixture.snapshot(target.directory), before, "the aborted restore changed nothing")
+        XCTAssertEqual(try target.restore(blob, dryRun: false).keys, 30)
+        XCTAssertEqual(try temps(), [])
+    }
+
     func testBackupNeedsOperatorKey() throws {
         let hsm = try Fixture.makeHSM(akbk: nil)
         assertCode(["operatorKeyMissing"]) { try hsm.backup() }

@@ -133,15 +133,15 @@ final class CatalogTests: XCTestCase {
         clock.advance(days: 5)
         try add(c, "old2")
         clock.advance(days: 6) // old1, keep: 11 days; old2: 6 days
-        XCTAssertEqual(try c.applyRetention(), ["old1"])
+        XCTAssertEqual(try c.applyRetention().expired, ["old1"])
         clock.advance(days: 30) // everything is old now; old2 is the newest READY backup of cluster-a
-        XCTAssertEqual(try c.applyRetention(clusterId: "cluster-a"), [])
+        XCTAssertEqual(try c.applyRetention(clusterId: "cluster-a").expired, [])
         XCTAssertEqual(try c.entry("old1").state, .pendingDeletion)
         XCTAssertEqual(try c.entry("old2").state, .ready)
         XCTAssertEqual(try c.entry("keep").state, .ready)
         XCTAssertEqual(try c.entry("other").state, .ready, "cluster-b has no policy")
         try c.setNeverExpires("keep", false)
-        XCTAssertEqual(try c.applyRetention(), ["keep"])
+        XCTAssertEqual(try c.applyRetention().expired, ["keep"])
         try c.removeRetention("cluster-a")
         XCTAssertNil(try c.retention("cluster-a"))
     }
@@ -209,9 +209,11 @@ final class CatalogTests: XCTestCase {
         after.writeCount = before.writeCount
         XCTAssertEqual(after, before)
         XCTAssertTrue(try c.check().isEmpty)
-        // A lost catalog too.
+        // A lost catalog too: damage (not an empty store), named as such until reindex.
         try FileManager.default.removeItem(atPath: c.path)
-        XCTAssertEqual(try c.list(), [])
+        XCTAssertStoreError(.badCatalog, try c.list()) { XCTAssertTrue($0.reason.contains("store reindex"), $0.description) }
+        XCTAssertStoreError(.badCatalog, try c.create(NewBackup(backupId: "b10", clusterId: "cluster-0", hsmId: "h", manufacturer: "sim")))
+        XCTAssertEqual(try c.check().map(\.problem), [.catalogDamaged])
         try c.reindex()
         XCTAssertEqual(try c.load().entries, before.entries)
         XCTAssertTrue(try c.removeStaleTemps().isEmpty)
@@ -275,11 +277,11 @@ final class CatalogTests: XCTestCase {
         faults.set(.write, replica: 0, errno: ENOSPC, pathContains: "archive")
         faults.set(.write, replica: 1, errno: ENOSPC, pathContains: "archive")
         XCTAssertStoreError(.quorumNotReached, try self.add(c, "b1"))
-        XCTAssertEqual(try c.entry("b1").state, .pendingDeletion)
-        XCTAssertStoreError(.invalidState, try c.restore("b1")) // no archive: it cannot become READY
+        // Rolled back: no entry, no archive, no metadata object (nothing for purge to wait for).
+        XCTAssertStoreError(.notFound, try c.entry("b1"))
+        XCTAssertEqual(try c.store.list(prefix: "backups/b1/"), [])
         faults.clear()
-        clock.advance(days: 7)
-        XCTAssertEqual(try c.purge().purged, ["b1"])
         XCTAssertEqual(try c.check(), [])
+        XCTAssertEqual(try self.add(c, "b1").state, .ready, "the id can be used again")
     }
 }

@@ -143,4 +143,110 @@ final class ProcessTests: XCTestCase {
         XCTAssertTrue(scrub.isClean, "no replica holds a loser's bytes: \(scrub.findings)")
         XCTAssertEqual(tempFiles(under: root), [])
     }
+
+    /// Reads the child's stdout until `marker` appears (or it ends).
+    func waitFor(_ marker: String, _ out: Pipe) -> String {
+        var said = Data()
+        while !String(decoding: said, as: UTF8.self).contains(marker) {
+            let d = out.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            said += d
+        }
+        return String(decoding: said, as: UTF8.self)
+    }
+
+    /// Issue 14 item 1: `add` killed at random moments (mid-put, between put and READY, in the
+    /// catalog writes). One recovery leaves no CREATE_IN_PROGRESS entry, a clean check, and every
+    /// READY backup whole; a second recovery has nothing to do.
+    func testKilledCreatesAreFinishedOrRolledBackByOneRecovery() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        try LocalObjectStore.create(at: root)
+        var outcomes: [RecoveryAction.Action: Int] = [:]
+        for round in 0..<20 {
+            let out = Pipe()
+            let p = try spawn(["add-big", root, "r\(round)-", "3", "2500000"], stdout: out)
+            _ = waitFor("ready", out)
+            usleep(UInt32.random(in: 0...120_000))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let catalog = try BackupCatalog(store: try LocalObjectStore(root: root))
+            for a in try catalog.recover() { outcomes[a.action, default: 0] += 1 }
+            XCTAssertEqual(try catalog.list(CatalogQuery(states: [.createInProgress])), [], "round \(round)")
+            XCTAssertEqual(try catalog.check(), [], "round \(round)")
+            XCTAssertEqual(try catalog.recover(), [], "round \(round): a second recovery has nothing to do")
+        }
+        print("killed creates: recovery did \(outcomes)")
+        let catalog = try BackupCatalog(store: try LocalObjectStore(root: root))
+        for e in try catalog.list() {
+            XCTAssertEqual(e.state, .ready)
+            let i = Int(e.backupId.split(separator: "-").last!)!
+            XCTAssertEqual(try catalog.store.getAll(e.objectKey, limit: 4 << 20), pattern(2_500_000, seed: UInt64(i)), e.backupId)
+        }
+        XCTAssertEqual(tempFiles(under: root), [])
+    }
+
+    /// Issue 14 item 2: `copy` killed at random moments; the retry succeeds and the destination
+    /// is clean (before: CREATE_IN_PROGRESS for good and `alreadyExists` on every retry).
+    func testKilledCopyIsRetryable() throws {
+        let s = Scratch()
+        let source = try BackupCatalog(store: try LocalObjectStore.create(at: s.path + "/a"))
+        let bytes = pattern(6_000_000, seed: 5)
+        try source.add(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"), archive: BytesSource(bytes))
+        for round in 0..<8 {
+            let dest = s.path + "/d\(round)"
+            try LocalObjectStore.create(at: dest)
+            let out = Pipe()
+            let p = try spawn(["copy", s.path + "/a", "b1", dest], stdout: out)
+            _ = waitFor("ready", out)
+            usleep(UInt32.random(in: 0...150_000))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let d = try BackupCatalog(store: try LocalObjectStore(root: dest))
+            let copy = try source.copy("b1", to: d, newBackupId: "b1")
+            XCTAssertEqual(copy.state, .ready, "round \(round)")
+            XCTAssertEqual(try d.store.getAll(copy.objectKey, limit: 8 << 20), bytes, "round \(round)")
+            XCTAssertEqual(try d.check(), [], "round \(round)")
+            XCTAssertEqual(try d.recover(), [], "round \(round)")
+        }
+    }
+
+    /// Issue 14 item 7: concurrent `init`s of one root: one makes the store, the others are
+    /// `alreadyInitialized`, and every replica carries the winner's marker.
+    func testConcurrentInitsOneWins() throws {
+        for round in 0..<4 {
+            let s = Scratch()
+            let root = s.path + "/store"
+            let procs = try (0..<6).map { _ in try spawn(["init", root]) }
+            for p in procs { p.waitUntilExit() }
+            let codes = procs.map(\.terminationStatus)
+            XCTAssertEqual(codes.filter { $0 == 0 }.count, 1, "round \(round): \(codes)")
+            XCTAssertEqual(codes.filter { $0 == 4 }.count, 5, "round \(round): \(codes)")
+            let store = try LocalObjectStore(root: root)
+            XCTAssertEqual(store.replicaPaths.indices.compactMap { store.replicaStatus($0) }, [], "round \(round)")
+        }
+    }
+
+    /// Issue 14 item 8: scrub --repair while another process tags a backup in a loop (each tag
+    /// replaces its metadata object): no damage is reported.
+    func testScrubDuringCommittedChangesIsNotDamage() throws {
+        let s = Scratch()
+        let root = s.path + "/store"
+        let catalog = try BackupCatalog(store: try LocalObjectStore.create(at: root))
+        try catalog.add(NewBackup(backupId: "busy", clusterId: "c", hsmId: "h", manufacturer: "sim"), archive: BytesSource([1, 2, 3]))
+        let p = try spawn(["tag", root, "busy", "t-", "40"])
+        var scrubs = 0
+        while p.isRunning || scrubs == 0 {
+            let r = try catalog.scrub(repair: true)
+            XCTAssertEqual(r.missing, 0, "\(r.findings)")
+            XCTAssertEqual(r.corrupt, 0, "\(r.findings)")
+            XCTAssertEqual(r.unrecoverable, 0, "\(r.unrecoverableKeys)")
+            scrubs += 1
+        }
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(try catalog.entry("busy").tags.count, 40)
+        XCTAssertEqual(try catalog.check(), [])
+        print("scrubs during tags: \(scrubs)")
+    }
 }

@@ -328,9 +328,13 @@ struct RetentionApply: ParsableCommand {
     @Flag(help: "Machine-readable output.") var json = false
     func run() throws {
         try runMapped {
-            let ids = try ArchiveRef.service().applyRetention(cluster: cluster)
-            if json { try JSONOutput.print(ids); return }
-            try Out.line("marked \(ids.count) backup(s) for deletion\(ids.isEmpty ? "" : ": " + ids.joined(separator: ", "))")
+            let r = try ArchiveRef.service().applyRetention(cluster: cluster)
+            if json { try JSONOutput.print(r) } else {
+                try Out.line("marked \(r.expired.count) backup(s) for deletion\(r.expired.isEmpty ? "" : ": " + r.expired.joined(separator: ", "))")
+                for f in r.failed { try Out.line("  skipped \(f.backupId): \(f.message)") }
+            }
+            // One bad entry does not stop the others; it still makes the command fail.
+            if let f = r.failed.first { throw ExitCode(StoreError(f.code, key: f.backupId, f.message).cliExit.rawValue) }
         }
     }
 }

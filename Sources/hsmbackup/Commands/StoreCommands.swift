@@ -179,7 +179,7 @@ struct StoreList: ParsableCommand {
                 if output.json { try JSONOutput.print(keys) } else { try keys.forEach { try StoreCLI.say($0) } }
                 return
             }
-            try StoreCLI.printBackups(try BackupCatalog(store: store).list(try queryOptions.query()), json: output.json)
+            try StoreCLI.printBackups(try BackupCatalog(store: store).listCurrent(try queryOptions.query()), json: output.json)
         }
     }
 }
@@ -264,7 +264,8 @@ struct StoreScrub: ParsableCommand {
             let store = try StoreCLI.open()
             // Progress only on a terminal, redrawn at most ten times a second.
             var lastDraw = Date.distantPast
-            let report = try store.scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
+            // Through the catalog: leftovers of deleted backups and killed rewraps are not healed.
+            let report = try BackupCatalog(store: store).scrub(repair: repair, progress: Terminal.stderrIsTTY ? { done, total in
                 guard done == total || Date().timeIntervalSince(lastDraw) >= 0.1 else { return }
                 lastDraw = Date()
                 Err.raw("\rscrub: \(done)/\(total) objects")
@@ -276,6 +277,7 @@ struct StoreScrub: ParsableCommand {
                 for i in report.recreatedReplicas { try StoreCLI.say("re-created replica \(i)") }
                 for f in report.findings { try StoreCLI.say("\(f.key): \(f.finding)") }
                 for f in report.repairFailures { try StoreCLI.say("repair failed: \(f.key): \(f.finding)") }
+                for k in report.notRepaired { try StoreCLI.say("not repaired: \(k): no backup uses it (`store fsck` removes it)") }
             }
             let remaining = report.unrecoverable > 0 || !report.repairFailures.isEmpty || !report.unavailableReplicas.isEmpty
                 || (!repair && (report.corrupt > 0 || report.missing > 0))
@@ -287,13 +289,16 @@ struct StoreScrub: ParsableCommand {
 struct StoreFsckResult: Encodable {
     let tempsRemoved: [String]
     let unavailableReplicas: [ReplicaFinding]
+    /// What recovery did (abandoned creates finished or rolled back, newer metadata taken,
+    /// leftover archives removed), before the catalog was checked.
+    let recovered: [RecoveryAction]
     let catalog: [CatalogFinding]
 }
 
 struct StoreFsck: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
-        discussion: "Exits 65 when the catalog disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
+        discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
 
     @OptionGroup var output: StoreJSONOption
 
@@ -302,11 +307,14 @@ struct StoreFsck: ParsableCommand {
             let store = try StoreCLI.open(removeStaleTemps: false)
             let catalog = try BackupCatalog(store: store)
             let fsck = store.fsck()
-            let result = StoreFsckResult(tempsRemoved: fsck.tempsRemoved + (try catalog.removeStaleTemps()),
-                                         unavailableReplicas: fsck.unavailableReplicas, catalog: try catalog.check())
+            let temps = fsck.tempsRemoved + (try catalog.removeStaleTemps())
+            let recovered = try BackupService(catalog: catalog).recover()
+            let result = StoreFsckResult(tempsRemoved: temps, unavailableReplicas: fsck.unavailableReplicas,
+                                         recovered: recovered, catalog: try catalog.check())
             if output.json { try JSONOutput.print(result) } else {
                 try StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
                 for t in result.tempsRemoved { try StoreCLI.say("  \(t)") }
+                for a in result.recovered { try StoreCLI.say("recovered: \(a.backupId): \(a.action.rawValue): \(a.detail)") }
                 for f in result.unavailableReplicas { try StoreCLI.say("unavailable: \(f)") }
                 for f in result.catalog { try StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
                 if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { try StoreCLI.say("catalog and objects agree") }
