@@ -112,8 +112,9 @@ final class ContentsFile {
 
     init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw HSMError.file(FileError(errno: errno, operation: "open", path: path)) }
+        // A FIFO or device in the contents file's place is refused, never waited on (issue 14).
+        let fd: Int32
+        do { fd = try AtomicFile.openRegularFile(path) } catch let e as FileError { throw HSMError.file(e) }
         self.fd = fd
         var prefix = [UInt8](repeating: 0, count: ContentsState.prefixByteCount)
         let n = prefix.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }

@@ -172,3 +172,15 @@ extension RoundTripTests {
         }
     }
 }
+
+extension RoundTripTests {
+    /// A FIFO in the contents file's place is refused when the HSM is opened, never waited on
+    /// (issue 14 item 12; the open would block for a writer that never comes).
+    func testAFIFOInPlaceOfTheContentsFileIsRefusedNotWaitedOn() throws {
+        let hsm = try Fixture.makeHSM()
+        let path = hsm.directory + "/" + SimulatedHSM.contentsFile
+        try FileManager.default.removeItem(atPath: path)
+        XCTAssertEqual(mkfifo(path, 0o600), 0)
+        assertCode(["io"]) { try SimulatedHSM.open(at: hsm.directory) }
+    }
+}
