@@ -102,11 +102,11 @@ public final class BackupService {
     /// another replica and repairing the bad one).
     public func openArchive(_ entry: BackupEntry) throws -> ByteSource { ReaderSource(try openReader(entry)) }
 
-    private func openReader(_ entry: BackupEntry) throws -> ObjectReading {
+    private func openReader(_ entry: BackupEntry, readRepair: Bool = true) throws -> ObjectReading {
         guard entry.state == .ready || entry.state == .pendingDeletion else {
             throw HSMBackupError(.backupNotReady, "backup \(entry.backupId) is \(entry.state.rawValue)")
         }
-        return try store.get(entry.objectKey)
+        return try store.get(entry.objectKey, readRepair: readRepair)
     }
 
     // MARK: inspect, verify, restore
@@ -219,7 +219,10 @@ public final class BackupService {
         let writer = try store.makeWriter(newKey)
         var committed = false
         do {
-            try Rewrap.rewrap(source: try openArchive(entry), sink: ObjectWriterSink(writer), keyrings: keyrings, newKeyrings: newKeyrings)
+            // No read-repair of the source: the writer holds the new key's stripe lock, and a
+            // repair would take the old key's too (a deadlock when both hash to one stripe).
+            let source = ReaderSource(try openReader(entry, readRepair: false))
+            try Rewrap.rewrap(source: source, sink: ObjectWriterSink(writer), keyrings: keyrings, newKeyrings: newKeyrings)
             let put = try writer.commit()
             committed = true
             var previous: String?
@@ -236,7 +239,12 @@ public final class BackupService {
             return updated
         } catch {
             writer.abort()
-            if committed, (try? catalog.entry(entry.backupId).objectKey) != newKey { _ = try? store.delete(newKey) }
+            // Remove the new object only when the entry positively names another one; if the
+            // entry cannot be read now, the new object may be the one its newest metadata names,
+            // and `store fsck` (which checks it first) decides.
+            if committed, let current = try? catalog.entry(entry.backupId), current.objectKey != newKey {
+                _ = try? store.delete(newKey)
+            }
             throw error
         }
     }

@@ -314,10 +314,15 @@ public final class BackupCatalog {
         // kill in the first change leaves a catalog to recover into, and from then on a missing
         // file is damage (spec 5.8). Done once, when the file is absent and nothing needs it.
         if access(path, F_OK) != 0, let lock = try? FileLock.acquire(lockPath) {
-            if access(path, F_OK) != 0, !holdsCatalogObjects() { try? save(CatalogSnapshot()) }
+            if access(path, F_OK) != 0, !holdsCatalogObjects(), allReplicasAvailable { try? save(CatalogSnapshot()) }
             withExtendedLifetime(lock) {}
         }
     }
+
+    /// A store with an unavailable replica cannot tell that it holds no backup (their metadata
+    /// may be on that disk alone), so it neither creates an empty catalog nor reads a missing one
+    /// as empty.
+    var allReplicasAvailable: Bool { store.replicaPaths.indices.allSatisfy { store.replicaProblem($0) == nil } }
 
     /// Whether any metadata or policy object exists (stops at the first).
     func holdsCatalogObjects() -> Bool {
@@ -431,6 +436,10 @@ public final class BackupCatalog {
             guard e.code == .notFound else { throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)") }
             if holdsCatalogObjects() {
                 throw StoreError(.badCatalog, path: path, "catalog.bin is missing but the store holds backups; run `hsmbackup store reindex`")
+            }
+            if !allReplicasAvailable {
+                throw StoreError(.badCatalog, path: path, "catalog.bin is missing and a replica is unavailable, so the store may hold backups; "
+                                 + "bring the replica back, or run `hsmbackup store reindex`")
             }
             return nil
         }
@@ -866,8 +875,19 @@ public final class BackupCatalog {
                 return actions
             }
         }
-        // 3. Archive objects that are not the entry's (a killed rewrap, or purge): removed.
-        for key in (inv.archives[id] ?? []).sorted() where key != e.objectKey || e.state == .deleted {
+        // 3. Archive objects that are not the entry's (a killed rewrap, or purge): removed, but
+        // only once the archive the entry names is whole; otherwise one of the others may be the
+        // last good copy (a rewrap whose new object was lost), and they stay for an operator.
+        let others = (inv.archives[id] ?? []).sorted().filter { $0 != e.objectKey || e.state == .deleted }
+        if !others.isEmpty, e.state != .deleted {
+            let problem = store.anyReplicaHolds(e.objectKey) ? check(e) : "no archive object \(e.objectKey)"
+            if let problem {
+                actions.append(RecoveryAction(backupId: id, action: .skipped,
+                                              detail: "kept \(others.joined(separator: ", ")): the entry's archive is not whole (\(problem))"))
+                return actions
+            }
+        }
+        for key in others {
             do {
                 let d = try store.delete(key)
                 actions.append(RecoveryAction(backupId: id, action: d.failed.isEmpty ? .removedArchive : .skipped,

@@ -173,7 +173,8 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         // The archive lives under the backup's own prefix ("archive", or "archive-g<n>" after a
         // rewrap), so no entry can point at (and purge) another backup's archive.
         let objectKey = try Self.readString(&r, "object key", limit: ObjectKey.maxLength) {
-            $0.hasPrefix("backups/\(id)/") && (try? ObjectKey.validate($0)) != nil && !$0.dropFirst("backups/\(id)/".count).contains("/")
+            $0.hasPrefix("backups/\(id)/") && (try? ObjectKey.validate($0)) != nil
+                && BackupCatalog.isArchiveName($0.dropFirst("backups/\(id)/".count))
         }
         let stateOffset = r.offset
         guard let state = BackupState(code: try r.readUInt8("state")) else {

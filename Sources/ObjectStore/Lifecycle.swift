@@ -221,7 +221,8 @@ extension BackupCatalog {
         let inserted = try destination.insert(copy)
         let put: PutReport
         do {
-            let reader = try store.get(source.objectKey)
+            // No read-repair: the destination's stripe lock is held while this reads.
+            let reader = try store.get(source.objectKey, readRepair: false)
             put = try destination.store.put(inserted.objectKey, from: ReaderSource(reader))
         } catch {
             _ = try? destination.rollBack(id) // a failed copy leaves nothing behind, so it can be retried

@@ -228,8 +228,16 @@ public final class LocalObjectStore: ObjectStorage {
     // MARK: get, stat, list, delete
 
     public func get(_ key: String) throws -> ObjectReading {
+        try get(key, readRepair: true)
+    }
+
+    /// `readRepair: false` for a reader whose caller holds another key's stripe lock while it
+    /// reads (rewrap and copy stream into a writer): repairing at the end of the stream would
+    /// take this key's stripe lock too, and two stripe locks held at once can deadlock (the same
+    /// stripe, flock'ed again from this process, or two processes crossing).
+    public func get(_ key: String, readRepair: Bool) throws -> ObjectReading {
         try ObjectKey.validate(key)
-        return try LocalObjectReader(store: self, key: key)
+        return try LocalObjectReader(store: self, key: key, readRepair: readRepair)
     }
 
     public func stat(_ key: String) throws -> ObjectInfo {
@@ -443,9 +451,12 @@ public final class LocalObjectReader: ObjectReading {
     private var finished = false
     private var failure: StoreError?
 
-    init(store: LocalObjectStore, key: String) throws {
+    private let readRepair: Bool
+
+    init(store: LocalObjectStore, key: String, readRepair: Bool = true) throws {
         self.store = store
         self.key = key
+        self.readRepair = readRepair
         let set = store.openReplicas(key)
         guard let ref = set.reference else { throw store.noGoodReplica(key, set.findings) }
         record = ref.record
@@ -486,7 +497,7 @@ public final class LocalObjectReader: ObjectReading {
             failure = e
             throw e
         }
-        guard store.readRepair else { return }
+        guard store.readRepair, readRepair else { return }
         let bad = Set(findings.filter { $0.problem != .replicaUnavailable }.map(\.replica))
         candidates = [] // close files before rewriting
         for target in bad.sorted() {

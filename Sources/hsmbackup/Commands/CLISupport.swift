@@ -5,7 +5,9 @@ import Foundation
 /// Where the embedded defaults live: `--home DIR` (root option), HSMBACKUP_HOME, or ~/.hsmbackup.
 enum Home {
     static var path: String {
-        if let h = ProcessInfo.processInfo.environment["HSMBACKUP_HOME"], !h.isEmpty { return h }
+        // getenv, not ProcessInfo.environment: that copies the whole environment into Strings
+        // that are never wiped, a raw key given as `env:VAR` included.
+        if let p = getenv("HSMBACKUP_HOME"), p.pointee != 0 { return String(cString: p) }
         return NSHomeDirectory() + "/.hsmbackup"
     }
     static var kms: String { path + "/kms" }

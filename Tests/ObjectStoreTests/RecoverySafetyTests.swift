@@ -1,0 +1,82 @@
+import Foundation
+import XCTest
+import ByteCoding
+@testable import ObjectStore
+
+/// Findings of the review of issue 14's recovery: recovery never deletes what may be the last good
+/// archive, entries name only archive objects, a reader without read-repair takes no stripe lock,
+/// and a missing catalog is not mistaken for an empty store while a replica is away.
+final class RecoverySafetyTests: XCTestCase {
+    private func makeCatalog(_ s: Scratch) throws -> BackupCatalog {
+        try LocalObjectStore.create(at: s.path + "/store")
+        return try BackupCatalog(store: try LocalObjectStore(root: s.path + "/store", clock: ManualClock()))
+    }
+
+    /// Metadata names a rewrapped archive that was lost (a rewrap failed after its metadata
+    /// write); the old `archive` is the last good copy: recovery adopts the metadata but keeps
+    /// `archive`, and says why.
+    func testRecoveryKeepsTheOtherArchivesWhenTheNamedOneIsNotWhole() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        let entry = try c.add(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"),
+                              archive: BytesSource(pattern(3000, seed: 1))).entry
+        var newer = entry
+        newer.generation += 1
+        newer.objectKey = BackupCatalog.archiveKey("b1", generation: newer.generation)   // never written
+        _ = try c.store.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
+        let actions = try c.recover()
+        XCTAssertEqual(actions.map(\.action), [.adoptedMetadata, .skipped])
+        XCTAssertTrue(actions.last?.detail.contains(entry.objectKey) ?? false, "\(actions)")
+        XCTAssertEqual(try c.store.getAll(entry.objectKey), pattern(3000, seed: 1), "the last good copy stays")
+    }
+
+    /// §5.8: an entry's object key is `archive` or `archive-g<n>`, nothing else under the backup.
+    func testAnEntryNamingAMetadataObjectAsItsArchiveIsRefused() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        var e = try c.add(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"),
+                          archive: BytesSource(pattern(100))).entry
+        for bad in ["backups/b1/meta-0000000000000005", "backups/b1/archive-g0", "backups/b1/archive-g01", "backups/b1/archivex"] {
+            e.objectKey = bad
+            XCTAssertThrowsError(try BackupEntry.parseMeta(try e.encodeMeta()), bad)
+        }
+        e.objectKey = "backups/b1/archive-g12"
+        XCTAssertEqual(try BackupEntry.parseMeta(try e.encodeMeta()).objectKey, "backups/b1/archive-g12")
+    }
+
+    /// A reader without read-repair takes no stripe lock: it finishes while this process holds
+    /// the stripe lock of another key of the same stripe (a writer), and the bad replica waits
+    /// for a later repair instead of deadlocking the reader.
+    func testAReaderWithoutReadRepairNeedsNoStripeLock() throws {
+        let s = Scratch()
+        try LocalObjectStore.create(at: s.path + "/store")
+        let store = try LocalObjectStore(root: s.path + "/store")
+        let a = "backups/x/archive"
+        let b = try XCTUnwrap((1...100_000).lazy.map { "backups/x\($0)/archive" }.first { LocalObjectStore.fanOut($0) == LocalObjectStore.fanOut(a) })
+        _ = try store.put(a, bytes: pattern(5000, seed: 4))
+        var damaged = [UInt8](try Data(contentsOf: URL(fileURLWithPath: store.objectPath(1, a))))
+        damaged[10] ^= 0xFF
+        try Data(damaged).write(to: URL(fileURLWithPath: store.objectPath(1, a)))
+        let writer = try store.makeWriter(b)                       // holds the stripe lock
+        let r = try store.get(a, readRepair: false) as! LocalObjectReader
+        XCTAssertEqual(try readAll(r), pattern(5000, seed: 4))
+        XCTAssertEqual(r.repaired, [])
+        writer.abort()
+        XCTAssertEqual(store.verifyReplicas(a).map(\.replica), [1], "left for scrub or a repairing read")
+    }
+
+    /// A missing catalog while a replica is unavailable is damage, not an empty store, and no
+    /// empty catalog is written over the backups that replica may hold.
+    func testAMissingCatalogWithAReplicaAwayIsNotAnEmptyStore() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        try c.add(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"), archive: BytesSource(pattern(100)))
+        try FileManager.default.removeItem(atPath: c.path)
+        // Every metadata object lives on replicas 0 and 1 only if replica 2 is away: take 0 and 1's away instead.
+        for i in [0, 1] { try FileManager.default.removeItem(atPath: s.path + "/store/replica-\(i)/REPLICA") }
+        for i in [2] { try FileManager.default.removeItem(atPath: s.path + "/store/replica-\(i)/objects") }
+        let reopened = try BackupCatalog(store: try LocalObjectStore(root: s.path + "/store", clock: ManualClock()))
+        XCTAssertThrowsError(try reopened.load()) { XCTAssertEqual(($0 as? StoreError)?.code, .badCatalog) }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.path), "no empty catalog written")
+    }
+}
