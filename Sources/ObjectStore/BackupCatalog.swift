@@ -661,8 +661,18 @@ public final class BackupCatalog {
         if let entry, entry.state != .createInProgress {
             throw StoreError(.invalidState, key: backupId, "backup is \(entry.state.rawValue); only CREATE_IN_PROGRESS is rolled back")
         }
-        var archives = objects?.archives[backupId] ?? []
-        var metas = objects?.metas[backupId] ?? []
+        // Every object of the backup, not only the generations the entry knows: a change whose
+        // metadata write landed and whose catalog write did not leaves a newer generation.
+        let inv = try objects ?? inventory(prefix: Self.backupPrefix(backupId))
+        var archives = inv.archives[backupId] ?? []
+        var metas = inv.metas[backupId] ?? []
+        // The metadata is the truth (5.8): if its newest generation says anything but
+        // CREATE_IN_PROGRESS (a create whose READY metadata landed), there is nothing to roll back.
+        if let newest = metas.max(), newest > (entry?.generation ?? 0), let e = try? readMeta(backupId, newest),
+           e.state != .createInProgress {
+            throw StoreError(.invalidState, key: backupId,
+                             "its newest metadata (generation \(newest)) says \(e.state.rawValue); not rolled back (`store fsck` adopts it)")
+        }
         if let entry {
             archives.append(entry.objectKey)
             metas += [entry.generation, entry.generation > 1 ? entry.generation - 1 : entry.generation]

@@ -80,3 +80,34 @@ final class RecoverySafetyTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: c.path), "no empty catalog written")
     }
 }
+
+extension RecoverySafetyTests {
+    /// A rollback sees every metadata generation of the backup: a newer one that says READY (the
+    /// create's READY write landed, its catalog write did not) stops the rollback, since the
+    /// metadata is the truth; a newer one still CREATE_IN_PROGRESS is deleted with the rest.
+    func testARollbackRespectsAndRemovesNewerMetadata() throws {
+        let s = Scratch()
+        let c = try makeCatalog(s)
+        let a = try c.create(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"))
+        _ = try c.store.put(a.objectKey, bytes: pattern(700, seed: 1))
+        var ready = a
+        ready.generation += 1
+        ready.state = .ready
+        ready.size = 700
+        _ = try c.store.put(BackupCatalog.metaKey("b1", ready.generation), bytes: try ready.encodeMeta())
+        XCTAssertThrowsError(try c.rollBack("b1")) { XCTAssertEqual(($0 as? StoreError)?.code, .invalidState) }
+        XCTAssertEqual(try c.store.getAll(a.objectKey), pattern(700, seed: 1), "the backup's archive stays")
+        XCTAssertEqual(try c.recover().map(\.action), [.adoptedMetadata])
+        XCTAssertEqual(try c.entry("b1").state, .ready)
+
+        let b = try c.create(NewBackup(backupId: "b2", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"))
+        _ = try c.store.put(b.objectKey, bytes: pattern(300, seed: 2))
+        var tagged = b
+        tagged.generation += 1
+        tagged.tags = ["k": "v"]
+        _ = try c.store.put(BackupCatalog.metaKey("b2", tagged.generation), bytes: try tagged.encodeMeta())
+        try c.rollBack("b2")
+        XCTAssertEqual(try c.store.list(prefix: "backups/b2/"), [], "no metadata generation and no archive left")
+        XCTAssertNil(try c.load().entries["b2"])
+    }
+}
