@@ -196,7 +196,11 @@ extension BackupCatalog {
         let sourceStore = store.config.storeIdHex
         // A retry: an earlier attempt that was killed (no live writer) is finished when its
         // archive is the source's, bytes for bytes, or rolled back; a DELETED copy is replaced.
-        let recovered = try destination.recoverBackup(id) { e in
+        // Only when the destination has a trace of this id: recovery's lock is per stripe, and a
+        // writer of another backup in the same stripe must not make a first copy fail.
+        let hasTrace = try destination.load().entries[id] != nil
+            || !(try destination.store.list(prefix: BackupCatalog.backupPrefix(id))).isEmpty
+        let recovered = !hasTrace ? [] : try destination.recoverBackup(id) { e in
             guard e.copySource?.sourceStore == sourceStore, e.copySource?.sourceBackupId == backupId,
                   (try? destination.store.stat(e.objectKey).sha256) == sourceInfo.sha256 else { return "not this backup's archive" }
             return destination.storeLevelArchiveCheck(e)

@@ -111,3 +111,20 @@ extension RecoverySafetyTests {
         XCTAssertNil(try c.load().entries["b2"])
     }
 }
+
+extension RecoverySafetyTests {
+    /// A first copy succeeds while a writer of another backup holds the same lock stripe in the
+    /// destination (recovery runs only for an id the destination has a trace of).
+    func testAFirstCopyIsNotBlockedByAnotherBackupsWriterInTheSameStripe() throws {
+        let s = Scratch()
+        let source = try makeCatalog(s)
+        try source.add(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"), archive: BytesSource(pattern(500)))
+        try LocalObjectStore.create(at: s.path + "/dest")
+        let dest = try BackupCatalog(store: try LocalObjectStore(root: s.path + "/dest", clock: ManualClock()))
+        let other = try XCTUnwrap((1...100_000).lazy.map { "z\($0)" }.first { LocalObjectStore.fanOut($0) == LocalObjectStore.fanOut("b1") })
+        let busy = try dest.writerLock(other)                        // a create of `other` is running
+        let copy = try source.copy("b1", to: dest, newBackupId: "b1")
+        XCTAssertEqual(copy.state, .ready)
+        withExtendedLifetime(busy) {}
+    }
+}
