@@ -49,9 +49,13 @@ enum RawKeySource {
     private static func bytes(_ spec: String, option: String) throws -> [UInt8] {
         if spec.hasPrefix("file:") {
             let path = String(spec.dropFirst(5))
-            do { return try AtomicFile.read(path, limit: maximumBytes) } catch let e as FileError {
+            // Our own read (not AtomicFile.read, whose buffers are not wiped): a regular file only.
+            let fd: Int32
+            do { fd = try AtomicFile.openRegularFile(path) } catch let e as FileError {
                 throw e.code == .notFound ? e : FileError(code: e.code, operation: "read key", path: path, reason: e.reason)
             }
+            defer { close(fd) }
+            return try readAll(fd, what: path, option: option, spec: spec)
         }
         if spec.hasPrefix("env:") {
             let name = String(spec.dropFirst(4))
@@ -77,24 +81,34 @@ enum RawKeySource {
                 throw ValidationError("\(option) \(spec): descriptor \(fd) is a \(FileError.kindName(st.st_mode)); give a file or a pipe")
             }
             defer { close(fd) }
-            var out = [UInt8]()
-            var buf = [UInt8](repeating: 0, count: 256)
-            defer { wipe(&buf) }
-            while true {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    let e = errno
-                    wipe(&out)
-                    throw FileError(errno: e, operation: "read key", path: "fd \(fd)")
-                }
-                if n == 0 { break }
-                out.append(contentsOf: buf[0..<n])
-                if out.count > maximumBytes { wipe(&out); throw ValidationError("\(option) \(spec): longer than \(maximumBytes) bytes") }
-            }
-            return out
+            return try readAll(fd, what: "fd \(fd)", option: option, spec: spec)
         }
         throw ValidationError("--raw-aes-key and --to-raw-aes-key take where to read the key from (\(syntax)), never the key itself: "
             + "a command line is visible to every local user (/proc/PID/cmdline)")
+    }
+
+    /// Reads a key file or descriptor to its end into one buffer sized once (so no reallocation
+    /// leaves a copy behind), wiped on every path but the successful return.
+    private static func readAll(_ fd: Int32, what: String, option: String, spec: String) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: maximumBytes + 1)
+        var count = 0
+        do {
+            while count <= maximumBytes {
+                let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + count, $0.count - count) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw FileError(errno: errno, operation: "read key", path: what)
+                }
+                if n == 0 { break }
+                count += n
+            }
+            if count > maximumBytes { throw ValidationError("\(option) \(spec): longer than \(maximumBytes) bytes") }
+        } catch {
+            wipe(&out)
+            throw error
+        }
+        // Shrinking in place keeps the storage (removeLast does not reallocate).
+        out.removeLast(out.count - count)
+        return out
     }
 }
