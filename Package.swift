@@ -13,6 +13,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Schedules and health (issue 18): the Prometheus text format for `status --prometheus`;
+        // `make docs` builds the HSMBackup DocC site with the docc plugin.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // C libraries, each behind a shim header. Only BackupCrypto and PayloadCodec import them.
@@ -39,6 +43,11 @@ let package = Package(
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
+        // Schedules, `schedule run`, health status and the systemd/cron templates (issue 18).
+        .target(name: "Scheduling", dependencies: [
+            "HSMBackup", "ObjectStore", "Durability", "Envelope", "SimulatedHSM",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         // Fuzz targets (issue 8): the shared logic, and one runner (libFuzzer or replay).
         .target(name: "FuzzTargets", dependencies: ["Envelope", "HSMArchive", "ObjectStore", "PayloadCodec", "BackupCrypto", "ByteCoding", "CZstd"]),
         .executableTarget(name: "FuzzRunner", dependencies: ["FuzzTargets"]),
@@ -49,7 +58,7 @@ let package = Package(
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
-            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening",
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -62,6 +71,7 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

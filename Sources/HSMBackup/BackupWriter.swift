@@ -13,6 +13,9 @@ public struct ArchiveOptions: Sendable {
     public var chunkSize = InnerFormat.defaultChunkSize
     /// Extra encryption-context pairs of the caller (not under the reserved `hsmbackup.` prefix).
     public var context: EncryptionContext = .empty
+    /// The backup's creation time in seconds since the epoch (default: now). `schedule run`
+    /// passes its clock's time, so a backup's age follows the clock that decided it was due.
+    public var createdAt: UInt64?
 
     public init(signed: Bool = false) { self.signed = signed }
 }
@@ -56,7 +59,7 @@ public enum BackupWriter {
             try encryptor!.write(piece)
             innerBytes += UInt64(piece.count)
             progress?(innerBytes)
-        }, chunkSize: options.chunkSize)
+        }, chunkSize: options.chunkSize, createdAt: options.createdAt)
         guard let encryptor, let metadata else { throw HSMBackupError(.invalidArgument, "the HSM produced no backup") }
         try encryptor.finish()
         return ArchiveSummary(metadata: metadata, archiveBytes: counting.count, innerBytes: innerBytes,

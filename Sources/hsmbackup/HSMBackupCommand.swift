@@ -19,6 +19,7 @@ struct HSMBackupCommand: AsyncParsableCommand {
             ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self, KMSCommand.self,
             BackupCommand.self, RetentionCommand.self, InspectCommand.self, VerifyCommand.self, RestoreCommand.self,
             StoreCommand.self, EnvelopeCommand.self, SelfTestCommand.self,
+            ScheduleCommand.self, StatusCommand.self,
         ]
     )
 

@@ -40,9 +40,17 @@ enum CLIExit: Int32, CaseIterable {
     case incompatibleHSM = 68       // restore onto another manufacturer or operator key
     case internalError = 70         // a bug: please report it
     case ioError = 74               // the file system or store failed (full, unwritable, ...)
+    // Schedules and health (issue 18, ScheduleCommands.swift).
+    case scheduleBusy = 75          // schedule run: another run holds the lock; this one did nothing
+    case scheduleFailed = 80        // schedule run: a schedule or the scrub failed (the others ran)
+    case statusVerificationFailed = 81 // status: a cluster's last scheduled verification failed
+    case statusStale = 82           // status: a cluster's newest READY backup is older than its schedule allows
+    case statusStoreDegraded = 83   // status: a store replica is unavailable or the last scrub failed
 
     static var summary: String {
-        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error."
+        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error; "
+            + "schedule run: 75 another run holds the lock, 80 a schedule or the scrub failed; "
+            + "status: 81 a verification failed, 82 a backup is older than its schedule allows, 83 store degraded."
     }
 
     /// Maps any error to the exit code and a one-line message on stderr.

@@ -1,0 +1,334 @@
+import Durability
+import Foundation
+import HSMBackup
+
+// The schedule file and the state file (docs/SCHEDULES.md). Both are JSON written by Foundation's
+// JSONEncoder with sorted keys, atomically (temp, fsync, rename, fsync directory), owner-only,
+// in the home:
+//   <home>/schedules.json        what to run: {"format": "hsmbackup-schedules", "version": 1, ...}
+//   <home>/schedule-state.json   what happened: {"format": "hsmbackup-schedule-state", "version": 1, ...}
+// A reader refuses another format name or a version it does not know before reading anything
+// else, so a newer file is never half-understood.
+
+/// Errors of the scheduling module: a code tests can name, what and where.
+public struct SchedulingError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        /// A bad name, interval, source or option.
+        case invalidArgument
+        /// No such schedule.
+        case notFound
+        /// A schedule of that name exists already.
+        case alreadyExists
+        /// The schedule or state file is not one this version reads.
+        case badFile
+        /// Another `schedule run` holds the lock.
+        case busy
+        /// Reading or writing a file failed.
+        case io
+    }
+    public let code: Code
+    public let path: String?
+    public let reason: String
+
+    public init(_ code: Code, path: String? = nil, _ reason: String) {
+        self.code = code
+        self.path = path
+        self.reason = reason
+    }
+
+    public var description: String { (path.map { "\($0): " } ?? "") + reason }
+}
+
+/// A length of time written as a sequence of number+unit, `90m`, `12h`, `1d12h`, `1w`
+/// (units s, m, h, d, w). It is encoded as that text, normalized (`36h` → `1d12h`).
+public struct Interval: Codable, Hashable, Sendable, CustomStringConvertible, Comparable {
+    public let seconds: UInt64
+
+    /// The shortest interval a schedule may have.
+    public static let minimum = Interval(seconds: 60)
+    /// The longest (a year and a bit: longer than the longest retention).
+    public static let maximum = Interval(seconds: 400 * 86_400)
+
+    public init(seconds: UInt64) { self.seconds = seconds }
+
+    private static let units: [(Character, UInt64)] = [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)]
+
+    /// Parses `12h`, `1d12h`, `30m`, `1w`. No spaces, no signs, no fractions, no bare numbers.
+    public static func parse(_ text: String) throws -> Interval {
+        guard !text.isEmpty, text.utf8.count <= 32 else {
+            throw SchedulingError(.invalidArgument, "interval \"\(text)\": write a number and a unit, e.g. 24h, 12h, 1d12h, 30m, 1w")
+        }
+        var total: UInt64 = 0
+        var digits = ""
+        for ch in text {
+            if ch.isASCII, ch.isNumber { digits.append(ch); continue }
+            guard let unit = units.first(where: { $0.0 == ch })?.1, let n = UInt64(digits), n > 0 else {
+                throw SchedulingError(.invalidArgument, "interval \"\(text)\": write a number and a unit (s, m, h, d, w), e.g. 24h, 1d12h, 30m")
+            }
+            let (product, o1) = n.multipliedReportingOverflow(by: unit)
+            let (sum, o2) = total.addingReportingOverflow(product)
+            guard !o1, !o2 else { throw SchedulingError(.invalidArgument, "interval \"\(text)\" is too long") }
+            total = sum
+            digits = ""
+        }
+        guard digits.isEmpty else {
+            throw SchedulingError(.invalidArgument, "interval \"\(text)\": the number \(digits) has no unit (s, m, h, d, w)")
+        }
+        return Interval(seconds: total)
+    }
+
+    /// Normalized text: `1d12h`, `30m`, `0s`.
+    public var description: String {
+        if seconds == 0 { return "0s" }
+        var rest = seconds, out = ""
+        for (u, size) in Self.units where rest >= size {
+            out += "\(rest / size)\(u)"
+            rest %= size
+        }
+        return out
+    }
+
+    public init(from decoder: Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do { self = try Self.parse(text) } catch let e as SchedulingError {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: e.reason))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+
+    public static func < (a: Interval, b: Interval) -> Bool { a.seconds < b.seconds }
+}
+
+/// Where a schedule's backups come from. Encoded with a `kind` discriminator so new kinds are
+/// additive: a reader that meets a kind it does not know refuses the file (badFile), naming it.
+public enum BackupSource: Codable, Equatable, Sendable, CustomStringConvertible {
+    /// A simulated HSM's state directory (`--hsm DIR`), stored as an absolute path.
+    case simulatedHSM(directory: String)
+    // A PKCS#11 token (`--pkcs11 --module PATH --token LABEL`) goes here as another case, e.g.
+    // `case pkcs11(module: String, tokenLabel: String)` with kind "pkcs11"; `ScheduleRunner`
+    // opens sources in one place (`openSource`), and `schedule add` builds them in one place.
+
+    private enum CodingKeys: String, CodingKey { case kind, directory }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        switch try c.decode(String.self, forKey: .kind) {
+        case "simulated-hsm": self = .simulatedHSM(directory: try c.decode(String.self, forKey: .directory))
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown backup source kind \"\(other)\"")
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .simulatedHSM(let dir):
+            try c.encode("simulated-hsm", forKey: .kind)
+            try c.encode(dir, forKey: .directory)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .simulatedHSM(let dir): return "hsm \(dir)"
+        }
+    }
+}
+
+/// One schedule: a source, its KMS keys, how often, how deep to verify, the tags its backups get.
+public struct Schedule: Codable, Equatable, Sendable {
+    public static let maxNameLength = 64
+
+    public var name: String
+    public var source: BackupSource
+    /// The cluster the source belonged to when the schedule was added (status groups by it).
+    public var cluster: String
+    public var kmsKeys: [String]
+    public var every: Interval
+    public var verify: VerificationLevel
+    /// Where `verify: full` runs its dry-run restore (a spare HSM of the same manufacturer);
+    /// nil: the source itself.
+    public var verifyOn: BackupSource?
+    public var tags: [String: String]
+    /// When the schedule was added (RFC 3339 UTC): a schedule that never succeeded is judged
+    /// against this.
+    public var added: String
+
+    public init(name: String, source: BackupSource, cluster: String, kmsKeys: [String], every: Interval,
+                verify: VerificationLevel, verifyOn: BackupSource? = nil, tags: [String: String], added: String) {
+        self.name = name; self.source = source; self.cluster = cluster; self.kmsKeys = kmsKeys
+        self.every = every; self.verify = verify; self.verifyOn = verifyOn; self.tags = tags; self.added = added
+    }
+
+    /// Names are 1...64 of A-Z a-z 0-9 . _ - (they appear in log lines, metrics and file names).
+    public static func validate(name: String) throws {
+        let ok = !name.isEmpty && name.utf8.count <= maxNameLength && !name.hasPrefix(".") && !name.hasPrefix("-")
+            && name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0)) }
+        guard ok else {
+            throw SchedulingError(.invalidArgument, "schedule name \"\(name)\": use 1 to \(maxNameLength) of A-Z a-z 0-9 . _ - (not starting with . or -)")
+        }
+    }
+}
+
+/// `<home>/schedules.json`.
+public struct ScheduleFile: Codable, Equatable, Sendable {
+    public static let formatName = "hsmbackup-schedules"
+    public static let currentVersion = 1
+    /// `store scrub --repair`'s default interval.
+    public static let defaultScrubEvery = Interval(seconds: 7 * 86_400)
+
+    public var format = Self.formatName
+    public var version = Self.currentVersion
+    /// How often `schedule run` scrubs the store (with repair).
+    public var scrubEvery = Self.defaultScrubEvery
+    /// In the order they were added.
+    public var schedules: [Schedule] = []
+
+    public init() {}
+
+    public func schedule(_ name: String) -> Schedule? { schedules.first { $0.name == name } }
+}
+
+/// What `schedule run` last did for one schedule.
+public struct ScheduleRecord: Codable, Equatable, Sendable {
+    public struct Verification: Codable, Equatable, Sendable {
+        public var at: String
+        public var backupId: String
+        public var level: VerificationLevel
+        public var passed: Bool
+        public var errors: Int
+        public var warnings: Int
+    }
+
+    /// The start of the last attempt (RFC 3339 UTC).
+    public var lastRun: String?
+    /// `ok` or `failed`.
+    public var lastOutcome: String?
+    /// Why the last attempt failed, and at which step (backup, verify, retention).
+    public var lastError: String?
+    public var lastBackupId: String?
+    /// The start of the last attempt that succeeded.
+    public var lastSuccess: String?
+    public var lastVerification: Verification?
+    public var consecutiveFailures: Int = 0
+
+    public init() {}
+}
+
+/// What the last scheduled scrub found.
+public struct ScrubRecord: Codable, Equatable, Sendable {
+    public var lastRun: String
+    public var outcome: String
+    public var objects: Int
+    public var corrupt: Int
+    public var missing: Int
+    public var repaired: Int
+    public var unrecoverable: Int
+    public var error: String?
+}
+
+/// `<home>/schedule-state.json`: written by `schedule run` only, under its lock.
+public struct ScheduleStateFile: Codable, Equatable, Sendable {
+    public static let formatName = "hsmbackup-schedule-state"
+    public static let currentVersion = 1
+
+    public var format = Self.formatName
+    public var version = Self.currentVersion
+    public var schedules: [String: ScheduleRecord] = [:]
+    public var scrub: ScrubRecord?
+
+    public init() {}
+}
+
+/// The files of the scheduler in one home.
+public struct ScheduleHome: Sendable {
+    public let home: String
+    public init(home: String) { self.home = home }
+
+    public var scheduleFile: String { home + "/schedules.json" }
+    public var stateFile: String { home + "/schedule-state.json" }
+    /// Held (flock) by `schedule run` for its whole run.
+    public var runLock: String { home + "/schedule-run.lock" }
+    /// Held briefly by `schedule add|remove|scrub` while they rewrite the schedule file.
+    public var editLock: String { home + "/schedules.json.lock" }
+    public var store: String { home + "/store" }
+    public var kms: String { home + "/kms" }
+
+    public func loadSchedules() throws -> ScheduleFile {
+        guard let bytes = try readIfPresent(scheduleFile) else { return ScheduleFile() }
+        let file = try decode(ScheduleFile.self, bytes, path: scheduleFile, format: ScheduleFile.formatName, version: ScheduleFile.currentVersion)
+        var seen = Set<String>()
+        for s in file.schedules {
+            do { try Schedule.validate(name: s.name) } catch let e as SchedulingError { throw SchedulingError(.badFile, path: scheduleFile, e.reason) }
+            guard seen.insert(s.name).inserted else { throw SchedulingError(.badFile, path: scheduleFile, "schedule \"\(s.name)\" appears twice") }
+        }
+        return file
+    }
+
+    public func saveSchedules(_ file: ScheduleFile) throws { try write(file, to: scheduleFile) }
+
+    public func loadState() throws -> ScheduleStateFile {
+        guard let bytes = try readIfPresent(stateFile) else { return ScheduleStateFile() }
+        return try decode(ScheduleStateFile.self, bytes, path: stateFile, format: ScheduleStateFile.formatName, version: ScheduleStateFile.currentVersion)
+    }
+
+    public func saveState(_ state: ScheduleStateFile) throws { try write(state, to: stateFile) }
+
+    /// Runs `body` holding the edit lock (blocking: edits are short).
+    public func editing<T>(_ body: () throws -> T) throws -> T {
+        let lock = try FileLock.acquire(editLock, wait: true)
+        defer { lock.release() }
+        return try body()
+    }
+
+    private func readIfPresent(_ path: String) throws -> [UInt8]? {
+        do { return try AtomicFile.read(path, limit: 16 << 20) } catch let e as FileError {
+            if e.code == .notFound { return nil }
+            throw SchedulingError(.io, path: path, e.reason)
+        }
+    }
+
+    private struct Header: Decodable { let format: String?; let version: Int? }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], path: String, format: String, version: Int) throws -> T {
+        let data = Data(bytes)
+        // Format and version first: an unknown version is refused before its fields are read.
+        guard let header = try? JSONDecoder().decode(Header.self, from: data) else {
+            throw SchedulingError(.badFile, path: path, "not a JSON object")
+        }
+        guard header.format == format else {
+            throw SchedulingError(.badFile, path: path, "format is \"\(header.format ?? "(none)")\", expected \"\(format)\"")
+        }
+        guard header.version == version else {
+            throw SchedulingError(.badFile, path: path, "version \(header.version.map(String.init) ?? "(none)") is not one this hsmbackup reads (it reads \(version))")
+        }
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw SchedulingError(.badFile, path: path, Self.describe(error))
+        }
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.dataCorrupted(let c): return "\(c.codingPath.map(\.stringValue).joined(separator: ".")): \(c.debugDescription)"
+        case DecodingError.keyNotFound(let k, let c): return "\((c.codingPath + [k]).map(\.stringValue).joined(separator: ".")): missing"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            return "\(c.codingPath.map(\.stringValue).joined(separator: ".")): \(c.debugDescription)"
+        default: return "\(error)"
+        }
+    }
+
+    private func write<T: Encodable>(_ value: T, to path: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        do {
+            try AtomicFile.makeDirectory(home)
+            try AtomicFile.write(Array(try enc.encode(value)) + [0x0A], to: path)
+        } catch let e as FileError {
+            throw SchedulingError(.io, path: path, e.reason)
+        }
+    }
+}

@@ -1,0 +1,269 @@
+import Envelope
+import Foundation
+import HSMBackup
+import ObjectStore
+import SimulatedHSM
+
+/// One log line: `key=value` pairs, one event per line, for journald and `grep`. A value with a
+/// space, quote, `=` or backslash is double-quoted with `\"` and `\\`; control characters are
+/// escaped (`\n`, `\u{1B}`), so no value can fake a line.
+public struct LogEvent: Sendable, CustomStringConvertible {
+    public var fields: [(key: String, value: String)]
+
+    public init(_ fields: [(String, String)]) { self.fields = fields.map { (key: $0.0, value: $0.1) } }
+
+    public subscript(key: String) -> String? { fields.first { $0.key == key }?.value }
+
+    public var description: String { fields.map { "\($0.key)=\(Self.quote($0.value))" }.joined(separator: " ") }
+
+    static func quote(_ v: String) -> String {
+        var out = "", needsQuotes = v.isEmpty
+        for u in v.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""; needsQuotes = true
+            case "\\": out += "\\\\"; needsQuotes = true
+            case "\n": out += "\\n"; needsQuotes = true
+            case "\r": out += "\\r"; needsQuotes = true
+            case "\t": out += "\\t"; needsQuotes = true
+            case " ", "=": out.unicodeScalars.append(u); needsQuotes = true
+            default:
+                if u.value < 0x20 || (0x7F...0x9F).contains(u.value) {
+                    out += "\\u{" + String(u.value, radix: 16, uppercase: true) + "}"
+                    needsQuotes = true
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return needsQuotes ? "\"" + out + "\"" : out
+    }
+}
+
+/// What one `schedule run` did.
+public struct RunSummary: Codable, Sendable {
+    public var due: [String] = []
+    public var succeeded: [String] = []
+    public var failed: [String] = []
+    /// nil: the scrub was not due; otherwise whether it passed.
+    public var scrubPassed: Bool?
+    public var allSucceeded: Bool { failed.isEmpty && scrubPassed != false }
+}
+
+/// The rules of when things are due (docs/SCHEDULES.md, "When a schedule is due").
+public enum DueRules {
+    /// After a failed attempt, the next one waits at most this long (an hourly timer retries it
+    /// each hour), never longer than the schedule's own interval.
+    public static let retryAfter: UInt64 = 3_600
+    /// A run up to this much early still counts (min(5 min, interval / 12)), so a timer that fires a
+    /// few seconds before the hour does not push a daily schedule back by a whole timer period.
+    public static func slack(_ every: Interval) -> UInt64 { min(300, every.seconds / 12) }
+
+    /// When the schedule is next due (seconds since the epoch): when it was added if it never ran.
+    public static func nextRun(_ s: Schedule, _ r: ScheduleRecord?) -> UInt64 {
+        guard let last = r?.lastRun.flatMap(Timestamp.seconds(rfc3339:)) else {
+            return Timestamp.seconds(rfc3339: s.added) ?? 0
+        }
+        let wait = r?.lastOutcome == "ok" ? s.every.seconds : min(s.every.seconds, retryAfter)
+        return last &+ wait
+    }
+
+    /// Due now? However many intervals were missed, a due schedule runs once, and its next run
+    /// is one interval after that run.
+    public static func isDue(_ s: Schedule, _ r: ScheduleRecord?, now: UInt64) -> Bool {
+        guard r?.lastRun != nil else { return true }
+        return now &+ slack(s.every) >= nextRun(s, r)
+    }
+
+    public static func scrubNext(_ every: Interval, _ r: ScrubRecord?) -> UInt64? {
+        guard let last = r.flatMap({ Timestamp.seconds(rfc3339: $0.lastRun) }) else { return nil }
+        return last &+ every.seconds
+    }
+
+    public static func scrubDue(_ every: Interval, _ r: ScrubRecord?, now: UInt64) -> Bool {
+        guard let next = scrubNext(every, r) else { return true }
+        return now &+ slack(every) >= next
+    }
+}
+
+/// `hsmbackup schedule run`: everything that is due, once, under the run lock. Each due schedule
+/// gets a backup, then its verification, then `retention apply` for its cluster; the store is
+/// scrubbed with repair when its interval has passed. A failing schedule is logged and recorded
+/// and the others still run. The state file is written after every schedule, atomically.
+public final class ScheduleRunner {
+    public let home: ScheduleHome
+    public let clock: StoreClock
+    private let describe: (Error) -> String
+    private let log: (LogEvent) -> Void
+
+    /// `describe` turns an error into the text logged (the CLI adds its exit code); `log` gets
+    /// each event as it happens.
+    public init(home: ScheduleHome, clock: StoreClock, describe: @escaping (Error) -> String = { "\($0)" },
+                log: @escaping (LogEvent) -> Void) {
+        self.home = home
+        self.clock = clock
+        self.describe = describe
+        self.log = log
+    }
+
+    private var nowSeconds: UInt64 { clock.nowMillis() / 1000 }
+
+    /// Runs what is due. Throws only when nothing could run: another run holds the lock (busy),
+    /// or the schedule or state file cannot be read.
+    public func run() throws -> RunSummary {
+        let lock = try FileLock.acquire(home.runLock, wait: false)
+        defer { lock.release() }
+        let file = try home.loadSchedules()
+        var state = try home.loadState()
+        let started = nowSeconds
+        var summary = RunSummary()
+        let runClock = ContinuousClock.now
+
+        // The store is opened once; if it cannot be, every due job fails with that reason.
+        let service: Result<BackupService, Error> = Result { try BackupService(storeRoot: home.store, clock: clock) }
+        let kms = LocalKMS(directory: home.kms)
+
+        for s in file.schedules where DueRules.isDue(s, state.schedules[s.name], now: started) {
+            summary.due.append(s.name)
+            var record = state.schedules[s.name] ?? ScheduleRecord()
+            let ok = runOne(s, &record, service: service, kms: kms)
+            state.schedules[s.name] = record
+            if ok { summary.succeeded.append(s.name) } else { summary.failed.append(s.name) }
+            try saveState(&state, file)
+        }
+
+        if DueRules.scrubDue(file.scrubEvery, state.scrub, now: started) {
+            let (record, passed) = scrub(service)
+            state.scrub = record
+            summary.scrubPassed = passed
+            try saveState(&state, file)
+        }
+
+        if summary.due.isEmpty && summary.scrubPassed == nil { try saveState(&state, file) }
+        log(LogEvent([("time", Timestamp.rfc3339(started)), ("event", "run"), ("due", "\(summary.due.count)"),
+                      ("succeeded", "\(summary.succeeded.count)"), ("failed", "\(summary.failed.count)"),
+                      ("scrub", summary.scrubPassed.map { $0 ? "ok" : "failed" } ?? "not-due"),
+                      ("duration_s", Self.seconds(ContinuousClock.now - runClock)),
+                      ("outcome", summary.allSucceeded ? "ok" : "failed")]))
+        return summary
+    }
+
+    /// Drops records of schedules no longer in the file, then writes the state atomically.
+    private func saveState(_ state: inout ScheduleStateFile, _ file: ScheduleFile) throws {
+        let names = Set(file.schedules.map(\.name))
+        state.schedules = state.schedules.filter { names.contains($0.key) }
+        try home.saveState(state)
+    }
+
+    static func seconds(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        return String(format: "%.3f", Double(ms) / 1000)
+    }
+
+    /// Opens a schedule's source. The one place a new `BackupSource` kind is opened.
+    static func openSource(_ source: BackupSource) throws -> SimulatedHSM {
+        switch source {
+        case .simulatedHSM(let dir): return try SimulatedHSM.open(at: dir)
+        }
+    }
+
+    private enum Step: String { case backup, verify, retention }
+
+    private func runOne(_ s: Schedule, _ record: inout ScheduleRecord, service: Result<BackupService, Error>, kms: LocalKMS) -> Bool {
+        let start = nowSeconds
+        record.lastRun = Timestamp.rfc3339(start)
+        var step = Step.backup
+        var backupId: String?
+        var cluster = s.cluster
+        var stepClock = ContinuousClock.now
+        func event(_ outcome: String, _ extra: [(String, String)]) {
+            var fields: [(String, String)] = [("time", Timestamp.rfc3339(nowSeconds)), ("event", step.rawValue), ("schedule", s.name),
+                                              ("cluster", cluster)]
+            if let backupId { fields.append(("backup_id", backupId)) }
+            fields += extra
+            fields.append(("duration_s", Self.seconds(ContinuousClock.now - stepClock)))
+            fields.append(("outcome", outcome))
+            log(LogEvent(fields))
+            stepClock = ContinuousClock.now
+        }
+        do {
+            let service = try service.get()
+            let hsm = try Self.openSource(s.source)
+            cluster = hsm.identity.clusterId
+            let keyrings = try s.kmsKeys.map { try kms.keyring($0) as Keyring }
+            var options = ArchiveOptions()
+            options.createdAt = start
+            var tags = s.tags
+            tags["schedule"] = s.name
+            let created = try service.createBackup(of: hsm, keyrings: keyrings, options: options, tags: tags)
+            backupId = created.entry.backupId
+            record.lastBackupId = backupId
+            event("ok", [("bytes", "\(created.archive.archiveBytes)")])
+
+            step = .verify
+            let verifyHSM = s.verify == .full ? try s.verifyOn.map(Self.openSource) ?? hsm : nil
+            let keys = VerificationKeys(keyrings: [kms.decryptionKeyring], hsm: verifyHSM)
+            let report = try service.verify(created.entry.backupId, level: s.verify, keys: keys)
+            record.lastVerification = ScheduleRecord.Verification(
+                at: Timestamp.rfc3339(nowSeconds), backupId: created.entry.backupId, level: s.verify, passed: report.passed,
+                errors: report.errors.count, warnings: report.findings.count - report.errors.count)
+            guard report.passed else {
+                throw SchedulingError(.invalidArgument, "verification at level \(s.verify.rawValue) failed: "
+                    + report.errors.prefix(3).map(\.description).joined(separator: "; "))
+            }
+            event("ok", [("level", s.verify.rawValue), ("warnings", "\(report.findings.count - report.errors.count)")])
+
+            step = .retention
+            let retention = try service.applyRetention(cluster: created.entry.clusterId)
+            if let f = retention.failed.first {
+                throw SchedulingError(.io, "retention could not mark \(retention.failed.count) backup(s): \(f.backupId): \(f.message)")
+            }
+            event("ok", [("marked", "\(retention.expired.count)")])
+            record.lastOutcome = "ok"
+            record.lastError = nil
+            record.lastSuccess = record.lastRun
+            record.consecutiveFailures = 0
+            return true
+        } catch {
+            let message = describe(error)
+            if step == .verify, record.lastVerification?.backupId != backupId {
+                // The verification could not run at all: that is a failed verification too.
+                record.lastVerification = ScheduleRecord.Verification(
+                    at: Timestamp.rfc3339(nowSeconds), backupId: backupId ?? "", level: s.verify, passed: false, errors: 1, warnings: 0)
+            }
+            event("failed", [("error", message)])
+            record.lastOutcome = "failed"
+            record.lastError = "\(step.rawValue): \(message)"
+            record.consecutiveFailures += 1
+            return false
+        }
+    }
+
+    private func scrub(_ service: Result<BackupService, Error>) -> (ScrubRecord, Bool) {
+        let start = nowSeconds
+        let t0 = ContinuousClock.now
+        var record = ScrubRecord(lastRun: Timestamp.rfc3339(start), outcome: "failed", objects: 0, corrupt: 0, missing: 0,
+                                 repaired: 0, unrecoverable: 0, error: nil)
+        do {
+            let r = try service.get().catalog.scrub(repair: true)
+            record.objects = r.objects
+            record.corrupt = r.corrupt
+            record.missing = r.missing
+            record.repaired = r.repaired
+            record.unrecoverable = r.unrecoverable
+            let passed = r.unrecoverable == 0 && r.repairFailures.isEmpty && r.unavailableReplicas.isEmpty
+            record.outcome = passed ? "ok" : "failed"
+            if !passed {
+                record.error = "\(r.unrecoverable) unrecoverable, \(r.repairFailures.count) repair failures, \(r.unavailableReplicas.count) replicas unavailable"
+            }
+        } catch {
+            record.error = describe(error)
+        }
+        var fields: [(String, String)] = [("time", Timestamp.rfc3339(nowSeconds)), ("event", "scrub"), ("objects", "\(record.objects)"),
+                                          ("corrupt", "\(record.corrupt)"), ("missing", "\(record.missing)"),
+                                          ("repaired", "\(record.repaired)"), ("unrecoverable", "\(record.unrecoverable)")]
+        if let e = record.error { fields.append(("error", e)) }
+        fields += [("duration_s", Self.seconds(ContinuousClock.now - t0)), ("outcome", record.outcome)]
+        log(LogEvent(fields))
+        return (record, record.outcome == "ok")
+    }
+}

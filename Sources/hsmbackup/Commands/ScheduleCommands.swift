@@ -1,0 +1,300 @@
+import ArgumentParser
+import Durability
+import Envelope
+import Foundation
+import HSMBackup
+import ObjectStore
+import Scheduling
+import SimulatedHSM
+
+// `hsmbackup schedule add|list|remove|scrub-interval|run|install` and `hsmbackup status`
+// (issue 18; docs/SCHEDULES.md). Thin: the Scheduling module does the work.
+
+extension SchedulingError: CLIExitMappable {
+    var cliExit: CLIExit {
+        switch code {
+        case .invalidArgument, .alreadyExists: return .usage
+        case .notFound: return .notFound
+        case .badFile: return .verificationFailed
+        case .busy: return .scheduleBusy
+        case .io: return .ioError
+        }
+    }
+    var cliMessage: String { description + " [\(code.rawValue)]" }
+}
+
+/// The time `schedule` and `status` go by. HSMBACKUP_TEST_CLOCK (an RFC 3339 UTC time such as
+/// 2026-01-01T00:00:00Z, or Unix seconds) fixes it for one process: the tests run ten simulated
+/// days of hourly runs without sleeping. It is the store's own `ManualClock`, so the catalog,
+/// retention and the backups' creation times all see the same time. Unset: the system clock.
+enum CLIClock {
+    static func current() throws -> StoreClock {
+        guard let p = getenv("HSMBACKUP_TEST_CLOCK"), p.pointee != 0 else { return SystemClock() }
+        let text = String(cString: p)
+        guard let seconds = Timestamp.seconds(rfc3339: text) ?? UInt64(text) else {
+            throw ValidationError("HSMBACKUP_TEST_CLOCK=\(Printable.escape(text)): give an RFC 3339 UTC time (2026-01-01T00:00:00Z) or Unix seconds")
+        }
+        return ManualClock(millis: seconds * 1000)
+    }
+}
+
+extension ScheduleHome {
+    static var current: ScheduleHome { ScheduleHome(home: absolute(Home.path)) }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+}
+
+struct ScheduleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "schedule", abstract: "Back up on a schedule: add, list, remove, run what is due, install a timer.",
+        discussion: """
+            Schedules live in the home's schedules.json (documented in docs/SCHEDULES.md). `schedule run` \
+            does what is due once and exits; run it hourly from the systemd timer that `schedule install \
+            --systemd DIR` writes, or from the crontab line `schedule install --cron` prints.
+            """,
+        subcommands: [ScheduleAdd.self, ScheduleList.self, ScheduleRemove.self, ScheduleScrubInterval.self,
+                      ScheduleRun.self, ScheduleInstall.self])
+}
+
+struct ScheduleAdd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add", abstract: "Add a schedule: back up a source every interval, verify, apply retention.")
+
+    @Argument(help: "The schedule's name (1 to 64 of A-Z a-z 0-9 . _ -).") var name: String
+    // The backup source: exactly one. A PKCS#11 token (--pkcs11 --module PATH --token LABEL)
+    // becomes another source here and in `BackupSource`.
+    @Option(help: "A simulated HSM's state directory.") var hsm: String
+    @Option(name: .customLong("kms-key"), help: "A local KMS key the backups are encrypted under (repeatable; one EDK each).") var kmsKeys: [String] = []
+    @Option(help: "How often: a number and a unit (s, m, h, d, w), e.g. 24h, 12h, 1d12h.") var every: String
+    @Option(help: "Verification after each backup: structure, envelope (default) or full.") var verify: VerificationLevel = .envelope
+    @Option(name: .customLong("verify-hsm"), help: "For --verify full: a spare HSM of the same manufacturer for the dry-run restore (default: the source).") var verifyHSM: String?
+    @Option(name: .customLong("tag"), help: "A tag k=v for each backup (repeatable; `schedule=NAME` is added).") var tags: [String] = []
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func validate() throws {
+        if kmsKeys.isEmpty { throw ValidationError("name at least one key with --kms-key") }
+        if verifyHSM != nil && verify != .full { throw ValidationError("--verify-hsm is for --verify full") }
+        _ = try parsePairs(tags, "--tag")
+    }
+
+    func run() throws {
+        try runMapped {
+            try Schedule.validate(name: name)
+            let every = try Interval.parse(self.every)
+            guard every >= Interval.minimum, every <= Interval.maximum else {
+                throw SchedulingError(.invalidArgument, "--every \(every): give \(Interval.minimum) to \(Interval.maximum)")
+            }
+            let kms = LocalKMS(directory: Home.kms)
+            for k in kmsKeys { _ = try kms.keyring(k) }
+            let dir = ScheduleHome.absolute(hsm)
+            let source = try openHSM(dir)
+            let verifyOn = try verifyHSM.map { d -> BackupSource in
+                let abs = ScheduleHome.absolute(d)
+                _ = try openHSM(abs)
+                return .simulatedHSM(directory: abs)
+            }
+            let now = try CLIClock.current().nowMillis() / 1000
+            let schedule = Schedule(name: name, source: .simulatedHSM(directory: dir), cluster: source.identity.clusterId,
+                                    kmsKeys: kmsKeys, every: every, verify: verify, verifyOn: verifyOn,
+                                    tags: try parsePairs(tags, "--tag"), added: Timestamp.rfc3339(now))
+            let home = ScheduleHome.current
+            try home.editing {
+                var file = try home.loadSchedules()
+                guard file.schedule(name) == nil else { throw SchedulingError(.alreadyExists, path: home.scheduleFile, "a schedule \"\(name)\" exists already") }
+                file.schedules.append(schedule)
+                try home.saveSchedules(file)
+            }
+            if json { try JSONOutput.print(schedule); return }
+            try Out.line("schedule \(name): \(schedule.source) (cluster \(schedule.cluster)) every \(every), verify \(verify.rawValue), keys \(kmsKeys.joined(separator: ", "))")
+        }
+    }
+}
+
+struct ScheduleList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the schedules and when each last ran.")
+    @Flag(help: "Machine-readable output.") var json = false
+
+    struct Row: Encodable { let schedule: Schedule; let state: ScheduleRecord?; let nextRun: String }
+
+    func run() throws {
+        try runMapped {
+            let home = ScheduleHome.current
+            let file = try home.loadSchedules(), state = try home.loadState()
+            let rows = file.schedules.map { Row(schedule: $0, state: state.schedules[$0.name], nextRun: Timestamp.rfc3339(DueRules.nextRun($0, state.schedules[$0.name]))) }
+            if json { try JSONOutput.print(rows); return }
+            if rows.isEmpty { try Out.line("no schedules (add one with `hsmbackup schedule add`)"); return }
+            for r in rows {
+                let s = r.schedule
+                let last = r.state?.lastRun.map { "last run \($0) \(r.state?.lastOutcome ?? "?")" } ?? "never run"
+                try Out.line("\(s.name)  cluster \(s.cluster)  every \(s.every)  verify \(s.verify.rawValue)  \(s.source)  \(last)  next \(r.nextRun)")
+            }
+            try Out.line("store scrub --repair every \(file.scrubEvery)")
+        }
+    }
+}
+
+struct ScheduleRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "remove", abstract: "Remove a schedule (its backups stay).")
+    @Argument(help: "The schedule's name.") var name: String
+    func run() throws {
+        try runMapped {
+            let home = ScheduleHome.current
+            try home.editing {
+                var file = try home.loadSchedules()
+                guard file.schedule(name) != nil else { throw SchedulingError(.notFound, path: home.scheduleFile, "no schedule \"\(name)\"") }
+                file.schedules.removeAll { $0.name == name }
+                try home.saveSchedules(file)
+            }
+            try Out.line("removed schedule \(name); its backups stay in the store")
+        }
+    }
+}
+
+struct ScheduleScrubInterval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scrub-interval", abstract: "Set how often `schedule run` runs `store scrub --repair` (default 1w).")
+    @Argument(help: "An interval, e.g. 1w, 3d.") var every: String
+    func run() throws {
+        try runMapped {
+            let every = try Interval.parse(self.every)
+            guard every >= Interval.minimum, every <= Interval.maximum else {
+                throw SchedulingError(.invalidArgument, "scrub interval \(every): give \(Interval.minimum) to \(Interval.maximum)")
+            }
+            let home = ScheduleHome.current
+            try home.editing {
+                var file = try home.loadSchedules()
+                file.scrubEvery = every
+                try home.saveSchedules(file)
+            }
+            try Out.line("store scrub --repair every \(every)")
+        }
+    }
+}
+
+struct ScheduleRun: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run", abstract: "Run what is due, once, and exit (for a systemd timer or cron).",
+        discussion: """
+            Each due schedule: a backup, its verification, then `retention apply` for its cluster; the store \
+            is scrubbed with repair when its interval has passed. Missed runs are caught up once. One line \
+            per event on stdout (key=value: time, event, schedule, cluster, backup_id, duration_s, outcome, \
+            error). Exit 0 when everything due succeeded, 80 when a schedule or the scrub failed (the others \
+            still ran), 75 when another run holds the lock (this one does nothing).
+            """)
+
+    func run() throws {
+        try runMapped {
+            let runner = ScheduleRunner(home: ScheduleHome.current, clock: try CLIClock.current(), describe: { error in
+                if let m = error as? CLIExitMappable { return "\(m.cliMessage) (exit \(m.cliExit.rawValue))" }
+                return "\(error)"
+            }, log: { event in
+                // A log line that cannot be written must not stop the backups: stderr gets it.
+                do { try Out.line(event.description) } catch { Err.line(event.description) }
+            })
+            let summary = try runner.run()
+            if !summary.allSucceeded { throw ExitCode(CLIExit.scheduleFailed.rawValue) }
+        }
+    }
+}
+
+struct ScheduleInstall: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "install", abstract: "Write a systemd service and timer (--systemd DIR), or print a crontab line (--cron).",
+        discussion: """
+            The timer fires hourly with Persistent=true (a machine that was off catches up at boot); \
+            `schedule run` decides what is due. The service is hardened (NoNewPrivileges, ProtectSystem=strict, \
+            PrivateTmp, ...), and the home is the only path it may write.
+            """)
+
+    @Option(help: "Write <name>.service and <name>.timer into this directory (e.g. /etc/systemd/system).") var systemd: String?
+    @Flag(help: "Print the crontab line instead.") var cron = false
+    @Option(help: "The hsmbackup binary the units run (default: this one).") var binary: String?
+    @Option(help: "Unit name (default hsmbackup).") var name = "hsmbackup"
+    @Option(name: .customLong("on-calendar"), help: "The timer's OnCalendar= (default hourly).") var onCalendar = "hourly"
+    @Option(help: "Run the service as this user.") var user: String?
+    @Option(help: "After each run, write `status --prometheus` to this file (node_exporter's textfile directory).") var prometheus: String?
+    @Option(help: "For --cron: the minute of each hour (0-59, default 7).") var minute = 7
+
+    func validate() throws {
+        guard (systemd != nil) != cron else { throw ValidationError("give --systemd DIR or --cron") }
+        guard (0...59).contains(minute) else { throw ValidationError("--minute must be 0...59") }
+    }
+
+    func run() throws {
+        try runMapped {
+            let exe = binary ?? ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+            var options = UnitOptions(binary: ScheduleHome.absolute(exe), home: ScheduleHome.current.home)
+            options.name = name
+            options.onCalendar = onCalendar
+            options.user = user
+            options.prometheusFile = prometheus
+            try options.validate()
+            if cron { try Out.line(Units.cronLine(options, minute: minute)); return }
+            guard let dir = systemd else { return }
+            try AtomicFile.makeDirectory(dir, mode: 0o755)
+            for (file, text) in [("\(name).service", Units.service(options)), ("\(name).timer", Units.timer(options))] {
+                let path = dir + "/" + file
+                try PathArgument.output(path)
+                try AtomicFile.write(Array(text.utf8), to: path, mode: 0o644)
+                try Out.line("wrote \(path)")
+            }
+            try Out.line("enable with: systemctl daemon-reload && systemctl enable --now \(name).timer")
+        }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Health for monitoring: each schedule, cluster and the store; the exit code says whether all is on schedule.",
+        discussion: """
+            Exit 0 when every scheduled cluster's newest READY backup is within its interval plus the grace and \
+            its last verification passed; otherwise the first of: 81 a cluster's last scheduled verification \
+            failed, 82 a cluster's newest READY backup is older than its schedule allows (or it has none), \
+            83 a store replica is unavailable or the last scrub failed. --prometheus FILE also writes the figures \
+            in the Prometheus text format (atomically), for node_exporter's textfile collector.
+            """)
+
+    @Flag(help: "Machine-readable output.") var json = false
+    @Option(help: "Also write the figures in the Prometheus text format to this file (e.g. .../textfile/hsmbackup.prom).") var prometheus: String?
+    @Option(help: "Slack on top of a schedule's interval before its cluster is stale (default 2h).") var grace = "2h"
+
+    func run() throws {
+        try runMapped {
+            let grace = try Interval.parse(self.grace)
+            if let prometheus { try PathArgument.output(prometheus) }
+            let r = try Health.report(home: ScheduleHome.current, clock: try CLIClock.current(), grace: grace)
+            if let prometheus { try PrometheusExport.write(r, to: prometheus) }
+            if json { try JSONOutput.print(r) } else { try printText(r) }
+            switch r.verdict {
+            case .ok: return
+            case .verificationFailed: throw ExitCode(CLIExit.statusVerificationFailed.rawValue)
+            case .stale: throw ExitCode(CLIExit.statusStale.rawValue)
+            case .storeDegraded: throw ExitCode(CLIExit.statusStoreDegraded.rawValue)
+            }
+        }
+    }
+
+    private func printText(_ r: HealthReport) throws {
+        try Out.line("status \(r.verdict.rawValue) at \(r.time)")
+        for s in r.schedules {
+            let last = s.lastRun.map { "last run \($0) \(s.lastOutcome ?? "?")" } ?? "never run"
+            try Out.line("schedule \(s.name)  cluster \(s.cluster)  every \(s.every)  \(last)\(s.lastBackupId.map { "  backup \($0)" } ?? "")  next \(s.nextRun)")
+            if s.lastOutcome == "failed", let e = s.lastError { try Out.line("  failed (\(s.consecutiveFailures) in a row): \(e)") }
+        }
+        for c in r.clusters {
+            let newest = c.newestBackupId.map { "newest \($0) age \(Interval(seconds: c.newestAgeSeconds ?? 0))" } ?? "no READY backup"
+            let allowed = c.maxAgeSeconds.map { " (allowed \(Interval(seconds: $0)))" } ?? ""
+            let v = c.lastVerification.map { "  verification \($0.level.rawValue) \($0.passed ? "passed" : "FAILED") at \($0.at)" } ?? ""
+            try Out.line("cluster \(c.cluster)  \(c.status)  \(newest)\(allowed)  \(c.readyBackups) READY\(v)")
+            for p in c.problems { try Out.line("  \(p)") }
+        }
+        if let s = r.store {
+            let scrub = s.lastScrub.map { "last scrub \($0.lastRun) \($0.outcome) (repaired \($0.repaired), unrecoverable \($0.unrecoverable))" } ?? "never scrubbed by a schedule"
+            try Out.line("store \(s.root)  \(s.replicasAvailable)/\(s.replicas) replicas available  \(scrub)  next scrub \(s.nextScrub ?? "-")")
+            for p in s.problems { try Out.line("  \(p)") }
+        }
+        if let e = r.storeError { try Out.line("store: \(e)") }
+    }
+}

@@ -1,0 +1,3 @@
+import XCTest
+@testable import Scheduling
+final class ScheduleFileTests: XCTestCase { func testNothing() {} }
