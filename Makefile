@@ -5,6 +5,8 @@ SWIFT      ?= swift
 BIN        := .build/debug/hsmbackup
 APT_PKGS   := libssl-dev libarchive-dev libzstd-dev libarchive-tools pkg-config zstd
 PC_LIBS    := libcrypto libarchive libzstd
+# For the install and schedule tests: `man -l` renders the installed page, systemd-analyze verifies the units.
+OPS_PKGS   := man-db systemd
 
 .PHONY: deps build release demo test test-asan test-tsan samples interop clean
 
@@ -12,6 +14,10 @@ deps:
 	@if pkg-config --exists $(PC_LIBS) && command -v bsdtar >/dev/null; then :; else \
 	  echo "installing system packages: $(APT_PKGS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+	@if command -v man >/dev/null && command -v systemd-analyze >/dev/null; then :; else \
+	  echo "installing system packages: $(OPS_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(OPS_PKGS) >/dev/null; \
 	fi
 
 build: deps
@@ -28,8 +34,9 @@ demo: build
 # line, are the last things printed.
 test: deps
 	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory man docs CONFIG=debug SWIFT="$(SWIFT)"
 	bash scripts/interop/run.sh $(BIN)
-	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
+	@set -o pipefail; HSMBACKUP_REQUIRE_EXTERNAL=1 $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -vE "^Test Case .*(started|passed)"; rc=$$?; \
 	  line=$$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" .build/test.log | tail -1); \
 	  n=$$(echo "$$line" | sed -E "s/.*Executed ([0-9]+) tests?.*/\1/"); \
@@ -108,3 +115,58 @@ fuzz-smoke-libfuzzer: deps
 # Regenerates fuzz/corpus (seed files) from the vectors, samples and fixed keys.
 fuzz-seeds: deps
 	bash scripts/fuzz/seeds.sh
+
+# Install (issue 18). `make install [PREFIX=/usr/local] [DESTDIR=...]` builds the release binary
+# (CONFIG=debug: the debug one), generates the man page with swift-argument-parser's
+# generate-manual plugin, and installs the binary, the man page, bash/zsh/fish completions and the
+# systemd units (they run $(PREFIX)/bin/hsmbackup with the home UNIT_HOME; `hsmbackup schedule
+# install --systemd DIR` writes them for another home or user). `install-files` installs what is
+# already built (INSTALL_BIN and the generated page) without calling swift; `uninstall` removes
+# exactly what install put there. `make docs` builds the HSMBackup DocC site into .build/docs
+# (static hosting) and fails on any warning.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+CONFIG      ?= release
+INSTALL_BIN ?= .build/$(CONFIG)/hsmbackup
+UNIT_HOME   ?= /var/lib/hsmbackup
+MAN_GEN     := .build/plugins/GenerateManual/outputs/hsmbackup/hsmbackup.1
+BINDIR      := $(PREFIX)/bin
+MANDIR      := $(PREFIX)/share/man/man1
+BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  := $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR := $(PREFIX)/share/fish/vendor_completions.d
+UNITDIR     := $(PREFIX)/lib/systemd/system
+INSTALLED   := $(BINDIR)/hsmbackup $(MANDIR)/hsmbackup.1 $(BASHCOMPDIR)/hsmbackup $(ZSHCOMPDIR)/_hsmbackup \
+               $(FISHCOMPDIR)/hsmbackup.fish $(UNITDIR)/hsmbackup.service $(UNITDIR)/hsmbackup.timer
+
+.PHONY: install install-files uninstall man docs
+install: deps
+	$(SWIFT) build -c $(CONFIG) --product hsmbackup
+	$(MAKE) --no-print-directory man CONFIG=$(CONFIG) SWIFT="$(SWIFT)"
+	$(MAKE) --no-print-directory install-files CONFIG=$(CONFIG) INSTALL_BIN=$(INSTALL_BIN)
+
+# The plugin builds every product in CONFIG, then runs generate-manual on hsmbackup.
+man:
+	$(SWIFT) package plugin generate-manual --configuration $(CONFIG)
+
+install-files:
+	@test -x $(INSTALL_BIN) || { echo "no $(INSTALL_BIN): run make install (or give INSTALL_BIN=)"; exit 1; }
+	@test -f $(MAN_GEN) || { echo "no $(MAN_GEN): run make man CONFIG=$(CONFIG)"; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) \
+	  $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(UNITDIR)
+	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/hsmbackup
+	@# generate-manual leaves blank lines between paragraphs, which mdoc warns about: .Pp is mdoc's.
+	sed 's/^$$/.Pp/' $(MAN_GEN) > $(DESTDIR)$(MANDIR)/hsmbackup.1 && chmod 644 $(DESTDIR)$(MANDIR)/hsmbackup.1
+	$(INSTALL_BIN) --generate-completion-script bash > $(DESTDIR)$(BASHCOMPDIR)/hsmbackup
+	$(INSTALL_BIN) --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPDIR)/_hsmbackup
+	$(INSTALL_BIN) --generate-completion-script fish > $(DESTDIR)$(FISHCOMPDIR)/hsmbackup.fish
+	chmod 644 $(DESTDIR)$(BASHCOMPDIR)/hsmbackup $(DESTDIR)$(ZSHCOMPDIR)/_hsmbackup $(DESTDIR)$(FISHCOMPDIR)/hsmbackup.fish
+	$(INSTALL_BIN) --home $(UNIT_HOME) schedule install --systemd $(DESTDIR)$(UNITDIR) --binary $(BINDIR)/hsmbackup >/dev/null
+	@echo "installed into $(DESTDIR)$(PREFIX):"; for f in $(INSTALLED); do echo "  $$f"; done
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+docs:
+	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target HSMBackup \
+	  --output-path .build/docs --transform-for-static-hosting --hosting-base-path hsmbackup --warnings-as-errors
