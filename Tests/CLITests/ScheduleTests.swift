@@ -1,0 +1,466 @@
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Transcript tests of `schedule` and `status` (issue 18), on a clock the tests move
+/// (HSMBACKUP_TEST_CLOCK: every process sees the time the test gives it; nothing sleeps).
+final class ScheduleTests: XCTestCase {
+    static let t0: UInt64 = 1_767_225_600 // 2026-01-01T00:00:00Z
+
+    static func at(_ seconds: UInt64) -> [String: String] { ["HSMBACKUP_TEST_CLOCK": "\(seconds)"] }
+
+    /// Runs with the clock at `t`.
+    @discardableResult
+    static func run(_ w: CLIWorld, _ args: [String], at t: UInt64) throws -> CLIRun {
+        try w.run(args, environment: at(t))
+    }
+
+    static func backups(_ w: CLIWorld, cluster: String) throws -> [[String: Any]] {
+        try JSON.array(try w.expect(0, ["backup", "list", "--cluster", cluster, "--json"]).stdout)
+    }
+
+    static func logEvents(_ r: CLIRun) -> [[String: String]] {
+        r.stdout.split(separator: "\n").map { line in
+            var out: [String: String] = [:]
+            // Values here hold no spaces except the quoted `error`, which the tests read only by prefix.
+            var rest = Substring(line)
+            while let eq = rest.firstIndex(of: "=") {
+                let key = String(rest[..<eq]).trimmingCharacters(in: .whitespaces)
+                rest = rest[rest.index(after: eq)...]
+                if rest.first == "\"" {
+                    rest = rest.dropFirst()
+                    var value = ""
+                    while let c = rest.first {
+                        rest = rest.dropFirst()
+                        if c == "\\", let n = rest.first { value.append(n); rest = rest.dropFirst(); continue }
+                        if c == "\"" { break }
+                        value.append(c)
+                    }
+                    out[key] = value
+                } else {
+                    let end = rest.firstIndex(of: " ") ?? rest.endIndex
+                    out[key] = String(rest[..<end])
+                    rest = rest[end...]
+                }
+            }
+            return out
+        }
+    }
+
+    // MARK: ten simulated days
+
+    func testTenDaysOfHourlyRunsWithADailyATwiceDailyAndAFailingSchedule() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let t0 = Self.t0
+        let daily = try w.makeHSM(keys: 3, cluster: "c-daily")
+        let twice = try w.makeHSM(keys: 3, cluster: "c-twice")
+        let failing = try w.makeHSM(keys: 3, cluster: "c-failing")
+        for c in ["c-daily", "c-twice", "c-failing"] { try w.expect(0, ["retention", "set", "--cluster", c, "--days", "7"]) }
+        try Self.run(w, ["schedule", "add", "daily", "--hsm", daily, "--kms-key", "k1", "--every", "24h"], at: t0).assertExit(0)
+        try Self.run(w, ["schedule", "add", "twice", "--hsm", twice, "--kms-key", "k1", "--kms-key", "k2", "--every", "12h",
+                         "--verify", "full", "--tag", "tier=gold"], at: t0).assertExit(0)
+        try Self.run(w, ["schedule", "add", "failing", "--hsm", failing, "--kms-key", "k1", "--every", "24h"], at: t0).assertExit(0)
+
+        // The failing schedule's HSM goes away after its first backup; from its next due time
+        // (24h) on it fails, and is retried (and reported) every hour.
+        var failures = 0, backupEvents: [String: Int] = [:]
+        for hour in UInt64(0)..<240 {
+            let r = try Self.run(w, ["schedule", "run"], at: t0 + hour * 3600)
+            let events = Self.logEvents(r)
+            for e in events where e["event"] == "backup" && e["outcome"] == "ok" { backupEvents[e["schedule"]!, default: 0] += 1 }
+            // Every line is one event with the fields journald/grep users look for.
+            for e in events {
+                XCTAssertNotNil(e["time"], r.description)
+                XCTAssertNotNil(e["event"], r.description)
+                XCTAssertNotNil(e["outcome"], r.description)
+                XCTAssertNotNil(e["duration_s"], r.description)
+            }
+            if hour == 0 { try FileManager.default.moveItem(atPath: failing, toPath: failing + ".unplugged") }
+            let failed = events.filter { $0["schedule"] == "failing" && $0["outcome"] == "failed" }
+            guard hour >= 24 else {
+                XCTAssertEqual(r.exitCode, 0, r.description)
+                XCTAssertEqual(failed.count, 0, r.description)
+                continue
+            }
+            XCTAssertEqual(failed.count, 1, "the failing schedule is retried every hour and reported each time\n\(r.description)")
+            XCTAssertEqual(failed.first?["event"], "backup", r.description)
+            XCTAssertTrue(failed.first?["error"]?.contains(failing) == true, "the error names what failed\n\(r.description)")
+            XCTAssertEqual(r.exitCode, 80, "a failed schedule makes the run fail\n\(r.description)")
+            let summary = events.last
+            XCTAssertEqual(summary?["event"], "run", r.description)
+            XCTAssertEqual(summary?["failed"], "1", r.description)
+            failures += 1
+        }
+        XCTAssertEqual(failures, 216)
+        XCTAssertEqual(backupEvents, ["daily": 10, "twice": 20, "failing": 1], "one backup per interval")
+
+        // The catalog agrees: retention (7 days) applied after each backup of the cluster.
+        let d = try Self.backups(w, cluster: "c-daily"), tw = try Self.backups(w, cluster: "c-twice")
+        XCTAssertEqual(d.count, 10)
+        XCTAssertEqual(d.filter { $0["state"] as? String == "READY" }.count, 7, "days 0-2 expired at the day-9 run")
+        XCTAssertEqual(d.filter { $0["state"] as? String == "PENDING_DELETION" }.count, 3)
+        XCTAssertEqual(tw.count, 20)
+        XCTAssertEqual(tw.filter { $0["state"] as? String == "READY" }.count, 14, "0h...60h expired at the 228h run")
+        XCTAssertTrue(tw.allSatisfy { ($0["tags"] as? [String: String]) == ["tier": "gold", "schedule": "twice"] })
+        for list in [d, tw, try Self.backups(w, cluster: "c-failing")] {
+            let newest = try XCTUnwrap(list.max { ($0["createdMillis"] as! Int) < ($1["createdMillis"] as! Int) })
+            XCTAssertEqual(newest["state"] as? String, "READY", "a cluster's newest backup is never expired")
+        }
+
+        // The state file records each schedule's last run, outcome and verification.
+        let state = try JSON.object(String(decoding: try Data(contentsOf: URL(fileURLWithPath: w.home + "/schedule-state.json")), as: UTF8.self))
+        XCTAssertEqual(state["format"] as? String, "hsmbackup-schedule-state")
+        XCTAssertEqual(state["version"] as? Int, 1)
+        let records = try XCTUnwrap(state["schedules"] as? [String: [String: Any]])
+        XCTAssertEqual(records["twice"]?["lastOutcome"] as? String, "ok")
+        XCTAssertEqual((records["twice"]?["lastVerification"] as? [String: Any])?["level"] as? String, "full")
+        XCTAssertEqual((records["twice"]?["lastVerification"] as? [String: Any])?["passed"] as? Bool, true)
+        XCTAssertEqual(records["failing"]?["lastOutcome"] as? String, "failed")
+        XCTAssertEqual(records["failing"]?["consecutiveFailures"] as? Int, 216)
+        XCTAssertEqual((state["scrub"] as? [String: Any])?["lastRun"] as? String, "2026-01-08T00:00:00Z", "weekly scrub: day 0 and day 7")
+
+        // status: the failing schedule's cluster is stale (its newest backup is 10 days old).
+        let st = try Self.run(w, ["status", "--json"], at: t0 + 239 * 3600)
+        XCTAssertEqual(st.exitCode, 82, st.description)
+        let clusters = try XCTUnwrap(try JSON.object(st.stdout)["clusters"] as? [[String: Any]])
+        XCTAssertEqual(clusters.first { $0["cluster"] as? String == "c-failing" }?["status"] as? String, "stale")
+        XCTAssertEqual(clusters.first { $0["cluster"] as? String == "c-daily" }?["status"] as? String, "ok")
+        XCTAssertEqual(clusters.first { $0["cluster"] as? String == "c-twice" }?["status"] as? String, "ok")
+
+        // A missed week (the machine was off) is caught up with one backup per schedule.
+        try FileManager.default.moveItem(atPath: failing + ".unplugged", toPath: failing)
+        let week = t0 + 17 * 86_400
+        let caught = try Self.run(w, ["schedule", "run"], at: week)
+        XCTAssertEqual(caught.exitCode, 0, caught.description)
+        let caughtBackups = Self.logEvents(caught).filter { $0["event"] == "backup" }.compactMap { $0["schedule"] }
+        XCTAssertEqual(caughtBackups.sorted(), ["daily", "failing", "twice"], caught.description)
+        XCTAssertEqual(try Self.backups(w, cluster: "c-daily").count, 11)
+        XCTAssertEqual(try Self.backups(w, cluster: "c-twice").count, 21)
+        let again = try Self.run(w, ["schedule", "run"], at: week + 3600)
+        XCTAssertEqual(again.exitCode, 0, again.description)
+        XCTAssertFalse(again.stdout.contains("event=backup"), "nothing is due an hour later\n\(again.description)")
+        XCTAssertEqual(try Self.run(w, ["status"], at: week + 3600).exitCode, 0)
+    }
+
+    // MARK: one instance at a time
+
+    func testASecondRunExitsAtOnceWhileTheLockIsHeld() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        try Self.run(w, ["schedule", "add", "s", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h"], at: Self.t0).assertExit(0)
+
+        // Another run holds the lock (this process takes it, as a running `schedule run` would).
+        let fd = open(w.home + "/schedule-run.lock", O_RDWR | O_CREAT, 0o600)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(flock(fd, LOCK_EX | LOCK_NB), 0)
+        let busy = try Self.run(w, ["schedule", "run"], at: Self.t0)
+        XCTAssertEqual(busy.exitCode, 75, busy.description)
+        XCTAssertTrue(busy.stderr.contains("another `hsmbackup schedule run`"), busy.description)
+        XCTAssertEqual(busy.stdout, "", "it did nothing")
+        XCTAssertEqual(try Self.backups(w, cluster: "c1").count, 0)
+        close(fd)
+
+        // Two runs started together: one makes the backup; the other finds the lock held (75)
+        // or, if it started after the first ended, nothing due (0). Never two backups.
+        let results = try [0, 1].concurrentMap { _ in try Self.run(w, ["schedule", "run"], at: Self.t0) }
+        XCTAssertEqual(try Self.backups(w, cluster: "c1").count, 1, results.map(\.description).joined(separator: "\n"))
+        XCTAssertTrue(results.allSatisfy { [0, 75].contains($0.exitCode) }, results.map(\.description).joined(separator: "\n"))
+        XCTAssertTrue(results.contains { $0.exitCode == 0 && $0.stdout.contains("event=backup") })
+    }
+
+    // MARK: status
+
+    func testStatusExitCodesForAFreshAStaleAndAFailedCluster() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let t0 = Self.t0
+        try Self.run(w, ["schedule", "add", "s", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h"], at: t0).assertExit(0)
+
+        // Never run, just added: within its schedule.
+        XCTAssertEqual(try Self.run(w, ["status"], at: t0).exitCode, 0)
+        try Self.run(w, ["schedule", "run"], at: t0).assertExit(0)
+
+        // Fresh.
+        let fresh = try Self.run(w, ["status", "--json"], at: t0 + 3600)
+        XCTAssertEqual(fresh.exitCode, 0, fresh.description)
+        let fj = try JSON.object(fresh.stdout)
+        XCTAssertEqual(fj["verdict"] as? String, "ok")
+        let c1 = try XCTUnwrap((fj["clusters"] as? [[String: Any]])?.first { $0["cluster"] as? String == "c1" })
+        XCTAssertEqual(c1["newestAgeSeconds"] as? Int, 3600)
+        XCTAssertEqual(c1["maxAgeSeconds"] as? Int, 26 * 3600, "24h + the default 2h grace")
+        XCTAssertEqual((c1["lastVerification"] as? [String: Any])?["level"] as? String, "envelope")
+        XCTAssertEqual((c1["lastVerification"] as? [String: Any])?["passed"] as? Bool, true)
+        let store = try XCTUnwrap(fj["store"] as? [String: Any])
+        XCTAssertEqual(store["replicasAvailable"] as? Int, 3)
+        XCTAssertEqual((store["lastScrub"] as? [String: Any])?["outcome"] as? String, "ok")
+        let sched = try XCTUnwrap((fj["schedules"] as? [[String: Any]])?.first)
+        XCTAssertEqual(sched["nextRun"] as? String, "2026-01-02T00:00:00Z")
+
+        // A replica directory gone: the store is degraded (83) while the backups are on time.
+        let replica = w.home + "/store/replica-2"
+        try FileManager.default.moveItem(atPath: replica, toPath: replica + ".away")
+        let degraded = try Self.run(w, ["status"], at: t0 + 3600)
+        XCTAssertEqual(degraded.exitCode, 83, degraded.description)
+        XCTAssertTrue(degraded.stdout.contains("2/3 replicas available"), degraded.description)
+        try FileManager.default.moveItem(atPath: replica + ".away", toPath: replica)
+
+        // Stale: 27 hours without a run (24h + 2h grace allowed).
+        let stale = try Self.run(w, ["status"], at: t0 + 27 * 3600)
+        XCTAssertEqual(stale.exitCode, 82, stale.description)
+        XCTAssertTrue(stale.stdout.contains("the newest READY backup is 1d3h old; its schedule allows 1d2h"), stale.description)
+        XCTAssertEqual(try Self.run(w, ["status", "--grace", "4h"], at: t0 + 27 * 3600).exitCode, 0, "a longer grace")
+
+        // Failed verification: a full verification on an HSM of another manufacturer cannot pass.
+        let other = try w.makeHSM(keys: 2, cluster: "c-verify")
+        try Self.run(w, ["schedule", "add", "v", "--hsm", other, "--kms-key", "k1", "--every", "24h", "--verify", "full",
+                         "--verify-hsm", w.foreignHSM], at: t0 + 27 * 3600).assertExit(0)
+        let run = try Self.run(w, ["schedule", "run"], at: t0 + 27 * 3600)
+        XCTAssertEqual(run.exitCode, 80, run.description)
+        let verify = Self.logEvents(run).first { $0["schedule"] == "v" && $0["event"] == "verify" }
+        XCTAssertEqual(verify?["outcome"], "failed", run.description)
+        XCTAssertNotNil(verify?["backup_id"], "the event names the backup")
+        let prom = w.path("textfile") + "/hsmbackup.prom"
+        try FileManager.default.createDirectory(atPath: (prom as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let failed = try Self.run(w, ["status", "--prometheus", prom], at: t0 + 28 * 3600)
+        XCTAssertEqual(failed.exitCode, 81, failed.description)
+        XCTAssertTrue(failed.stdout.contains("cluster c-verify  verification-failed"), failed.description)
+        XCTAssertTrue(failed.stdout.contains("cluster c1  ok"), "s ran again at 27h: c1 is fresh\n\(failed.description)")
+
+        // The Prometheus file: every sample parses, has a TYPE, and carries the same figures.
+        let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: prom)), as: UTF8.self)
+        let samples = try PromText.parse(text)
+        XCTAssertEqual(samples["hsmbackup_status{verdict=\"verification-failed\"}"], 1)
+        XCTAssertEqual(samples["hsmbackup_status{verdict=\"ok\"}"], 0)
+        XCTAssertEqual(samples["hsmbackup_cluster_last_verification_success{cluster=\"c-verify\",level=\"full\"}"], 0)
+        XCTAssertEqual(samples["hsmbackup_cluster_last_verification_success{cluster=\"c1\",level=\"envelope\"}"], 1)
+        XCTAssertEqual(samples["hsmbackup_cluster_newest_backup_age_seconds{cluster=\"c1\"}"], 3600)
+        XCTAssertEqual(samples["hsmbackup_cluster_newest_backup_timestamp_seconds{cluster=\"c1\"}"], Double(t0 + 27 * 3600))
+        XCTAssertEqual(samples["hsmbackup_cluster_ready_backups{cluster=\"c1\"}"], 2)
+        XCTAssertEqual(samples["hsmbackup_schedule_last_run_success{schedule=\"v\",cluster=\"c-verify\"}"], 0)
+        XCTAssertEqual(samples["hsmbackup_schedule_next_run_timestamp_seconds{schedule=\"s\",cluster=\"c1\"}"], Double(t0 + 51 * 3600))
+        XCTAssertEqual(samples["hsmbackup_store_replicas_available"], 3)
+        XCTAssertEqual(samples["hsmbackup_store_last_scrub_success"], 1)
+        XCTAssertEqual(samples["hsmbackup_status_time_seconds"], Double(t0 + 28 * 3600))
+        let perms = try FileManager.default.attributesOfItem(atPath: prom)[.posixPermissions] as? Int
+        XCTAssertEqual(perms, 0o644, "node_exporter reads it as another user")
+        XCTAssertEqual(try Files.list((prom as NSString).deletingLastPathComponent), ["hsmbackup.prom"], "no temp file left")
+    }
+
+    func testScheduleFileEditsAndRefusals() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        try w.expect(0, ["schedule", "add", "a", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "1d12h", "--tag", "x=y"])
+        try w.expect(64, ["schedule", "add", "a", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h"])       // exists
+        try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24"])        // no unit
+        try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "30s"])       // too short
+        try w.expect(64, ["schedule", "add", "b/c", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h"])     // bad name
+        try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--every", "24h"])                          // no key
+        try w.expect(66, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "nope", "--every", "24h"])     // no such key
+        try w.expect(66, ["schedule", "add", "b", "--hsm", w.path("none"), "--kms-key", "k1", "--every", "24h"])    // no HSM
+        let list = try JSON.array(try w.expect(0, ["schedule", "list", "--json"]).stdout)
+        XCTAssertEqual(list.count, 1)
+        let s = try XCTUnwrap(list.first?["schedule"] as? [String: Any])
+        XCTAssertEqual(s["every"] as? String, "1d12h")
+        XCTAssertEqual((s["source"] as? [String: Any])?["kind"] as? String, "simulated-hsm")
+        try w.expect(0, ["schedule", "scrub-interval", "3d"])
+        let file = try JSON.object(String(decoding: try Data(contentsOf: URL(fileURLWithPath: w.home + "/schedules.json")), as: UTF8.self))
+        XCTAssertEqual(file["format"] as? String, "hsmbackup-schedules")
+        XCTAssertEqual(file["version"] as? Int, 1)
+        XCTAssertEqual(file["scrubEvery"] as? String, "3d")
+        try w.expect(0, ["schedule", "remove", "a"])
+        try w.expect(66, ["schedule", "remove", "a"])
+
+        // A file of a newer version is refused, not half-read; nothing runs.
+        try Data(#"{"format": "hsmbackup-schedules", "version": 2, "schedules": []}"#.utf8).write(to: URL(fileURLWithPath: w.home + "/schedules.json"))
+        let r = try w.run(["schedule", "run"])
+        XCTAssertEqual(r.exitCode, 65, r.description)
+        XCTAssertTrue(r.stderr.contains("version 2 is not one this hsmbackup reads"), r.description)
+    }
+
+    // MARK: systemd and cron
+
+    func testSystemdUnitsPassSystemdAnalyzeAndCronLine() throws {
+        guard let analyze = External.find("systemd-analyze") else { return try External.missing("systemd-analyze") }
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let dir = w.path("units"), prom = w.path("textfile") + "/hsmbackup.prom"
+        try FileManager.default.createDirectory(atPath: (prom as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let r = try w.expect(0, ["schedule", "install", "--systemd", dir, "--binary", CLI.binary.path, "--prometheus", prom])
+        XCTAssertTrue(r.stdout.contains("wrote \(dir)/hsmbackup.service"), r.description)
+        let service = try String(contentsOfFile: dir + "/hsmbackup.service", encoding: .utf8)
+        let timer = try String(contentsOfFile: dir + "/hsmbackup.timer", encoding: .utf8)
+        for line in ["ExecStart=\(CLI.binary.path) --home \(w.home) schedule run", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                     "PrivateTmp=yes", "ReadWritePaths=\(w.home) \((prom as NSString).deletingLastPathComponent)", "Type=oneshot"] {
+            XCTAssertTrue(service.split(separator: "\n").contains(Substring(line)), "\(line) in\n\(service)")
+        }
+        for line in ["Persistent=true", "OnCalendar=hourly", "Unit=hsmbackup.service", "WantedBy=timers.target"] {
+            XCTAssertTrue(timer.split(separator: "\n").contains(Substring(line)), "\(line) in\n\(timer)")
+        }
+        // systemd-analyze verify: no complaint names our units (in a container it may say
+        // other things about the system; --man=no: the page is not installed here).
+        let ok = try External.run(analyze, ["verify", "--man=no", dir + "/hsmbackup.service", dir + "/hsmbackup.timer"])
+        let ours = ok.output.split(separator: "\n").filter { $0.contains("hsmbackup.service") || $0.contains("hsmbackup.timer") }
+        XCTAssertEqual(ours, [], ok.output)
+        // The check is meaningful: a unit with a bad directive is named.
+        let bad = dir + "/hsmbackup-bad.service"
+        try (service + "ProtectSystm=strict\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        let flagged = try External.run(analyze, ["verify", "--man=no", bad])
+        XCTAssertTrue(flagged.output.contains("hsmbackup-bad.service") && flagged.output.contains("ProtectSystm"), flagged.output)
+
+        let cron = try w.expect(0, ["schedule", "install", "--cron", "--binary", "/usr/local/bin/hsmbackup"])
+        XCTAssertEqual(cron.stdout, "7 * * * * /usr/local/bin/hsmbackup --home \(w.home) schedule run 2>&1 | logger -t hsmbackup\n")
+        try w.expect(64, ["schedule", "install", "--cron", "--binary", "/opt/hsm%i/hsmbackup"])
+        try w.expect(64, ["schedule", "install", "--cron", "--binary", "/opt/hsm backup/bin/hsmbackup"])
+        try w.expect(64, ["schedule", "install"])
+    }
+
+    // MARK: make install
+
+    func testMakeInstallIntoADestdirAndTheManPageRenders() throws {
+        guard let make = External.find("make") else { return try External.missing("make") }
+        guard let man = External.find("man") else { return try External.missing("man") }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        guard FileManager.default.fileExists(atPath: root + "/.build/plugins/GenerateManual/outputs/hsmbackup/hsmbackup.1") else {
+            return XCTFail("the man page is not generated: run `make man CONFIG=debug` (make test does)")
+        }
+        let dest = try CLI.makeHome()
+        defer { try? FileManager.default.removeItem(atPath: dest) }
+        let r = try External.run(make, ["-s", "-C", root, "install-files", "DESTDIR=\(dest)", "PREFIX=/usr/local", "INSTALL_BIN=\(CLI.binary.path)"])
+        XCTAssertEqual(r.exitCode, 0, r.output)
+        var files: [String] = []
+        let e = FileManager.default.enumerator(atPath: dest)
+        while let p = e?.nextObject() as? String {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: dest + "/" + p, isDirectory: &isDir), !isDir.boolValue { files.append(p) }
+        }
+        XCTAssertEqual(files.sorted(), [
+            "usr/local/bin/hsmbackup",
+            "usr/local/lib/systemd/system/hsmbackup.service",
+            "usr/local/lib/systemd/system/hsmbackup.timer",
+            "usr/local/share/bash-completion/completions/hsmbackup",
+            "usr/local/share/fish/vendor_completions.d/hsmbackup.fish",
+            "usr/local/share/man/man1/hsmbackup.1",
+            "usr/local/share/zsh/site-functions/_hsmbackup",
+        ])
+        let service = try String(contentsOfFile: dest + "/usr/local/lib/systemd/system/hsmbackup.service", encoding: .utf8)
+        XCTAssertTrue(service.contains("ExecStart=/usr/local/bin/hsmbackup --home /var/lib/hsmbackup schedule run"), service)
+        let bash = try String(contentsOfFile: dest + "/usr/local/share/bash-completion/completions/hsmbackup", encoding: .utf8)
+        XCTAssertTrue(bash.contains("schedule") && bash.contains("status"), "the completions know the new commands")
+
+        let page = try External.run(man, ["-l", dest + "/usr/local/share/man/man1/hsmbackup.1"], environment: ["MANPAGER": "cat", "MANWIDTH": "1000", "LANG": "C.UTF-8"])
+        XCTAssertEqual(page.exitCode, 0, page.output)
+        // One line per paragraph (MANWIDTH=1000), spaces collapsed.
+        let rendered = page.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        XCTAssertTrue(rendered.contains("HSMBACKUP(1)"), page.output)
+        XCTAssertTrue(rendered.contains("Run what is due, once, and exit"), "the page documents schedule run\n\(rendered)")
+        XCTAssertTrue(rendered.contains("75 another run holds the lock"), "and the exit codes\n\(rendered)")
+        XCTAssertFalse(page.stderr.contains("warning"), page.stderr)
+
+        let u = try External.run(make, ["-s", "-C", root, "uninstall", "DESTDIR=\(dest)", "PREFIX=/usr/local"])
+        XCTAssertEqual(u.exitCode, 0, u.output)
+        let left = (FileManager.default.enumerator(atPath: dest)?.allObjects as? [String] ?? []).filter {
+            var isDir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: dest + "/" + $0, isDirectory: &isDir) && !isDir.boolValue
+        }
+        XCTAssertEqual(left, [], "uninstall removes every installed file")
+    }
+}
+
+extension CLIRun {
+    func assertExit(_ code: Int32, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(exitCode, code, description, file: file, line: line)
+    }
+}
+
+extension Array {
+    /// Runs `body` for every element at once (each on its own thread) and returns the results in order.
+    func concurrentMap<T>(_ body: @escaping (Element) throws -> T) throws -> [T] {
+        let lock = NSLock()
+        nonisolated(unsafe) var results = [Result<T, Error>?](repeating: nil, count: count)
+        nonisolated(unsafe) let items = self
+        nonisolated(unsafe) let body = body
+        DispatchQueue.concurrentPerform(iterations: count) { i in
+            let r = Result { try body(items[i]) }
+            lock.lock(); results[i] = r; lock.unlock()
+        }
+        return try results.map { try $0!.get() }
+    }
+}
+
+/// The Prometheus text exposition format, as node_exporter's textfile collector reads it:
+/// `# HELP`/`# TYPE` lines, then `name{labels} value` samples; every sample's family has a TYPE.
+enum PromText {
+    static func parse(_ text: String) throws -> [String: Double] {
+        var types: [String: String] = [:], samples: [String: Double] = [:]
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix("# TYPE ") {
+                let parts = line.split(separator: " ")
+                guard parts.count == 4 else { throw CLIWorldError("bad TYPE line: \(line)") }
+                types[String(parts[2])] = String(parts[3])
+                continue
+            }
+            if line.hasPrefix("# HELP ") { continue }
+            guard let space = line.lastIndex(of: " ") else { throw CLIWorldError("bad sample: \(line)") }
+            let series = String(line[..<space]), valueText = line[line.index(after: space)...]
+            guard let value = Double(valueText) else { throw CLIWorldError("bad value in \(line)") }
+            let name = String(series.prefix { $0 != "{" })
+            guard name.range(of: "^[a-zA-Z_:][a-zA-Z0-9_:]*$", options: .regularExpression) != nil else { throw CLIWorldError("bad name: \(line)") }
+            guard types[name] == "gauge" else { throw CLIWorldError("\(name) has no TYPE gauge line before it") }
+            if series.count > name.count {
+                guard series.range(of: #"^[a-zA-Z_:][a-zA-Z0-9_:]*\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)+\}$"#, options: .regularExpression) != nil else {
+                    throw CLIWorldError("bad labels: \(line)")
+                }
+            }
+            guard samples.updateValue(value, forKey: series) == nil else { throw CLIWorldError("duplicate series \(series)") }
+        }
+        return samples
+    }
+}
+
+/// External tools the install and unit tests need: with HSMBACKUP_REQUIRE_EXTERNAL=1 (make test)
+/// a missing one fails the test; otherwise the test is skipped, saying which.
+enum External {
+    static func find(_ tool: String) -> String? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+            let p = "\(dir)/\(tool)"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return nil
+    }
+
+    static func missing(_ tool: String) throws {
+        if ProcessInfo.processInfo.environment["HSMBACKUP_REQUIRE_EXTERNAL"] == "1" {
+            XCTFail("\(tool) is not installed (make deps installs it)")
+        } else {
+            throw XCTSkip("\(tool) is not installed (make deps installs it; HSMBACKUP_REQUIRE_EXTERNAL=1 makes this a failure)")
+        }
+    }
+
+    struct Result { let exitCode: Int32; let stdout: String; let stderr: String; var output: String { stdout + stderr } }
+
+    static func run(_ tool: String, _ args: [String], environment extra: [String: String] = [:]) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in extra { env[k] = v }
+        p.environment = env
+        let tmp = FileManager.default.temporaryDirectory
+        let o = tmp.appendingPathComponent("ext-out-\(UUID().uuidString)"), e = tmp.appendingPathComponent("ext-err-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: o.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: e.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: o); try? FileManager.default.removeItem(at: e) }
+        let oh = try FileHandle(forWritingTo: o), eh = try FileHandle(forWritingTo: e)
+        p.standardOutput = oh
+        p.standardError = eh
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        try oh.close(); try eh.close()
+        return Result(exitCode: p.terminationStatus, stdout: String(decoding: try Data(contentsOf: o), as: UTF8.self),
+                      stderr: String(decoding: try Data(contentsOf: e), as: UTF8.self))
+    }
+}
