@@ -94,14 +94,17 @@ public final class ScheduleRunner {
     public let clock: StoreClock
     private let describe: (Error) -> String
     private let log: (LogEvent) -> Void
+    private let resolveKeys: (([String]) throws -> [Keyring])?
 
     /// `describe` turns an error into the text logged (the CLI adds its exit code); `log` gets
-    /// each event as it happens.
+    /// each event as it happens; `resolveKeys` turns a schedule's `kmsKeys` into keyrings
+    /// (default: keys of the home's local KMS), so other KMS kinds plug in without changing the runner.
     public init(home: ScheduleHome, clock: StoreClock, describe: @escaping (Error) -> String = { "\($0)" },
-                log: @escaping (LogEvent) -> Void) {
+                resolveKeys: (([String]) throws -> [Keyring])? = nil, log: @escaping (LogEvent) -> Void) {
         self.home = home
         self.clock = clock
         self.describe = describe
+        self.resolveKeys = resolveKeys
         self.log = log
     }
 
@@ -189,7 +192,7 @@ public final class ScheduleRunner {
             let service = try service.get()
             let hsm = try Self.openSource(s.source)
             cluster = hsm.identity.clusterId
-            let keyrings = try s.kmsKeys.map { try kms.keyring($0) as Keyring }
+            let keyrings = try resolveKeys?(s.kmsKeys) ?? s.kmsKeys.map { try kms.keyring($0) as Keyring }
             var options = ArchiveOptions()
             options.createdAt = start
             var tags = s.tags
@@ -201,7 +204,8 @@ public final class ScheduleRunner {
 
             step = .verify
             let verifyHSM = s.verify == .full ? try s.verifyOn.map(Self.openSource) ?? hsm : nil
-            let keys = VerificationKeys(keyrings: [kms.decryptionKeyring], hsm: verifyHSM)
+            // The schedule's own keyrings open what they wrapped; the local KMS opens any local key.
+            let keys = VerificationKeys(keyrings: keyrings + [kms.decryptionKeyring], hsm: verifyHSM)
             let report = try service.verify(created.entry.backupId, level: s.verify, keys: keys)
             record.lastVerification = ScheduleRecord.Verification(
                 at: Timestamp.rfc3339(nowSeconds), backupId: created.entry.backupId, level: s.verify, passed: report.passed,
