@@ -280,7 +280,7 @@ public struct ScheduleHome: Sendable {
 
     /// Runs `body` holding the edit lock (blocking: edits are short).
     public func editing<T>(_ body: () throws -> T) throws -> T {
-        let lock = try FileLock.acquire(editLock, wait: true)
+        let lock = try ScheduleLock.acquire(editLock, wait: true)
         defer { lock.release() }
         return try body()
     }

@@ -113,7 +113,7 @@ public final class ScheduleRunner {
     /// Runs what is due. Throws only when nothing could run: another run holds the lock (busy),
     /// or the schedule or state file cannot be read.
     public func run() throws -> RunSummary {
-        let lock = try FileLock.acquire(home.runLock, wait: false)
+        let lock = try ScheduleLock.acquire(home.runLock, wait: false)
         defer { lock.release() }
         let file = try home.loadSchedules()
         var state = try home.loadState()

@@ -16,6 +16,8 @@ public struct UnitOptions: Sendable {
     public var user: String?
     /// After each run, write `status --prometheus` here (its directory becomes writable too).
     public var prometheusFile: String?
+    /// Other paths the service must write: the store's replica directories outside the home.
+    public var extraWritable: [String] = []
 
     public init(binary: String, home: String) { self.binary = binary; self.home = home }
 
@@ -24,6 +26,7 @@ public struct UnitOptions: Sendable {
     public func validate() throws {
         var paths = [("--binary", binary), ("--home", home)]
         if let p = prometheusFile { paths.append(("--prometheus", p)) }
+        paths += extraWritable.map { ("replica directory", $0) }
         for (what, p) in paths {
             guard p.hasPrefix("/") else { throw SchedulingError(.invalidArgument, "\(what) \(p): give an absolute path (units and crontab have no working directory)") }
             if let bad = p.unicodeScalars.first(where: { $0.value < 0x21 || $0.value == 0x7F || "\"'\\%;$`".unicodeScalars.contains($0) }) {
@@ -46,7 +49,7 @@ public enum Units {
             // `-`: a stale status (non-zero) must not mark the run failed; the file is what matters.
             "ExecStopPost=-\(o.binary) --home \(o.home) status --prometheus \($0)\n"
         } ?? ""
-        let writable = [o.home] + (o.prometheusFile.map { [directory(of: $0)] } ?? [])
+        let writable = [o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])
         return """
             # Written by `hsmbackup schedule install --systemd`. Runs what is due, once, and exits;
             # \(o.name).timer starts it. Exit codes: 0 all succeeded, 75 another run holds the lock,
@@ -66,7 +69,8 @@ public enum Units {
             Nice=10
             IOSchedulingClass=best-effort
             IOSchedulingPriority=7
-            # Hardening: nothing but the home is writable; no privilege gain, devices, kernel knobs.
+            # Hardening: nothing but the home (and replica directories outside it) is writable;
+            # no privilege gain, devices, kernel knobs.
             NoNewPrivileges=yes
             ProtectSystem=strict
             ProtectHome=read-only

@@ -101,14 +101,14 @@ final class ScheduleFileTests: XCTestCase {
     func testALockHeldIsBusyAtOnce() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("lock-\(UUID().uuidString)").path
         defer { unlink(path) }
-        let held = try FileLock.acquire(path, wait: false)
+        let held = try ScheduleLock.acquire(path, wait: false)
         // flock locks belong to the open file description: a second open in this process conflicts too.
-        XCTAssertThrowsError(try FileLock.acquire(path, wait: false)) { e in
+        XCTAssertThrowsError(try ScheduleLock.acquire(path, wait: false)) { e in
             XCTAssertEqual((e as? SchedulingError)?.code, .busy)
             XCTAssertTrue("\(e)".contains("(pid \(getpid()))"), "\(e)")
         }
         held.release()
-        XCTAssertNoThrow(try FileLock.acquire(path, wait: false).release())
+        XCTAssertNoThrow(try ScheduleLock.acquire(path, wait: false).release())
     }
 
     func testUnitOptionsRefuseWhatUnitFilesAndCrontabWouldMisread() {
@@ -119,6 +119,8 @@ final class ScheduleFileTests: XCTestCase {
         var o = UnitOptions(binary: "/usr/bin/hsmbackup", home: "/var/lib/hsmbackup")
         o.prometheusFile = "/var/lib/node_exporter/textfile/hsmbackup.prom"
         XCTAssertTrue(Units.service(o).contains("ReadWritePaths=/var/lib/hsmbackup /var/lib/node_exporter/textfile\n"))
+        o.extraWritable = ["/mnt/disk2/replica"]
+        XCTAssertTrue(Units.service(o).contains("ReadWritePaths=/var/lib/hsmbackup /mnt/disk2/replica /var/lib/node_exporter/textfile\n"))
         XCTAssertTrue(Units.service(o).contains("ExecStopPost=-/usr/bin/hsmbackup --home /var/lib/hsmbackup status --prometheus /var/lib/node_exporter/textfile/hsmbackup.prom\n"))
     }
 }

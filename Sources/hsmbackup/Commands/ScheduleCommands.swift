@@ -230,6 +230,10 @@ struct ScheduleInstall: ParsableCommand {
             options.onCalendar = onCalendar
             options.user = user
             options.prometheusFile = prometheus
+            // Replica directories outside the home (`store init --replica-dir`) must stay writable.
+            if let store = try? LocalObjectStore(root: Home.store, removeStaleTemps: false) {
+                options.extraWritable = store.replicaPaths.filter { !$0.hasPrefix(options.home + "/") }
+            }
             try options.validate()
             if cron { try Out.line(Units.cronLine(options, minute: minute)); return }
             guard let dir = systemd else { return }

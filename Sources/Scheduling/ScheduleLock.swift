@@ -6,14 +6,14 @@ import Glibc
 /// An exclusive `flock(2)` on a file, held until `release()` or the process ends (the kernel
 /// drops it when the process dies, so a killed run never leaves the lock behind). The holder's
 /// pid is written into the file for the message another process prints.
-public final class FileLock {
+public final class ScheduleLock {
     public let path: String
     private var fd: Int32
 
     private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
 
     /// Takes the lock. With `wait: false`, a lock another process holds is `busy` at once.
-    public static func acquire(_ path: String, wait: Bool) throws -> FileLock {
+    public static func acquire(_ path: String, wait: Bool) throws -> ScheduleLock {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
             throw SchedulingError(.io, path: path, "cannot open the lock file: \(String(cString: strerror(errno)))")
@@ -30,7 +30,7 @@ public final class FileLock {
         }
         let pid = Array("\(getpid())\n".utf8)
         if ftruncate(fd, 0) == 0 { _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
-        return FileLock(path: path, fd: fd)
+        return ScheduleLock(path: path, fd: fd)
     }
 
     private static func holder(_ fd: Int32) -> Int32? {
