@@ -280,9 +280,15 @@ public struct ScheduleHome: Sendable {
 
     /// Runs `body` holding the edit lock (blocking: edits are short).
     public func editing<T>(_ body: () throws -> T) throws -> T {
+        try makeHome()
         let lock = try ScheduleLock.acquire(editLock, wait: true)
         defer { lock.release() }
         return try body()
+    }
+
+    /// Creates the home (owner-only) if it is not there yet, as every command that needs it does.
+    public func makeHome() throws {
+        do { try AtomicFile.makeDirectory(home) } catch let e as FileError { throw SchedulingError(.io, path: home, e.reason) }
     }
 
     private func readIfPresent(_ path: String) throws -> [UInt8]? {

@@ -113,6 +113,7 @@ public final class ScheduleRunner {
     /// Runs what is due. Throws only when nothing could run: another run holds the lock (busy),
     /// or the schedule or state file cannot be read.
     public func run() throws -> RunSummary {
+        try home.makeHome()
         let lock = try ScheduleLock.acquire(home.runLock, wait: false)
         defer { lock.release() }
         let file = try home.loadSchedules()
@@ -134,7 +135,8 @@ public final class ScheduleRunner {
             try saveState(&state, file)
         }
 
-        if DueRules.scrubDue(file.scrubEvery, state.scrub, now: started) {
+        // With no schedule at all there is nothing to keep healthy yet (a fresh install's timer).
+        if !file.schedules.isEmpty, DueRules.scrubDue(file.scrubEvery, state.scrub, now: started) {
             let (record, passed) = scrub(service)
             state.scrub = record
             summary.scrubPassed = passed
