@@ -105,7 +105,7 @@ public struct Interval: Codable, Hashable, Sendable, CustomStringConvertible, Co
 
 /// Where a schedule's backups come from. Encoded with a `kind` discriminator so new kinds are
 /// additive: a reader that meets a kind it does not know refuses the file (badFile), naming it.
-public enum BackupSource: Codable, Equatable, Sendable, CustomStringConvertible {
+public enum ScheduleSource: Codable, Equatable, Sendable, CustomStringConvertible {
     /// A simulated HSM's state directory (`--hsm DIR`), stored as an absolute path.
     case simulatedHSM(directory: String)
     // A PKCS#11 token (`--pkcs11 --module PATH --token LABEL`) goes here as another case, e.g.
@@ -144,7 +144,7 @@ public struct Schedule: Codable, Equatable, Sendable {
     public static let maxNameLength = 64
 
     public var name: String
-    public var source: BackupSource
+    public var source: ScheduleSource
     /// The cluster the source belonged to when the schedule was added (status groups by it).
     public var cluster: String
     public var kmsKeys: [String]
@@ -152,14 +152,14 @@ public struct Schedule: Codable, Equatable, Sendable {
     public var verify: VerificationLevel
     /// Where `verify: full` runs its dry-run restore (a spare HSM of the same manufacturer);
     /// nil: the source itself.
-    public var verifyOn: BackupSource?
+    public var verifyOn: ScheduleSource?
     public var tags: [String: String]
     /// When the schedule was added (RFC 3339 UTC): a schedule that never succeeded is judged
     /// against this.
     public var added: String
 
-    public init(name: String, source: BackupSource, cluster: String, kmsKeys: [String], every: Interval,
-                verify: VerificationLevel, verifyOn: BackupSource? = nil, tags: [String: String], added: String) {
+    public init(name: String, source: ScheduleSource, cluster: String, kmsKeys: [String], every: Interval,
+                verify: VerificationLevel, verifyOn: ScheduleSource? = nil, tags: [String: String], added: String) {
         self.name = name; self.source = source; self.cluster = cluster; self.kmsKeys = kmsKeys
         self.every = every; self.verify = verify; self.verifyOn = verifyOn; self.tags = tags; self.added = added
     }

@@ -164,8 +164,8 @@ public final class ScheduleRunner {
         return String(format: "%.3f", Double(ms) / 1000)
     }
 
-    /// Opens a schedule's source. The one place a new `BackupSource` kind is opened.
-    static func openSource(_ source: BackupSource) throws -> SimulatedHSM {
+    /// Opens a schedule's source. The one place a new `ScheduleSource` kind is opened.
+    static func openSource(_ source: ScheduleSource) throws -> SimulatedHSM {
         switch source {
         case .simulatedHSM(let dir): return try SimulatedHSM.open(at: dir)
         }

@@ -64,7 +64,7 @@ struct ScheduleAdd: ParsableCommand {
 
     @Argument(help: "The schedule's name (1 to 64 of A-Z a-z 0-9 . _ -).") var name: String
     // The backup source: exactly one. A PKCS#11 token (--pkcs11 --module PATH --token LABEL)
-    // becomes another source here and in `BackupSource`.
+    // becomes another source here and in `ScheduleSource`.
     @Option(help: "A simulated HSM's state directory.") var hsm: String
     @Option(name: .customLong("kms-key"), help: "A local KMS key the backups are encrypted under (repeatable; one EDK each).") var kmsKeys: [String] = []
     @Option(help: "How often: a number and a unit (s, m, h, d, w), e.g. 24h, 12h, 1d12h.") var every: String
@@ -90,7 +90,7 @@ struct ScheduleAdd: ParsableCommand {
             for k in kmsKeys { _ = try kms.keyring(k) }
             let dir = ScheduleHome.absolute(hsm)
             let source = try openHSM(dir)
-            let verifyOn = try verifyHSM.map { d -> BackupSource in
+            let verifyOn = try verifyHSM.map { d -> ScheduleSource in
                 let abs = ScheduleHome.absolute(d)
                 _ = try openHSM(abs)
                 return .simulatedHSM(directory: abs)
