@@ -68,7 +68,7 @@ struct ScheduleAdd: ParsableCommand {
     @Option(help: "A simulated HSM's state directory.") var hsm: String
     @Option(name: .customLong("kms-key"), help: "A local KMS key the backups are encrypted under (repeatable; one EDK each).") var kmsKeys: [String] = []
     @Option(help: "How often: a number and a unit (s, m, h, d, w), e.g. 24h, 12h, 1d12h.") var every: String
-    @Option(help: "Verification after each backup: structure, envelope (default) or full.") var verify: VerificationLevel = .envelope
+    @Option(help: "How deep to verify each new backup.") var verify: VerificationLevel = .envelope
     @Option(name: .customLong("verify-hsm"), help: "For --verify full: a spare HSM of the same manufacturer for the dry-run restore (default: the source).") var verifyHSM: String?
     @Option(name: .customLong("tag"), help: "A tag k=v for each backup (repeatable; `schedule=NAME` is added).") var tags: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
@@ -262,7 +262,7 @@ struct StatusCommand: ParsableCommand {
 
     @Flag(help: "Machine-readable output.") var json = false
     @Option(help: "Also write the figures in the Prometheus text format to this file (e.g. .../textfile/hsmbackup.prom).") var prometheus: String?
-    @Option(help: "Slack on top of a schedule's interval before its cluster is stale (default 2h).") var grace = "2h"
+    @Option(help: "Slack on top of a schedule's interval before its cluster is stale.") var grace = "2h"
 
     func run() throws {
         try runMapped {
