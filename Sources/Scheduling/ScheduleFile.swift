@@ -25,6 +25,8 @@ public struct SchedulingError: Error, CustomStringConvertible, Sendable {
         case busy
         /// Reading or writing a file failed.
         case io
+        /// A scheduled verification found errors in the new backup.
+        case verificationFailed
     }
     public let code: Code
     public let path: String?

@@ -213,7 +213,7 @@ public final class ScheduleRunner {
                 at: Timestamp.rfc3339(nowSeconds), backupId: created.entry.backupId, level: s.verify, passed: report.passed,
                 errors: report.errors.count, warnings: report.findings.count - report.errors.count)
             guard report.passed else {
-                throw SchedulingError(.invalidArgument, "verification at level \(s.verify.rawValue) failed: "
+                throw SchedulingError(.verificationFailed, "verification at level \(s.verify.rawValue) failed: "
                     + report.errors.prefix(3).map(\.description).joined(separator: "; "))
             }
             event("ok", [("level", s.verify.rawValue), ("warnings", "\(report.findings.count - report.errors.count)")])

@@ -15,7 +15,7 @@ extension SchedulingError: CLIExitMappable {
         switch code {
         case .invalidArgument, .alreadyExists: return .usage
         case .notFound: return .notFound
-        case .badFile: return .verificationFailed
+        case .badFile, .verificationFailed: return .verificationFailed
         case .busy: return .scheduleBusy
         case .io: return .ioError
         }
