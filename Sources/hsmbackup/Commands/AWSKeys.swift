@@ -23,7 +23,7 @@ enum AWSKeyrings {
     }
 
     static func keyring(_ identifier: String) throws -> Keyring {
-        try AWSKMSKeyring.make(identifier, credentials: try credentials())
+        try AWSKMSKeyring.make(identifier, credentials: try credentials(), retry: try AWSConfiguration.retryPolicy())
     }
 }
 
