@@ -103,6 +103,25 @@ final class KMSCLIInteropTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("it opens with: aws-kms key \(meta.arn)"), refused.description)
     }
 
+    func testRewrapBetweenLocalAndAWSKMSKeys() throws {
+        let arn1 = try moto.createKey(), arn2 = try moto.createKey()
+        // A stored backup under a local key, rewrapped to an AWS key, then from it to another.
+        let r = try expect(0, ["backup", "create", "--hsm", hsm, "--kms-key", "lk", "--json"])
+        let id = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["backupId"] as? String)
+        try expect(0, ["backup", "rewrap", id, "--kms-key", arn1, "--from-kms-key", "lk"])
+        try expect(0, ["verify", id, "--level", "envelope", "--kms-key", arn1])
+        try expect(67, ["verify", id, "--level", "envelope", "--kms-key", "lk"])
+        try expect(0, ["backup", "rewrap", id, "--kms-key", arn2, "--from-kms-key", arn1])
+        try expect(0, ["verify", id, "--level", "envelope", "--kms-key", arn2])
+        // A message file rewrapped from an AWS key to a local one and back opens with the AWS tool.
+        try Data((0..<5000).map { UInt8(truncatingIfNeeded: $0) }).write(to: URL(fileURLWithPath: root + "/m.bin"))
+        try expect(0, ["envelope", "encrypt", "m.bin", "-o", "m.enc", "--kms-key", arn1])
+        try expect(0, ["envelope", "rewrap", "m.enc", "--kms-key", arn1, "--to-kms-key", "lk", "--to-kms-key", arn2])
+        try expect(0, ["envelope", "decrypt", "m.enc", "-o", "m.lk", "--kms-key", "lk"])
+        try awsEncryptionCLI(["-d", "-i", "m.enc", "-o", "m.out", "--wrapping-keys", "key=\(arn2)"])
+        XCTAssertEqual(try bytes("m.out"), try bytes("m.bin"))
+    }
+
     // MARK: the AWS Encryption SDK CLI's messages open with hsmbackup
 
     func testAWSEncryptionCLIMessagesOpenWithEnvelopeDecrypt() throws {

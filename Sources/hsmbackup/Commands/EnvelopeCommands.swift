@@ -174,7 +174,7 @@ struct EnvelopeRewrapCommand: ParsableCommand {
 
     @Argument(help: "The message file (rewritten in place).") var file: String
     @OptionGroup var keys: EnvelopeKeyOptions
-    @Option(name: .customLong("to-kms-key"), help: "A local KMS key for the new header (repeatable).") var toKMSKeys: [String] = []
+    @Option(name: .customLong("to-kms-key"), help: "A KMS key for the new header: a local key name or an AWS KMS key ARN/alias (repeatable).") var toKMSKeys: [String] = []
     @Option(name: .customLong("to-raw-aes-key"), help: ArgumentHelp(
         "A raw AES key for the new header, read as hex from file:PATH, fd:N or env:VAR (repeatable).", valueName: "source"))
     var toRawKeys: [String] = []
