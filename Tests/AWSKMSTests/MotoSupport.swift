@@ -87,8 +87,8 @@ struct ProcessRun: CustomStringConvertible {
         if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
         let tmp = FileManager.default.temporaryDirectory
         let out = tmp.appendingPathComponent("kms-out-\(UUID().uuidString)"), err = tmp.appendingPathComponent("kms-err-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err) }
         let o = try FileHandle(forWritingTo: out), e = try FileHandle(forWritingTo: err)
         p.standardOutput = o
