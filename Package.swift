@@ -56,9 +56,14 @@ let package = Package(
         // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
         .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
+        // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP transport, retries, errors.
+        .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding"]),
+        // The AWS KMS keyring (issue 16), ESDK-compatible EDKs over AWSCore.
+        .target(name: "AWSKMS", dependencies: ["AWSCore", "Envelope", "BackupCrypto"]),
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
+            "AWSCore", "AWSKMS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -72,6 +77,9 @@ let package = Package(
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore"]),
+        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
+                    resources: [.copy("Vectors")]),
+        .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )
