@@ -23,6 +23,9 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
 
+        // PKCS#11 (issue 15): p11-kit's pkcs11.h by path, modules loaded with dlopen; only PKCS11HSM imports it.
+        .systemLibrary(name: "CPKCS11", providers: [.apt(["libp11-kit-dev"])]),
+
         // prctl/setrlimit behind static inline wrappers (prctl is variadic); only ProcessHardening imports it.
         .target(name: "CProcess"),
 
@@ -35,6 +38,7 @@ let package = Package(
         .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMArchive", dependencies: ["BackupCrypto", "ByteCoding", "PayloadCodec"]),
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
+        .target(name: "PKCS11HSM", dependencies: ["CPKCS11", "HSMArchive", "BackupCrypto", "ByteCoding"]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
@@ -49,7 +53,7 @@ let package = Package(
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
-            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening",
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "PKCS11HSM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -62,6 +66,7 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
+        .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11HSM", "hsmbackup", "HSMArchive", "BackupCrypto", "ByteCoding", "ProcessHardening"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )
