@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // hsmbackup: an open backup archive format for HSMs, and the library and CLI around it.
 // Module order (arrows point down only): C shims -> ByteCoding/BackupCrypto/ProcessHardening -> PayloadCodec ->
-// Envelope, HSMArchive -> SimulatedHSM, ObjectStore -> HSMBackup -> hsmbackup (CLI).
+// Envelope, HSMArchive -> SimulatedHSM, PKCS11HSM (over CPKCS11), ObjectStore -> HSMBackup -> hsmbackup (CLI).
+// HSMBackup talks to HSMs through HSMArchive's BackupSource / RestoreTarget only; the CLI opens a PKCS11HSM for --pkcs11.
 import PackageDescription
 
 let package = Package(

@@ -213,7 +213,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
                                   .bool(0x104, false), .bool(0x105, false), .bool(0x108, false), .bool(0x10A, false), .bool(0x10C, false),
                                   .bool(0x170, false), .bytes(0x3, Array(label.utf8)), .bytes(0x102, fingerprint),
                                   Attribute(0x4000_0600, .ulongs([kw])), Attribute(0x4000_0212, .template(unwrap)),
-                                  .bytes(0x11, value.secret.unsafeCopy())]
+                                  .secret(0x11, value.secret)]
             if trusted { t.append(.bool(0x86, true)) }
             return t
         }
@@ -376,7 +376,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         // The EBK: drawn here, wrapped under the PBK inside the token (KW, exactly §4.2's wrappedEBK).
         let ebk = try EphemeralBackupKey(secret: SecureRandom.secureBytes(count: 32))
         let ebkObject = try session.create([.ulong(0x0, CK.oSecretKey), .ulong(0x100, CK.kGenericSecret), .bool(0x1, false),
-                                            .bool(0x103, false), .bool(0x162, true), .bytes(0x11, ebk.secret.unsafeCopy())])
+                                            .bool(0x103, false), .bool(0x162, true), .secret(0x11, ebk.secret)])
         sessionObjects.append(ebkObject)
         let wrappedEBK: [UInt8]
         switch try session.wrap(.plain(CK.mAESKeyWrap), wrappingKey: p.pbk, key: ebkObject) {

@@ -41,11 +41,11 @@ struct TokenUnlocker: EBKUnlocker {
             throw ArchiveError(.ebkUnwrapFailed, "the token refused to unwrap the EBK (\(e.rvName ?? e.reason))", field: "wrapped EBK")
         }
         defer { try? s.destroy(handle) }
-        guard case .bytes(var raw) = try s.required(handle, 0x11, as: .bytes) else {
-            throw ArchiveError(.ebkUnwrapFailed, "the unwrapped EBK has no value", field: "wrapped EBK")
+        let value: SecureBytes
+        do { value = try s.secretValue(handle) } catch {
+            throw ArchiveError(.ebkUnwrapFailed, "the unwrapped EBK cannot be read", field: "wrapped EBK")
         }
-        defer { wipe(&raw) }
-        do { return try EphemeralBackupKey(secret: SecureBytes(copying: raw)) } catch {
+        do { return try EphemeralBackupKey(secret: value) } catch {
             throw ArchiveError(.ebkUnwrapFailed, "the unwrapped EBK is not 32 bytes", field: "wrapped EBK")
         }
     }

@@ -11,6 +11,21 @@ public enum AttributeValue: Equatable, Sendable {
     case ulongs([UInt64])
     /// A nested template (CKA_WRAP_TEMPLATE / CKA_UNWRAP_TEMPLATE); written, never read back.
     case template([Attribute])
+    /// A secret value (CKA_VALUE of a key this process imports): copied into the template's
+    /// own buffer, which is wiped after the call; never held in an unwiped array.
+    case secret(SecureBytes)
+
+    public static func == (a: AttributeValue, b: AttributeValue) -> Bool {
+        switch (a, b) {
+        case let (.bool(x), .bool(y)): return x == y
+        case let (.ulong(x), .ulong(y)): return x == y
+        case let (.bytes(x), .bytes(y)): return x == y
+        case let (.ulongs(x), .ulongs(y)): return x == y
+        case let (.template(x), .template(y)): return x == y
+        case let (.secret(x), .secret(y)): return x === y
+        default: return false
+        }
+    }
 }
 
 public struct Attribute: Equatable, Sendable {
@@ -23,6 +38,7 @@ public struct Attribute: Equatable, Sendable {
     public static func bool(_ t: UInt64, _ v: Bool) -> Attribute { Attribute(t, .bool(v)) }
     public static func ulong(_ t: UInt64, _ v: UInt64) -> Attribute { Attribute(t, .ulong(v)) }
     public static func bytes(_ t: UInt64, _ v: [UInt8]) -> Attribute { Attribute(t, .bytes(v)) }
+    public static func secret(_ t: UInt64, _ v: SecureBytes) -> Attribute { Attribute(t, .secret(v)) }
 }
 
 /// A CK_ATTRIBUTE array whose value buffers this object owns; wiped and freed in deinit, so
@@ -52,6 +68,10 @@ final class CTemplate {
                 let buf = alloc(max(1, bytes.count))
                 bytes.withUnsafeBytes { if !$0.isEmpty { buf.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
                 (p, n) = (bytes.isEmpty ? nil : buf, bytes.count)
+            case .secret(let secret):
+                let buf = alloc(max(1, secret.count))
+                secret.withUnsafeBytes { if !$0.isEmpty { buf.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+                (p, n) = (buf, secret.count)
             case .ulongs(let us):
                 let size = MemoryLayout<CK_ULONG>.size
                 let buf = alloc(max(1, us.count * size))
@@ -223,6 +243,24 @@ public final class PKCS11Session {
     }
 
     public struct ReadRefusal: Error, Sendable { public let rv: UInt64 }
+
+    /// A secret value (CKA_VALUE of an extractable, non-sensitive key) read straight into wiped memory.
+    public func secretValue(_ object: UInt64) throws -> SecureBytes {
+        let get = try need(f.C_GetAttributeValue, "C_GetAttributeValue")
+        var a = CK_ATTRIBUTE(type: CK_ATTRIBUTE_TYPE(CKA_VALUE), pValue: nil, ulValueLen: 0)
+        try check(get(handle, CK_OBJECT_HANDLE(object), &a, 1), "C_GetAttributeValue", "reading a key value")
+        guard a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION, a.ulValueLen <= 1024 else {
+            throw PKCS11Error(.callFailed, "reading a key value", function: "C_GetAttributeValue", rv: UInt64(CKR_ATTRIBUTE_SENSITIVE))
+        }
+        let n = Int(a.ulValueLen)
+        var rv: CK_RV = CKR_OK
+        let value = SecureBytes(count: n) { out in
+            a.pValue = out.baseAddress
+            rv = get(handle, CK_OBJECT_HANDLE(object), &a, 1)
+        }
+        try check(rv, "C_GetAttributeValue", "reading a key value")
+        return value
+    }
 
     /// A value the caller needs (throws with the CK_RV when the token refuses it).
     public func required(_ object: UInt64, _ type: UInt64, as kind: AttributeKind) throws -> AttributeValue {

@@ -89,7 +89,7 @@ public enum AttributeRegistry {
         case .ulong(let u): return be64(u)
         case .ulongs(let us): return us.flatMap(be64)
         case .bytes(let b): return b
-        case .template: return []
+        case .template, .secret: return []
         }
     }
 

@@ -143,6 +143,9 @@ final class PKCS11CLITests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertEqual(try fx.objectCount("B"), TestObjects.backedUp)
 
+        r = try run(["pkcs11", "show"] + token + ["--token", "B"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("quirks: softhsm-2.6-kwp-zero-pad") && r.out.contains("provisioned: manufacturer softhsm"), r.out)
         // Wrong PIN 67, absent token 66, not a PKCS#11 module 66, no PIN and no terminal 64, --pkcs11 with --hsm 64.
         XCTAssertEqual(try run(["restore", id] + token + ["--token", "B", "--dry-run"], pin: "not-the-pin").status, 67)
         XCTAssertEqual(try run(["restore", id] + token + ["--token", "Z", "--dry-run"]).status, 66)
