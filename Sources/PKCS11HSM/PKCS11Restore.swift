@@ -135,7 +135,9 @@ extension PKCS11HSM {
     /// A test hook (`HSMBACKUP_TEST_PKCS11_PAUSE=between:FILE` or `phase2:N:FILE`): writes FILE and
     /// waits to be killed, between the phases or after N token objects of phase 2.
     func pauseHook(_ point: String, made: Int = 0) {
-        guard let v = ProcessInfo.processInfo.environment["HSMBACKUP_TEST_PKCS11_PAUSE"] else { return }
+        // getenv, not ProcessInfo.environment: that would copy every variable (the PIN's too) into Strings.
+        guard let raw = getenv("HSMBACKUP_TEST_PKCS11_PAUSE") else { return }
+        let v = String(cString: raw)
         let parts = v.split(separator: ":", maxSplits: 2).map(String.init)
         let hit = (parts.count == 2 && parts[0] == "between" && point == "between")
             || (parts.count == 3 && parts[0] == "phase2" && point == "phase2" && Int(parts[1]) == made)

@@ -37,7 +37,11 @@ enum PKCS11CLI {
     static func pin(_ variable: String, prompt: String) throws -> SecureBytes {
         if let p = getenv(variable) {
             let n = strlen(p)
-            return SecureBytes(count: n) { out in out.copyMemory(from: UnsafeRawBufferPointer(start: p, count: n)) }
+            let pin = SecureBytes(count: n) { out in out.copyMemory(from: UnsafeRawBufferPointer(start: p, count: n)) }
+            // Overwrite and drop the variable, as for env: keys: nothing this process starts inherits it.
+            memset(p, 0, n)
+            unsetenv(variable)
+            return pin
         }
         guard isatty(STDIN_FILENO) == 1, let p = getpass(prompt) else {
             throw PKCS11Error(.invalidArgument, "set \(variable) or run on a terminal to be asked for the PIN (a PIN is never an argument)")
