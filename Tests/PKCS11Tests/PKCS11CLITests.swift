@@ -48,8 +48,8 @@ final class PKCS11CLITests: XCTestCase {
         p.arguments = args
         p.environment = env
         let out = fx.dir + "/out-\(UUID().uuidString)", err = fx.dir + "/err-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: err, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
         p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
         p.standardInput = FileHandle(forReadingAtPath: "/dev/null")
