@@ -308,13 +308,20 @@ extension PKCS11HSM {
                 if !objects[i].attributes.contains(where: { $0.type == 0x170 && $0.value == "00" }) { relabel.append((h, objects[i].label)) }
             }
             result = try runChecks(tokenHandles)
-            for h in duplicates { try s.destroy(h) }
             for (h, label) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(label.utf8))]) }
         } catch {
             rollBack()
             throw error
         }
         made = []
+        // The new objects are complete: only now are the ones they replace destroyed, so a
+        // failure can leave both (reported), never neither.
+        var notReplaced = 0
+        for h in duplicates where (try? s.destroy(h)) == nil { notReplaced += 1 }
+        if notReplaced > 0 {
+            throw PKCS11Error(.callFailed, "the restore is complete, but \(notReplaced) of the \(duplicates.count) objects it replaces could not be destroyed: the token holds both copies of those",
+                              function: "C_DestroyObject")
+        }
         lastRestore = PKCS11RestoreReport(objects: objects.count, checked: result.checked, unchecked: result.unchecked,
                                           replaced: duplicates.count, recoveredStale: stale, dryRun: false, skippedAtBackup: record.skipped)
     }
