@@ -91,6 +91,11 @@ final class PKCS11CLITests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.err.contains("warning: not backed up") && r.err.contains("aes-locked"), r.err)
         XCTAssertTrue(r.out.contains("\(TestObjects.backedUp) keys"), r.out)
+        r = try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", fx.dir + "/b.hsmbak", "--allow-partial", "--json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let json = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        let skipped = json?["pkcs11Skipped"] as? [[String: Any]]
+        XCTAssertEqual(skipped?.compactMap { $0["rvName"] as? String }.sorted(), ["CKR_KEY_NOT_WRAPPABLE", "CKR_KEY_UNEXTRACTABLE"], r.out)
 
         // Public metadata: the check values and the token's maker are in the envelope context.
         r = try run(["inspect", archive, "--json"])

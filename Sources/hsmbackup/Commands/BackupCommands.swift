@@ -129,6 +129,8 @@ struct BackupCreate: ParsableCommand {
         let keys: [String]
         let metadata: ArchiveMetadata
         let replicasFailed: [ReplicaFinding]
+        /// PKCS#11 objects not backed up (with --allow-partial), as the archive lists them.
+        var pkcs11Skipped: [SkippedObject]? = nil
     }
 
     func run() throws {
@@ -140,7 +142,7 @@ struct BackupCreate: ParsableCommand {
             options.frameLength = frameLength
             let rings = try keys.encryptionKeyrings()
             let bar = ProgressBar("backup", total: nil)
-            let output: Output
+            var output: Output
             if let out {
                 let s = try BackupWriter.writeArchive(of: hsm, keyrings: rings, options: options, toFile: out, progress: { bar.update(Int64($0)) })
                 output = Output(backupId: s.metadata.backupID, location: out, state: nil, archiveBytes: s.archiveBytes,
@@ -153,6 +155,7 @@ struct BackupCreate: ParsableCommand {
                                 keys: c.archive.keys, metadata: c.archive.metadata, replicasFailed: c.replicasFailed)
             }
             bar.finish()
+            output.pkcs11Skipped = token?.lastBackup?.skipped
             for o in token?.lastBackup?.skipped ?? [] { Err.line("hsmbackup: warning: not backed up: " + PKCS11CLI.describe(o)) }
             do { try report(output) } catch let e as StdoutError {
                 // The backup itself is complete: say so, so nobody makes it again.
