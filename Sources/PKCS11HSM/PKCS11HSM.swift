@@ -365,12 +365,17 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         let record = TokenRecord(format: TokenRecord.formatName, version: TokenRecord.versionMajor, module: (module.path as NSString).lastPathComponent,
                                  library: library, token: token, quirks: quirks, role: "user", wrappedTEK: Hex.encode(wrappedTEK),
                                  wrappedSWK: swk.map { Hex.encode($0.wrapped) }, objectCount: objects.count, skipped: skipped)
+        let report = PKCS11BackupReport(objects: objects.count, wrapped: objects.filter { $0.wrapped != nil }.count,
+                                        clear: objects.filter { $0.wrapped == nil }.count, skipped: skipped, quirks: quirks)
+        // Memory: the decoded objects go as soon as they are encoded, the encoded ones once in the tar.
         var payload = [PayloadObject(kind: .policy, path: TokenRecord.path, contents: try PayloadJSON.encode(record))]
-        for (i, o) in objects.enumerated() {
-            payload.append(PayloadObject(kind: .key, path: String(format: "keys/%06d.json", i + 1), contents: try PayloadJSON.encode(o)))
+        payload.reserveCapacity(objects.count + 1)
+        for i in objects.indices {
+            payload.append(PayloadObject(kind: .key, path: String(format: "keys/%06d.json", i + 1), contents: try PayloadJSON.encode(objects[i])))
         }
-        let bundle = try PayloadBundle(objects: payload)
-        var tar = try bundle.tarBytes()
+        objects = []
+        var tar = try PayloadBundle(objects: payload).tarBytes()
+        payload = []
         defer { wipe(&tar) }
 
         // The EBK: drawn here, wrapped under the PBK inside the token (KW, exactly §4.2's wrappedEBK).
@@ -384,14 +389,13 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         case .failure(let r): throw PKCS11Error(.callFailed, "wrapping the EBK under the PBK", function: "C_WrapKey", rv: r.rv)
         }
         let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: UInt64(tar.count), userCount: 0,
-                                           keyCount: UInt32(objects.count), policyCount: 1)
+                                           keyCount: UInt32(report.objects), policyCount: 1)
         let writer = try InnerBlobWriter(metadata: metadata, backupId: SecureRandom.bytes(count: InnerFormat.backupIdByteCount),
                                          createdAt: UInt64(max(0, Date().timeIntervalSince1970)), payload: descriptor,
                                          pbkFingerprint: p.fingerprint, wrappedEBK: wrappedEBK, ebk: ebk, sink: sink)
         try writer.write(tar)
         try writer.finish()
-        lastBackup = PKCS11BackupReport(objects: objects.count, wrapped: objects.filter { $0.wrapped != nil }.count,
-                                        clear: objects.filter { $0.wrapped == nil }.count, skipped: skipped, quirks: quirks)
+        lastBackup = report
         return writer.header
     }
 

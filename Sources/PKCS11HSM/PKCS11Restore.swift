@@ -56,7 +56,8 @@ final class PKCS11RestoreSession: HSMRestoreSession {
     private let dryRun: Bool
     private var opener: InnerBlobOpener!
     private var payload: PayloadReader?
-    private var objects: [PayloadObject] = []
+    /// Each payload object is decoded as it arrives, so its JSON is not kept (memory: the decoded objects).
+    private var decoder = PKCS11Payload.ObjectDecoder()
     private var failure: Error?
 
     init(hsm: PKCS11HSM, dryRun: Bool, context: [String: String]) throws {
@@ -72,7 +73,7 @@ final class PKCS11RestoreSession: HSMRestoreSession {
         }
         _ = try hsm.requireProvisioned()
         opener = InnerBlobOpener(unlocker: TokenUnlocker(hsm: hsm, pbkCheck: kcv, tokenPBKCheck: tkcv), onHeader: { [unowned self] h in
-            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in self.objects.append(o) }
+            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.decoder.add(o) }
         }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
     }
 
@@ -88,7 +89,8 @@ final class PKCS11RestoreSession: HSMRestoreSession {
         try opener.finish()
         _ = try payload!.finish()
         let header = opener.header!
-        let (record, tokenObjects) = try PKCS11Payload.decode(objects)
+        let (record, tokenObjects) = try decoder.finish()
+        decoder = PKCS11Payload.ObjectDecoder()
         try hsm.apply(record: record, objects: tokenObjects, restoreId: Hex.encode(header.backupId), dryRun: dryRun)
         return RestoreSummary(backupId: Hex.encode(header.backupId), createdAt: header.createdAt, sourceHSM: header.metadata.hsmId,
                               policies: 0, users: 0, keys: tokenObjects.count, chunks: opener.chunkCount, dryRun: dryRun)
@@ -99,7 +101,37 @@ public enum PKCS11Payload {
     /// The payload's objects as the PKCS#11 payload grammar reads them (§9.4): the token record
     /// first, then one token object per key entry; canonical JSON each.
     public static func decode(_ objects: [PayloadObject]) throws -> (TokenRecord, [TokenObject]) {
-        guard let first = objects.first, first.kind == .policy, first.path == TokenRecord.path else {
+        var d = ObjectDecoder()
+        for o in objects { try d.add(o) }
+        return try d.finish()
+    }
+
+    /// The same, one object at a time, in payload order.
+    public struct ObjectDecoder {
+        var record: TokenRecord?
+        var objects: [TokenObject] = []
+        public init() {}
+
+        public mutating func add(_ o: PayloadObject) throws {
+            if record == nil {
+                record = try PKCS11Payload.decodeRecord(o)
+                return
+            }
+            guard o.kind == .key else { throw PKCS11Error(.malformedObject, "\(o.path): a PKCS#11 payload holds only key entries after the record") }
+            objects.append(try PayloadJSON.decode(TokenObject.self, o.contents, what: o.path))
+        }
+
+        public func finish() throws -> (TokenRecord, [TokenObject]) {
+            guard let record else { throw PKCS11Error(.malformedObject, "the payload is empty: not a PKCS#11 payload") }
+            guard objects.count == record.objectCount else {
+                throw PKCS11Error(.malformedObject, "the record counts \(record.objectCount) objects; the payload has \(objects.count)")
+            }
+            return (record, objects)
+        }
+    }
+
+    static func decodeRecord(_ first: PayloadObject) throws -> TokenRecord {
+        guard first.kind == .policy, first.path == TokenRecord.path else {
             throw PKCS11Error(.malformedObject, "the payload's first object is not \(TokenRecord.path): not a PKCS#11 payload")
         }
         guard let probe = try? JSONDecoder().decode([String: AnyCodableProbe].self, from: Data(first.contents)),
@@ -109,16 +141,7 @@ public enum PKCS11Payload {
         guard case .int(TokenRecord.versionMajor)? = probe["version"] else {
             throw PKCS11Error(.unsupportedVersion, "\(TokenRecord.path) has a PKCS#11 payload version this reader does not know")
         }
-        let record = try PayloadJSON.decode(TokenRecord.self, first.contents, what: TokenRecord.path)
-        var out: [TokenObject] = []
-        for o in objects.dropFirst() {
-            guard o.kind == .key else { throw PKCS11Error(.malformedObject, "\(o.path): a PKCS#11 payload holds only key entries after the record") }
-            out.append(try PayloadJSON.decode(TokenObject.self, o.contents, what: o.path))
-        }
-        guard out.count == record.objectCount else {
-            throw PKCS11Error(.malformedObject, "the record counts \(record.objectCount) objects; the payload has \(out.count)")
-        }
-        return (record, out)
+        return try PayloadJSON.decode(TokenRecord.self, first.contents, what: TokenRecord.path)
     }
 
     /// Just enough JSON to read `format` and `version` before the strict decode.
