@@ -4,6 +4,9 @@ SHELL      := /bin/bash
 SWIFT      ?= swift
 BIN        := .build/debug/hsmbackup
 APT_PKGS   := libssl-dev libarchive-dev libzstd-dev libarchive-tools pkg-config zstd
+# PKCS#11 (issue 15): SoftHSM2 tokens for the tests and the demo, pkcs11-tool, p11-kit's pkcs11.h.
+APT_PKGS   += softhsm2 opensc libp11-kit-dev
+PKCS11_FILES := /usr/lib/softhsm/libsofthsm2.so /usr/bin/pkcs11-tool /usr/include/p11-kit-1/p11-kit/pkcs11.h
 PC_LIBS    := libcrypto libarchive libzstd
 # For the install and schedule tests: `man -l` renders the installed page, systemd-analyze verifies the units.
 OPS_PKGS   := man-db systemd
@@ -11,7 +14,8 @@ OPS_PKGS   := man-db systemd
 .PHONY: deps build release demo test test-asan test-tsan samples interop clean
 
 deps:
-	@if pkg-config --exists $(PC_LIBS) && command -v bsdtar >/dev/null; then :; else \
+	@if pkg-config --exists $(PC_LIBS) && command -v bsdtar >/dev/null \
+	    $(foreach f,$(PKCS11_FILES),&& test -e $(f)); then :; else \
 	  echo "installing system packages: $(APT_PKGS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
 	fi

@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // hsmbackup: an open backup archive format for HSMs, and the library and CLI around it.
 // Module order (arrows point down only): C shims -> ByteCoding/BackupCrypto/ProcessHardening -> PayloadCodec ->
-// Envelope, HSMArchive -> SimulatedHSM, ObjectStore -> HSMBackup -> hsmbackup (CLI).
+// Envelope, HSMArchive -> SimulatedHSM, PKCS11HSM (over CPKCS11), ObjectStore -> HSMBackup -> hsmbackup (CLI).
+// HSMBackup talks to HSMs through HSMArchive's BackupSource / RestoreTarget only; the CLI opens a PKCS11HSM for --pkcs11.
 import PackageDescription
 
 let package = Package(
@@ -27,6 +28,9 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
 
+        // PKCS#11 (issue 15): p11-kit's pkcs11.h by path, modules loaded with dlopen; only PKCS11HSM imports it.
+        .systemLibrary(name: "CPKCS11", providers: [.apt(["libp11-kit-dev"])]),
+
         // prctl/setrlimit behind static inline wrappers (prctl is variadic); only ProcessHardening imports it.
         .target(name: "CProcess"),
 
@@ -39,6 +43,7 @@ let package = Package(
         .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMArchive", dependencies: ["BackupCrypto", "ByteCoding", "PayloadCodec"]),
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
+        .target(name: "PKCS11HSM", dependencies: ["CPKCS11", "HSMArchive", "BackupCrypto", "ByteCoding"]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
@@ -63,7 +68,7 @@ let package = Package(
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
-            "AWSCore", "AWSKMS",
+            "AWSCore", "AWSKMS", "PKCS11HSM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -76,10 +81,8 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
-        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore"]),
-        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
-                    resources: [.copy("Vectors")]),
-        .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
+            "AWSCore", "AWSKMS", "PKCS11HSM",
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

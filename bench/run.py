@@ -15,7 +15,8 @@ Environment (all optional):
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
   BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
   BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
-  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,rewrap,fleet,catalog,scrub)
+  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,rewrap,fleet,catalog,scrub,pkcs11)
+  BENCH_P11_KEYS=1000 keys on the SoftHSM2 token of the pkcs11 row (and a tenth of it, for the RSS comparison)
   KWP_BENCH=CMD       command that measures our multi-lane KWP (default `.build/release/KWPBench REPS`
                       if present, from branch kwp): its `wrap N lanes <OpenSSL> <lanes>` rows, or a
                       `mb_per_s=<float>` / JSON "mb_per_s" figure
@@ -52,7 +53,7 @@ RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
 
 rows = []          # the results, in table order
 CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
-ORDER = ["kwp", "create", "verify", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub"]
+ORDER = ["kwp", "create", "verify", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub", "pkcs11"]
 notes = []         # free-text findings for results.md
 
 
@@ -517,6 +518,83 @@ def row_scrub():
 
 # ---------------------------------------------------------------- output
 
+P11_KEYS = int(os.environ.get("BENCH_P11_KEYS", "1000"))
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def row_pkcs11():
+    """Back up a SoftHSM2 token of N keys and restore it onto another (issue 15), per key, with
+    peak RSS at N and N/10 keys (flat in the number of keys is the goal)."""
+    if not (os.path.exists(SOFTHSM) and shutil.which("pkcs11-tool") and shutil.which("softhsm2-util")):
+        log("row pkcs11: SoftHSM2 / pkcs11-tool missing, skipped (make deps installs them)")
+        return
+    base = os.path.join(WORK, "softhsm")
+    rm(base)
+    os.makedirs(os.path.join(base, "tokens"))
+    conf = os.path.join(base, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write("directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n" % base)
+    env = dict(os.environ, SOFTHSM2_CONF=conf, HSMBACKUP_PKCS11_SO_PIN="bench-so-pin", HSMBACKUP_PKCS11_PIN="bench-user-pin")
+    if not os.path.exists(os.path.join(HOME, "manufacturers", "softhsm")):
+        run(hb("manufacturer", "create", "softhsm"))
+
+    def token(label):
+        run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", env["HSMBACKUP_PKCS11_SO_PIN"],
+             "--pin", env["HSMBACKUP_PKCS11_PIN"]], env=env)
+        run(hb("pkcs11", "provision", "--module", SOFTHSM, "--token", label, "--manufacturer", "softhsm"), env=env)
+
+    def drop(label):
+        run(["softhsm2-util", "--delete-token", "--token", label], env=env, check=False)
+
+    p11 = ["pkcs11-tool", "--module", SOFTHSM, "--login", "--pin", env["HSMBACKUP_PKCS11_PIN"]]
+    results = {}
+    for n in (P11_KEYS // 10, P11_KEYS):
+        src = "bench-src-%d" % n
+        token(src)
+        log("row pkcs11: populating %s with %d keys (9 AES-256 : 1 EC P-256 pair)" % (src, n))
+        for i in range(n):
+            if i % 10 == 9:
+                run(p11 + ["--token-label", src, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "ec-%d" % i,
+                           "--id", "%06x" % i, "--extractable"], env=env)
+            else:
+                run(p11 + ["--token-label", src, "--keygen", "--key-type", "AES:32", "--label", "aes-%d" % i,
+                           "--id", "%06x" % i, "--extractable"], env=env)
+        objects = n + n // 10  # EC pairs add a public key each
+        # The module's own memory grows with the token (SoftHSM keeps every object in the process):
+        # `pkcs11 show` (open, log in, find the PBK) is that baseline.
+        _, show_rss, _ = run_rss(hb("pkcs11", "show", "--module", SOFTHSM, "--token", src), env=env)
+        archive = os.path.join(base, "a-%d.hsmbak" % n)
+        bts, brss, rts, rrss = [], [], [], []
+        for r in range(REPS):
+            rm(archive)
+            t, rss, _ = run_rss(hb("backup", "create", "--pkcs11", "--module", SOFTHSM, "--token", src, "--kms-key", KMS_KEY,
+                                   "--out", archive), env=env)
+            bts.append(t)
+            brss.append(rss)
+            dst = "bench-dst-%d-%d" % (n, r)
+            token(dst)
+            t, rss, _ = run_rss(hb("restore", archive, "--pkcs11", "--module", SOFTHSM, "--token", dst), env=env)
+            rts.append(t)
+            rrss.append(rss)
+            drop(dst)
+        drop(src)
+        results[n] = dict(objects=objects, backup=med(bts), restore=med(rts), brss=max(brss) / 1024, rrss=max(rrss) / 1024,
+                          base=show_rss / 1024)
+    big, small = results[P11_KEYS], results[P11_KEYS // 10]
+    # Flat: what backup and restore hold beyond the module's baseline does not grow with the keys.
+    flat = (big["brss"] - big["base"]) <= (small["brss"] - small["base"]) * 1.25 + 4 and \
+        (big["rrss"] - big["base"]) <= (small["rrss"] - small["base"]) * 1.25 + 4
+    add_row("PKCS#11 (SoftHSM2): back up / restore a %d-key token (%d objects), per key" % (P11_KEYS, big["objects"]),
+            "%.2f / %.2f ms" % (big["backup"] * 1000 / P11_KEYS, big["restore"] * 1000 / P11_KEYS), None, "(figure only)", None, unit="ms",
+            detail="totals backup %.2f s, restore %.2f s (restore: session unwrap + check, token unwrap + check, relabel)"
+                   % (big["backup"], big["restore"]))
+    add_row("PKCS#11 peak RSS backup / restore, %d keys (%d keys)" % (P11_KEYS, P11_KEYS // 10),
+            "%.0f / %.0f MiB (%.0f / %.0f MiB)" % (big["brss"], big["rrss"], small["brss"], small["rrss"]), None,
+            "flat in the number of keys, beyond the module's own", flat, unit="MiB",
+            detail="`pkcs11 show` on the same token (the module holding the token): %.0f MiB at %d keys, %.0f MiB at %d"
+                   % (big["base"], P11_KEYS, small["base"], P11_KEYS // 10))
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as f:
@@ -628,6 +706,8 @@ def main():
         go("catalog", row_catalog)
     if wanted("scrub"):
         go("scrub", row_scrub)
+    if wanted("pkcs11"):
+        go("pkcs11", row_pkcs11)
     t = write_results(m)
     print(t)
     if not os.environ.get("BENCH_KEEP"):

@@ -27,7 +27,7 @@ public struct BackupKeyring: Sendable {
 /// caller's thread, and only for chunks that authenticated; the first bad chunk in order is the
 /// one reported. Memory: a few batches of chunks, whatever the blob's size.
 public final class InnerBlobOpener {
-    private let keyring: BackupKeyring
+    private let unlocker: any EBKUnlocker
     private let payloadSink: (UnsafeRawBufferPointer) throws -> Void
     private let onHeader: (InnerHeader) throws -> Void
     private var parser = InnerFrameParser()
@@ -47,9 +47,15 @@ public final class InnerBlobOpener {
 
     /// `onHeader` runs once the header authenticated (after the seal check), before any chunk;
     /// `payloadSink` receives the payload (the tar) in order, in pieces.
-    public init(keyring: BackupKeyring, workers: Int? = nil, onHeader: @escaping (InnerHeader) throws -> Void = { _ in },
+    public convenience init(keyring: BackupKeyring, workers: Int? = nil, onHeader: @escaping (InnerHeader) throws -> Void = { _ in },
+                            payloadSink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+        self.init(unlocker: keyring, workers: workers, onHeader: onHeader, payloadSink: payloadSink)
+    }
+
+    /// The same with the EBK from `unlocker` (a token that holds the PBK, for example).
+    public init(unlocker: any EBKUnlocker, workers: Int? = nil, onHeader: @escaping (InnerHeader) throws -> Void = { _ in },
                 payloadSink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
-        self.keyring = keyring
+        self.unlocker = unlocker
         self.onHeader = onHeader
         self.payloadSink = payloadSink
         self.workers = workers ?? OrderedPipeline<[ChunkFrame], OpenedChunks>.defaultWorkers
@@ -101,18 +107,7 @@ public final class InnerBlobOpener {
     }
 
     private func openHeader(_ h: InnerHeader) throws {
-        guard h.metadata.manufacturerId == keyring.manufacturerId else {
-            throw ArchiveError(.wrongManufacturer,
-                               "the backup was made by manufacturer \"\(h.metadata.manufacturerId)\"; this HSM is \"\(keyring.manufacturerId)\"",
-                               offset: InnerFormat.preludeByteCount, field: "manufacturer id")
-        }
-        let pbk = try keyring.pbk()
-        let fingerprint = try KeyHierarchy.fingerprint(of: pbk, manufacturerId: keyring.manufacturerId)
-        guard constantTimeEqual(fingerprint, h.pbkFingerprint) else {
-            throw ArchiveError(.pbkMismatch, "the PBK fingerprint differs: another operator key (AKBK) or manufacturer key generation",
-                               field: "PBK fingerprint")
-        }
-        let ebk = try h.unwrapEBK(pbk: pbk)
+        let ebk = try unlocker.unlockEBK(h)
         try h.verifySeal(ebk: ebk)
         try onHeader(h)
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }

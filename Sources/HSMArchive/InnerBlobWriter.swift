@@ -56,11 +56,29 @@ public final class InnerBlobWriter {
     /// The same with a later minor version's appended header fields (vectors only: this
     /// writer is minor 0).
     @_spi(Testing)
-    public init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
+    public convenience init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
                 pbk: PersistentBackupKey, ebk: EphemeralBackupKey, workers: Int? = nil, minorVersion: UInt8,
                 appendedFields: [UInt8], sink: @escaping ([UInt8]) throws -> Void) throws {
         let fingerprint = try KeyHierarchy.fingerprint(of: pbk, manufacturerId: metadata.manufacturerId)
         let wrapped = try AESKeyWrap.wrap(key: ebk, under: pbk)
+        try self.init(metadata: metadata, backupId: backupId, createdAt: createdAt, payload: payload, pbkFingerprint: fingerprint,
+                      wrappedEBK: wrapped, ebk: ebk, workers: workers, minorVersion: minorVersion, appendedFields: appendedFields,
+                      sink: sink)
+    }
+
+    /// The same for an HSM that keeps its PBK where this process cannot see it (a PKCS#11 token):
+    /// it gives the fingerprint and `wrappedEBK = KW(PBK, EBK)`, made inside it.
+    public convenience init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
+                            pbkFingerprint: [UInt8], wrappedEBK: [UInt8], ebk: EphemeralBackupKey, workers: Int? = nil,
+                            sink: @escaping ([UInt8]) throws -> Void) throws {
+        try self.init(metadata: metadata, backupId: backupId, createdAt: createdAt, payload: payload, pbkFingerprint: pbkFingerprint,
+                      wrappedEBK: wrappedEBK, ebk: ebk, workers: workers, minorVersion: InnerFormat.versionMinor,
+                      appendedFields: [], sink: sink)
+    }
+
+    private init(metadata: ManufacturerMetadata, backupId: [UInt8], createdAt: UInt64, payload: PayloadDescriptor,
+                 pbkFingerprint fingerprint: [UInt8], wrappedEBK wrapped: [UInt8], ebk: EphemeralBackupKey, workers: Int?,
+                 minorVersion: UInt8, appendedFields: [UInt8], sink: @escaping ([UInt8]) throws -> Void) throws {
         header = try InnerHeader.make(metadata: metadata, backupId: backupId, createdAt: createdAt,
                                       pbkFingerprint: fingerprint, wrappedEBK: wrapped, payload: payload, ebk: ebk,
                                       minorVersion: minorVersion, appendedFields: appendedFields)

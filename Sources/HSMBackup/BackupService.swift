@@ -45,7 +45,7 @@ public final class BackupService {
     /// Backs up `hsm` straight into the store: the catalog entry is CREATE_IN_PROGRESS while the
     /// archive streams into the store, READY once it is durable on the write quorum. On any
     /// failure the object is not published and the entry is removed, so nothing half-made stays.
-    public func createBackup(of hsm: SimulatedHSM, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
+    public func createBackup(of hsm: any BackupSource, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
                              tags: [String: String] = [:], neverExpires: Bool = false,
                              progress: ((UInt64) -> Void)? = nil) throws -> Created {
         let sink = DeferredStoreSink(catalog: catalog, hsm: hsm, tags: tags, neverExpires: neverExpires)
@@ -151,7 +151,7 @@ public final class BackupService {
 
     /// Restores a READY backup onto `hsm` (see `Restorer`); a dry run verifies everything and
     /// changes nothing.
-    public func restore(_ idOrPrefix: String, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
+    public func restore(_ idOrPrefix: String, onto hsm: any RestoreTarget, keyrings: [Keyring], dryRun: Bool,
                         progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
         let entry = try resolve(idOrPrefix)
         guard entry.state == .ready else {
@@ -254,7 +254,7 @@ public final class BackupService {
 /// once the backup id is known, which is when the envelope header (carrying it) is first written.
 final class DeferredStoreSink: ByteSink {
     private let catalog: BackupCatalog
-    private let hsm: SimulatedHSM
+    private let hsm: any BackupSource
     private let tags: [String: String]
     private let neverExpires: Bool
     private var writer: ObjectWriting?
@@ -262,7 +262,7 @@ final class DeferredStoreSink: ByteSink {
     /// Held from before the entry exists until it is READY or rolled back (spec 5.8, "Recovery").
     private var writing: BackupCatalog.WriterLock?
 
-    init(catalog: BackupCatalog, hsm: SimulatedHSM, tags: [String: String], neverExpires: Bool) {
+    init(catalog: BackupCatalog, hsm: any BackupSource, tags: [String: String], neverExpires: Bool) {
         self.catalog = catalog
         self.hsm = hsm
         self.tags = tags

@@ -38,13 +38,16 @@ public struct ArchiveSummary: Codable, Sendable {
 /// chunk from the HSM into envelope frames into the sink).
 public enum BackupWriter {
     /// Backs up `hsm` into `sink` under every keyring (one EDK per KMS key).
-    public static func writeArchive(of hsm: SimulatedHSM, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
+    public static func writeArchive(of hsm: any BackupSource, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
                                     to sink: ByteSink, progress: ((UInt64) -> Void)? = nil) throws -> ArchiveSummary {
         guard !keyrings.isEmpty else { throw HSMBackupError(.invalidArgument, "an archive needs at least one KMS key") }
         let counting = CountingSink(sink)
         var encryptor: EnvelopeEncryptor?
         var metadata: ArchiveMetadata?
         var innerBytes: UInt64 = 0
+        // The HSM's own public pairs (a PKCS#11 token's PBK check values, spec 9.3).
+        var callerContext = options.context
+        for (k, v) in try hsm.archiveContext().sorted(by: { $0.key < $1.key }) { callerContext = try callerContext.setting(k, to: v) }
         // The HSM emits its inner header first: the public metadata comes from it, so the
         // envelope header can be written before the first chunk exists.
         try hsm.backup(to: { piece in
@@ -52,7 +55,7 @@ public enum BackupWriter {
                 let inner = try InnerHeader.parse(prefix: piece)
                 let meta = ArchiveMetadata(innerHeader: inner)
                 metadata = meta
-                encryptor = try EnvelopeEncryptor(sink: counting, keyrings: keyrings, context: meta.merged(into: options.context),
+                encryptor = try EnvelopeEncryptor(sink: counting, keyrings: keyrings, context: meta.merged(into: callerContext),
                                                   suite: options.signed ? .committingSigned : .committing,
                                                   frameLength: options.frameLength)
             }
@@ -68,7 +71,7 @@ public enum BackupWriter {
     }
 
     /// Backs up `hsm` into a file, atomically: on any failure no file (and no partial file) is left.
-    public static func writeArchive(of hsm: SimulatedHSM, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
+    public static func writeArchive(of hsm: any BackupSource, keyrings: [Keyring], options: ArchiveOptions = ArchiveOptions(),
                                     toFile path: String, progress: ((UInt64) -> Void)? = nil) throws -> ArchiveSummary {
         let sink = try AtomicFileSink(path: path)
         do {

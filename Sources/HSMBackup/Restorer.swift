@@ -9,16 +9,16 @@ public enum Restorer {
     /// have verified; then all contents are replaced in one atomic step (or, for a dry run, not
     /// at all). Another manufacturer is refused from the public metadata, before any decryption.
     /// `expectedBackupID`: the id the archive must carry (a stored archive's catalog id).
-    public static func restore(_ source: ByteSource, onto hsm: SimulatedHSM, keyrings: [Keyring], dryRun: Bool,
+    public static func restore(_ source: ByteSource, onto hsm: any RestoreTarget, keyrings: [Keyring], dryRun: Bool,
                                expectedBackupID: String? = nil, progress: ((UInt64) -> Void)? = nil) throws -> RestoreSummary {
         let decryptor = try EnvelopeDecryptor(source: source, keyrings: keyrings)
         let metadata = try ArchiveMetadata(context: decryptor.header.context)
         try metadata.check(isBackup: expectedBackupID)
-        guard Array(metadata.manufacturer.utf8) == Array(hsm.identity.manufacturerId.utf8) else {
+        guard Array(metadata.manufacturer.utf8) == Array(hsm.metadata.manufacturerId.utf8) else {
             throw HSMBackupError(.incompatibleHSM,
-                                 "the archive is from manufacturer \"\(metadata.manufacturer)\"; this HSM is \"\(hsm.identity.manufacturerId)\": restore refused, nothing changed")
+                                 "the archive is from manufacturer \"\(metadata.manufacturer)\"; this HSM is \"\(hsm.metadata.manufacturerId)\": restore refused, nothing changed")
         }
-        let session = try hsm.beginRestore(dryRun: dryRun)
+        let session = try hsm.beginRestore(dryRun: dryRun, archiveContext: publicContext(decryptor.header.context))
         var metadataChecked = false
         var done: UInt64 = 0
         while let piece = try decryptor.nextChunk() {
@@ -32,4 +32,12 @@ public enum Restorer {
         }
         return try session.finish()
     }
+}
+
+/// The envelope's encryption context as strings (authenticated, public): what a restore target
+/// may read before the inner blob (a PKCS#11 token's PBK check values, spec 9.3).
+func publicContext(_ context: EncryptionContext) -> [String: String] {
+    var out: [String: String] = [:]
+    for p in context.pairs { out[p.keyString] = p.valueString }
+    return out
 }

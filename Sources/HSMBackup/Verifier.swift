@@ -9,11 +9,11 @@ public struct VerificationKeys {
     public var keyrings: [Keyring]
     /// An HSM of the archive's manufacturer (for the full level): the check runs inside it, as a
     /// dry-run restore that changes nothing.
-    public var hsm: SimulatedHSM?
+    public var hsm: (any RestoreTarget)?
     /// Or the backup keys themselves (MKBK + AKBK), for a full check with no HSM at hand.
     public var backupKeyring: BackupKeyring?
 
-    public init(keyrings: [Keyring] = [], hsm: SimulatedHSM? = nil, backupKeyring: BackupKeyring? = nil) {
+    public init(keyrings: [Keyring] = [], hsm: (any RestoreTarget)? = nil, backupKeyring: BackupKeyring? = nil) {
         self.keyrings = keyrings
         self.hsm = hsm
         self.backupKeyring = backupKeyring
@@ -81,8 +81,8 @@ public enum Verifier {
         do { try metadata.check(isBackup: expectedBackupID) } catch { report.findings.append(finding(error, layer: .envelope)) }
         // A full check needs an HSM that could restore this archive: say so, rather than
         // report the archive as bad.
-        if level == .full, let hsm = keys.hsm, Array(hsm.identity.manufacturerId.utf8) != Array(metadata.manufacturer.utf8) {
-            throw HSMBackupError(.incompatibleHSM, "the archive is from manufacturer \"\(metadata.manufacturer)\"; HSM \(hsm.identity.hsmId) is \"\(hsm.identity.manufacturerId)\": it cannot verify it at level full")
+        if level == .full, let hsm = keys.hsm, Array(hsm.metadata.manufacturerId.utf8) != Array(metadata.manufacturer.utf8) {
+            throw HSMBackupError(.incompatibleHSM, "the archive is from manufacturer \"\(metadata.manufacturer)\"; HSM \(hsm.metadata.hsmId) is \"\(hsm.metadata.manufacturerId)\": it cannot verify it at level full")
         }
         var structure: InnerStructureChecker? = InnerStructureChecker()
         var full: FullCheck?
@@ -92,7 +92,7 @@ public enum Verifier {
         if level == .full {
             do {
                 if let hsm = keys.hsm {
-                    full = .hsm(try hsm.beginRestore(dryRun: true))
+                    full = .hsm(try hsm.beginRestore(dryRun: true, archiveContext: publicContext(decryptor.header.context)))
                 } else if let keyring = keys.backupKeyring {
                     full = .keys(InnerBlobChecker(keyring: keyring))
                 }
@@ -163,7 +163,7 @@ public enum Verifier {
 
     /// The level-3 check: inside an HSM (dry-run restore) or with the backup keys.
     enum FullCheck {
-        case hsm(RestoreSession)
+        case hsm(any HSMRestoreSession)
         case keys(InnerBlobChecker)
 
         func feed(_ bytes: [UInt8]) throws {

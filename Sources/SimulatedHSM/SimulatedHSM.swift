@@ -204,19 +204,23 @@ public final class SimulatedHSM {
     fileprivate func committed(_ new: ContentsState) { state = new }
 }
 
-/// What a restore (or a dry run) found.
-public struct RestoreSummary: Sendable, Codable {
-    public let backupId: String
-    public let createdAt: UInt64
-    public let sourceHSM: String
-    public let policies: Int
-    public let users: Int
-    public let keys: Int
-    public let chunks: Int
-    public let dryRun: Bool
+// The HSM abstraction (HSMArchive/HSMDevice.swift): the simulated HSM is its reference.
+extension SimulatedHSM: BackupSource, RestoreTarget {
+    public var metadata: ManufacturerMetadata { identity.metadata }
+
+    public func archiveContext() throws -> [String: String] { [:] }
+
+    @discardableResult
+    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int) throws -> InnerHeader {
+        try backup(to: sink, chunkSize: chunkSize, randomness: SystemRandomSource(), createdAt: nil)
+    }
+
+    public func beginRestore(dryRun: Bool, archiveContext: [String: String]) throws -> any HSMRestoreSession {
+        try beginRestore(dryRun: dryRun)
+    }
 }
 
-public final class RestoreSession {
+public final class RestoreSession: HSMRestoreSession {
     private let hsm: SimulatedHSM
     private let dryRun: Bool
     private var opener: InnerBlobOpener!

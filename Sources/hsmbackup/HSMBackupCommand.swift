@@ -18,7 +18,7 @@ struct HSMBackupCommand: AsyncParsableCommand {
         subcommands: [
             ManufacturerCommand.self, OperatorCommand.self, HSMCommand.self, KMSCommand.self,
             BackupCommand.self, RetentionCommand.self, InspectCommand.self, VerifyCommand.self, RestoreCommand.self,
-            StoreCommand.self, EnvelopeCommand.self, SelfTestCommand.self,
+            StoreCommand.self, EnvelopeCommand.self, SelfTestCommand.self, PKCS11Command.self,
             ScheduleCommand.self, StatusCommand.self,
         ]
     )

@@ -6,6 +6,7 @@ import Foundation
 import HSMArchive
 import HSMBackup
 import ObjectStore
+import PKCS11HSM
 import SimulatedHSM
 
 // The product commands: backup (create and lifecycle), retention, inspect, verify, restore.
@@ -98,7 +99,9 @@ struct BackupCreate: ParsableCommand {
         commandName: "create", abstract: "Back up an HSM into the store (or into a file with --out).",
         discussion: "The HSM seals its contents under a fresh EBK; the blob is streamed through an envelope under every --kms-key into the store, where it becomes READY once durable on the write quorum.")
 
-    @Option(help: "The HSM's state directory.") var hsm: String
+    @Option(help: "The HSM's state directory.") var hsm: String?
+    @OptionGroup var pkcs11: PKCS11TokenOptions
+    @Flag(name: .customLong("allow-partial"), help: "PKCS#11: back up what can be, listing the rest, instead of failing.") var allowPartial = false
     @OptionGroup var keys: EnvelopeKeyOptions
     @Flag(help: "Sign the archive (suite 0x0578, ECDSA P-384 footer).") var signed = false
     @Option(help: "Write the archive to this file instead of the store (created whole or not at all).") var out: String?
@@ -112,6 +115,8 @@ struct BackupCreate: ParsableCommand {
             throw ValidationError("--tag and --never-expires describe a backup in the store's catalog; they do not apply with --out")
         }
         _ = try parsePairs(tags, "--tag")
+        try pkcs11.validate(hsm: hsm)
+        if allowPartial && !pkcs11.enabled { throw ValidationError("--allow-partial goes with --pkcs11") }
     }
 
     struct Output: Encodable {
@@ -124,17 +129,20 @@ struct BackupCreate: ParsableCommand {
         let keys: [String]
         let metadata: ArchiveMetadata
         let replicasFailed: [ReplicaFinding]
+        /// PKCS#11 objects not backed up (with --allow-partial), as the archive lists them.
+        var pkcs11Skipped: [SkippedObject]? = nil
     }
 
     func run() throws {
         try runMapped {
             if let out { try PathArgument.output(out) }
-            let hsm = try openHSM(self.hsm)
+            let token = pkcs11.enabled ? try pkcs11.open(allowPartial: allowPartial) : nil
+            let hsm: any BackupSource = try token ?? openHSM(self.hsm!)
             var options = ArchiveOptions(signed: signed)
             options.frameLength = frameLength
             let rings = try keys.encryptionKeyrings()
             let bar = ProgressBar("backup", total: nil)
-            let output: Output
+            var output: Output
             if let out {
                 let s = try BackupWriter.writeArchive(of: hsm, keyrings: rings, options: options, toFile: out, progress: { bar.update(Int64($0)) })
                 output = Output(backupId: s.metadata.backupID, location: out, state: nil, archiveBytes: s.archiveBytes,
@@ -147,6 +155,8 @@ struct BackupCreate: ParsableCommand {
                                 keys: c.archive.keys, metadata: c.archive.metadata, replicasFailed: c.replicasFailed)
             }
             bar.finish()
+            output.pkcs11Skipped = token?.lastBackup?.skipped
+            for o in token?.lastBackup?.skipped ?? [] { Err.line("hsmbackup: warning: not backed up: " + PKCS11CLI.describe(o)) }
             do { try report(output) } catch let e as StdoutError {
                 // The backup itself is complete: say so, so nobody makes it again.
                 throw StdoutError(reason: e.reason + " (backup \(output.backupId) was written to \(output.location)\(output.state.map { ", \($0)" } ?? ""))")
@@ -381,19 +391,24 @@ struct VerifyCommand: ParsableCommand {
     @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String
     @Option(help: "structure, envelope or full (default: the deepest the given keys allow).") var level: VerificationLevel?
     @Option(help: "An HSM of the archive's manufacturer (for --level full).") var hsm: String?
+    @OptionGroup var pkcs11: PKCS11TokenOptions
     @Option(name: .customLong("kms-key"), help: "Use only this KMS key: a local key name or an AWS KMS key ARN (repeatable; default: every local key).") var kmsKeys: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
+    func validate() throws { if pkcs11.enabled || pkcs11.module != nil || pkcs11.token != nil { try pkcs11.validate(hsm: hsm) } }
+
     func run() throws {
         try runMapped {
-            let level = self.level ?? (hsm != nil ? .full : .envelope)
+            let level = self.level ?? (hsm != nil || pkcs11.enabled ? .full : .envelope)
             var keys = VerificationKeys()
             if level >= .envelope {
                 keys.keyrings = try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
             }
             if level == .full {
+                if pkcs11.enabled { keys.hsm = try pkcs11.open() } else {
                 guard let hsm else { throw ValidationError("--level full needs --hsm DIR (an HSM of the archive's manufacturer)") }
                 keys.hsm = try openHSM(hsm)
+                }
             }
             let report: VerificationReport
             switch try ArchiveRef.resolve(archive) {
@@ -429,14 +444,22 @@ struct RestoreCommand: ParsableCommand {
         commandName: "restore", abstract: "Restore an archive onto an HSM of the same manufacturer, replacing all its contents.",
         discussion: "Everything is verified before anything changes; on any failure the HSM is untouched. --dry-run checks everything and changes nothing.")
     @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String
-    @Option(help: "The target HSM's state directory.") var hsm: String
+    @Option(help: "The target HSM's state directory.") var hsm: String?
+    @OptionGroup var pkcs11: PKCS11TokenOptions
+    @Flag(help: "PKCS#11: replace objects with the same class, label and CKA_ID (default: refuse).") var replace = false
     @Flag(name: .customLong("dry-run"), help: "Verify everything, change nothing.") var dryRun = false
     @Option(name: .customLong("kms-key"), help: "Use only this KMS key: a local key name or an AWS KMS key ARN (repeatable; default: every local key).") var kmsKeys: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
+    func validate() throws {
+        try pkcs11.validate(hsm: hsm)
+        if replace && !pkcs11.enabled { throw ValidationError("--replace goes with --pkcs11") }
+    }
+
     func run() throws {
         try runMapped {
-            let target = try openHSM(hsm)
+            let token = pkcs11.enabled ? try pkcs11.open(replace: replace) : nil
+            let target: any RestoreTarget = try token ?? openHSM(hsm!)
             let rings = try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
             let summary: RestoreSummary
             switch try ArchiveRef.resolve(archive) {
@@ -450,7 +473,12 @@ struct RestoreCommand: ParsableCommand {
                 bar.finish()
             }
             if json { try JSONOutput.print(summary); return }
-            try Out.line("\(dryRun ? "dry run: would restore" : "restored") backup \(summary.backupId) (from HSM \(summary.sourceHSM)) onto \(target.identity.hsmId)")
+            try Out.line("\(dryRun ? "dry run: would restore" : "restored") backup \(summary.backupId) (from HSM \(summary.sourceHSM)) onto \(target.metadata.hsmId)")
+            if let r = token?.lastRestore {
+                try Out.line("  PKCS#11: \(r.objects) objects \(dryRun ? "unwrapped as session objects and destroyed" : "created on the token"); \(r.checked) keys passed their functional check, \(r.unchecked) have none\(r.replaced > 0 ? "; \(r.replaced) replaced" : "")\(r.recoveredStale > 0 ? "; \(r.recoveredStale) left by an unfinished restore removed" : "")")
+                for o in r.skippedAtBackup { try Out.line("  not in the backup: " + PKCS11CLI.describe(o)) }
+                return
+            }
             try Out.line("  \(summary.policies) policies, \(summary.users) users, \(summary.keys) keys; \(summary.chunks) chunks verified\(dryRun ? "; nothing changed" : "; all previous contents replaced")")
         }
     }

@@ -1,0 +1,351 @@
+import BackupCrypto
+import ByteCoding
+import Foundation
+import HSMArchive
+
+// Restore onto a token (spec/FORMAT.md §9.6): the EBK comes from the token's PBK after the
+// manufacturer, the fingerprint and both check values matched; the payload is checked whole;
+// then phase 1 unwraps every object as a session object and runs its functional check (that is
+// the dry run), and phase 2 makes the token objects under a temporary label, checks them, and
+// only then gives them their labels. On any failure every object made is destroyed.
+
+/// Gets the EBK from the token (§4.6 steps 3-5, §9.6 step 1).
+struct TokenUnlocker: EBKUnlocker {
+    let hsm: PKCS11HSM
+    let pbkCheck: [UInt8]
+    let tokenPBKCheck: [UInt8]
+
+    func unlockEBK(_ h: InnerHeader) throws -> EphemeralBackupKey {
+        guard let mfr = hsm.manufacturerId else {
+            throw ArchiveError(.pbkMismatch, "token \"\(hsm.token.label)\" holds no hsmbackup PBK", field: "PBK fingerprint")
+        }
+        guard h.metadata.manufacturerId == mfr else {
+            throw ArchiveError(.wrongManufacturer, "the backup was made by manufacturer \"\(h.metadata.manufacturerId)\"; this token is provisioned for \"\(mfr)\"",
+                               offset: InnerFormat.preludeByteCount, field: "manufacturer id")
+        }
+        guard let p = try PKCS11HSM.findProvisioning(hsm.session, fingerprint: h.pbkFingerprint) else {
+            throw ArchiveError(.pbkMismatch, "the token holds no PBK with the archive's fingerprint: another operator key (AKBK) or manufacturer key",
+                               field: "PBK fingerprint")
+        }
+        guard constantTimeEqual(try PKCS11HSM.checkValue(hsm.session, key: p.pbk), pbkCheck),
+              constantTimeEqual(try PKCS11HSM.checkValue(hsm.session, key: p.tokenPBK), tokenPBKCheck) else {
+            throw ArchiveError(.pbkMismatch, "the token's PBK has the archive's fingerprint but another check value: nothing was unwrapped",
+                               field: "PBK fingerprint")
+        }
+        let s = hsm.session
+        let handle: UInt64
+        do {
+            handle = try s.unwrap(.plain(CK.mAESKeyWrap), unwrappingKey: p.pbk, wrapped: h.wrappedEBK, [
+                .ulong(0x0, CK.oSecretKey), .ulong(0x100, CK.kGenericSecret), .bool(0x1, false), .bool(0x103, false), .bool(0x162, true)])
+        } catch let e as PKCS11Error {
+            throw ArchiveError(.ebkUnwrapFailed, "the token refused to unwrap the EBK (\(e.rvName ?? e.reason))", field: "wrapped EBK")
+        }
+        defer { try? s.destroy(handle) }
+        let value: SecureBytes
+        do { value = try s.secretValue(handle) } catch {
+            throw ArchiveError(.ebkUnwrapFailed, "the unwrapped EBK cannot be read", field: "wrapped EBK")
+        }
+        do { return try EphemeralBackupKey(secret: value) } catch {
+            throw ArchiveError(.ebkUnwrapFailed, "the unwrapped EBK is not 32 bytes", field: "wrapped EBK")
+        }
+    }
+}
+
+final class PKCS11RestoreSession: HSMRestoreSession {
+    private let hsm: PKCS11HSM
+    private let dryRun: Bool
+    private var opener: InnerBlobOpener!
+    private var payload: PayloadReader?
+    /// Each payload object is decoded as it arrives, so its JSON is not kept (memory: the decoded objects).
+    private var decoder = PKCS11Payload.ObjectDecoder()
+    private var failure: Error?
+
+    init(hsm: PKCS11HSM, dryRun: Bool, context: [String: String]) throws {
+        self.hsm = hsm
+        self.dryRun = dryRun
+        guard let kcv = context[PKCS11Labels.contextPBKCheck].flatMap(Hex.decode),
+              let tkcv = context[PKCS11Labels.contextTokenPBKCheck].flatMap(Hex.decode),
+              let mfr = context[PKCS11Labels.contextTokenManufacturer] else {
+            throw PKCS11Error(.wrongManufacturer, "the archive is not a PKCS#11 backup (no \(PKCS11Labels.contextPBKCheck) in its context): restore it onto an HSM of its manufacturer")
+        }
+        guard mfr == hsm.token.manufacturer else {
+            throw PKCS11Error(.wrongManufacturer, "the archive comes from a token made by \"\(mfr)\"; this token is made by \"\(hsm.token.manufacturer)\": refused before any unwrap")
+        }
+        _ = try hsm.requireProvisioned()
+        opener = InnerBlobOpener(unlocker: TokenUnlocker(hsm: hsm, pbkCheck: kcv, tokenPBKCheck: tkcv), onHeader: { [unowned self] h in
+            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.decoder.add(o) }
+        }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
+    }
+
+    var header: InnerHeader? { opener.header }
+
+    func feed(_ bytes: [UInt8]) throws {
+        if let failure { throw failure }
+        do { try opener.feed(bytes) } catch { failure = error; throw error }
+    }
+
+    func finish() throws -> RestoreSummary {
+        if let failure { throw failure }
+        try opener.finish()
+        _ = try payload!.finish()
+        let header = opener.header!
+        let (record, tokenObjects) = try decoder.finish()
+        decoder = PKCS11Payload.ObjectDecoder()
+        try hsm.apply(record: record, objects: tokenObjects, restoreId: Hex.encode(header.backupId), dryRun: dryRun)
+        return RestoreSummary(backupId: Hex.encode(header.backupId), createdAt: header.createdAt, sourceHSM: header.metadata.hsmId,
+                              policies: 0, users: 0, keys: tokenObjects.count, chunks: opener.chunkCount, dryRun: dryRun)
+    }
+}
+
+public enum PKCS11Payload {
+    /// The payload's objects as the PKCS#11 payload grammar reads them (§9.4): the token record
+    /// first, then one token object per key entry; canonical JSON each.
+    public static func decode(_ objects: [PayloadObject]) throws -> (TokenRecord, [TokenObject]) {
+        var d = ObjectDecoder()
+        for o in objects { try d.add(o) }
+        return try d.finish()
+    }
+
+    /// The same, one object at a time, in payload order.
+    public struct ObjectDecoder {
+        var record: TokenRecord?
+        var objects: [TokenObject] = []
+        public init() {}
+
+        public mutating func add(_ o: PayloadObject) throws {
+            if record == nil {
+                record = try PKCS11Payload.decodeRecord(o)
+                return
+            }
+            guard o.kind == .key else { throw PKCS11Error(.malformedObject, "\(o.path): a PKCS#11 payload holds only key entries after the record") }
+            objects.append(try PayloadJSON.decode(TokenObject.self, o.contents, what: o.path))
+        }
+
+        public func finish() throws -> (TokenRecord, [TokenObject]) {
+            guard let record else { throw PKCS11Error(.malformedObject, "the payload is empty: not a PKCS#11 payload") }
+            guard objects.count == record.objectCount else {
+                throw PKCS11Error(.malformedObject, "the record counts \(record.objectCount) objects; the payload has \(objects.count)")
+            }
+            return (record, objects)
+        }
+    }
+
+    static func decodeRecord(_ first: PayloadObject) throws -> TokenRecord {
+        guard first.kind == .policy, first.path == TokenRecord.path else {
+            throw PKCS11Error(.malformedObject, "the payload's first object is not \(TokenRecord.path): not a PKCS#11 payload")
+        }
+        guard let probe = try? JSONDecoder().decode([String: AnyCodableProbe].self, from: Data(first.contents)),
+              case .string(TokenRecord.formatName)? = probe["format"] else {
+            throw PKCS11Error(.malformedObject, "\(TokenRecord.path) is not an \(TokenRecord.formatName) record")
+        }
+        guard case .int(TokenRecord.versionMajor)? = probe["version"] else {
+            throw PKCS11Error(.unsupportedVersion, "\(TokenRecord.path) has a PKCS#11 payload version this reader does not know")
+        }
+        return try PayloadJSON.decode(TokenRecord.self, first.contents, what: TokenRecord.path)
+    }
+
+    /// Just enough JSON to read `format` and `version` before the strict decode.
+    enum AnyCodableProbe: Decodable {
+        case string(String), int(Int), other
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let s = try? c.decode(String.self) { self = .string(s) } else if let i = try? c.decode(Int.self) { self = .int(i) } else { self = .other }
+        }
+    }
+}
+
+extension PKCS11HSM {
+    /// A test hook (`HSMBACKUP_TEST_PKCS11_PAUSE=between:FILE` or `phase2:N:FILE`): writes FILE and
+    /// waits to be killed, between the phases or after N token objects of phase 2.
+    func pauseHook(_ point: String, made: Int = 0) {
+        // getenv, not ProcessInfo.environment: that would copy every variable (the PIN's too) into Strings.
+        guard let raw = getenv("HSMBACKUP_TEST_PKCS11_PAUSE") else { return }
+        let v = String(cString: raw)
+        let parts = v.split(separator: ":", maxSplits: 2).map(String.init)
+        let hit = (parts.count == 2 && parts[0] == "between" && point == "between")
+            || (parts.count == 3 && parts[0] == "phase2" && point == "phase2" && Int(parts[1]) == made)
+        guard hit, let file = parts.last else { return }
+        _ = FileManager.default.createFile(atPath: file, contents: Data("paused \(point)\n".utf8))
+        for _ in 0..<600 { usleep(100_000) }
+    }
+
+    /// Removes objects an earlier restore left under its temporary label (it was killed in phase 2).
+    func removeStaleRestoreObjects() throws -> Int {
+        var n = 0
+        for h in try session.find([.bool(0x1, true)]) where try Self.labelOf(session, h).hasPrefix(PKCS11Labels.restoringPrefix) {
+            try session.destroy(h)
+            n += 1
+        }
+        return n
+    }
+
+    /// Objects on the token with the same class, label and CKA_ID (the duplicate policy, §9.6).
+    func existing(_ o: TokenObject) throws -> [UInt64] {
+        var t: [Attribute] = [.ulong(0x0, o.objectClass), .bool(0x1, true), .bytes(0x3, Array(o.label.utf8))]
+        if let id = Hex.decode(o.idHex), !o.idHex.isEmpty { t.append(.bytes(0x102, id)) }
+        if let k = o.keyType { t.append(.ulong(0x100, k)) }
+        return try session.find(t)
+    }
+
+    /// Checks and applies a decoded payload (§9.6). Public for the tests that damage the wrapped
+    /// blobs themselves (which the archive's own authentication otherwise protects).
+    public func apply(record: TokenRecord, objects: [TokenObject], restoreId: String, dryRun: Bool) throws {
+        let p = try requireProvisioned()
+        let s = session
+        var made: [UInt64] = []
+        func rollBack() { for h in made.reversed() { try? s.destroy(h) }; made = [] }
+        var keys: [UInt64] = []
+        defer { for h in keys { try? s.destroy(h) } }
+
+        // Duplicates are refused before anything is made (--replace replaces them at the end).
+        var duplicates: [UInt64] = []
+        for o in objects { duplicates += try existing(o) }
+        if !duplicates.isEmpty && !options.replace && !dryRun {
+            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
+        }
+        guard let wrappedTEK = Hex.decode(record.wrappedTEK) else { throw PKCS11Error(.malformedObject, "wrappedTEK is not hex") }
+        let tek: UInt64
+        do {
+            tek = try s.unwrap(.plain(CK.mAESKeyWrap), unwrappingKey: p.tokenPBK, wrapped: wrappedTEK, Self.tekTemplate)
+        } catch let e as PKCS11Error {
+            throw PKCS11Error(.callFailed, "the token refused to unwrap the backup's token key", function: "C_UnwrapKey", rv: e.rv)
+        }
+        keys.append(tek)
+        var swk: UInt64?
+        if let w = record.wrappedSWK {
+            guard let blob = Hex.decode(w) else { throw PKCS11Error(.malformedObject, "wrappedSWK is not hex") }
+            do {
+                swk = try s.unwrap(.plain(CK.mAESKeyWrapPad), unwrappingKey: tek, wrapped: blob, [
+                    .ulong(0x0, CK.oPrivateKey), .ulong(0x100, CK.kRSA), .bool(0x1, false), .bool(0x2, true), .bool(0x103, true),
+                    .bool(0x162, false), .bool(0x107, true), .bool(0x105, false), .bool(0x108, false)])
+            } catch let e as PKCS11Error {
+                throw PKCS11Error(.callFailed, "the token refused to unwrap the backup's RSA wrapping key", function: "C_UnwrapKey", rv: e.rv)
+            }
+            keys.append(swk!)
+        }
+
+        // Phase 2 makes non-destroyable objects last: they are the only ones a rollback cannot remove.
+        let order = objects.indices.sorted { a, b in
+            let da = objects[a].attributes.contains { $0.type == 0x172 && $0.value == "00" }
+            let db = objects[b].attributes.contains { $0.type == 0x172 && $0.value == "00" }
+            return (da ? 1 : 0, a) < (db ? 1 : 0, b)
+        }
+
+        func make(_ i: Int, token onToken: Bool) throws -> UInt64 {
+            let o = objects[i]
+            var t: [Attribute] = [.ulong(0x0, o.objectClass)]
+            if let k = o.keyType { t.append(.ulong(0x100, k)) }
+            t.append(.bool(0x1, onToken))
+            let modifiable = !o.attributes.contains { $0.type == 0x170 && $0.value == "00" }
+            for a in try o.restoreAttributes() {
+                if a.type == 0x3, onToken, modifiable { t.append(.bytes(0x3, Array((PKCS11Labels.restoringPrefix + restoreId + "/").utf8) + Array(o.label.utf8))); continue }
+                t.append(a)
+            }
+            do {
+                if let w = o.wrapped {
+                    guard o.objectClass == CK.oSecretKey || o.objectClass == CK.oPrivateKey else {
+                        throw PKCS11Error(.malformedObject, "object \(i + 1): only secret and private keys carry a wrapped value")
+                    }
+                    guard let blob = Hex.decode(w.blob) else { throw PKCS11Error(.malformedObject, "object \(i + 1): blob is not hex") }
+                    switch (w.wrappingKey, w.mechanism) {
+                    case ("tek", CK.mAESKeyWrapPad):
+                        return try s.unwrap(.plain(CK.mAESKeyWrapPad), unwrappingKey: tek, wrapped: blob, t)
+                    case ("swk", CK.mRSAPKCSOAEP):
+                        guard let swk else { throw PKCS11Error(.malformedObject, "object \(i + 1) needs the RSA wrapping key the record lacks") }
+                        return try s.unwrap(.rsaOAEPSHA1, unwrappingKey: swk, wrapped: blob, t)
+                    default:
+                        throw PKCS11Error(.malformedObject, "object \(i + 1): wrapping \(w.wrappingKey)/0x\(String(w.mechanism, radix: 16)) unknown")
+                    }
+                }
+                guard o.objectClass != CK.oSecretKey && o.objectClass != CK.oPrivateKey else {
+                    throw PKCS11Error(.malformedObject, "object \(i + 1): a secret or private key without a wrapped value")
+                }
+                return try s.create(t)
+            } catch let e as PKCS11Error where e.code == .callFailed {
+                throw PKCS11Error(.callFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") could not be \(onToken ? "created on the token" : "unwrapped")",
+                                  function: e.function, rv: e.rv)
+            }
+        }
+
+        func runChecks(_ handles: [Int: UInt64]) throws -> (checked: Int, unchecked: Int) {
+            var checked = 0, unchecked = 0
+            for (i, o) in objects.enumerated() {
+                guard let c = o.check, let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
+                let ok: Bool
+                switch c.kind {
+                case "aes-ecb-kcv":
+                    ok = (try? s.encrypt(CK.mAESECB, key: h, [UInt8](repeating: 0, count: 16))).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+                case "hmac-sha256":
+                    ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+                case "sign":
+                    guard let pi = c.publicKey, let ph = handles[pi], objects.indices.contains(pi) else { unchecked += 1; continue }
+                    let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
+                    if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
+                        ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
+                    } else { ok = false }
+                default:
+                    throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
+                }
+                guard ok else {
+                    throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its \(c.kind) check after unwrapping")
+                }
+                checked += 1
+            }
+            return (checked, unchecked)
+        }
+
+        // Phase 1: everything as session objects, checked. This is the dry run.
+        var sessionHandles: [Int: UInt64] = [:]
+        let phase1: (checked: Int, unchecked: Int)
+        do {
+            for i in order {
+                let h = try make(i, token: false)
+                made.append(h)
+                sessionHandles[i] = h
+            }
+            phase1 = try runChecks(sessionHandles)
+        } catch {
+            rollBack()
+            throw error
+        }
+        rollBack()
+        if dryRun {
+            lastRestore = PKCS11RestoreReport(objects: objects.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
+                                              dryRun: true, skippedAtBackup: record.skipped)
+            return
+        }
+        pauseHook("between")
+        let stale = try removeStaleRestoreObjects()
+
+        // Phase 2: token objects under the temporary label, checked, then the old ones (--replace)
+        // removed, then the labels set. Any failure before the last step destroys all it made.
+        var tokenHandles: [Int: UInt64] = [:]
+        var relabel: [(UInt64, String)] = []
+        let result: (checked: Int, unchecked: Int)
+        do {
+            for i in order {
+                let h = try make(i, token: true)
+                made.append(h)
+                tokenHandles[i] = h
+                pauseHook("phase2", made: made.count)
+                if !objects[i].attributes.contains(where: { $0.type == 0x170 && $0.value == "00" }) { relabel.append((h, objects[i].label)) }
+            }
+            result = try runChecks(tokenHandles)
+            for (h, label) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(label.utf8))]) }
+        } catch {
+            rollBack()
+            throw error
+        }
+        made = []
+        // The new objects are complete: only now are the ones they replace destroyed, so a
+        // failure can leave both (reported), never neither.
+        var notReplaced = 0
+        for h in duplicates where (try? s.destroy(h)) == nil { notReplaced += 1 }
+        if notReplaced > 0 {
+            throw PKCS11Error(.callFailed, "the restore is complete, but \(notReplaced) of the \(duplicates.count) objects it replaces could not be destroyed: the token holds both copies of those",
+                              function: "C_DestroyObject")
+        }
+        lastRestore = PKCS11RestoreReport(objects: objects.count, checked: result.checked, unchecked: result.unchecked,
+                                          replaced: duplicates.count, recoveredStale: stale, dryRun: false, skippedAtBackup: record.skipped)
+    }
+}
