@@ -81,8 +81,11 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
-            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
-            "AWSCore", "AWSKMS", "PKCS11HSM",
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore"]),
+        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
+                    resources: [.copy("Vectors")]),
+        .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),
+        .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11HSM", "hsmbackup", "HSMArchive", "BackupCrypto", "ByteCoding", "ProcessHardening"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

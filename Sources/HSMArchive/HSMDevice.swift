@@ -14,9 +14,18 @@ public protocol BackupSource: AnyObject {
     /// Public encryption-context pairs this HSM adds to the archive envelope (never secret; not
     /// under the reserved `hsmbackup.` prefix). The simulated HSM adds none.
     func archiveContext() throws -> [String: String]
-    /// Streams a sealed inner blob to `sink`, header first; returns the header.
+    /// Streams a sealed inner blob to `sink`, header first; returns the header. `createdAt`
+    /// (seconds since the Unix epoch) overrides the clock, for a scheduler with its own clock.
     @discardableResult
-    func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int) throws -> InnerHeader
+    func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int, createdAt: UInt64?) throws -> InnerHeader
+}
+
+extension BackupSource {
+    /// A backup stamped with the current time.
+    @discardableResult
+    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int) throws -> InnerHeader {
+        try backup(to: sink, chunkSize: chunkSize, createdAt: nil)
+    }
 }
 
 /// An HSM that can check, and apply, a restore.

@@ -263,7 +263,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
     // MARK: backup
 
     @discardableResult
-    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int) throws -> InnerHeader {
+    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int, createdAt: UInt64?) throws -> InnerHeader {
         let p = try requireProvisioned()
         var sessionObjects: [UInt64] = []
         defer { for h in sessionObjects { try? session.destroy(h) } }
@@ -391,7 +391,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: UInt64(tar.count), userCount: 0,
                                            keyCount: UInt32(report.objects), policyCount: 1)
         let writer = try InnerBlobWriter(metadata: metadata, backupId: SecureRandom.bytes(count: InnerFormat.backupIdByteCount),
-                                         createdAt: UInt64(max(0, Date().timeIntervalSince1970)), payload: descriptor,
+                                         createdAt: createdAt ?? UInt64(max(0, Date().timeIntervalSince1970)), payload: descriptor,
                                          pbkFingerprint: p.fingerprint, wrappedEBK: wrappedEBK, ebk: ebk, sink: sink)
         try writer.write(tar)
         try writer.finish()

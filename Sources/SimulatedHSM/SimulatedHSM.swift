@@ -211,8 +211,8 @@ extension SimulatedHSM: BackupSource, RestoreTarget {
     public func archiveContext() throws -> [String: String] { [:] }
 
     @discardableResult
-    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int) throws -> InnerHeader {
-        try backup(to: sink, chunkSize: chunkSize, randomness: SystemRandomSource(), createdAt: nil)
+    public func backup(to sink: @escaping ([UInt8]) throws -> Void, chunkSize: Int, createdAt: UInt64?) throws -> InnerHeader {
+        try backup(to: sink, chunkSize: chunkSize, randomness: SystemRandomSource(), createdAt: createdAt)
     }
 
     public func beginRestore(dryRun: Bool, archiveContext: [String: String]) throws -> any HSMRestoreSession {
