@@ -570,8 +570,16 @@ public final class LocalObjectWriter: ObjectWriting {
     private var lock: FileLock?
     private var writers: [ReplicaWriter] = []
     private var failed: [ReplicaFinding] = []
-    private let hasher = SHA256Hasher()
-    private var chunkDigests: [[UInt8]] = []
+    /// The chunk digests and the running object digest (owned by `digestLane` while it works).
+    private final class Digests: @unchecked Sendable {
+        let hasher = SHA256Hasher()
+        var chunks: [[UInt8]] = []
+        func add(_ chunk: [UInt8]) {
+            chunks.append(SHA256Hasher.hash(chunk))
+            hasher.update(chunk)
+        }
+    }
+    private let digests = Digests()
     private var size: UInt64 = 0
     private var buffer: [UInt8] = []
     private let chunkSize = ObjectRecord.defaultChunkSize
@@ -656,12 +664,12 @@ public final class LocalObjectWriter: ObjectWriting {
         }
         let slots = digestSlots!
         slots.wait()
-        // The queue is the only user of `chunkDigests` and `hasher` until `drainBackground`.
-        let job = UncheckedSendable((self, buffer))
+        // The queue is the only user of `digests` until `drainBackground`; it does not hold
+        // the writer, so a writer dropped mid-stream is released (and aborts) on its own thread.
+        let job = UncheckedSendable((digests, buffer))
         digestLane!.async {
-            let (w, chunk) = job.value
-            w.chunkDigests.append(SHA256Hasher.hash(chunk))
-            w.hasher.update(chunk)
+            let (d, chunk) = job.value
+            d.add(chunk)
             slots.signal()
         }
         try appendAll(buffer, background: true)
@@ -671,8 +679,7 @@ public final class LocalObjectWriter: ObjectWriting {
 
     /// The last, partial chunk at commit: in line, after everything queued.
     private func flushLast() throws {
-        chunkDigests.append(SHA256Hasher.hash(buffer))
-        hasher.update(buffer)
+        digests.add(buffer)
         try appendAll(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
@@ -704,7 +711,7 @@ public final class LocalObjectWriter: ObjectWriting {
         try drainBackground()
         if !buffer.isEmpty { try flushLast() }
         let record = ObjectRecord(key: key, size: size, createdMillis: store.clock.nowMillis(), chunkSize: chunkSize,
-                                  chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+                                  chunkDigests: digests.chunks, objectDigest: digests.hasher.finalize())
         try appendAll(try record.encodeWithFooter())
         // The replicas' fsyncs wait on their disks at once, not one after another. Iteration i
         // touches only writer i (its own file descriptor); the fault hook is Sendable.

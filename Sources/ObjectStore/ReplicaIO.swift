@@ -153,6 +153,13 @@ final class ReplicaWriter {
     // failed write behind it.
     static let pendingChunks = 4
     private var lane: DispatchQueue?
+    private static let laneKey = DispatchSpecificKey<Void>()
+    /// Waits for the queued appends (never from the lane itself: the last reference to a writer
+    /// may be dropped by its own job, and a queue cannot wait for itself).
+    private func waitForLane() {
+        guard let lane, DispatchQueue.getSpecific(key: Self.laneKey) == nil else { return }
+        lane.sync {}
+    }
     private var slots: DispatchSemaphore?
     private let failureLock = NSLock()
     private var backgroundFailure: ReplicaFailure?
@@ -169,7 +176,9 @@ final class ReplicaWriter {
         if let e = faults?(.write, replica, tempPath) { throw Self.failure(replica, tempPath, "write", e) }
         if let f = recordedFailure() { throw f }
         if lane == nil {
-            lane = DispatchQueue(label: "hsmbackup-replica-\(replica)")
+            let q = DispatchQueue(label: "hsmbackup-replica-\(replica)")
+            q.setSpecific(key: Self.laneKey, value: ())
+            lane = q
             slots = DispatchSemaphore(value: Self.pendingChunks)
         }
         let slots = slots!
@@ -190,7 +199,7 @@ final class ReplicaWriter {
 
     /// Waits for every queued append; throws the first background failure.
     func drainBackground() throws {
-        lane?.sync {}
+        waitForLane()
         if let f = recordedFailure() { throw f }
     }
 
@@ -221,7 +230,7 @@ final class ReplicaWriter {
     func abort() {
         guard !done else { return }
         done = true
-        lane?.sync {} // no queued write may reach a closed (or reused) descriptor
+        waitForLane() // no queued write may reach a closed (or reused) descriptor
         if fd >= 0 { close(fd); fd = -1 }
         unlink(tempPath)
     }
