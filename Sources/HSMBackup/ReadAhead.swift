@@ -27,7 +27,7 @@ final class ReadAhead<Item>: @unchecked Sendable {
     private let produce: () throws -> Item?
 
     /// `produce` returns the next item, nil at the end, or throws; it runs on the new thread only.
-    init(maximumBatches: Int = 4, batchItems: Int = 16, produce: @escaping () throws -> Item?) {
+    init(maximumBatches: Int = 3, batchItems: Int = 8, produce: @escaping () throws -> Item?) {
         self.maximumBatches = maximumBatches
         self.batchItems = batchItems
         self.produce = produce
