@@ -15,7 +15,8 @@ Environment (all optional):
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
   BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
   BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
-  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,envelope,rss,inspect,rewrap,fleet,catalog,scrub,pkcs11)
+  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,restore,envelope,rss,inspect,rewrap,fleet,catalog,scrub,pkcs11)
+  BENCH_JOBS=N        concurrent verify processes in the fleet row's parallel pass (default: the core count)
   BENCH_P11_KEYS=1000 keys on the SoftHSM2 token of the pkcs11 row (and a tenth of it, for the RSS comparison)
   KWP_BENCH=CMD       command that measures our multi-lane KWP (default `.build/release/KWPBench REPS`
                       if present, from branch kwp): its `wrap N lanes <OpenSSL> <lanes>` rows, or a
@@ -41,6 +42,7 @@ MIB = int(os.environ.get("BENCH_MIB", "256"))
 BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "1000"))
 FLEET = int(os.environ.get("BENCH_FLEET", "1000"))
 CATALOG_N = int(os.environ.get("BENCH_CATALOG", "100000"))
+JOBS = int(os.environ.get("BENCH_JOBS", str(os.cpu_count() or 2)))
 WORK = os.path.abspath(os.environ.get("BENCH_WORK", os.path.join(ROOT, ".build-bench", "work")))
 VENV = os.path.abspath(os.environ.get("BENCH_VENV", os.path.join(ROOT, ".build-bench", "venv")))
 RESULTS = os.path.abspath(os.environ.get("BENCH_RESULTS", os.path.join(ROOT, "bench")))
@@ -53,7 +55,7 @@ RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
 
 rows = []          # the results, in table order
 CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
-ORDER = ["kwp", "create", "verify", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub", "pkcs11"]
+ORDER = ["kwp", "create", "verify", "restore", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub", "pkcs11"]
 notes = []         # free-text findings for results.md
 
 
@@ -292,6 +294,34 @@ def row_verify():
             samples={"ours": o, "peer": p})
 
 
+def row_restore():
+    """Issue 17: restore of the archive onto a fresh HSM vs `restic restore` of the same HSM
+    directory from the repository the create row made (each run onto a new, empty target)."""
+    log("row: restore onto a fresh HSM vs restic restore")
+    ident = state["ids"][-1]
+    repo = state["restic_repo"]
+    target = os.path.join(WORK, "hsm-restore-row")
+    rdir = os.path.join(WORK, "restic-restore")
+
+    def fresh_hsm():
+        rm(target)
+        run(hb("hsm", "create", target, "--manufacturer", "acme", "--model", "CH-2", "--serial", "RR",
+               "--cluster", "cluster-bench"))
+    o, p, orss = alternate(hb("restore", ident, "--hsm", target),
+                           ["restic", "restore", "latest", "--repo", repo, "--target", rdir, "--quiet"],
+                           ours_prep=fresh_hsm, peer_prep=lambda: rm(rdir), peer_env=RESTIC_ENV)
+    # Both restored the same content: restic the HSM's state file, ours the state it decodes to.
+    run(["cmp", os.path.join(HSM, "contents.state"), os.path.join(rdir + HSM, "contents.state")])
+    om, pm = med(o), med(p)
+    add_row("restore onto a fresh HSM, %d MiB payload" % MIB, om, pm, "(figure only; issue 17 sets no goal)", None,
+            ours_label="hsmbackup restore", peer_label="restic restore latest (fresh target)",
+            detail="peak RSS %.1f MiB; spread ours %.3f-%.3f s, restic %.3f-%.3f s" % (
+                max(orss) / 1024.0, min(o), max(o), min(p), max(p)),
+            samples={"ours": o, "peer": p})
+    rm(target)
+    rm(rdir)
+
+
 def row_rewrap():
     """Rewrap (issue 12) decrypts and re-encrypts every frame under a new data key; goal: at most
     1.5x the time of decrypting the same archive. Its own archive, so the other rows' keys stay."""
@@ -470,6 +500,13 @@ def row_fleet():
     for ident in ids:
         t, _, _ = run(hb("verify", ident, "--level", "full", "--hsm", small))
         vts.append(t * 1000)
+    # Issue 17: the same verifications with both cores busy, JOBS processes at a time (what
+    # `xargs -P JOBS` over `backup list --json` does; see bench/README.md), per archive.
+    import concurrent.futures
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=JOBS) as pool:
+        list(pool.map(lambda ident: run(hb("verify", ident, "--level", "full", "--hsm", small)), ids))
+    par = time.perf_counter() - t0
     lts = []
     for _ in range(max(REPS, 3)):
         t, _, out = run(hb("backup", "list"))
@@ -479,6 +516,10 @@ def row_fleet():
             "(figure only)", None, unit="ms",
             detail="medians; totals create %.1f s, verify %.1f s" % (sum(cts) / 1000, sum(vts) / 1000),
             samples={"create_ms_p90": sorted(cts)[int(len(cts) * 0.9)], "verify_ms_p90": sorted(vts)[int(len(vts) * 0.9)], "list_ms": lts})
+    add_row("fleet verify --level full, %d archives, %d at a time (both cores busy), per archive" % (FLEET, JOBS),
+            par * 1000 / FLEET, None, "(figure only)", None, unit="ms",
+            ours_label="hsmbackup verify, %d processes at once" % JOBS,
+            detail="%.1f s for all %d (one at a time: %.1f s)" % (par, FLEET, sum(vts) / 1000))
 
 
 def row_catalog():
@@ -686,12 +727,14 @@ def main():
         fn()
     if wanted("kwp"):
         go("kwp", row_kwp)
-    if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "rewrap", "scrub")):
+    if any(wanted(x) for x in ("create", "verify", "restore", "rss", "inspect", "rewrap", "scrub")):
         state["big_hsm"] = make_big_hsm()
-        if any(wanted(x) for x in ("create", "verify", "rss", "inspect", "scrub")):
+        if any(wanted(x) for x in ("create", "verify", "restore", "rss", "inspect", "scrub")):
             go("create", row_create)
         if wanted("verify") or wanted("rss"):
             go("verify", row_verify)
+        if wanted("restore"):
+            go("restore", row_restore)
         if wanted("rss"):
             go("rss", row_rss)
         if wanted("inspect"):

@@ -6,8 +6,13 @@ public final class SHA256Hasher {
     private let ctx: OpaquePointer
     private var finished = false
 
+    /// The implementation, fetched once (issue 17): with OpenSSL 3, initialising with
+    /// `EVP_sha256()` looks the algorithm up in the provider store again on every init (a
+    /// locked, case-insensitive name search), and a verify or restore makes a hasher per object.
+    nonisolated(unsafe) private static let algorithm: OpaquePointer? = EVP_MD_fetch(nil, "SHA256", nil)
+
     public init() {
-        guard let c = EVP_MD_CTX_new(), EVP_DigestInit_ex(c, EVP_sha256(), nil) == 1 else {
+        guard let c = EVP_MD_CTX_new(), EVP_DigestInit_ex(c, Self.algorithm ?? EVP_sha256(), nil) == 1 else {
             fatalError("SHA-256 is not available from OpenSSL")
         }
         ctx = c

@@ -47,7 +47,9 @@ public final class OrderedPipeline<Input, Output>: @unchecked Sendable {
         if !started { startWorkers() }
         queue.append((submitted, input))
         submitted += 1
-        condition.broadcast()
+        // Only workers wait for a job (the one consumer is this thread): wake one, not all
+        // (issue 17: every needless wake-up is a futex round trip and a context switch).
+        condition.signal()
         condition.unlock()
         try deliverReady(deliver, waitWhile: { self.submitted - self.delivered >= self.maximumInFlight })
     }
@@ -80,7 +82,7 @@ public final class OrderedPipeline<Input, Output>: @unchecked Sendable {
                 return
             }
             delivered += 1
-            condition.broadcast()
+            // Nobody waits for a delivery (workers wait for jobs, the consumer is this thread).
             condition.unlock()
             try deliver(out)
         }

@@ -21,7 +21,16 @@ public enum Restorer {
         let session = try hsm.beginRestore(dryRun: dryRun, archiveContext: publicContext(decryptor.header.context))
         var metadataChecked = false
         var done: UInt64 = 0
-        while let piece = try decryptor.nextChunk() {
+        // The store read and the envelope's decryption run ahead on their own thread (issue 17).
+        let ahead = ReadAhead<[UInt8]> { try decryptor.nextChunk() }
+        defer { ahead.stop() }
+        reading: while true {
+            let piece: [UInt8]
+            switch ahead.next() {
+            case .end: break reading
+            case .failed(let error): throw error
+            case .item(let p): piece = p
+            }
             try session.feed(piece)
             if !metadataChecked, let header = session.header {
                 try metadata.check(against: header)

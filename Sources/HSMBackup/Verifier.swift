@@ -84,10 +84,12 @@ public enum Verifier {
         if level == .full, let hsm = keys.hsm, Array(hsm.metadata.manufacturerId.utf8) != Array(metadata.manufacturer.utf8) {
             throw HSMBackupError(.incompatibleHSM, "the archive is from manufacturer \"\(metadata.manufacturer)\"; HSM \(hsm.metadata.hsmId) is \"\(hsm.metadata.manufacturerId)\": it cannot verify it at level full")
         }
-        var structure: InnerStructureChecker? = InnerStructureChecker()
+        // The envelope's frames are read, decrypted and run through the keyless structure check
+        // on a read-ahead thread (issue 17); each piece arrives here with the structure findings
+        // it produced, so the findings keep the order of a single-threaded pass.
+        let layers = StructureLayer(metadata: metadata)
         var full: FullCheck?
         var fullFailed = false
-        var metadataChecked = false
         var innerBytes: UInt64 = 0
         if level == .full {
             do {
@@ -102,36 +104,22 @@ public enum Verifier {
             }
         }
         var envelopeOK = false
+        let ahead = ReadAhead<(piece: [UInt8], findings: [Finding])> {
+            guard let piece = try decryptor.nextChunk() else { return nil }
+            return (piece, layers.feed(piece))
+        }
+        defer { ahead.stop() }
         do {
-            while let piece = try decryptor.nextChunk() {
-                innerBytes += UInt64(piece.count)
-                if structure != nil {
-                    do {
-                        try structure!.feed(piece)
-                        if !metadataChecked, let header = structure!.header {
-                            metadataChecked = true
-                            do { try metadata.check(against: header) } catch {
-                                report.findings.append(finding(error, layer: .inner))
-                            }
-                        }
-                    } catch {
-                        report.findings.append(finding(error, layer: .inner))
-                        structure = nil
-                    }
+            reading: while true {
+                switch ahead.next() {
+                case .end: break reading
+                case .failed(let error): throw error
+                case .item(let item):
+                    report.findings += item.findings
+                    innerBytes += UInt64(item.piece.count)
+                    if let f = full, !fullFailed { try feedFull(f, item.piece, &fullFailed, &report) }
+                    progress?(innerBytes)
                 }
-                if let f = full, !fullFailed {
-                    do { try f.feed(piece) } catch let e as ArchiveError where e.code == .pbkMismatch && report.errors.isEmpty {
-                        // The HSM's backup keys are not the archive's (another operator key):
-                        // the HSM cannot judge it. (The manufacturer was compared before any
-                        // decryption, so a wrongManufacturer here is an inner header that
-                        // disagrees with the envelope: a finding, like any other damage.)
-                        throw HSMBackupError(.incompatibleHSM, "HSM cannot verify this archive at level full: \(e.reason)")
-                    } catch {
-                        report.findings.append(finding(error, layer: layer(of: error)))
-                        fullFailed = true
-                    }
-                }
-                progress?(innerBytes)
             }
             envelopeOK = true
         } catch let e as HSMBackupError where e.code == .incompatibleHSM {
@@ -139,14 +127,15 @@ public enum Verifier {
         } catch {
             report.findings.append(finding(error, layer: .envelope))
         }
+        ahead.stop() // it has ended; from here the decryptor and the structure check are this thread's
         report.framesChecked = Int(decryptor.framesRead)
         report.bytesChecked = Int(innerBytes)
         guard envelopeOK else { return }
-        if var s = structure {
+        if var s = layers.structure {
             do {
                 let summary = try s.finish()
                 report.chunksChecked = summary.chunkCount
-                if !metadataChecked { try metadata.check(against: summary.header) }
+                if !layers.metadataChecked { try metadata.check(against: summary.header) }
             } catch {
                 report.findings.append(finding(error, layer: .inner))
             }
@@ -158,6 +147,49 @@ public enum Verifier {
             if report.errors.isEmpty { report.levelsChecked.append(.full) }
         } catch {
             report.findings.append(finding(error, layer: layer(of: error)))
+        }
+    }
+
+    /// The keyless structure check and the header's metadata check, fed on the read-ahead
+    /// thread; read on the caller's thread only once the read-ahead has ended.
+    final class StructureLayer {
+        let metadata: ArchiveMetadata
+        var structure: InnerStructureChecker? = InnerStructureChecker()
+        var metadataChecked = false
+
+        init(metadata: ArchiveMetadata) { self.metadata = metadata }
+
+        /// The findings this piece produced (the first failure stops the structure check).
+        func feed(_ piece: [UInt8]) -> [Finding] {
+            guard structure != nil else { return [] }
+            var out: [Finding] = []
+            do {
+                try structure!.feed(piece)
+                if !metadataChecked, let header = structure!.header {
+                    metadataChecked = true
+                    do { try metadata.check(against: header) } catch {
+                        out.append(Verifier.finding(error, layer: .inner))
+                    }
+                }
+            } catch {
+                out.append(Verifier.finding(error, layer: .inner))
+                structure = nil
+            }
+            return out
+        }
+    }
+
+    /// One piece into the level-3 check; its failure is a finding and stops that layer.
+    private static func feedFull(_ f: FullCheck, _ piece: [UInt8], _ fullFailed: inout Bool, _ report: inout VerificationReport) throws {
+        do { try f.feed(piece) } catch let e as ArchiveError where e.code == .pbkMismatch && report.errors.isEmpty {
+            // The HSM's backup keys are not the archive's (another operator key):
+            // the HSM cannot judge it. (The manufacturer was compared before any
+            // decryption, so a wrongManufacturer here is an inner header that
+            // disagrees with the envelope: a finding, like any other damage.)
+            throw HSMBackupError(.incompatibleHSM, "HSM cannot verify this archive at level full: \(e.reason)")
+        } catch {
+            report.findings.append(finding(error, layer: layer(of: error)))
+            fullFailed = true
         }
     }
 

@@ -17,6 +17,8 @@ public final class LocalObjectStore: ObjectStorage {
     let faults: FaultHook?
     /// Repair bad replicas found while reading (on by default).
     public var readRepair = true
+    /// Records whose object digest was seen to match the bytes their chunk digests name (issue 17).
+    let consistentRecords = RecordMemo()
 
     public static let objectsDir = "objects"
     public static let tempDirName = "tmp"
@@ -358,8 +360,14 @@ public final class LocalObjectStore: ObjectStorage {
     }
 
     /// Streams every chunk of a replica through its digest; nil when all is well.
-    func verify(_ f: ReplicaFile, against record: ObjectRecord) -> ReplicaFinding? {
-        let hasher = SHA256Hasher()
+    ///
+    /// `objectDigest: false` checks the chunk digests only. That is the whole check when the
+    /// record is in `consistentRecords`: replicas whose chunks all match one record hold the same
+    /// bytes (SHA-256's collision resistance, which every chunk check already rests on), so
+    /// whether those bytes hash to the record's object digest is a property of the record, and
+    /// it was seen to hold once (issue 17: one SHA-256 pass per replica, not two).
+    func verify(_ f: ReplicaFile, against record: ObjectRecord, objectDigest: Bool = true) -> ReplicaFinding? {
+        let hasher = objectDigest ? SHA256Hasher() : nil
         for c in 0..<record.chunkDigests.count {
             let bytes: [UInt8]
             do { bytes = try f.readChunk(c) } catch let e as ReplicaFailure { return e.finding } catch {
@@ -369,12 +377,44 @@ public final class LocalObjectStore: ObjectStorage {
                 return ReplicaFinding(replica: f.replica, path: f.path, problem: .chunkMismatch, chunk: c,
                                       detail: "chunk \(c) does not match its digest")
             }
-            hasher.update(bytes)
+            hasher?.update(bytes)
         }
-        guard hasher.finalize() == record.objectDigest else {
-            return ReplicaFinding(replica: f.replica, path: f.path, problem: .digestMismatch, detail: "object digest does not match")
+        if let hasher {
+            guard hasher.finalize() == record.objectDigest else {
+                return ReplicaFinding(replica: f.replica, path: f.path, problem: .digestMismatch, detail: "object digest does not match")
+            }
+            consistentRecords.insert(f.recordBytes)
         }
         return nil
+    }
+
+    /// Every replica of a set against the reference record: the object digest is computed on
+    /// the first replica only (unless the record is already known consistent); if that replica
+    /// fails on a chunk, the next replica whose chunks all matched computes it instead, and so
+    /// on, so the findings are exactly those of checking every replica in full. The first
+    /// `parallel` runs the replicas on their own threads (each its own file descriptor).
+    func verifyAll(_ files: [ReplicaFile], against ref: ReplicaFile, parallel: Bool) -> [ReplicaFinding] {
+        let record = ref.record
+        let known = consistentRecords.contains(ref.recordBytes)
+        let results = ConcurrentResults<ReplicaFinding?>(count: files.count)
+        // Iteration i touches only replica file i and the store's immutable settings (the memo locks).
+        let work = UncheckedSendable { (i: Int) in self.verify(files[i], against: record, objectDigest: !known && i == 0) }
+        if parallel {
+            DispatchQueue.concurrentPerform(iterations: files.count) { i in results.set(i, work.value(i)) }
+        } else {
+            for i in files.indices { results.set(i, work.value(i)) }
+        }
+        var found = results.values
+        var consistent = known || (!files.isEmpty && found[0] == nil)
+        if !consistent {
+            // Replica 0 could not tell (a bad chunk) or its digest differed: the others whose
+            // chunks matched must each answer for themselves, as they did before.
+            for i in files.indices.dropFirst() where found[i] == nil && !consistent {
+                found[i] = verify(files[i], against: record, objectDigest: true)
+                consistent = found[i] == nil
+            }
+        }
+        return found.compactMap { $0 }
     }
 
     // MARK: temps
@@ -448,6 +488,10 @@ public final class LocalObjectReader: ObjectReading {
     private var candidates: [ReplicaFile]
     private var chunk = 0
     private let hasher = SHA256Hasher()
+    /// False when the store has seen this record's object digest match its chunks: then every
+    /// chunk matching its digest is the whole check (see `LocalObjectStore.verify`).
+    private let hashesObject: Bool
+    private let recordBytes: [UInt8]
     private var finished = false
     private var failure: StoreError?
 
@@ -460,6 +504,8 @@ public final class LocalObjectReader: ObjectReading {
         let set = store.openReplicas(key)
         guard let ref = set.reference else { throw store.noGoodReplica(key, set.findings) }
         record = ref.record
+        recordBytes = ref.recordBytes
+        hashesObject = !store.consistentRecords.contains(ref.recordBytes)
         candidates = set.good
         findings = set.findings
         info = store.info(ref.record, replicas: set.good.map(\.replica))
@@ -473,7 +519,7 @@ public final class LocalObjectReader: ObjectReading {
             do {
                 let bytes = try current.readChunk(chunk)
                 if SHA256Hasher.hash(bytes) == record.chunkDigests[chunk] {
-                    hasher.update(bytes)
+                    if hashesObject { hasher.update(bytes) }
                     chunk += 1
                     return bytes
                 }
@@ -492,10 +538,13 @@ public final class LocalObjectReader: ObjectReading {
 
     private func finish() throws {
         finished = true
-        guard hasher.finalize() == record.objectDigest else {
-            let e = StoreError(.unrecoverable, key: key, "object digest does not match its record", findings: findings)
-            failure = e
-            throw e
+        if hashesObject {
+            guard hasher.finalize() == record.objectDigest else {
+                let e = StoreError(.unrecoverable, key: key, "object digest does not match its record", findings: findings)
+                failure = e
+                throw e
+            }
+            store.consistentRecords.insert(recordBytes)
         }
         guard store.readRepair, readRepair else { return }
         let bad = Set(findings.filter { $0.problem != .replicaUnavailable }.map(\.replica))
@@ -521,8 +570,16 @@ public final class LocalObjectWriter: ObjectWriting {
     private var lock: FileLock?
     private var writers: [ReplicaWriter] = []
     private var failed: [ReplicaFinding] = []
-    private let hasher = SHA256Hasher()
-    private var chunkDigests: [[UInt8]] = []
+    /// The chunk digests and the running object digest (owned by `digestLane` while it works).
+    private final class Digests: @unchecked Sendable {
+        let hasher = SHA256Hasher()
+        var chunks: [[UInt8]] = []
+        func add(_ chunk: [UInt8]) {
+            chunks.append(SHA256Hasher.hash(chunk))
+            hasher.update(chunk)
+        }
+    }
+    private let digests = Digests()
     private var size: UInt64 = 0
     private var buffer: [UInt8] = []
     private let chunkSize = ObjectRecord.defaultChunkSize
@@ -569,18 +626,60 @@ public final class LocalObjectWriter: ObjectWriting {
         abort()
     }
 
-    private func appendAll(_ bytes: [UInt8]) throws {
+    private func appendAll(_ bytes: [UInt8], background: Bool = false) throws {
         writers = writers.filter { w in
-            do { try w.append(bytes); return true } catch let e as ReplicaFailure {
+            do {
+                if background { try w.appendInBackground(bytes) } else { try w.append(bytes) }
+                return true
+            } catch let e as ReplicaFailure {
                 failed.append(e.finding); w.abort(); return false
             } catch { return false }
         }
         try checkQuorum("write")
     }
 
+    /// Waits for the replicas' background writes and the digests (see `flush`); a replica whose
+    /// write failed is dropped as `appendAll` drops it.
+    private func drainBackground() throws {
+        digestLane?.sync {}
+        writers = writers.filter { w in
+            do { try w.drainBackground(); return true } catch let e as ReplicaFailure {
+                failed.append(e.finding); w.abort(); return false
+            } catch { return false }
+        }
+        try checkQuorum("write")
+    }
+
+    /// The chunk digests and the object digest run on their own serial queue, in chunk order,
+    /// at most `ReplicaWriter.pendingChunks` chunks behind (issue 17: off the caller's thread).
+    private var digestLane: DispatchQueue?
+    private var digestSlots: DispatchSemaphore?
+
+    /// A full chunk from `write`: digested and written in the background; the chunk buffer is
+    /// shared by the queues (a fresh one is allocated for the next chunk, no bytes are copied).
     private func flush() throws {
-        chunkDigests.append(SHA256Hasher.hash(buffer))
-        hasher.update(buffer)
+        if digestLane == nil {
+            digestLane = DispatchQueue(label: "hsmbackup-object-digest")
+            digestSlots = DispatchSemaphore(value: ReplicaWriter.pendingChunks)
+        }
+        let slots = digestSlots!
+        slots.wait()
+        // The queue is the only user of `digests` until `drainBackground`; it does not hold
+        // the writer, so a writer dropped mid-stream is released (and aborts) on its own thread.
+        let job = UncheckedSendable((digests, buffer))
+        digestLane!.async {
+            let (d, chunk) = job.value
+            d.add(chunk)
+            slots.signal()
+        }
+        try appendAll(buffer, background: true)
+        buffer = []
+        buffer.reserveCapacity(chunkSize)
+    }
+
+    /// The last, partial chunk at commit: in line, after everything queued.
+    private func flushLast() throws {
+        digests.add(buffer)
         try appendAll(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
@@ -609,9 +708,10 @@ public final class LocalObjectWriter: ObjectWriting {
 
     public func commit() throws -> PutReport {
         try checkOpen()
-        if !buffer.isEmpty { try flush() }
+        try drainBackground()
+        if !buffer.isEmpty { try flushLast() }
         let record = ObjectRecord(key: key, size: size, createdMillis: store.clock.nowMillis(), chunkSize: chunkSize,
-                                  chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+                                  chunkDigests: digests.chunks, objectDigest: digests.hasher.finalize())
         try appendAll(try record.encodeWithFooter())
         // The replicas' fsyncs wait on their disks at once, not one after another. Iteration i
         // touches only writer i (its own file descriptor); the fault hook is Sendable.
@@ -652,6 +752,7 @@ public final class LocalObjectWriter: ObjectWriting {
 
     /// Removes every temp file; nothing is published. Safe to call more than once.
     public func abort() {
+        digestLane?.sync {}
         for w in writers { w.abort() }
         writers = []
         finished = true

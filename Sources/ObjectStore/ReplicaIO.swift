@@ -3,7 +3,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import Durability
+import Foundation
 
 /// The steps of replica I/O where a test may inject a failure.
 public enum IOOperation: String, Sendable {
@@ -116,6 +118,10 @@ final class ReplicaWriter {
 
     func append(_ bytes: UnsafeRawBufferPointer) throws {
         if let e = faults?(.write, replica, tempPath) { throw Self.failure(replica, tempPath, "write", e) }
+        try writeAll(bytes)
+    }
+
+    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
         var off = 0
         while off < bytes.count {
             let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
@@ -133,6 +139,69 @@ final class ReplicaWriter {
     }
 
     func append(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try append($0) } }
+
+    // MARK: background appends (issue 17)
+    //
+    // The chunks of a large object are written on the replica's own serial queue, so the three
+    // replicas' page-cache copies run on as many cores as are free instead of one after another
+    // on the caller's thread. Order is kept (one serial queue per replica), at most
+    // `pendingChunks` chunks wait per replica (memory stays bounded; the chunk buffers are shared
+    // by the replicas, not copied), and the fault hook still runs on the caller's thread at the
+    // same append, so an injected failure is seen exactly where it was before. A real OS error
+    // is recorded by the queue and surfaces at the next append or at `drainBackground()`, which
+    // the commit calls before the record is appended: no replica is synced or published with a
+    // failed write behind it.
+    static let pendingChunks = 4
+    private var lane: DispatchQueue?
+    private static let laneKey = DispatchSpecificKey<Void>()
+    /// Waits for the queued appends (never from the lane itself: the last reference to a writer
+    /// may be dropped by its own job, and a queue cannot wait for itself).
+    private func waitForLane() {
+        guard let lane, DispatchQueue.getSpecific(key: Self.laneKey) == nil else { return }
+        lane.sync {}
+    }
+    private var slots: DispatchSemaphore?
+    private let failureLock = NSLock()
+    private var backgroundFailure: ReplicaFailure?
+
+    private func recordedFailure() -> ReplicaFailure? {
+        failureLock.lock()
+        defer { failureLock.unlock() }
+        return backgroundFailure
+    }
+
+    /// Queues `bytes` for writing; throws a failure seen so far (injected now, or recorded by an
+    /// earlier background write).
+    func appendInBackground(_ bytes: [UInt8]) throws {
+        if let e = faults?(.write, replica, tempPath) { throw Self.failure(replica, tempPath, "write", e) }
+        if let f = recordedFailure() { throw f }
+        if lane == nil {
+            let q = DispatchQueue(label: "hsmbackup-replica-\(replica)")
+            q.setSpecific(key: Self.laneKey, value: ())
+            lane = q
+            slots = DispatchSemaphore(value: Self.pendingChunks)
+        }
+        let slots = slots!
+        slots.wait()
+        // The queue is the only user of the file descriptor and the counters until a drain.
+        let job = UncheckedSendable((self, bytes))
+        lane!.async {
+            let (w, data) = job.value
+            defer { slots.signal() }
+            guard w.recordedFailure() == nil else { return }
+            do { try data.withUnsafeBytes { try w.writeAll($0) } } catch let e as ReplicaFailure {
+                w.failureLock.lock()
+                w.backgroundFailure = e
+                w.failureLock.unlock()
+            } catch {}
+        }
+    }
+
+    /// Waits for every queued append; throws the first background failure.
+    func drainBackground() throws {
+        waitForLane()
+        if let f = recordedFailure() { throw f }
+    }
 
     /// fsync and close the temp file.
     func sync() throws {
@@ -161,6 +230,7 @@ final class ReplicaWriter {
     func abort() {
         guard !done else { return }
         done = true
+        waitForLane() // no queued write may reach a closed (or reused) descriptor
         if fd >= 0 { close(fd); fd = -1 }
         unlink(tempPath)
     }
@@ -246,20 +316,22 @@ final class ReplicaFile {
     }
 
     static func preadExactly(_ fd: Int32, count: Int, at offset: Int) throws -> [UInt8] {
-        var buf = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw ReplicaFailure(finding: OSError.finding(replica: -1, path: "", operation: "read", errno: errno))
+        // Not zero-filled first: every byte is overwritten by the read, or the read fails.
+        try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
+            var done = 0
+            while done < count {
+                let n = pread(fd, buf.baseAddress! + done, count - done, off_t(offset + done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw ReplicaFailure(finding: OSError.finding(replica: -1, path: "", operation: "read", errno: errno))
+                }
+                if n == 0 {
+                    throw ReplicaFailure(finding: ReplicaFinding(replica: -1, path: "", problem: .sizeMismatch,
+                                                                 detail: "short read: \(done) of \(count) bytes at offset \(offset)"))
+                }
+                done += n
             }
-            if n == 0 {
-                throw ReplicaFailure(finding: ReplicaFinding(replica: -1, path: "", problem: .sizeMismatch,
-                                                             detail: "short read: \(done) of \(count) bytes at offset \(offset)"))
-            }
-            done += n
+            initialized = count
         }
-        return buf
     }
 }

@@ -1,0 +1,89 @@
+import Foundation
+import XCTest
+import BackupCrypto
+@testable import ObjectStore
+
+/// Issue 17: replica writes and digests on their own queues, and one SHA-256 pass per replica
+/// (the object digest once per record). The findings and the put's outcome must be exactly
+/// those of the one-thread, two-pass code.
+final class BackgroundWriteAndOnePassTests: XCTestCase {
+    let mib = 1 << 20
+
+    func makeStore(_ s: Scratch, faults: FaultHook? = nil) throws -> LocalObjectStore {
+        try LocalObjectStore.create(at: s.path + "/store")
+        return try LocalObjectStore(root: s.path + "/store", faults: faults)
+    }
+
+    /// A write that fails on one replica after some chunks were queued: that replica is reported
+    /// (same OS error), the others hold the object, no temp is left.
+    func testAWriteFailingMidStreamDropsOnlyThatReplica() throws {
+        let s = Scratch()
+        let count = Counter()
+        let store = try makeStore(s, faults: { op, replica, _ in
+            op == .write && replica == 1 && count.next() >= 3 ? EIO : nil
+        })
+        let data = pattern(6 * mib + 777, seed: 11)
+        let report = try store.put("big", bytes: data)
+        XCTAssertEqual(report.written, [0, 2])
+        XCTAssertEqual(report.failed.map(\.replica), [1])
+        XCTAssertEqual(report.failed.first?.osError, "EIO")
+        XCTAssertEqual(try readAll(try store.get("big")), data)
+        XCTAssertTrue(tempFiles(under: s.path + "/store").isEmpty)
+    }
+
+    /// A writer dropped after several queued chunks, without commit or abort: nothing is
+    /// published and its temps are gone once it is released.
+    func testADroppedWriterWithQueuedChunksLeavesNothing() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        do {
+            let w = try store.makeWriter("dropped")
+            for i in 0..<5 { try w.write(pattern(mib + 3, seed: UInt64(i))) }
+        }
+        XCTAssertEqual(try store.list(), [])
+        XCTAssertTrue(tempFiles(under: s.path + "/store").isEmpty)
+    }
+
+    /// The record's object digest is checked once; when replica 0 cannot tell (a damaged
+    /// chunk), the others answer for themselves: an inconsistent record is still found in
+    /// every replica whose chunks match it.
+    func testAnInconsistentRecordIsFoundWhenReplicaZeroHasABadChunk() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        let data = pattern(2 * mib + 5000, seed: 3)
+        _ = try store.put("k", bytes: data)
+        let onDisk = [UInt8](try Data(contentsOf: URL(fileURLWithPath: store.objectPath(0, "k"))))
+        let good = try ObjectRecord.parse(Array(onDisk[data.count..<(onDisk.count - 8)]))
+        let forged = ObjectRecord(key: "k", size: good.size, createdMillis: good.createdMillis, chunkSize: good.chunkSize,
+                                  chunkDigests: good.chunkDigests, objectDigest: [UInt8](repeating: 0, count: 32))
+        let file = data + (try forged.encodeWithFooter())
+        for i in 0..<3 { try Data(file).write(to: URL(fileURLWithPath: store.objectPath(i, "k"))) }
+        flipByte(store.objectPath(0, "k"), at: mib + 10)
+        let found = store.verifyReplicas("k")
+        XCTAssertEqual(found.map(\.problem), [.chunkMismatch, .digestMismatch, .digestMismatch])
+        XCTAssertEqual(found.map(\.replica), [0, 1, 2])
+        XCTAssertThrowsError(try readAll(try store.get("k"))) { XCTAssertEqual(($0 as? StoreError)?.code, .unrecoverable) }
+    }
+
+    /// Once a record is known consistent, a read still checks every chunk: a chunk damaged
+    /// after the check is found, and the read fails over to a good replica.
+    func testAReadAfterAVerifyStillChecksEveryChunk() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        let data = pattern(3 * mib + 1, seed: 5)
+        _ = try store.put("k", bytes: data)
+        XCTAssertEqual(store.verifyReplicas("k"), [])
+        flipByte(store.objectPath(0, "k"), at: 2 * mib + 7)
+        let r = try store.get("k", readRepair: false) as! LocalObjectReader
+        XCTAssertEqual(try readAll(r), data)
+        XCTAssertEqual(r.findings.map(\.problem), [.chunkMismatch])
+        XCTAssertEqual(r.findings.map(\.replica), [0])
+        XCTAssertEqual(store.verifyReplicas("k").map(\.replica), [0])
+    }
+}
+
+private final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func next() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n - 1 }
+}
