@@ -36,6 +36,8 @@ let package = Package(
         .target(name: "HSMArchive", dependencies: ["BackupCrypto", "ByteCoding", "PayloadCodec"]),
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
+        // The S3-compatible object store behind ObjectStore's ReplicatedStorage protocol (issue 16 part B).
+        .target(name: "S3Store", dependencies: ["ObjectStore", "BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
@@ -49,7 +51,7 @@ let package = Package(
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
-            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening",
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "S3Store",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

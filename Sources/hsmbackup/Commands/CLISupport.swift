@@ -40,9 +40,10 @@ enum CLIExit: Int32, CaseIterable {
     case incompatibleHSM = 68       // restore onto another manufacturer or operator key
     case internalError = 70         // a bug: please report it
     case ioError = 74               // the file system or store failed (full, unwritable, ...)
+    case permissionDenied = 77      // the store refused our credentials (S3 AccessDenied, InvalidAccessKeyId ...)
 
     static var summary: String {
-        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error."
+        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error, 77 permission denied."
     }
 
     /// Maps any error to the exit code and a one-line message on stderr.

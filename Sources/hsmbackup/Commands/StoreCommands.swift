@@ -3,6 +3,7 @@ import HSMBackup
 import Durability
 import Foundation
 import ObjectStore
+import S3Store
 
 /// `hsmbackup store ...`: the durable object directory and its catalog (spec/FORMAT.md section 5).
 /// Thin: every subcommand opens the store under `Home.store` and calls the ObjectStore module.
@@ -26,6 +27,7 @@ extension StoreError: CLIExitMappable {
         case .notFound: return .notFound
         case .unrecoverable, .badFormat, .badCatalog: return .verificationFailed
         case .quorumNotReached, .ioError: return .ioError
+        case .accessDenied: return .permissionDenied
         }
     }
     var cliMessage: String { description }
@@ -33,8 +35,8 @@ extension StoreError: CLIExitMappable {
 
 enum StoreCLI {
     /// Opens the store; opening removes dead writers' temp files unless fsck is to report them.
-    static func open(removeStaleTemps: Bool = true) throws -> LocalObjectStore {
-        do { return try LocalObjectStore(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
+    static func open(removeStaleTemps: Bool = true) throws -> any ReplicatedStorage {
+        do { return try StoreLocator.open(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first")
         }
     }
@@ -97,21 +99,15 @@ struct StoreStatus: Encodable {
     var objects: Int?
     var backups: Int?
 
-    init(_ store: LocalObjectStore) {
-        root = store.root
-        storeId = store.config.storeIdHex
-        writeQuorum = store.config.writeQuorum
-        let problems = store.fsckReplicaProblems()
-        replicas = store.replicaPaths.enumerated().map { i, p in
+    init(_ store: any ReplicatedStorage) {
+        root = store.location
+        storeId = store.storeIdHex
+        writeQuorum = store.writeQuorum
+        let problems = store.unavailableReplicas()
+        replicas = (0..<store.replicaCount).map { i in
             let problem = problems.first { $0.replica == i }
-            return Replica(index: i, path: p, available: problem == nil, problem: problem?.detail)
+            return Replica(index: i, path: store.replicaLocation(i), available: problem == nil, problem: problem?.detail)
         }
-    }
-}
-
-extension LocalObjectStore {
-    func fsckReplicaProblems() -> [ReplicaFinding] {
-        replicaPaths.indices.compactMap { replicaStatus($0) }
     }
 }
 
@@ -133,7 +129,7 @@ struct StoreStat: ParsableCommand {
                 return
             }
             var status = StoreStatus(store)
-            status.objects = try store.list().count
+            status.objects = try store.list(prefix: "").count
             status.backups = try BackupCatalog(store: store).list().count
             if output.json { try JSONOutput.print(status) } else {
                 try StoreCLI.say("store \(status.storeId) at \(status.root)")
@@ -240,7 +236,7 @@ struct StoreGet: ParsableCommand {
             } else {
                 while let piece = try reader.read() { try Out.raw(piece) }
             }
-            if let r = reader as? LocalObjectReader {
+            if let r = reader as? ReplicaReadReporting {
                 for f in r.findings { Err.line("hsmbackup: warning: \(f)") }
                 if !r.repaired.isEmpty {
                     Err.line("hsmbackup: repaired replicas \(r.repaired.map(String.init).joined(separator: ","))")
