@@ -49,6 +49,8 @@ let package = Package(
         // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
         .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
+        // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP transport, retries, errors.
+        .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding"]),
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "S3Store",
@@ -64,6 +66,8 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
+        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
+                    resources: [.copy("Vectors")]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

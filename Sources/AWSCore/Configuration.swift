@@ -1,0 +1,71 @@
+import Foundation
+
+/// Region and endpoint resolution, following the AWS SDKs' conventions.
+///
+/// Region: an explicit value, else `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `region` of the
+/// profile in the config file.
+/// Endpoint for service S (`s3`, `kms`): an explicit URL, else `AWS_ENDPOINT_URL_<S>` (upper
+/// case), else `AWS_ENDPOINT_URL`, else the profile's `endpoint_url` in the config file, else the
+/// AWS default `https://<s>.<region>.amazonaws.com` (`.amazonaws.com.cn` in `cn-*` regions).
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` skips the environment and config file endpoints.
+public enum AWSConfiguration {
+    public static func region(explicit: String? = nil, _ env: AWSEnvironment = .process) throws -> String? {
+        if let explicit, !explicit.isEmpty { return try validRegion(explicit, from: "the command line") }
+        if let r = env["AWS_REGION"] { return try validRegion(r, from: "AWS_REGION") }
+        if let r = env["AWS_DEFAULT_REGION"] { return try validRegion(r, from: "AWS_DEFAULT_REGION") }
+        if let file = try AWSSharedConfigFile.load(env.configFile),
+           let r = file.profile(env.profile, isConfigFile: true)?.string("region") {
+            return try validRegion(r, from: "\(env.configFile) (profile \(env.profile))")
+        }
+        return nil
+    }
+
+    /// Like `region` but fails with a message naming where a region could be given.
+    public static func requireRegion(explicit: String? = nil, _ env: AWSEnvironment = .process, for what: String) throws -> String {
+        guard let r = try region(explicit: explicit, env) else {
+            throw AWSError.configuration("NoRegion", "no AWS region for \(what): set AWS_REGION (or AWS_DEFAULT_REGION), or region in \(env.configFile)")
+        }
+        return r
+    }
+
+    /// A region is lower-case letters, digits and `-` (`us-east-1`).
+    public static func validRegion(_ r: String, from source: String) throws -> String {
+        guard !r.isEmpty, r.utf8.count <= 64, r.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }) else {
+            throw AWSError.configuration("InvalidRegion", "region \"\(r)\" from \(source) is not a region name (like us-east-1)")
+        }
+        return r
+    }
+
+    /// Whether the endpoint was configured (a custom store: use path-style S3 addressing).
+    public struct Endpoint: Sendable, Equatable {
+        public let url: URL
+        public let isCustom: Bool
+        public let source: String
+    }
+
+    public static func endpoint(service: String, region: String, explicit: String? = nil, _ env: AWSEnvironment = .process) throws -> Endpoint {
+        if let explicit, !explicit.isEmpty { return try parse(explicit, source: "the command line") }
+        let ignore = env["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"]?.lowercased() == "true"
+        if !ignore {
+            let perService = "AWS_ENDPOINT_URL_" + service.uppercased().replacingOccurrences(of: "-", with: "_")
+            if let u = env[perService] { return try parse(u, source: perService) }
+            if let u = env["AWS_ENDPOINT_URL"] { return try parse(u, source: "AWS_ENDPOINT_URL") }
+            if let file = try AWSSharedConfigFile.load(env.configFile),
+               let u = file.profile(env.profile, isConfigFile: true)?.string("endpoint_url") {
+                return try parse(u, source: "\(env.configFile) (profile \(env.profile))")
+            }
+        }
+        let suffix = region.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
+        return Endpoint(url: URL(string: "https://\(service).\(region).\(suffix)")!, isCustom: false, source: "AWS default")
+    }
+
+    /// An endpoint URL: http or https, a host, optionally a port and a base path; no query.
+    public static func parse(_ s: String, source: String) throws -> Endpoint {
+        guard let c = URLComponents(string: s), let scheme = c.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = c.host, !host.isEmpty, c.query == nil, c.fragment == nil, c.user == nil, c.password == nil,
+              let url = c.url else {
+            throw AWSError.configuration("InvalidEndpoint", "endpoint \"\(s)\" from \(source) is not an http(s) URL with a host (and no query or credentials)")
+        }
+        return Endpoint(url: url, isCustom: true, source: source)
+    }
+}

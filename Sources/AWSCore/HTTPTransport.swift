@@ -1,0 +1,175 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// HTTP header fields in the order they were added; names compare case-insensitively.
+public struct HTTPHeaders: Sendable, Sequence, CustomStringConvertible {
+    public private(set) var entries: [(name: String, value: String)]
+
+    public init(_ entries: [(String, String)] = []) {
+        self.entries = entries.map { (name: $0.0, value: $0.1) }
+    }
+
+    /// The first value of `name`, or nil.
+    public subscript(_ name: String) -> String? {
+        let n = name.lowercased()
+        return entries.first { $0.name.lowercased() == n }?.value
+    }
+
+    /// Every value of `name`, in order.
+    public func values(_ name: String) -> [String] {
+        let n = name.lowercased()
+        return entries.filter { $0.name.lowercased() == n }.map(\.value)
+    }
+
+    public func contains(_ name: String) -> Bool { self[name] != nil }
+
+    /// Adds a field (keeps any earlier one of the same name).
+    public mutating func add(_ name: String, _ value: String) { entries.append((name: name, value: value)) }
+
+    /// Replaces every field of `name` with one.
+    public mutating func set(_ name: String, _ value: String) {
+        remove(name)
+        entries.append((name: name, value: value))
+    }
+
+    public mutating func remove(_ name: String) {
+        let n = name.lowercased()
+        entries.removeAll { $0.name.lowercased() == n }
+    }
+
+    public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { entries.makeIterator() }
+
+    /// Names only: values may hold a session token or a signature.
+    public var description: String { "HTTPHeaders(" + entries.map(\.name).joined(separator: ", ") + ")" }
+}
+
+/// One HTTP request with a body of known length (never chunked: S3 refuses it).
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// Absolute URL; its path and query are sent as written (already percent-encoded).
+    public var url: URL
+    public var headers: HTTPHeaders
+    public var body: Data
+    /// Seconds without progress before the request fails (`AWSError.Kind.transport`).
+    public var timeout: TimeInterval
+
+    public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+    }
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: HTTPHeaders
+    /// The whole body (bounded by what the request asked for: use ranged GETs for large objects).
+    public var body: Data
+    /// How many attempts the client made to get this answer (1 without retries).
+    public var attempts: Int
+
+    public init(status: Int, headers: HTTPHeaders, body: Data, attempts: Int = 1) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.attempts = attempts
+    }
+}
+
+/// Sends one HTTP request and returns the whole answer, blocking the calling thread (the
+/// library above is synchronous; run parallel requests on several threads). Implementations
+/// throw `AWSError` with kind `.transport` when no HTTP answer arrived; any status, 4xx and 5xx
+/// included, is a response, not an error. They must send the headers given (and may add
+/// `Host`, `Content-Length`, `User-Agent`, which are never signed) and the path verbatim.
+public protocol HTTPTransport: Sendable {
+    func send(_ request: HTTPRequest) throws -> HTTPResponse
+}
+
+/// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
+/// session per transport (the Linux URLSession has a history of teardown races; use `shared`).
+///
+/// Bodies are in memory and bounded by the caller: a request body via `uploadTask(with:from:)`
+/// (libcurl sends `Content-Length`, never chunked), a response body via the data task's
+/// completion. Large objects go as parts of at most a few tens of MiB and come back as ranged
+/// GETs; the URLSession of swift-corelibs-foundation has no streaming response API with
+/// backpressure (its delegate receives every piece as fast as the socket delivers it), so a
+/// bounded streaming read is a ranged read. `Accept-Encoding: identity` is set on every request
+/// unless the caller set one, so libcurl's default (`deflate, gzip, br, zstd`) never makes a
+/// server send, and curl silently decode, a compressed body whose checksum would then not match.
+public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
+    public static let shared = URLSessionTransport()
+
+    private let session: URLSession
+    private let delegateQueue: OperationQueue
+
+    /// `maximumConnectionsPerHost` bounds parallel requests to one endpoint; `resourceTimeout`
+    /// bounds a whole request (upload + answer).
+    public init(maximumConnectionsPerHost: Int = 16, resourceTimeout: TimeInterval = 600) {
+        let config = URLSessionConfiguration.ephemeral
+        config.httpMaximumConnectionsPerHost = maximumConnectionsPerHost
+        config.timeoutIntervalForResource = resourceTimeout
+        config.requestCachePolicy = .reloadIgnoringLocalCacheData
+        config.urlCache = nil
+        config.httpCookieStorage = nil
+        config.httpShouldSetCookies = false
+        let queue = OperationQueue()
+        queue.name = "hsmbackup.URLSessionTransport"
+        queue.maxConcurrentOperationCount = max(2, maximumConnectionsPerHost)
+        delegateQueue = queue
+        session = URLSession(configuration: config, delegate: nil, delegateQueue: queue)
+    }
+
+    private final class Outcome: @unchecked Sendable {
+        var data: Data?
+        var response: URLResponse?
+        var error: Error?
+    }
+
+    public func send(_ request: HTTPRequest) throws -> HTTPResponse {
+        var r = URLRequest(url: request.url)
+        r.httpMethod = request.method
+        r.timeoutInterval = request.timeout
+        r.httpShouldHandleCookies = false
+        for (name, value) in request.headers { r.addValue(value, forHTTPHeaderField: name) }
+        if request.headers["accept-encoding"] == nil { r.setValue("identity", forHTTPHeaderField: "Accept-Encoding") }
+        if request.headers["content-type"] == nil, !request.body.isEmpty || request.method == "PUT" || request.method == "POST" {
+            // libcurl would otherwise send application/x-www-form-urlencoded with a body.
+            r.setValue("application/octet-stream", forHTTPHeaderField: "Content-Type")
+        }
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        let handler: @Sendable (Data?, URLResponse?, Error?) -> Void = { data, response, error in
+            outcome.data = data
+            outcome.response = response
+            outcome.error = error
+            done.signal()
+        }
+        let task: URLSessionTask
+        if request.method == "PUT" || request.method == "POST" || !request.body.isEmpty {
+            task = session.uploadTask(with: r, from: request.body, completionHandler: handler)
+        } else {
+            task = session.dataTask(with: r, completionHandler: handler)
+        }
+        task.resume()
+        done.wait()
+        if let error = outcome.error {
+            let ns = error as NSError
+            let code = ns.code == NSURLErrorTimedOut ? "Timeout" : ns.code == NSURLErrorCannotConnectToHost ? "ConnectionRefused" : "TransportError"
+            throw AWSError(kind: .transport, service: "http", operation: request.method, code: code,
+                           message: "\(request.url.scheme ?? "")://\(request.url.host ?? "")\(request.url.port.map { ":\($0)" } ?? ""): \(ns.localizedDescription) (\(ns.domain) \(ns.code))")
+        }
+        guard let http = outcome.response as? HTTPURLResponse else {
+            throw AWSError(kind: .transport, service: "http", operation: request.method, code: "NoResponse",
+                           message: "no HTTP response from \(request.url.host ?? "?")")
+        }
+        var headers = HTTPHeaders()
+        for (k, v) in http.allHeaderFields {
+            if let k = k as? String, let v = v as? String { headers.add(k, v) }
+        }
+        return HTTPResponse(status: http.statusCode, headers: headers, body: outcome.data ?? Data())
+    }
+}
