@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         // The S3-compatible object store behind ObjectStore's ReplicatedStorage protocol (issue 16 part B).
-        .target(name: "S3Store", dependencies: ["ObjectStore", "BackupCrypto", "ByteCoding", "Durability"]),
+        .target(name: "S3Store", dependencies: ["AWSCore", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
@@ -68,6 +68,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
                     resources: [.copy("Vectors")]),
+        .testTarget(name: "S3StoreTests", dependencies: ["S3Store", "ObjectStore", "AWSCore", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

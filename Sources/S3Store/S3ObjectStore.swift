@@ -50,7 +50,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     private var catalogETags: [Int: String?] = [:]
 
     public init(configuration: S3StoreConfiguration, configurationPath: String, localDirectory: String,
-                transport: S3Transport, clock: StoreClock = SystemClock()) {
+                transport: S3Transport, clock: StoreClock = ObjectStore.SystemClock()) {
         self.configuration = configuration
         self.configurationPath = configurationPath
         self.localDirectory = localDirectory
@@ -81,11 +81,13 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     }
 
     static func ensureBucket(_ r: S3StoreConfiguration.Replica, transport: S3Transport) throws {
-        let head = try sendOrThrow(transport, S3Request(method: "HEAD", bucket: r.location.bucket), r.endpoint, replica: nil)
-        if head.isSuccess { return }
-        guard head.status == 404 else {
-            throw storeError(S3ServiceError(head, request: "HEAD \(r.location.bucket)"), replica: nil, path: r.location.description)
-        }
+        // A GET, not a HEAD: an error answer to a HEAD has no body, so its code (NoSuchBucket,
+        // RequestTimeTooSkewed, AccessDenied) could not be told apart.
+        let probe = S3Request(method: "GET", bucket: r.location.bucket, query: [("list-type", "2"), ("max-keys", "1"), ("prefix", r.location.keyPrefix)])
+        let resp = try sendOrThrow(transport, probe, r.endpoint, replica: nil)
+        if resp.isSuccess { return }
+        let e = S3ServiceError(resp, request: probe.summary)
+        guard e.isNoSuchBucket else { throw storeError(e, replica: nil, path: r.location.description) }
         try createBucket(r, transport: transport)
     }
 

@@ -10,17 +10,17 @@ import ObjectStore
 
 public enum StoreLocator {
     /// Makes the transport an S3 store uses; set by the program (AWSCore's by default).
-    nonisolated(unsafe) public static var makeTransport: () throws -> S3Transport = { throw StoreError(.invalidArgument, "no S3 transport") }
+    nonisolated(unsafe) public static var makeTransport: () throws -> S3Transport = { try AWSCoreS3Transport() }
 
     /// Whether `root` holds an S3 store configuration.
     public static func isS3(root: String) -> Bool { access(root + "/" + S3StoreConfiguration.fileName, F_OK) == 0 }
 
-    public static func open(root: String, clock: StoreClock = SystemClock(), removeStaleTemps: Bool = true) throws -> any ReplicatedStorage {
+    public static func open(root: String, clock: StoreClock = ObjectStore.SystemClock(), removeStaleTemps: Bool = true) throws -> any ReplicatedStorage {
         if isS3(root: root) { return try openS3(root: root, clock: clock) }
         return try LocalObjectStore(root: root, clock: clock, removeStaleTemps: removeStaleTemps)
     }
 
-    public static func openS3(root: String, clock: StoreClock = SystemClock(), transport: S3Transport? = nil) throws -> S3ObjectStore {
+    public static func openS3(root: String, clock: StoreClock = ObjectStore.SystemClock(), transport: S3Transport? = nil) throws -> S3ObjectStore {
         let path = root + "/" + S3StoreConfiguration.fileName
         let bytes: [UInt8]
         do { bytes = try AtomicFile.read(path, limit: 1 << 20) } catch let e as FileError {
@@ -37,7 +37,7 @@ public enum StoreLocator {
     /// (last: a store exists only once it is whole). Refuses a home that already has a store.
     @discardableResult
     public static func createS3(root: String, configuration: S3StoreConfiguration, transport: S3Transport? = nil,
-                                clock: StoreClock = SystemClock()) throws -> S3ObjectStore {
+                                clock: StoreClock = ObjectStore.SystemClock()) throws -> S3ObjectStore {
         let path = root + "/" + S3StoreConfiguration.fileName
         guard access(path, F_OK) != 0, access(root + "/" + StoreConfig.fileName, F_OK) != 0 else {
             throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
