@@ -26,10 +26,14 @@ demo: build
 # Runs the whole suite: the interop check against the official AWS Encryption SDK (both
 # directions), then every XCTest; the runner's own summary, then one plain "N passed, N failed"
 # line, are the last things printed.
+# The XCTests run with a moto server up (scripts/aws/with-moto.sh: venv in .build-aws-venv/,
+# loopback, signature checks on, stopped at the end); HSMBACKUP_REQUIRE_EXTERNAL=1 makes a test
+# whose external tool or server is missing fail instead of skip.
 test: deps
 	$(SWIFT) build --build-tests
 	bash scripts/interop/run.sh $(BIN)
-	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
+	@set -o pipefail; HSMBACKUP_REQUIRE_EXTERNAL=1 bash scripts/aws/with-moto.sh \
+	  $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -vE "^Test Case .*(started|passed)"; rc=$$?; \
 	  line=$$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" .build/test.log | tail -1); \
 	  n=$$(echo "$$line" | sed -E "s/.*Executed ([0-9]+) tests?.*/\1/"); \

@@ -51,9 +51,12 @@ let package = Package(
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP transport, retries, errors.
         .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding"]),
+        // The AWS KMS keyring (issue 16), ESDK-compatible EDKs over AWSCore.
+        .target(name: "AWSKMS", dependencies: ["AWSCore", "Envelope", "BackupCrypto"]),
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
-            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "S3Store",
+            "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening",
+            "AWSCore", "AWSKMS", "S3Store",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -68,6 +71,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
                     resources: [.copy("Vectors")]),
+        .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "S3StoreTests", dependencies: ["S3Store", "ObjectStore", "AWSCore", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]

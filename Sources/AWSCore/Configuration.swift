@@ -68,4 +68,14 @@ public enum AWSConfiguration {
         }
         return Endpoint(url: url, isCustom: true, source: source)
     }
+
+    /// The retry policy: `AWS_MAX_ATTEMPTS` (1...20, the AWS SDKs' variable) or the default of 8
+    /// attempts; full-jitter backoff from 100 ms, capped at 20 s.
+    public static func retryPolicy(_ env: AWSEnvironment = .process) throws -> RetryPolicy {
+        guard let s = env["AWS_MAX_ATTEMPTS"] else { return .default }
+        guard let n = Int(s), (1...20).contains(n) else {
+            throw AWSError.configuration("InvalidMaxAttempts", "AWS_MAX_ATTEMPTS=\(s) is not a number of attempts from 1 to 20")
+        }
+        return RetryPolicy(maximumAttempts: n)
+    }
 }

@@ -2,6 +2,9 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// HTTP header fields in the order they were added; names compare case-insensitively.
 public struct HTTPHeaders: Sendable, Sequence, CustomStringConvertible {
@@ -108,7 +111,23 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
 
     /// `maximumConnectionsPerHost` bounds parallel requests to one endpoint; `resourceTimeout`
     /// bounds a whole request (upload + answer).
+    /// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
+    /// after the first multi-MiB body every later one comes from the heap arenas of the libcurl
+    /// and delegate threads, which keep it: measured, 64 ranged GETs of 8 MiB left the process
+    /// 59 MiB larger. A fixed 1 MiB threshold keeps large bodies in mmap'd blocks that go back to
+    /// the system when freed (the same run: +18 MiB). Set once, when the first transport is made.
+    private static let heapSetting: Void = {
+        #if os(Linux)
+        // mallopt is in <malloc.h>, which the Glibc module does not import; M_MMAP_THRESHOLD is -3.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        if let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+            _ = unsafeBitCast(f, to: Mallopt.self)(-3, 1 << 20)
+        }
+        #endif
+    }()
+
     public init(maximumConnectionsPerHost: Int = 16, resourceTimeout: TimeInterval = 600) {
+        Self.heapSetting
         let config = URLSessionConfiguration.ephemeral
         config.httpMaximumConnectionsPerHost = maximumConnectionsPerHost
         config.timeoutIntervalForResource = resourceTimeout

@@ -42,10 +42,15 @@ public struct EncryptionMaterials {
             signingKey = key
         }
         let dk: DataKey
-        if let dataKey { dk = dataKey } else {
+        var edks: [EncryptedDataKey] = []
+        if let dataKey { dk = dataKey } else if let generator = keyrings[0] as? GeneratingKeyring {
+            let (generated, edk) = try generator.generate(byteCount: DataKeyRole.allowedByteCounts[0], context: full)
+            dk = generated
+            edks.append(edk)
+        } else {
             do { dk = try DataKey.random() } catch { throw EnvelopeError(.invalidArgument, "\(error)") }
         }
-        let edks = try keyrings.map { try $0.wrap(dk, context: full) }
+        edks += try keyrings.dropFirst(edks.count).map { try $0.wrap(dk, context: full) }
         return EncryptionMaterials(suite: suite, dataKey: dk, encryptedDataKeys: edks, context: full, signingKey: signingKey)
     }
 }

@@ -27,6 +27,15 @@ public protocol Keyring: Sendable {
     func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome
 }
 
+/// A keyring that can make the data key itself, as the ESDK's generator does (AWS KMS
+/// GenerateDataKey: the service returns the plaintext key and its first EDK in one call). When
+/// the first keyring of a message is one, it generates the data key and the others wrap it; when
+/// it is not, the data key comes from the local CSPRNG (spec/FORMAT.md §3.5).
+public protocol GeneratingKeyring: Keyring {
+    /// A fresh data key of `byteCount` bytes and its EDK; `context` is the full encryption context.
+    func generate(byteCount: Int, context: EncryptionContext) throws -> (DataKey, EncryptedDataKey)
+}
+
 /// The Raw AES keyring, laid out exactly as the AWS Encryption SDK's (ESDK digest §7):
 /// provider ID = namespace; provider info = key name ‖ u32 tag bits (128) ‖ u32 IV length (12) ‖
 /// IV(12); ciphertext = AES-GCM(wrapping key, IV, data key, AAD = sorted serialized context) ‖ tag.

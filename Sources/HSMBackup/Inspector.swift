@@ -33,7 +33,11 @@ public struct EnvelopeHeaderSummary: Codable, Sendable {
         frameLength = h.frameLength
         self.frameCount = frameCount
         headerBytes = h.byteCount
-        keys = h.encryptedDataKeys.map { Key(provider: $0.providerID, key: $0.rawAESKeyName ?? Hex.encode($0.providerInfo)) }
+        keys = h.encryptedDataKeys.map { edk in
+            // An aws-kms EDK names its key ARN in UTF-8 (spec §3.5); a raw AES one its key name.
+            let arn = edk.providerID == "aws-kms" ? String(validating: edk.providerInfo, as: UTF8.self) : nil
+            return Key(provider: edk.providerID, key: edk.rawAESKeyName ?? arn ?? Hex.encode(edk.providerInfo))
+        }
         var other: [String: String] = [:]
         for p in h.context.pairs where !p.keyString.hasPrefix(ArchiveMetadata.prefix) { other[p.keyString] = p.valueString }
         otherContext = other

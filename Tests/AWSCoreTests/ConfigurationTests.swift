@@ -127,3 +127,13 @@ final class ConfigurationTests: XCTestCase {
         }
     }
 }
+
+final class RetryConfigurationTests: XCTestCase {
+    func testMaxAttemptsFromTheEnvironment() throws {
+        XCTAssertEqual(try AWSConfiguration.retryPolicy(AWSEnvironment(variables: [:], home: "/")).maximumAttempts, 8)
+        XCTAssertEqual(try AWSConfiguration.retryPolicy(AWSEnvironment(variables: ["AWS_MAX_ATTEMPTS": "3"], home: "/")).maximumAttempts, 3)
+        for bad in ["0", "21", "x"] {
+            XCTAssertThrowsError(try AWSConfiguration.retryPolicy(AWSEnvironment(variables: ["AWS_MAX_ATTEMPTS": bad], home: "/")), bad)
+        }
+    }
+}

@@ -14,6 +14,11 @@ final class SigV4VectorTests: XCTestCase {
         "post-sts-header-after": "needs an unsigned session token (omit_session_token)",
     ]
 
+    /// Not checked in any vector: the `query-*.txt` files (presigned URLs, the signature in the
+    /// query string), because the signer implements header signing only; and the suite's `v4a/`
+    /// half (SigV4a, ECDSA P-256), not vendored, because SigV4a is not implemented.
+    static let notChecked = ["query-canonical-request.txt", "query-string-to-sign.txt", "query-signature.txt", "query-signed-request.txt"]
+
     struct Vector {
         let name: String
         let method: String

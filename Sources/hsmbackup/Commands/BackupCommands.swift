@@ -382,7 +382,7 @@ struct VerifyCommand: ParsableCommand {
     @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String
     @Option(help: "structure, envelope or full (default: the deepest the given keys allow).") var level: VerificationLevel?
     @Option(help: "An HSM of the archive's manufacturer (for --level full).") var hsm: String?
-    @Option(name: .customLong("kms-key"), help: "Use only this local KMS key (repeatable; default: every local key).") var kmsKeys: [String] = []
+    @Option(name: .customLong("kms-key"), help: "Use only this KMS key: a local key name or an AWS KMS key ARN (repeatable; default: every local key).") var kmsKeys: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
@@ -432,7 +432,7 @@ struct RestoreCommand: ParsableCommand {
     @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String
     @Option(help: "The target HSM's state directory.") var hsm: String
     @Flag(name: .customLong("dry-run"), help: "Verify everything, change nothing.") var dryRun = false
-    @Option(name: .customLong("kms-key"), help: "Use only this local KMS key (repeatable; default: every local key).") var kmsKeys: [String] = []
+    @Option(name: .customLong("kms-key"), help: "Use only this KMS key: a local key name or an AWS KMS key ARN (repeatable; default: every local key).") var kmsKeys: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {

@@ -21,7 +21,7 @@ struct EnvelopeCommand: ParsableCommand {
 
 /// Key options shared by encrypt and decrypt.
 struct EnvelopeKeyOptions: ParsableArguments {
-    @Option(name: .customLong("kms-key"), help: "A local KMS key name (repeat for several EDKs).")
+    @Option(name: .customLong("kms-key"), help: "A local KMS key name, or an AWS KMS key ARN, alias ARN or alias/NAME (repeat for several EDKs; decrypt needs the key ARN).")
     var kmsKeys: [String] = []
 
     @Option(name: .customLong("kms-dir"), help: "The local KMS keystore (default: <home>/kms).")
@@ -62,7 +62,7 @@ struct EnvelopeKeyOptions: ParsableArguments {
 
     /// Encryption: each named key adds an EDK.
     func encryptionKeyrings() throws -> [Keyring] {
-        let rings = try kmsKeys.map { try kms.keyring($0) as Keyring } + rawKeyrings()
+        let rings = try kmsKeys.map { try keyring(forKMSKey: $0) } + rawKeyrings()
         guard !rings.isEmpty else { throw ValidationError("name at least one key: --kms-key or --raw-aes-key") }
         return rings
     }
@@ -71,7 +71,7 @@ struct EnvelopeKeyOptions: ParsableArguments {
     /// keystore. A local key that holds the very version an EDK names and does not open it makes
     /// `encryptedDataKeyAuthenticationFailed` (65: the header was altered), not `noUsableKey`.
     func decryptionKeyrings() throws -> [Keyring] {
-        var rings = try kmsKeys.map { try kms.keyring($0) as Keyring } + rawKeyrings()
+        var rings = try kmsKeys.map { try keyring(forKMSKey: $0) } + rawKeyrings()
         if kmsKeys.isEmpty && rawKeys.isEmpty { rings.append(kms.decryptionKeyring) }
         return rings
     }
@@ -174,7 +174,7 @@ struct EnvelopeRewrapCommand: ParsableCommand {
 
     @Argument(help: "The message file (rewritten in place).") var file: String
     @OptionGroup var keys: EnvelopeKeyOptions
-    @Option(name: .customLong("to-kms-key"), help: "A local KMS key for the new header (repeatable).") var toKMSKeys: [String] = []
+    @Option(name: .customLong("to-kms-key"), help: "A KMS key for the new header: a local key name or an AWS KMS key ARN/alias (repeatable).") var toKMSKeys: [String] = []
     @Option(name: .customLong("to-raw-aes-key"), help: ArgumentHelp(
         "A raw AES key for the new header, read as hex from file:PATH, fd:N or env:VAR (repeatable).", valueName: "source"))
     var toRawKeys: [String] = []

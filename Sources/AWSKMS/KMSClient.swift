@@ -1,0 +1,238 @@
+import AWSCore
+import BackupCrypto
+import Envelope
+import Foundation
+
+/// The AWS KMS JSON API (1.1 protocol, `X-Amz-Target: TrentService.<Op>`; S3-KMS digest §3):
+/// the operations the keyring needs, and CreateKey/CreateAlias/DescribeKey for setting up.
+/// Every call is one `POST /` through an `AWSClient` (signing, retries, error codes).
+///
+/// Secret hygiene: a data key's plaintext is base64 in the request (Encrypt) and the answer
+/// (GenerateDataKey, Decrypt). Our own buffers holding it are wiped; the copies inside
+/// Foundation's URLSession and JSON parser are outside our reach.
+public final class KMSClient: Sendable {
+    public let client: AWSClient
+
+    public init(client: AWSClient) { self.client = client }
+
+    /// A client for `region`, with credentials and the endpoint resolved the AWS way
+    /// (`AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, config file, else kms.<region>.amazonaws.com).
+    public static func make(region: String, credentials: AWSCredentials, environment: AWSEnvironment = .process,
+                            transport: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default) throws -> KMSClient {
+        let endpoint = try AWSConfiguration.endpoint(service: "kms", region: region, environment)
+        return KMSClient(client: AWSClient(service: "kms", region: region, endpoint: endpoint.url, credentials: credentials,
+                                           signingOptions: .standard, transport: transport, retry: retry))
+    }
+
+    public var region: String { client.region }
+
+    // MARK: operations
+
+    public struct GeneratedDataKey: Sendable {
+        public let plaintext: SecureBytes
+        public let ciphertextBlob: [UInt8]
+        /// The key ARN KMS used (always an ARN, also when an alias was given).
+        public let keyID: String
+    }
+
+    public func generateDataKey(keyID: String, numberOfBytes: Int, context: EncryptionContext, grantTokens: [String] = []) throws -> GeneratedDataKey {
+        var body = JSONWriter()
+        body.field("KeyId", keyID)
+        body.field("NumberOfBytes", numberOfBytes)
+        body.context("EncryptionContext", context)
+        if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
+        let answer = try call("GenerateDataKey", body: body.finish(), resource: keyID)
+        return GeneratedDataKey(plaintext: try answer.blob("Plaintext", secret: true).secure,
+                                ciphertextBlob: try answer.blob("CiphertextBlob").plain, keyID: try answer.string("KeyId"))
+    }
+
+    public struct EncryptResult: Sendable {
+        public let ciphertextBlob: [UInt8]
+        public let keyID: String
+    }
+
+    public func encrypt(keyID: String, plaintext: SecureBytes, context: EncryptionContext, grantTokens: [String] = []) throws -> EncryptResult {
+        var body = JSONWriter()
+        body.field("KeyId", keyID)
+        body.context("EncryptionContext", context)
+        if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
+        body.secretBase64Field("Plaintext", plaintext) // last: nothing after it reallocates the buffer
+        let answer = try call("Encrypt", body: body.finish(), resource: keyID)
+        return EncryptResult(ciphertextBlob: try answer.blob("CiphertextBlob").plain, keyID: try answer.string("KeyId"))
+    }
+
+    public struct DecryptResult: Sendable {
+        public let plaintext: SecureBytes
+        public let keyID: String
+    }
+
+    public func decrypt(keyID: String?, ciphertextBlob: [UInt8], context: EncryptionContext, grantTokens: [String] = []) throws -> DecryptResult {
+        var body = JSONWriter()
+        if let keyID { body.field("KeyId", keyID) }
+        body.field("CiphertextBlob", Data(ciphertextBlob).base64EncodedString())
+        body.context("EncryptionContext", context)
+        if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
+        let answer = try call("Decrypt", body: body.finish(), resource: keyID)
+        return DecryptResult(plaintext: try answer.blob("Plaintext", secret: true).secure, keyID: try answer.string("KeyId"))
+    }
+
+    public struct KeyMetadata: Sendable {
+        public let keyID: String
+        public let arn: String
+        public let enabled: Bool
+        public let keyState: String?
+    }
+
+    /// A symmetric encryption key (`ENCRYPT_DECRYPT`, `SYMMETRIC_DEFAULT`).
+    public func createKey(description: String = "") throws -> KeyMetadata {
+        var body = JSONWriter()
+        body.field("Description", description)
+        body.field("KeyUsage", "ENCRYPT_DECRYPT")
+        body.field("KeySpec", "SYMMETRIC_DEFAULT")
+        return try metadata(call("CreateKey", body: body.finish(), resource: nil))
+    }
+
+    public func describeKey(keyID: String) throws -> KeyMetadata {
+        var body = JSONWriter()
+        body.field("KeyId", keyID)
+        return try metadata(call("DescribeKey", body: body.finish(), resource: keyID))
+    }
+
+    /// `aliasName` is `alias/NAME`.
+    public func createAlias(aliasName: String, targetKeyID: String) throws {
+        var body = JSONWriter()
+        body.field("AliasName", aliasName)
+        body.field("TargetKeyId", targetKeyID)
+        _ = try call("CreateAlias", body: body.finish(), resource: aliasName)
+    }
+
+    // MARK: plumbing
+
+    private func metadata(_ a: Answer) throws -> KeyMetadata {
+        guard let m = a.object["KeyMetadata"] as? [String: Any], let id = m["KeyId"] as? String, let arn = m["Arn"] as? String else {
+            throw a.invalid("no KeyMetadata with KeyId and Arn")
+        }
+        return KeyMetadata(keyID: id, arn: arn, enabled: (m["Enabled"] as? Bool) ?? false, keyState: m["KeyState"] as? String)
+    }
+
+    struct Answer {
+        let operation: String
+        let object: [String: Any]
+        let region: String
+
+        func invalid(_ why: String) -> AWSError {
+            AWSError(kind: .invalidResponse, service: "kms", operation: operation, code: "InvalidResponse", message: why)
+        }
+        func string(_ name: String) throws -> String {
+            guard let s = object[name] as? String, !s.isEmpty else { throw invalid("the answer has no \(name)") }
+            return s
+        }
+        func blob(_ name: String, secret: Bool = false) throws -> (plain: [UInt8], secure: SecureBytes) {
+            guard let s = object[name] as? String, var bytes = Data(base64Encoded: s).map({ [UInt8]($0) }) else {
+                throw invalid("the answer's \(name) is missing or not base64")
+            }
+            if secret {
+                defer { wipe(&bytes) }
+                return ([], SecureBytes(copying: bytes))
+            }
+            return (bytes, SecureBytes(copying: []))
+        }
+    }
+
+    private func call(_ op: String, body: Data, resource: String?) throws -> Answer {
+        var headers = HTTPHeaders()
+        headers.add("Content-Type", "application/x-amz-json-1.1")
+        headers.add("X-Amz-Target", "TrentService.\(op)")
+        var response = try client.send(AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource))
+        defer { response.body.resetBytes(in: 0..<response.body.count) }
+        if response.body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+            return Answer(operation: op, object: [:], region: client.region) // CreateAlias answers with no body
+        }
+        let parsed = try? JSONSerialization.jsonObject(with: response.body, options: [.fragmentsAllowed])
+        if parsed is NSNull { return Answer(operation: op, object: [:], region: client.region) } // moto's CreateAlias: `null`
+        guard let obj = parsed as? [String: Any] else {
+            throw AWSError(kind: .invalidResponse, service: "kms", operation: op, status: response.status, code: "InvalidResponse",
+                           message: "the answer is not a JSON object", resource: resource)
+        }
+        return Answer(operation: op, object: obj, region: client.region)
+    }
+}
+
+/// Writes a flat JSON object with exact bytes: the encryption context is written pair by pair
+/// from its UTF-8 bytes (a Swift dictionary would merge canonically equivalent keys, NFC and NFD
+/// `café`, which the format keeps apart). The buffer is wiped after it is copied out.
+struct JSONWriter {
+    private var out: [UInt8] = [0x7B]
+    private var first = true
+
+    private mutating func key(_ k: String) {
+        if !first { out.append(0x2C) }
+        first = false
+        string(Array(k.utf8))
+        out.append(0x3A)
+    }
+
+    private mutating func string(_ bytes: [UInt8]) {
+        out.append(0x22)
+        for c in bytes {
+            switch c {
+            case 0x22: out += [0x5C, 0x22]
+            case 0x5C: out += [0x5C, 0x5C]
+            case 0x00..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += [0x5C, 0x75, 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xF)]]
+            default: out.append(c)
+            }
+        }
+        out.append(0x22)
+    }
+
+    mutating func field(_ k: String, _ v: String) { key(k); string(Array(v.utf8)) }
+    mutating func field(_ k: String, _ v: Int) { key(k); out += Array(String(v).utf8) }
+    mutating func field(_ k: String, _ v: [String]) {
+        key(k)
+        out.append(0x5B)
+        for (i, s) in v.enumerated() { if i > 0 { out.append(0x2C) }; string(Array(s.utf8)) }
+        out.append(0x5D)
+    }
+
+    mutating func context(_ k: String, _ c: EncryptionContext) {
+        key(k)
+        out.append(0x7B)
+        for (i, p) in c.sorted.pairs.enumerated() {
+            if i > 0 { out.append(0x2C) }
+            string(p.key)
+            out.append(0x3A)
+            string(p.value)
+        }
+        out.append(0x7D)
+    }
+
+    /// Base64 of a secret, written straight into the (wiped) buffer.
+    mutating func secretBase64Field(_ k: String, _ secret: SecureBytes) {
+        key(k)
+        out.append(0x22)
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        secret.withUnsafeBytes { b in
+            out.reserveCapacity(out.count + (b.count + 2) / 3 * 4 + 16)
+            var i = 0
+            while i < b.count {
+                let n = min(3, b.count - i)
+                let v = (UInt32(b[i]) << 16) | (n > 1 ? UInt32(b[i + 1]) << 8 : 0) | (n > 2 ? UInt32(b[i + 2]) : 0)
+                out.append(alphabet[Int((v >> 18) & 63)])
+                out.append(alphabet[Int((v >> 12) & 63)])
+                out.append(n > 1 ? alphabet[Int((v >> 6) & 63)] : 0x3D)
+                out.append(n > 2 ? alphabet[Int(v & 63)] : 0x3D)
+                i += 3
+            }
+        }
+        out.append(0x22)
+    }
+
+    mutating func finish() -> Data {
+        out.append(0x7D)
+        let d = Data(out)
+        wipe(&out)
+        return d
+    }
+}
