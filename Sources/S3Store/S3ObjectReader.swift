@@ -1,4 +1,4 @@
-// A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.10):
+// A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11):
 // ranged GETs of `readWindowChunks` record chunks, each chunk checked against the reference
 // record before it is released, the next window fetched while the caller consumes this one; a
 // replica that fails or disagrees is dropped and the window is fetched again from the next.

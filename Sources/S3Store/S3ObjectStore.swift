@@ -1,5 +1,5 @@
 // An S3-compatible object store behind ObjectStore's `ReplicatedStorage` protocol (spec/FORMAT.md
-// section 5.10): N replica locations (bucket + prefix, each on its own endpoint), a write quorum,
+// section 5.11): N replica locations (bucket + prefix, each on its own endpoint), a write quorum,
 // verified ranged reads with fail-over and read-repair, scrub and repair, the catalog as a
 // compare-and-swap object. Per replica location:
 //

@@ -1,4 +1,4 @@
-// A put into an S3 store (spec/FORMAT.md section 5.10): the object streams into every usable
+// A put into an S3 store (spec/FORMAT.md section 5.11): the object streams into every usable
 // replica at once. Up to the single-PUT limit it is one create-only PUT per replica; above it, a
 // multipart upload per replica whose parts (each with its SHA-256 checksum) are uploaded in
 // parallel, at most `maxPartsInFlight` parts in memory whatever the object's size, and completed

@@ -1,4 +1,4 @@
-// Scrub, per-replica verification and fsck of an S3 store (spec/FORMAT.md 5.7, 5.10): the same
+// Scrub, per-replica verification and fsck of an S3 store (spec/FORMAT.md 5.7, 5.11): the same
 // semantics as the local store's. A lost bucket is re-created (and re-marked) by a repairing
 // scrub, then filled from the other replicas; an object overwritten out of band no longer matches
 // its record and is rewritten from a good replica.

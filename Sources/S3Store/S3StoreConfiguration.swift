@@ -1,4 +1,4 @@
-// The home's store configuration for an S3 store (spec/FORMAT.md section 5.10): a versioned JSON
+// The home's store configuration for an S3 store (spec/FORMAT.md section 5.11): a versioned JSON
 // file `store.json` in the store directory, written by `hsmbackup store init --s3 ...` and read
 // by every command. It names locations only: credentials never appear in it (they come from the
 // AWS environment variables or ~/.aws/credentials).

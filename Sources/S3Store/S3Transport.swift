@@ -1,4 +1,4 @@
-// The small request interface the S3 store is written against (spec/FORMAT.md section 5.10).
+// The small request interface the S3 store is written against (spec/FORMAT.md section 5.11).
 // One implementation signs with AWSCore's SigV4 signer and sends through AWSCore's HTTP
 // transport (`AWSCoreS3Transport`); tests may put a fault-injecting transport in between.
 import Foundation

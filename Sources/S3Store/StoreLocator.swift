@@ -1,4 +1,4 @@
-// Opens the store a home is configured for (spec/FORMAT.md 5.10): `store.json` (an S3 store)
+// Opens the store a home is configured for (spec/FORMAT.md 5.11): `store.json` (an S3 store)
 // or `store.conf` (the local replicated directory, spec 5.1). Every command opens its store here
 // and then works on the `ReplicatedStorage` protocol alone.
 #if canImport(Glibc)
