@@ -464,7 +464,11 @@ public final class BackupCatalog {
     /// what `backup list` and `store ls` show. (A backup whose catalog state does not match the
     /// query but whose newer metadata would is not added; `store fsck` brings the index up to date.)
     public func listCurrent(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
-        try list(query).map(current).filter { e in
+        let entries = try list(query)
+        // A store whose existence checks are requests (S3) lists the keys once instead of one
+        // check per entry; the local store answers nil and keeps its per-file checks.
+        let known = entries.count > 16 ? store.existingKeys(prefix: "backups/") : nil
+        return entries.map { current($0, known: known) }.filter { e in
             (query.states?.contains(e.state) ?? true) && (query.clusterId.map { $0 == e.clusterId } ?? true)
         }
     }
@@ -472,9 +476,14 @@ public final class BackupCatalog {
     /// The entry with any metadata generations newer than it applied: a change killed between its
     /// metadata and catalog writes leaves the catalog one generation behind, and the metadata is
     /// the truth. One existence check per replica when nothing is newer; no lock (reads only).
-    public func current(_ entry: BackupEntry) -> BackupEntry {
+    public func current(_ entry: BackupEntry) -> BackupEntry { current(entry, known: nil) }
+
+    /// `current`, with the existence checks answered from `known` (every key the store held
+    /// when the listing began) when given.
+    func current(_ entry: BackupEntry, known: Set<String>?) -> BackupEntry {
         var e = entry
-        while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)),
+        func holds(_ key: String) -> Bool { known.map { $0.contains(key) } ?? store.anyReplicaHolds(key) }
+        while e.generation < BackupEntry.maxGeneration, holds(Self.metaKey(e.backupId, e.generation + 1)),
               let newer = try? readMeta(e.backupId, e.generation + 1) {
             e = newer
         }

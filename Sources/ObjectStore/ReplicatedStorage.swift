@@ -24,6 +24,8 @@ public protocol ReplicatedStorage: ObjectStorage {
     func anyReplicaHolds(_ key: String) -> Bool
     /// Whether any object key satisfies `match`; may stop at the first one.
     func hasObject(where match: (String) -> Bool) -> Bool
+    /// Every key under `prefix` any usable replica holds, or nil (see the default below).
+    func existingKeys(prefix: String) -> Set<String>?
     /// `get` with read-repair switched off for readers whose caller holds another writer open.
     func get(_ key: String, readRepair: Bool) throws -> ObjectReading
     /// Every replica of `key` checked against its checksum record, without repairing.
@@ -116,6 +118,10 @@ extension LocalObjectStore: ReplicatedStorage {
 
 
 extension ReplicatedStorage {
+    /// Every key under `prefix` that any usable replica holds, when one listing is cheaper than
+    /// one existence check per key (S3); nil when not (the local store) or when it failed.
+    public func existingKeys(prefix: String) -> Set<String>? { nil }
+
     /// Every object key, sorted.
     public func list() throws -> [String] { try list(prefix: "") }
 }

@@ -31,7 +31,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     /// Ranged reads fetch this many record chunks at once (8 MiB).
     static let readWindowChunks = 8
     /// Parts in flight per writer (each held once in memory, shared by every replica's upload).
-    static let maxPartsInFlight = 3
+    static let maxPartsInFlight = 2
 
     public let configuration: S3StoreConfiguration
     public let configurationPath: String
@@ -419,6 +419,16 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
 
     public func anyReplicaHolds(_ key: String) -> Bool {
         availableReplicas.contains { (try? send($0, "HEAD", key)) != nil }
+    }
+
+    /// One paginated listing per usable replica instead of a HEAD per key (`backup list`).
+    public func existingKeys(prefix: String) -> Set<String>? {
+        var keys = Set<String>()
+        for i in availableReplicas {
+            guard let k = try? listKeys(i, prefix: prefix) else { return nil }
+            keys.formUnion(k)
+        }
+        return keys
     }
 
     public func hasObject(where match: (String) -> Bool) -> Bool {
