@@ -45,6 +45,8 @@ let package = Package(
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
         .target(name: "PKCS11HSM", dependencies: ["CPKCS11", "HSMArchive", "BackupCrypto", "ByteCoding"]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
+        // The S3-compatible object store behind ObjectStore's ReplicatedStorage protocol (issue 16 part B).
+        .target(name: "S3Store", dependencies: ["AWSCore", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMBackup", dependencies: [
             "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding", "Durability",
         ]),
@@ -68,7 +70,7 @@ let package = Package(
         .executableTarget(name: "hsmbackup", dependencies: [
             "HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "PayloadCodec",
             "BackupCrypto", "ByteCoding", "Durability", "ProcessHardening", "Scheduling",
-            "AWSCore", "AWSKMS", "PKCS11HSM",
+            "AWSCore", "AWSKMS", "PKCS11HSM", "S3Store",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -86,6 +88,7 @@ let package = Package(
                     resources: [.copy("Vectors")]),
         .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11HSM", "hsmbackup", "HSMArchive", "BackupCrypto", "ByteCoding", "ProcessHardening"]),
+        .testTarget(name: "S3StoreTests", dependencies: ["S3Store", "ObjectStore", "AWSCore", "BackupCrypto", "ByteCoding", "hsmbackup"]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "PayloadCodec", "ObjectStore"]),
     ]
 )

@@ -15,9 +15,10 @@ Environment (all optional):
   BENCH_WORK=DIR      scratch directory (default .build-bench/work, wiped at the start)
   BENCH_RESULTS=DIR   where results.md and results.json go (default bench/)
   BENCH_VENV=DIR      Python venv for aws-encryption-cli and moto (default .build-bench/venv)
-  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,restore,envelope,rss,inspect,rewrap,fleet,catalog,scrub,pkcs11)
+  BENCH_ONLY=a,b      run only these rows (kwp,create,verify,restore,envelope,rss,inspect,rewrap,fleet,catalog,scrub,pkcs11,s3)
   BENCH_JOBS=N        concurrent verify processes in the fleet row's parallel pass (default: the core count)
   BENCH_P11_KEYS=1000 keys on the SoftHSM2 token of the pkcs11 row (and a tenth of it, for the RSS comparison)
+  BENCH_S3_BACKUPS=10000 stored backups in the S3 `backup list` row
   KWP_BENCH=CMD       command that measures our multi-lane KWP (default `.build/release/KWPBench REPS`
                       if present, from branch kwp): its `wrap N lanes <OpenSSL> <lanes>` rows, or a
                       `mb_per_s=<float>` / JSON "mb_per_s" figure
@@ -55,7 +56,7 @@ RESTIC_ENV = dict(os.environ, RESTIC_PASSWORD="bench-password-not-secret")
 
 rows = []          # the results, in table order
 CURRENT = [""]     # the row group being run (kwp, create, ...), recorded in each row
-ORDER = ["kwp", "create", "verify", "restore", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub", "pkcs11"]
+ORDER = ["kwp", "create", "verify", "restore", "rss", "inspect", "rewrap", "envelope", "fleet", "catalog", "scrub", "pkcs11", "s3"]
 notes = []         # free-text findings for results.md
 
 
@@ -557,6 +558,121 @@ def row_scrub():
             samples={"ours_s": o, "peer_s": p})
 
 
+# ---------------------------------------------------------------- s3 (issue 16)
+
+S3_BACKUPS = int(os.environ.get("BENCH_S3_BACKUPS", "10000"))
+AWS_VENV = os.path.join(ROOT, ".build-aws-venv")
+
+
+def start_moto_s3():
+    """moto_server from the AWS test venv (scripts/aws/venv.sh: moto, awscli), no signature checks."""
+    run(["bash", os.path.join(ROOT, "scripts", "aws", "venv.sh")])
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([os.path.join(AWS_VENV, "bin", "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = "http://127.0.0.1:%d" % port
+    env = dict(os.environ, AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", AWS_CONFIG_FILE="/nonexistent",
+               AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, env, url
+
+
+def row_s3():
+    """backup create / verify --level envelope through an S3 store on moto vs `aws s3 cp` of the
+    same archive up and down; peak RSS; backup list of S3_BACKUPS stored backups."""
+    log("row: S3 store on moto: backup create / verify --level envelope vs aws s3 cp up / down")
+    proc, env, url = start_moto_s3()
+    aws = os.path.join(AWS_VENV, "bin", "aws")
+    home = os.path.join(WORK, "home-s3")
+    rm(home)
+    shutil.copytree(HOME, home, ignore=shutil.ignore_patterns("store"))
+    hs = lambda *a: [BIN, "--home", home] + list(a)
+    try:
+        run(hs("store", "init", "--s3", "s3://bench-ours/hsm", "--endpoint", url), env=env)
+        run([aws, "s3", "mb", "s3://bench-peer"], env=env)
+        archive = os.path.join(WORK, "s3-archive.hsmbak")
+        back = os.path.join(WORK, "s3-archive.down")
+        ids = []
+
+        def ours_create():
+            return hs("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--json")
+        o, p, orss = [], [], []
+        for i in range(REPS):
+            for which in ([0, 1] if i % 2 == 0 else [1, 0]):
+                if which == 0:
+                    t, rss, out = run_rss(ours_create(), env=env)
+                    o.append(t)
+                    orss.append(rss)
+                    ids.append(json.loads(out)["backupId"])
+                    if not os.path.exists(archive):
+                        run(hs("store", "get", "backups/%s/archive" % ids[-1], "--output", archive), env=env)
+                else:
+                    if not os.path.exists(archive):
+                        continue
+                    t, _, _ = run([aws, "s3", "cp", "--only-show-errors", archive, "s3://bench-peer/archive-%d" % i], env=env)
+                    p.append(t)
+        if len(p) < REPS:  # the first rep ran the peer before an archive existed
+            t, _, _ = run([aws, "s3", "cp", "--only-show-errors", archive, "s3://bench-peer/archive-x"], env=env)
+            p.append(t)
+        size = os.path.getsize(archive)
+        # Context: the same backup made into a local file (no store), and its envelope check from
+        # that file: what ours does besides moving bytes (compress, encrypt; decrypt, verify).
+        local_file = os.path.join(WORK, "s3-local.hsmbak")
+        rm(local_file)
+        t_local, rss_local, _ = run_rss(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--out", local_file))
+        t_vlocal, _, _ = run_rss(hb("verify", local_file, "--level", "envelope"))
+        rm(local_file)
+        om, pm = med(o), med(p)
+        add_row("backup create through S3 (moto), %.0f MiB archive, 1 location" % (size / 2**20), om, pm,
+                "<= 1.2x aws s3 cp up; peak RSS <= 64 MiB", om <= 1.2 * pm and max(orss) / 1024.0 <= 64,
+                ours_label="hsmbackup backup create (S3 store)", peer_label="aws s3 cp FILE s3://... (same archive)",
+                detail="peak RSS %.1f MiB; the same backup into a local file (no store) takes %.2f s, peak RSS %.1f MiB; "
+                       "moto is Python, so both sides are bounded by it" % (max(orss) / 1024.0, t_local, rss_local / 1024.0),
+                samples={"ours": o, "peer": p})
+        key = "s3://bench-ours/hsm/backups/%s/archive" % ids[-1]
+        o, p, orss = alternate(hs("verify", ids[-1], "--level", "envelope"),
+                               [aws, "s3", "cp", "--only-show-errors", key, back], ours_env=env, peer_env=env,
+                               peer_prep=lambda: rm(back))
+        om, pm = med(o), med(p)
+        add_row("verify --level envelope through S3 (moto), %.0f MiB archive" % (size / 2**20), om, pm,
+                "<= 1.2x aws s3 cp down; peak RSS <= 64 MiB", om <= 1.2 * pm and max(orss) / 1024.0 <= 64,
+                ours_label="hsmbackup verify --level envelope (S3 store)", peer_label="aws s3 cp s3://... FILE (download only)",
+                detail="peak RSS %.1f MiB; ours also decrypts and checks every frame (verify of the local file: %.2f s)"
+                       % (max(orss) / 1024.0, t_vlocal),
+                samples={"ours": o, "peer": p})
+        rm(back)
+        # backup list of S3_BACKUPS backups: a catalog made by BenchTool in a local store, put in
+        # place of the S3 store's catalog (identical format, spec 5.8/5.11).
+        local = os.path.join(WORK, "home-s3-catalog")
+        rm(local)
+        run([BIN, "--home", local, "store", "init", "--replicas", "1"])
+        run([TOOL, "fill-catalog", os.path.join(local, "store"), str(S3_BACKUPS)])
+        run([aws, "s3", "cp", "--only-show-errors", os.path.join(local, "store", "catalog", "catalog.bin"),
+             "s3://bench-ours/hsm/.hsmbackup/catalog.bin"], env=env)
+        ts = []
+        for _ in range(max(REPS, 3)):
+            t, _, out = run(hs("backup", "list"), env=env)
+            ts.append(t)
+        om = med(ts)
+        add_row("backup list through S3 (moto), %d backups" % S3_BACKUPS, om, None, "< 1 s (as the local row)", om < 1.0,
+                ours_label="hsmbackup backup list (S3 store)", detail="%d lines printed" % out.count("\n"),
+                samples={"ours": ts})
+        rm(local)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        rm(home)
+
+
 # ---------------------------------------------------------------- output
 
 P11_KEYS = int(os.environ.get("BENCH_P11_KEYS", "1000"))
@@ -727,7 +843,7 @@ def main():
         fn()
     if wanted("kwp"):
         go("kwp", row_kwp)
-    if any(wanted(x) for x in ("create", "verify", "restore", "rss", "inspect", "rewrap", "scrub")):
+    if any(wanted(x) for x in ("create", "verify", "restore", "rss", "inspect", "rewrap", "scrub", "s3")):
         state["big_hsm"] = make_big_hsm()
         if any(wanted(x) for x in ("create", "verify", "restore", "rss", "inspect", "scrub")):
             go("create", row_create)
@@ -751,6 +867,8 @@ def main():
         go("scrub", row_scrub)
     if wanted("pkcs11"):
         go("pkcs11", row_pkcs11)
+    if wanted("s3"):
+        go("s3", row_s3)
     t = write_results(m)
     print(t)
     if not os.environ.get("BENCH_KEEP"):

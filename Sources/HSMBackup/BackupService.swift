@@ -21,7 +21,7 @@ public final class BackupService {
     /// The catalog of backups (and through it the store that holds their archives).
     public let catalog: BackupCatalog
     /// The replicated object store that holds the archives.
-    public var store: LocalObjectStore { catalog.store }
+    public var store: any ReplicatedStorage { catalog.store }
 
     /// A service over an open catalog.
     public init(catalog: BackupCatalog) { self.catalog = catalog }
@@ -131,7 +131,7 @@ public final class BackupService {
                                          expectedBackupID: entry.backupId, progress: progress)
         let after = before.isEmpty ? [] : store.verifyReplicas(entry.objectKey)
         let repairFailures = (reader as? LocalObjectReader)?.repairFailures ?? []
-        let intact = store.replicaPaths.count - Set(after.map(\.replica)).count
+        let intact = store.replicaCount - Set(after.map(\.replica)).count
         let replicaFindings = before.map { f -> Finding in
             let stillBad = after.contains { $0.replica == f.replica && $0.problem == f.problem }
             let unavailable = f.problem == .replicaUnavailable
@@ -140,7 +140,7 @@ public final class BackupService {
                 message += " (repaired from a good replica by the read)"
             } else if !unavailable {
                 let why = repairFailures.first { $0.replica == f.replica }.map { "the repair failed: \($0.detail)\($0.osError.map { " [\($0)]" } ?? ""); " } ?? ""
-                message += " (still bad: \(why)\(intact) of \(store.replicaPaths.count) replicas intact; run `hsmbackup store scrub --repair`)"
+                message += " (still bad: \(why)\(intact) of \(store.replicaCount) replicas intact; run `hsmbackup store scrub --repair`)"
             }
             return Finding(layer: .store, severity: stillBad && !unavailable && intact == 0 ? .error : .warning, code: f.problem.rawValue,
                            message: message, location: FindingLocation(replica: f.replica, object: entry.objectKey))

@@ -290,31 +290,27 @@ public struct ReindexReport: Codable, Sendable {
 }
 
 public final class BackupCatalog {
-    public let store: LocalObjectStore
+    public let store: any ReplicatedStorage
     public let clock: StoreClock
     /// How long a deleted backup can be restored before purge removes it.
     public var recoveryWindowMillis: UInt64 = 7 * Millis.day
 
-    public static let directory = "catalog"
-    public static let fileName = "catalog.bin"
+    public static let directory = LocalObjectStore.catalogDirectory
+    public static let fileName = LocalObjectStore.catalogFileName
 
-    public var path: String { store.root + "/" + Self.directory + "/" + Self.fileName }
-    var lockPath: String { store.root + "/" + Self.directory + "/catalog.lock" }
+    /// Where the catalog is (a file of a local store, objects of an S3 store).
+    public var path: String { store.catalogLocation }
+    var lockPath: String { store.catalogLockPath }
 
-    public init(store: LocalObjectStore, clock: StoreClock? = nil) throws {
+    public init(store: any ReplicatedStorage, clock: StoreClock? = nil) throws {
         self.store = store
         self.clock = clock ?? store.clock
-        try LocalObjectStore.fileOp(store.root) { try AtomicFile.makeDirectory(store.root + "/" + Self.directory) }
-        // Temps of a catalog writer that died; only while no live writer holds the lock.
-        if let lock = try? FileLock.tryAcquire(lockPath) {
-            _ = try? AtomicFile.removeStaleTemps(in: store.root + "/" + Self.directory)
-            withExtendedLifetime(lock) {}
-        }
+        try store.prepareCatalog()
         // A store gets its (empty) catalog file before its first metadata object can exist, so a
         // kill in the first change leaves a catalog to recover into, and from then on a missing
         // file is damage (spec 5.8). Done once, when the file is absent and nothing needs it.
-        if access(path, F_OK) != 0, let lock = try? FileLock.acquire(lockPath) {
-            if access(path, F_OK) != 0, !holdsCatalogObjects(), allReplicasAvailable { try? save(CatalogSnapshot()) }
+        if !store.catalogExists(), let lock = try? FileLock.acquire(lockPath) {
+            if !store.catalogExists(), !holdsCatalogObjects(), allReplicasAvailable { try? save(CatalogSnapshot()) }
             withExtendedLifetime(lock) {}
         }
     }
@@ -322,7 +318,7 @@ public final class BackupCatalog {
     /// A store with an unavailable replica cannot tell that it holds no backup (their metadata
     /// may be on that disk alone), so it neither creates an empty catalog nor reads a missing one
     /// as empty.
-    var allReplicasAvailable: Bool { store.replicaPaths.indices.allSatisfy { store.replicaProblem($0) == nil } }
+    var allReplicasAvailable: Bool { (0..<store.replicaCount).allSatisfy { store.replicaStatus($0) == nil } }
 
     /// Whether any metadata or policy object exists (stops at the first).
     func holdsCatalogObjects() -> Bool {
@@ -413,7 +409,7 @@ public final class BackupCatalog {
     }
 
     func writerLockPath(_ backupId: String) -> String {
-        store.root + "/" + LocalObjectStore.locksDir + "/backup-" + LocalObjectStore.fanOut(backupId) + ".lock"
+        store.lockDirectory + "/backup-" + LocalObjectStore.fanOut(backupId) + ".lock"
     }
 
     /// The shared writer lock of `backupId` (waits while a recovery holds it).
@@ -432,17 +428,15 @@ public final class BackupCatalog {
     /// store that holds metadata or policy objects is damage, like a truncated one: an empty
     /// catalog would hide every backup, and the next change would write one that forgets them.
     func readCatalogBytes() throws -> [UInt8]? {
-        do { return try AtomicFile.read(path, limit: 4 << 30) } catch let e as FileError {
-            guard e.code == .notFound else { throw StoreError(.ioError, path: path, "\(e.operation): \(e.reason)") }
-            if holdsCatalogObjects() {
-                throw StoreError(.badCatalog, path: path, "catalog.bin is missing but the store holds backups; run `hsmbackup store reindex`")
-            }
-            if !allReplicasAvailable {
-                throw StoreError(.badCatalog, path: path, "catalog.bin is missing and a replica is unavailable, so the store may hold backups; "
-                                 + "bring the replica back, or run `hsmbackup store reindex`")
-            }
-            return nil
+        if let bytes = try store.readCatalog(limit: 4 << 30) { return bytes }
+        if holdsCatalogObjects() {
+            throw StoreError(.badCatalog, path: path, "catalog.bin is missing but the store holds backups; run `hsmbackup store reindex`")
         }
+        if !allReplicasAvailable {
+            throw StoreError(.badCatalog, path: path, "catalog.bin is missing and a replica is unavailable, so the store may hold backups; "
+                             + "bring the replica back, or run `hsmbackup store reindex`")
+        }
+        return nil
     }
 
     public func load() throws -> CatalogSnapshot {
@@ -470,7 +464,11 @@ public final class BackupCatalog {
     /// what `backup list` and `store ls` show. (A backup whose catalog state does not match the
     /// query but whose newer metadata would is not added; `store fsck` brings the index up to date.)
     public func listCurrent(_ query: CatalogQuery = CatalogQuery()) throws -> [BackupEntry] {
-        try list(query).map(current).filter { e in
+        let entries = try list(query)
+        // A store whose existence checks are requests (S3) lists the keys once instead of one
+        // check per entry; the local store answers nil and keeps its per-file checks.
+        let known = entries.count > 16 ? store.existingKeys(prefix: "backups/") : nil
+        return entries.map { current($0, known: known) }.filter { e in
             (query.states?.contains(e.state) ?? true) && (query.clusterId.map { $0 == e.clusterId } ?? true)
         }
     }
@@ -478,9 +476,14 @@ public final class BackupCatalog {
     /// The entry with any metadata generations newer than it applied: a change killed between its
     /// metadata and catalog writes leaves the catalog one generation behind, and the metadata is
     /// the truth. One existence check per replica when nothing is newer; no lock (reads only).
-    public func current(_ entry: BackupEntry) -> BackupEntry {
+    public func current(_ entry: BackupEntry) -> BackupEntry { current(entry, known: nil) }
+
+    /// `current`, with the existence checks answered from `known` (every key the store held
+    /// when the listing began) when given.
+    func current(_ entry: BackupEntry, known: Set<String>?) -> BackupEntry {
         var e = entry
-        while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)),
+        func holds(_ key: String) -> Bool { known.map { $0.contains(key) } ?? store.anyReplicaHolds(key) }
+        while e.generation < BackupEntry.maxGeneration, holds(Self.metaKey(e.backupId, e.generation + 1)),
               let newer = try? readMeta(e.backupId, e.generation + 1) {
             e = newer
         }
@@ -508,7 +511,7 @@ public final class BackupCatalog {
         var s = snapshot
         s.writeCount += 1
         let bytes = try s.encode()
-        try LocalObjectStore.fileOp(path) { try AtomicFile.write(bytes, to: path) }
+        try store.writeCatalog(bytes)
     }
 
     /// Writes the entry's metadata object (a new generation, never rewriting an old one).
@@ -787,7 +790,7 @@ public final class BackupCatalog {
     /// With the catalog unreadable, every object is healed as before (reindex, then fsck,
     /// removes what no backup uses).
     public func scrub(repair: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> ScrubReport {
-        guard let s = try? load() else { return try store.scrub(repair: repair, progress: progress) }
+        guard let s = try? load() else { return try store.scrub(repair: repair, repairable: nil, progress: progress) }
         return try store.scrub(repair: repair, repairable: { key in
             let parts = key.split(separator: "/")
             guard parts.count == 3, parts[0] == "backups", Self.isArchiveName(parts[2]) else { return true }
@@ -801,7 +804,7 @@ public final class BackupCatalog {
     /// The default archive check of `recover`: some replica holds the whole object, every chunk
     /// matching its record. Nil when it passes, else what is wrong.
     public func storeLevelArchiveCheck(_ e: BackupEntry) -> String? {
-        let available = store.replicaPaths.indices.filter { store.replicaStatus($0) == nil }.count
+        let available = (0..<store.replicaCount).filter { store.replicaStatus($0) == nil }.count
         let bad = store.verifyReplicas(e.objectKey).filter { $0.problem != .replicaUnavailable }
         return bad.count < available ? nil : "no replica of \(e.objectKey) is whole: \(bad.map(\.description).joined(separator: "; "))"
     }
@@ -912,6 +915,6 @@ public final class BackupCatalog {
     public func removeStaleTemps() throws -> [String] {
         let lock = try FileLock.acquire(lockPath)
         defer { withExtendedLifetime(lock) {} }
-        return try LocalObjectStore.fileOp(store.root) { try AtomicFile.removeStaleTemps(in: store.root + "/" + Self.directory) }
+        return try store.removeCatalogTemps()
     }
 }

@@ -193,7 +193,7 @@ extension BackupCatalog {
         try ObjectKey.validateName(id, what: "backup id")
         try ObjectKey.validateName(cluster, what: "cluster id")
         let sourceInfo = try store.stat(source.objectKey)
-        let sourceStore = store.config.storeIdHex
+        let sourceStore = store.storeIdHex
         // A retry: an earlier attempt that was killed (no live writer) is finished when its
         // archive is the source's, bytes for bytes, or rolled back; a DELETED copy is replaced.
         // Only when the destination has a trace of this id: recovery's lock is per stripe, and a

@@ -266,7 +266,7 @@ public final class LocalObjectStore: ObjectStorage {
 
     /// Whether any object key satisfies `match`; stops at the first one (the catalog asks this
     /// only when its file is missing).
-    func hasObject(where match: (String) -> Bool) -> Bool {
+    public func hasObject(where match: (String) -> Bool) -> Bool {
         for i in replicaPaths.indices where replicaProblem(i) == nil {
             let objects = replicaPaths[i] + "/" + Self.objectsDir
             for dir in Self.directoryEntries(objects) where dir.utf8.count == 2 {
@@ -279,7 +279,7 @@ public final class LocalObjectStore: ObjectStorage {
     }
 
     /// Whether any replica has a file for `key` (no record check: what a put's step 1 sees).
-    func anyReplicaHolds(_ key: String) -> Bool {
+    public func anyReplicaHolds(_ key: String) -> Bool {
         replicaPaths.indices.contains { replicaProblem($0) == nil && access(objectPath($0, key), F_OK) == 0 }
     }
 

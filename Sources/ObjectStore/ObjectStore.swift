@@ -39,6 +39,14 @@ public struct ObjectInfo: Codable, Equatable, Sendable {
     public let createdMillis: UInt64
     /// Replicas that hold a copy with a valid record (stat reads records only, not all bytes).
     public let replicas: [Int]
+
+    public init(key: String, size: UInt64, sha256: String, createdMillis: UInt64, replicas: [Int]) {
+        self.key = key
+        self.size = size
+        self.sha256 = sha256
+        self.createdMillis = createdMillis
+        self.replicas = replicas
+    }
 }
 
 /// The result of a put: which replicas are durable, and which could not be written (they are
@@ -47,6 +55,12 @@ public struct PutReport: Codable, Sendable {
     public let info: ObjectInfo
     public let written: [Int]
     public let failed: [ReplicaFinding]
+
+    public init(info: ObjectInfo, written: [Int], failed: [ReplicaFinding]) {
+        self.info = info
+        self.written = written
+        self.failed = failed
+    }
 }
 
 /// The result of a delete: replicas whose file was removed, and those where removal failed.
@@ -54,6 +68,12 @@ public struct DeleteReport: Codable, Sendable {
     public let key: String
     public let removed: [Int]
     public let failed: [ReplicaFinding]
+
+    public init(key: String, removed: [Int], failed: [ReplicaFinding]) {
+        self.key = key
+        self.removed = removed
+        self.failed = failed
+    }
 }
 
 public protocol ObjectStorage: AnyObject {

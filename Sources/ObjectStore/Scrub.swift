@@ -25,17 +25,26 @@ public struct ScrubReport: Codable, Sendable {
     public var notRepaired: [String] = []
 
     public var isClean: Bool { corrupt == 0 && missing == 0 && unrecoverable == 0 && unavailableReplicas.isEmpty }
+
+    public init() {}
 }
 
 /// A replica finding together with the object it concerns.
 public struct ObjectFinding: Codable, Equatable, Sendable {
     public let key: String
     public let finding: ReplicaFinding
+
+    public init(key: String, finding: ReplicaFinding) {
+        self.key = key
+        self.finding = finding
+    }
 }
 
 public struct StoreFsckReport: Codable, Sendable {
     public var tempsRemoved: [String] = []
     public var unavailableReplicas: [ReplicaFinding] = []
+
+    public init() {}
 }
 
 extension LocalObjectStore {

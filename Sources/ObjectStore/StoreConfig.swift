@@ -80,6 +80,11 @@ public struct ReplicaMarker: Equatable, Sendable {
     public let storeId: [UInt8]
     public let index: Int
 
+    public init(storeId: [UInt8], index: Int) {
+        self.storeId = storeId
+        self.index = index
+    }
+
     public func encode() -> [UInt8] {
         var w = ByteWriter()
         w.writeBytes(Self.magic)

@@ -79,6 +79,9 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         case alreadyInitialized
         /// A limit of the format was exceeded (object size, entries, tags).
         case limitExceeded
+        /// The store refused our credentials or permissions (S3: AccessDenied, InvalidAccessKeyId,
+        /// SignatureDoesNotMatch ...); no retry helps.
+        case accessDenied
     }
 
     public let code: Code

@@ -175,7 +175,7 @@ final class ArchiveVectorTests: XCTestCase {
         try FileManager.default.copyItem(atPath: Self.storeDir + "/" + expected.root, toPath: root)
         let clock = ManualClock(millis: expected.clockMillis)
         let service = try BackupService(storeRoot: root, clock: clock)
-        let store = service.store
+        let store = service.store as! LocalObjectStore
         XCTAssertEqual(Hex.encode(store.config.storeId), expected.storeId)
         XCTAssertEqual(store.config.replicas, expected.replicas)
         XCTAssertEqual(store.config.writeQuorum, expected.writeQuorum)

@@ -94,7 +94,7 @@ final class CatalogTests: XCTestCase {
         let report = try c.purge()
         XCTAssertEqual(report.purged, ["b1", "b2"])
         XCTAssertEqual(try c.entry("b1").state, .deleted)
-        for i in 0..<3 { XCTAssertFalse(FileManager.default.fileExists(atPath: c.store.objectPath(i, e.objectKey))) }
+        for i in 0..<3 { XCTAssertFalse(FileManager.default.fileExists(atPath: c.local.objectPath(i, e.objectKey))) }
         XCTAssertEqual(try c.purge().purged, [])
         XCTAssertTrue(try c.check().isEmpty)
     }
@@ -112,10 +112,10 @@ final class CatalogTests: XCTestCase {
         XCTAssertEqual(report.purged, [])
         XCTAssertEqual(report.failed.map(\.finding.replica), [1])
         XCTAssertEqual(try c.entry("b1").state, .pendingDeletion)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: c.store.objectPath(1, e.objectKey)))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: c.local.objectPath(1, e.objectKey)))
         faults.clear()
         XCTAssertEqual(try c.purge().purged, ["b1"])
-        XCTAssertFalse(FileManager.default.fileExists(atPath: c.store.objectPath(1, e.objectKey)))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.local.objectPath(1, e.objectKey)))
     }
 
     func testRetentionNeverTakesTheNewestOrNeverExpires() throws {
@@ -172,9 +172,9 @@ final class CatalogTests: XCTestCase {
         XCTAssertEqual(copy.createdMillis, original.createdMillis)
         XCTAssertEqual(copy.clusterId, "cluster-z")
         XCTAssertEqual(copy.tags, ["env": "prod"])
-        XCTAssertEqual(copy.copySource, CopySource(sourceStore: a.store.config.storeIdHex, sourceBackupId: "b1",
+        XCTAssertEqual(copy.copySource, CopySource(sourceStore: a.local.config.storeIdHex, sourceBackupId: "b1",
                                                    sourceCluster: "cluster-a", copiedMillis: clock.nowMillis()))
-        XCTAssertEqual(try b.store.getAll(copy.objectKey), data)
+        XCTAssertEqual(try b.local.getAll(copy.objectKey), data)
         XCTAssertEqual(copy.size, UInt64(data.count))
         try a.delete("b1")
         XCTAssertStoreError(.invalidState, try a.copy("b1", to: b))
@@ -224,12 +224,12 @@ final class CatalogTests: XCTestCase {
         let c = try makeCatalog(s, clock: ManualClock())
         let e = try add(c, "b1")
         try add(c, "b2")
-        _ = try c.store.delete(e.objectKey)
-        _ = try c.store.put("backups/stray/archive", bytes: [1])
+        _ = try c.local.delete(e.objectKey)
+        _ = try c.local.put("backups/stray/archive", bytes: [1])
         var stale = try c.entry("b2")
         stale.generation += 1
         stale.tags = ["sneaky": "1"]
-        _ = try c.store.put(BackupCatalog.metaKey("b2", stale.generation), bytes: try stale.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b2", stale.generation), bytes: try stale.encodeMeta())
         let findings = try c.check()
         XCTAssertEqual(findings.map(\.problem), [.archiveMissing, .staleEntry, .orphanArchive])
         XCTAssertEqual(findings.map(\.backupId), ["b1", "b2", "stray"])
@@ -270,7 +270,7 @@ final class CatalogTests: XCTestCase {
         let c = try makeCatalog(s, clock: clock, faults: faults.hook)
         let e = try c.create(NewBackup(backupId: "b0", clusterId: "c", hsmId: "h", manufacturer: "sim"))
         XCTAssertStoreError(.notFound, try c.markReady(e.backupId)) // no archive yet
-        _ = try c.store.put(e.objectKey, bytes: [1, 2, 3])
+        _ = try c.local.put(e.objectKey, bytes: [1, 2, 3])
         XCTAssertStoreError(.invalidState, try c.markReady(e.backupId, size: 4))
         XCTAssertEqual(try c.markReady(e.backupId).size, 3)
 
@@ -279,7 +279,7 @@ final class CatalogTests: XCTestCase {
         XCTAssertStoreError(.quorumNotReached, try self.add(c, "b1"))
         // Rolled back: no entry, no archive, no metadata object (nothing for purge to wait for).
         XCTAssertStoreError(.notFound, try c.entry("b1"))
-        XCTAssertEqual(try c.store.list(prefix: "backups/b1/"), [])
+        XCTAssertEqual(try c.local.list(prefix: "backups/b1/"), [])
         faults.clear()
         XCTAssertEqual(try c.check(), [])
         XCTAssertEqual(try self.add(c, "b1").state, .ready, "the id can be used again")

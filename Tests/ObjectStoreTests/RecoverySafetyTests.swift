@@ -23,11 +23,11 @@ final class RecoverySafetyTests: XCTestCase {
         var newer = entry
         newer.generation += 1
         newer.objectKey = BackupCatalog.archiveKey("b1", generation: newer.generation)   // never written
-        _ = try c.store.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
         let actions = try c.recover()
         XCTAssertEqual(actions.map(\.action), [.adoptedMetadata, .skipped])
         XCTAssertTrue(actions.last?.detail.contains(entry.objectKey) ?? false, "\(actions)")
-        XCTAssertEqual(try c.store.getAll(entry.objectKey), pattern(3000, seed: 1), "the last good copy stays")
+        XCTAssertEqual(try c.local.getAll(entry.objectKey), pattern(3000, seed: 1), "the last good copy stays")
     }
 
     /// §5.8: an entry's object key is `archive` or `archive-g<n>`, nothing else under the backup.
@@ -89,25 +89,25 @@ extension RecoverySafetyTests {
         let s = Scratch()
         let c = try makeCatalog(s)
         let a = try c.create(NewBackup(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"))
-        _ = try c.store.put(a.objectKey, bytes: pattern(700, seed: 1))
+        _ = try c.local.put(a.objectKey, bytes: pattern(700, seed: 1))
         var ready = a
         ready.generation += 1
         ready.state = .ready
         ready.size = 700
-        _ = try c.store.put(BackupCatalog.metaKey("b1", ready.generation), bytes: try ready.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b1", ready.generation), bytes: try ready.encodeMeta())
         XCTAssertThrowsError(try c.rollBack("b1")) { XCTAssertEqual(($0 as? StoreError)?.code, .invalidState) }
-        XCTAssertEqual(try c.store.getAll(a.objectKey), pattern(700, seed: 1), "the backup's archive stays")
+        XCTAssertEqual(try c.local.getAll(a.objectKey), pattern(700, seed: 1), "the backup's archive stays")
         XCTAssertEqual(try c.recover().map(\.action), [.adoptedMetadata])
         XCTAssertEqual(try c.entry("b1").state, .ready)
 
         let b = try c.create(NewBackup(backupId: "b2", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim"))
-        _ = try c.store.put(b.objectKey, bytes: pattern(300, seed: 2))
+        _ = try c.local.put(b.objectKey, bytes: pattern(300, seed: 2))
         var tagged = b
         tagged.generation += 1
         tagged.tags = ["k": "v"]
-        _ = try c.store.put(BackupCatalog.metaKey("b2", tagged.generation), bytes: try tagged.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b2", tagged.generation), bytes: try tagged.encodeMeta())
         try c.rollBack("b2")
-        XCTAssertEqual(try c.store.list(prefix: "backups/b2/"), [], "no metadata generation and no archive left")
+        XCTAssertEqual(try c.local.list(prefix: "backups/b2/"), [], "no metadata generation and no archive left")
         XCTAssertNil(try c.load().entries["b2"])
     }
 }

@@ -36,7 +36,7 @@ final class RecoveryTests: XCTestCase {
         XCTAssertEqual(actions.map(\.action), [.rolledBack])
         XCTAssertEqual(actions.first?.backupId, "b1")
         XCTAssertStoreError(.notFound, try c.entry("b1"))
-        XCTAssertEqual(try c.store.list(prefix: "backups/"), [], "no metadata or archive object remains")
+        XCTAssertEqual(try c.local.list(prefix: "backups/"), [], "no metadata or archive object remains")
         try assertSettled(c)
     }
 
@@ -44,7 +44,7 @@ final class RecoveryTests: XCTestCase {
         let s = Scratch()
         let c = try makeCatalog(s)
         let e = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
-        _ = try c.store.put(e.objectKey, bytes: pattern(2_500_000, seed: 3)) // killed after the put, before markReady
+        _ = try c.local.put(e.objectKey, bytes: pattern(2_500_000, seed: 3)) // killed after the put, before markReady
         XCTAssertEqual(try c.recover().map(\.action), [.finished])
         let ready = try c.entry("b1")
         XCTAssertEqual(ready.state, .ready)
@@ -56,13 +56,13 @@ final class RecoveryTests: XCTestCase {
         let s = Scratch()
         let c = try makeCatalog(s)
         let e = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
-        _ = try c.store.put(e.objectKey, bytes: pattern(5000, seed: 3))
-        for i in 0..<3 { flipByte(c.store.objectPath(i, e.objectKey), at: 100) } // no whole replica
+        _ = try c.local.put(e.objectKey, bytes: pattern(5000, seed: 3))
+        for i in 0..<3 { flipByte(c.local.objectPath(i, e.objectKey), at: 100) } // no whole replica
         XCTAssertEqual(try c.recover().map(\.action), [.rolledBack])
-        XCTAssertEqual(try c.store.list(prefix: "backups/"), [])
+        XCTAssertEqual(try c.local.list(prefix: "backups/"), [])
         // The facade's check (structure verification) can refuse what the store accepts.
         let e2 = try c.create(NewBackup(backupId: "b2", clusterId: "c", hsmId: "h", manufacturer: "sim"))
-        _ = try c.store.put(e2.objectKey, bytes: pattern(5000, seed: 4))
+        _ = try c.local.put(e2.objectKey, bytes: pattern(5000, seed: 4))
         let actions = try c.recover { _ in "not an archive" }
         XCTAssertEqual(actions.map(\.action), [.rolledBack])
         XCTAssertTrue(actions[0].detail.contains("not an archive"), actions[0].detail)
@@ -75,7 +75,7 @@ final class RecoveryTests: XCTestCase {
         var writing: BackupCatalog.WriterLock? = try c.writerLock("b1") // this process is the live writer
         _ = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
         // Another process's fsck cannot take the lock: it skips the backup.
-        let other = try BackupCatalog(store: try LocalObjectStore(root: c.store.root))
+        let other = try BackupCatalog(store: try LocalObjectStore(root: c.local.root))
         XCTAssertEqual(try other.recover().map(\.action), [.skipped])
         XCTAssertEqual(try c.entry("b1").state, .createInProgress)
         XCTAssertNotNil(writing)
@@ -109,7 +109,7 @@ final class RecoveryTests: XCTestCase {
         let s = Scratch()
         let c = try makeCatalog(s)
         let e = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
-        _ = try c.store.put(e.objectKey, bytes: pattern(7000, seed: 2))
+        _ = try c.local.put(e.objectKey, bytes: pattern(7000, seed: 2))
         try c.delete("b1")
         let back = try c.restore("b1")
         XCTAssertEqual(back.state, .ready)
@@ -124,7 +124,7 @@ final class RecoveryTests: XCTestCase {
         let c = try makeCatalog(s)
         try add(c, "b0")
         _ = try c.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
-        let marker = c.store.replicaPaths[2] + "/" + ReplicaMarker.fileName
+        let marker = c.local.replicaPaths[2] + "/" + ReplicaMarker.fileName
         let bytes = try Data(contentsOf: URL(fileURLWithPath: marker))
         try FileManager.default.removeItem(atPath: marker)
         let first = try c.recover()
@@ -145,7 +145,7 @@ final class RecoveryTests: XCTestCase {
         faults.set(.sync, replica: 1, errno: ENOSPC, pathContains: "archive")
         XCTAssertStoreError(.quorumNotReached, try self.add(c, "b1", size: 2_000_000))
         XCTAssertStoreError(.notFound, try c.entry("b1"))
-        XCTAssertEqual(try c.store.list(prefix: "backups/"), [])
+        XCTAssertEqual(try c.local.list(prefix: "backups/"), [])
         XCTAssertEqual(tempFiles(under: s.path), [])
         faults.clear()
         try assertSettled(c)
@@ -159,18 +159,18 @@ final class RecoveryTests: XCTestCase {
         let a = try makeCatalog(s, name: "a", clock: clock)
         let b = try makeCatalog(s, name: "b", clock: clock)
         let source = try add(a, "b1", size: 1_500_000)
-        let bytes = try a.store.getAll(source.objectKey)
+        let bytes = try a.local.getAll(source.objectKey)
         // Killed after the archive was published in the destination, before it became READY.
         let stuck = BackupEntry(backupId: "b1", clusterId: "cluster-a", hsmId: "hsm-1", manufacturer: "sim",
                                 state: .createInProgress, createdMillis: source.createdMillis, updatedMillis: clock.nowMillis(),
-                                copySource: CopySource(sourceStore: a.store.config.storeIdHex, sourceBackupId: "b1",
+                                copySource: CopySource(sourceStore: a.local.config.storeIdHex, sourceBackupId: "b1",
                                                        sourceCluster: "cluster-a", copiedMillis: clock.nowMillis()),
                                 objectKey: BackupCatalog.archiveKey("b1"))
         _ = try b.insert(stuck)
-        _ = try b.store.put(stuck.objectKey, bytes: bytes)
+        _ = try b.local.put(stuck.objectKey, bytes: bytes)
         let copy = try a.copy("b1", to: b, newBackupId: "b1")
         XCTAssertEqual(copy.state, .ready)
-        XCTAssertEqual(try b.store.getAll(copy.objectKey), bytes)
+        XCTAssertEqual(try b.local.getAll(copy.objectKey), bytes)
         XCTAssertEqual(try a.copy("b1", to: b, newBackupId: "b1"), copy, "a retry of a finished copy is done")
         try assertSettled(b)
 
@@ -182,7 +182,7 @@ final class RecoveryTests: XCTestCase {
         let again = try a.copy("b1", to: b, newBackupId: "b1")
         XCTAssertEqual(again.state, .ready, "the tombstone does not block a new copy")
         XCTAssertGreaterThan(again.generation, copy.generation)
-        XCTAssertEqual(try b.store.getAll(again.objectKey), bytes)
+        XCTAssertEqual(try b.local.getAll(again.objectKey), bytes)
         try assertSettled(b)
 
         // Another backup under an id the destination holds is refused (only a retry is done).
@@ -192,10 +192,10 @@ final class RecoveryTests: XCTestCase {
 
         // A copy that fails in-process (the source unreadable) leaves nothing behind.
         _ = try add(a, "b2")
-        for i in 0..<3 { flipByte(a.store.objectPath(i, BackupCatalog.archiveKey("b2")), at: 10) }
+        for i in 0..<3 { flipByte(a.local.objectPath(i, BackupCatalog.archiveKey("b2")), at: 10) }
         XCTAssertStoreError(.unrecoverable, try a.copy("b2", to: b, newBackupId: "b2"))
         XCTAssertStoreError(.notFound, try b.entry("b2"))
-        XCTAssertEqual(try b.store.list(prefix: "backups/b2/"), [])
+        XCTAssertEqual(try b.local.list(prefix: "backups/b2/"), [])
         try assertSettled(b)
     }
 
@@ -208,9 +208,9 @@ final class RecoveryTests: XCTestCase {
         let e = try add(c, "b1")
         // A rewrap's switch-over: the entry names archive-g3; the old archive is gone.
         let g = BackupCatalog.archiveKey("b1", generation: e.generation + 1)
-        _ = try c.store.put(g, bytes: pattern(4000, seed: 9))
+        _ = try c.local.put(g, bytes: pattern(4000, seed: 9))
         try c.update("b1") { $0.objectKey = g; $0.size = 4000 }
-        _ = try c.store.delete(e.objectKey)
+        _ = try c.local.delete(e.objectKey)
         XCTAssertEqual(try c.check(), [], "a rewrapped backup is healthy")
         let before = try c.load()
         let report = try c.reindex()
@@ -218,19 +218,19 @@ final class RecoveryTests: XCTestCase {
         XCTAssertEqual(try c.load().entries, before.entries)
 
         // Killed at the switch-over: the old archive and a stray generation stay; fsck removes them.
-        _ = try c.store.put(e.objectKey, bytes: [1])
-        _ = try c.store.put(BackupCatalog.archiveKey("b1", generation: 7), bytes: [2])
+        _ = try c.local.put(e.objectKey, bytes: [1])
+        _ = try c.local.put(BackupCatalog.archiveKey("b1", generation: 7), bytes: [2])
         XCTAssertEqual(try c.check().map(\.problem), [.orphanArchive, .orphanArchive])
         XCTAssertEqual(try c.recover().map(\.action), [.removedArchive, .removedArchive])
-        XCTAssertEqual(try c.store.list(prefix: "backups/b1/archive"), [g])
+        XCTAssertEqual(try c.local.list(prefix: "backups/b1/archive"), [g])
         try assertSettled(c)
 
         // Purge removes every generation, whatever the entry names.
-        _ = try c.store.put(e.objectKey, bytes: [3])
+        _ = try c.local.put(e.objectKey, bytes: [3])
         try c.delete("b1")
         clock.advance(days: 8)
         XCTAssertEqual(try c.purge().purged, ["b1"])
-        XCTAssertEqual(try c.store.list(prefix: "backups/b1/archive"), [])
+        XCTAssertEqual(try c.local.list(prefix: "backups/b1/archive"), [])
         try assertSettled(c)
 
         // Names a writer never makes are not archives (nor metadata).
@@ -252,19 +252,19 @@ final class RecoveryTests: XCTestCase {
         clock.advance(days: 8)
         try c.purge()
         // A replica that was away during the purge comes back holding the archive.
-        _ = try c.store.put(e.objectKey, bytes: [9, 9])
-        for i in 1..<3 { unlink(c.store.objectPath(i, e.objectKey)) }
+        _ = try c.local.put(e.objectKey, bytes: [9, 9])
+        for i in 1..<3 { unlink(c.local.objectPath(i, e.objectKey)) }
         let scrub = try c.scrub(repair: true)
         XCTAssertEqual(scrub.notRepaired, [e.objectKey])
         XCTAssertEqual(scrub.repaired, 0)
-        XCTAssertEqual(try c.store.stat(e.objectKey).replicas, [0], "not re-copied")
+        XCTAssertEqual(try c.local.stat(e.objectKey).replicas, [0], "not re-copied")
         XCTAssertEqual(try c.check().map(\.problem), [.archiveNotPurged])
         XCTAssertEqual(try c.recover().map(\.action), [.removedArchive])
-        XCTAssertEqual(try c.store.list(prefix: "backups/b1/archive"), [])
+        XCTAssertEqual(try c.local.list(prefix: "backups/b1/archive"), [])
         try assertSettled(c)
         // The current archive of a live backup is still healed.
         let f = try add(c, "b2")
-        unlink(c.store.objectPath(2, f.objectKey))
+        unlink(c.local.objectPath(2, f.objectKey))
         XCTAssertEqual(try c.scrub(repair: true).repaired, 1)
     }
 
@@ -281,7 +281,7 @@ final class RecoveryTests: XCTestCase {
         newer.generation += 1
         newer.state = .pendingDeletion
         newer.deleteRequestedMillis = clock.nowMillis()
-        _ = try c.store.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b1", newer.generation), bytes: try newer.encodeMeta())
         XCTAssertEqual(try c.check().map(\.problem), [.staleEntry])
         // Readers show what the metadata says (a listing said READY before).
         XCTAssertEqual(try c.entry("b1").state, .pendingDeletion)
@@ -298,7 +298,7 @@ final class RecoveryTests: XCTestCase {
         var newer2 = try c.entry("b2")
         newer2.generation += 1
         newer2.tags = ["from": "metadata"]
-        _ = try c.store.put(BackupCatalog.metaKey("b2", newer2.generation), bytes: try newer2.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b2", newer2.generation), bytes: try newer2.encodeMeta())
         XCTAssertEqual(try c.recover().map(\.action), [.adoptedMetadata])
         XCTAssertEqual(try c.entry("b2"), newer2)
         try assertSettled(c)
@@ -313,7 +313,7 @@ final class RecoveryTests: XCTestCase {
         clock.advance(days: 30)
         // a2's newer metadata generation is there but does not read.
         let a2 = try c.entry("a2")
-        _ = try c.store.put(BackupCatalog.metaKey("a2", a2.generation + 1), bytes: [0x48, 0x53])
+        _ = try c.local.put(BackupCatalog.metaKey("a2", a2.generation + 1), bytes: [0x48, 0x53])
         let report = try c.applyRetention()
         XCTAssertEqual(report.expired, ["a1", "a3"])
         XCTAssertEqual(report.failed.map(\.backupId), ["a2"])
@@ -329,12 +329,12 @@ final class RecoveryTests: XCTestCase {
         let s = Scratch()
         let c = try makeCatalog(s)
         for i in 0..<6 { try add(c, "b\(i)") }
-        let keys = try c.store.list(prefix: "")
+        let keys = try c.local.list(prefix: "")
         // After each object, delete the next one (as a tag's replaced metadata generation is).
         var deleted: [String] = []
-        let report = try c.store.scrub(repair: true, progress: { done, _ in
+        let report = try c.local.scrub(repair: true, progress: { done, _ in
             guard done < keys.count, done % 2 == 1 else { return }
-            _ = try? c.store.delete(keys[done])
+            _ = try? c.local.delete(keys[done])
             deleted.append(keys[done])
         })
         XCTAssertFalse(deleted.isEmpty)
@@ -342,11 +342,11 @@ final class RecoveryTests: XCTestCase {
         XCTAssertEqual(report.unrecoverable, 0)
         XCTAssertEqual(report.corrupt, 0)
         XCTAssertEqual(report.objects, keys.count - deleted.count)
-        XCTAssertEqual(try c.store.list(prefix: "").filter { deleted.contains($0) }, [], "nothing resurrected")
+        XCTAssertEqual(try c.local.list(prefix: "").filter { deleted.contains($0) }, [], "nothing resurrected")
         // Real damage is still found under the lock.
-        let victim = try c.store.list(prefix: "backups/").first { $0.hasSuffix("/archive") }!
-        unlink(c.store.objectPath(1, victim))
-        let damaged = try c.store.scrub()
+        let victim = try c.local.list(prefix: "backups/").first { $0.hasSuffix("/archive") }!
+        unlink(c.local.objectPath(1, victim))
+        let damaged = try c.local.scrub()
         XCTAssertEqual(damaged.missing, 1)
     }
 
@@ -361,22 +361,22 @@ final class RecoveryTests: XCTestCase {
         e.generation = UInt64.max
         let bytes = try e.encodeMeta()
         XCTAssertThrowsError(try BackupEntry.parseMeta(bytes))
-        _ = try c.store.put(BackupCatalog.metaKey("b1", UInt64.max), bytes: bytes)
+        _ = try c.local.put(BackupCatalog.metaKey("b1", UInt64.max), bytes: bytes)
         let report = try c.reindex()
         XCTAssertEqual(report.unreadable, [BackupCatalog.metaKey("b1", UInt64.max)])
         XCTAssertEqual(try c.entry("b1").generation, generation)
-        _ = try c.store.delete(BackupCatalog.metaKey("b1", UInt64.max))
+        _ = try c.local.delete(BackupCatalog.metaKey("b1", UInt64.max))
 
         // A key generation that differs from the object's own field is refused.
         var wrong = try c.entry("b1")
         wrong.generation = 5
         wrong.tags = ["forged": "1"]
-        _ = try c.store.put(BackupCatalog.metaKey("b1", 9), bytes: try wrong.encodeMeta())
+        _ = try c.local.put(BackupCatalog.metaKey("b1", 9), bytes: try wrong.encodeMeta())
         let r2 = try c.reindex()
         XCTAssertEqual(r2.unreadable, [BackupCatalog.metaKey("b1", 9)])
         XCTAssertEqual(try c.entry("b1").tags, [:])
         XCTAssertEqual(try c.check().map(\.problem), [.staleEntry])
-        _ = try c.store.delete(BackupCatalog.metaKey("b1", 9))
+        _ = try c.local.delete(BackupCatalog.metaKey("b1", 9))
 
         // The last generation a writer makes: every change is refused, none traps.
         var last = try c.entry("b1")
@@ -390,7 +390,7 @@ final class RecoveryTests: XCTestCase {
         // Policies likewise; and a catalog whose write count has no successor.
         let policy = RetentionPolicy(clusterId: "cluster-a", days: 30, generation: UInt64.max)
         XCTAssertThrowsError(try RetentionPolicy.parseObject(try policy.encodeObject()))
-        _ = try c.store.put(BackupCatalog.policyKey("cluster-a", 3), bytes: try RetentionPolicy(clusterId: "cluster-a", days: 30, generation: 4).encodeObject())
+        _ = try c.local.put(BackupCatalog.policyKey("cluster-a", 3), bytes: try RetentionPolicy(clusterId: "cluster-a", days: 30, generation: 4).encodeObject())
         XCTAssertEqual(try c.reindex().unreadable, [BackupCatalog.policyKey("cluster-a", 3)])
         var snapshot = try c.load()
         snapshot.writeCount = UInt64.max

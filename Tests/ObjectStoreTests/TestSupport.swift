@@ -112,3 +112,8 @@ final class FaultSwitch: @unchecked Sendable {
         }
     }
 }
+
+extension BackupCatalog {
+    /// The catalog's store as the local store these tests made (they reach into replica files).
+    var local: LocalObjectStore { store as! LocalObjectStore }
+}

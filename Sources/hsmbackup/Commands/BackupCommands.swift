@@ -7,6 +7,7 @@ import HSMArchive
 import HSMBackup
 import ObjectStore
 import PKCS11HSM
+import S3Store
 import SimulatedHSM
 
 // The product commands: backup (create and lifecycle), retention, inspect, verify, restore.
@@ -54,7 +55,7 @@ enum ArchiveRef {
     }
 
     static func service() throws -> BackupService {
-        do { return try BackupService(storeRoot: Home.store) } catch let e as StoreError where e.code == .notFound {
+        do { return try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: Home.store))) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first (or name an archive file)")
         }
     }
@@ -276,7 +277,7 @@ struct BackupCopy: ParsableCommand {
     @Flag(help: "Machine-readable output.") var json = false
     func run() throws {
         try runMapped {
-            let e = try ArchiveRef.service().copy(id, to: try BackupService(storeRoot: toStore), cluster: cluster)
+            let e = try ArchiveRef.service().copy(id, to: try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: toStore))), cluster: cluster)
             if json { try JSONOutput.print(e); return }
             try Out.line("copied \(e.backupId) to \(toStore): \(e.state.rawValue), source cluster \(e.copySource?.sourceCluster ?? "?")")
         }

@@ -40,6 +40,7 @@ enum CLIExit: Int32, CaseIterable {
     case incompatibleHSM = 68       // restore onto another manufacturer or operator key
     case internalError = 70         // a bug: please report it
     case ioError = 74               // the file system or store failed (full, unwritable, ...)
+    case permissionDenied = 77      // the store refused our credentials (S3 AccessDenied, InvalidAccessKeyId ...)
     // Schedules and health (issue 18, ScheduleCommands.swift).
     case scheduleBusy = 75          // schedule run: another run holds the lock; this one did nothing
     case scheduleFailed = 80        // schedule run: a schedule or the scrub failed (the others ran)
@@ -48,7 +49,7 @@ enum CLIExit: Int32, CaseIterable {
     case statusStoreDegraded = 83   // status: a store replica is unavailable or the last scrub failed
 
     static var summary: String {
-        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error; "
+        "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error, 77 permission denied; "
             + "schedule run: 75 another run holds the lock, 80 a schedule or the scrub failed; "
             + "status: 81 a verification failed, 82 a backup is older than its schedule allows, 83 store degraded."
     }

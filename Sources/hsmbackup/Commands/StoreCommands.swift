@@ -1,8 +1,10 @@
 import ArgumentParser
+import BackupCrypto
 import HSMBackup
 import Durability
 import Foundation
 import ObjectStore
+import S3Store
 
 /// `hsmbackup store ...`: the durable object directory and its catalog (spec/FORMAT.md section 5).
 /// Thin: every subcommand opens the store under `Home.store` and calls the ObjectStore module.
@@ -26,6 +28,7 @@ extension StoreError: CLIExitMappable {
         case .notFound: return .notFound
         case .unrecoverable, .badFormat, .badCatalog: return .verificationFailed
         case .quorumNotReached, .ioError: return .ioError
+        case .accessDenied: return .permissionDenied
         }
     }
     var cliMessage: String { description }
@@ -33,8 +36,8 @@ extension StoreError: CLIExitMappable {
 
 enum StoreCLI {
     /// Opens the store; opening removes dead writers' temp files unless fsck is to report them.
-    static func open(removeStaleTemps: Bool = true) throws -> LocalObjectStore {
-        do { return try LocalObjectStore(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
+    static func open(removeStaleTemps: Bool = true) throws -> any ReplicatedStorage {
+        do { return try StoreLocator.open(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first")
         }
     }
@@ -70,10 +73,29 @@ struct StoreInit: ParsableCommand {
     var replicaDirs: [String] = []
     @Option(name: .long, help: "Replicas that must be durable before a put returns (default: a majority).")
     var quorum: Int?
+    @Option(name: .customLong("s3"), help: "An S3 replica location s3://BUCKET/PREFIX (repeat for replicas); makes an S3 store.")
+    var s3: [String] = []
+    @Option(name: .long, help: "The S3 endpoint URL (MinIO, Ceph RGW, R2 ...; default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS).")
+    var endpoint: String?
+    @Option(name: .long, help: "The S3 region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile; us-east-1 for a custom endpoint).")
+    var region: String?
+    @Option(name: .customLong("part-size-mib"), help: "S3 multipart part size in MiB, 5...64 (default 8); objects up to it take one PUT.")
+    var partSizeMiB: Int?
     @OptionGroup var output: StoreJSONOption
+
+    func validate() throws {
+        if s3.isEmpty {
+            guard endpoint == nil, region == nil, partSizeMiB == nil else {
+                throw ValidationError("--endpoint, --region and --part-size-mib go with --s3")
+            }
+        } else {
+            guard replicas == nil, replicaDirs.isEmpty else { throw ValidationError("--s3 and --replicas/--replica-dir are exclusive") }
+        }
+    }
 
     func run() throws {
         try StoreCLI.run {
+            if !s3.isEmpty { return try runS3() }
             // Relative --replica-dir paths are taken from the current directory, as a user expects.
             let cwd = FileManager.default.currentDirectoryPath
             let dirs = replicaDirs.map { $0.hasPrefix("/") ? $0 : cwd + "/" + $0 }
@@ -88,6 +110,22 @@ struct StoreInit: ParsableCommand {
     }
 }
 
+extension StoreInit {
+    /// `store init --s3 ...`: initializes each bucket location, writes `store.json`, then the
+    /// empty catalog.
+    func runS3() throws {
+        let config = try S3StoreConfiguration.resolve(urls: s3, endpoint: endpoint, region: region, writeQuorum: quorum,
+                                                      partSize: (partSizeMiB ?? 8) << 20, storeId: SecureRandom.bytes(count: 16))
+        let store = try StoreLocator.createS3(root: Home.store, configuration: config)
+        _ = try BackupCatalog(store: store)
+        let status = StoreStatus(store)
+        if output.json { try JSONOutput.print(status) } else {
+            try StoreCLI.say("created S3 store \(status.storeId) (\(status.root)): \(status.replicas.count) replicas, write quorum \(status.writeQuorum)")
+            for r in status.replicas { try StoreCLI.say("  replica \(r.index): \(r.path)") }
+        }
+    }
+}
+
 struct StoreStatus: Encodable {
     struct Replica: Encodable { let index: Int; let path: String; let available: Bool; let problem: String? }
     let root: String
@@ -97,21 +135,15 @@ struct StoreStatus: Encodable {
     var objects: Int?
     var backups: Int?
 
-    init(_ store: LocalObjectStore) {
-        root = store.root
-        storeId = store.config.storeIdHex
-        writeQuorum = store.config.writeQuorum
-        let problems = store.fsckReplicaProblems()
-        replicas = store.replicaPaths.enumerated().map { i, p in
+    init(_ store: any ReplicatedStorage) {
+        root = store.location
+        storeId = store.storeIdHex
+        writeQuorum = store.writeQuorum
+        let problems = store.unavailableReplicas()
+        replicas = (0..<store.replicaCount).map { i in
             let problem = problems.first { $0.replica == i }
-            return Replica(index: i, path: p, available: problem == nil, problem: problem?.detail)
+            return Replica(index: i, path: store.replicaLocation(i), available: problem == nil, problem: problem?.detail)
         }
-    }
-}
-
-extension LocalObjectStore {
-    func fsckReplicaProblems() -> [ReplicaFinding] {
-        replicaPaths.indices.compactMap { replicaStatus($0) }
     }
 }
 
@@ -133,7 +165,7 @@ struct StoreStat: ParsableCommand {
                 return
             }
             var status = StoreStatus(store)
-            status.objects = try store.list().count
+            status.objects = try store.list(prefix: "").count
             status.backups = try BackupCatalog(store: store).list().count
             if output.json { try JSONOutput.print(status) } else {
                 try StoreCLI.say("store \(status.storeId) at \(status.root)")
@@ -240,7 +272,7 @@ struct StoreGet: ParsableCommand {
             } else {
                 while let piece = try reader.read() { try Out.raw(piece) }
             }
-            if let r = reader as? LocalObjectReader {
+            if let r = reader as? ReplicaReadReporting {
                 for f in r.findings { Err.line("hsmbackup: warning: \(f)") }
                 if !r.repaired.isEmpty {
                     Err.line("hsmbackup: repaired replicas \(r.repaired.map(String.init).joined(separator: ","))")
@@ -300,11 +332,14 @@ struct StoreFsck: ParsableCommand {
         commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
         discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
 
+    @Option(name: .customLong("stale-upload-seconds"), help: "S3 store: abort multipart uploads under the prefix initiated at least this long ago (default 86400: a day).")
+    var staleUploadSeconds: UInt64?
     @OptionGroup var output: StoreJSONOption
 
     func run() throws {
         try StoreCLI.run {
             let store = try StoreCLI.open(removeStaleTemps: false)
+            if let s3 = store as? S3ObjectStore, let staleUploadSeconds { s3.staleUploadAgeMillis = staleUploadSeconds * 1000 }
             let catalog = try BackupCatalog(store: store)
             let fsck = store.fsck()
             let temps = fsck.tempsRemoved + (try catalog.removeStaleTemps())

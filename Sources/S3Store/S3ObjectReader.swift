@@ -1,0 +1,207 @@
+// A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11):
+// ranged GETs of `readWindowChunks` record chunks, each chunk checked against the reference
+// record before it is released, the next window fetched while the caller consumes this one; a
+// replica that fails or disagrees is dropped and the window is fetched again from the next.
+// At the end the object digest is checked and, with read-repair, bad replicas are rewritten.
+import BackupCrypto
+import Dispatch
+import Foundation
+import ObjectStore
+
+public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
+    public let info: ObjectInfo
+    public private(set) var findings: [ReplicaFinding]
+    public private(set) var repaired: [Int] = []
+    public private(set) var repairFailures: [ReplicaFinding] = []
+
+    let store: S3ObjectStore
+    let key: String
+    let record: ObjectRecord
+    private var candidates: [Int]
+    private let readRepair: Bool
+    private var chunk = 0
+    private var pieces: [[UInt8]] = []
+    private let hasher = SHA256Hasher()
+    private var finished = false
+    private var failure: StoreError?
+    /// The window being fetched ahead: its first chunk, replica and result.
+    private var ahead: (first: Int, replica: Int, box: LockedBox<Result<[[UInt8]], ReplicaFindingError>?>, group: DispatchGroup)?
+
+    init(store: S3ObjectStore, key: String, readRepair: Bool) throws {
+        self.store = store
+        self.key = key
+        self.readRepair = readRepair
+        let set = store.openRecords(key)
+        guard let ref = set.reference else { throw store.noGoodReplica(key, set.findings) }
+        record = ref.record
+        candidates = set.good.map(\.replica)
+        findings = set.findings
+        info = store.info(ref.record, replicas: candidates)
+    }
+
+    public func read() throws -> [UInt8]? {
+        if let failure { throw failure }
+        if finished { return nil }
+        if !pieces.isEmpty { return next() }
+        if chunk == record.chunkDigests.count { try finish(); return nil }
+        while let current = candidates.first {
+            let result: Result<[[UInt8]], ReplicaFindingError>
+            if let a = ahead, a.first == chunk, a.replica == current {
+                a.group.wait()
+                result = a.box.value!
+            } else {
+                result = store.fetchWindow(current, record: record, firstChunk: chunk)
+            }
+            ahead = nil
+            switch result {
+            case .success(let window):
+                pieces = window
+                prefetch(after: chunk + window.count, replica: current)
+                return next()
+            case .failure(let f):
+                findings.append(f.finding)
+                candidates.removeFirst()
+            }
+        }
+        let e = StoreError(.unrecoverable, key: key, "chunk \(chunk): no replica holds a good copy",
+                           findings: findings.sorted { $0.replica < $1.replica })
+        failure = e
+        throw e
+    }
+
+    private func next() -> [UInt8] {
+        let p = pieces.removeFirst()
+        hasher.update(p)
+        chunk += 1
+        return p
+    }
+
+    private func prefetch(after first: Int, replica: Int) {
+        guard first < record.chunkDigests.count else { return }
+        let box = LockedBox<Result<[[UInt8]], ReplicaFindingError>?>(nil)
+        let group = DispatchGroup()
+        let store = self.store, record = self.record
+        DispatchQueue.global().async(group: group) { box.mutate { $0 = store.fetchWindow(replica, record: record, firstChunk: first) } }
+        ahead = (first, replica, box, group)
+    }
+
+    private func finish() throws {
+        finished = true
+        guard hasher.finalize() == record.objectDigest else {
+            let e = StoreError(.unrecoverable, key: key, "object digest does not match its record", findings: findings)
+            failure = e
+            throw e
+        }
+        if record.size == 0 {
+            // Nothing was fetched: check that the object itself exists where its record does.
+            for i in candidates where (try? store.send(i, "HEAD", key)) == nil {
+                findings.append(ReplicaFinding(replica: i, path: store.replicaLocation(i) + "/" + key, problem: .missing, detail: "no object for its record"))
+            }
+        }
+        guard readRepair else { return }
+        let bad = Set(findings.filter { $0.problem != .replicaUnavailable }.map(\.replica))
+        for target in bad.sorted() {
+            do {
+                if try store.repair(key, target: target) { repaired.append(target) }
+            } catch {
+                repairFailures.append(store.replicaFinding(target, key, error))
+            }
+        }
+    }
+}
+
+extension S3ObjectStore {
+    /// Chunks `firstChunk...` (up to a window) of replica `i`, each checked against `record`.
+    func fetchWindow(_ i: Int, record: ObjectRecord, firstChunk: Int) -> Result<[[UInt8]], ReplicaFindingError> {
+        let last = min(firstChunk + Self.readWindowChunks, record.chunkDigests.count) - 1
+        let start = UInt64(firstChunk) * UInt64(record.chunkSize)
+        let end = UInt64(last) * UInt64(record.chunkSize) + UInt64(record.chunkLength(last)) - 1
+        let path = replicaLocation(i) + "/" + record.key
+        let resp: S3Response
+        do {
+            resp = try send(i, "GET", record.key, headers: [("Range", "bytes=\(start)-\(end)"), ("Accept-Encoding", "identity")])
+        } catch let e as S3ServiceError where e.status == 416 {
+            return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch, chunk: firstChunk,
+                                                               detail: "the object is shorter than its record's \(record.size) bytes")))
+        } catch {
+            return .failure(ReplicaFindingError(replicaFinding(i, record.key, error)))
+        }
+        var body = resp.body[...]
+        if resp.status == 206 {
+            if let total = resp.header("content-range")?.split(separator: "/").last.flatMap({ UInt64($0) }), total != record.size {
+                return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch,
+                                                                   detail: "the object has \(total) bytes, its record says \(record.size)")))
+            }
+        } else {
+            // A 200: the whole object (a server that ignores Range).
+            guard UInt64(body.count) == record.size else {
+                return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch,
+                                                                   detail: "the object has \(body.count) bytes, its record says \(record.size)")))
+            }
+            body = body[Int(start)...Int(end)]
+        }
+        var out: [[UInt8]] = []
+        for c in firstChunk...last {
+            let n = record.chunkLength(c)
+            guard body.count >= n else {
+                return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch, chunk: c,
+                                                                   detail: "short read at chunk \(c)")))
+            }
+            let bytes = Array(body.prefix(n))
+            body = body.dropFirst(n)
+            guard SHA256Hasher.hash(bytes) == record.chunkDigests[c] else {
+                return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .chunkMismatch, chunk: c,
+                                                                   detail: "chunk \(c) does not match its digest")))
+            }
+            out.append(bytes)
+        }
+        return .success(out)
+    }
+
+    /// Streams every chunk of replica `i` through its digest; nil when all is well.
+    func verify(_ i: Int, against record: ObjectRecord) -> ReplicaFinding? {
+        if record.size == 0 {
+            do { try send(i, "HEAD", record.key); return nil } catch { return replicaFinding(i, record.key, error) }
+        }
+        let hasher = SHA256Hasher()
+        var c = 0
+        while c < record.chunkDigests.count {
+            switch fetchWindow(i, record: record, firstChunk: c) {
+            case .success(let window):
+                for p in window { hasher.update(p) }
+                c += window.count
+            case .failure(let f): return f.finding
+            }
+        }
+        guard hasher.finalize() == record.objectDigest else {
+            return ReplicaFinding(replica: i, path: replicaLocation(i) + "/" + record.key, problem: .digestMismatch, detail: "object digest does not match")
+        }
+        return nil
+    }
+
+    /// Rewrites replica `target` of `key` from good replicas, every chunk verified against the
+    /// reference record; the record is copied as it is (same creation time). False when there was
+    /// nothing to do (the target is good, or no source).
+    func repair(_ key: String, target: Int) throws -> Bool {
+        if let problem = replicaStatus(target) { throw ReplicaFindingError(problem) }
+        let set = openRecords(key)
+        guard let ref = set.reference else { return false }
+        if set.good.contains(where: { $0.replica == target }), verify(target, against: ref.record) == nil { return false }
+        var sources = set.good.map(\.replica).filter { $0 != target }
+        guard !sources.isEmpty else { return false }
+        let w = try S3ObjectWriter(store: self, key: key, targets: [target], overwrite: true, createdMillis: ref.record.createdMillis)
+        var c = 0
+        while c < ref.record.chunkDigests.count {
+            guard let s = sources.first else { w.abort(); return false }
+            switch fetchWindow(s, record: ref.record, firstChunk: c) {
+            case .success(let window):
+                for p in window { try w.write(p) }
+                c += window.count
+            case .failure:
+                sources.removeFirst()
+            }
+        }
+        let report = try w.commit()
+        return report.written == [target]
+    }
+}

@@ -1,0 +1,295 @@
+// A put into an S3 store (spec/FORMAT.md section 5.11): the object streams into every usable
+// replica at once. Up to the single-PUT limit it is one create-only PUT per replica; above it, a
+// multipart upload per replica whose parts (each with its SHA-256 checksum) are uploaded in
+// parallel, at most `maxPartsInFlight` parts in memory whatever the object's size, and completed
+// create-only. The checksum record follows the object. A replica that fails is dropped (its
+// upload aborted); below the write quorum the whole put fails and nothing stays published.
+import BackupCrypto
+import ByteCoding
+import Dispatch
+import Foundation
+import ObjectStore
+
+public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
+    public let key: String
+    let store: S3ObjectStore
+    /// Repair mode: writes over whatever the targets hold (no If-None-Match), record included.
+    let overwrite: Bool
+    let fixedCreatedMillis: UInt64?
+    private let partSize: Int
+    private let singlePutLimit: Int
+
+    private let lock = NSLock()
+    /// Replicas still being written.
+    private var live: [Int]
+    private var failed: [ReplicaFinding] = []
+    private var alreadyExists: StoreError?
+    private var uploads: [Int: String] = [:]
+    private var parts: [Int: [Int: (etag: String, checksum: String)]] = [:]
+    private let group = DispatchGroup()
+    private let slots = DispatchSemaphore(value: S3ObjectStore.maxPartsInFlight)
+    private let queue = DispatchQueue(label: "s3.parts", attributes: .concurrent)
+
+    private var buffer: [UInt8] = []
+    private var partCount = 0
+    private var size: UInt64 = 0
+    private let hasher = SHA256Hasher()
+    private var chunkDigests: [[UInt8]] = []
+    private var finished = false
+    private var failure: StoreError?
+
+    init(store: S3ObjectStore, key: String, targets: [Int]? = nil, overwrite: Bool = false, createdMillis: UInt64? = nil) throws {
+        try ObjectKey.validate(key)
+        self.store = store
+        self.key = key
+        self.overwrite = overwrite
+        self.fixedCreatedMillis = createdMillis
+        partSize = store.configuration.partSize
+        singlePutLimit = store.configuration.singlePutLimit
+        var live: [Int] = []
+        for i in targets ?? Array(0..<store.replicaCount) {
+            if let p = store.replicaStatus(i) { failed.append(p) } else { live.append(i) }
+        }
+        self.live = live
+        if !overwrite {
+            // No rewriting: a key that any replica holds is refused before anything is sent.
+            let holders = S3ObjectStore.parallel(live) { i in (try? store.send(i, "HEAD", key)) != nil }
+            if let i = live.first(where: { holders[$0] == true }) {
+                throw StoreError(.alreadyExists, key: key, replica: i, path: store.replicaLocation(i) + "/" + key, "the key already holds an object")
+            }
+        }
+        buffer.reserveCapacity(partSize)
+        try checkQuorum("create")
+    }
+
+    deinit { abort() }
+
+    private var quorum: Int { overwrite ? 1 : store.writeQuorum }
+
+    private func checkQuorum(_ stage: String) throws {
+        lock.lock()
+        let n = live.count, f = failed, exists = alreadyExists
+        lock.unlock()
+        if let exists { fail(exists); throw exists }
+        guard n >= quorum else {
+            let e = StoreError(.quorumNotReached, key: key,
+                               "\(stage): \(n) of \(store.replicaCount) replicas writable, the write quorum is \(quorum)",
+                               findings: f.sorted { $0.replica < $1.replica })
+            fail(e)
+            throw e
+        }
+    }
+
+    private func fail(_ e: StoreError) {
+        if failure == nil { failure = e }
+        abort()
+    }
+
+    private func drop(_ i: Int, _ error: Error) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let at = live.firstIndex(of: i) else { return }
+        live.remove(at: at)
+        if let s = error as? S3ServiceError, s.isPreconditionFailed, !overwrite {
+            alreadyExists = StoreError(.alreadyExists, key: key, replica: i, path: store.replicaLocation(i) + "/" + key,
+                                       "the key already holds an object (\(s.code))")
+        }
+        failed.append(store.replicaFinding(i, key, error))
+    }
+
+    private func checkOpen() throws {
+        if let failure { throw failure }
+        guard !finished else { throw StoreError(.invalidState, key: key, "the writer was already committed or aborted") }
+    }
+
+    public func write(_ bytes: [UInt8]) throws {
+        try checkOpen()
+        size += UInt64(bytes.count)
+        guard size <= ObjectRecord.maxObjectSize else {
+            let e = StoreError(.limitExceeded, key: key, "object larger than \(ObjectRecord.maxObjectSize) bytes")
+            fail(e)
+            throw e
+        }
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            let n = min(partSize - buffer.count, rest.count)
+            buffer.append(contentsOf: rest.prefix(n))
+            rest = rest.dropFirst(n)
+            if buffer.count == partSize { try sealPart(last: false) }
+        }
+    }
+
+    /// Hashes the buffered bytes (record chunks and the whole object) and hands them to upload.
+    private func sealPart(last: Bool) throws {
+        let part = buffer
+        buffer = []
+        buffer.reserveCapacity(last ? 0 : partSize)
+        let chunk = ObjectRecord.defaultChunkSize
+        var at = 0
+        while at < part.count {
+            let end = min(at + chunk, part.count)
+            chunkDigests.append(SHA256Hasher.hash(part[at..<end]))
+            at = end
+        }
+        hasher.update(part)
+        if partCount == 0 && last && part.count <= singlePutLimit { return try singlePut(part) }
+        if partCount == 0 { try initiate() }
+        partCount += 1
+        try upload(part, number: partCount)
+    }
+
+    private func initiate() throws {
+        let targets = live
+        let results = S3ObjectStore.parallel(targets) { i -> Result<String, Error> in
+            do {
+                let resp = try self.store.send(i, "POST", self.key, query: [("uploads", "")],
+                                               headers: [("x-amz-checksum-algorithm", "SHA256")])
+                guard let id = XMLScan(resp.body).first("UploadId"), !id.isEmpty else {
+                    throw StoreError(.ioError, key: self.key, replica: i, "CreateMultipartUpload answered without an UploadId")
+                }
+                return .success(id)
+            } catch { return .failure(error) }
+        }
+        for i in targets {
+            switch results[i]! {
+            case .success(let id): lock.lock(); uploads[i] = id; parts[i] = [:]; lock.unlock()
+            case .failure(let e): drop(i, e)
+            }
+        }
+        try checkQuorum("initiate multipart upload")
+    }
+
+    /// Uploads one part to every live replica, in the background; waits while
+    /// `maxPartsInFlight` parts are already in flight (so memory stays bounded).
+    private func upload(_ part: [UInt8], number: Int) throws {
+        slots.wait()
+        try checkQuorum("upload part \(number)")
+        lock.lock()
+        let targets = live.compactMap { i in uploads[i].map { (i, $0) } }
+        lock.unlock()
+        let checksum = S3ObjectStore.checksumHeaders(part)
+        let remaining = LockedBox(targets.count)
+        for (i, uploadId) in targets {
+            queue.async(group: group) {
+                do {
+                    let resp = try self.store.send(i, "PUT", self.key, query: [("partNumber", String(number)), ("uploadId", uploadId)],
+                                                   headers: checksum, body: part)
+                    let etag = resp.header("etag") ?? ""
+                    self.lock.lock(); self.parts[i]?[number] = (etag, checksum[0].1); self.lock.unlock()
+                } catch {
+                    self.drop(i, error)
+                    self.abortUpload(i)
+                }
+                if remaining.mutate({ $0 -= 1; return $0 }) == 0 { self.slots.signal() }
+            }
+        }
+        if targets.isEmpty { slots.signal() }
+    }
+
+    private func singlePut(_ body: [UInt8]) throws {
+        var headers = S3ObjectStore.checksumHeaders(body)
+        if !overwrite { headers.append(("If-None-Match", "*")) }
+        let targets = live
+        let results = S3ObjectStore.parallel(targets) { i -> Error? in
+            do { try self.store.send(i, "PUT", self.key, headers: headers, body: body); return nil } catch { return error }
+        }
+        for i in targets { if let e = results[i]! { drop(i, e) } }
+    }
+
+    private func complete() throws {
+        group.wait()
+        try checkQuorum("upload parts")
+        lock.lock()
+        let targets = live.compactMap { i in uploads[i].map { (i, $0, parts[i] ?? [:]) } }
+        lock.unlock()
+        let n = partCount
+        let results = S3ObjectStore.parallel(targets.map(\.0)) { i -> Error? in
+            let (_, uploadId, done) = targets.first { $0.0 == i }!
+            guard done.count == n else {
+                return StoreError(.ioError, key: self.key, replica: i, "\(done.count) of \(n) parts uploaded")
+            }
+            var xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+            for p in 1...n {
+                xml += "<Part><PartNumber>\(p)</PartNumber><ETag>\(XMLScan.escape(done[p]!.etag))</ETag><ChecksumSHA256>\(done[p]!.checksum)</ChecksumSHA256></Part>"
+            }
+            xml += "</CompleteMultipartUpload>"
+            var headers: [(String, String)] = [("Content-Type", "application/xml")]
+            if !self.overwrite { headers.append(("If-None-Match", "*")) }
+            do {
+                let resp = try self.store.send(i, "POST", self.key, query: [("uploadId", uploadId)], headers: headers, body: Array(xml.utf8))
+                // A 200 can carry an <Error> body.
+                if XMLScan(resp.body).first("Code") != nil, XMLScan(resp.body).blocks("Error").count > 0 {
+                    throw S3ServiceError(status: 500, code: XMLScan(resp.body).first("Code")!, message: XMLScan(resp.body).first("Message") ?? "",
+                                         request: "POST \(self.key)?uploadId")
+                }
+                return nil
+            } catch { return error }
+        }
+        for (i, _, _) in targets {
+            if let e = results[i]! { drop(i, e); abortUpload(i) } else { lock.lock(); uploads[i] = nil; lock.unlock() }
+        }
+    }
+
+    private func abortUpload(_ i: Int) {
+        lock.lock()
+        let id = uploads.removeValue(forKey: i)
+        lock.unlock()
+        if let id { _ = try? store.send(i, "DELETE", key, query: [("uploadId", id)]) }
+    }
+
+    public func commit() throws -> PutReport {
+        try checkOpen()
+        if partCount == 0 || !buffer.isEmpty { try sealPart(last: true) }
+        if partCount > 0 { try complete() }
+        lock.lock()
+        let exists = alreadyExists, ours = live
+        lock.unlock()
+        if let exists, !overwrite {
+            // Another writer's object is there: undo ours on the replicas we did create.
+            _ = S3ObjectStore.parallel(ours) { i in _ = try? self.store.send(i, "DELETE", self.key) }
+            fail(exists)
+            throw exists
+        }
+        try checkQuorum("write")
+        let record = ObjectRecord(key: key, size: size, createdMillis: fixedCreatedMillis ?? store.clock.nowMillis(),
+                                  chunkSize: ObjectRecord.defaultChunkSize, chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+        let recordBytes = try record.encode()
+        let headers = S3ObjectStore.checksumHeaders(recordBytes)
+        let targets = live
+        let results = S3ObjectStore.parallel(targets) { i -> Error? in
+            do { try self.store.send(i, "PUT", self.store.recordName(self.key), headers: headers, body: recordBytes); return nil } catch { return error }
+        }
+        var published: [Int] = []
+        for i in targets { if let e = results[i]! { drop(i, e) } else { published.append(i) } }
+        guard published.count >= quorum else {
+            // Undo: a failed put leaves no object behind.
+            if !overwrite {
+                _ = S3ObjectStore.parallel(targets) { i in
+                    _ = try? self.store.send(i, "DELETE", self.key)
+                    _ = try? self.store.send(i, "DELETE", self.store.recordName(self.key))
+                }
+            }
+            let e = StoreError(.quorumNotReached, key: key,
+                               "publish: \(published.count) of \(store.replicaCount) replicas durable, the write quorum is \(quorum)",
+                               findings: failed.sorted { $0.replica < $1.replica })
+            fail(e)
+            throw e
+        }
+        finished = true
+        return PutReport(info: store.info(record, replicas: published), written: published.sorted(),
+                         failed: failed.sorted { $0.replica < $1.replica })
+    }
+
+    /// Aborts every multipart upload in progress; nothing is published. Safe to call more than once.
+    public func abort() {
+        if finished && uploads.isEmpty { return }
+        group.wait()
+        lock.lock()
+        let open = Array(uploads.keys)
+        lock.unlock()
+        for i in open { abortUpload(i) }
+        finished = true
+        if failure == nil, alreadyExists == nil, partCount == 0 { return }
+        // A single PUT or a completed upload whose commit failed later is undone by commit itself.
+    }
+}
