@@ -227,7 +227,7 @@ struct ScheduleRun: ParsableCommand {
             }, resolveKeys: { names in
                 // The CLI's own resolution: a local KMS key name, or an AWS KMS key (credentials,
                 // region and endpoint from the environment, as for `backup create`).
-                let options = EnvelopeKeyOptions()
+                let options = EnvelopeKeyOptions.with(kmsKeys: names, kmsDir: nil, rawKeys: [], namespaces: [], names: [])
                 return try names.map { try options.keyring(forKMSKey: $0) }
             }, log: { event in
                 // A log line that cannot be written must not stop the backups: stderr gets it.
