@@ -768,7 +768,7 @@ final class SourceScheduleTests: XCTestCase {
         XCTAssertEqual(bad.exitCode, 80, bad.description)
         let failed = events(bad, "aws", "backup").first
         XCTAssertEqual(failed?["outcome"], "failed", bad.description)
-        XCTAssertTrue(failed?["error"]?.isEmpty == false, bad.description)
+        XCTAssertTrue(failed?["error"]?.hasSuffix("(exit 67)") == true, "the key cannot be used with these credentials\n\(bad.description)")
         XCTAssertFalse(bad.stdout.contains("wrong-secret-key"), bad.description)
         XCTAssertEqual(events(bad, "local", "backup").first?["outcome"], "ok", bad.description)
         XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-aws").count, 1, "nothing stored for the failed run")
@@ -781,6 +781,7 @@ final class SourceScheduleTests: XCTestCase {
         let missing = try w.run(["schedule", "run"], environment: none)
         XCTAssertEqual(missing.exitCode, 80, missing.description)
         XCTAssertEqual(events(missing, "aws", "backup").first?["outcome"], "failed", missing.description)
+        XCTAssertTrue(events(missing, "aws", "backup").first?["error"]?.hasSuffix("(exit 64)") == true, "no credentials: a configuration error\n\(missing.description)")
 
         // And with the right ones again, the retry an hour later succeeds.
         let retry = try w.run(["schedule", "run"], environment: moto.env(at: Self.t0 + 86_400 + 7_300))

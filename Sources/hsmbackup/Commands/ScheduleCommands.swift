@@ -64,7 +64,14 @@ struct ScheduleCommand: ParsableCommand {
 
 struct ScheduleAdd: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "add", abstract: "Add a schedule: back up a source every interval, verify, apply retention.")
+        commandName: "add", abstract: "Add a schedule: back up a source every interval, verify, apply retention.",
+        discussion: """
+            The source is a simulated HSM (--hsm DIR) or a PKCS#11 token (--pkcs11 --module PATH --token LABEL). \
+            A token's user PIN is never an option or in the schedule file: `schedule run` reads it from \
+            HSMBACKUP_PKCS11_PIN, the systemd credential hsmbackup-pkcs11-pin (LoadCredential=), or the file \
+            named by HSMBACKUP_PKCS11_PIN_FILE. AWS KMS keys are given by key ARN; their credentials come from \
+            the environment of `schedule run`, as for `backup create`.
+            """)
 
     @Argument(help: "The schedule's name (1 to 64 of A-Z a-z 0-9 . _ -).") var name: String
     // The backup source: exactly one of --hsm DIR and --pkcs11 --module PATH --token LABEL.
