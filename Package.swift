@@ -53,6 +53,7 @@ let package = Package(
         // Schedules, `schedule run`, health status and the systemd/cron templates (issue 18).
         .target(name: "Scheduling", dependencies: [
             "HSMBackup", "ObjectStore", "Durability", "Envelope", "SimulatedHSM",
+            "HSMArchive", "BackupCrypto", "PKCS11HSM",
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         // Fuzz targets (issue 8): the shared logic, and one runner (libFuzzer or replay).
@@ -83,7 +84,7 @@ let package = Package(
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
-        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore"]),
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore", "BackupCrypto"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
                     resources: [.copy("Vectors")]),
         .testTarget(name: "AWSKMSTests", dependencies: ["AWSKMS", "AWSCore", "Envelope", "BackupCrypto", "ByteCoding", "hsmbackup"]),

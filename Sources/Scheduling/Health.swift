@@ -23,6 +23,8 @@ public struct HealthReport: Codable, Sendable {
         public var name: String
         public var cluster: String
         public var source: String
+        /// The source's kind, as in the schedule file: `simulated-hsm` or `pkcs11`.
+        public var sourceKind: String
         public var every: Interval
         public var verify: VerificationLevel
         public var lastRun: String?
@@ -103,7 +105,7 @@ public enum Health {
         let schedules = file.schedules.map { s -> HealthReport.ScheduleHealth in
             let r = state.schedules[s.name]
             return HealthReport.ScheduleHealth(
-                name: s.name, cluster: s.cluster, source: s.source.description, every: s.every, verify: s.verify,
+                name: s.name, cluster: s.cluster, source: s.source.description, sourceKind: s.source.kind, every: s.every, verify: s.verify,
                 lastRun: r?.lastRun, lastOutcome: r?.lastOutcome, lastError: r?.lastError, lastBackupId: r?.lastBackupId,
                 lastSuccess: r?.lastSuccess, consecutiveFailures: r?.consecutiveFailures ?? 0, lastVerification: r?.lastVerification,
                 nextRun: Timestamp.rfc3339(DueRules.nextRun(s, r)))

@@ -27,6 +27,8 @@ public struct SchedulingError: Error, CustomStringConvertible, Sendable {
         case io
         /// A scheduled verification found errors in the new backup.
         case verificationFailed
+        /// A PKCS#11 schedule found no user PIN (environment, systemd credential or PIN file).
+        case credentialMissing
     }
     public let code: Code
     public let path: String?
@@ -110,16 +112,29 @@ public struct Interval: Codable, Hashable, Sendable, CustomStringConvertible, Co
 public enum ScheduleSource: Codable, Equatable, Sendable, CustomStringConvertible {
     /// A simulated HSM's state directory (`--hsm DIR`), stored as an absolute path.
     case simulatedHSM(directory: String)
-    // A PKCS#11 token (`--pkcs11 --module PATH --token LABEL`) goes here as another case, e.g.
-    // `case pkcs11(module: String, tokenLabel: String)` with kind "pkcs11"; `ScheduleRunner`
-    // opens sources in one place (`openSource`), and `schedule add` builds them in one place.
+    /// A PKCS#11 token (`--pkcs11 --module PATH --token LABEL`): the module stored as an absolute
+    /// path, the token by its label. `allowPartial`: a backup that skips objects the token will
+    /// not export still succeeds (listing them); otherwise it fails the schedule. The user PIN is
+    /// never here: `schedule run` reads it at run time (`PKCS11PIN`).
+    case pkcs11(module: String, tokenLabel: String, allowPartial: Bool)
 
-    private enum CodingKeys: String, CodingKey { case kind, directory }
+    private enum CodingKeys: String, CodingKey { case kind, directory, module, token, allowPartial }
+
+    /// The `kind` written to the file.
+    public var kind: String {
+        switch self {
+        case .simulatedHSM: return "simulated-hsm"
+        case .pkcs11: return "pkcs11"
+        }
+    }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         switch try c.decode(String.self, forKey: .kind) {
         case "simulated-hsm": self = .simulatedHSM(directory: try c.decode(String.self, forKey: .directory))
+        case "pkcs11":
+            self = .pkcs11(module: try c.decode(String.self, forKey: .module), tokenLabel: try c.decode(String.self, forKey: .token),
+                           allowPartial: try c.decodeIfPresent(Bool.self, forKey: .allowPartial) ?? false)
         case let other:
             throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown backup source kind \"\(other)\"")
         }
@@ -127,16 +142,22 @@ public enum ScheduleSource: Codable, Equatable, Sendable, CustomStringConvertibl
 
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(kind, forKey: .kind)
         switch self {
         case .simulatedHSM(let dir):
-            try c.encode("simulated-hsm", forKey: .kind)
             try c.encode(dir, forKey: .directory)
+        case .pkcs11(let module, let token, let allowPartial):
+            try c.encode(module, forKey: .module)
+            try c.encode(token, forKey: .token)
+            try c.encode(allowPartial, forKey: .allowPartial)
         }
     }
 
     public var description: String {
         switch self {
         case .simulatedHSM(let dir): return "hsm \(dir)"
+        case .pkcs11(let module, let token, let allowPartial):
+            return "pkcs11 token \"\(token)\" module \(module)\(allowPartial ? " (allow partial)" : "")"
         }
     }
 }

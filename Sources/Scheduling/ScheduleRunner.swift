@@ -1,7 +1,9 @@
 import Envelope
 import Foundation
+import HSMArchive
 import HSMBackup
 import ObjectStore
+import PKCS11HSM
 import SimulatedHSM
 
 /// One log line: `key=value` pairs, one event per line, for journald and `grep`. A value with a
@@ -125,11 +127,13 @@ public final class ScheduleRunner {
         // The store is opened once; if it cannot be, every due job fails with that reason.
         let service: Result<BackupService, Error> = Result { try BackupService(storeRoot: home.store, clock: clock) }
         let kms = LocalKMS(directory: home.kms)
+        // PKCS#11 user PINs, read at most once per run and wiped when the run ends.
+        let pins = PKCS11PINSource()
 
         for s in file.schedules where DueRules.isDue(s, state.schedules[s.name], now: started) {
             summary.due.append(s.name)
             var record = state.schedules[s.name] ?? ScheduleRecord()
-            let ok = runOne(s, &record, service: service, kms: kms)
+            let ok = runOne(s, &record, service: service, kms: kms, pins: pins)
             state.schedules[s.name] = record
             if ok { summary.succeeded.append(s.name) } else { summary.failed.append(s.name) }
             try saveState(&state, file)
@@ -164,16 +168,35 @@ public final class ScheduleRunner {
         return String(format: "%.3f", Double(ms) / 1000)
     }
 
-    /// Opens a schedule's source. The one place a new `ScheduleSource` kind is opened.
-    static func openSource(_ source: ScheduleSource) throws -> SimulatedHSM {
+    /// An opened source: the device, the cluster its backups are filed under, and (PKCS#11) what
+    /// its last backup skipped.
+    struct OpenedSource {
+        let device: any BackupSource & RestoreTarget
+        let cluster: String
+        let skipped: () -> Int
+    }
+
+    /// Opens a schedule's source. The one place a `ScheduleSource` kind is opened. A PKCS#11
+    /// token is logged into with the PIN from `pins` (never the schedule file).
+    static func openSource(_ source: ScheduleSource, schedule: Schedule, pins: PKCS11PINSource) throws -> OpenedSource {
         switch source {
-        case .simulatedHSM(let dir): return try SimulatedHSM.open(at: dir)
+        case .simulatedHSM(let dir):
+            let hsm = try SimulatedHSM.open(at: dir)
+            return OpenedSource(device: hsm, cluster: hsm.identity.clusterId, skipped: { 0 })
+        case .pkcs11(let module, let token, let allowPartial):
+            var options = PKCS11Options()
+            options.clusterId = schedule.cluster
+            options.allowPartial = allowPartial
+            let pin = try pins.pin(schedule: schedule.name, token: token)
+            let hsm = try PKCS11HSM(modulePath: module, tokenLabel: token, userPIN: pin, options: options)
+            return OpenedSource(device: hsm, cluster: hsm.metadata.clusterId, skipped: { hsm.lastBackup?.skipped.count ?? 0 })
         }
     }
 
     private enum Step: String { case backup, verify, retention }
 
-    private func runOne(_ s: Schedule, _ record: inout ScheduleRecord, service: Result<BackupService, Error>, kms: LocalKMS) -> Bool {
+    private func runOne(_ s: Schedule, _ record: inout ScheduleRecord, service: Result<BackupService, Error>, kms: LocalKMS,
+                        pins: PKCS11PINSource) -> Bool {
         let start = nowSeconds
         record.lastRun = Timestamp.rfc3339(start)
         var step = Step.backup
@@ -192,8 +215,9 @@ public final class ScheduleRunner {
         }
         do {
             let service = try service.get()
-            let hsm = try Self.openSource(s.source)
-            cluster = hsm.identity.clusterId
+            let source = try Self.openSource(s.source, schedule: s, pins: pins)
+            let hsm = source.device
+            cluster = source.cluster
             let keyrings = try resolveKeys?(s.kmsKeys) ?? s.kmsKeys.map { try kms.keyring($0) as Keyring }
             var options = ArchiveOptions()
             options.createdAt = start
@@ -202,10 +226,13 @@ public final class ScheduleRunner {
             let created = try service.createBackup(of: hsm, keyrings: keyrings, options: options, tags: tags)
             backupId = created.entry.backupId
             record.lastBackupId = backupId
-            event("ok", [("bytes", "\(created.archive.archiveBytes)")])
+            var backupFields = [("source", s.source.kind), ("bytes", "\(created.archive.archiveBytes)")]
+            if case .pkcs11 = s.source { backupFields.append(("skipped", "\(source.skipped())")) }
+            event("ok", backupFields)
 
             step = .verify
-            let verifyHSM = s.verify == .full ? try s.verifyOn.map(Self.openSource) ?? hsm : nil
+            let verifyHSM: (any RestoreTarget)? = s.verify == .full
+                ? try s.verifyOn.map { try Self.openSource($0, schedule: s, pins: pins).device } ?? hsm : nil
             // The schedule's own keyrings open what they wrapped; the local KMS opens any local key.
             let keys = VerificationKeys(keyrings: keyrings + [kms.decryptionKeyring], hsm: verifyHSM)
             let report = try service.verify(created.entry.backupId, level: s.verify, keys: keys)

@@ -18,6 +18,11 @@ public struct UnitOptions: Sendable {
     public var prometheusFile: String?
     /// Other paths the service must write: the store's replica directories outside the home.
     public var extraWritable: [String] = []
+    /// Where systemd reads the PKCS#11 user PIN from (`LoadCredential=hsmbackup-pkcs11-pin:PATH`);
+    /// nil: the line is written commented out (no PKCS#11 schedule yet).
+    public var pkcs11PINFile: String?
+    /// The default of `pkcs11PINFile` when the home has a PKCS#11 schedule.
+    public static let defaultPKCS11PINFile = "/etc/hsmbackup/pkcs11-pin"
 
     public init(binary: String, home: String) { self.binary = binary; self.home = home }
 
@@ -26,6 +31,7 @@ public struct UnitOptions: Sendable {
     public func validate() throws {
         var paths = [("--binary", binary), ("--home", home)]
         if let p = prometheusFile { paths.append(("--prometheus", p)) }
+        if let p = pkcs11PINFile { paths.append(("--pkcs11-pin-file", p)) }
         paths += extraWritable.map { ("replica directory", $0) }
         for (what, p) in paths {
             guard p.hasPrefix("/") else { throw SchedulingError(.invalidArgument, "\(what) \(p): give an absolute path (units and crontab have no working directory)") }
@@ -49,6 +55,13 @@ public enum Units {
             // `-`: a stale status (non-zero) must not mark the run failed; the file is what matters.
             "ExecStopPost=-\(o.binary) --home \(o.home) status --prometheus \($0)\n"
         } ?? ""
+        // The PKCS#11 user PIN: systemd copies the file (root-only) into $CREDENTIALS_DIRECTORY,
+        // readable by this service alone; `schedule run` reads it there (never argv, never the unit).
+        let credential = o.pkcs11PINFile.map {
+            "# The PKCS#11 user PIN (a root-only file holding the PIN), read by `schedule run` from $CREDENTIALS_DIRECTORY.\n"
+                + "LoadCredential=\(PKCS11PINSource.credentialName):\($0)\n"
+        } ?? "# For PKCS#11 schedules: the user PIN from a root-only file, read by `schedule run` from $CREDENTIALS_DIRECTORY.\n"
+            + "#LoadCredential=\(PKCS11PINSource.credentialName):\(UnitOptions.defaultPKCS11PINFile)\n"
         let writable = [o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])
         return """
             # Written by `hsmbackup schedule install --systemd`. Runs what is due, once, and exits;
@@ -64,7 +77,7 @@ public enum Units {
             Type=oneshot
             \(o.user.map { "User=\($0)\n" } ?? "")Environment=HSMBACKUP_HOME=\(o.home)
             ExecStart=\(o.binary) --home \(o.home) schedule run
-            \(statusLine)SyslogIdentifier=\(o.name)
+            \(statusLine)\(credential)SyslogIdentifier=\(o.name)
             UMask=0077
             Nice=10
             IOSchedulingClass=best-effort

@@ -464,3 +464,328 @@ enum External {
                       stderr: String(decoding: try Data(contentsOf: e), as: UTF8.self))
     }
 }
+
+/// Schedules whose source is a PKCS#11 token (SoftHSM2, a token directory per test) and whose
+/// keys are AWS KMS keys (moto, started by scripts/aws/with-moto.sh). Every `schedule run` is a
+/// process of its own on the test's clock; the PIN and the AWS credentials travel only in the
+/// environment (or a credential file), never in the schedule file.
+final class SourceScheduleTests: XCTestCase {
+    static let module = "/usr/lib/softhsm/libsofthsm2.so"
+    static let soPIN = "so-pin-5150"
+    static let userPIN = "user-pin-8086"
+    static let t0 = ScheduleTests.t0
+
+    /// A SoftHSM2 configuration of this test's own; fails (HSMBACKUP_REQUIRE_EXTERNAL=1) or skips without SoftHSM.
+    struct SoftHSM {
+        let conf: String
+        let dir: String
+
+        init(_ w: CLIWorld) throws {
+            let missing = [SourceScheduleTests.module, "/usr/bin/softhsm2-util", "/usr/bin/pkcs11-tool"].filter { !FileManager.default.fileExists(atPath: $0) }
+            if !missing.isEmpty {
+                let message = "SoftHSM2 / OpenSC missing (\(missing.joined(separator: ", "))): run `make deps`"
+                if ProcessInfo.processInfo.environment["HSMBACKUP_REQUIRE_EXTERNAL"] == "1" {
+                    XCTFail(message)
+                    throw XCTSkip("failed: " + message)
+                }
+                throw XCTSkip(message)
+            }
+            dir = w.path("softhsm")
+            try FileManager.default.createDirectory(atPath: dir + "/tokens", withIntermediateDirectories: true)
+            conf = dir + "/softhsm2.conf"
+            try "directories.tokendir = \(dir)/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
+                .write(toFile: conf, atomically: true, encoding: .utf8)
+        }
+
+        /// The environment of a run with (or without) the user PIN.
+        func env(pin: String? = SourceScheduleTests.userPIN, at t: UInt64? = nil, extra: [String: String] = [:]) -> [String: String] {
+            var e = ["SOFTHSM2_CONF": conf, "HSMBACKUP_PKCS11_SO_PIN": SourceScheduleTests.soPIN]
+            if let pin { e["HSMBACKUP_PKCS11_PIN"] = pin }
+            if let t { e["HSMBACKUP_TEST_CLOCK"] = "\(t)" }
+            for (k, v) in extra { e[k] = v }
+            return e
+        }
+
+        func tool(_ path: String, _ args: [String]) throws {
+            let r = try External.run(path, args, environment: ["SOFTHSM2_CONF": conf])
+            XCTAssertEqual(r.exitCode, 0, "\(path) \(args.joined(separator: " ")): \(r.output)")
+        }
+
+        /// A token provisioned for manufacturer acme (the world's operator key), holding two
+        /// extractable keys, and (`locked`) one the token will not export.
+        func token(_ w: CLIWorld, _ label: String, locked: Bool = false) throws {
+            try tool("/usr/bin/softhsm2-util", ["--init-token", "--free", "--label", label, "--so-pin", SourceScheduleTests.soPIN,
+                                                "--pin", SourceScheduleTests.userPIN])
+            let r = try w.run(["pkcs11", "provision", "--module", SourceScheduleTests.module, "--token", label, "--manufacturer", "acme"], environment: env())
+            XCTAssertEqual(r.exitCode, 0, r.description)
+            let login = ["--module", SourceScheduleTests.module, "--token-label", label, "--login", "--pin", SourceScheduleTests.userPIN]
+            try tool("/usr/bin/pkcs11-tool", login + ["--keygen", "--key-type", "AES:32", "--label", "aes-1", "--id", "01", "--extractable"])
+            try tool("/usr/bin/pkcs11-tool", login + ["--keygen", "--key-type", "GENERIC:32", "--label", "hmac-1", "--id", "02", "--extractable"])
+            if locked {
+                try tool("/usr/bin/pkcs11-tool", login + ["--keygen", "--key-type", "AES:32", "--label", "locked", "--id", "03", "--sensitive"])
+            }
+        }
+    }
+
+    func events(_ r: CLIRun, _ schedule: String, _ event: String) -> [[String: String]] {
+        ScheduleTests.logEvents(r).filter { $0["schedule"] == schedule && $0["event"] == event }
+    }
+
+    // MARK: PKCS#11
+
+    func testAPKCS11ScheduleOverSimulatedDaysAndWithoutItsPIN() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let hsm = try SoftHSM(w)
+        try hsm.token(w, "daily-token")
+        let sim = try w.makeHSM(keys: 3, cluster: "c-sim")
+        // `schedule add` needs no PIN: it checks the module and the token, and stores neither PIN nor secret.
+        let add = try w.run(["schedule", "add", "tok", "--pkcs11", "--module", Self.module, "--token", "daily-token", "--cluster", "c-tok",
+                             "--kms-key", "k1", "--every", "24h", "--verify", "full"], environment: hsm.env(pin: nil, at: Self.t0))
+        XCTAssertEqual(add.exitCode, 0, add.description)
+        XCTAssertTrue(add.stdout.contains("HSMBACKUP_PKCS11_PIN"), "says where the run reads the PIN\n\(add.description)")
+        try ScheduleTests.run(w, ["schedule", "add", "sim", "--hsm", sim, "--kms-key", "k1", "--every", "24h"], at: Self.t0).assertExit(0)
+        let file = try String(contentsOfFile: w.home + "/schedules.json", encoding: .utf8)
+        let stored = try XCTUnwrap((try JSON.object(file)["schedules"] as? [[String: Any]])?.first { $0["name"] as? String == "tok" })
+        let source = try XCTUnwrap(stored["source"] as? [String: Any])
+        XCTAssertEqual(source["kind"] as? String, "pkcs11")
+        XCTAssertEqual(source["module"] as? String, Self.module)
+        XCTAssertEqual(source["token"] as? String, "daily-token")
+        XCTAssertEqual(source["allowPartial"] as? Bool, false)
+        XCTAssertEqual(stored["cluster"] as? String, "c-tok")
+        XCTAssertFalse(file.contains(Self.userPIN) || file.contains(Self.soPIN), file)
+
+        // Three simulated days: a backup of the token each day, verified by a dry-run restore on it.
+        for day in UInt64(0)..<3 {
+            let r = try w.run(["schedule", "run"], environment: hsm.env(at: Self.t0 + day * 86_400 + 600))
+            XCTAssertEqual(r.exitCode, 0, r.description)
+            let backup = events(r, "tok", "backup"), verify = events(r, "tok", "verify")
+            XCTAssertEqual(backup.first?["outcome"], "ok", r.description)
+            XCTAssertEqual(backup.first?["source"], "pkcs11", r.description)
+            XCTAssertEqual(backup.first?["skipped"], "0", r.description)
+            XCTAssertEqual(backup.first?["cluster"], "c-tok", r.description)
+            XCTAssertEqual(verify.first?["outcome"], "ok", r.description)
+            XCTAssertEqual(verify.first?["level"], "full", r.description)
+            XCTAssertEqual(events(r, "sim", "backup").first?["outcome"], "ok", r.description)
+            XCTAssertFalse(r.stdout.contains(Self.userPIN) || r.stderr.contains(Self.userPIN), r.description)
+            // An hour later nothing is due.
+            let idle = try w.run(["schedule", "run"], environment: hsm.env(at: Self.t0 + day * 86_400 + 4_200))
+            XCTAssertEqual(idle.exitCode, 0, idle.description)
+            XCTAssertEqual(ScheduleTests.logEvents(idle).filter { $0["event"] == "backup" }.count, 0, idle.description)
+        }
+        let tokBackups = try ScheduleTests.backups(w, cluster: "c-tok")
+        XCTAssertEqual(tokBackups.count, 3)
+        XCTAssertTrue(tokBackups.allSatisfy { $0["state"] as? String == "READY" })
+        // Each backup of the token restores: a dry run onto it by hand agrees with the schedule's verification.
+        let newest = try XCTUnwrap(tokBackups.max { ($0["createdMillis"] as! Int) < ($1["createdMillis"] as! Int) }?["backupId"] as? String)
+        let full = try w.run(["verify", newest, "--level", "full", "--pkcs11", "--module", Self.module, "--token", "daily-token"], environment: hsm.env())
+        XCTAssertEqual(full.exitCode, 0, full.description)
+        XCTAssertEqual(tokBackups.compactMap { $0["createdMillis"] as? Int }.sorted(),
+                       (0..<3).map { Int((Self.t0 + UInt64($0) * 86_400 + 600) * 1000) }, "stamped by the schedule's clock")
+
+        // status shows the source kind, per schedule.
+        let st = try w.run(["status", "--json"], environment: hsm.env(at: Self.t0 + 2 * 86_400 + 700))
+        XCTAssertEqual(st.exitCode, 0, st.description)
+        let rows = try XCTUnwrap(try JSON.object(st.stdout)["schedules"] as? [[String: Any]])
+        XCTAssertEqual(rows.first { $0["name"] as? String == "tok" }?["sourceKind"] as? String, "pkcs11")
+        XCTAssertEqual(rows.first { $0["name"] as? String == "sim" }?["sourceKind"] as? String, "simulated-hsm")
+        let text = try w.run(["status"], environment: hsm.env(at: Self.t0 + 2 * 86_400 + 700))
+        XCTAssertTrue(text.stdout.contains("schedule tok  source pkcs11  cluster c-tok"), text.description)
+
+        // Day 3 without a PIN: the token's schedule fails, saying where a PIN would come from;
+        // the other schedule still runs.
+        let noPIN = try w.run(["schedule", "run"], environment: hsm.env(pin: nil, at: Self.t0 + 3 * 86_400 + 600))
+        XCTAssertEqual(noPIN.exitCode, 80, noPIN.description)
+        let failed = events(noPIN, "tok", "backup")
+        XCTAssertEqual(failed.first?["outcome"], "failed", noPIN.description)
+        XCTAssertTrue(failed.first?["error"]?.contains("no user PIN for PKCS#11 token \"daily-token\"") == true, noPIN.description)
+        XCTAssertTrue(failed.first?["error"]?.contains("LoadCredential=") == true, noPIN.description)
+        XCTAssertEqual(events(noPIN, "sim", "backup").first?["outcome"], "ok", noPIN.description)
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-tok").count, 3, "nothing was stored for the failed run")
+        let stale = try w.run(["status"], environment: hsm.env(pin: nil, at: Self.t0 + 3 * 86_400 + 700))
+        XCTAssertTrue(stale.stdout.contains("no user PIN"), stale.description)
+
+        // An hour later, the PIN as a systemd credential ($CREDENTIALS_DIRECTORY): the retry succeeds.
+        let creds = w.path("credentials")
+        try FileManager.default.createDirectory(atPath: creds, withIntermediateDirectories: true)
+        try (Self.userPIN + "\n").write(toFile: creds + "/hsmbackup-pkcs11-pin", atomically: true, encoding: .utf8)
+        let retry = try w.run(["schedule", "run"], environment: hsm.env(pin: nil, at: Self.t0 + 3 * 86_400 + 4_300, extra: ["CREDENTIALS_DIRECTORY": creds]))
+        XCTAssertEqual(retry.exitCode, 0, retry.description)
+        XCTAssertEqual(events(retry, "tok", "verify").first?["outcome"], "ok", retry.description)
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-tok").count, 4)
+
+        // A wrong PIN in a PIN file (HSMBACKUP_PKCS11_PIN_FILE, for cron) fails that schedule only, at login.
+        let pinFile = w.path("pin")
+        try "not-the-pin".write(toFile: pinFile, atomically: true, encoding: .utf8)
+        let wrong = try w.run(["schedule", "run"], environment: hsm.env(pin: nil, at: Self.t0 + 4 * 86_400 + 4_300, extra: ["HSMBACKUP_PKCS11_PIN_FILE": pinFile]))
+        XCTAssertEqual(wrong.exitCode, 80, wrong.description)
+        XCTAssertEqual(events(wrong, "tok", "backup").first?["outcome"], "failed", wrong.description)
+        XCTAssertEqual(events(wrong, "sim", "backup").first?["outcome"], "ok", wrong.description)
+        XCTAssertFalse(wrong.stdout.contains("not-the-pin"), wrong.description)
+    }
+
+    func testAPKCS11BackupThatWouldSkipKeysFailsUnlessAllowPartial() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let hsm = try SoftHSM(w)
+        try hsm.token(w, "locked-token", locked: true)
+        for (name, extra) in [("strict", [String]()), ("lenient", ["--allow-partial"])] {
+            let r = try w.run(["schedule", "add", name, "--pkcs11", "--module", Self.module, "--token", "locked-token", "--cluster", "c-\(name)",
+                               "--kms-key", "k1", "--every", "24h", "--verify", "full"] + extra, environment: hsm.env(pin: nil, at: Self.t0))
+            XCTAssertEqual(r.exitCode, 0, r.description)
+        }
+        let r = try w.run(["schedule", "run"], environment: hsm.env(at: Self.t0 + 60))
+        XCTAssertEqual(r.exitCode, 80, r.description)
+        let strict = events(r, "strict", "backup").first, lenient = events(r, "lenient", "backup").first
+        XCTAssertEqual(strict?["outcome"], "failed", r.description)
+        XCTAssertTrue(strict?["error"]?.contains("locked") == true, "the error names the key not backed up\n\(r.description)")
+        XCTAssertEqual(lenient?["outcome"], "ok", r.description)
+        XCTAssertEqual(lenient?["skipped"], "1", r.description)
+        XCTAssertEqual(events(r, "lenient", "verify").first?["outcome"], "ok", r.description)
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-strict").count, 0, "a refused partial backup stores nothing")
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-lenient").count, 1)
+    }
+
+    func testScheduleAddRefusalsForPKCS11AndTheUnitsLoadThePINCredential() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let hsm = try SoftHSM(w)
+        try hsm.token(w, "T")
+        let base = ["--kms-key", "k1", "--every", "24h"]
+        let refusals: [([String], Int32, String)] = [
+            (["schedule", "add", "a", "--pkcs11"] + base, 64, "--pkcs11 needs --module PATH and --token LABEL"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module] + base, 64, "--pkcs11 needs --module PATH and --token LABEL"),
+            (["schedule", "add", "a", "--pkcs11", "--token", "T"] + base, 64, "--pkcs11 needs --module PATH and --token LABEL"),
+            (["schedule", "add", "a", "--module", Self.module, "--token", "T"] + base, 64, "--module, --token and --cluster go with --pkcs11"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module, "--token", "T", "--hsm", w.sourceHSM] + base, 64, "give one"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module, "--token", "T", "--pin", Self.userPIN] + base, 64, "--pin"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module, "--token", "T", "--user-pin", Self.userPIN] + base, 64, "--user-pin"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module, "--token", "T", "--verify", "full", "--verify-hsm", w.targetHSM] + base, 64, "--verify-hsm is for --hsm schedules"),
+            (["schedule", "add", "a", "--hsm", w.sourceHSM, "--allow-partial"] + base, 64, "--allow-partial goes with --pkcs11"),
+            (["schedule", "add", "a", "--pkcs11", "--module", Self.module, "--token", "no-such-token"] + base, 66, "no-such-token"),
+            (["schedule", "add", "a", "--pkcs11", "--module", w.root + "/missing.so", "--token", "T"] + base, 66, "missing.so"),
+            (["schedule", "add", "a", "--hsm", w.sourceHSM, "--kms-key", "alias/backups", "--every", "24h"], 64, "an alias only encrypts"),
+            (["schedule", "add", "a", "--hsm", w.sourceHSM, "--kms-key", "arn:aws:kms:us-east-1:123456789012:alias/b", "--every", "24h"], 64, "an alias only encrypts"),
+            (["schedule", "add", "a", "--hsm", w.sourceHSM, "--kms-key", "arn:aws:kms:nowhere", "--every", "24h"], 64, "arn:aws:kms:nowhere"),
+        ]
+        for (args, code, message) in refusals {
+            let r = try w.run(args, environment: hsm.env(pin: nil, at: Self.t0))
+            XCTAssertEqual(r.exitCode, code, r.description)
+            XCTAssertTrue(r.stderr.contains(message), "\(message) in\n\(r.description)")
+            let stored = (try? String(contentsOfFile: w.home + "/schedules.json", encoding: .utf8)) ?? ""
+            XCTAssertFalse(stored.contains("\"a\""), "nothing stored\n\(r.description)")
+        }
+        XCTAssertFalse(try w.run(["schedule", "add", "--help"]).stdout.contains("--pin "), "there is no PIN option")
+
+        // Without a PKCS#11 schedule the service carries the credential line commented out; with
+        // one it loads the PIN file as the credential `schedule run` reads.
+        let plain = w.path("units")
+        try w.expect(0, ["schedule", "install", "--systemd", plain, "--binary", CLI.binary.path])
+        let before = try String(contentsOfFile: plain + "/hsmbackup.service", encoding: .utf8)
+        XCTAssertTrue(before.split(separator: "\n").contains("#LoadCredential=hsmbackup-pkcs11-pin:/etc/hsmbackup/pkcs11-pin"), before)
+        XCTAssertFalse(before.split(separator: "\n").contains { $0.hasPrefix("LoadCredential=") }, before)
+        let add = try w.run(["schedule", "add", "tok", "--pkcs11", "--module", Self.module, "--token", "T", "--kms-key", "k1", "--every", "24h"],
+                            environment: hsm.env(pin: nil, at: Self.t0))
+        XCTAssertEqual(add.exitCode, 0, add.description)
+        let units = w.path("units")
+        try w.expect(0, ["schedule", "install", "--systemd", units, "--binary", CLI.binary.path])
+        let service = try String(contentsOfFile: units + "/hsmbackup.service", encoding: .utf8)
+        XCTAssertTrue(service.split(separator: "\n").contains("LoadCredential=hsmbackup-pkcs11-pin:/etc/hsmbackup/pkcs11-pin"), service)
+        XCTAssertFalse(service.contains(Self.userPIN), service)
+        let custom = w.path("units")
+        try w.expect(0, ["schedule", "install", "--systemd", custom, "--binary", CLI.binary.path, "--pkcs11-pin-file", "/etc/credstore/token-pin"])
+        XCTAssertTrue(try String(contentsOfFile: custom + "/hsmbackup.service", encoding: .utf8).contains("LoadCredential=hsmbackup-pkcs11-pin:/etc/credstore/token-pin\n"))
+        try w.expect(64, ["schedule", "install", "--systemd", custom, "--binary", CLI.binary.path, "--pkcs11-pin-file", "relative/pin"])
+        if let analyze = External.find("systemd-analyze") {
+            let ok = try External.run(analyze, ["verify", "--man=no", units + "/hsmbackup.service", units + "/hsmbackup.timer"])
+            let ours = ok.output.split(separator: "\n").filter { $0.contains("hsmbackup.service") || $0.contains("hsmbackup.timer") }
+            XCTAssertEqual(ours, [], ok.output)
+        }
+    }
+
+    // MARK: AWS KMS
+
+    /// moto's endpoint and keys (scripts/aws/moto.sh), or a skip / failure (HSMBACKUP_REQUIRE_EXTERNAL=1).
+    struct Moto {
+        let endpoint: String, region: String, accessKeyID: String, secret: String, venv: String
+
+        static func require() throws -> Moto {
+            let env = ProcessInfo.processInfo.environment
+            guard let e = env["HSMBACKUP_TEST_AWS_ENDPOINT"], let a = env["HSMBACKUP_TEST_AWS_ACCESS_KEY_ID"],
+                  let s = env["HSMBACKUP_TEST_AWS_SECRET_ACCESS_KEY"], let v = env["HSMBACKUP_TEST_AWS_VENV"] else {
+                let why = "no moto server: run through `make test` or scripts/aws/with-moto.sh (HSMBACKUP_TEST_AWS_* unset)"
+                if env["HSMBACKUP_REQUIRE_EXTERNAL"] == "1" { XCTFail(why); throw XCTSkip("failed: " + why) }
+                throw XCTSkip(why)
+            }
+            return Moto(endpoint: e, region: env["HSMBACKUP_TEST_AWS_REGION"] ?? "us-east-1", accessKeyID: a, secret: s, venv: v)
+        }
+
+        /// What a process needs to reach moto; `secret` overrides the secret key (wrong credentials).
+        func env(secret: String? = nil, at t: UInt64? = nil) -> [String: String] {
+            var e = ["AWS_ACCESS_KEY_ID": accessKeyID, "AWS_SECRET_ACCESS_KEY": secret ?? self.secret, "AWS_ENDPOINT_URL": endpoint,
+                     "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+                     "AWS_CONFIG_FILE": "/nonexistent/config"]
+            if let t { e["HSMBACKUP_TEST_CLOCK"] = "\(t)" }
+            return e
+        }
+
+        func createKey() throws -> String {
+            let r = try External.run(venv + "/bin/aws", ["kms", "create-key", "--endpoint-url", endpoint, "--region", region,
+                                                         "--query", "KeyMetadata.Arn", "--output", "text"], environment: env())
+            XCTAssertEqual(r.exitCode, 0, r.output)
+            return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+
+    func testAnAWSKMSKeyScheduleBacksUpAndVerifiesAndWrongCredentialsFailOnlyIt() throws {
+        let moto = try Moto.require()
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let arn = try moto.createKey()
+        XCTAssertTrue(arn.hasPrefix("arn:aws:kms:"), arn)
+        let cloud = try w.makeHSM(keys: 3, cluster: "c-aws"), local = try w.makeHSM(keys: 3, cluster: "c-local")
+        // No credentials needed to add it; none stored.
+        try ScheduleTests.run(w, ["schedule", "add", "aws", "--hsm", cloud, "--kms-key", arn, "--kms-key", "k1", "--every", "24h"], at: Self.t0).assertExit(0)
+        try ScheduleTests.run(w, ["schedule", "add", "local", "--hsm", local, "--kms-key", "k2", "--every", "24h"], at: Self.t0).assertExit(0)
+        let file = try String(contentsOfFile: w.home + "/schedules.json", encoding: .utf8)
+        XCTAssertTrue(file.contains(arn), file)
+        XCTAssertFalse(file.contains(moto.secret) || file.contains(moto.accessKeyID), file)
+
+        let r = try w.run(["schedule", "run"], environment: moto.env(at: Self.t0 + 60))
+        XCTAssertEqual(r.exitCode, 0, r.description)
+        XCTAssertEqual(events(r, "aws", "backup").first?["outcome"], "ok", r.description)
+        XCTAssertEqual(events(r, "aws", "verify").first?["outcome"], "ok", r.description)
+        XCTAssertEqual(events(r, "aws", "verify").first?["level"], "envelope", r.description)
+        let id = try XCTUnwrap(events(r, "aws", "backup").first?["backup_id"])
+        // The backup opens with the AWS key alone (its EDK is KMS's), and with the local key alone.
+        let viaAWS = try w.run(["verify", id, "--level", "envelope", "--kms-key", arn], environment: moto.env())
+        XCTAssertEqual(viaAWS.exitCode, 0, viaAWS.description)
+        let inspect = try w.run(["verify", id, "--level", "envelope", "--kms-key", "k1"])
+        XCTAssertEqual(inspect.exitCode, 0, inspect.description)
+
+        // The next day with a wrong secret key: that schedule fails (nothing stored), the local one runs.
+        let bad = try w.run(["schedule", "run"], environment: moto.env(secret: "wrong-secret-key-0000000000000000000000", at: Self.t0 + 86_400 + 60))
+        XCTAssertEqual(bad.exitCode, 80, bad.description)
+        let failed = events(bad, "aws", "backup").first
+        XCTAssertEqual(failed?["outcome"], "failed", bad.description)
+        XCTAssertTrue(failed?["error"]?.hasSuffix("(exit 67)") == true, "the key cannot be used with these credentials\n\(bad.description)")
+        XCTAssertFalse(bad.stdout.contains("wrong-secret-key"), bad.description)
+        XCTAssertEqual(events(bad, "local", "backup").first?["outcome"], "ok", bad.description)
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-aws").count, 1, "nothing stored for the failed run")
+        XCTAssertEqual(try ScheduleTests.backups(w, cluster: "c-local").count, 2)
+
+        // No credentials at all: the same, with the configuration error named.
+        var none = moto.env(at: Self.t0 + 86_400 + 3_700)
+        none["AWS_ACCESS_KEY_ID"] = ""
+        none["AWS_SECRET_ACCESS_KEY"] = ""
+        let missing = try w.run(["schedule", "run"], environment: none)
+        XCTAssertEqual(missing.exitCode, 80, missing.description)
+        XCTAssertEqual(events(missing, "aws", "backup").first?["outcome"], "failed", missing.description)
+        XCTAssertTrue(events(missing, "aws", "backup").first?["error"]?.hasSuffix("(exit 64)") == true, "no credentials: a configuration error\n\(missing.description)")
+
+        // And with the right ones again, the retry an hour later succeeds.
+        let retry = try w.run(["schedule", "run"], environment: moto.env(at: Self.t0 + 86_400 + 7_300))
+        XCTAssertEqual(retry.exitCode, 0, retry.description)
+        XCTAssertEqual(events(retry, "aws", "verify").first?["outcome"], "ok", retry.description)
+    }
+}

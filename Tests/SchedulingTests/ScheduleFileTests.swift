@@ -90,7 +90,8 @@ final class ScheduleFileTests: XCTestCase {
         }
         refused(#"{"format": "hsmbackup-schedules", "version": 2, "schedules": "anything"}"#, "version 2")
         refused(#"{"format": "something-else", "version": 1}"#, "something-else")
-        refused(text.replacingOccurrences(of: "simulated-hsm", with: "pkcs11"), "unknown backup source kind \"pkcs11\"")
+        refused(text.replacingOccurrences(of: "simulated-hsm", with: "cloudhsm"), "unknown backup source kind \"cloudhsm\"")
+        refused(text.replacingOccurrences(of: "simulated-hsm", with: "pkcs11"), "source.module: missing")
         refused(text.replacingOccurrences(of: #""12h""#, with: #""12""#), "has no unit")
         refused("[]", "not a JSON object")
         file.schedules.append(file.schedules[0])

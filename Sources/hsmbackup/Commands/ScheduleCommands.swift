@@ -1,9 +1,12 @@
 import ArgumentParser
+import AWSKMS
+import ByteCoding
 import Durability
 import Envelope
 import Foundation
 import HSMBackup
 import ObjectStore
+import PKCS11HSM
 import Scheduling
 import SimulatedHSM
 
@@ -18,6 +21,7 @@ extension SchedulingError: CLIExitMappable {
         case .badFile, .verificationFailed: return .verificationFailed
         case .busy: return .scheduleBusy
         case .io: return .ioError
+        case .credentialMissing: return .noUsableKey
         }
     }
     var cliMessage: String { description + " [\(code.rawValue)]" }
@@ -60,22 +64,33 @@ struct ScheduleCommand: ParsableCommand {
 
 struct ScheduleAdd: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "add", abstract: "Add a schedule: back up a source every interval, verify, apply retention.")
+        commandName: "add", abstract: "Add a schedule: back up a source every interval, verify, apply retention.",
+        discussion: """
+            The source is a simulated HSM (--hsm DIR) or a PKCS#11 token (--pkcs11 --module PATH --token LABEL). \
+            A token's user PIN is never an option or in the schedule file: `schedule run` reads it from \
+            HSMBACKUP_PKCS11_PIN, the systemd credential hsmbackup-pkcs11-pin (LoadCredential=), or the file \
+            named by HSMBACKUP_PKCS11_PIN_FILE. AWS KMS keys are given by key ARN; their credentials come from \
+            the environment of `schedule run`, as for `backup create`.
+            """)
 
     @Argument(help: "The schedule's name (1 to 64 of A-Z a-z 0-9 . _ -).") var name: String
-    // The backup source: exactly one. A PKCS#11 token (--pkcs11 --module PATH --token LABEL)
-    // becomes another source here and in `ScheduleSource`.
-    @Option(help: "A simulated HSM's state directory.") var hsm: String
-    @Option(name: .customLong("kms-key"), help: "A local KMS key the backups are encrypted under (repeatable; one EDK each).") var kmsKeys: [String] = []
+    // The backup source: exactly one of --hsm DIR and --pkcs11 --module PATH --token LABEL.
+    @Option(help: "A simulated HSM's state directory.") var hsm: String?
+    @OptionGroup var pkcs11: PKCS11TokenOptions
+    @Flag(name: .customLong("allow-partial"), help: "PKCS#11: a backup that skips objects the token will not export still succeeds (they are listed); without it such a backup fails the schedule.") var allowPartial = false
+    @Option(name: .customLong("kms-key"), help: "A local KMS key name or an AWS KMS key ARN the backups are encrypted under (repeatable; one EDK each).") var kmsKeys: [String] = []
     @Option(help: "How often: a number and a unit (s, m, h, d, w), e.g. 24h, 12h, 1d12h.") var every: String
-    @Option(help: "How deep to verify each new backup.") var verify: VerificationLevel = .envelope
-    @Option(name: .customLong("verify-hsm"), help: "For --verify full: a spare HSM of the same manufacturer for the dry-run restore (default: the source).") var verifyHSM: String?
+    @Option(help: "How deep to verify each new backup (full: a dry-run restore on the HSM or token).") var verify: VerificationLevel = .envelope
+    @Option(name: .customLong("verify-hsm"), help: "For --verify full of an --hsm schedule: a spare HSM of the same manufacturer for the dry-run restore (default: the source).") var verifyHSM: String?
     @Option(name: .customLong("tag"), help: "A tag k=v for each backup (repeatable; `schedule=NAME` is added).") var tags: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
     func validate() throws {
         if kmsKeys.isEmpty { throw ValidationError("name at least one key with --kms-key") }
+        try pkcs11.validate(hsm: hsm)
+        if allowPartial && !pkcs11.enabled { throw ValidationError("--allow-partial goes with --pkcs11") }
         if verifyHSM != nil && verify != .full { throw ValidationError("--verify-hsm is for --verify full") }
+        if verifyHSM != nil && pkcs11.enabled { throw ValidationError("--verify-hsm is for --hsm schedules; a PKCS#11 schedule's full verification is a dry-run restore on its own token") }
         _ = try parsePairs(tags, "--tag")
     }
 
@@ -86,17 +101,41 @@ struct ScheduleAdd: ParsableCommand {
             guard every >= Interval.minimum, every <= Interval.maximum else {
                 throw SchedulingError(.invalidArgument, "--every \(every): give \(Interval.minimum) to \(Interval.maximum)")
             }
+            // Keys are checked now, without credentials: a local key must exist; an AWS key must be
+            // a key ARN (an alias only encrypts, and every scheduled backup is verified, which
+            // decrypts). AWS credentials are read at run time from the environment, never stored.
             let kms = LocalKMS(directory: Home.kms)
-            for k in kmsKeys { _ = try kms.keyring(k) }
-            let dir = ScheduleHome.absolute(hsm)
-            let source = try openHSM(dir)
+            for k in kmsKeys {
+                if KMSKeyIdentifier.looksLikeAWS(k) {
+                    let id = try KMSKeyIdentifier(k)
+                    guard id.kind == .keyARN else {
+                        throw SchedulingError(.invalidArgument, "--kms-key \(k): a schedule verifies every backup, which needs the key ARN "
+                            + "(arn:aws:kms:REGION:ACCOUNT:key/ID); an alias only encrypts")
+                    }
+                } else {
+                    _ = try kms.keyring(k)
+                }
+            }
+            let source: ScheduleSource, cluster: String
+            if pkcs11.enabled, let module = pkcs11.module, let token = pkcs11.token {
+                // The module must load and the token exist now; the PIN is needed only at run time.
+                let modulePath = ScheduleHome.absolute(module)
+                _ = try PKCS11Module.open(path: modulePath).token(labelled: token)
+                source = .pkcs11(module: modulePath, tokenLabel: token, allowPartial: allowPartial)
+                cluster = pkcs11.cluster ?? "pkcs11"
+                if let problem = IdentityRules.problem(.clusterId, cluster) { throw ValidationError("--cluster \(Printable.escape(cluster)): \(problem)") }
+            } else {
+                let dir = ScheduleHome.absolute(hsm!)
+                source = .simulatedHSM(directory: dir)
+                cluster = try openHSM(dir).identity.clusterId
+            }
             let verifyOn = try verifyHSM.map { d -> ScheduleSource in
                 let abs = ScheduleHome.absolute(d)
                 _ = try openHSM(abs)
                 return .simulatedHSM(directory: abs)
             }
             let now = try CLIClock.current().nowMillis() / 1000
-            let schedule = Schedule(name: name, source: .simulatedHSM(directory: dir), cluster: source.identity.clusterId,
+            let schedule = Schedule(name: name, source: source, cluster: cluster,
                                     kmsKeys: kmsKeys, every: every, verify: verify, verifyOn: verifyOn,
                                     tags: try parsePairs(tags, "--tag"), added: Timestamp.rfc3339(now))
             let home = ScheduleHome.current
@@ -108,6 +147,9 @@ struct ScheduleAdd: ParsableCommand {
             }
             if json { try JSONOutput.print(schedule); return }
             try Out.line("schedule \(name): \(schedule.source) (cluster \(schedule.cluster)) every \(every), verify \(verify.rawValue), keys \(kmsKeys.joined(separator: ", "))")
+            if case .pkcs11 = source {
+                try Out.line("  `schedule run` reads the user PIN from \(PKCS11PINSource.environmentVariable), the systemd credential \(PKCS11PINSource.credentialName), or the file named by \(PKCS11PINSource.fileVariable)")
+            }
         }
     }
 }
@@ -189,6 +231,11 @@ struct ScheduleRun: ParsableCommand {
             let runner = ScheduleRunner(home: ScheduleHome.current, clock: try CLIClock.current(), describe: { error in
                 if let m = error as? CLIExitMappable { return "\(m.cliMessage) (exit \(m.cliExit.rawValue))" }
                 return "\(error)"
+            }, resolveKeys: { names in
+                // The CLI's own resolution: a local KMS key name, or an AWS KMS key (credentials,
+                // region and endpoint from the environment, as for `backup create`).
+                let options = EnvelopeKeyOptions.with(kmsKeys: names, kmsDir: nil, rawKeys: [], namespaces: [], names: [])
+                return try names.map { try options.keyring(forKMSKey: $0) }
             }, log: { event in
                 // A log line that cannot be written must not stop the backups: stderr gets it.
                 do { try Out.line(event.description) } catch { Err.line(event.description) }
@@ -216,6 +263,7 @@ struct ScheduleInstall: ParsableCommand {
     @Option(help: "Run the service as this user.") var user: String?
     @Option(help: "After each run, write `status --prometheus` to this file (node_exporter's textfile directory).") var prometheus: String?
     @Option(help: "For --cron: the minute of each hour (0-59, default 7).") var minute = 7
+    @Option(name: .customLong("pkcs11-pin-file"), help: "For --systemd: the root-only file holding the PKCS#11 user PIN, loaded with LoadCredential= (default /etc/hsmbackup/pkcs11-pin when a schedule is PKCS#11; otherwise the line is commented out).") var pkcs11PINFile: String?
 
     func validate() throws {
         guard (systemd != nil) != cron else { throw ValidationError("give --systemd DIR or --cron") }
@@ -230,6 +278,8 @@ struct ScheduleInstall: ParsableCommand {
             options.onCalendar = onCalendar
             options.user = user
             options.prometheusFile = prometheus
+            let hasPKCS11 = (try ScheduleHome.current.loadSchedules()).schedules.contains { if case .pkcs11 = $0.source { return true }; return false }
+            options.pkcs11PINFile = pkcs11PINFile ?? (hasPKCS11 ? UnitOptions.defaultPKCS11PINFile : nil)
             // Replica directories outside the home (`store init --replica-dir`) must stay writable.
             if let store = try? LocalObjectStore(root: Home.store, removeStaleTemps: false) {
                 options.extraWritable = store.replicaPaths.filter { !$0.hasPrefix(options.home + "/") }
@@ -284,7 +334,7 @@ struct StatusCommand: ParsableCommand {
         try Out.line("status \(r.verdict.rawValue) at \(r.time)")
         for s in r.schedules {
             let last = s.lastRun.map { "last run \($0) \(s.lastOutcome ?? "?")" } ?? "never run"
-            try Out.line("schedule \(s.name)  cluster \(s.cluster)  every \(s.every)  \(last)\(s.lastBackupId.map { "  backup \($0)" } ?? "")  next \(s.nextRun)")
+            try Out.line("schedule \(s.name)  source \(s.sourceKind)  cluster \(s.cluster)  every \(s.every)  \(last)\(s.lastBackupId.map { "  backup \($0)" } ?? "")  next \(s.nextRun)")
             if s.lastOutcome == "failed", let e = s.lastError { try Out.line("  failed (\(s.consecutiveFailures) in a row): \(e)") }
         }
         for c in r.clusters {
