@@ -53,7 +53,7 @@ let package = Package(
         // Schedules, `schedule run`, health status and the systemd/cron templates (issue 18).
         .target(name: "Scheduling", dependencies: [
             "HSMBackup", "ObjectStore", "Durability", "Envelope", "SimulatedHSM",
-            "HSMArchive", "BackupCrypto", "PKCS11HSM",
+            "HSMArchive", "BackupCrypto", "PKCS11HSM", "S3Store",
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         // Fuzz targets (issue 8): the shared logic, and one runner (libFuzzer or replay).

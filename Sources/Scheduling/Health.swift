@@ -2,6 +2,7 @@ import Durability
 import Foundation
 import HSMBackup
 import ObjectStore
+import S3Store
 import Prometheus
 
 /// What `hsmbackup status` reports: per schedule, per cluster and for the store; the verdict
@@ -90,12 +91,13 @@ public enum Health {
         var storeHealth: HealthReport.StoreHealth?
         var storeError: String?
         do {
-            let store = try LocalObjectStore(root: home.store, clock: clock, removeStaleTemps: false)
+            // The configured store, local or S3 (store.json): status sees only the protocol.
+            let store = try StoreLocator.open(root: home.store, clock: clock, removeStaleTemps: false)
             let catalog = try BackupCatalog(store: store, clock: clock)
             entries = try catalog.listCurrent(CatalogQuery())
-            let problems = store.replicaPaths.indices.compactMap { store.replicaStatus($0) }
+            let problems = (0..<store.replicaCount).compactMap { store.replicaStatus($0) }
             storeHealth = HealthReport.StoreHealth(
-                root: store.root, replicas: store.replicaPaths.count, replicasAvailable: store.replicaPaths.count - problems.count,
+                root: store.location, replicas: store.replicaCount, replicasAvailable: store.replicaCount - problems.count,
                 problems: problems.map { "replica \($0.replica): \($0.detail)" }, scrubEvery: file.scrubEvery, lastScrub: state.scrub,
                 nextScrub: Timestamp.rfc3339(DueRules.scrubNext(file.scrubEvery, state.scrub) ?? now))
         } catch {

@@ -3,6 +3,7 @@ import Foundation
 import HSMArchive
 import HSMBackup
 import ObjectStore
+import S3Store
 import PKCS11HSM
 import SimulatedHSM
 
@@ -125,7 +126,9 @@ public final class ScheduleRunner {
         let runClock = ContinuousClock.now
 
         // The store is opened once; if it cannot be, every due job fails with that reason.
-        let service: Result<BackupService, Error> = Result { try BackupService(storeRoot: home.store, clock: clock) }
+        let service: Result<BackupService, Error> = Result {
+            try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: home.store, clock: clock), clock: clock))
+        }
         let kms = LocalKMS(directory: home.kms)
         // PKCS#11 user PINs, read at most once per run and wiped when the run ends.
         let pins = PKCS11PINSource()
