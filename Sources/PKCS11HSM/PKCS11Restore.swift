@@ -198,8 +198,11 @@ extension PKCS11HSM {
         defer { for h in keys { try? s.destroy(h) } }
 
         // Duplicates are refused before anything is made (--replace replaces them at the end).
+        // Each token object once: two archived objects with the same class, label and CKA_ID
+        // (which PKCS#11 allows) find the same ones, and --replace destroys each only once.
         var duplicates: [UInt64] = []
-        for o in objects { duplicates += try existing(o) }
+        var seenDuplicates = Set<UInt64>()
+        for o in objects { for h in try existing(o) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
         if !duplicates.isEmpty && !options.replace && !dryRun {
             throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
         }

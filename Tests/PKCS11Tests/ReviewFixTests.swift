@@ -51,4 +51,31 @@ final class PKCS11ReviewFixTests: XCTestCase {
         XCTAssertEqual(a.lastBackup?.objects, 1)
         XCTAssertEqual(a.lastBackup?.skipped.map(\.label), ["kek-with-template"])
     }
+
+    /// Two archived objects with the same class, label and CKA_ID (PKCS#11 allows it) find the
+    /// same token objects: --replace must destroy each once and report a complete restore.
+    func testReplaceWithTwinObjectsDestroysEachOnce() throws {
+        let fx = try SoftHSMFixture()
+        let keys = try BackupKeys.random()
+        for t in ["A", "B"] { try fx.initToken(t); _ = try fx.provision(t, manufacturer: Self.manufacturer, keys: keys) }
+        let sa = try fx.session("A")
+        for _ in 0..<2 {
+            try TestObjects.secret(sa, CK.kAES, CK.mAESKeyGen, bytes: 32, label: "twin", id: 0x50, sensitive: true, encrypt: true, sign: false)
+        }
+        let archive = try backup(try fx.open("A"))
+        let b = try fx.open("B")
+        try restore(archive, onto: b)
+        XCTAssertEqual(try fx.objectCount("B"), 2)
+        do {
+            try restore(archive, onto: b)
+            XCTFail("a second restore without --replace must be refused")
+        } catch let e as PKCS11Error {
+            XCTAssertEqual(e.code, .duplicateObject)
+            XCTAssertTrue(e.reason.hasPrefix("2 object(s)"), e.reason)
+        }
+        b.options.replace = true
+        try restore(archive, onto: b)
+        XCTAssertEqual(try fx.objectCount("B"), 2)
+        XCTAssertEqual(b.lastRestore?.replaced, 2)
+    }
 }
