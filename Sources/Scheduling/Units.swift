@@ -49,7 +49,14 @@ public enum Units {
             // `-`: a stale status (non-zero) must not mark the run failed; the file is what matters.
             "ExecStopPost=-\(o.binary) --home \(o.home) status --prometheus \($0)\n"
         } ?? ""
-        let writable = [o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])
+        // A ReadWritePaths= entry that does not exist makes systemd refuse to start the service
+        // (226/NAMESPACE) before hsmbackup runs, and nothing creates the home on a fresh install.
+        // A home under /var/lib is the unit's StateDirectory= (systemd creates it, owned by User=,
+        // before the sandbox); every writable path is "-"-prefixed, so a missing replica or
+        // textfile directory is reported by hsmbackup (status 83, a named error) instead.
+        let stateDirectory = o.home.hasPrefix("/var/lib/") && o.home.count > "/var/lib/".count ? String(o.home.dropFirst("/var/lib/".count)) : nil
+        let stateLines = stateDirectory.map { "StateDirectory=\($0)\nStateDirectoryMode=0700\n" } ?? ""
+        let writable = ([o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])).map { "-" + $0 }
         return """
             # Written by `hsmbackup schedule install --systemd`. Runs what is due, once, and exits;
             # \(o.name).timer starts it. Exit codes: 0 all succeeded, 75 another run holds the lock,
@@ -64,7 +71,7 @@ public enum Units {
             Type=oneshot
             \(o.user.map { "User=\($0)\n" } ?? "")Environment=HSMBACKUP_HOME=\(o.home)
             ExecStart=\(o.binary) --home \(o.home) schedule run
-            \(statusLine)SyslogIdentifier=\(o.name)
+            \(statusLine)\(stateLines)SyslogIdentifier=\(o.name)
             UMask=0077
             Nice=10
             IOSchedulingClass=best-effort
