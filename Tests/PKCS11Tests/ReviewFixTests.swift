@@ -79,3 +79,23 @@ final class PKCS11ReviewFixTests: XCTestCase {
         XCTAssertEqual(b.lastRestore?.replaced, 2)
     }
 }
+
+/// The module is initialized once per process: an instance whose C_Initialize answered
+/// CKR_CRYPTOKI_ALREADY_INITIALIZED must not C_Finalize the library under the one that did.
+final class PKCS11ModuleLifetimeReviewTests: XCTestCase {
+    func testReleasingASecondSpellingOfTheModuleKeepsTheFirstOnesSessionsAlive() throws {
+        let fx = try SoftHSMFixture()
+        try fx.initToken("A")
+        let s = try fx.session("A")
+        XCTAssertNoThrow(try s.find([]))
+        // Another spelling of the same library: a second PKCS11Module, the same loaded library.
+        let alias = (SoftHSMFixture.module as NSString).deletingLastPathComponent + "/./" + (SoftHSMFixture.module as NSString).lastPathComponent
+        do {
+            let second = try PKCS11Module.open(path: alias)
+            XCTAssertFalse(try second.tokens().isEmpty)
+        }
+        // Before the fix the second instance's deinit ran C_Finalize: CKR_CRYPTOKI_NOT_INITIALIZED here.
+        XCTAssertNoThrow(try s.find([]))
+        XCTAssertNoThrow(try s.module.tokens())
+    }
+}
