@@ -89,7 +89,7 @@ public final class KMSClient: Sendable {
         body.field("Description", description)
         body.field("KeyUsage", "ENCRYPT_DECRYPT")
         body.field("KeySpec", "SYMMETRIC_DEFAULT")
-        return try metadata(call("CreateKey", body: body.finish(), resource: nil))
+        return try metadata(call("CreateKey", body: body.finish(), resource: nil, idempotent: false))
     }
 
     public func describeKey(keyID: String) throws -> KeyMetadata {
@@ -103,7 +103,7 @@ public final class KMSClient: Sendable {
         var body = JSONWriter()
         body.field("AliasName", aliasName)
         body.field("TargetKeyId", targetKeyID)
-        _ = try call("CreateAlias", body: body.finish(), resource: aliasName)
+        _ = try call("CreateAlias", body: body.finish(), resource: aliasName, idempotent: false)
     }
 
     // MARK: plumbing
@@ -139,11 +139,13 @@ public final class KMSClient: Sendable {
         }
     }
 
-    private func call(_ op: String, body: Data, resource: String?) throws -> Answer {
+    private func call(_ op: String, body: Data, resource: String?, idempotent: Bool = true) throws -> Answer {
         var headers = HTTPHeaders()
         headers.add("Content-Type", "application/x-amz-json-1.1")
         headers.add("X-Amz-Target", "TrentService.\(op)")
-        var response = try client.send(AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource))
+        var request = AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource)
+        request.idempotent = idempotent
+        var response = try client.send(request)
         defer { response.body.resetBytes(in: 0..<response.body.count) }
         if response.body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             return Answer(operation: op, object: [:], region: client.region) // CreateAlias answers with no body

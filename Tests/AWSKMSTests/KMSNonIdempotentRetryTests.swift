@@ -1,0 +1,36 @@
+import AWSCore
+import AWSKMS
+import Envelope
+import Foundation
+import XCTest
+
+/// Every request times out after it was sent: the service may have applied it.
+final class LostAnswerTransport: HTTPTransport, @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var targets: [String] = []
+    func send(_ request: HTTPRequest) throws -> HTTPResponse {
+        lock.lock(); targets.append(request.headers["x-amz-target"] ?? "?"); lock.unlock()
+        throw AWSError(kind: .transport, service: "http", operation: request.method, code: "Timeout", message: "the answer was lost (test)")
+    }
+}
+
+final class KMSNonIdempotentRetryTests: XCTestCase {
+    func client(_ t: HTTPTransport) -> KMSClient {
+        KMSClient(client: AWSClient(service: "kms", region: "us-east-1", endpoint: URL(string: "http://127.0.0.1:9")!,
+                                    credentials: AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: AWSSecretKey("secret")),
+                                    transport: t, retry: RetryPolicy(maximumAttempts: 4, random: { 0 }), sleeper: NoSleep()))
+    }
+
+    /// CreateKey and CreateAlias are not run again after an answer was lost (a second key, or an
+    /// AlreadyExists failure for an alias the first attempt made); the data-key operations still are.
+    func testCreateKeyAndCreateAliasAreNotRetriedAfterALostAnswer() throws {
+        let t = LostAnswerTransport()
+        let kms = client(t)
+        XCTAssertThrowsError(try kms.createKey(description: "x")) { XCTAssertEqual(($0 as? AWSError)?.code, "Timeout") }
+        XCTAssertEqual(t.targets, ["TrentService.CreateKey"])
+        XCTAssertThrowsError(try kms.createAlias(aliasName: "alias/a", targetKeyID: "k")) { XCTAssertEqual(($0 as? AWSError)?.code, "Timeout") }
+        XCTAssertEqual(t.targets.filter { $0 == "TrentService.CreateAlias" }.count, 1)
+        XCTAssertThrowsError(try kms.generateDataKey(keyID: "arn:aws:kms:us-east-1:123456789012:key/k", numberOfBytes: 32, context: .empty))
+        XCTAssertEqual(t.targets.filter { $0 == "TrentService.GenerateDataKey" }.count, 4)
+    }
+}
