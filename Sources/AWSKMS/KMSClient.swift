@@ -20,11 +20,26 @@ public final class KMSClient: Sendable {
     public static func make(region: String, credentials: AWSCredentials, environment: AWSEnvironment = .process,
                             transport: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default) throws -> KMSClient {
         let endpoint = try AWSConfiguration.endpoint(service: "kms", region: region, environment)
+        // GenerateDataKey and Decrypt answer with the plaintext data key, and Encrypt sends it:
+        // over plain HTTP anyone on the path reads the key of the whole archive. Only a loopback
+        // endpoint (a local test server such as moto) may be plain HTTP.
+        if endpoint.url.scheme?.lowercased() == "http", !isLoopback(endpoint.url.host ?? "") {
+            throw AWSError.configuration("InsecureEndpoint", "the KMS endpoint \(endpoint.url.absoluteString) from \(endpoint.source) is plain HTTP: "
+                + "KMS answers carry plaintext data keys; use https (plain http is accepted only on loopback)", service: "kms")
+        }
         return KMSClient(client: AWSClient(service: "kms", region: region, endpoint: endpoint.url, credentials: credentials,
                                            signingOptions: .standard, transport: transport, retry: retry))
     }
 
     public var region: String { client.region }
+
+    /// localhost, 127.0.0.0/8 or ::1.
+    static func isLoopback(_ host: String) -> Bool {
+        let h = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if h == "localhost" || h == "::1" { return true }
+        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
 
     // MARK: operations
 

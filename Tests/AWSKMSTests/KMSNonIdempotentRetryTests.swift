@@ -34,3 +34,24 @@ final class KMSNonIdempotentRetryTests: XCTestCase {
         XCTAssertEqual(t.targets.filter { $0 == "TrentService.GenerateDataKey" }.count, 4)
     }
 }
+
+final class KMSEndpointSecurityReviewTests: XCTestCase {
+    /// KMS answers carry plaintext data keys: a plain-HTTP endpoint off the machine is refused
+    /// before any request; https anywhere and http on loopback (moto) are accepted.
+    func testPlainHTTPKMSEndpointOffLoopbackIsRefused() throws {
+        let creds = AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: AWSSecretKey("secret"))
+        func make(_ url: String) throws -> KMSClient {
+            try KMSClient.make(region: "us-east-1", credentials: creds,
+                               environment: AWSEnvironment(variables: ["AWS_ENDPOINT_URL_KMS": url], home: "/nonexistent-home"))
+        }
+        for url in ["http://kms.internal.example:8080", "http://10.0.0.5", "http://127.0.0.1.example.com"] {
+            XCTAssertThrowsError(try make(url), url) { e in
+                XCTAssertEqual((e as? AWSError)?.code, "InsecureEndpoint")
+                XCTAssertEqual((e as? AWSError)?.category, .configuration)
+            }
+        }
+        for url in ["https://kms.internal.example:8443", "http://127.0.0.1:4566", "http://localhost:4566", "http://[::1]:4566"] {
+            XCTAssertNoThrow(try make(url), url)
+        }
+    }
+}
