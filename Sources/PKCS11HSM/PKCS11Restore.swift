@@ -227,12 +227,14 @@ extension PKCS11HSM {
             keys.append(swk!)
         }
 
-        // Phase 2 makes non-destroyable objects last: they are the only ones a rollback cannot remove.
-        let order = objects.indices.sorted { a, b in
-            let da = objects[a].attributes.contains { $0.type == 0x172 && $0.value == "00" }
-            let db = objects[b].attributes.contains { $0.type == 0x172 && $0.value == "00" }
-            return (da ? 1 : 0, a) < (db ? 1 : 0, b)
+        // Phase 2 makes non-modifiable objects after the others (they cannot take the temporary
+        // label, so a kill after them leaves objects under their final labels), and
+        // non-destroyable ones last (a rollback cannot remove them).
+        func rank(_ i: Int) -> Int {
+            if objects[i].attributes.contains(where: { $0.type == 0x172 && $0.value == "00" }) { return 2 }
+            return objects[i].attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0
         }
+        let order = objects.indices.sorted { a, b in (rank(a), a) < (rank(b), b) }
 
         func make(_ i: Int, token onToken: Bool) throws -> UInt64 {
             let o = objects[i]

@@ -99,3 +99,41 @@ final class PKCS11ModuleLifetimeReviewTests: XCTestCase {
         XCTAssertNoThrow(try s.module.tokens())
     }
 }
+
+extension PKCS11CLITests {
+    /// Non-modifiable objects cannot take the temporary label: phase 2 makes them after every
+    /// modifiable one, so a restore killed while it makes the modifiable ones leaves only objects
+    /// under the temporary label (which the next restore removes), never one under a final label.
+    func testARestoreKilledInPhase2LeavesNoObjectUnderItsFinalLabel() throws {
+        for t in ["A", "B"] {
+            try fx.initToken(t)
+            let r = try run(["pkcs11", "provision", "--module", module, "--token", t, "--manufacturer", "softhsm"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        let sa = try fx.session("A")
+        for i in 0..<6 {
+            _ = try sa.create([.ulong(0x0, CK.oData), .bool(0x1, true), .bool(0x2, true), .bool(0x170, i % 2 == 1),
+                               .bytes(0x3, Array("data-\(i)".utf8)), .bytes(0x11, [UInt8(i)])])
+        }
+        let archive = fx.dir + "/nm.hsmbak"
+        XCTAssertEqual(try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", archive]).status, 0)
+        let marker = fx.dir + "/paused-nm"
+        let (p, _, err) = try launch(["restore", archive] + token + ["--token", "B"],
+                                     env: environment(extra: ["HSMBACKUP_TEST_PKCS11_PAUSE": "phase2:3:\(marker)"]))
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: marker) && p.isRunning && waited < 1200 { usleep(50_000); waited += 1 }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        let s = try fx.session("B")
+        let labels = try s.find([.bool(0x1, true)]).map { h -> String in
+            guard case .success(.bytes(let b)) = try s.attribute(h, 0x3, as: .bytes) else { return "" }
+            return String(decoding: b, as: UTF8.self)
+        }.filter { !$0.hasPrefix(PKCS11Labels.pbkPrefix) && !$0.hasPrefix(PKCS11Labels.tokenPBKPrefix) }
+        XCTAssertEqual(labels.count, 3, "\(labels)")
+        XCTAssertTrue(labels.allSatisfy { $0.hasPrefix(PKCS11Labels.restoringPrefix) }, "\(labels)")
+        let r = try run(["restore", archive] + token + ["--token", "B"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(try fx.objectCount("B"), 6)
+    }
+}
