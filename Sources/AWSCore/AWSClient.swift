@@ -22,6 +22,11 @@ public struct AWSRequest: Sendable {
     public var timeout: TimeInterval
     /// Treat a 2xx whose body is an `<Error>` document as that error (S3 Complete/Copy).
     public var errorInSuccessBody: Bool
+    /// False for a request that must not run twice (KMS CreateKey would make a second key,
+    /// CreateAlias would fail on the alias its first attempt made): after a transport failure or
+    /// a 5xx, where the service may have applied it, it is not retried; throttling and clock
+    /// skew (refused before anything happened) still are.
+    public var idempotent: Bool = true
 
     public init(method: String, path: String = "/", query: [(String, String?)] = [], headers: HTTPHeaders = HTTPHeaders(),
                 body: Data = Data(), payloadHash: String? = nil, operation: String, resource: String? = nil,
@@ -129,7 +134,8 @@ public final class AWSClient: @unchecked Sendable {
                 error = AWSError(kind: e.kind, service: service, operation: request.operation, status: e.status, code: e.code,
                                  message: e.message, requestID: e.requestID, resource: request.resource, attempts: attempt)
             }
-            guard error.isRetryable, attempt < retry.maximumAttempts else { throw error }
+            let mayHaveBeenApplied = error.category == .transport || error.category == .serverError
+            guard error.isRetryable, attempt < retry.maximumAttempts, request.idempotent || !mayHaveBeenApplied else { throw error }
             sleeper.sleep(seconds: retry.delay(afterAttempt: attempt))
         }
     }

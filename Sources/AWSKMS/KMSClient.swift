@@ -20,11 +20,26 @@ public final class KMSClient: Sendable {
     public static func make(region: String, credentials: AWSCredentials, environment: AWSEnvironment = .process,
                             transport: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default) throws -> KMSClient {
         let endpoint = try AWSConfiguration.endpoint(service: "kms", region: region, environment)
+        // GenerateDataKey and Decrypt answer with the plaintext data key, and Encrypt sends it:
+        // over plain HTTP anyone on the path reads the key of the whole archive. Only a loopback
+        // endpoint (a local test server such as moto) may be plain HTTP.
+        if endpoint.url.scheme?.lowercased() == "http", !isLoopback(endpoint.url.host ?? "") {
+            throw AWSError.configuration("InsecureEndpoint", "the KMS endpoint \(endpoint.url.absoluteString) from \(endpoint.source) is plain HTTP: "
+                + "KMS answers carry plaintext data keys; use https (plain http is accepted only on loopback)", service: "kms")
+        }
         return KMSClient(client: AWSClient(service: "kms", region: region, endpoint: endpoint.url, credentials: credentials,
                                            signingOptions: .standard, transport: transport, retry: retry))
     }
 
     public var region: String { client.region }
+
+    /// localhost, 127.0.0.0/8 or ::1.
+    static func isLoopback(_ host: String) -> Bool {
+        let h = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if h == "localhost" || h == "::1" { return true }
+        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
 
     // MARK: operations
 
@@ -89,7 +104,7 @@ public final class KMSClient: Sendable {
         body.field("Description", description)
         body.field("KeyUsage", "ENCRYPT_DECRYPT")
         body.field("KeySpec", "SYMMETRIC_DEFAULT")
-        return try metadata(call("CreateKey", body: body.finish(), resource: nil))
+        return try metadata(call("CreateKey", body: body.finish(), resource: nil, idempotent: false))
     }
 
     public func describeKey(keyID: String) throws -> KeyMetadata {
@@ -103,7 +118,7 @@ public final class KMSClient: Sendable {
         var body = JSONWriter()
         body.field("AliasName", aliasName)
         body.field("TargetKeyId", targetKeyID)
-        _ = try call("CreateAlias", body: body.finish(), resource: aliasName)
+        _ = try call("CreateAlias", body: body.finish(), resource: aliasName, idempotent: false)
     }
 
     // MARK: plumbing
@@ -139,11 +154,13 @@ public final class KMSClient: Sendable {
         }
     }
 
-    private func call(_ op: String, body: Data, resource: String?) throws -> Answer {
+    private func call(_ op: String, body: Data, resource: String?, idempotent: Bool = true) throws -> Answer {
         var headers = HTTPHeaders()
         headers.add("Content-Type", "application/x-amz-json-1.1")
         headers.add("X-Amz-Target", "TrentService.\(op)")
-        var response = try client.send(AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource))
+        var request = AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource)
+        request.idempotent = idempotent
+        var response = try client.send(request)
         defer { response.body.resetBytes(in: 0..<response.body.count) }
         if response.body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             return Answer(operation: op, object: [:], region: client.region) // CreateAlias answers with no body

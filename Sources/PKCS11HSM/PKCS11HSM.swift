@@ -311,6 +311,18 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             }
             if label.hasPrefix(PKCS11Labels.restoringPrefix) { skip(nil, "left by an unfinished restore (the next restore removes it)"); continue }
             guard let specs = AttributeRegistry.specs(forClass: cls) else { skip(nil, "objects of this class are not backed up"); continue }
+            // Nested templates are not carried (§9.4): a key restored without its wrap/unwrap/derive
+            // template would be weaker than the original (its unwrap template no longer binds what
+            // it unwraps), so such a key is listed, never silently weakened.
+            if cls == CK.oSecretKey || cls == CK.oPrivateKey || cls == CK.oPublicKey {
+                var templated: [String] = []
+                for (t, n) in [(UInt64(0x4000_0211), "CKA_WRAP_TEMPLATE"), (0x4000_0212, "CKA_UNWRAP_TEMPLATE"), (0x4000_0213, "CKA_DERIVE_TEMPLATE")]
+                where (try session.attributeLength(h, t) ?? 0) > 0 { templated.append(n) }
+                if !templated.isEmpty {
+                    skip(nil, "its \(templated.joined(separator: " and ")) cannot be carried by this version; restored without it the key would be weaker")
+                    continue
+                }
+            }
             var attrs: [EncodedAttribute] = [], info: [EncodedAttribute] = []
             var values: [UInt64: AttributeValue] = [:]
             for spec in specs {

@@ -64,15 +64,21 @@ public final class PKCS11Module: @unchecked Sendable {
     public static func open(path: String) throws -> PKCS11Module {
         liveLock.lock()
         defer { liveLock.unlock() }
-        if let m = live[path]?.module { return m }
+        // One instance per library file, whatever the spelling of its path (C_Initialize is per process).
+        let key = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? path
+        if let m = live[key]?.module { return m }
         let m = try PKCS11Module(path: path)
-        live[path] = Weak(m)
+        live[key] = Weak(m)
         return m
     }
 
     public let path: String
     let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>
     private let handle: UnsafeMutableRawPointer
+    /// True when this instance's C_Initialize initialized the library (CKR_OK). With
+    /// CKR_CRYPTOKI_ALREADY_INITIALIZED someone else in the process did (another path spelling
+    /// of the same library, or another PKCS#11 user): C_Finalize is theirs to call, not ours.
+    private var initialized = false
 
     private init(path: String) throws {
         self.path = path
@@ -103,10 +109,11 @@ public final class PKCS11Module: @unchecked Sendable {
             dlclose(h)
             throw PKCS11Error(.callFailed, "\(path): C_Initialize failed", function: "C_Initialize", rv: UInt64(irv))
         }
+        initialized = irv == CKR_OK
     }
 
     deinit {
-        if let finalize = functions.pointee.C_Finalize { _ = finalize(nil) }
+        if initialized, let finalize = functions.pointee.C_Finalize { _ = finalize(nil) }
         dlclose(handle)
     }
 

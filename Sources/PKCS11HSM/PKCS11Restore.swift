@@ -198,8 +198,11 @@ extension PKCS11HSM {
         defer { for h in keys { try? s.destroy(h) } }
 
         // Duplicates are refused before anything is made (--replace replaces them at the end).
+        // Each token object once: two archived objects with the same class, label and CKA_ID
+        // (which PKCS#11 allows) find the same ones, and --replace destroys each only once.
         var duplicates: [UInt64] = []
-        for o in objects { duplicates += try existing(o) }
+        var seenDuplicates = Set<UInt64>()
+        for o in objects { for h in try existing(o) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
         if !duplicates.isEmpty && !options.replace && !dryRun {
             throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
         }
@@ -224,12 +227,14 @@ extension PKCS11HSM {
             keys.append(swk!)
         }
 
-        // Phase 2 makes non-destroyable objects last: they are the only ones a rollback cannot remove.
-        let order = objects.indices.sorted { a, b in
-            let da = objects[a].attributes.contains { $0.type == 0x172 && $0.value == "00" }
-            let db = objects[b].attributes.contains { $0.type == 0x172 && $0.value == "00" }
-            return (da ? 1 : 0, a) < (db ? 1 : 0, b)
+        // Phase 2 makes non-modifiable objects after the others (they cannot take the temporary
+        // label, so a kill after them leaves objects under their final labels), and
+        // non-destroyable ones last (a rollback cannot remove them).
+        func rank(_ i: Int) -> Int {
+            if objects[i].attributes.contains(where: { $0.type == 0x172 && $0.value == "00" }) { return 2 }
+            return objects[i].attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0
         }
+        let order = objects.indices.sorted { a, b in (rank(a), a) < (rank(b), b) }
 
         func make(_ i: Int, token onToken: Bool) throws -> UInt64 {
             let o = objects[i]

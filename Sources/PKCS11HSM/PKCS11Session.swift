@@ -244,6 +244,20 @@ public final class PKCS11Session {
 
     public struct ReadRefusal: Error, Sendable { public let rv: UInt64 }
 
+    /// The byte length of an attribute's value (the first call of the two-call pattern only),
+    /// nil when the token does not give it. For attribute arrays (CKA_WRAP_TEMPLATE, ...), whose
+    /// value is never read here, a non-zero length means a non-empty template.
+    public func attributeLength(_ object: UInt64, _ type: UInt64) throws -> Int? {
+        let get = try need(f.C_GetAttributeValue, "C_GetAttributeValue")
+        var a = CK_ATTRIBUTE(type: CK_ATTRIBUTE_TYPE(type), pValue: nil, ulValueLen: 0)
+        let rv = get(handle, CK_OBJECT_HANDLE(object), &a, 1)
+        if rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_DEVICE_REMOVED {
+            try check(rv, "C_GetAttributeValue", "reading attribute 0x\(String(type, radix: 16))")
+        }
+        guard rv == CKR_OK, a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION else { return nil }
+        return Int(a.ulValueLen)
+    }
+
     /// A secret value (CKA_VALUE of an extractable, non-sensitive key) read straight into wiped memory.
     public func secretValue(_ object: UInt64) throws -> SecureBytes {
         let get = try need(f.C_GetAttributeValue, "C_GetAttributeValue")

@@ -62,7 +62,14 @@ public enum Units {
                 + "LoadCredential=\(PKCS11PINSource.credentialName):\($0)\n"
         } ?? "# For PKCS#11 schedules: the user PIN from a root-only file, read by `schedule run` from $CREDENTIALS_DIRECTORY.\n"
             + "#LoadCredential=\(PKCS11PINSource.credentialName):\(UnitOptions.defaultPKCS11PINFile)\n"
-        let writable = [o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])
+        // A ReadWritePaths= entry that does not exist makes systemd refuse to start the service
+        // (226/NAMESPACE) before hsmbackup runs, and nothing creates the home on a fresh install.
+        // A home under /var/lib is the unit's StateDirectory= (systemd creates it, owned by User=,
+        // before the sandbox); every writable path is "-"-prefixed, so a missing replica or
+        // textfile directory is reported by hsmbackup (status 83, a named error) instead.
+        let stateDirectory = o.home.hasPrefix("/var/lib/") && o.home.count > "/var/lib/".count ? String(o.home.dropFirst("/var/lib/".count)) : nil
+        let stateLines = stateDirectory.map { "StateDirectory=\($0)\nStateDirectoryMode=0700\n" } ?? ""
+        let writable = ([o.home] + o.extraWritable + (o.prometheusFile.map { [directory(of: $0)] } ?? [])).map { "-" + $0 }
         return """
             # Written by `hsmbackup schedule install --systemd`. Runs what is due, once, and exits;
             # \(o.name).timer starts it. Exit codes: 0 all succeeded, 75 another run holds the lock,
@@ -75,9 +82,11 @@ public enum Units {
 
             [Service]
             Type=oneshot
+            # 75: another run held the lock and this one did nothing; not a failure to alert on.
+            SuccessExitStatus=75
             \(o.user.map { "User=\($0)\n" } ?? "")Environment=HSMBACKUP_HOME=\(o.home)
             ExecStart=\(o.binary) --home \(o.home) schedule run
-            \(statusLine)\(credential)SyslogIdentifier=\(o.name)
+            \(statusLine)\(stateLines)\(credential)SyslogIdentifier=\(o.name)
             UMask=0077
             Nice=10
             IOSchedulingClass=best-effort

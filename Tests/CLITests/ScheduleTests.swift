@@ -293,7 +293,7 @@ final class ScheduleTests: XCTestCase {
         let service = try String(contentsOfFile: dir + "/hsmbackup.service", encoding: .utf8)
         let timer = try String(contentsOfFile: dir + "/hsmbackup.timer", encoding: .utf8)
         for line in ["ExecStart=\(CLI.binary.path) --home \(w.home) schedule run", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                     "PrivateTmp=yes", "ReadWritePaths=\(w.home) \((prom as NSString).deletingLastPathComponent)", "Type=oneshot"] {
+                     "PrivateTmp=yes", "ReadWritePaths=-\(w.home) -\((prom as NSString).deletingLastPathComponent)", "Type=oneshot"] {
             XCTAssertTrue(service.split(separator: "\n").contains(Substring(line)), "\(line) in\n\(service)")
         }
         for line in ["Persistent=true", "OnCalendar=hourly", "Unit=hsmbackup.service", "WantedBy=timers.target"] {

@@ -119,9 +119,30 @@ final class ScheduleFileTests: XCTestCase {
         XCTAssertNoThrow(try UnitOptions(binary: "/usr/bin/hsmbackup", home: "/var/lib/hsmbackup").validate())
         var o = UnitOptions(binary: "/usr/bin/hsmbackup", home: "/var/lib/hsmbackup")
         o.prometheusFile = "/var/lib/node_exporter/textfile/hsmbackup.prom"
-        XCTAssertTrue(Units.service(o).contains("ReadWritePaths=/var/lib/hsmbackup /var/lib/node_exporter/textfile\n"))
+        XCTAssertTrue(Units.service(o).contains("ReadWritePaths=-/var/lib/hsmbackup -/var/lib/node_exporter/textfile\n"))
         o.extraWritable = ["/mnt/disk2/replica"]
-        XCTAssertTrue(Units.service(o).contains("ReadWritePaths=/var/lib/hsmbackup /mnt/disk2/replica /var/lib/node_exporter/textfile\n"))
+        XCTAssertTrue(Units.service(o).contains("ReadWritePaths=-/var/lib/hsmbackup -/mnt/disk2/replica -/var/lib/node_exporter/textfile\n"))
         XCTAssertTrue(Units.service(o).contains("ExecStopPost=-/usr/bin/hsmbackup --home /var/lib/hsmbackup status --prometheus /var/lib/node_exporter/textfile/hsmbackup.prom\n"))
+    }
+
+    /// systemd refuses to start a unit one of whose ReadWritePaths= does not exist (226/NAMESPACE,
+    /// before hsmbackup runs), and nothing creates the home on a fresh `make install`: the default
+    /// home is the unit's StateDirectory= (systemd creates it, owned by User=), and every
+    /// writable path is "-"-prefixed (a missing one is then hsmbackup's to report).
+    func testServiceUnitStartsOnAFreshMachineWhoseHomeDoesNotExistYet() {
+        var o = UnitOptions(binary: "/usr/local/bin/hsmbackup", home: "/var/lib/hsmbackup")
+        o.user = "hsmbackup"
+        o.extraWritable = ["/mnt/disk2/replica"]
+        let lines = Units.service(o).split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.contains("StateDirectory=hsmbackup"), lines.joined(separator: "\n"))
+        XCTAssertTrue(lines.contains("StateDirectoryMode=0700"))
+        let rw = lines.first { $0.hasPrefix("ReadWritePaths=") } ?? ""
+        for path in rw.dropFirst("ReadWritePaths=".count).split(separator: " ") {
+            XCTAssertTrue(path.hasPrefix("-"), "\(path) would stop the unit from starting while it does not exist")
+        }
+        // A home elsewhere is not a state directory (StateDirectory= only takes paths under /var/lib).
+        let other = Units.service(UnitOptions(binary: "/usr/local/bin/hsmbackup", home: "/srv/hsmbackup"))
+        XCTAssertFalse(other.contains("StateDirectory="))
+        XCTAssertTrue(other.contains("ReadWritePaths=-/srv/hsmbackup\n"))
     }
 }
