@@ -48,6 +48,11 @@ public struct CopySource: Codable, Equatable, Sendable {
 
 public struct BackupEntry: Codable, Equatable, Sendable {
     public static let maxTags = 50
+    /// The tag `schedule run` sets on a backup whose scheduled verification failed
+    /// (`verification=failed`, spec/FORMAT.md section 5.8): the backup stays READY for inspection,
+    /// but retention does not take it for the cluster's newest backup (`RetentionRules`).
+    public static let verificationTag = "verification"
+    public static let verificationFailed = "failed"
     public static let maxTagKeyLength = 128
     public static let maxTagValueLength = 256
     public static let maxNameLength = 128
@@ -93,6 +98,9 @@ public struct BackupEntry: Codable, Equatable, Sendable {
         self.objectKey = objectKey
         self.generation = generation
     }
+
+    /// Whether its verification failed (the tag `verification=failed`).
+    public var failedVerification: Bool { tags[Self.verificationTag] == Self.verificationFailed }
 
     static func validateTags(_ tags: [String: String]) throws {
         guard tags.count <= maxTags else { throw StoreError(.limitExceeded, "at most \(maxTags) tags") }

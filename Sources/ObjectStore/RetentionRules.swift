@@ -2,8 +2,9 @@
 // functions of entries, a policy and the time, so the catalog operations and the fuzz target
 // (`retention-policy`) run the same code:
 //   retention: READY backups of the policy's cluster with created + days ≤ now expire, except the
-//              cluster's most recent READY backup (creation time, then backup id) and backups
-//              flagged never-expires;
+//              cluster's most recent READY backup (creation time, then backup id) that is not
+//              tagged verification=failed (the most recent READY one if every one is), and
+//              backups flagged never-expires;
 //   purge:     PENDING_DELETION whose requested + recovery window ≤ now;
 //   restore:   PENDING_DELETION while now < requested + recovery window.
 // Every time in an entry comes from stored bytes, so the arithmetic never traps: a time past
@@ -17,9 +18,11 @@ public enum RetentionRules {
     where S.Element == BackupEntry {
         guard RetentionPolicy.allowedDays.contains(policy.days) else { return [] }
         let ready = entries.filter { $0.clusterId == policy.clusterId && $0.state == .ready }
-        let newest = ready.max { a, b in
+        func older(_ a: BackupEntry, _ b: BackupEntry) -> Bool {
             a.createdMillis != b.createdMillis ? a.createdMillis < b.createdMillis : BackupEntry.utf8Less(a.backupId, b.backupId)
         }
+        // A backup that failed its verification never stands in for the newest good one.
+        let newest = ready.filter { !$0.failedVerification }.max(by: older) ?? ready.max(by: older)
         var out: [String] = []
         for e in ready where e.backupId != newest?.backupId && !e.neverExpires
             && plus(e.createdMillis, UInt64(policy.days) * Millis.day).map({ $0 <= nowMillis }) == true {

@@ -45,6 +45,10 @@ public struct HealthReport: Codable, Sendable {
         /// The shortest interval of its schedules plus the grace, in seconds (nil: unscheduled).
         public var maxAgeSeconds: UInt64?
         public var readyBackups: Int
+        /// READY backups tagged `verification=failed` (their scheduled verification failed): kept
+        /// for inspection, counted in `readyBackups`, but never the newest good backup.
+        public var failedVerificationBackups: [String]
+        /// The newest READY backup that did not fail its verification, and its age.
         public var newestBackupId: String?
         public var newestCreated: String?
         public var newestAgeSeconds: UInt64?
@@ -107,23 +111,28 @@ public enum Health {
         let schedules = file.schedules.map { s -> HealthReport.ScheduleHealth in
             let r = state.schedules[s.name]
             return HealthReport.ScheduleHealth(
-                name: s.name, cluster: s.cluster, source: s.source.description, sourceKind: s.source.kind, every: s.every, verify: s.verify,
+                name: s.name, cluster: s.currentCluster(r), source: s.source.description, sourceKind: s.source.kind, every: s.every, verify: s.verify,
                 lastRun: r?.lastRun, lastOutcome: r?.lastOutcome, lastError: r?.lastError, lastBackupId: r?.lastBackupId,
                 lastSuccess: r?.lastSuccess, consecutiveFailures: r?.consecutiveFailures ?? 0, lastVerification: r?.lastVerification,
                 nextRun: Timestamp.rfc3339(DueRules.nextRun(s, r)))
         }
 
         let ready = entries.filter { $0.state == .ready }
-        let clusterNames = Set(file.schedules.map(\.cluster)).union(ready.map(\.clusterId)).sorted()
+        // Each schedule counts for the cluster its backups land in (its last backup's cluster).
+        let clusterOf = Dictionary(uniqueKeysWithValues: file.schedules.map { ($0.name, $0.currentCluster(state.schedules[$0.name])) })
+        let clusterNames = Set(clusterOf.values).union(ready.map(\.clusterId)).sorted()
         var clusters: [HealthReport.ClusterHealth] = []
         for c in clusterNames {
-            let mine = file.schedules.filter { $0.cluster == c }
+            let mine = file.schedules.filter { clusterOf[$0.name] == c }
             let backups = ready.filter { $0.clusterId == c }
-            let newest = backups.max { ($0.createdMillis, $0.backupId) < ($1.createdMillis, $1.backupId) }
+            let failedVerification = backups.filter(\.failedVerification)
+                .sorted { ($0.createdMillis, $0.backupId) < ($1.createdMillis, $1.backupId) }.map(\.backupId)
+            let newest = backups.filter { !$0.failedVerification }.max { ($0.createdMillis, $0.backupId) < ($1.createdMillis, $1.backupId) }
             let verification = mine.compactMap { state.schedules[$0.name]?.lastVerification }
                 .max { ($0.at, $0.backupId) < ($1.at, $1.backupId) }
             var h = HealthReport.ClusterHealth(
                 cluster: c, schedules: mine.map(\.name), maxAgeSeconds: nil, readyBackups: backups.count,
+                failedVerificationBackups: failedVerification,
                 newestBackupId: newest?.backupId, newestCreated: newest.map { Timestamp.rfc3339(millis: $0.createdMillis) },
                 newestAgeSeconds: newest.map { now > $0.createdMillis / 1000 ? now - $0.createdMillis / 1000 : 0 },
                 lastVerification: verification, status: "ok", problems: [])
@@ -139,14 +148,17 @@ public enum Health {
                 if let age = h.newestAgeSeconds {
                     if age > allowed {
                         if h.status == "ok" { h.status = HealthReport.Verdict.stale.rawValue }
-                        h.problems.append("the newest READY backup is \(Interval(seconds: age)) old; its schedule allows \(Interval(seconds: allowed))")
+                        h.problems.append("the newest \(failedVerification.isEmpty ? "" : "verified ")READY backup is \(Interval(seconds: age)) old; its schedule allows \(Interval(seconds: allowed))")
                     }
                 } else {
                     let since = mine.compactMap { Timestamp.seconds(rfc3339: $0.added) }.min() ?? now
                     if now > since, now - since > allowed {
                         if h.status == "ok" { h.status = HealthReport.Verdict.stale.rawValue }
-                        h.problems.append("no READY backup, and its schedule was added \(Interval(seconds: now - since)) ago")
+                        h.problems.append("no \(failedVerification.isEmpty ? "" : "verified ")READY backup, and its schedule was added \(Interval(seconds: now - since)) ago")
                     }
+                }
+                if let last = failedVerification.last {
+                    h.problems.append("\(failedVerification.count) READY backup(s) failed their verification (tagged \(BackupEntry.verificationTag)=\(BackupEntry.verificationFailed), newest \(last)); they do not count as the newest backup")
                 }
                 for s in mine {
                     if let r = state.schedules[s.name], r.lastOutcome == "failed", let e = r.lastError {
@@ -207,6 +219,8 @@ public enum PrometheusExport {
         for c in r.clusters {
             let l = [("cluster", c.cluster)]
             g("cluster_ready_backups", "READY backups of the cluster in the store", l, Double(c.readyBackups))
+            g("cluster_failed_verification_backups", "READY backups of the cluster tagged verification=failed", l,
+              Double(c.failedVerificationBackups.count))
             g("cluster_within_schedule", "1 if the cluster's status is ok (or it has no schedule)", l, c.status == "ok" || c.status == "unscheduled" ? 1 : 0)
             if let m = c.maxAgeSeconds { g("cluster_max_age_seconds", "the age its schedules allow the newest backup (interval + grace)", l, Double(m)) }
             if let t = ts(c.newestCreated) {

@@ -168,7 +168,8 @@ public struct Schedule: Codable, Equatable, Sendable {
 
     public var name: String
     public var source: ScheduleSource
-    /// The cluster the source belonged to when the schedule was added (status groups by it).
+    /// The cluster the source belonged to when the schedule was added. Once a backup is stored,
+    /// `status` groups by the cluster of its last backup (`ScheduleRecord.cluster`) instead.
     public var cluster: String
     public var kmsKeys: [String]
     public var every: Interval
@@ -234,12 +235,22 @@ public struct ScheduleRecord: Codable, Equatable, Sendable {
     /// Why the last attempt failed, and at which step (backup, verify, retention).
     public var lastError: String?
     public var lastBackupId: String?
+    /// The cluster the last stored backup was filed under (the source's cluster at that run; it
+    /// can differ from the schedule's `cluster`, recorded when it was added). `status` and
+    /// retention follow this one. Absent until a backup was stored (state files before it too).
+    public var cluster: String?
     /// The start of the last attempt that succeeded.
     public var lastSuccess: String?
     public var lastVerification: Verification?
     public var consecutiveFailures: Int = 0
 
     public init() {}
+}
+
+extension Schedule {
+    /// The cluster the schedule's backups land in: that of its last stored backup, else the one
+    /// recorded when it was added.
+    public func currentCluster(_ r: ScheduleRecord?) -> String { r?.cluster ?? cluster }
 }
 
 /// What the last scheduled scrub found.

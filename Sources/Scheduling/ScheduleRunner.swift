@@ -204,7 +204,7 @@ public final class ScheduleRunner {
         record.lastRun = Timestamp.rfc3339(start)
         var step = Step.backup
         var backupId: String?
-        var cluster = s.cluster
+        var cluster = s.currentCluster(record)
         var stepClock = ContinuousClock.now
         func event(_ outcome: String, _ extra: [(String, String)]) {
             var fields: [(String, String)] = [("time", Timestamp.rfc3339(nowSeconds)), ("event", step.rawValue), ("schedule", s.name),
@@ -229,6 +229,9 @@ public final class ScheduleRunner {
             let created = try service.createBackup(of: hsm, keyrings: keyrings, options: options, tags: tags)
             backupId = created.entry.backupId
             record.lastBackupId = backupId
+            // The backup is filed under the source's cluster now; health and retention follow it.
+            cluster = created.entry.clusterId
+            record.cluster = cluster
             var backupFields = [("source", s.source.kind), ("bytes", "\(created.archive.archiveBytes)")]
             if case .pkcs11 = s.source { backupFields.append(("skipped", "\(source.skipped())")) }
             event("ok", backupFields)
@@ -260,16 +263,43 @@ public final class ScheduleRunner {
             record.consecutiveFailures = 0
             return true
         } catch {
-            let message = describe(error)
+            var message = describe(error)
             if step == .verify, record.lastVerification?.backupId != backupId {
                 // The verification could not run at all: that is a failed verification too.
                 record.lastVerification = ScheduleRecord.Verification(
                     at: Timestamp.rfc3339(nowSeconds), backupId: backupId ?? "", level: s.verify, passed: false, errors: 1, warnings: 0)
             }
+            // Kept for inspection, but marked: retention never keeps it in place of a verified
+            // backup, and status does not count it as the cluster's newest good backup.
+            var tagged = false
+            if step == .verify, let backupId {
+                do {
+                    try service.get().catalog.tag(backupId, [BackupEntry.verificationTag: BackupEntry.verificationFailed])
+                    tagged = true
+                } catch let tagError {
+                    message += "; the backup could not be tagged \(BackupEntry.verificationTag)=\(BackupEntry.verificationFailed): \(describe(tagError))"
+                }
+            }
             event("failed", [("error", message)])
             record.lastOutcome = "failed"
             record.lastError = "\(step.rawValue): \(message)"
             record.consecutiveFailures += 1
+            // Tagged, the unverified backup cannot push a verified one out, so retention still
+            // runs: a schedule that keeps failing its verification does not grow the store forever.
+            if tagged, let service = try? service.get() {
+                step = .retention
+                do {
+                    let retention = try service.applyRetention(cluster: cluster)
+                    if let f = retention.failed.first {
+                        throw SchedulingError(.io, "retention could not mark \(retention.failed.count) backup(s): \(f.backupId): \(f.message)")
+                    }
+                    event("ok", [("marked", "\(retention.expired.count)")])
+                } catch {
+                    let m = describe(error)
+                    event("failed", [("error", m)])
+                    record.lastError! += "; retention: \(m)"
+                }
+            }
             return false
         }
     }

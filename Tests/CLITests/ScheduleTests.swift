@@ -145,6 +145,139 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(try Self.run(w, ["status"], at: week + 3600).exitCode, 0)
     }
 
+    // MARK: a failing verification
+
+    /// A daily schedule whose full verification passes on days 1-2 and fails from day 3 on (its
+    /// verification HSM is swapped for one of another manufacturer): the failed backups stay READY
+    /// for inspection, tagged verification=failed, and retention (run after each of them) keeps the
+    /// newest verified backup however old it gets; status exits 81 and ages the newest verified one.
+    func testBackupsThatFailTheirScheduledVerificationNeverPushOutTheNewestVerifiedOne() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let t0 = Self.t0, day: UInt64 = 24 * 3600
+        let hsm = try w.makeHSM(keys: 3, cluster: "c-v")
+        let spare = w.path("spare")
+        try w.expect(0, ["hsm", "create", spare, "--manufacturer", "acme", "--model", "M1", "--serial", "SP1", "--cluster", "c-spare"])
+        try w.expect(0, ["retention", "set", "--cluster", "c-v", "--days", "7"])
+        try Self.run(w, ["schedule", "add", "v", "--hsm", hsm, "--kms-key", "k1", "--every", "24h", "--verify", "full",
+                         "--verify-hsm", spare], at: t0).assertExit(0)
+
+        var ids: [String] = []
+        for d in 0..<12 {
+            if d == 2 {
+                try FileManager.default.moveItem(atPath: spare, toPath: spare + ".ok")
+                try FileManager.default.moveItem(atPath: w.foreignHSM, toPath: spare)
+            }
+            let r = try Self.run(w, ["schedule", "run"], at: t0 + UInt64(d) * day)
+            let events = Self.logEvents(r).filter { $0["schedule"] == "v" }
+            let backup = try XCTUnwrap(events.first { $0["event"] == "backup" }, r.description)
+            XCTAssertEqual(backup["outcome"], "ok", r.description)
+            ids.append(try XCTUnwrap(backup["backup_id"]))
+            let verify = events.first { $0["event"] == "verify" }
+            XCTAssertEqual(verify?["outcome"], d < 2 ? "ok" : "failed", r.description)
+            XCTAssertEqual(r.exitCode, d < 2 ? 0 : 80, r.description)
+            // Retention runs after a failed verification too, once the backup is tagged.
+            XCTAssertEqual(events.first { $0["event"] == "retention" }?["outcome"], "ok", r.description)
+        }
+
+        let list = try Self.backups(w, cluster: "c-v")
+        func entry(_ id: String) -> [String: Any]? { list.first { $0["backupId"] as? String == id } }
+        func state(_ d: Int) -> String? { entry(ids[d])?["state"] as? String }
+        func tags(_ d: Int) -> [String: String]? { entry(ids[d])?["tags"] as? [String: String] }
+        XCTAssertEqual(list.count, 12)
+        // Day 2's verified backup is 10 days old, past the 7-day retention, and still kept: the
+        // nine newer backups failed their verification. Day 1's expired by age (a newer verified one exists).
+        XCTAssertEqual(state(1), "READY", "the newest verified backup is never expired because of unverified ones")
+        XCTAssertEqual(state(0), "PENDING_DELETION")
+        XCTAssertEqual(tags(0), ["schedule": "v"])
+        XCTAssertEqual(tags(1), ["schedule": "v"])
+        for d in 2..<12 {
+            XCTAssertEqual(tags(d), ["schedule": "v", "verification": "failed"], "day \(d + 1)")
+            // Kept for inspection for the retention period, then expired by age like any backup.
+            XCTAssertEqual(state(d), d <= 4 ? "PENDING_DELETION" : "READY", "day \(d + 1)")
+        }
+        let text = try w.expect(0, ["backup", "list", "--cluster", "c-v"]).stdout
+        let taggedLines = text.split(separator: "\n").filter { $0.contains("verification=failed") }
+        XCTAssertEqual(taggedLines.count, 10, text)
+        XCTAssertTrue(taggedLines.allSatisfy { line in ids[2...].contains { line.hasPrefix($0) } }, text)
+
+        // status: the failed verification (81), and the newest *verified* backup's age.
+        let now = t0 + 11 * day + 3600
+        let st = try Self.run(w, ["status", "--json"], at: now)
+        XCTAssertEqual(st.exitCode, 81, st.description)
+        let c = try XCTUnwrap((try JSON.object(st.stdout)["clusters"] as? [[String: Any]])?.first { $0["cluster"] as? String == "c-v" })
+        XCTAssertEqual(c["status"] as? String, "verification-failed")
+        XCTAssertEqual(c["newestBackupId"] as? String, ids[1])
+        XCTAssertEqual(c["newestAgeSeconds"] as? Int, Int(10 * day + 3600))
+        XCTAssertEqual(c["failedVerificationBackups"] as? [String], Array(ids[5...]))
+        XCTAssertEqual(c["readyBackups"] as? Int, 8)
+        let problems = c["problems"] as? [String] ?? []
+        XCTAssertTrue(problems.contains { $0.hasPrefix("the newest verified READY backup is 1w3d1h old") }, problems.description)
+        XCTAssertTrue(problems.contains { $0.hasPrefix("7 READY backup(s) failed their verification") }, problems.description)
+        let plain = try Self.run(w, ["status"], at: now)
+        XCTAssertTrue(plain.stdout.contains("cluster c-v  verification-failed  newest \(ids[1]) age 1w3d1h (allowed 1d2h)  8 READY (7 failed verification)"),
+                      plain.description)
+
+        // Fixed: the next run verifies, and the cluster is healthy again; the tagged ones stay tagged.
+        try FileManager.default.moveItem(atPath: spare, toPath: w.foreignHSM)
+        try FileManager.default.moveItem(atPath: spare + ".ok", toPath: spare)
+        let fixed = try Self.run(w, ["schedule", "run"], at: t0 + 12 * day)
+        XCTAssertEqual(fixed.exitCode, 0, fixed.description)
+        let ok = try Self.run(w, ["status", "--json"], at: t0 + 12 * day + 60)
+        XCTAssertEqual(ok.exitCode, 0, ok.description)
+        let c2 = try XCTUnwrap((try JSON.object(ok.stdout)["clusters"] as? [[String: Any]])?.first { $0["cluster"] as? String == "c-v" })
+        XCTAssertEqual((c2["failedVerificationBackups"] as? [String])?.count, 6, "day 6's tagged backup expired at this run")
+        XCTAssertNotEqual(c2["newestBackupId"] as? String, ids[1])
+        XCTAssertEqual(try Self.backups(w, cluster: "c-v").first { $0["backupId"] as? String == ids[1] }?["state"] as? String,
+                       "PENDING_DELETION", "a newer verified backup exists now, so day 2's expires by age")
+    }
+
+    // MARK: the source's cluster changes
+
+    /// The HSM behind a schedule moves to another cluster: its backups go under the new cluster,
+    /// and status and retention follow them there (the old cluster is reported unscheduled).
+    func testStatusFollowsTheClusterTheBackupsLandInWhenTheSourceChangesCluster() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let t0 = Self.t0
+        let hsm = try w.makeHSM(keys: 3, cluster: "c-old")
+        try Self.run(w, ["schedule", "add", "s", "--hsm", hsm, "--kms-key", "k1", "--every", "24h"], at: t0).assertExit(0)
+        try Self.run(w, ["schedule", "run"], at: t0).assertExit(0)
+
+        // The device at that path is now a member of another cluster.
+        try FileManager.default.moveItem(atPath: hsm, toPath: hsm + ".old")
+        try w.expect(0, ["hsm", "create", hsm, "--manufacturer", "acme", "--model", "M1", "--serial", "N1", "--cluster", "c-new"])
+        try w.expect(0, ["hsm", "populate", hsm, "--keys", "2", "--users", "2", "--seed", "5", "--no-rsa"])
+        let r = try Self.run(w, ["schedule", "run"], at: t0 + 24 * 3600)
+        XCTAssertEqual(r.exitCode, 0, r.description)
+        let backup = Self.logEvents(r).first { $0["event"] == "backup" }
+        XCTAssertEqual(backup?["cluster"], "c-new", r.description)
+        XCTAssertEqual(Self.logEvents(r).first { $0["event"] == "retention" }?["cluster"], "c-new", r.description)
+        XCTAssertEqual(try Self.backups(w, cluster: "c-new").count, 1)
+
+        // 30h: c-old's only backup is 30h old (more than 24h + 2h), but no schedule feeds it any
+        // more; c-new, where the schedule's backups land, is 6h old.
+        let st = try Self.run(w, ["status", "--json"], at: t0 + 30 * 3600)
+        XCTAssertEqual(st.exitCode, 0, st.description)
+        let j = try JSON.object(st.stdout)
+        let clusters = try XCTUnwrap(j["clusters"] as? [[String: Any]])
+        let new = try XCTUnwrap(clusters.first { $0["cluster"] as? String == "c-new" }, st.description)
+        XCTAssertEqual(new["schedules"] as? [String], ["s"])
+        XCTAssertEqual(new["status"] as? String, "ok")
+        XCTAssertEqual(new["newestAgeSeconds"] as? Int, 6 * 3600)
+        XCTAssertEqual(clusters.first { $0["cluster"] as? String == "c-old" }?["status"] as? String, "unscheduled")
+        XCTAssertEqual((j["schedules"] as? [[String: Any]])?.first?["cluster"] as? String, "c-new")
+        let state = try JSON.object(String(decoding: try Data(contentsOf: URL(fileURLWithPath: w.home + "/schedule-state.json")), as: UTF8.self))
+        XCTAssertEqual((state["schedules"] as? [String: [String: Any]])?["s"]?["cluster"] as? String, "c-new")
+        XCTAssertTrue(try Self.run(w, ["schedule", "list"], at: t0 + 30 * 3600).stdout.contains("s  cluster c-new  every 1d"))
+
+        // And it goes stale there: 51h, no run since 24h.
+        let stale = try Self.run(w, ["status", "--json"], at: t0 + 51 * 3600)
+        XCTAssertEqual(stale.exitCode, 82, stale.description)
+        let staleNew = try XCTUnwrap((try JSON.object(stale.stdout)["clusters"] as? [[String: Any]])?.first { $0["cluster"] as? String == "c-new" })
+        XCTAssertEqual(staleNew["status"] as? String, "stale")
+    }
+
     // MARK: one instance at a time
 
     func testASecondRunExitsAtOnceWhileTheLockIsHeld() throws {
@@ -258,6 +391,8 @@ final class ScheduleTests: XCTestCase {
         try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "30s"])       // too short
         try w.expect(64, ["schedule", "add", "b/c", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h"])     // bad name
         try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--every", "24h"])                          // no key
+        try w.expect(64, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "k1", "--every", "24h",
+                          "--tag", "verification=failed"])                                                    // the runner's tag
         try w.expect(66, ["schedule", "add", "b", "--hsm", w.sourceHSM, "--kms-key", "nope", "--every", "24h"])     // no such key
         try w.expect(66, ["schedule", "add", "b", "--hsm", w.path("none"), "--kms-key", "k1", "--every", "24h"])    // no HSM
         let list = try JSON.array(try w.expect(0, ["schedule", "list", "--json"]).stdout)

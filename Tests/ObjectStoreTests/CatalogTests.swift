@@ -146,6 +146,41 @@ final class CatalogTests: XCTestCase {
         XCTAssertNil(try c.retention("cluster-a"))
     }
 
+    /// A backup tagged verification=failed never stands in for the cluster's newest backup: the
+    /// newest untagged one is kept instead, and the tagged ones expire by age; with only tagged
+    /// backups left, the newest of them is kept.
+    func testRetentionKeepsTheNewestBackupThatDidNotFailVerification() throws {
+        let s = Scratch()
+        let clock = ManualClock()
+        let c = try makeCatalog(s, clock: clock)
+        try c.setRetention("cluster-a", days: 7)
+        try add(c, "verified1")
+        clock.advance(days: 1)
+        try add(c, "verified2")
+        for i in 1...3 {
+            clock.advance(days: 1)
+            try add(c, "failed\(i)")
+            let e = try c.tag("failed\(i)", [BackupEntry.verificationTag: BackupEntry.verificationFailed])
+            XCTAssertTrue(e.failedVerification)
+        }
+        XCTAssertFalse(try c.entry("verified2").failedVerification)
+        clock.advance(days: 30) // every backup is past 7 days
+        XCTAssertEqual(try c.applyRetention(clusterId: "cluster-a").expired, ["failed1", "failed2", "failed3", "verified1"])
+        XCTAssertEqual(try c.entry("verified2").state, .ready, "the newest backup that did not fail its verification")
+
+        let s2 = Scratch()
+        let c2 = try makeCatalog(s2, clock: clock)
+        try c2.setRetention("cluster-a", days: 7)
+        for i in 1...2 {
+            try add(c2, "f\(i)")
+            try c2.tag("f\(i)", [BackupEntry.verificationTag: BackupEntry.verificationFailed])
+            clock.advance(days: 1)
+        }
+        clock.advance(days: 30)
+        XCTAssertEqual(try c2.applyRetention().expired, ["f1"], "only tagged backups: the newest of them is kept")
+        XCTAssertEqual(try c2.entry("f2").state, .ready)
+    }
+
     func testTags() throws {
         let s = Scratch()
         let c = try makeCatalog(s, clock: ManualClock())

@@ -91,7 +91,9 @@ struct ScheduleAdd: ParsableCommand {
         if allowPartial && !pkcs11.enabled { throw ValidationError("--allow-partial goes with --pkcs11") }
         if verifyHSM != nil && verify != .full { throw ValidationError("--verify-hsm is for --verify full") }
         if verifyHSM != nil && pkcs11.enabled { throw ValidationError("--verify-hsm is for --hsm schedules; a PKCS#11 schedule's full verification is a dry-run restore on its own token") }
-        _ = try parsePairs(tags, "--tag")
+        if try parsePairs(tags, "--tag")[BackupEntry.verificationTag] != nil {
+            throw ValidationError("--tag \(BackupEntry.verificationTag)=…: that tag is set by `schedule run` on a backup that fails its verification")
+        }
     }
 
     func run() throws {
@@ -170,7 +172,7 @@ struct ScheduleList: ParsableCommand {
             for r in rows {
                 let s = r.schedule
                 let last = r.state?.lastRun.map { "last run \($0) \(r.state?.lastOutcome ?? "?")" } ?? "never run"
-                try Out.line("\(s.name)  cluster \(s.cluster)  every \(s.every)  verify \(s.verify.rawValue)  \(s.source)  \(last)  next \(r.nextRun)")
+                try Out.line("\(s.name)  cluster \(s.currentCluster(r.state))  every \(s.every)  verify \(s.verify.rawValue)  \(s.source)  \(last)  next \(r.nextRun)")
             }
             try Out.line("store scrub --repair every \(file.scrubEvery)")
         }
@@ -341,7 +343,8 @@ struct StatusCommand: ParsableCommand {
             let newest = c.newestBackupId.map { "newest \($0) age \(Interval(seconds: c.newestAgeSeconds ?? 0))" } ?? "no READY backup"
             let allowed = c.maxAgeSeconds.map { " (allowed \(Interval(seconds: $0)))" } ?? ""
             let v = c.lastVerification.map { "  verification \($0.level.rawValue) \($0.passed ? "passed" : "FAILED") at \($0.at)" } ?? ""
-            try Out.line("cluster \(c.cluster)  \(c.status)  \(newest)\(allowed)  \(c.readyBackups) READY\(v)")
+            let failed = c.failedVerificationBackups.isEmpty ? "" : " (\(c.failedVerificationBackups.count) failed verification)"
+            try Out.line("cluster \(c.cluster)  \(c.status)  \(newest)\(allowed)  \(c.readyBackups) READY\(failed)\(v)")
             for p in c.problems { try Out.line("  \(p)") }
         }
         if let s = r.store {
