@@ -52,13 +52,13 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         while let current = candidates.first {
             if let a = ahead.first, a.first != chunk || a.replica != current { ahead.removeAll() }
             if ahead.isEmpty { nextFetch = chunk }
-            prefetch(current)
+            prefetch(current, limit: max(1, S3ObjectStore.readsInFlight))
             let a = ahead.removeFirst()
             a.group.wait()
             switch a.box.value! {
             case .success(let window):
                 pieces = window
-                prefetch(current)
+                prefetch(current, limit: S3ObjectStore.readsInFlight)
                 return next()
             case .failure(let f):
                 findings.append(f.finding)
@@ -81,10 +81,10 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         return p
     }
 
-    /// Starts fetches from `replica` until `readsInFlight` windows are on their way.
-    private func prefetch(_ replica: Int) {
+    /// Starts fetches from `replica` until `limit` windows are on their way.
+    private func prefetch(_ replica: Int, limit: Int) {
         let total = record.chunkDigests.count
-        while ahead.count < S3ObjectStore.readsInFlight, nextFetch < total {
+        while ahead.count < limit, nextFetch < total {
             let first = nextFetch
             nextFetch = min(first + S3ObjectStore.readWindowChunks, total)
             let box = LockedBox<Result<[Data], ReplicaFindingError>?>(nil)

@@ -35,7 +35,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     /// Ranged reads in flight per reader, ahead of the window being consumed (each window is
     /// held once, as the transport delivered it, until its last chunk is handed out). One ahead
     /// keeps `verify` under 64 MiB; more did not make it faster against moto.
-    static let readsInFlight = tunable("HSMBACKUP_S3_READS_IN_FLIGHT", 1, 1...16)
+    static let readsInFlight = tunable("HSMBACKUP_S3_READS_IN_FLIGHT", 1, 0...16)
     /// Parts being sent per writer while the next one fills (each held once in memory, shared by
     /// every replica's upload; URLSession copies an in-memory body once more while sending it).
     static let maxPartsInFlight = tunable("HSMBACKUP_S3_PARTS_IN_FLIGHT", 1, 1...16)
