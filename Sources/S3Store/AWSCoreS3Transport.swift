@@ -67,14 +67,14 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
         let query = request.query.map { ($0.0, Self.bareNames.contains($0.0) && $0.1.isEmpty ? nil : Optional($0.1)) }
         let hasUploadId = request.query.contains { $0.0 == "uploadId" }
         let req = AWSRequest(method: request.method, path: path, query: query, headers: HTTPHeaders(headers),
-                             body: Data(request.body), payloadHash: payloadHash, operation: Self.operation(request),
+                             body: request.payload, payloadHash: payloadHash, operation: Self.operation(request),
                              resource: "\(request.bucket)/\(request.key)", timeout: 120,
                              errorInSuccessBody: request.method == "POST" && hasUploadId)
         do {
             let r = try c.send(req)
             var h: [String: String] = [:]
             for (n, v) in r.headers { h[n.lowercased()] = v }
-            return S3Response(status: r.status, headers: h, body: [UInt8](r.body))
+            return S3Response(status: r.status, headers: h, payload: r.body)
         } catch let e as AWSError {
             switch e.kind {
             case .service:

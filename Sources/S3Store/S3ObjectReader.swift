@@ -1,7 +1,9 @@
 // A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11):
 // ranged GETs of `readWindowChunks` record chunks, each chunk checked against the reference
-// record before it is released, the next window fetched while the caller consumes this one; a
-// replica that fails or disagrees is dropped and the window is fetched again from the next.
+// record before it is released; `readsInFlight` windows are fetched ahead, in parallel, while
+// the caller consumes this one, and handed out in order (memory: at most that many windows plus
+// the current one, whatever the object's size); a replica that fails or disagrees is dropped,
+// the windows fetched ahead from it are discarded and the window is fetched again from the next.
 // At the end the object digest is checked and, with read-repair, bad replicas are rewritten.
 import BackupCrypto
 import Dispatch
@@ -20,12 +22,15 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
     private var candidates: [Int]
     private let readRepair: Bool
     private var chunk = 0
-    private var pieces: [[UInt8]] = []
+    /// The current window's chunks, verified (slices of the response body: no copy until handed out).
+    private var pieces: [Data] = []
     private let hasher = SHA256Hasher()
     private var finished = false
     private var failure: StoreError?
-    /// The window being fetched ahead: its first chunk, replica and result.
-    private var ahead: (first: Int, replica: Int, box: LockedBox<Result<[[UInt8]], ReplicaFindingError>?>, group: DispatchGroup)?
+    /// The windows being fetched ahead, in chunk order: first chunk, replica and result.
+    private var ahead: [(first: Int, replica: Int, box: LockedBox<Result<[Data], ReplicaFindingError>?>, group: DispatchGroup)] = []
+    /// The first chunk not yet asked for by `ahead`.
+    private var nextFetch = 0
 
     init(store: S3ObjectStore, key: String, readRepair: Bool) throws {
         self.store = store
@@ -45,22 +50,22 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         if !pieces.isEmpty { return next() }
         if chunk == record.chunkDigests.count { try finish(); return nil }
         while let current = candidates.first {
-            let result: Result<[[UInt8]], ReplicaFindingError>
-            if let a = ahead, a.first == chunk, a.replica == current {
-                a.group.wait()
-                result = a.box.value!
-            } else {
-                result = store.fetchWindow(current, record: record, firstChunk: chunk)
-            }
-            ahead = nil
-            switch result {
+            if let a = ahead.first, a.first != chunk || a.replica != current { ahead.removeAll() }
+            if ahead.isEmpty { nextFetch = chunk }
+            prefetch(current, limit: max(1, S3ObjectStore.readsInFlight))
+            let a = ahead.removeFirst()
+            a.group.wait()
+            switch a.box.value! {
             case .success(let window):
                 pieces = window
-                prefetch(after: chunk + window.count, replica: current)
+                prefetch(current, limit: S3ObjectStore.readsInFlight)
                 return next()
             case .failure(let f):
                 findings.append(f.finding)
                 candidates.removeFirst()
+                // What was fetched ahead from it is discarded (the fetches still running drop
+                // their result when they end).
+                ahead.removeAll()
             }
         }
         let e = StoreError(.unrecoverable, key: key, "chunk \(chunk): no replica holds a good copy",
@@ -70,19 +75,24 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
     }
 
     private func next() -> [UInt8] {
-        let p = pieces.removeFirst()
+        let p = [UInt8](pieces.removeFirst())
         hasher.update(p)
         chunk += 1
         return p
     }
 
-    private func prefetch(after first: Int, replica: Int) {
-        guard first < record.chunkDigests.count else { return }
-        let box = LockedBox<Result<[[UInt8]], ReplicaFindingError>?>(nil)
-        let group = DispatchGroup()
-        let store = self.store, record = self.record
-        DispatchQueue.global().async(group: group) { box.mutate { $0 = store.fetchWindow(replica, record: record, firstChunk: first) } }
-        ahead = (first, replica, box, group)
+    /// Starts fetches from `replica` until `limit` windows are on their way.
+    private func prefetch(_ replica: Int, limit: Int) {
+        let total = record.chunkDigests.count
+        while ahead.count < limit, nextFetch < total {
+            let first = nextFetch
+            nextFetch = min(first + S3ObjectStore.readWindowChunks, total)
+            let box = LockedBox<Result<[Data], ReplicaFindingError>?>(nil)
+            let group = DispatchGroup()
+            let store = self.store, record = self.record
+            DispatchQueue.global().async(group: group) { box.mutate { $0 = store.fetchWindow(replica, record: record, firstChunk: first) } }
+            ahead.append((first, replica, box, group))
+        }
     }
 
     private func finish() throws {
@@ -112,7 +122,8 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
 
 extension S3ObjectStore {
     /// Chunks `firstChunk...` (up to a window) of replica `i`, each checked against `record`.
-    func fetchWindow(_ i: Int, record: ObjectRecord, firstChunk: Int) -> Result<[[UInt8]], ReplicaFindingError> {
+    /// The chunks are slices of the response body (no copy).
+    func fetchWindow(_ i: Int, record: ObjectRecord, firstChunk: Int) -> Result<[Data], ReplicaFindingError> {
         let last = min(firstChunk + Self.readWindowChunks, record.chunkDigests.count) - 1
         let start = UInt64(firstChunk) * UInt64(record.chunkSize)
         let end = UInt64(last) * UInt64(record.chunkSize) + UInt64(record.chunkLength(last)) - 1
@@ -126,7 +137,8 @@ extension S3ObjectStore {
         } catch {
             return .failure(ReplicaFindingError(replicaFinding(i, record.key, error)))
         }
-        var body = resp.body[...]
+        let body = resp.payload
+        var at = body.startIndex
         if resp.status == 206 {
             if let total = resp.header("content-range")?.split(separator: "/").last.flatMap({ UInt64($0) }), total != record.size {
                 return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch,
@@ -138,18 +150,20 @@ extension S3ObjectStore {
                 return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch,
                                                                    detail: "the object has \(body.count) bytes, its record says \(record.size)")))
             }
-            body = body[Int(start)...Int(end)]
+            at += Int(start)
         }
-        var out: [[UInt8]] = []
+        var out: [Data] = []
         for c in firstChunk...last {
             let n = record.chunkLength(c)
-            guard body.count >= n else {
+            guard body.endIndex - at >= n else {
                 return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch, chunk: c,
                                                                    detail: "short read at chunk \(c)")))
             }
-            let bytes = Array(body.prefix(n))
-            body = body.dropFirst(n)
-            guard SHA256Hasher.hash(bytes) == record.chunkDigests[c] else {
+            let bytes = body[at..<at + n]
+            at += n
+            let h = SHA256Hasher()
+            bytes.withUnsafeBytes { h.update($0) }
+            guard h.finalize() == record.chunkDigests[c] else {
                 return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .chunkMismatch, chunk: c,
                                                                    detail: "chunk \(c) does not match its digest")))
             }
@@ -168,7 +182,7 @@ extension S3ObjectStore {
         while c < record.chunkDigests.count {
             switch fetchWindow(i, record: record, firstChunk: c) {
             case .success(let window):
-                for p in window { hasher.update(p) }
+                for p in window { p.withUnsafeBytes { hasher.update($0) } }
                 c += window.count
             case .failure(let f): return f.finding
             }
@@ -195,7 +209,7 @@ extension S3ObjectStore {
             guard let s = sources.first else { w.abort(); return false }
             switch fetchWindow(s, record: ref.record, firstChunk: c) {
             case .success(let window):
-                for p in window { try w.write(p) }
+                for p in window { try w.write([UInt8](p)) }
                 c += window.count
             case .failure:
                 sources.removeFirst()

@@ -30,10 +30,16 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
     private let slots = DispatchSemaphore(value: S3ObjectStore.maxPartsInFlight)
     private let queue = DispatchQueue(label: "s3.parts", attributes: .concurrent)
 
-    private var buffer: [UInt8] = []
+    /// The part being filled, in the type the transport sends (so it is copied once, here).
+    private var buffer = Data()
     private var partCount = 0
     private var size: UInt64 = 0
+    /// Every byte is hashed once as it arrives, into the object's digest, the current record
+    /// chunk's digest and the current part's checksum (no second pass over a sealed part).
     private let hasher = SHA256Hasher()
+    private var chunkHasher = SHA256Hasher()
+    private var chunkFill = 0
+    private var partHasher = SHA256Hasher()
     private var chunkDigests: [[UInt8]] = []
     private var finished = false
     private var failure: StoreError?
@@ -110,32 +116,43 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
             fail(e)
             throw e
         }
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            let n = min(partSize - buffer.count, rest.count)
-            buffer.append(contentsOf: rest.prefix(n))
-            rest = rest.dropFirst(n)
-            if buffer.count == partSize { try sealPart(last: false) }
+        try bytes.withUnsafeBytes { all in
+            var at = 0
+            while at < all.count {
+                // Up to the end of the part and of the record chunk (the part size is a whole
+                // number of chunks), hashed and buffered in one go.
+                let n = min(partSize - buffer.count, ObjectRecord.defaultChunkSize - chunkFill, all.count - at)
+                let piece = UnsafeRawBufferPointer(rebasing: all[at..<at + n])
+                hasher.update(piece)
+                chunkHasher.update(piece)
+                partHasher.update(piece)
+                buffer.append(piece.baseAddress!.assumingMemoryBound(to: UInt8.self), count: n)
+                chunkFill += n
+                at += n
+                if chunkFill == ObjectRecord.defaultChunkSize { sealChunk() }
+                if buffer.count == partSize { try sealPart(last: false) }
+            }
         }
     }
 
-    /// Hashes the buffered bytes (record chunks and the whole object) and hands them to upload.
+    private func sealChunk() {
+        chunkDigests.append(chunkHasher.finalize())
+        chunkHasher = SHA256Hasher()
+        chunkFill = 0
+    }
+
+    /// Hands the buffered part (already hashed) to upload.
     private func sealPart(last: Bool) throws {
+        if last && chunkFill > 0 { sealChunk() }
         let part = buffer
-        buffer = []
-        buffer.reserveCapacity(last ? 0 : partSize)
-        let chunk = ObjectRecord.defaultChunkSize
-        var at = 0
-        while at < part.count {
-            let end = min(at + chunk, part.count)
-            chunkDigests.append(SHA256Hasher.hash(part[at..<end]))
-            at = end
-        }
-        hasher.update(part)
-        if partCount == 0 && last && part.count <= singlePutLimit { return try singlePut(part) }
+        let digest = partHasher.finalize()
+        partHasher = SHA256Hasher()
+        buffer = Data()
+        if !last { buffer.reserveCapacity(partSize) }
+        if partCount == 0 && last && part.count <= singlePutLimit { return try singlePut(part, digest: digest) }
         if partCount == 0 { try initiate() }
         partCount += 1
-        try upload(part, number: partCount)
+        try upload(part, digest: digest, number: partCount)
     }
 
     private func initiate() throws {
@@ -161,19 +178,19 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
 
     /// Uploads one part to every live replica, in the background; waits while
     /// `maxPartsInFlight` parts are already in flight (so memory stays bounded).
-    private func upload(_ part: [UInt8], number: Int) throws {
+    private func upload(_ part: Data, digest: [UInt8], number: Int) throws {
         slots.wait()
         try checkQuorum("upload part \(number)")
         lock.lock()
         let targets = live.compactMap { i in uploads[i].map { (i, $0) } }
         lock.unlock()
-        let checksum = S3ObjectStore.checksumHeaders(part)
+        let checksum = S3ObjectStore.checksumHeaders(digest: digest)
         let remaining = LockedBox(targets.count)
         for (i, uploadId) in targets {
             queue.async(group: group) {
                 do {
                     let resp = try self.store.send(i, "PUT", self.key, query: [("partNumber", String(number)), ("uploadId", uploadId)],
-                                                   headers: checksum, body: part)
+                                                   headers: checksum, payload: part)
                     let etag = resp.header("etag") ?? ""
                     self.lock.lock(); self.parts[i]?[number] = (etag, checksum[0].1); self.lock.unlock()
                 } catch {
@@ -186,12 +203,12 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         if targets.isEmpty { slots.signal() }
     }
 
-    private func singlePut(_ body: [UInt8]) throws {
-        var headers = S3ObjectStore.checksumHeaders(body)
+    private func singlePut(_ body: Data, digest: [UInt8]) throws {
+        var headers = S3ObjectStore.checksumHeaders(digest: digest)
         if !overwrite { headers.append(("If-None-Match", "*")) }
         let targets = live
         let results = S3ObjectStore.parallel(targets) { i -> Error? in
-            do { try self.store.send(i, "PUT", self.key, headers: headers, body: body); return nil } catch { return error }
+            do { try self.store.send(i, "PUT", self.key, headers: headers, payload: body); return nil } catch { return error }
         }
         for i in targets { if let e = results[i]! { drop(i, e) } }
     }

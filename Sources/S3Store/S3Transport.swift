@@ -29,23 +29,35 @@ public struct S3Endpoint: Hashable, Sendable, Codable {
 
 /// One S3 request: the method, the bucket and the full key inside it ("" for the bucket itself),
 /// query parameters (a valueless one such as `uploads` has value ""), headers to send and sign,
-/// and the body (bounded: at most one part).
+/// and the body (bounded: at most one part). The body is kept as `Data`, the type the HTTP
+/// transport sends, so a multi-MiB part is not copied again on its way down.
 public struct S3Request: Sendable {
     public var method: String
     public var bucket: String
     public var key: String
     public var query: [(String, String)]
     public var headers: [(String, String)]
-    public var body: [UInt8]
+    public var payload: Data
+
+    /// The body as bytes (a copy; large bodies go through `payload`).
+    public var body: [UInt8] {
+        get { [UInt8](payload) }
+        set { payload = Data(newValue) }
+    }
 
     public init(method: String, bucket: String, key: String = "", query: [(String, String)] = [],
                 headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.init(method: method, bucket: bucket, key: key, query: query, headers: headers, payload: Data(body))
+    }
+
+    public init(method: String, bucket: String, key: String = "", query: [(String, String)] = [],
+                headers: [(String, String)] = [], payload: Data) {
         self.method = method
         self.bucket = bucket
         self.key = key
         self.query = query
         self.headers = headers
-        self.body = body
+        self.payload = payload
     }
 
     /// A short description for error messages: `PUT bucket/key?uploads`.
@@ -59,14 +71,22 @@ public struct S3Request: Sendable {
 public struct S3Response: Sendable {
     public let status: Int
     public let headers: [String: String]
-    public let body: [UInt8]
+    /// The body as the HTTP transport delivered it (ranged reads slice it without copying).
+    public let payload: Data
+
+    /// The body as bytes (a copy; fine for XML answers, large bodies go through `payload`).
+    public var body: [UInt8] { [UInt8](payload) }
 
     public init(status: Int, headers: [String: String], body: [UInt8]) {
+        self.init(status: status, headers: headers, payload: Data(body))
+    }
+
+    public init(status: Int, headers: [String: String], payload: Data) {
         self.status = status
         var lower: [String: String] = [:]
         for (k, v) in headers { lower[k.lowercased()] = v }
         self.headers = lower
-        self.body = body
+        self.payload = payload
     }
 
     public func header(_ name: String) -> String? { headers[name.lowercased()] }

@@ -157,6 +157,30 @@ final class S3ObjectStoreTests: XCTestCase {
         XCTAssertTrue(store.verifyReplicas("victim").isEmpty)
     }
 
+    /// Ranged reads run several windows ahead; a bad chunk deep in the object (after windows
+    /// already handed out, with later windows in flight) makes the reader drop that replica,
+    /// discard what it fetched ahead from it, and go on from the same chunk on the next replica.
+    func testAReadFailsOverMidObjectWithWindowsInFlight() throws {
+        let moto = try Moto.require()
+        let (store, config) = try moto.makeStore(replicas: 2)
+        let good = pattern(23 << 20 | 777, seed: 45) // 24 record chunks: several windows, several parts
+        _ = try store.put("deep", bytes: good)
+        var evil = good
+        evil[(17 << 20) + 5] ^= 0x01 // chunk 17
+        let l0 = config.replicas[0].location
+        XCTAssertTrue(try moto.raw("PUT", l0.bucket, l0.key("deep"), body: evil).isSuccess)
+        let r = try store.get("deep") as! S3ObjectReader
+        var got: [UInt8] = []
+        while let p = try r.read() { got += p }
+        XCTAssertEqual(got.count, good.count)
+        XCTAssertTrue(got == good)
+        XCTAssertEqual(r.findings.map(\.replica), [0])
+        XCTAssertEqual(r.findings.first?.problem, .chunkMismatch)
+        XCTAssertEqual(r.findings.first?.chunk, 17)
+        XCTAssertEqual(r.repaired, [0])
+        XCTAssertTrue(store.verifyReplicas("deep").isEmpty)
+    }
+
     func testEveryReplicaDamagedIsATypedErrorNeverWrongBytes() throws {
         let moto = try Moto.require()
         let (store, config) = try moto.makeStore(replicas: 2)
