@@ -72,12 +72,16 @@ final class PKCS11RestoreSession: HSMRestoreSession {
             throw PKCS11Error(.wrongManufacturer, "the archive comes from a token made by \"\(mfr)\"; this token is made by \"\(hsm.token.manufacturer)\": refused before any unwrap")
         }
         _ = try hsm.requireProvisioned()
+        // Taken before the archive is read, so a second restore fails at once (tokenBusy).
+        if !dryRun { try hsm.lockForRestore() }
         opener = InnerBlobOpener(unlocker: TokenUnlocker(hsm: hsm, pbkCheck: kcv, tokenPBKCheck: tkcv), onHeader: { [unowned self] h in
             self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.decoder.add(o) }
         }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
     }
 
     var header: InnerHeader? { opener.header }
+
+    deinit { if !dryRun { hsm.releaseRestoreLock() } }
 
     func feed(_ bytes: [UInt8]) throws {
         if let failure { throw failure }
@@ -155,9 +159,22 @@ public enum PKCS11Payload {
 }
 
 extension PKCS11HSM {
+    /// Takes the token's restore lock unless this instance holds it (TokenLock, §9.6).
+    func lockForRestore() throws {
+        if restoreLock == nil { restoreLock = try TokenLock.acquire(modulePath: module.path, token: token) }
+    }
+
+    func releaseRestoreLock() {
+        restoreLock?.release()
+        restoreLock = nil
+    }
+
     /// A test hook (`HSMBACKUP_TEST_PKCS11_PAUSE=between:FILE` or `phase2:N:FILE`): writes FILE and
-    /// waits to be killed, between the phases or after N token objects of phase 2.
+    /// waits to be killed, between the phases or after N token objects of phase 2. Compiled only
+    /// when HSMBACKUP_TEST_HOOKS is defined, which Package.swift does for debug builds alone
+    /// (`make test` builds debug): a release binary ignores the variable (§9.6).
     func pauseHook(_ point: String, made: Int = 0) {
+        #if HSMBACKUP_TEST_HOOKS
         // getenv, not ProcessInfo.environment: that would copy every variable (the PIN's too) into Strings.
         guard let raw = getenv("HSMBACKUP_TEST_PKCS11_PAUSE") else { return }
         let v = String(cString: raw)
@@ -167,6 +184,7 @@ extension PKCS11HSM {
         guard hit, let file = parts.last else { return }
         _ = FileManager.default.createFile(atPath: file, contents: Data("paused \(point)\n".utf8))
         for _ in 0..<600 { usleep(100_000) }
+        #endif
     }
 
     /// Removes objects an earlier restore left under its temporary label (it was killed in phase 2).
@@ -191,6 +209,10 @@ extension PKCS11HSM {
     /// blobs themselves (which the archive's own authentication otherwise protects).
     public func apply(record: TokenRecord, objects: [TokenObject], restoreId: String, dryRun: Bool) throws {
         let p = try requireProvisioned()
+        // The whole restore holds the token's lock: phase 2 removes every object under the
+        // temporary label, which must never be another running restore's (§9.6).
+        if !dryRun { try lockForRestore() }
+        defer { if !dryRun { releaseRestoreLock() } }
         let s = session
         var made: [UInt64] = []
         func rollBack() { for h in made.reversed() { try? s.destroy(h) }; made = [] }

@@ -1,0 +1,107 @@
+import BackupCrypto
+import ByteCoding
+import Foundation
+import HSMArchive
+import PayloadCodec
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Streaming the PKCS#11 payload (spec/FORMAT.md §9.5, "Memory"). The payload tar starts with a
+// manifest that lists every object's SHA-256 and size, and the inner header declares the payload
+// size before the first chunk; so the key entries are made first, hashed, and spooled, then the
+// manifest is written and the spool streamed after it. The spool is a temporary file, unlinked as
+// soon as it is made, holding the entries sealed with AES-256-GCM under a key drawn for this
+// backup that lives only in this process's memory: no secret or wrapped key reaches the disk in
+// clear, and a spool changed on disk fails the backup (the tag) before the blob is finished.
+
+/// One tar entry's bytes (header blocks and data padded to 512), exactly as PaxTar writes it in a
+/// whole tar (a tar is its entries' bytes followed by two zero blocks).
+enum TarEntryBytes {
+    static let endOfArchive = 1024
+
+    static func entry(path: String, contents: [UInt8]) throws -> [UInt8] {
+        do {
+            var t = try PaxTar.write([TarEntry(path: path, contents: contents)], limits: PayloadBundle.tarLimits)
+            t.removeLast(endOfArchive)
+            return t
+        } catch let e as PayloadCodecError {
+            throw PKCS11Error(.malformedObject, "\(path): \(e.reason)")
+        }
+    }
+}
+
+/// An unlinked temporary file of AES-GCM-sealed bytes: append, then read back once.
+final class EncryptedSpool {
+    static let pieceBytes = 64 << 10
+    private var fd: Int32
+    private let key: EphemeralBackupKey
+    private let nonce: GCMNonce
+    private var sealer: AESGCMSealer?
+    private var pending: [UInt8] = []
+    private var tag: [UInt8] = []
+    private(set) var plaintextBytes = 0
+
+    init() throws {
+        var dir = NSTemporaryDirectory()
+        if let t = getenv("TMPDIR"), t.pointee != 0 { dir = String(cString: t) }
+        if !dir.hasSuffix("/") { dir += "/" }
+        var template = Array((dir + "hsmbackup-p11spool-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else {
+            throw PKCS11Error(.spoolFailed, "cannot make the backup's encrypted spool in \(dir): \(String(cString: strerror(errno)))")
+        }
+        _ = template.withUnsafeBufferPointer { unlink($0.baseAddress!) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        self.fd = fd
+        key = try EphemeralBackupKey(secret: SecureRandom.secureBytes(count: 32))
+        nonce = try GCMNonce(SecureRandom.bytes(count: GCMNonce.byteCount))
+        sealer = try AESGCMSealer(key: key, nonce: nonce)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    func append(_ bytes: [UInt8]) throws {
+        guard let sealer else { throw PKCS11Error(.spoolFailed, "spool written after it was closed") }
+        pending += try sealer.update(bytes)
+        plaintextBytes += bytes.count
+        if pending.count >= Self.pieceBytes { try flush() }
+    }
+
+    private func flush() throws {
+        var at = 0
+        while at < pending.count {
+            let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + at, $0.count - at) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw PKCS11Error(.spoolFailed, "writing the backup's encrypted spool: \(String(cString: strerror(errno)))") }
+            at += n
+        }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Hands the plaintext back in pieces of at most `pieceBytes`; the tag is checked after the last.
+    func readBack(_ body: ([UInt8]) throws -> Void) throws {
+        guard let sealer else { throw PKCS11Error(.spoolFailed, "spool read twice") }
+        tag = try sealer.finish() // GCM emits no more ciphertext at finish; the tag stays in memory
+        try flush()
+        self.sealer = nil
+        guard lseek(fd, 0, SEEK_SET) == 0 else { throw PKCS11Error(.spoolFailed, "rewinding the backup's spool: \(String(cString: strerror(errno)))") }
+        let opener = try AESGCMOpener(key: key, nonce: nonce)
+        var buffer = [UInt8](repeating: 0, count: Self.pieceBytes)
+        var total = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw PKCS11Error(.spoolFailed, "reading the backup's spool: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            total += n
+            var plain = try buffer.withUnsafeBytes { try opener.updateUnverified(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            defer { wipe(&plain) }
+            try body(plain)
+        }
+        guard total == plaintextBytes else { throw PKCS11Error(.spoolFailed, "the backup's spool holds \(total) bytes, \(plaintextBytes) were written") }
+        do { try opener.finish(tag: tag) } catch {
+            throw PKCS11Error(.spoolFailed, "the backup's encrypted spool was changed on disk (its AES-GCM tag does not match)")
+        }
+    }
+}
