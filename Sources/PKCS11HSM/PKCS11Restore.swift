@@ -56,13 +56,16 @@ final class PKCS11RestoreSession: HSMRestoreSession {
     private let dryRun: Bool
     private var opener: InnerBlobOpener!
     private var payload: PayloadReader?
-    /// Each payload object is decoded as it arrives, so its JSON is not kept (memory: the decoded objects).
-    private var decoder = PKCS11Payload.ObjectDecoder()
+    /// Each payload object is decoded and checked as it arrives, then sealed into the spool
+    /// (memory: an offset, a length and a flag byte per object, §9.6 step 3).
+    private var record: TokenRecord?
+    private let objects: SpooledObjects
     private var failure: Error?
 
     init(hsm: PKCS11HSM, dryRun: Bool, context: [String: String]) throws {
         self.hsm = hsm
         self.dryRun = dryRun
+        objects = try SpooledObjects()
         guard let kcv = context[PKCS11Labels.contextPBKCheck].flatMap(Hex.decode),
               let tkcv = context[PKCS11Labels.contextTokenPBKCheck].flatMap(Hex.decode),
               let mfr = context[PKCS11Labels.contextTokenManufacturer] else {
@@ -75,11 +78,17 @@ final class PKCS11RestoreSession: HSMRestoreSession {
         // Taken before the archive is read, so a second restore fails at once (tokenBusy).
         if !dryRun { try hsm.lockForRestore() }
         opener = InnerBlobOpener(unlocker: TokenUnlocker(hsm: hsm, pbkCheck: kcv, tokenPBKCheck: tkcv), onHeader: { [unowned self] h in
-            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.decoder.add(o) }
+            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.add(o) }
         }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
     }
 
     var header: InnerHeader? { opener.header }
+
+    private func add(_ o: PayloadObject) throws {
+        guard record != nil else { record = try PKCS11Payload.decodeRecord(o); return }
+        guard o.kind == .key else { throw PKCS11Error(.malformedObject, "\(o.path): a PKCS#11 payload holds only key entries after the record") }
+        try objects.append(try PayloadJSON.decode(TokenObject.self, o.contents, what: o.path), json: o.contents)
+    }
 
     deinit { if !dryRun { hsm.releaseRestoreLock() } }
 
@@ -93,11 +102,14 @@ final class PKCS11RestoreSession: HSMRestoreSession {
         try opener.finish()
         _ = try payload!.finish()
         let header = opener.header!
-        let (record, tokenObjects) = try decoder.finish()
-        decoder = PKCS11Payload.ObjectDecoder()
-        try hsm.apply(record: record, objects: tokenObjects, restoreId: Hex.encode(header.backupId), dryRun: dryRun)
+        guard let record else { throw PKCS11Error(.malformedObject, "the payload is empty: not a PKCS#11 payload") }
+        guard objects.count == record.objectCount else {
+            throw PKCS11Error(.malformedObject, "the record counts \(record.objectCount) objects; the payload has \(objects.count)")
+        }
+        try hsm.apply(record: record, source: PKCS11HSM.ObjectSource(count: objects.count, flags: objects.flags, load: objects.object),
+                      restoreId: Hex.encode(header.backupId), dryRun: dryRun)
         return RestoreSummary(backupId: Hex.encode(header.backupId), createdAt: header.createdAt, sourceHSM: header.metadata.hsmId,
-                              policies: 0, users: 0, keys: tokenObjects.count, chunks: opener.chunkCount, dryRun: dryRun)
+                              policies: 0, users: 0, keys: objects.count, chunks: opener.chunkCount, dryRun: dryRun)
     }
 }
 
@@ -208,6 +220,22 @@ extension PKCS11HSM {
     /// Checks and applies a decoded payload (§9.6). Public for the tests that damage the wrapped
     /// blobs themselves (which the archive's own authentication otherwise protects).
     public func apply(record: TokenRecord, objects: [TokenObject], restoreId: String, dryRun: Bool) throws {
+        let flags = objects.map { o -> UInt8 in
+            (o.attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0) | (o.attributes.contains { $0.type == 0x172 && $0.value == "00" } ? 2 : 0)
+        }
+        try apply(record: record, source: ObjectSource(count: objects.count, flags: flags, load: { objects[$0] }), restoreId: restoreId, dryRun: dryRun)
+    }
+
+    /// The payload's objects as apply reads them: by index, one at a time (the restore keeps them
+    /// sealed in a spool; the tests hand an array). Flags: bit 0 CKA_MODIFIABLE false, bit 1
+    /// CKA_DESTROYABLE false.
+    struct ObjectSource {
+        let count: Int
+        let flags: [UInt8]
+        let load: (Int) throws -> TokenObject
+    }
+
+    func apply(record: TokenRecord, source src: ObjectSource, restoreId: String, dryRun: Bool) throws {
         let p = try requireProvisioned()
         // The whole restore holds the token's lock: phase 2 removes every object under the
         // temporary label, which must never be another running restore's (§9.6).
@@ -224,7 +252,7 @@ extension PKCS11HSM {
         // (which PKCS#11 allows) find the same ones, and --replace destroys each only once.
         var duplicates: [UInt64] = []
         var seenDuplicates = Set<UInt64>()
-        for o in objects { for h in try existing(o) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
+        for i in 0..<src.count { for h in try existing(try src.load(i)) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
         if !duplicates.isEmpty && !options.replace && !dryRun {
             throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
         }
@@ -252,14 +280,11 @@ extension PKCS11HSM {
         // Phase 2 makes non-modifiable objects after the others (they cannot take the temporary
         // label, so a kill after them leaves objects under their final labels), and
         // non-destroyable ones last (a rollback cannot remove them).
-        func rank(_ i: Int) -> Int {
-            if objects[i].attributes.contains(where: { $0.type == 0x172 && $0.value == "00" }) { return 2 }
-            return objects[i].attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0
-        }
-        let order = objects.indices.sorted { a, b in (rank(a), a) < (rank(b), b) }
+        func rank(_ i: Int) -> Int { src.flags[i] & 2 != 0 ? 2 : src.flags[i] & 1 != 0 ? 1 : 0 }
+        let order = (0..<src.count).sorted { a, b in (rank(a), a) < (rank(b), b) }
 
         func make(_ i: Int, token onToken: Bool) throws -> UInt64 {
-            let o = objects[i]
+            let o = try src.load(i)
             var t: [Attribute] = [.ulong(0x0, o.objectClass)]
             if let k = o.keyType { t.append(.ulong(0x100, k)) }
             t.append(.bool(0x1, onToken))
@@ -296,7 +321,8 @@ extension PKCS11HSM {
 
         func runChecks(_ handles: [Int: UInt64]) throws -> (checked: Int, unchecked: Int) {
             var checked = 0, unchecked = 0
-            for (i, o) in objects.enumerated() {
+            for i in 0..<src.count {
+                let o = try src.load(i)
                 guard let c = o.check, let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
                 let ok: Bool
                 switch c.kind {
@@ -305,7 +331,7 @@ extension PKCS11HSM {
                 case "hmac-sha256":
                     ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
                 case "sign":
-                    guard let pi = c.publicKey, let ph = handles[pi], objects.indices.contains(pi) else { unchecked += 1; continue }
+                    guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { unchecked += 1; continue }
                     let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
                     if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
                         ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
@@ -337,7 +363,7 @@ extension PKCS11HSM {
         }
         rollBack()
         if dryRun {
-            lastRestore = PKCS11RestoreReport(objects: objects.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
+            lastRestore = PKCS11RestoreReport(objects: src.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
                                               dryRun: true, skippedAtBackup: record.skipped)
             return
         }
@@ -347,7 +373,7 @@ extension PKCS11HSM {
         // Phase 2: token objects under the temporary label, checked, then the old ones (--replace)
         // removed, then the labels set. Any failure before the last step destroys all it made.
         var tokenHandles: [Int: UInt64] = [:]
-        var relabel: [(UInt64, String)] = []
+        var relabel: [(UInt64, Int)] = []
         let result: (checked: Int, unchecked: Int)
         do {
             for i in order {
@@ -355,10 +381,10 @@ extension PKCS11HSM {
                 made.append(h)
                 tokenHandles[i] = h
                 pauseHook("phase2", made: made.count)
-                if !objects[i].attributes.contains(where: { $0.type == 0x170 && $0.value == "00" }) { relabel.append((h, objects[i].label)) }
+                if src.flags[i] & 1 == 0 { relabel.append((h, i)) }
             }
             result = try runChecks(tokenHandles)
-            for (h, label) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(label.utf8))]) }
+            for (h, i) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(try src.load(i).label.utf8))]) }
         } catch {
             rollBack()
             throw error
@@ -372,7 +398,7 @@ extension PKCS11HSM {
             throw PKCS11Error(.callFailed, "the restore is complete, but \(notReplaced) of the \(duplicates.count) objects it replaces could not be destroyed: the token holds both copies of those",
                               function: "C_DestroyObject")
         }
-        lastRestore = PKCS11RestoreReport(objects: objects.count, checked: result.checked, unchecked: result.unchecked,
+        lastRestore = PKCS11RestoreReport(objects: src.count, checked: result.checked, unchecked: result.unchecked,
                                           replaced: duplicates.count, recoveredStale: stale, dryRun: false, skippedAtBackup: record.skipped)
     }
 }
