@@ -319,49 +319,89 @@ extension PKCS11HSM {
             }
         }
 
+        enum Outcome { case checked, unchecked, none }
+        /// Object i's functional check on handle h (`handles` gives the public halves).
+        func checkOne(_ i: Int, _ o: TokenObject, _ h: UInt64, _ handles: [Int: UInt64]) throws -> Outcome {
+            guard let c = o.check else { return o.wrapped != nil ? .unchecked : .none }
+            let ok: Bool
+            switch c.kind {
+            case "aes-ecb-kcv":
+                ok = (try? s.encrypt(CK.mAESECB, key: h, [UInt8](repeating: 0, count: 16))).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+            case "hmac-sha256":
+                ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+            case "sign":
+                guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { return .unchecked }
+                let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
+                if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
+                    ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
+                } else { ok = false }
+            default:
+                throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
+            }
+            guard ok else {
+                throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its \(c.kind) check after unwrapping")
+            }
+            return .checked
+        }
+
         func runChecks(_ handles: [Int: UInt64]) throws -> (checked: Int, unchecked: Int) {
             var checked = 0, unchecked = 0
             for i in 0..<src.count {
                 let o = try src.load(i)
-                guard let c = o.check, let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
-                let ok: Bool
-                switch c.kind {
-                case "aes-ecb-kcv":
-                    ok = (try? s.encrypt(CK.mAESECB, key: h, [UInt8](repeating: 0, count: 16))).map { Hex.encode($0.prefix(8)) == c.value } ?? false
-                case "hmac-sha256":
-                    ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
-                case "sign":
-                    guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { unchecked += 1; continue }
-                    let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
-                    if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
-                        ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
-                    } else { ok = false }
-                default:
-                    throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
+                guard let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
+                switch try checkOne(i, o, h, handles) {
+                case .checked: checked += 1
+                case .unchecked: unchecked += 1
+                case .none: break
                 }
-                guard ok else {
-                    throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its \(c.kind) check after unwrapping")
-                }
-                checked += 1
             }
             return (checked, unchecked)
         }
 
-        // Phase 1: everything as session objects, checked. This is the dry run.
-        var sessionHandles: [Int: UInt64] = [:]
-        let phase1: (checked: Int, unchecked: Int)
+        // Phase 1: everything as session objects, checked. This is the dry run. Each object is
+        // checked as soon as it is made and destroyed at once, except public keys a `sign` check
+        // still needs (and private keys waiting for theirs), so the module never holds every
+        // object twice (memory, §9.5).
+        var neededPublic = Set<Int>()
+        for i in 0..<src.count { if let c = try src.load(i).check, c.kind == "sign", let pi = c.publicKey { neededPublic.insert(pi) } }
+        var phase1Live = Set<UInt64>()
+        var livePublic: [Int: UInt64] = [:]
+        var waiting: [Int: [(Int, UInt64)]] = [:]
+        var phase1 = (checked: 0, unchecked: 0)
+        func tally(_ r: Outcome) {
+            switch r {
+            case .checked: phase1.checked += 1
+            case .unchecked: phase1.unchecked += 1
+            case .none: break
+            }
+        }
+        func drop(_ h: UInt64) { try? s.destroy(h); phase1Live.remove(h) }
         do {
             for i in order {
                 let h = try make(i, token: false)
-                made.append(h)
-                sessionHandles[i] = h
+                phase1Live.insert(h)
+                let o = try src.load(i)
+                if neededPublic.contains(i) {
+                    livePublic[i] = h
+                    for (j, hj) in waiting.removeValue(forKey: i) ?? [] {
+                        tally(try checkOne(j, try src.load(j), hj, livePublic))
+                        drop(hj)
+                    }
+                }
+                if let c = o.check, c.kind == "sign", let pi = c.publicKey, livePublic[pi] == nil, neededPublic.contains(pi) {
+                    waiting[pi, default: []].append((i, h))
+                    continue
+                }
+                tally(try checkOne(i, o, h, livePublic))
+                if !neededPublic.contains(i) { drop(h) }
             }
-            phase1 = try runChecks(sessionHandles)
+            // A private key whose public half never came is unchecked (as when the archive lacks it).
+            for (_, list) in waiting { for (j, hj) in list { tally(try checkOne(j, try src.load(j), hj, livePublic)) } }
         } catch {
-            rollBack()
+            for h in phase1Live { try? s.destroy(h) }
             throw error
         }
-        rollBack()
+        for h in phase1Live { try? s.destroy(h) }
         if dryRun {
             lastRestore = PKCS11RestoreReport(objects: src.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
                                               dryRun: true, skippedAtBackup: record.skipped)
