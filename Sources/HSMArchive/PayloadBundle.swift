@@ -42,6 +42,14 @@ public struct PayloadManifest: Codable, Sendable, Equatable {
         public let path: String
         public let sha256: String
         public let size: Int
+
+        public init(kind: ObjectKind, path: String, sha256: String, size: Int) {
+            self.kind = kind; self.path = path; self.sha256 = sha256; self.size = size
+        }
+    }
+
+    public init(format: String = PayloadManifest.formatName, version: Int = 1, objects: [Record]) {
+        self.format = format; self.version = version; self.objects = objects
     }
 
     public let format: String

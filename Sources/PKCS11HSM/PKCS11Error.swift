@@ -32,6 +32,14 @@ public struct PKCS11Error: Error, CustomStringConvertible, Sendable {
         /// A restored key failed its functional check (KCV, HMAC, sign/verify).
         case checkFailed
         case invalidArgument
+        /// Another restore onto the same token holds the token's restore lock (§9.6); nothing was changed.
+        case tokenBusy
+        /// The token's restore lock file could not be made or locked.
+        case lockFailed
+        /// The backup's encrypted temporary spool could not be made, written or read back, or was changed on disk.
+        case spoolFailed
+        /// The token's objects changed between the backup's two passes over them (§9.5); nothing was written.
+        case tokenChanged
     }
 
     public let code: Code

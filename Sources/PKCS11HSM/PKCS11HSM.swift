@@ -86,6 +86,12 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
     let tokenPBK: UInt64?
     public let fingerprint: [UInt8]?
     public private(set) var lastBackup: PKCS11BackupReport?
+    /// The last backup's payload size, and the largest piece of it this process held to hand to
+    /// the blob writer at once (bounded by EncryptedSpool.pieceBytes, whatever the object count).
+    public private(set) var lastBackupPayloadBytes = 0
+    public private(set) var lastBackupLargestPiece = 0
+    /// The token's restore lock while a restore (not a dry run) runs (§9.6, TokenLock).
+    var restoreLock: TokenLock?
     public internal(set) var lastRestore: PKCS11RestoreReport?
 
     /// Opens the token labelled `tokenLabel` and logs in as the user.
@@ -293,24 +299,25 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             return pair.public
         }
 
-        var objects: [TokenObject] = []
-        var skipped: [SkippedObject] = []
-        var pendingSign: [(index: Int, id: String, keyType: UInt64)] = []
-        for h in try session.find([.bool(0x1, true)]) {
-            guard case .ulong(let cls) = try session.required(h, 0x0, as: .ulong) else { continue }
+        // What one object of the token gives: nothing (the PBKs), a skip, or an object. Run twice
+        // per object (§9.5 "Memory"): pass 1 decides what is taken and where each private key's
+        // public half is; pass 2 makes the entries and spools them.
+        enum Examined { case ignored, skipped(SkippedObject), object(TokenObject, signWith: (id: String, keyType: UInt64)?) }
+        func examine(_ h: UInt64, publicIndex: (String, UInt64) -> Int?) throws -> Examined {
+            guard case .ulong(let cls) = try session.required(h, 0x0, as: .ulong) else { return .ignored }
             let label = try Self.labelOf(session, h)
-            if h == p.pbk || h == p.tokenPBK { continue }
-            if label.hasPrefix(PKCS11Labels.pbkPrefix) || label.hasPrefix(PKCS11Labels.tokenPBKPrefix) { continue }
+            if h == p.pbk || h == p.tokenPBK { return .ignored }
+            if label.hasPrefix(PKCS11Labels.pbkPrefix) || label.hasPrefix(PKCS11Labels.tokenPBKPrefix) { return .ignored }
             let idHex = Hex.encode(try Self.idOf(session, h))
             var keyType: UInt64?
             if cls == CK.oSecretKey || cls == CK.oPrivateKey || cls == CK.oPublicKey,
                case .success(.ulong(let k)) = try session.attribute(h, 0x100, as: .ulong) { keyType = k }
-            func skip(_ rv: UInt64?, _ reason: String) {
-                skipped.append(SkippedObject(label: label, id: idHex, objectClass: CK.className(cls), keyType: keyType.map(CK.keyTypeName),
-                                             rv: rv, reason: reason))
+            func skip(_ rv: UInt64?, _ reason: String) -> Examined {
+                .skipped(SkippedObject(label: label, id: idHex, objectClass: CK.className(cls), keyType: keyType.map(CK.keyTypeName),
+                                       rv: rv, reason: reason))
             }
-            if label.hasPrefix(PKCS11Labels.restoringPrefix) { skip(nil, "left by an unfinished restore (the next restore removes it)"); continue }
-            guard let specs = AttributeRegistry.specs(forClass: cls) else { skip(nil, "objects of this class are not backed up"); continue }
+            if label.hasPrefix(PKCS11Labels.restoringPrefix) { return skip(nil, "left by an unfinished restore (the next restore removes it)") }
+            guard let specs = AttributeRegistry.specs(forClass: cls) else { return skip(nil, "objects of this class are not backed up") }
             // Nested templates are not carried (§9.4): a key restored without its wrap/unwrap/derive
             // template would be weaker than the original (its unwrap template no longer binds what
             // it unwraps), so such a key is listed, never silently weakened.
@@ -319,8 +326,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
                 for (t, n) in [(UInt64(0x4000_0211), "CKA_WRAP_TEMPLATE"), (0x4000_0212, "CKA_UNWRAP_TEMPLATE"), (0x4000_0213, "CKA_DERIVE_TEMPLATE")]
                 where (try session.attributeLength(h, t) ?? 0) > 0 { templated.append(n) }
                 if !templated.isEmpty {
-                    skip(nil, "its \(templated.joined(separator: " and ")) cannot be carried by this version; restored without it the key would be weaker")
-                    continue
+                    return skip(nil, "its \(templated.joined(separator: " and ")) cannot be carried by this version; restored without it the key would be weaker")
                 }
             }
             var attrs: [EncodedAttribute] = [], info: [EncodedAttribute] = []
@@ -336,59 +342,92 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             }
             var wrapped: WrappedValue?
             var check: KeyCheck?
+            var signWith: (id: String, keyType: UInt64)?
             if cls == CK.oSecretKey || cls == CK.oPrivateKey {
                 var length: UInt64 = 0
                 if case .ulong(let l)? = values[0x161] { length = l }
                 let viaSWK = cls == CK.oSecretKey && quirks.contains(PKCS11Labels.quirkKWPZeroPad) && length % 8 != 0
                 if viaSWK && length > 214 {
-                    skip(nil, "a secret of \(length) bytes (not a multiple of 8) is beyond RSA-OAEP's capacity and this token's key wrap pads it")
-                    continue
+                    return skip(nil, "a secret of \(length) bytes (not a multiple of 8) is beyond RSA-OAEP's capacity and this token's key wrap pads it")
                 }
                 let mechanism: Mechanism = viaSWK ? .rsaOAEPSHA1 : .plain(CK.mAESKeyWrapPad)
                 switch try session.wrap(mechanism, wrappingKey: viaSWK ? try needSWK() : tek, key: h) {
-                case .success(let blob):
+                case .success(var blob):
                     wrapped = WrappedValue(mechanism: viaSWK ? CK.mRSAPKCSOAEP : CK.mAESKeyWrapPad, wrappingKey: viaSWK ? "swk" : "tek",
                                            blob: Hex.encode(blob), valueLength: length)
+                    wipe(&blob)
                 case .failure(let r):
-                    skip(r.rv, r.rv == 0x6A ? "the key is not extractable" : r.rv == 0x69 ? "the token cannot wrap this key with the backup's token key" : "the token refused to wrap it")
-                    continue
+                    return skip(r.rv, r.rv == 0x6A ? "the key is not extractable" : r.rv == 0x69 ? "the token cannot wrap this key with the backup's token key" : "the token refused to wrap it")
                 }
                 check = try recordCheck(h, cls: cls, keyType: keyType, values: values)
+                // Private keys are checked by signing and verifying with their public half (same CKA_ID and type).
                 if check == nil, cls == CK.oPrivateKey, case .bool(true)? = values[0x108], let keyType {
-                    pendingSign.append((objects.count, idHex, keyType))
+                    signWith = (idHex, keyType)
+                    if let pub = publicIndex(idHex, keyType) { check = KeyCheck(kind: "sign", value: "", publicKey: pub) }
                 }
             }
-            objects.append(TokenObject(objectClass: cls, className: CK.className(cls), keyType: keyType, keyTypeName: keyType.map(CK.keyTypeName),
-                                       attributes: attrs, info: info, wrapped: wrapped, check: check))
+            return .object(TokenObject(objectClass: cls, className: CK.className(cls), keyType: keyType, keyTypeName: keyType.map(CK.keyTypeName),
+                                       attributes: attrs, info: info, wrapped: wrapped, check: check), signWith: signWith)
         }
-        // Private keys are checked by signing and verifying with their public half (same CKA_ID and type).
-        for s in pendingSign {
-            if let pub = objects.firstIndex(where: { $0.objectClass == CK.oPublicKey && $0.idHex == s.id && $0.keyType == s.keyType }) {
-                let o = objects[s.index]
-                objects[s.index] = TokenObject(objectClass: o.objectClass, className: o.className, keyType: o.keyType, keyTypeName: o.keyTypeName,
-                                               attributes: o.attributes, info: o.info, wrapped: o.wrapped,
-                                               check: KeyCheck(kind: "sign", value: "", publicKey: pub))
+
+        // Pass 1: what is taken (handles only), what is skipped, and each public key's index
+        // (the first public key of a CKA_ID and key type, in payload order).
+        let handles = try session.find([.bool(0x1, true)])
+        var taken: [UInt64] = []
+        var skipped: [SkippedObject] = []
+        var firstPublic: [String: Int] = [:]
+        var wrappedCount = 0
+        for h in handles {
+            switch try examine(h, publicIndex: { _, _ in nil }) {
+            case .ignored: continue
+            case .skipped(let o): skipped.append(o)
+            case .object(let o, _):
+                if o.objectClass == CK.oPublicKey, let k = o.keyType {
+                    let key = "\(k)/\(o.idHex)"
+                    if firstPublic[key] == nil { firstPublic[key] = taken.count }
+                }
+                if o.wrapped != nil { wrappedCount += 1 }
+                taken.append(h)
             }
         }
         if !skipped.isEmpty && !options.allowPartial {
             throw PKCS11Error(.partialBackup, "\(skipped.count) object(s) cannot be backed up; nothing was written (--allow-partial backs up the rest)",
                               skipped: skipped)
         }
+        guard taken.count + 2 <= PayloadBundle.tarLimits.maximumEntries, taken.count <= Int(UInt32.max) else {
+            throw PKCS11Error(.invalidArgument, "the token holds \(taken.count) objects; a payload holds at most \(PayloadBundle.tarLimits.maximumEntries - 2)")
+        }
         let record = TokenRecord(format: TokenRecord.formatName, version: TokenRecord.versionMajor, module: (module.path as NSString).lastPathComponent,
                                  library: library, token: token, quirks: quirks, role: "user", wrappedTEK: Hex.encode(wrappedTEK),
-                                 wrappedSWK: swk.map { Hex.encode($0.wrapped) }, objectCount: objects.count, skipped: skipped)
-        let report = PKCS11BackupReport(objects: objects.count, wrapped: objects.filter { $0.wrapped != nil }.count,
-                                        clear: objects.filter { $0.wrapped == nil }.count, skipped: skipped, quirks: quirks)
-        // Memory: the decoded objects go as soon as they are encoded, the encoded ones once in the tar.
-        var payload = [PayloadObject(kind: .policy, path: TokenRecord.path, contents: try PayloadJSON.encode(record))]
-        payload.reserveCapacity(objects.count + 1)
-        for i in objects.indices {
-            payload.append(PayloadObject(kind: .key, path: String(format: "keys/%06d.json", i + 1), contents: try PayloadJSON.encode(objects[i])))
+                                 wrappedSWK: swk.map { Hex.encode($0.wrapped) }, objectCount: taken.count, skipped: skipped)
+        let report = PKCS11BackupReport(objects: taken.count, wrapped: wrappedCount, clear: taken.count - wrappedCount, skipped: skipped,
+                                        quirks: quirks)
+
+        // Pass 2: each entry made again, hashed and sealed into the spool; only its manifest
+        // record stays in memory. An object that changed between the passes fails the backup.
+        let spool = try EncryptedSpool()
+        var records: [PayloadManifest.Record] = []
+        records.reserveCapacity(taken.count + 1)
+        var recordJSON = try PayloadJSON.encode(record)
+        let recordEntry = try TarEntryBytes.entry(path: TokenRecord.path, contents: recordJSON)
+        records.append(.init(kind: .policy, path: TokenRecord.path, sha256: Hex.encode(SHA256Hasher.hash(recordJSON)), size: recordJSON.count))
+        wipe(&recordJSON)
+        for (i, h) in taken.enumerated() {
+            let path = String(format: "keys/%06d.json", i + 1)
+            guard case .object(let o, _) = try examine(h, publicIndex: { firstPublic["\($1)/\($0)"] }) else {
+                throw PKCS11Error(.tokenChanged, "object \(i + 1) of token \"\(token.label)\" changed during the backup; nothing was written")
+            }
+            var json = try PayloadJSON.encode(o)
+            var entry = try TarEntryBytes.entry(path: path, contents: json)
+            records.append(.init(kind: .key, path: path, sha256: Hex.encode(SHA256Hasher.hash(json)), size: json.count))
+            try spool.append(entry)
+            wipe(&json)
+            wipe(&entry)
         }
-        objects = []
-        var tar = try PayloadBundle(objects: payload).tarBytes()
-        payload = []
-        defer { wipe(&tar) }
+        let manifestEntry = try TarEntryBytes.entry(path: PayloadManifest.path,
+                                                    contents: try PayloadManifest(objects: records).canonicalBytes())
+        records = []
+        let payloadBytes = manifestEntry.count + recordEntry.count + spool.plaintextBytes + TarEntryBytes.endOfArchive
 
         // The EBK: drawn here, wrapped under the PBK inside the token (KW, exactly §4.2's wrappedEBK).
         let ebk = try EphemeralBackupKey(secret: SecureRandom.secureBytes(count: 32))
@@ -400,14 +439,30 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         case .success(let w): wrappedEBK = w
         case .failure(let r): throw PKCS11Error(.callFailed, "wrapping the EBK under the PBK", function: "C_WrapKey", rv: r.rv)
         }
-        let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: UInt64(tar.count), userCount: 0,
+        let descriptor = PayloadDescriptor(chunkSize: UInt32(chunkSize), payloadBytes: UInt64(payloadBytes), userCount: 0,
                                            keyCount: UInt32(report.objects), policyCount: 1)
         let writer = try InnerBlobWriter(metadata: metadata, backupId: SecureRandom.bytes(count: InnerFormat.backupIdByteCount),
                                          createdAt: createdAt ?? UInt64(max(0, Date().timeIntervalSince1970)), payload: descriptor,
                                          pbkFingerprint: p.fingerprint, wrappedEBK: wrappedEBK, ebk: ebk, sink: sink)
-        try writer.write(tar)
+        // Every piece handed to the writer is at most EncryptedSpool.pieceBytes (the manifest too).
+        var largestPiece = 0
+        func put(_ bytes: [UInt8]) throws {
+            var at = 0
+            while at < bytes.count {
+                let n = min(EncryptedSpool.pieceBytes, bytes.count - at)
+                largestPiece = max(largestPiece, n)
+                try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)])) }
+                at += n
+            }
+        }
+        try put(manifestEntry)
+        try put(recordEntry)
+        try spool.readBack { try put($0) }
+        try put([UInt8](repeating: 0, count: TarEntryBytes.endOfArchive))
         try writer.finish()
         lastBackup = report
+        lastBackupLargestPiece = largestPiece
+        lastBackupPayloadBytes = payloadBytes
         return writer.header
     }
 

@@ -56,13 +56,16 @@ final class PKCS11RestoreSession: HSMRestoreSession {
     private let dryRun: Bool
     private var opener: InnerBlobOpener!
     private var payload: PayloadReader?
-    /// Each payload object is decoded as it arrives, so its JSON is not kept (memory: the decoded objects).
-    private var decoder = PKCS11Payload.ObjectDecoder()
+    /// Each payload object is decoded and checked as it arrives, then sealed into the spool
+    /// (memory: an offset, a length and a flag byte per object, §9.6 step 3).
+    private var record: TokenRecord?
+    private let objects: SpooledObjects
     private var failure: Error?
 
     init(hsm: PKCS11HSM, dryRun: Bool, context: [String: String]) throws {
         self.hsm = hsm
         self.dryRun = dryRun
+        objects = try SpooledObjects()
         guard let kcv = context[PKCS11Labels.contextPBKCheck].flatMap(Hex.decode),
               let tkcv = context[PKCS11Labels.contextTokenPBKCheck].flatMap(Hex.decode),
               let mfr = context[PKCS11Labels.contextTokenManufacturer] else {
@@ -72,12 +75,22 @@ final class PKCS11RestoreSession: HSMRestoreSession {
             throw PKCS11Error(.wrongManufacturer, "the archive comes from a token made by \"\(mfr)\"; this token is made by \"\(hsm.token.manufacturer)\": refused before any unwrap")
         }
         _ = try hsm.requireProvisioned()
+        // Taken before the archive is read, so a second restore fails at once (tokenBusy).
+        if !dryRun { try hsm.lockForRestore() }
         opener = InnerBlobOpener(unlocker: TokenUnlocker(hsm: hsm, pbkCheck: kcv, tokenPBKCheck: tkcv), onHeader: { [unowned self] h in
-            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.decoder.add(o) }
+            self.payload = PayloadReader(descriptor: h.payload) { [unowned self] o in try self.add(o) }
         }, payloadSink: { [unowned self] piece in try self.payload!.feed(piece) })
     }
 
     var header: InnerHeader? { opener.header }
+
+    private func add(_ o: PayloadObject) throws {
+        guard record != nil else { record = try PKCS11Payload.decodeRecord(o); return }
+        guard o.kind == .key else { throw PKCS11Error(.malformedObject, "\(o.path): a PKCS#11 payload holds only key entries after the record") }
+        try objects.append(try PayloadJSON.decode(TokenObject.self, o.contents, what: o.path), json: o.contents)
+    }
+
+    deinit { if !dryRun { hsm.releaseRestoreLock() } }
 
     func feed(_ bytes: [UInt8]) throws {
         if let failure { throw failure }
@@ -89,11 +102,14 @@ final class PKCS11RestoreSession: HSMRestoreSession {
         try opener.finish()
         _ = try payload!.finish()
         let header = opener.header!
-        let (record, tokenObjects) = try decoder.finish()
-        decoder = PKCS11Payload.ObjectDecoder()
-        try hsm.apply(record: record, objects: tokenObjects, restoreId: Hex.encode(header.backupId), dryRun: dryRun)
+        guard let record else { throw PKCS11Error(.malformedObject, "the payload is empty: not a PKCS#11 payload") }
+        guard objects.count == record.objectCount else {
+            throw PKCS11Error(.malformedObject, "the record counts \(record.objectCount) objects; the payload has \(objects.count)")
+        }
+        try hsm.apply(record: record, source: PKCS11HSM.ObjectSource(count: objects.count, flags: objects.flags, load: objects.object),
+                      restoreId: Hex.encode(header.backupId), dryRun: dryRun)
         return RestoreSummary(backupId: Hex.encode(header.backupId), createdAt: header.createdAt, sourceHSM: header.metadata.hsmId,
-                              policies: 0, users: 0, keys: tokenObjects.count, chunks: opener.chunkCount, dryRun: dryRun)
+                              policies: 0, users: 0, keys: objects.count, chunks: opener.chunkCount, dryRun: dryRun)
     }
 }
 
@@ -155,9 +171,22 @@ public enum PKCS11Payload {
 }
 
 extension PKCS11HSM {
+    /// Takes the token's restore lock unless this instance holds it (TokenLock, §9.6).
+    func lockForRestore() throws {
+        if restoreLock == nil { restoreLock = try TokenLock.acquire(modulePath: module.path, token: token) }
+    }
+
+    func releaseRestoreLock() {
+        restoreLock?.release()
+        restoreLock = nil
+    }
+
     /// A test hook (`HSMBACKUP_TEST_PKCS11_PAUSE=between:FILE` or `phase2:N:FILE`): writes FILE and
-    /// waits to be killed, between the phases or after N token objects of phase 2.
+    /// waits to be killed, between the phases or after N token objects of phase 2. Compiled only
+    /// when HSMBACKUP_TEST_HOOKS is defined, which Package.swift does for debug builds alone
+    /// (`make test` builds debug): a release binary ignores the variable (§9.6).
     func pauseHook(_ point: String, made: Int = 0) {
+        #if HSMBACKUP_TEST_HOOKS
         // getenv, not ProcessInfo.environment: that would copy every variable (the PIN's too) into Strings.
         guard let raw = getenv("HSMBACKUP_TEST_PKCS11_PAUSE") else { return }
         let v = String(cString: raw)
@@ -167,6 +196,7 @@ extension PKCS11HSM {
         guard hit, let file = parts.last else { return }
         _ = FileManager.default.createFile(atPath: file, contents: Data("paused \(point)\n".utf8))
         for _ in 0..<600 { usleep(100_000) }
+        #endif
     }
 
     /// Removes objects an earlier restore left under its temporary label (it was killed in phase 2).
@@ -190,7 +220,27 @@ extension PKCS11HSM {
     /// Checks and applies a decoded payload (§9.6). Public for the tests that damage the wrapped
     /// blobs themselves (which the archive's own authentication otherwise protects).
     public func apply(record: TokenRecord, objects: [TokenObject], restoreId: String, dryRun: Bool) throws {
+        let flags = objects.map { o -> UInt8 in
+            (o.attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0) | (o.attributes.contains { $0.type == 0x172 && $0.value == "00" } ? 2 : 0)
+        }
+        try apply(record: record, source: ObjectSource(count: objects.count, flags: flags, load: { objects[$0] }), restoreId: restoreId, dryRun: dryRun)
+    }
+
+    /// The payload's objects as apply reads them: by index, one at a time (the restore keeps them
+    /// sealed in a spool; the tests hand an array). Flags: bit 0 CKA_MODIFIABLE false, bit 1
+    /// CKA_DESTROYABLE false.
+    struct ObjectSource {
+        let count: Int
+        let flags: [UInt8]
+        let load: (Int) throws -> TokenObject
+    }
+
+    func apply(record: TokenRecord, source src: ObjectSource, restoreId: String, dryRun: Bool) throws {
         let p = try requireProvisioned()
+        // The whole restore holds the token's lock: phase 2 removes every object under the
+        // temporary label, which must never be another running restore's (§9.6).
+        if !dryRun { try lockForRestore() }
+        defer { if !dryRun { releaseRestoreLock() } }
         let s = session
         var made: [UInt64] = []
         func rollBack() { for h in made.reversed() { try? s.destroy(h) }; made = [] }
@@ -202,7 +252,7 @@ extension PKCS11HSM {
         // (which PKCS#11 allows) find the same ones, and --replace destroys each only once.
         var duplicates: [UInt64] = []
         var seenDuplicates = Set<UInt64>()
-        for o in objects { for h in try existing(o) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
+        for i in 0..<src.count { for h in try existing(try src.load(i)) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
         if !duplicates.isEmpty && !options.replace && !dryRun {
             throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
         }
@@ -230,14 +280,11 @@ extension PKCS11HSM {
         // Phase 2 makes non-modifiable objects after the others (they cannot take the temporary
         // label, so a kill after them leaves objects under their final labels), and
         // non-destroyable ones last (a rollback cannot remove them).
-        func rank(_ i: Int) -> Int {
-            if objects[i].attributes.contains(where: { $0.type == 0x172 && $0.value == "00" }) { return 2 }
-            return objects[i].attributes.contains { $0.type == 0x170 && $0.value == "00" } ? 1 : 0
-        }
-        let order = objects.indices.sorted { a, b in (rank(a), a) < (rank(b), b) }
+        func rank(_ i: Int) -> Int { src.flags[i] & 2 != 0 ? 2 : src.flags[i] & 1 != 0 ? 1 : 0 }
+        let order = (0..<src.count).sorted { a, b in (rank(a), a) < (rank(b), b) }
 
         func make(_ i: Int, token onToken: Bool) throws -> UInt64 {
-            let o = objects[i]
+            let o = try src.load(i)
             var t: [Attribute] = [.ulong(0x0, o.objectClass)]
             if let k = o.keyType { t.append(.ulong(0x100, k)) }
             t.append(.bool(0x1, onToken))
@@ -272,50 +319,91 @@ extension PKCS11HSM {
             }
         }
 
+        enum Outcome { case checked, unchecked, none }
+        /// Object i's functional check on handle h (`handles` gives the public halves).
+        func checkOne(_ i: Int, _ o: TokenObject, _ h: UInt64, _ handles: [Int: UInt64]) throws -> Outcome {
+            guard let c = o.check else { return o.wrapped != nil ? .unchecked : .none }
+            let ok: Bool
+            switch c.kind {
+            case "aes-ecb-kcv":
+                ok = (try? s.encrypt(CK.mAESECB, key: h, [UInt8](repeating: 0, count: 16))).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+            case "hmac-sha256":
+                ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
+            case "sign":
+                guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { return .unchecked }
+                let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
+                if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
+                    ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
+                } else { ok = false }
+            default:
+                throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
+            }
+            guard ok else {
+                throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its \(c.kind) check after unwrapping")
+            }
+            return .checked
+        }
+
         func runChecks(_ handles: [Int: UInt64]) throws -> (checked: Int, unchecked: Int) {
             var checked = 0, unchecked = 0
-            for (i, o) in objects.enumerated() {
-                guard let c = o.check, let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
-                let ok: Bool
-                switch c.kind {
-                case "aes-ecb-kcv":
-                    ok = (try? s.encrypt(CK.mAESECB, key: h, [UInt8](repeating: 0, count: 16))).map { Hex.encode($0.prefix(8)) == c.value } ?? false
-                case "hmac-sha256":
-                    ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
-                case "sign":
-                    guard let pi = c.publicKey, let ph = handles[pi], objects.indices.contains(pi) else { unchecked += 1; continue }
-                    let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
-                    if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
-                        ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
-                    } else { ok = false }
-                default:
-                    throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
+            for i in 0..<src.count {
+                let o = try src.load(i)
+                guard let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
+                switch try checkOne(i, o, h, handles) {
+                case .checked: checked += 1
+                case .unchecked: unchecked += 1
+                case .none: break
                 }
-                guard ok else {
-                    throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its \(c.kind) check after unwrapping")
-                }
-                checked += 1
             }
             return (checked, unchecked)
         }
 
-        // Phase 1: everything as session objects, checked. This is the dry run.
-        var sessionHandles: [Int: UInt64] = [:]
-        let phase1: (checked: Int, unchecked: Int)
+        // Phase 1: everything as session objects, checked. This is the dry run. Each object is
+        // checked as soon as it is made and destroyed at once, except public keys a `sign` check
+        // still needs (and private keys waiting for theirs), so the module never holds every
+        // object twice (memory, §9.5).
+        var neededPublic = Set<Int>()
+        for i in 0..<src.count { if let c = try src.load(i).check, c.kind == "sign", let pi = c.publicKey { neededPublic.insert(pi) } }
+        var phase1Live = Set<UInt64>()
+        var livePublic: [Int: UInt64] = [:]
+        var waiting: [Int: [(Int, UInt64)]] = [:]
+        var phase1 = (checked: 0, unchecked: 0)
+        func tally(_ r: Outcome) {
+            switch r {
+            case .checked: phase1.checked += 1
+            case .unchecked: phase1.unchecked += 1
+            case .none: break
+            }
+        }
+        func drop(_ h: UInt64) { try? s.destroy(h); phase1Live.remove(h) }
         do {
             for i in order {
                 let h = try make(i, token: false)
-                made.append(h)
-                sessionHandles[i] = h
+                phase1Live.insert(h)
+                let o = try src.load(i)
+                if neededPublic.contains(i) {
+                    livePublic[i] = h
+                    for (j, hj) in waiting.removeValue(forKey: i) ?? [] {
+                        tally(try checkOne(j, try src.load(j), hj, livePublic))
+                        drop(hj)
+                    }
+                }
+                if let c = o.check, c.kind == "sign", let pi = c.publicKey, livePublic[pi] == nil, neededPublic.contains(pi) {
+                    waiting[pi, default: []].append((i, h))
+                    continue
+                }
+                tally(try checkOne(i, o, h, livePublic))
+                if !neededPublic.contains(i) { drop(h) }
             }
-            phase1 = try runChecks(sessionHandles)
+            // A private key whose public half never came is unchecked (as when the archive lacks it).
+            for (_, list) in waiting { for (j, hj) in list { tally(try checkOne(j, try src.load(j), hj, livePublic)) } }
         } catch {
-            rollBack()
+            for h in phase1Live { try? s.destroy(h) }
             throw error
         }
-        rollBack()
+        for h in phase1Live { try? s.destroy(h) }
         if dryRun {
-            lastRestore = PKCS11RestoreReport(objects: objects.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
+            lastRestore = PKCS11RestoreReport(objects: src.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
                                               dryRun: true, skippedAtBackup: record.skipped)
             return
         }
@@ -325,7 +413,7 @@ extension PKCS11HSM {
         // Phase 2: token objects under the temporary label, checked, then the old ones (--replace)
         // removed, then the labels set. Any failure before the last step destroys all it made.
         var tokenHandles: [Int: UInt64] = [:]
-        var relabel: [(UInt64, String)] = []
+        var relabel: [(UInt64, Int)] = []
         let result: (checked: Int, unchecked: Int)
         do {
             for i in order {
@@ -333,10 +421,10 @@ extension PKCS11HSM {
                 made.append(h)
                 tokenHandles[i] = h
                 pauseHook("phase2", made: made.count)
-                if !objects[i].attributes.contains(where: { $0.type == 0x170 && $0.value == "00" }) { relabel.append((h, objects[i].label)) }
+                if src.flags[i] & 1 == 0 { relabel.append((h, i)) }
             }
             result = try runChecks(tokenHandles)
-            for (h, label) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(label.utf8))]) }
+            for (h, i) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(try src.load(i).label.utf8))]) }
         } catch {
             rollBack()
             throw error
@@ -350,7 +438,7 @@ extension PKCS11HSM {
             throw PKCS11Error(.callFailed, "the restore is complete, but \(notReplaced) of the \(duplicates.count) objects it replaces could not be destroyed: the token holds both copies of those",
                               function: "C_DestroyObject")
         }
-        lastRestore = PKCS11RestoreReport(objects: objects.count, checked: result.checked, unchecked: result.unchecked,
+        lastRestore = PKCS11RestoreReport(objects: src.count, checked: result.checked, unchecked: result.unchecked,
                                           replaced: duplicates.count, recoveredStale: stale, dryRun: false, skippedAtBackup: record.skipped)
     }
 }

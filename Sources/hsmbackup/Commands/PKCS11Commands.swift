@@ -17,7 +17,8 @@ extension PKCS11Error: CLIExitMappable {
         case .notProvisioned, .checkValueMismatch, .wrongManufacturer: return .incompatibleHSM
         case .partialBackup, .malformedObject, .unsupportedVersion, .checkFailed: return .verificationFailed
         case .duplicateObject, .alreadyProvisioned, .invalidArgument: return .usage
-        case .callFailed: return .ioError
+        case .callFailed, .lockFailed, .spoolFailed, .tokenChanged: return .ioError
+        case .tokenBusy: return .scheduleBusy // 75: another process holds the lock (EX_TEMPFAIL), as for schedule run
         }
     }
     var cliMessage: String {

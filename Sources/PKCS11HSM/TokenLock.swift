@@ -1,0 +1,77 @@
+import BackupCrypto
+import ByteCoding
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The per-token restore lock (spec/FORMAT.md §9.6): an exclusive `flock(2)` on
+/// `<lock dir>/pkcs11-<hex>.lock`, where `<hex>` is the first 16 bytes of
+/// SHA-256(realpath(module) || 0x00 || token serial || 0x00 || token label). A restore (not a dry
+/// run) holds it from before it reads the archive to its end, so two restores onto one token never
+/// run phase 2 at the same time (phase 2 removes every object under the temporary label, which
+/// would include a running restore's). A second restore does not wait: it fails at once with
+/// `tokenBusy` (exit 75) and changes nothing. The kernel drops the lock when its process dies.
+///
+/// The lock directory is `HSMBACKUP_PKCS11_LOCK_DIR` when set, else `<home>/locks` (home:
+/// `HSMBACKUP_HOME`, else `~/.hsmbackup`); processes restoring onto one token must share it.
+final class TokenLock {
+    let path: String
+    private var fd: Int32
+
+    private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
+
+    static func directory() -> String {
+        if let d = getenv("HSMBACKUP_PKCS11_LOCK_DIR"), d.pointee != 0 { return String(cString: d) }
+        if let h = getenv("HSMBACKUP_HOME"), h.pointee != 0 { return String(cString: h) + "/locks" }
+        return NSHomeDirectory() + "/.hsmbackup/locks"
+    }
+
+    static func path(modulePath: String, token: TokenInfo) -> String {
+        var resolved = modulePath
+        if let r = realpath(modulePath, nil) { resolved = String(cString: r); free(r) }
+        let key = Array(resolved.utf8) + [0] + Array(token.serialNumber.utf8) + [0] + Array(token.label.utf8)
+        return directory() + "/pkcs11-" + Hex.encode(Array(SHA256Hasher.hash(key).prefix(16))) + ".lock"
+    }
+
+    /// Takes the lock or fails (`tokenBusy` when another process holds it).
+    static func acquire(modulePath: String, token: TokenInfo) throws -> TokenLock {
+        let path = path(modulePath: modulePath, token: token)
+        let dir = (path as NSString).deletingLastPathComponent
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw PKCS11Error(.lockFailed, "cannot make the lock directory \(dir): \(error.localizedDescription)")
+        }
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw PKCS11Error(.lockFailed, "cannot open the token's restore lock \(path): \(String(cString: strerror(errno)))") }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let e = errno
+            if e == EINTR { continue }
+            defer { close(fd) }
+            if e == EWOULDBLOCK {
+                let holder = Self.holder(fd).map { " (pid \($0))" } ?? ""
+                throw PKCS11Error(.tokenBusy, "another restore\(holder) onto token \"\(token.label)\" (serial \(token.serialNumber)) holds \(path); this one changed nothing")
+            }
+            throw PKCS11Error(.lockFailed, "flock \(path): \(String(cString: strerror(e)))")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        if ftruncate(fd, 0) == 0 { _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
+        return TokenLock(path: path, fd: fd)
+    }
+
+    private static func holder(_ fd: Int32) -> Int32? {
+        var buf = [UInt8](repeating: 0, count: 16)
+        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return nil }
+        return Int32(String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    func release() {
+        guard fd >= 0 else { return }
+        close(fd)
+        fd = -1
+    }
+
+    deinit { release() }
+}
