@@ -201,18 +201,11 @@ public final class LocalObjectStore: ObjectStorage {
             case .failure(let e): set.findings.append(e.finding)
             }
         }
-        var votes: [[UInt8]: Int] = [:]
-        for f in opened { votes[f.recordBytes, default: 0] += 1 }
-        if let best = opened.max(by: { a, b in
-            let va = votes[a.recordBytes]!, vb = votes[b.recordBytes]!
-            return va != vb ? va < vb : a.replica > b.replica
-        }) {
-            for f in opened {
-                if f.recordBytes == best.recordBytes { set.good.append(f) } else {
-                    set.findings.append(ReplicaFinding(replica: f.replica, path: f.path, problem: .conflict,
-                                                       detail: "its record (digest \(Hex.encode(f.record.objectDigest))) disagrees with the other replicas"))
-                }
-            }
+        let vote = RecordVote.split(opened, recordBytes: { $0.recordBytes }, replica: { $0.replica })
+        set.good = vote.agreeing
+        for f in vote.disagreeing {
+            set.findings.append(ReplicaFinding(replica: f.replica, path: f.path, problem: .conflict,
+                                               detail: "its record (digest \(Hex.encode(f.record.objectDigest))) disagrees with the other replicas"))
         }
         set.findings.sort { $0.replica < $1.replica }
         return set

@@ -289,18 +289,11 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
             case .failure(let f): set.findings.append(f.finding)
             }
         }
-        var votes: [[UInt8]: Int] = [:]
-        for l in opened { votes[l.bytes, default: 0] += 1 }
-        if let best = opened.max(by: { a, b in
-            let va = votes[a.bytes]!, vb = votes[b.bytes]!
-            return va != vb ? va < vb : a.replica > b.replica
-        }) {
-            for l in opened {
-                if l.bytes == best.bytes { set.good.append(l) } else {
-                    set.findings.append(ReplicaFinding(replica: l.replica, path: replicaLocation(l.replica) + "/" + key, problem: .conflict,
-                                                       detail: "its record (digest \(Hex.encode(l.record.objectDigest))) disagrees with the other replicas"))
-                }
-            }
+        let vote = RecordVote.split(opened, recordBytes: { $0.bytes }, replica: { $0.replica })
+        set.good = vote.agreeing
+        for l in vote.disagreeing {
+            set.findings.append(ReplicaFinding(replica: l.replica, path: replicaLocation(l.replica) + "/" + key, problem: .conflict,
+                                               detail: "its record (digest \(Hex.encode(l.record.objectDigest))) disagrees with the other replicas"))
         }
         set.good.sort { $0.replica < $1.replica }
         set.findings.sort { $0.replica < $1.replica }
