@@ -157,21 +157,6 @@ public final class LocalObjectStore: ObjectStorage {
 
     // MARK: put
 
-    public func put(_ key: String, from source: ObjectSource) throws -> PutReport {
-        let w = try LocalObjectWriter(store: self, key: key)
-        do {
-            while true {
-                let piece = try source.read(maxCount: ObjectRecord.defaultChunkSize)
-                if piece.isEmpty { break }
-                try w.write(piece)
-            }
-            return try w.commit()
-        } catch {
-            w.abort()
-            throw error
-        }
-    }
-
     public func makeWriter(_ key: String) throws -> ObjectWriting {
         try LocalObjectWriter(store: self, key: key)
     }

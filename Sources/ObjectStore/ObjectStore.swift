@@ -90,6 +90,23 @@ public protocol ObjectStorage: AnyObject {
 }
 
 extension ObjectStorage {
+    /// A put from a source, through the backend's writer (the same durability and quorum rules as
+    /// a producer-driven write); an error aborts it, so nothing is published.
+    public func put(_ key: String, from source: ObjectSource) throws -> PutReport {
+        let w = try makeWriter(key)
+        do {
+            while true {
+                let piece = try source.read(maxCount: ObjectRecord.defaultChunkSize)
+                if piece.isEmpty { break }
+                try w.write(piece)
+            }
+            return try w.commit()
+        } catch {
+            w.abort()
+            throw error
+        }
+    }
+
     public func put(_ key: String, bytes: [UInt8]) throws -> PutReport {
         try put(key, from: BytesSource(bytes))
     }

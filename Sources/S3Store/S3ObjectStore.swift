@@ -318,21 +318,6 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
 
     // MARK: ObjectStorage
 
-    public func put(_ key: String, from source: ObjectSource) throws -> PutReport {
-        let w = try S3ObjectWriter(store: self, key: key)
-        do {
-            while true {
-                let piece = try source.read(maxCount: ObjectRecord.defaultChunkSize)
-                if piece.isEmpty { break }
-                try w.write(piece)
-            }
-            return try w.commit()
-        } catch {
-            w.abort()
-            throw error
-        }
-    }
-
     public func makeWriter(_ key: String) throws -> ObjectWriting { try S3ObjectWriter(store: self, key: key) }
 
     public func get(_ key: String) throws -> ObjectReading { try get(key, readRepair: true) }
