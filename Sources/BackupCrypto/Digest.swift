@@ -29,6 +29,13 @@ public final class SHA256Hasher {
         bytes.withContiguousBytes { update($0) }
     }
 
+    /// Starts a new digest on the same context (the algorithm is kept): a thread that hashes
+    /// many small objects reuses one hasher instead of allocating a context per object.
+    public func reset() {
+        guard EVP_DigestInit_ex2(ctx, nil, nil) == 1 else { fatalError("SHA-256 context could not be reset") }
+        finished = false
+    }
+
     public func finalize() -> [UInt8] {
         precondition(!finished, "SHA256Hasher finalized twice")
         finished = true

@@ -205,11 +205,44 @@ public struct ManifestParser {
     }
 }
 
+/// An object read whole from the tar whose SHA-256 is not yet checked against its manifest
+/// record (a `PayloadReader` made with `onUncheckedObject`). `digest(using:)` may run on any
+/// thread (issue 17: hashing every object is a third of the reader's work, and objects are
+/// independent); the result goes back to the reader, in payload order, through `accept(_:)`.
+public struct UncheckedObject: Sendable {
+    public let object: PayloadObject
+    /// The tar entry (1-based among objects) and its record's fingerprint.
+    let entry: Int
+    let expected: UInt32
+
+    /// Hashes the object with `hasher` (reset first; one per thread) into what `accept` needs.
+    public func digest(using hasher: SHA256Hasher) -> DigestedObject {
+        hasher.reset()
+        hasher.update(object.contents)
+        let encoded = ManifestRecord(kind: object.kind, path: object.path, size: object.contents.count, sha256: hasher.finalize()).encoded
+        return DigestedObject(entry: entry, path: object.path, encoded: encoded,
+                              matches: ManifestRecord.fingerprint(encoded) == expected)
+    }
+}
+
+/// An `UncheckedObject`'s record as found; `PayloadReader.accept` decides.
+public struct DigestedObject: Sendable {
+    let entry: Int
+    public let path: String
+    let encoded: [UInt8]
+    /// Whether the object is its record's (what `accept` will say; a worker may stop at a
+    /// mismatch rather than check the rest of its batch).
+    public let matches: Bool
+}
+
 /// The streaming payload check. Feed the tar in pieces, then `finish()`. Each object whose
 /// record fingerprint matches is handed to `onObject` (if given) with its bytes; without it,
-/// objects are only hashed. Errors are `ArchiveError`s: `tarMalformed`, `manifestMalformed`,
-/// `objectDigestMismatch` (at the object, or at the end if only the running digest tells),
-/// `objectCountMismatch`. Once failed it stays failed.
+/// objects are only hashed. With `onUncheckedObject` instead, each object is handed over before
+/// its digest is checked, and the consumer hashes it (`UncheckedObject.digest`) on whatever
+/// thread it likes and returns every result through `accept(_:)` in payload order; `finish()`
+/// refuses a payload whose objects were not all accepted. Errors are `ArchiveError`s:
+/// `tarMalformed`, `manifestMalformed`, `objectDigestMismatch` (at the object, or at the end if
+/// only the running digest tells), `objectCountMismatch`. Once failed it stays failed.
 public final class PayloadReader: TarVisitor {
     public struct Summary: Sendable, Equatable {
         public let policies: Int
@@ -219,6 +252,9 @@ public final class PayloadReader: TarVisitor {
 
     private let descriptor: PayloadDescriptor
     private let onObject: ((PayloadObject) throws -> Void)?
+    private let onUncheckedObject: ((UncheckedObject) throws -> Void)?
+    /// Objects whose digest came back through `accept` (deferred mode).
+    private var accepted = 0
     private var tar: PaxTarReader!
     private var manifest: ManifestParser?
     private var fingerprints: [UInt32] = []
@@ -232,9 +268,21 @@ public final class PayloadReader: TarVisitor {
     private var contents: [UInt8] = []
     private var failure: Error?
 
-    public init(descriptor: PayloadDescriptor, onObject: ((PayloadObject) throws -> Void)? = nil) {
+    public convenience init(descriptor: PayloadDescriptor, onObject: ((PayloadObject) throws -> Void)? = nil) {
+        self.init(descriptor: descriptor, onObject: onObject, onUncheckedObject: nil)
+    }
+
+    /// Deferred-digest mode: see `UncheckedObject`. (Its own first label, so that a trailing
+    /// closure after `descriptor:` stays the plain mode's `onObject`.)
+    public convenience init(deferringDigestsOf descriptor: PayloadDescriptor, onUncheckedObject: @escaping (UncheckedObject) throws -> Void) {
+        self.init(descriptor: descriptor, onObject: nil, onUncheckedObject: onUncheckedObject)
+    }
+
+    private init(descriptor: PayloadDescriptor, onObject: ((PayloadObject) throws -> Void)?,
+                 onUncheckedObject: ((UncheckedObject) throws -> Void)?) {
         self.descriptor = descriptor
         self.onObject = onObject
+        self.onUncheckedObject = onUncheckedObject
         // Each entry must match the manifest's next record, whose paths are unique
         // (ManifestParser): the tar reader need not keep every path too.
         var limits = PayloadBundle.tarLimits
@@ -259,11 +307,28 @@ public final class PayloadReader: TarVisitor {
             guard entry == fingerprints.count else {
                 throw ArchiveError(.manifestMalformed, "the manifest lists \(fingerprints.count) objects, the tar holds \(entry)")
             }
+            if onUncheckedObject != nil, accepted != entry {
+                throw ArchiveError(.objectDigestMismatch, "\(entry - accepted) of the payload's \(entry) objects were never checked against the manifest")
+            }
             guard constantTimeEqual(listed.finalize(), found.finalize()) else {
                 throw ArchiveError(.objectDigestMismatch, "the objects' paths, sizes or SHA-256s differ from the manifest")
             }
         } catch { throw record(error) }
         return Summary(policies: Int(descriptor.policyCount), users: Int(descriptor.userCount), keys: Int(descriptor.keyCount))
+    }
+
+    /// Deferred mode: the digest of the next object, in payload order. Throws
+    /// `objectDigestMismatch` naming the object when it is not its record's.
+    public func accept(_ d: DigestedObject) throws {
+        if let failure { throw failure }
+        guard onUncheckedObject != nil, d.entry == accepted + 1 else {
+            preconditionFailure("PayloadReader.accept: object \(d.entry) out of order (expected \(accepted + 1))")
+        }
+        accepted += 1
+        found.update(d.encoded)
+        guard d.matches else {
+            throw record(ArchiveError(.objectDigestMismatch, "object path, size or SHA-256 differs from manifest record \(d.entry)", field: d.path))
+        }
     }
 
     private func record(_ error: Error) -> Error {
@@ -302,8 +367,8 @@ public final class PayloadReader: TarVisitor {
         self.path = path
         self.kind = kind
         self.size = size
-        hasher = SHA256Hasher()
-        if onObject != nil {
+        if onUncheckedObject == nil { hasher = SHA256Hasher() }
+        if onObject != nil || onUncheckedObject != nil {
             contents = []
             contents.reserveCapacity(size)
         }
@@ -316,6 +381,8 @@ public final class PayloadReader: TarVisitor {
                 fingerprints.append(ManifestRecord.fingerprint(encoded))
                 listed.update(encoded)
             }
+        } else if onUncheckedObject != nil {
+            contents.append(contentsOf: bytes)
         } else {
             hasher!.update(bytes)
             if onObject != nil { contents.append(contentsOf: bytes) }
@@ -325,6 +392,12 @@ public final class PayloadReader: TarVisitor {
     public func endEntry() throws {
         if entry == 0 {
             if manifest!.totalBytes > 0 { try endManifest() }
+            return
+        }
+        if let onUncheckedObject {
+            let object = PayloadObject(kind: kind, path: path, contents: contents)
+            contents = []
+            try onUncheckedObject(UncheckedObject(object: object, entry: entry, expected: fingerprints[entry - 1]))
             return
         }
         let actual = ManifestRecord(kind: kind, path: path, size: size, sha256: hasher!.finalize())

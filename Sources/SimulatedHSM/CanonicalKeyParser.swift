@@ -17,94 +17,149 @@ import HSMArchive
 /// key and `JSONEncoder` re-encodes to the same bytes (a test checks both on every key shape
 /// and on mutations). Anything else — an escape, an unusual character, another order — returns
 /// nil and goes to the general (slow) decode-and-re-encode check, which decides.
+///
+/// Speed (issue 17): a full verification runs this on every key, so it reads through one
+/// cursor struct (no closures over a captured index, which cost a runtime exclusivity check per
+/// access), scans string bodies eight bytes at a time, and checks the key material's hex digits
+/// where they lie, without decoding the secret into a buffer of its own.
 enum CanonicalKeyParser {
     struct Key {
         let handle: UInt64
         let type: KeyType
         let bits: Int
         let material: Range<Int>
+        /// The material's length in bytes if it is even-length hex (either case), else nil: the
+        /// same verdict as `Hex.decode`, without the decode.
+        let materialBytes: Int?
     }
 
     static func parse(_ b: [UInt8]) -> Key? {
         b.withUnsafeBufferPointer { parse($0) }
     }
 
-    /// Bytes a string may hold with no further look: 0x20...0x7E but `"` and `\`.
-    private static let plain: [Bool] = (0..<256).map { c in c >= 0x20 && c < 0x7F && c != 0x22 && c != 0x5C }
-
-    private static let attributeNames = ["decrypt", "derive", "encrypt", "extractable", "sensitive", "sign", "token",
-                                         "unwrap", "verify", "wrap"]
-
     static func parse(_ b: UnsafeBufferPointer<UInt8>) -> Key? {
+        guard let base = b.baseAddress else { return nil }
+        var c = Cursor(base: base, count: b.count)
+        guard c.lit(#"{"attributes":{"decrypt":"#), c.bool(), c.lit(#","derive":"#), c.bool(),
+              c.lit(#","encrypt":"#), c.bool(), c.lit(#","extractable":"#), c.bool(),
+              c.lit(#","sensitive":"#), c.bool(), c.lit(#","sign":"#), c.bool(), c.lit(#","token":"#), c.bool(),
+              c.lit(#","unwrap":"#), c.bool(), c.lit(#","verify":"#), c.bool(), c.lit(#","wrap":"#), c.bool()
+        else { return nil }
+        guard c.lit(#"},"bits":"#), let bitsValue = c.int(allowNegative: true), bitsValue.magnitude <= UInt64(Int.max) else { return nil }
+        let bits = bitsValue.negative ? -Int(bitsValue.magnitude) : Int(bitsValue.magnitude)
+        if c.lit(#","curve":"#) { guard c.str() != nil else { return nil } }
+        guard c.lit(#","handle":"#), let handle = c.int(allowNegative: false) else { return nil }
+        guard c.lit(#","label":"#), c.str() != nil else { return nil }
+        guard c.lit(#","material":"#), let material = c.hexStr() else { return nil }
+        guard c.lit(#","owner":"#), c.str() != nil else { return nil }
+        guard c.lit(#","sharedWith":["#) else { return nil }
+        if !c.lit("]") {
+            repeat { guard c.str() != nil else { return nil } } while c.lit(",")
+            guard c.lit("]") else { return nil }
+        }
+        guard c.lit(#","type":"#), let typeRange = c.str(),
+              let type = KeyType(rawValue: String(decoding: b[typeRange], as: UTF8.self)), c.lit("}"), c.at == c.count else { return nil }
+        return Key(handle: handle.magnitude, type: type, bits: bits, material: material.range,
+                   materialBytes: material.isHex ? material.range.count / 2 : nil)
+    }
+
+    /// The one index into the bytes; every method advances it only on success.
+    private struct Cursor {
+        let base: UnsafePointer<UInt8>
+        let count: Int
         var at = 0
-        func lit(_ s: StaticString) -> Bool {
+
+        init(base: UnsafePointer<UInt8>, count: Int) {
+            self.base = base
+            self.count = count
+        }
+
+        mutating func lit(_ s: StaticString) -> Bool {
             let n = s.utf8CodeUnitCount
-            guard at + n <= b.count else { return false }
-            let ok = s.withUTF8Buffer { l in memcmp(b.baseAddress! + at, l.baseAddress!, n) == 0 }
-            if ok { at += n }
-            return ok
+            guard at + n <= count else { return false }
+            let l = s.utf8Start
+            var i = 0
+            while i < n {
+                if base[at + i] != l[i] { return false }
+                i += 1
+            }
+            at += n
+            return true
         }
-        func bool() -> Bool {
-            lit("true") || lit("false")
-        }
-        func int(allowNegative: Bool) -> (negative: Bool, magnitude: UInt64)? {
+
+        mutating func bool() -> Bool { lit("true") || lit("false") }
+
+        mutating func int(allowNegative: Bool) -> (negative: Bool, magnitude: UInt64)? {
+            var p = at
             var negative = false
-            if allowNegative, at < b.count, b[at] == UInt8(ascii: "-") { negative = true; at += 1 }
-            let start = at
+            if allowNegative, p < count, base[p] == UInt8(ascii: "-") { negative = true; p += 1 }
+            let start = p
             var v: UInt64 = 0
-            while at < b.count, b[at] >= 0x30, b[at] <= 0x39 {
+            while p < count, base[p] >= 0x30, base[p] <= 0x39 {
                 let (m, o1) = v.multipliedReportingOverflow(by: 10)
-                let (a, o2) = m.addingReportingOverflow(UInt64(b[at] - 0x30))
+                let (a, o2) = m.addingReportingOverflow(UInt64(base[p] - 0x30))
                 guard !o1, !o2 else { return nil }
                 v = a
-                at += 1
+                p += 1
             }
-            guard at > start, !(b[start] == 0x30 && at - start > 1), !(negative && v == 0) else { return nil }
+            guard p > start, !(base[start] == 0x30 && p - start > 1), !(negative && v == 0) else { return nil }
+            at = p
             return (negative, v)
         }
+
         /// A string body up to its closing quote; nil on anything the slow path should judge.
-        func str() -> Range<Int>? {
-            guard at < b.count, b[at] == UInt8(ascii: "\"") else { return nil }
-            at += 1
-            let start = at
+        mutating func str() -> Range<Int>? {
+            guard at < count, base[at] == UInt8(ascii: "\"") else { return nil }
+            let start = at + 1
+            var p = start
+            // Eight bytes at a time while all are plain (0x20...0x7E but `"` and `\`).
+            while p + 8 <= count, Self.allPlain(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self)) { p += 8 }
             var ascii = true
-            while at < b.count {
-                let c = b[at]
-                // One table load per byte for the common case (printable ASCII but `"` and `\`).
-                if plain[Int(c)] { at += 1; continue }
+            while p < count {
+                let c = base[p]
+                if c >= 0x20 && c < 0x7F && c != 0x22 && c != 0x5C { p += 1; continue }
                 if c == UInt8(ascii: "\"") { break }
                 if c < 0x20 || c == UInt8(ascii: "\\") || c == 0x7F { return nil }
-                if c == 0xE2, at + 2 < b.count, b[at + 1] == 0x80, b[at + 2] == 0xA8 || b[at + 2] == 0xA9 { return nil }
+                if c == 0xE2, p + 2 < count, base[p + 1] == 0x80, base[p + 2] == 0xA8 || base[p + 2] == 0xA9 { return nil }
                 ascii = false
-                at += 1
+                p += 1
             }
-            guard at < b.count else { return nil }
-            let r = start..<at
-            at += 1
-            if !ascii, String(validating: b[r], as: UTF8.self) == nil { return nil }
+            guard p < count else { return nil }
+            let r = start..<p
+            if !ascii, String(validating: UnsafeBufferPointer(start: base + start, count: p - start), as: UTF8.self) == nil { return nil }
+            at = p + 1
             return r
         }
-        guard lit(#"{"attributes":{"#) else { return nil }
-        for (i, name) in attributeNames.enumerated() {
-            guard (i == 0 || lit(",")), lit("\""), at + name.utf8.count <= b.count,
-                  b[at..<(at + name.utf8.count)].elementsEqual(name.utf8) else { return nil }
-            at += name.utf8.count
-            guard lit("\":"), bool() else { return nil }
+
+        /// A string (by `str()`'s rule) and whether it is even-length hex of either case.
+        mutating func hexStr() -> (range: Range<Int>, isHex: Bool)? {
+            guard at < count, base[at] == UInt8(ascii: "\"") else { return nil }
+            var p = at + 1
+            while p < count, Self.isHexDigit(base[p]) { p += 1 }
+            if p < count, base[p] == UInt8(ascii: "\"") {
+                let r = (at + 1)..<p
+                at = p + 1
+                return (r, r.count % 2 == 0)
+            }
+            guard let r = str() else { return nil }
+            return (r, false)
         }
-        guard lit(#"},"bits":"#), let bitsValue = int(allowNegative: true), bitsValue.magnitude <= UInt64(Int.max) else { return nil }
-        let bits = bitsValue.negative ? -Int(bitsValue.magnitude) : Int(bitsValue.magnitude)
-        if lit(#","curve":"#) { guard str() != nil else { return nil } }
-        guard lit(#","handle":"#), let handle = int(allowNegative: false) else { return nil }
-        guard lit(#","label":"#), str() != nil else { return nil }
-        guard lit(#","material":"#), let material = str() else { return nil }
-        guard lit(#","owner":"#), str() != nil else { return nil }
-        guard lit(#","sharedWith":["#) else { return nil }
-        if !lit("]") {
-            repeat { guard str() != nil else { return nil } } while lit(",")
-            guard lit("]") else { return nil }
+
+        @inline(__always) static func isHexDigit(_ c: UInt8) -> Bool {
+            (c &- 0x30) < 10 || ((c | 0x20) &- 0x61) < 6
         }
-        guard lit(#","type":"#), let typeRange = str(),
-              let type = KeyType(rawValue: String(decoding: b[typeRange], as: UTF8.self)), lit("}"), at == b.count else { return nil }
-        return Key(handle: handle.magnitude, type: type, bits: bits, material: material)
+
+        /// True when none of the eight bytes is below 0x20, above 0x7E, `"` or `\` (the
+        /// classic has-less / has-byte bit tricks: exact for "any byte matches").
+        @inline(__always) static func allPlain(_ x: UInt64) -> Bool {
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            let high: UInt64 = 0x8080_8080_8080_8080
+            let below20 = (x &- ones &* 0x20) & ~x & high
+            let above7E = ((x &+ ones &* (127 - 0x7E)) | x) & high
+            let q = x ^ (ones &* 0x22), s = x ^ (ones &* 0x5C)
+            let quote = (q &- ones) & ~q & high
+            let slash = (s &- ones) & ~s & high
+            return (below20 | above7E | quote | slash) == 0
+        }
     }
 }

@@ -158,6 +158,26 @@ extension HSMContents {
         return kind.directory + String(repeating: "0", count: max(0, 6 - n.count)) + n + ".json"
     }
 
+    /// `path == Self.path(kind, index)`, compared byte by byte without building the string (a
+    /// restore checks one per object).
+    static func pathIs(_ path: String, kind: ObjectKind, index: Int) -> Bool {
+        var path = path
+        return path.withUTF8 { b in
+            let dir = kind.directory.utf8
+            var width = 1
+            var limit = 10
+            while index + 1 >= limit && width < 19 { width += 1; limit &*= 10 }
+            width = max(6, width)
+            guard b.count == dir.count + width + 5, b.prefix(dir.count).elementsEqual(dir) else { return false }
+            var v = index + 1
+            for i in (dir.count..<(dir.count + width)).reversed() {
+                guard b[i] == UInt8(ascii: "0") + UInt8(v % 10) else { return false }
+                v /= 10
+            }
+            return v == 0 && b.suffix(5).elementsEqual(".json".utf8)
+        }
+    }
+
     /// Decodes and checks the objects of a verified bundle.
     init(bundle: PayloadBundle) throws {
         let checker = ContentChecker(keep: true)
@@ -209,9 +229,15 @@ final class ContentChecker {
 
     /// The path the next object of `kind` must have (1-based, 6 digits).
     func nextPath(_ kind: ObjectKind) -> String {
+        HSMContents.path(kind, nextIndex(kind))
+    }
+
+    /// The index among its kind of the next object of `kind` (its path is
+    /// `HSMContents.path(kind, index)`; `decodeAndCheck(_:index:)` compares without building it).
+    func nextIndex(_ kind: ObjectKind) -> Int {
         let i = counts[kind, default: 0]
         counts[kind] = i + 1
-        return HSMContents.path(kind, i)
+        return i
     }
 
     /// The cross-object rules: unique user names and key handles.
@@ -228,6 +254,18 @@ final class ContentChecker {
     /// The per-object rules (thread-safe): path, canonical JSON of the kind, key material.
     static func decodeAndCheck(_ o: PayloadObject, expectedPath path: String) throws -> Identity {
         guard o.path == path else { throw HSMError(.invalidObject, "expected \(path)", path: o.path) }
+        return try decodeAndCheckContents(o, path: path)
+    }
+
+    /// The same, for the object that must be number `index` of its kind (see `nextIndex`).
+    static func decodeAndCheck(_ o: PayloadObject, index: Int) throws -> Identity {
+        guard HSMContents.pathIs(o.path, kind: o.kind, index: index) else {
+            throw HSMError(.invalidObject, "expected \(HSMContents.path(o.kind, index))", path: o.path)
+        }
+        return try decodeAndCheckContents(o, path: o.path)
+    }
+
+    private static func decodeAndCheckContents(_ o: PayloadObject, path: String) throws -> Identity {
         switch o.kind {
         case .policy:
             _ = try CanonicalJSON.decode(HSMPolicy.self, o.contents, path: path)
@@ -236,14 +274,14 @@ final class ContentChecker {
             return .user(try CanonicalJSON.decode(HSMUser.self, o.contents, path: path).name)
         case .key:
             if let k = CanonicalKeyParser.parse(o.contents) {
-                // The fast path (see CanonicalKeyParser): the same rules on the same values.
-                let ok: Bool? = o.contents.withUnsafeBytes { raw in
-                    guard var material = Hex.decode(utf8: UnsafeRawBufferPointer(rebasing: raw[k.material])) else { return nil }
-                    defer { wipe(&material) }
-                    return materialFits(material.count, type: k.type, bits: k.bits)
+                // The fast path (see CanonicalKeyParser): the same rules on the same values; the
+                // material's hex digits are checked in place, never decoded into a copy.
+                guard let materialBytes = k.materialBytes, materialBytes > 0 else {
+                    throw HSMError(.invalidObject, "key material is not hex", path: path)
                 }
-                guard let ok else { throw HSMError(.invalidObject, "key material is not hex", path: path) }
-                guard ok else { throw HSMError(.invalidObject, materialRule(k.type), path: path) }
+                guard materialFits(materialBytes, type: k.type, bits: k.bits) else {
+                    throw HSMError(.invalidObject, materialRule(k.type), path: path)
+                }
                 return .key(k.handle)
             }
             let k = try CanonicalJSON.decode(HSMKey.self, o.contents, path: path)

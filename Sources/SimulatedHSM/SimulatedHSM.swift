@@ -227,18 +227,33 @@ public final class RestoreSession: HSMRestoreSession {
     private var payload: PayloadReader?
     private var output: ContentsWriter?
     private let checker = ContentChecker(keep: false)
-    /// Objects waiting to be checked, a batch at a time, on the workers of `checks`: decoding
-    /// every object's JSON is most of a restore's work, and objects are independent.
-    private var pendingChecks: [(object: PayloadObject, path: String)] = []
+    /// Objects waiting to be checked, a batch at a time, on the workers of `checks`: hashing
+    /// every object against its manifest record and decoding its JSON are most of a restore's
+    /// work, and objects are independent (issue 17). Each comes with its index among its kind.
+    private var pendingChecks: [(object: UncheckedObject, index: Int)] = []
     private var pendingBytes = 0
-    private let checks = OrderedPipeline<[(object: PayloadObject, path: String)], Result<[(ContentChecker.Identity, String)], HSMError>>(
-        work: { batch, _ in
-            do {
-                return .success(try batch.map { (try ContentChecker.decodeAndCheck($0.object, expectedPath: $0.path), $0.path) })
-            } catch let e as HSMError { return .failure(e) } catch {
-                return .failure(HSMError(.invalidObject, "\(error)"))
+    /// Per batch, in payload order: each object's digest (for the payload reader) and its
+    /// content check (nil after a digest mismatch, which ends the batch, as does a failed check).
+    private typealias CheckedBatch = [(digest: DigestedObject, identity: Result<ContentChecker.Identity, HSMError>?)]
+    private let checks: OrderedPipeline<[(object: UncheckedObject, index: Int)], CheckedBatch> = {
+        let workers = OrderedPipeline<Int, Int>.defaultWorkers
+        let hashers = (0..<workers).map { _ in SHA256Hasher() }
+        return OrderedPipeline(workers: workers) { batch, worker in
+            var out: CheckedBatch = []
+            out.reserveCapacity(batch.count)
+            for item in batch {
+                let digest = item.object.digest(using: hashers[worker])
+                guard digest.matches else { out.append((digest, nil)); break }
+                do {
+                    out.append((digest, .success(try ContentChecker.decodeAndCheck(item.object.object, index: item.index))))
+                } catch {
+                    out.append((digest, .failure(error as? HSMError ?? HSMError(.invalidObject, "\(error)"))))
+                    break
+                }
             }
-        })
+            return out
+        }
+    }()
     private static let checkBatchObjects = 256
     private static let checkBatchBytes = 1 << 20
     private var failure: Error?
@@ -262,7 +277,7 @@ public final class RestoreSession: HSMRestoreSession {
 
     /// Once the header authenticated: the payload check, and (not for a dry run) the temp file.
     private func start(_ h: InnerHeader) throws {
-        payload = PayloadReader(descriptor: h.payload) { [unowned self] object in try self.queueCheck(object) }
+        payload = PayloadReader(deferringDigestsOf: h.payload, onUncheckedObject: { [unowned self] object in try self.queueCheck(object) })
         guard !dryRun else { return }
         let state = ContentsState(policies: h.payload.policyCount, users: h.payload.userCount, keys: h.payload.keyCount,
                                   payloadBytes: h.payload.payloadBytes)
@@ -283,9 +298,9 @@ public final class RestoreSession: HSMRestoreSession {
         do {
             try opener.finish()
             header = opener.header!
-            summary = try payload!.finish()
             try submitChecks()
             try checks.drain { try self.deliverChecks($0) }
+            summary = try payload!.finish()
             if let output {
                 try output.commit()
                 self.output = nil
@@ -298,9 +313,9 @@ public final class RestoreSession: HSMRestoreSession {
                               chunks: opener.chunkCount, dryRun: dryRun)
     }
 
-    private func queueCheck(_ object: PayloadObject) throws {
-        pendingChecks.append((object, checker.nextPath(object.kind)))
-        pendingBytes += object.contents.count
+    private func queueCheck(_ object: UncheckedObject) throws {
+        pendingChecks.append((object, checker.nextIndex(object.object.kind)))
+        pendingBytes += object.object.contents.count
         if pendingChecks.count >= Self.checkBatchObjects || pendingBytes >= Self.checkBatchBytes { try submitChecks() }
     }
 
@@ -312,9 +327,14 @@ public final class RestoreSession: HSMRestoreSession {
         try checks.submit(batch) { try self.deliverChecks($0) }
     }
 
-    /// In payload order: the first object that breaks a rule is the one reported.
-    private func deliverChecks(_ result: Result<[(ContentChecker.Identity, String)], HSMError>) throws {
-        for (identity, path) in try result.get() { try checker.record(identity, path: path) }
+    /// In payload order: the first object that breaks a rule (its digest first, then its
+    /// contents) is the one reported.
+    private func deliverChecks(_ batch: CheckedBatch) throws {
+        for (digest, identity) in batch {
+            try payload!.accept(digest)
+            guard let identity else { return } // accept threw: a digest mismatch ends the batch
+            try checker.record(try identity.get(), path: digest.path)
+        }
     }
 
     private func fail(_ error: Error) -> Error {

@@ -17,6 +17,8 @@ final class CanonicalKeyParserTests: XCTestCase {
         XCTAssertEqual(fast.type, slow.type, what, file: file, line: line)
         XCTAssertEqual(fast.bits, slow.bits, what, file: file, line: line)
         XCTAssertEqual(String(decoding: bytes[fast.material], as: UTF8.self), slow.material, what, file: file, line: line)
+        // The in-place hex check gives Hex.decode's verdict and length.
+        XCTAssertEqual(fast.materialBytes, Hex.decode(slow.material)?.count, "material hex: \(what)", file: file, line: line)
         return true
     }
 
@@ -26,6 +28,17 @@ final class CanonicalKeyParserTests: XCTestCase {
         for k in contents.keys {
             let bytes = try CanonicalJSON.encode(k)
             XCTAssertTrue(assertAgrees(bytes, k.label), "a canonical key did not take the fast path: \(k.label)")
+        }
+    }
+
+    /// Material that is not even-length hex (odd, a non-hex digit, upper case, empty) still
+    /// takes the fast path, and its verdict matches `Hex.decode`'s.
+    func testMaterialHexVerdictMatchesHexDecode() throws {
+        var k = try SimulatedHSM.makeContents(keys: 1, users: 1, seed: 8, options: .deterministic).keys[0]
+        let good = k.material
+        for material in [good, good.uppercased(), String(good.dropLast()), good + "g", "zz" + good, "", "0", "00", "ab cd", "0x1f", "ключ"] {
+            k.material = material
+            XCTAssertTrue(assertAgrees(try CanonicalJSON.encode(k), "material \(material.prefix(8))"), "fast path for material \(material.prefix(8))")
         }
     }
 

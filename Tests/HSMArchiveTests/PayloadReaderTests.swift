@@ -1,4 +1,5 @@
 import BackupCrypto
+import Foundation
 import HSMArchive
 import PayloadCodec
 import XCTest
@@ -62,6 +63,51 @@ final class PayloadReaderTests: XCTestCase {
         XCTAssertEqual(seen, 29, "the objects before the changed one were checked and handed on")
     }
 
+    /// Deferred digests (issue 17): the consumer hashes objects on other threads and hands the
+    /// results back in order; the reader names the changed object, and refuses to finish while
+    /// any object's digest has not come back.
+    func testDeferredDigestsNameTheChangedObjectAndMustAllComeBack() throws {
+        let b = try bundle(50)
+        let good = try b.tarBytes()
+        let descriptor = { (tar: [UInt8]) in PayloadDescriptor(payloadBytes: UInt64(tar.count), userCount: 0, keyCount: 48, policyCount: 2) }
+        // Hashed on a concurrent queue, accepted in order: a good payload passes.
+        var pending: [UncheckedObject] = []
+        let reader = PayloadReader(deferringDigestsOf: descriptor(good)) { pending.append($0) }
+        try reader.feed(good)
+        let objects = pending
+        let digests = ConcurrentDigests(count: objects.count)
+        DispatchQueue.concurrentPerform(iterations: objects.count) { i in digests.set(i, objects[i].digest(using: SHA256Hasher())) }
+        for d in digests.all { try reader.accept(d) }
+        let summary = try reader.finish()
+        XCTAssertEqual([summary.policies, summary.users, summary.keys], [2, 0, 48])
+
+        // One object changed: named by accept, at its place.
+        var entries = try PaxTar.read(good)
+        entries[30] = TarEntry(path: entries[30].path, contents: Array("{\"n\":99}".utf8))
+        let bad = try PaxTar.write(entries)
+        pending = []
+        let r2 = PayloadReader(deferringDigestsOf: descriptor(bad)) { pending.append($0) }
+        try r2.feed(bad)
+        let hasher = SHA256Hasher()
+        var accepted = 0
+        XCTAssertThrowsError(try { for u in pending { try r2.accept(u.digest(using: hasher)); accepted += 1 } }()) { e in
+            XCTAssertEqual((e as? ArchiveError)?.code, .objectDigestMismatch)
+            XCTAssertEqual((e as? ArchiveError)?.field, entries[30].path)
+        }
+        XCTAssertEqual(accepted, 29)
+        XCTAssertThrowsError(try r2.finish(), "once failed it stays failed")
+
+        // Every digest matched but one never came back: finish refuses.
+        pending = []
+        let r3 = PayloadReader(deferringDigestsOf: descriptor(good)) { pending.append($0) }
+        try r3.feed(good)
+        for u in pending.dropLast() { try r3.accept(u.digest(using: hasher)) }
+        XCTAssertThrowsError(try r3.finish()) { e in
+            XCTAssertEqual((e as? ArchiveError)?.code, .objectDigestMismatch)
+            XCTAssertTrue("\(e)".contains("never checked"), "\(e)")
+        }
+    }
+
     /// Spec 4.7: entry i is compared with record i. Another path, wherever it points, is
     /// objectDigestMismatch at that entry; an entry with no record, or a record with no entry,
     /// is manifestMalformed.
@@ -82,4 +128,13 @@ final class PayloadReaderTests: XCTestCase {
         try check(Array(entries.dropLast()), .manifestMalformed, "missing entry")
         try check([entries[1], entries[0]] + entries[2...], .manifestMalformed, "manifest not first")
     }
+}
+
+/// Results written by concurrent iterations, read after they all ended.
+private final class ConcurrentDigests: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [DigestedObject?]
+    init(count: Int) { values = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ d: DigestedObject) { lock.lock(); values[i] = d; lock.unlock() }
+    var all: [DigestedObject] { values.map { $0! } }
 }
