@@ -63,6 +63,36 @@ enum CanonicalKeyParser {
                    materialBytes: material.isHex ? material.range.count / 2 : nil)
     }
 
+    @inline(__always) static func isHexDigit(_ c: UInt8) -> Bool {
+        (c &- 0x30) < 10 || ((c | 0x20) &- 0x61) < 6
+    }
+
+    /// True when all eight bytes are hex digits: each is 0x30...0x39, or 0x61...0x66 once
+    /// case is folded (only A-F and a-f fold there). `between` is the exact form of the
+    /// bit trick "has a byte between m and n": it flags each byte m < b < n in its top bit.
+    @inline(__always) static func allHex(_ x: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high: UInt64 = 0x8080_8080_8080_8080
+        @inline(__always) func between(_ x: UInt64, _ m: UInt64, _ n: UInt64) -> UInt64 {
+            let low7 = x & (ones &* 127)
+            return ((ones &* (127 &+ n)) &- low7) & ~x & (low7 &+ ones &* (127 &- m)) & high
+        }
+        return (between(x, 0x2F, 0x3A) | between(x | (ones &* 0x20), 0x60, 0x67)) == high
+    }
+
+    /// True when none of the eight bytes is below 0x20, above 0x7E, `"` or `\` (the
+    /// classic has-less / has-byte bit tricks: exact for "any byte matches").
+    @inline(__always) static func allPlain(_ x: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high: UInt64 = 0x8080_8080_8080_8080
+        let below20 = (x &- ones &* 0x20) & ~x & high
+        let above7E = ((x &+ ones &* (127 - 0x7E)) | x) & high
+        let q = x ^ (ones &* 0x22), s = x ^ (ones &* 0x5C)
+        let quote = (q &- ones) & ~q & high
+        let slash = (s &- ones) & ~s & high
+        return (below20 | above7E | quote | slash) == 0
+    }
+
     /// The one index into the bytes; every method advances it only on success.
     private struct Cursor {
         let base: UnsafePointer<UInt8>
@@ -113,7 +143,7 @@ enum CanonicalKeyParser {
             let start = at + 1
             var p = start
             // Eight bytes at a time while all are plain (0x20...0x7E but `"` and `\`).
-            while p + 8 <= count, Self.allPlain(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self)) { p += 8 }
+            while p + 8 <= count, CanonicalKeyParser.allPlain(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self)) { p += 8 }
             var ascii = true
             while p < count {
                 let c = base[p]
@@ -131,35 +161,31 @@ enum CanonicalKeyParser {
             return r
         }
 
-        /// A string (by `str()`'s rule) and whether it is even-length hex of either case.
+        /// A string (by `str()`'s rule) and whether it is even-length hex of either case. The
+        /// material is most of a key's bytes: the closing quote is found with `memchr`, and the
+        /// digits are checked eight at a time with no data-dependent branch.
         mutating func hexStr() -> (range: Range<Int>, isHex: Bool)? {
             guard at < count, base[at] == UInt8(ascii: "\"") else { return nil }
-            var p = at + 1
-            while p < count, Self.isHexDigit(base[p]) { p += 1 }
-            if p < count, base[p] == UInt8(ascii: "\"") {
-                let r = (at + 1)..<p
-                at = p + 1
-                return (r, r.count % 2 == 0)
+            let start = at + 1
+            guard let q = memchr(base + start, Int32(UInt8(ascii: "\"")), count - start) else { return nil }
+            let end = start + (UnsafeRawPointer(q) - UnsafeRawPointer(base + start))
+            var p = start
+            var ok = true
+            while p + 8 <= end {
+                ok = ok && CanonicalKeyParser.allHex(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self))
+                p += 8
+            }
+            while p < end {
+                ok = ok && CanonicalKeyParser.isHexDigit(base[p])
+                p += 1
+            }
+            if ok {
+                at = end + 1
+                return (start..<end, (end - start) % 2 == 0)
             }
             guard let r = str() else { return nil }
             return (r, false)
         }
 
-        @inline(__always) static func isHexDigit(_ c: UInt8) -> Bool {
-            (c &- 0x30) < 10 || ((c | 0x20) &- 0x61) < 6
-        }
-
-        /// True when none of the eight bytes is below 0x20, above 0x7E, `"` or `\` (the
-        /// classic has-less / has-byte bit tricks: exact for "any byte matches").
-        @inline(__always) static func allPlain(_ x: UInt64) -> Bool {
-            let ones: UInt64 = 0x0101_0101_0101_0101
-            let high: UInt64 = 0x8080_8080_8080_8080
-            let below20 = (x &- ones &* 0x20) & ~x & high
-            let above7E = ((x &+ ones &* (127 - 0x7E)) | x) & high
-            let q = x ^ (ones &* 0x22), s = x ^ (ones &* 0x5C)
-            let quote = (q &- ones) & ~q & high
-            let slash = (s &- ones) & ~s & high
-            return (below20 | above7E | quote | slash) == 0
-        }
     }
 }

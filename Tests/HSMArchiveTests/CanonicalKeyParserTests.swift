@@ -42,6 +42,30 @@ final class CanonicalKeyParserTests: XCTestCase {
         }
     }
 
+    /// The eight-bytes-at-a-time checks agree with the byte-at-a-time rules: every byte value
+    /// at every position, and random words.
+    func testWordChecksAgreeWithTheByteRules() {
+        let plain = { (c: UInt8) in c >= 0x20 && c < 0x7F && c != 0x22 && c != 0x5C }
+        let hex = { (c: UInt8) in (0x30...0x39).contains(c) || (0x61...0x66).contains(c) || (0x41...0x46).contains(c) }
+        func word(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } }
+        for b in 0...255 {
+            for k in 0..<8 {
+                var w = [UInt8](repeating: UInt8(ascii: "a"), count: 8)
+                w[k] = UInt8(b)
+                XCTAssertEqual(CanonicalKeyParser.allPlain(word(w)), plain(UInt8(b)), "plain \(b) at \(k)")
+                XCTAssertEqual(CanonicalKeyParser.allHex(word(w)), hex(UInt8(b)), "hex \(b) at \(k)")
+                XCTAssertEqual(CanonicalKeyParser.isHexDigit(UInt8(b)), hex(UInt8(b)), "hex digit \(b)")
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefABCDEF\"\\ gG/:@`\u{7f}".utf8) + [0x00, 0x1F, 0x80, 0xFF, 0x2F, 0x3A, 0x40, 0x47, 0x60, 0x67]
+        for _ in 0..<200_000 {
+            let w = (0..<8).map { _ in alphabet.randomElement(using: &rng)! }
+            XCTAssertEqual(CanonicalKeyParser.allPlain(word(w)), w.allSatisfy(plain), "\(w)")
+            XCTAssertEqual(CanonicalKeyParser.allHex(word(w)), w.allSatisfy(hex), "\(w)")
+        }
+    }
+
     func testUnusualStringsAreLeftToTheSlowPathOrAgree() throws {
         var k = try SimulatedHSM.makeContents(keys: 1, users: 1, seed: 8, options: .deterministic).keys[0]
         let labels = ["quote\"", "back\\slash", "tab\t", "nul\u{0}", "del\u{7f}", "ls\u{2028}", "ps\u{2029}", "slash/x",
