@@ -125,10 +125,25 @@ public final class BackupService {
     public func verify(_ idOrPrefix: String, level: VerificationLevel, keys: VerificationKeys = VerificationKeys(),
                        progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
         let entry = try resolve(idOrPrefix)
-        let before = store.verifyReplicas(entry.objectKey)
-        let reader = try openReader(entry)
-        var report = try Verifier.verify(ReaderSource(reader), name: entry.backupId, level: level, keys: keys,
+        let before: [ReplicaFinding]
+        let reader: ObjectReading
+        var report: VerificationReport
+        if store.verifiesReplicasBesideRead {
+            // Every replica is checked on other threads while the decrypting pass reads one
+            // (issue 17); the reader's repair, at the end of its stream, waits for that check,
+            // so `before` is what the replicas held before any repair.
+            reader = try openReader(entry)
+            let check = ReplicaCheck(store: store, key: entry.objectKey)
+            defer { check.wait() }
+            report = try Verifier.verify(ReaderSource(GatedReader(reader, gate: { check.wait() })), name: entry.backupId, level: level,
+                                         keys: keys, expectedBackupID: entry.backupId, progress: progress)
+            before = check.wait()
+        } else {
+            before = store.verifyReplicas(entry.objectKey)
+            reader = try openReader(entry)
+            report = try Verifier.verify(ReaderSource(reader), name: entry.backupId, level: level, keys: keys,
                                          expectedBackupID: entry.backupId, progress: progress)
+        }
         let after = before.isEmpty ? [] : store.verifyReplicas(entry.objectKey)
         let repairFailures = (reader as? LocalObjectReader)?.repairFailures ?? []
         let intact = store.replicaCount - Set(after.map(\.replica)).count
@@ -299,5 +314,58 @@ final class DeferredStoreSink: ByteSink {
         writer?.abort()
         if let backupId { _ = try? catalog.rollBack(backupId) }
         writing = nil
+    }
+}
+
+/// `verifyReplicasBesideRead` on a thread of its own, started at once; `wait()` returns its
+/// findings (at once after the first time).
+final class ReplicaCheck: @unchecked Sendable {
+    private let done = DispatchGroup()
+    private var findings: [ReplicaFinding] = []
+
+    init(store: ReplicatedStorage, key: String) {
+        done.enter()
+        let storeRef = UncheckedStore(store)
+        DispatchQueue.global().async {
+            self.findings = storeRef.store.verifyReplicasBesideRead(key)
+            self.done.leave()
+        }
+    }
+
+    /// Written before `leave`, read after `wait`: the group orders the two.
+    @discardableResult func wait() -> [ReplicaFinding] {
+        done.wait()
+        return findings
+    }
+
+    private struct UncheckedStore: @unchecked Sendable {
+        let store: ReplicatedStorage
+        init(_ store: ReplicatedStorage) { self.store = store }
+    }
+}
+
+/// Forwards a reader's pieces; before the read that ends the stream (where a reader repairs the
+/// replicas it found damaged) it calls `gate`.
+final class GatedReader: ObjectReading {
+    private let inner: ObjectReading
+    private let gate: () -> Void
+    private var delivered: UInt64 = 0
+    private var gated = false
+
+    init(_ inner: ObjectReading, gate: @escaping () -> Void) {
+        self.inner = inner
+        self.gate = gate
+    }
+
+    var info: ObjectInfo { inner.info }
+
+    func read() throws -> [UInt8]? {
+        if !gated, delivered >= inner.info.size {
+            gated = true
+            gate()
+        }
+        guard let piece = try inner.read() else { return nil }
+        delivered += UInt64(piece.count)
+        return piece
     }
 }

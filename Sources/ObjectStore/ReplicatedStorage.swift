@@ -30,6 +30,13 @@ public protocol ReplicatedStorage: ObjectStorage {
     func get(_ key: String, readRepair: Bool) throws -> ObjectReading
     /// Every replica of `key` checked against its checksum record, without repairing.
     func verifyReplicas(_ key: String) -> [ReplicaFinding]
+    /// Whether `verifyReplicasBesideRead` may run on another thread while a reader from `get`
+    /// streams the same object (issue 17: a verification reads one replica while every replica
+    /// is checked). False by default.
+    var verifiesReplicasBesideRead: Bool { get }
+    /// `verifyReplicas` for that caller: every replica's chunks against the record, the object
+    /// digest being left to the reader, which checks it over the whole stream.
+    func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding]
     /// Verifies every replica of every object; with `repair`, heals what `repairable` allows.
     func scrub(repair: Bool, repairable: ((String) -> Bool)?, progress: ((Int, Int) -> Void)?) throws -> ScrubReport
     /// Removes what dead writers left (temp files; stale multipart uploads) and reports unusable replicas.
@@ -58,6 +65,9 @@ public protocol ReplicatedStorage: ObjectStorage {
 }
 
 extension ReplicatedStorage {
+    public var verifiesReplicasBesideRead: Bool { false }
+    public func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding] { verifyReplicas(key) }
+
     /// Every replica's problem, in replica order.
     public func unavailableReplicas() -> [ReplicaFinding] {
         (0..<replicaCount).compactMap { replicaStatus($0) }

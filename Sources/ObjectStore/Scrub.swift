@@ -142,6 +142,17 @@ extension LocalObjectStore {
         return bad.sorted { $0.replica < $1.replica }
     }
 
+    /// Safe beside an open reader of the same key: files are opened afresh, read only, and the
+    /// record memo is locked.
+    public var verifiesReplicasBesideRead: Bool { true }
+
+    public func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding] {
+        let set = openReplicas(key)
+        var bad = set.findings
+        if let ref = set.reference { bad += verifyAll(set.good, against: ref, parallel: true, objectDigest: false) }
+        return bad.sorted { $0.replica < $1.replica }
+    }
+
     /// Removes stale temp files and reports unusable replica directories.
     public func fsck() -> StoreFsckReport {
         var report = StoreFsckReport()
