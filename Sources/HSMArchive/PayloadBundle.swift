@@ -17,6 +17,31 @@ public enum ObjectKind: String, Codable, Sendable, CaseIterable {
         case .key: return "keys/"
         }
     }
+
+    /// Policies, users, keys: the order of the manifest and the tar.
+    var payloadOrder: Int {
+        switch self {
+        case .policy: return 0
+        case .user: return 1
+        case .key: return 2
+        }
+    }
+
+    /// The kind whose directory `path` is in, if any (compared as bytes: a restore asks once
+    /// per object).
+    public static func of(path: String) -> ObjectKind? {
+        var path = path
+        return path.withUTF8 { b in
+            func starts(_ prefix: StaticString) -> Bool {
+                let n = prefix.utf8CodeUnitCount
+                return b.count >= n && memcmp(b.baseAddress!, prefix.utf8Start, n) == 0
+            }
+            if starts("keys/") { return .key }
+            if starts("users/") { return .user }
+            if starts("policies/") { return .policy }
+            return nil
+        }
+    }
 }
 
 public struct PayloadObject: Sendable, Equatable {

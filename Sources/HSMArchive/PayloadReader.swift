@@ -19,13 +19,18 @@ public struct ManifestRecord: Sendable, Equatable {
 
     /// The bytes both sides of the check hash: kind, path, size, SHA-256.
     var encoded: [UInt8] {
-        var w = ByteWriter(capacity: 1 + 2 + path.utf8.count + 8 + 32)
-        w.writeUInt8(kind == .policy ? 1 : kind == .user ? 2 : 3)
-        w.writeUInt16(UInt16(path.utf8.count))
-        w.writeBytes(Array(path.utf8))
-        w.writeUInt64(UInt64(size))
-        w.writeBytes(sha256)
-        return w.bytes
+        let pathBytes = path.utf8.count
+        return [UInt8](unsafeUninitializedCapacity: 1 + 2 + pathBytes + 8 + 32) { out, count in
+            out[0] = kind == .policy ? 1 : kind == .user ? 2 : 3
+            out[1] = UInt8(truncatingIfNeeded: pathBytes >> 8)
+            out[2] = UInt8(truncatingIfNeeded: pathBytes)
+            var at = 3
+            for c in path.utf8 { out[at] = c; at += 1 }
+            for i in 0..<8 { out[at + i] = UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i)) }
+            at += 8
+            for i in 0..<32 { out[at + i] = sha256[i] }
+            count = at + 32
+        }
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
@@ -140,7 +145,6 @@ public struct ManifestParser {
     private static let hex = table("0123456789abcdef")
     private static let lower = table("abcdefghijklmnopqrstuvwxyz")
     private static let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
-    private static let order: [ObjectKind: Int] = [.policy: 0, .user: 1, .key: 2]
     private static func table(_ chars: String) -> [Bool] {
         var t = [Bool](repeating: false, count: 256)
         for c in chars.utf8 { t[Int(c)] = true }
@@ -170,7 +174,7 @@ public struct ManifestParser {
         try expect(#"{"kind":""#)
         let kindBytes = try string(allowed: Self.lower, maximum: 8)
         guard let kind = ObjectKind(rawValue: String(decoding: kindBytes, as: UTF8.self)) else { throw fail("unknown kind") }
-        if let previousKind, Self.order[previousKind]! > Self.order[kind]! {
+        if let previousKind, previousKind.payloadOrder > kind.payloadOrder {
             throw fail("objects must be ordered policies, users, keys")
         }
         previousKind = kind
@@ -360,7 +364,7 @@ public final class PayloadReader: TarVisitor {
         }
         // Every record's path is in its kind's directory: an entry outside them is not its
         // record's object (a renamed entry, the same code as any other path that differs).
-        guard let kind = ObjectKind.allCases.first(where: { path.hasPrefix($0.directory) }) else {
+        guard let kind = ObjectKind.of(path: path) else {
             throw ArchiveError(.objectDigestMismatch, "tar entry \(index) (\(path)) is in none of policies/, users/, keys/: not manifest record \(index)",
                                field: path)
         }

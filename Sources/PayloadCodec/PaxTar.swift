@@ -109,18 +109,36 @@ public enum PaxTar {
     /// A safe member path: relative, UTF-8, components neither empty nor `.` nor `..`, no NUL,
     /// no backslash, at most `maximumPathBytes`.
     public static func checkPath(_ path: String, index: Int, limits: TarLimits = TarLimits()) throws {
-        let bytes = Array(path.utf8)
         func refuse(_ why: String) -> PayloadCodecError {
             PayloadCodecError(.unsafePath, why, entryIndex: index, entryPath: path)
         }
-        guard !bytes.isEmpty else { throw refuse("empty path") }
-        guard bytes.count <= limits.maximumPathBytes else { throw refuse("path longer than \(limits.maximumPathBytes) bytes") }
-        guard bytes.first != UInt8(ascii: "/") else { throw refuse("absolute path") }
-        guard !bytes.contains(0), !bytes.contains(UInt8(ascii: "\\")) else { throw refuse("NUL or backslash in path") }
-        for component in path.split(separator: "/", omittingEmptySubsequences: false) {
-            guard !component.isEmpty else { throw refuse("empty path component") }
-            guard component != ".", component != ".." else { throw refuse("`.` or `..` component") }
+        // One pass over the UTF-8 bytes (a restore checks a path per object).
+        var utf8 = path
+        let problem: String? = utf8.withUTF8 { b in
+            guard !b.isEmpty else { return "empty path" }
+            guard b.count <= limits.maximumPathBytes else { return "path longer than \(limits.maximumPathBytes) bytes" }
+            guard b[0] != UInt8(ascii: "/") else { return "absolute path" }
+            var start = 0
+            var unsafeCharacter = false
+            var badComponent: String?
+            for i in 0...b.count {
+                let c = i < b.count ? b[i] : UInt8(ascii: "/")
+                if c == 0 || c == UInt8(ascii: "\\") { unsafeCharacter = true }
+                guard c == UInt8(ascii: "/") else { continue }
+                let n = i - start
+                if badComponent == nil {
+                    if n == 0 {
+                        badComponent = "empty path component"
+                    } else if b[start] == UInt8(ascii: "."), n == 1 || (n == 2 && b[start + 1] == UInt8(ascii: ".")) {
+                        badComponent = "`.` or `..` component"
+                    }
+                }
+                start = i + 1
+            }
+            // The same precedence as before: a NUL or backslash is named first.
+            return unsafeCharacter ? "NUL or backslash in path" : badComponent
         }
+        if let problem { throw refuse(problem) }
     }
 
     private static func errorString(_ a: OpaquePointer) -> String {

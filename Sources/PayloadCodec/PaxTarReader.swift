@@ -29,6 +29,8 @@ public final class PaxTarReader {
     public static let allowedPaxKeywords: Set<String> = ["path", "size", "mtime", "atime", "ctime", "uid", "gid",
                                                          "uname", "gname", "comment"]
 
+    private static let magicAndVersion: [UInt8] = Array("ustar\u{0}00".utf8)
+
     private enum State {
         case header
         case paxData(remaining: Int, padding: Int)
@@ -132,7 +134,17 @@ public final class PaxTarReader {
     }
 
     private func headerBlock(at headerAt: Int) throws {
-        let isZero = block.allSatisfy { $0 == 0 }
+        // One pass for "all zero" and the checksum (the checksum field counts as spaces).
+        let (isZero, sum) = block.withUnsafeBufferPointer { b -> (Bool, Int) in
+            var any: UInt8 = 0
+            var sum = 0
+            for i in 0..<Self.blockBytes {
+                any |= b[i]
+                sum &+= Int(b[i])
+            }
+            for i in 148..<156 { sum &-= Int(b[i]) }
+            return (any == 0, sum &+ 8 * 0x20)
+        }
         if case .secondEndBlock = state {
             guard isZero else {
                 throw PayloadCodecError(.malformedTar, "one zero block inside the archive (the end needs two)", offset: headerAt)
@@ -149,12 +161,10 @@ public final class PaxTarReader {
         func malformed(_ why: String) -> PayloadCodecError {
             PayloadCodecError(.malformedTar, why, entryIndex: index, offset: headerAt)
         }
-        guard block[257..<263].elementsEqual(Array("ustar\0".utf8)), block[263] == 0x30, block[264] == 0x30 else {
+        guard block[257..<265].elementsEqual(Self.magicAndVersion) else {
             throw malformed("not a POSIX ustar header (magic and version)")
         }
         guard let stored = octal(148, 8) else { throw malformed("the header checksum is not octal") }
-        var sum = 0
-        for (i, b) in block.enumerated() { sum += (148..<156).contains(i) ? 0x20 : Int(b) }
         guard stored == sum else { throw malformed("header checksum \(stored), computed \(sum)") }
         guard let headerSize = octal(124, 12) else { throw malformed("the size field is not octal") }
         let type = block[156]

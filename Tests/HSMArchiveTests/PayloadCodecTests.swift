@@ -24,6 +24,38 @@ final class PayloadCodecTests: XCTestCase {
         }
     }
 
+    /// The one-pass path check gives the rule's verdict (and message) on every short path
+    /// over an alphabet of the characters that matter, against the rule written plainly.
+    func testPathCheckMatchesThePlainRule() {
+        func plain(_ path: String) -> String? {
+            let bytes = Array(path.utf8)
+            if bytes.isEmpty { return "empty path" }
+            if bytes.first == UInt8(ascii: "/") { return "absolute path" }
+            if bytes.contains(0) || bytes.contains(UInt8(ascii: "\\")) { return "NUL or backslash in path" }
+            for c in path.split(separator: "/", omittingEmptySubsequences: false) {
+                if c.isEmpty { return "empty path component" }
+                if c == "." || c == ".." { return "`.` or `..` component" }
+            }
+            return nil
+        }
+        let alphabet = ["a", ".", "/", "\\", "\u{0}", "é"]
+        var paths = [""]
+        var all: [String] = []
+        for _ in 0..<5 {
+            paths = paths.flatMap { p in alphabet.map { p + $0 } }
+            all += paths
+        }
+        for path in all {
+            var got: String?
+            do { try PaxTar.checkPath(path, index: 0) } catch let e as PayloadCodecError {
+                XCTAssertEqual(e.code, .unsafePath, path)
+                got = e.reason
+            } catch { XCTFail("\(error)") }
+            XCTAssertEqual(got, plain(path), "path \(path.debugDescription)")
+        }
+        XCTAssertThrowsError(try PaxTar.checkPath(String(repeating: "a", count: 5000), index: 0))
+    }
+
     func testReaderRefusesLinksDotDotAndGarbage() throws {
         let dir = NSTemporaryDirectory() + "tarlinks-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
