@@ -111,10 +111,14 @@ public enum FleetVerifier {
             return result(report.passed ? .passed : .failed, report, nil)
         } catch let e as StoreError where archiveUnreadable(e) {
             // The store cannot serve the archive (missing everywhere, no good copy): the archive's
-            // own failure, reported like any finding.
+            // own failure, reported like any finding: what each replica had, then the store's word.
             var report = VerificationReport(archive: entry.backupId, level: level)
-            report.findings = [Finding(layer: .store, code: e.code.rawValue, message: e.description,
-                                       location: FindingLocation(object: entry.objectKey))]
+            report.findings = e.findings.map { f in
+                Finding(layer: .store, code: f.problem.rawValue, message: f.detail + (f.osError.map { " [\($0)]" } ?? ""),
+                        location: FindingLocation(replica: f.replica, chunk: f.chunk, object: entry.objectKey))
+            }
+            report.findings.append(Finding(layer: .store, code: e.code.rawValue, message: e.reason,
+                                           location: FindingLocation(object: entry.objectKey)))
             return result(.failed, report, nil)
         } catch {
             return result(.notJudged, nil, error)
