@@ -167,6 +167,15 @@ final class VerifyAllTests: CLIWorldTestCase {
         try w.expect(66, ["verify", "--all", "--kms-key", "no-such-key"])
     }
 
+    /// Standard output that cannot be written (a full disk): 74 and a message, text or JSON.
+    func testStdoutFailureIs74() throws {
+        for extra in [[], ["--json"]] {
+            let r = try w.run(["verify", "--all", "--cluster", "c1", "--level", "structure"] + extra, stdoutPath: "/dev/full")
+            XCTAssertEqual(r.exitCode, 74, r.description)
+            XCTAssertTrue(r.stderr.contains("cannot write to standard output"), r.description)
+        }
+    }
+
     /// An empty store: nothing to verify is success; no store at all is 66.
     func testEmptyStoreAndNoStore() throws {
         let home = try CLI.makeHome()
