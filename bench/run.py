@@ -540,7 +540,7 @@ def row_fleet():
     add_row("fleet verify --level full, %d archives, `verify --all --jobs %d` (one process, both cores busy), per archive" % (FLEET, JOBS),
             med(par) * 1000 / FLEET, med(procs) * 1000 / FLEET, "(figure only)", None, unit="ms",
             ours_label="hsmbackup verify --all --jobs %d" % JOBS, peer_label="%d `hsmbackup verify ID` processes at once" % JOBS,
-            detail="medians of %d alternated passes: --jobs %d %.1f s, --jobs 1 %.1f s (%.2f ms per archive), %d processes %.1f s "
+            detail="medians of %d alternated passes: --jobs %d %.2f s, --jobs 1 %.2f s (%.2f ms per archive), %d processes %.2f s "
             "for all %d; one process per archive, one at a time: %.1f s; inside the process, per archive (median): "
             "%.1f ms with %d jobs, %.1f ms with 1" % (len(par), JOBS, med(par), med(seq), med(seq) * 1000 / FLEET, JOBS, med(procs),
                                                        FLEET, sum(vts) / 1000, med(inner_par), JOBS, med(inner_seq)),
