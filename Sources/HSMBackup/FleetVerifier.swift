@@ -5,8 +5,8 @@ import ObjectStore
 import SimulatedHSM
 
 /// Verifies many stored backups in one process, several at a time (issue 17: `hsmbackup verify
-/// --all --jobs N`). Each archive is one `BackupService.verify` call, exactly what a single
-/// `verify ID` does; `jobs` of them run at once on their own threads. Every archive is attempted:
+/// --all --jobs N`). Each archive is one `BackupService.verify` call of its listed entry, what a
+/// single `verify ID` does minus the catalog lookup; `jobs` of them run at once on their own threads. Every archive is attempted:
 /// what happens to one is its own result, never the end of the run.
 ///
 /// What the jobs share, and why that is safe:
@@ -107,7 +107,16 @@ public enum FleetVerifier {
                           seconds: seconds(since: started))
         }
         do {
-            let report = try service.verify(entry.backupId, level: level, keys: keys)
+            let report: VerificationReport
+            do {
+                // The entry as listed: no catalog lookup per archive.
+                report = try service.verify(entry, level: level, keys: keys)
+            } catch let e as StoreError where archiveUnreadable(e) {
+                // Gone since the listing? A backup rewrapped, deleted or purged meanwhile is
+                // verified as it is now (or is not judged, if it is no longer READY), not failed.
+                guard let now = try? service.resolve(entry.backupId), now != entry else { throw e }
+                report = try service.verify(now.backupId, level: level, keys: keys)
+            }
             return result(report.passed ? .passed : .failed, report, nil)
         } catch let e as StoreError where archiveUnreadable(e) {
             // The store cannot serve the archive (missing everywhere, no good copy): the archive's
