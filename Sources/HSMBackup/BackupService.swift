@@ -124,7 +124,13 @@ public final class BackupService {
     /// with the OS error); it is an error only when no replica is intact any more.
     public func verify(_ idOrPrefix: String, level: VerificationLevel, keys: VerificationKeys = VerificationKeys(),
                        progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
-        let entry = try resolve(idOrPrefix)
+        try verify(try resolve(idOrPrefix), level: level, keys: keys, progress: progress)
+    }
+
+    /// `verify` of an entry already in hand (from `list`), with no catalog lookup: a fleet
+    /// verification (`FleetVerifier`) would otherwise parse the whole catalog once per archive.
+    public func verify(_ entry: BackupEntry, level: VerificationLevel, keys: VerificationKeys = VerificationKeys(),
+                       progress: ((UInt64) -> Void)? = nil) throws -> VerificationReport {
         let before: [ReplicaFinding]
         let reader: ObjectReading
         var report: VerificationReport

@@ -171,6 +171,38 @@ final class PKCS11CLITests: XCTestCase {
         XCTAssertEqual(r.status, 68, r.err)
     }
 
+    /// `verify --all --level full` on one token (issue 17): the token has one session, so its dry
+    /// runs take turns whatever --jobs says; with 1 and 3 jobs every archive passes with the same
+    /// counts, and the token is left as it was.
+    func testVerifyAllOnOneTokenWithSeveralJobs() throws {
+        try prepare(unbackable: false)
+        var ids: [String] = []
+        for _ in 0..<3 {
+            let r = try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--cluster", "lab", "--json"])
+            XCTAssertEqual(r.status, 0, r.err)
+            let j = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+            ids.append(try XCTUnwrap(j?["backupId"] as? String, r.out))
+        }
+        var seen: [[String]] = []
+        for jobs in ["1", "3"] {
+            let r = try run(["verify", "--all", "--level", "full"] + token + ["--token", "B", "--cluster", "lab", "--jobs", jobs, "--json"])
+            XCTAssertEqual(r.status, 0, r.out + r.err)
+            let j = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+            let archives = try XCTUnwrap(j?["archives"] as? [[String: Any]], r.out)
+            XCTAssertEqual(Set(archives.compactMap { $0["backupId"] as? String }), Set(ids), r.out)
+            seen.append(archives.map { a in
+                let report = a["report"] as? [String: Any] ?? [:]
+                return "\(a["backupId"] ?? "") \(a["result"] ?? "") \(report["levelsChecked"] ?? "") \(report["objectsChecked"] ?? "")"
+            })
+            for a in archives {
+                XCTAssertEqual(a["result"] as? String, "passed", "\(a)")
+                XCTAssertEqual((a["report"] as? [String: Any])?["objectsChecked"] as? Int, TestObjects.backedUp, "\(a)")
+            }
+        }
+        XCTAssertEqual(seen[0], seen[1])
+        XCTAssertEqual(try fx.objectCount("B"), 0, "dry runs leave no object on the token")
+    }
+
     /// kill -9 between the phases leaves no new object; killed inside phase 2, the objects it made
     /// carry the temporary label and the next restore removes them. Then the restore runs again.
     func testARestoreKilledPartWayLeavesNoNewObjects() throws {

@@ -100,6 +100,39 @@ final class S3CLITests: XCTestCase {
         try h.expect(0, ["verify", theirs, "--level", "envelope"])
     }
 
+    /// `verify --all` on an S3 store (issue 17): several jobs share the store's transport; an
+    /// archive gone from every bucket fails, the others pass, and --jobs 1 and 3 agree.
+    func testVerifyAllOnAnS3StoreWithSeveralJobs() throws {
+        let moto = try Moto.require()
+        let h = try makeHome(moto, buckets: [Moto.bucketName("all"), Moto.bucketName("all")])
+        let src = h.path + "/hsm-src"
+        try h.expect(0, ["manufacturer", "create", "acme"])
+        try h.expect(0, ["operator", "init"])
+        try h.expect(0, ["kms", "create-key", "k1"])
+        try h.expect(0, ["hsm", "create", src, "--manufacturer", "acme", "--model", "M1", "--serial", "S1", "--cluster", "c1"])
+        try h.expect(0, ["hsm", "populate", src, "--keys", "8", "--users", "2", "--seed", "5"])
+        var ids: [String] = []
+        for _ in 0..<4 {
+            let out = try h.expect(0, ["backup", "create", "--hsm", src, "--kms-key", "k1", "--json"])
+            ids.append(try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])?["backupId"] as? String))
+        }
+        let store = try StoreLocator.openS3(root: h.path + "/store", transport: moto.transport())
+        _ = try store.delete("backups/\(ids[2])/archive")
+        var seen: [[String]] = []
+        for jobs in ["1", "3"] {
+            let r = try h.run(["verify", "--all", "--level", "full", "--hsm", src, "--jobs", jobs, "--json"])
+            XCTAssertEqual(r.code, 65, r.out + r.err)
+            let doc = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+            let archives = try XCTUnwrap(doc?["archives"] as? [[String: Any]], r.out)
+            XCTAssertEqual(Set(archives.compactMap { $0["backupId"] as? String }), Set(ids), r.out)
+            for a in archives {
+                XCTAssertEqual(a["result"] as? String, a["backupId"] as? String == ids[2] ? "failed" : "passed", "\(a)")
+            }
+            seen.append(archives.map { "\($0["backupId"] ?? "") \($0["result"] ?? "") \($0["findings"] ?? "")" })
+        }
+        XCTAssertEqual(seen[0], seen[1])
+    }
+
     func testWrongCredentialsExit77WithTheServicesCode() throws {
         let moto = try Moto.require()
         let h = try makeHome(moto, buckets: [Moto.bucketName("cred")])

@@ -388,31 +388,60 @@ struct InspectCommand: ParsableCommand {
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify", abstract: "Verify an archive: structure (no key), envelope (KMS key), full (an HSM of its manufacturer).",
-        discussion: "Reports every finding with where it is (replica, frame, chunk, object, offset). Exit 0 when the level passed, 65 when anything was found.")
-    @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String
+        discussion: """
+            Reports every finding with where it is (replica, frame, chunk, object, offset). Exit 0 when the level passed, 65 when anything was found.
+
+            --all verifies every READY backup in the store (with --cluster, that cluster's), --jobs N at a time in this one process (default: the number of cores), and prints one line per archive as it finishes, then a summary; --json prints one document with every archive in the catalog's order and the summary. Every archive is attempted: one the store cannot serve is a failure of that archive, not the end of the run. Exit code of --all: 0 when every archive passed; 65 when any failed; otherwise, when some could not be judged (no key opens it 67, an HSM of another manufacturer or operator key 68, the store refused access 77 ...), the code of the first such archive in the catalog's order. A full check on a PKCS#11 token runs one dry-run restore at a time (the token has one session); on a simulated HSM they run at once.
+            """)
+    @Argument(help: "An archive file, or a backup id (or unique prefix) in the store.") var archive: String?
+    @Flag(help: "Verify every READY backup in the store (no archive argument).") var all = false
+    @Option(help: "With --all: how many archives to verify at once (1...\(FleetVerifier.maximumJobs); default: the number of cores).") var jobs: Int?
     @Option(help: "structure, envelope or full (default: the deepest the given keys allow).") var level: VerificationLevel?
     @Option(help: "An HSM of the archive's manufacturer (for --level full).") var hsm: String?
     @OptionGroup var pkcs11: PKCS11TokenOptions
     @Option(name: .customLong("kms-key"), help: "Use only this KMS key: a local key name or an AWS KMS key ARN (repeatable; default: every local key).") var kmsKeys: [String] = []
     @Flag(help: "Machine-readable output.") var json = false
 
-    func validate() throws { if pkcs11.enabled || pkcs11.module != nil || pkcs11.token != nil { try pkcs11.validate(hsm: hsm) } }
-
-    func run() throws {
-        try runMapped {
-            let level = self.level ?? (hsm != nil || pkcs11.enabled ? .full : .envelope)
-            var keys = VerificationKeys()
-            if level >= .envelope {
-                keys.keyrings = try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
+    func validate() throws {
+        if pkcs11.enabled || pkcs11.module != nil || pkcs11.token != nil { try pkcs11.validate(hsm: hsm) }
+        if all {
+            if let archive {
+                throw ValidationError("--all verifies every READY backup in the store: give no archive or backup id with it (got \"\(Printable.escape(archive))\")")
             }
-            if level == .full {
-                if pkcs11.enabled { keys.hsm = try pkcs11.open() } else {
+            if let jobs, !(1...FleetVerifier.maximumJobs).contains(jobs) {
+                throw ValidationError("--jobs must be 1...\(FleetVerifier.maximumJobs), got \(jobs)")
+            }
+        } else {
+            if archive == nil { throw ValidationError("give an archive file or a backup id, or --all for every READY backup in the store") }
+            if jobs != nil { throw ValidationError("--jobs goes with --all") }
+            if pkcs11.cluster != nil { throw ValidationError("--cluster selects the backups of --all") }
+        }
+    }
+
+    var effectiveLevel: VerificationLevel { level ?? (hsm != nil || pkcs11.enabled ? .full : .envelope) }
+
+    /// The keys and HSM the level needs.
+    func verificationKeys(_ level: VerificationLevel) throws -> VerificationKeys {
+        var keys = VerificationKeys()
+        if level >= .envelope {
+            keys.keyrings = try EnvelopeKeyOptions.with(kmsKeys: kmsKeys, kmsDir: nil, rawKeys: [], namespaces: [], names: []).decryptionKeyrings()
+        }
+        if level == .full {
+            if pkcs11.enabled { keys.hsm = try pkcs11.open() } else {
                 guard let hsm else { throw ValidationError("--level full needs --hsm DIR (an HSM of the archive's manufacturer)") }
                 keys.hsm = try openHSM(hsm)
-                }
             }
+        }
+        return keys
+    }
+
+    func run() throws {
+        if all { try VerifyAll(command: self).run(); return }
+        try runMapped {
+            let level = effectiveLevel
+            let keys = try verificationKeys(level)
             let report: VerificationReport
-            switch try ArchiveRef.resolve(archive) {
+            switch try ArchiveRef.resolve(archive!) {
             case .file(let path):
                 let bar = ProgressBar("verify", total: ArchiveRef.fileSize(path).map(Int64.init))
                 report = try Verifier.verify(try FileHandleSource(path: path), name: path, level: level, keys: keys, progress: { bar.update(Int64($0)) })

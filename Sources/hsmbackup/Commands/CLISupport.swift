@@ -50,6 +50,7 @@ enum CLIExit: Int32, CaseIterable {
 
     static var summary: String {
         "0 ok, 64 usage, 65 verification failed, 66 not found, 67 no usable key, 68 incompatible HSM, 70 internal error, 74 I/O error, 77 permission denied; "
+            + "verify --all: 0 every archive passed, 65 any failed, else the code of the first archive (in catalog order) that could not be judged; "
             + "schedule run: 75 another run holds the lock (restore --pkcs11: another restore holds the token), 80 a schedule or the scrub failed; "
             + "status: 81 a verification failed, 82 a backup is older than its schedule allows, 83 store degraded."
     }

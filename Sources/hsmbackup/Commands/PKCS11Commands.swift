@@ -58,7 +58,7 @@ struct PKCS11TokenOptions: ParsableArguments {
     @Flag(name: .customLong("pkcs11"), help: "Use a PKCS#11 token (with --module and --token) instead of --hsm.") var enabled = false
     @Option(name: .customLong("module"), help: "Path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).") var module: String?
     @Option(name: .customLong("token"), help: "Label of the token.") var token: String?
-    @Option(name: .customLong("cluster"), help: "Cluster id written into a PKCS#11 backup (default pkcs11).") var cluster: String?
+    @Option(name: .customLong("cluster"), help: "Cluster id written into a PKCS#11 backup (default pkcs11); for `verify --all`: only this cluster's backups.") var cluster: String?
 
     func validate(hsm: String?) throws {
         if enabled {
