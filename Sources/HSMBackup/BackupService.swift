@@ -135,15 +135,28 @@ public final class BackupService {
         let reader: ObjectReading
         var report: VerificationReport
         if store.verifiesReplicasBesideRead {
-            // Every replica is checked on other threads while the decrypting pass reads one
-            // (issue 17); the reader's repair, at the end of its stream, waits for that check,
-            // so `before` is what the replicas held before any repair.
+            // The other replicas are checked on other threads while the decrypting pass reads
+            // one (issue 17), whose chunks the reader checks itself; the reader's repair, at the
+            // end of its stream, waits for that check, so `before` is what the replicas held
+            // before any repair.
             reader = try openReader(entry)
-            let check = ReplicaCheck(store: store, key: entry.objectKey)
+            let streamed = (reader as? LocalObjectReader)?.streamingReplica
+            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed)
             defer { check.wait() }
-            report = try Verifier.verify(ReaderSource(GatedReader(reader, gate: { check.wait() })), name: entry.backupId, level: level,
+            let gated = GatedReader(reader, gate: { check.wait() })
+            report = try Verifier.verify(ReaderSource(gated), name: entry.backupId, level: level,
                                          keys: keys, expectedBackupID: entry.backupId, progress: progress)
-            before = check.wait()
+            var found = check.wait()
+            if let streamed {
+                if gated.readToEnd, let r = reader as? LocalObjectReader {
+                    // The stream checked every chunk of that replica, or says where it failed.
+                    found += r.findings.filter { $0.replica == streamed }
+                } else {
+                    // The pass stopped early: that replica was not read through.
+                    found += store.verifyReplicas(entry.objectKey).filter { $0.replica == streamed }
+                }
+            }
+            before = found.sorted { $0.replica < $1.replica }
         } else {
             before = store.verifyReplicas(entry.objectKey)
             reader = try openReader(entry)
@@ -329,11 +342,11 @@ final class ReplicaCheck: @unchecked Sendable {
     private let done = DispatchGroup()
     private var findings: [ReplicaFinding] = []
 
-    init(store: ReplicatedStorage, key: String) {
+    init(store: ReplicatedStorage, key: String, skipping: Int?) {
         done.enter()
         let storeRef = UncheckedStore(store)
         DispatchQueue.global().async {
-            self.findings = storeRef.store.verifyReplicasBesideRead(key)
+            self.findings = storeRef.store.verifyReplicasBesideRead(key, skipping: skipping)
             self.done.leave()
         }
     }
@@ -357,6 +370,8 @@ final class GatedReader: ObjectReading {
     private let gate: () -> Void
     private var delivered: UInt64 = 0
     private var gated = false
+    /// The inner reader returned its end (after its own end-of-stream checks passed).
+    private(set) var readToEnd = false
 
     init(_ inner: ObjectReading, gate: @escaping () -> Void) {
         self.inner = inner
@@ -370,7 +385,10 @@ final class GatedReader: ObjectReading {
             gated = true
             gate()
         }
-        guard let piece = try inner.read() else { return nil }
+        guard let piece = try inner.read() else {
+            readToEnd = true
+            return nil
+        }
         delivered += UInt64(piece.count)
         return piece
     }

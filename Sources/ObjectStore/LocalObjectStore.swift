@@ -488,7 +488,12 @@ public final class LocalObjectReader: ObjectReading {
         candidates = set.good
         findings = set.findings
         info = store.info(ref.record, replicas: set.good.map(\.replica))
+        streamingReplica = set.good.first?.replica
     }
+
+    /// The replica the stream starts on: every chunk of it is checked against the record unless
+    /// a finding for it says where it failed.
+    public let streamingReplica: Int?
 
     public func read() throws -> [UInt8]? {
         if let failure { throw failure }

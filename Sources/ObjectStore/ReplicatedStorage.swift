@@ -35,8 +35,10 @@ public protocol ReplicatedStorage: ObjectStorage {
     /// is checked). False by default.
     var verifiesReplicasBesideRead: Bool { get }
     /// `verifyReplicas` for that caller: every replica's chunks against the record, the object
-    /// digest being left to the reader, which checks it over the whole stream.
-    func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding]
+    /// digest being left to the reader, which checks it over the whole stream; `skipping` the
+    /// replica the reader streams (its `ReplicaReadReporting.streamingReplica`), whose chunks the
+    /// reader checks itself: each replica is hashed once.
+    func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding]
     /// Verifies every replica of every object; with `repair`, heals what `repairable` allows.
     func scrub(repair: Bool, repairable: ((String) -> Bool)?, progress: ((Int, Int) -> Void)?) throws -> ScrubReport
     /// Removes what dead writers left (temp files; stale multipart uploads) and reports unusable replicas.
@@ -66,7 +68,9 @@ public protocol ReplicatedStorage: ObjectStorage {
 
 extension ReplicatedStorage {
     public var verifiesReplicasBesideRead: Bool { false }
-    public func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding] { verifyReplicas(key) }
+    public func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding] {
+        verifyReplicas(key).filter { $0.replica != skipping }
+    }
 
     /// Every replica's problem, in replica order.
     public func unavailableReplicas() -> [ReplicaFinding] {

@@ -146,10 +146,12 @@ extension LocalObjectStore {
     /// record memo is locked.
     public var verifiesReplicasBesideRead: Bool { true }
 
-    public func verifyReplicasBesideRead(_ key: String) -> [ReplicaFinding] {
+    public func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding] {
         let set = openReplicas(key)
-        var bad = set.findings
-        if let ref = set.reference { bad += verifyAll(set.good, against: ref, parallel: true, objectDigest: false) }
+        var bad = set.findings.filter { $0.replica != skipping }
+        if let ref = set.reference {
+            bad += verifyAll(set.good.filter { $0.replica != skipping }, against: ref, parallel: true, objectDigest: false)
+        }
         return bad.sorted { $0.replica < $1.replica }
     }
 

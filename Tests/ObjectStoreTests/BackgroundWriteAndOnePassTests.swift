@@ -80,6 +80,38 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         XCTAssertEqual(r.findings.map(\.replica), [0])
         XCTAssertEqual(store.verifyReplicas("k").map(\.replica), [0])
     }
+
+    /// The check that runs beside a read (issue 17): every replica but the one the reader
+    /// streams, chunks only, while the reader streams; the reader names its own replica's
+    /// damage, so together they report what `verifyReplicas` reports, each replica hashed once.
+    func testTheCheckBesideAReadSkipsTheStreamedReplicaAndTheReaderCoversIt() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        let data = pattern(3 * mib + 1, seed: 6)
+        _ = try store.put("k", bytes: data)
+        XCTAssertTrue(store.verifiesReplicasBesideRead)
+        flipByte(store.objectPath(0, "k"), at: mib + 3)
+        flipByte(store.objectPath(2, "k"), at: 2 * mib + 3)
+        let r = try store.get("k", readRepair: false) as! LocalObjectReader
+        XCTAssertEqual(r.streamingReplica, 0)
+        let beside = DispatchQueue.global()
+        let group = DispatchGroup()
+        let box = Box()
+        box.store = store
+        beside.async(group: group) { box.findings = box.store!.verifyReplicasBesideRead("k", skipping: 0) }
+        XCTAssertEqual(try readAll(r), data)
+        group.wait()
+        XCTAssertEqual(box.findings.map(\.replica), [2], "replica 0 is the reader's")
+        XCTAssertEqual(box.findings.map(\.problem), [.chunkMismatch])
+        XCTAssertEqual(r.findings.filter { $0.replica == 0 }.map(\.chunk), [1])
+        let all = (box.findings + r.findings.filter { $0.replica == 0 }).sorted { $0.replica < $1.replica }
+        XCTAssertEqual(all.map(\.replica), store.verifyReplicas("k").map(\.replica))
+    }
+}
+
+private final class Box: @unchecked Sendable {
+    var store: LocalObjectStore?
+    var findings: [ReplicaFinding] = []
 }
 
 private final class Counter: @unchecked Sendable {
