@@ -155,7 +155,9 @@ public final class InnerBlobOpener {
                 return out
             }
             let expected = ChunkFormat.binding(headerDigest: headerDigest, index: f.index, final: f.isFinal)
-            var piece = [UInt8](repeating: 0, count: payload.pieceBytes(chunk: f.index))
+            // Not zeroed first: the decoder writes every byte or the piece is refused (and wiped).
+            let pieceBytes = payload.pieceBytes(chunk: f.index)
+            var piece = [UInt8](unsafeUninitializedCapacity: pieceBytes) { _, count in count = pieceBytes }
             let error: ArchiveError? = plain.withUnsafeBytes { p in
                 guard p.count > ChunkFormat.bindingByteCount,
                       constantTimeEqual(p.prefix(ChunkFormat.bindingByteCount), expected) else {

@@ -74,9 +74,12 @@ public struct ManifestParser {
     /// String). A collision could only refuse a good manifest, never pass a bad one.
     private var seen = Set<SIMD2<UInt64>>()
 
-    public init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes) {
+    /// `expectedRecords`: how many records the header announces, so the path set is sized once
+    /// (never beyond what `totalBytes` could hold: a record is at least 100 bytes).
+    public init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes, expectedRecords: Int = 0) {
         self.totalBytes = totalBytes
         self.maximumObjectBytes = maximumObjectBytes
+        seen.reserveCapacity(min(max(0, expectedRecords), totalBytes / 100))
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, onRecord: (ManifestRecord) throws -> Void) throws {
@@ -355,7 +358,7 @@ public final class PayloadReader: TarVisitor {
             guard path == PayloadManifest.path else {
                 throw ArchiveError(.manifestMalformed, "the first tar entry must be \(PayloadManifest.path)", field: path)
             }
-            manifest = ManifestParser(totalBytes: size)
+            manifest = ManifestParser(totalBytes: size, expectedRecords: Int(descriptor.policyCount) + Int(descriptor.userCount) + Int(descriptor.keyCount))
             if size == 0 { try endManifest() }
             return
         }
