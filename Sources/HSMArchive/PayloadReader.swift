@@ -68,7 +68,9 @@ public struct ManifestParser {
     private var begun = false
     private var ended = false
     public private(set) var count = 0
-    public private(set) var counts: [ObjectKind: Int] = [:]
+    /// Records of each kind so far.
+    public var counts: [ObjectKind: Int] { [.policy: policies, .user: users, .key: keys] }
+    private var policies = 0, users = 0, keys = 0
     private var previousKind: ObjectKind?
     /// Each path once: 128 bits of two seeded hashes stand for it (16 bytes a path, not a
     /// String). A collision could only refuse a good manifest, never pass a bad one.
@@ -137,7 +139,11 @@ public struct ManifestParser {
             if count > 0 { try expect(Array(",".utf8)) }
             let record = try parseRecord(&at)
             count += 1
-            counts[record.kind, default: 0] += 1
+            switch record.kind {
+            case .policy: policies += 1
+            case .user: users += 1
+            case .key: keys += 1
+            }
             try onRecord(record)
         }
         if ended, at < buffer.count { throw fail("bytes after the manifest", at: consumed + at) }
@@ -424,7 +430,7 @@ public final class PayloadReader: TarVisitor {
     private func endManifest() throws {
         try manifest!.finish()
         let counts = manifest!.counts
-        let (p, u, k) = (counts[.policy] ?? 0, counts[.user] ?? 0, counts[.key] ?? 0)
+        let (p, u, k) = (counts[.policy]!, counts[.user]!, counts[.key]!)
         manifest = nil
         guard p == Int(descriptor.policyCount), u == Int(descriptor.userCount), k == Int(descriptor.keyCount) else {
             throw ArchiveError(.objectCountMismatch,

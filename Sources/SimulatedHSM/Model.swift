@@ -208,7 +208,8 @@ final class ContentChecker {
 
     private let keep: Bool
     private(set) var contents = HSMContents()
-    private var counts: [ObjectKind: Int] = [:]
+    /// Objects seen so far of each kind (policies, users, keys: `ObjectKind.payloadOrder`).
+    private var counts = (0, 0, 0)
     private var names = Set<String>()
     private var handles = Set<UInt64>()
 
@@ -235,9 +236,11 @@ final class ContentChecker {
     /// The index among its kind of the next object of `kind` (its path is
     /// `HSMContents.path(kind, index)`; `decodeAndCheck(_:index:)` compares without building it).
     func nextIndex(_ kind: ObjectKind) -> Int {
-        let i = counts[kind, default: 0]
-        counts[kind] = i + 1
-        return i
+        switch kind {
+        case .policy: counts.0 += 1; return counts.0 - 1
+        case .user: counts.1 += 1; return counts.1 - 1
+        case .key: counts.2 += 1; return counts.2 - 1
+        }
     }
 
     /// The cross-object rules: unique user names and key handles.
