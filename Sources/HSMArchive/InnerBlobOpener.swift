@@ -113,7 +113,7 @@ public final class InnerBlobOpener {
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
         let digest = h.digest
         let payload = h.payload
-        pipeline = OrderedPipeline(workers: workers, maximumInFlight: workers + 4, discardOutput: { out in for i in out.pieces.indices { wipe(&out.pieces[i]) } }) {
+        pipeline = OrderedPipeline(workers: workers, discardOutput: { out in for i in out.pieces.indices { wipe(&out.pieces[i]) } }) {
             frames, worker in
             Self.open(frames, ebk: ebk, headerDigest: digest, payload: payload, decompressor: decompressors[worker])
         }
