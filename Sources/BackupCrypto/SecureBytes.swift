@@ -59,10 +59,23 @@ extension SecureBytes: CustomStringConvertible, CustomDebugStringConvertible {
     public var debugDescription: String { description }
 }
 
-/// Overwrites an array that held secret bytes.
+/// Overwrites an array that held secret bytes. The array must be the only reference to its
+/// storage: if another copy of the value shares it, copy-on-write gives this one fresh storage
+/// first, and the shared bytes are left as they were (see `wipeStorage(of:)`).
 public func wipe(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { if $0.count > 0 { hsmb_cleanse($0.baseAddress, $0.count) } }
     bytes.removeAll()
+}
+
+/// Overwrites, in place, the storage an array's bytes live in, even while other copies of the
+/// value share it (they read zeros afterwards). For buffers at the end of their life whose other
+/// holders are about to release them unread, such as a pipeline job's pieces after its worker
+/// used them: `wipe(&)` on such a copy would copy the secret to wipe the copy, and miss the
+/// storage that held it.
+public func wipeStorage(of bytes: [UInt8]) {
+    bytes.withUnsafeBufferPointer { b in
+        if let p = b.baseAddress, b.count > 0 { hsmb_cleanse(UnsafeMutableRawPointer(mutating: p), b.count) }
+    }
 }
 
 /// Constant-time comparison of two byte strings (for tags, MACs, fingerprints).

@@ -132,10 +132,11 @@ public final class InnerBlobOpener {
     }
 
     private func deliver(_ opened: OpenedChunks) throws {
-        var pieces = opened.pieces
-        defer { for i in pieces.indices { wipe(&pieces[i]) } }
+        // The sink sees each piece only for its call; then the pieces' storage, shared with the
+        // pipeline's copy of the result, is wiped in place.
+        defer { for p in opened.pieces { wipeStorage(of: p) } }
         do {
-            for p in pieces { try p.withUnsafeBytes { try payloadSink($0) } }
+            for p in opened.pieces { try p.withUnsafeBytes { try payloadSink($0) } }
             if let e = opened.error { throw e }
         } catch {
             chunkFailed = true

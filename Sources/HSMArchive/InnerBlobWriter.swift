@@ -204,9 +204,10 @@ public final class InnerBlobWriter {
                              lastIndex: Int) -> Result<WrappedFrames, ArchiveError> {
         var plaintexts: [[UInt8]] = []
         plaintexts.reserveCapacity(job.pieces.count)
-        var pieces = job.pieces
+        let pieces = job.pieces
         defer {
-            for i in pieces.indices { wipe(&pieces[i]) }
+            // The job's storage itself (the pipeline still holds the job while this runs).
+            for p in pieces { wipeStorage(of: p) }
             for i in plaintexts.indices { wipe(&plaintexts[i]) }
         }
         do {
