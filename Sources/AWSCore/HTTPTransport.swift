@@ -90,6 +90,13 @@ public struct HTTPResponse: Sendable {
 /// `Host`, `Content-Length`, `User-Agent`, which are never signed) and the path verbatim.
 public protocol HTTPTransport: Sendable {
     func send(_ request: HTTPRequest) throws -> HTTPResponse
+    /// Whether a response body from `url` costs its size once in memory (read into one buffer);
+    /// false for URLSession, which holds about twice a body. Callers size their reads by it.
+    func holdsBodiesOnce(for url: URL) -> Bool
+}
+
+extension HTTPTransport {
+    public func holdsBodiesOnce(for url: URL) -> Bool { false }
 }
 
 /// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
@@ -111,23 +118,9 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
 
     /// `maximumConnectionsPerHost` bounds parallel requests to one endpoint; `resourceTimeout`
     /// bounds a whole request (upload + answer).
-    /// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
-    /// after the first multi-MiB body every later one comes from the heap arenas of the libcurl
-    /// and delegate threads, which keep it: measured, 64 ranged GETs of 8 MiB left the process
-    /// 59 MiB larger. A fixed 1 MiB threshold keeps large bodies in mmap'd blocks that go back to
-    /// the system when freed (the same run: +18 MiB). Set once, when the first transport is made.
-    private static let heapSetting: Void = {
-        #if os(Linux)
-        // mallopt is in <malloc.h>, which the Glibc module does not import; M_MMAP_THRESHOLD is -3.
-        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-        if let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
-            _ = unsafeBitCast(f, to: Mallopt.self)(-3, 1 << 20)
-        }
-        #endif
-    }()
-
+    /// (`HeapSetting`: large bodies in mmap'd blocks that go back to the system when freed.)
     public init(maximumConnectionsPerHost: Int = 16, resourceTimeout: TimeInterval = 600) {
-        Self.heapSetting
+        HeapSetting.apply()
         let config = URLSessionConfiguration.ephemeral
         config.httpMaximumConnectionsPerHost = maximumConnectionsPerHost
         config.timeoutIntervalForResource = resourceTimeout
@@ -191,4 +184,29 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
         }
         return HTTPResponse(status: http.statusCode, headers: headers, body: outcome.data ?? Data())
     }
+}
+
+/// The transport the S3 store uses unless given another: `http://` endpoints through
+/// `SocketHTTPTransport` (bodies written from and read into one buffer, few system calls),
+/// `https://` through `URLSessionTransport` (TLS). `HSMBACKUP_HTTP_TRANSPORT=urlsession` sends
+/// everything through URLSession (a fallback, and the comparison in bench/README.md).
+public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
+    public static let shared = DefaultHTTPTransport()
+
+    let plain: HTTPTransport
+    let tls: HTTPTransport
+
+    public init(plain: HTTPTransport? = nil, tls: HTTPTransport = URLSessionTransport.shared,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.tls = tls
+        self.plain = plain ?? (environment["HSMBACKUP_HTTP_TRANSPORT"]?.lowercased() == "urlsession" ? tls : SocketHTTPTransport.shared)
+    }
+
+    public func send(_ request: HTTPRequest) throws -> HTTPResponse {
+        try route(request.url).send(request)
+    }
+
+    public func holdsBodiesOnce(for url: URL) -> Bool { route(url).holdsBodiesOnce(for: url) }
+
+    private func route(_ url: URL) -> HTTPTransport { url.scheme?.lowercased() == "http" ? plain : tls }
 }

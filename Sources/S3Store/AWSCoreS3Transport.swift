@@ -28,7 +28,7 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
         self.init(credentials: creds)
     }
 
-    public init(credentials: AWSCredentials, http: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default,
+    public init(credentials: AWSCredentials, http: HTTPTransport = DefaultHTTPTransport.shared, retry: RetryPolicy = .default,
                 clock: AWSClock = AWSCore.SystemClock(), sleeper: AWSSleeper = ThreadSleeper()) {
         self.credentials = credentials
         self.http = http
@@ -52,6 +52,11 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
 
     /// Server time minus local time as learnt by the client of `endpoint` (tests).
     public func clockSkew(_ endpoint: S3Endpoint, bucket: String) throws -> TimeInterval { try client(endpoint, bucket: bucket).clockSkew }
+
+    public func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool {
+        guard let url = URL(string: endpoint.url ?? "https://s3.\(endpoint.region).amazonaws.com") else { return false }
+        return http.holdsBodiesOnce(for: url)
+    }
 
     static let bareNames: Set<String> = ["uploads", "delete", "location", "versioning", "lifecycle"]
 

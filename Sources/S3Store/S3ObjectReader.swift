@@ -1,5 +1,5 @@
 // A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11):
-// ranged GETs of `readWindowChunks` record chunks, each chunk checked against the reference
+// ranged GETs of `readWindowChunks(replica)` record chunks, each chunk checked against the reference
 // record before it is released; `readsInFlight` windows are fetched ahead, in parallel, while
 // the caller consumes this one, and handed out in order (memory: at most that many windows plus
 // the current one, whatever the object's size); a replica that fails or disagrees is dropped,
@@ -86,7 +86,7 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         let total = record.chunkDigests.count
         while ahead.count < limit, nextFetch < total {
             let first = nextFetch
-            nextFetch = min(first + S3ObjectStore.readWindowChunks, total)
+            nextFetch = min(first + store.readWindowChunks(replica), total)
             let box = LockedBox<Result<[Data], ReplicaFindingError>?>(nil)
             let group = DispatchGroup()
             let store = self.store, record = self.record
@@ -124,7 +124,7 @@ extension S3ObjectStore {
     /// Chunks `firstChunk...` (up to a window) of replica `i`, each checked against `record`.
     /// The chunks are slices of the response body (no copy).
     func fetchWindow(_ i: Int, record: ObjectRecord, firstChunk: Int) -> Result<[Data], ReplicaFindingError> {
-        let last = min(firstChunk + Self.readWindowChunks, record.chunkDigests.count) - 1
+        let last = min(firstChunk + readWindowChunks(i), record.chunkDigests.count) - 1
         let start = UInt64(firstChunk) * UInt64(record.chunkSize)
         let end = UInt64(last) * UInt64(record.chunkSize) + UInt64(record.chunkLength(last)) - 1
         let path = replicaLocation(i) + "/" + record.key

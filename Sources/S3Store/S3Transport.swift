@@ -98,6 +98,13 @@ public struct S3Response: Sendable {
 /// whatever its status. Throws only when no response came (`S3TransportError`).
 public protocol S3Transport: Sendable {
     func send(_ request: S3Request, endpoint: S3Endpoint) throws -> S3Response
+    /// Whether a response body to `endpoint` costs its size once in memory (it arrives into one
+    /// buffer, as with `SocketHTTPTransport`); the store then reads in larger windows.
+    func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool
+}
+
+extension S3Transport {
+    public func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { false }
 }
 
 /// No answer from the service (connection refused, timeout, retries exhausted without a response).
