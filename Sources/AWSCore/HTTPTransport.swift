@@ -57,14 +57,29 @@ public struct HTTPRequest: Sendable {
     public var body: Data
     /// Seconds without progress before the request fails (`AWSError.Kind.transport`).
     public var timeout: TimeInterval
+    /// Where a 2xx answer's body goes as it arrives, if the transport streams (then
+    /// `HTTPResponse.bodyStreamed` is true and `body` empty); a transport that does not stream
+    /// ignores it and returns the body whole, as for any other status.
+    public var responseSink: HTTPBodySink?
 
-    public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60) {
+    public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60,
+                responseSink: HTTPBodySink? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.timeout = timeout
+        self.responseSink = responseSink
     }
+}
+
+/// Receives a response body piece by piece, on the thread that sent the request. `begin` comes
+/// before each attempt's body (again when a client retries: what an earlier attempt delivered is
+/// the sink's to discard or skip); an error thrown by either method stops the transfer (the
+/// connection is closed) and comes out of `send` as it was thrown.
+public protocol HTTPBodySink: AnyObject, Sendable {
+    func begin(status: Int, headers: HTTPHeaders) throws
+    func receive(_ bytes: UnsafeRawBufferPointer) throws
 }
 
 public struct HTTPResponse: Sendable {
@@ -74,12 +89,15 @@ public struct HTTPResponse: Sendable {
     public var body: Data
     /// How many attempts the client made to get this answer (1 without retries).
     public var attempts: Int
+    /// The body went to the request's `responseSink` (and `body` is empty).
+    public var bodyStreamed: Bool
 
-    public init(status: Int, headers: HTTPHeaders, body: Data, attempts: Int = 1) {
+    public init(status: Int, headers: HTTPHeaders, body: Data, attempts: Int = 1, bodyStreamed: Bool = false) {
         self.status = status
         self.headers = headers
         self.body = body
         self.attempts = attempts
+        self.bodyStreamed = bodyStreamed
     }
 }
 

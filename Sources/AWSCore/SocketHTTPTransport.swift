@@ -106,23 +106,43 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         } while (100..<200).contains(status) && status != 101
         let connectionTokens = headers.values("connection").flatMap { $0.lowercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         var reusable = version == "HTTP/1.1" ? !connectionTokens.contains("close") : connectionTokens.contains("keep-alive")
-        let body: Data
+        var body = Data()
+        let sink = (200..<300).contains(status) ? request.responseSink : nil
         if request.method == "HEAD" || status == 204 || status == 304 || (100..<200).contains(status) {
             body = Data()
+        } else if let sink, let n = try contentLength(headers, request, target) {
+            try sink.begin(status: status, headers: headers)
+            try conn.stream(n, into: sink)
+            return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && !conn.sawEOF)
         } else if let te = headers["transfer-encoding"], te.lowercased().split(separator: ",").last?.trimmingCharacters(in: .whitespaces) == "chunked" {
             body = try conn.readChunked()
-        } else if let cl = headers.values("content-length").first {
-            let values = Set(headers.values("content-length").map { $0.trimmingCharacters(in: .whitespaces) })
-            guard values.count == 1, let n = Int(exactly: UInt64(cl.trimmingCharacters(in: .whitespaces)) ?? UInt64.max), n >= 0,
-                  cl.trimmingCharacters(in: .whitespaces).allSatisfy(\.isASCIIDigit) else {
-                throw transportError(request, "MalformedResponse", "\(target.hostPort): invalid Content-Length \(headers.values("content-length"))")
-            }
+        } else if let n = try contentLength(headers, request, target) {
             body = try conn.readExactly(n)
         } else {
             body = try conn.readToEnd()
             reusable = false
         }
+        if let sink {
+            // A chunked or close-delimited 2xx body: delivered whole.
+            try sink.begin(status: status, headers: headers)
+            try body.withUnsafeBytes { try sink.receive($0) }
+            return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && !conn.sawEOF)
+        }
         return (HTTPResponse(status: status, headers: headers, body: body), reusable && !conn.sawEOF)
+    }
+
+    /// The Content-Length, if the answer has one (chunked bodies are checked before this).
+    private func contentLength(_ headers: HTTPHeaders, _ request: HTTPRequest, _ target: Target) throws -> Int? {
+        if let te = headers["transfer-encoding"], te.lowercased().split(separator: ",").last?.trimmingCharacters(in: .whitespaces) == "chunked" {
+            return nil
+        }
+        guard let cl = headers.values("content-length").first else { return nil }
+        let values = Set(headers.values("content-length").map { $0.trimmingCharacters(in: .whitespaces) })
+        let text = cl.trimmingCharacters(in: .whitespaces)
+        guard values.count == 1, !text.isEmpty, text.allSatisfy(\.isASCIIDigit), let v = UInt64(text), let n = Int(exactly: v) else {
+            throw transportError(request, "MalformedResponse", "\(target.hostPort): invalid Content-Length \(headers.values("content-length"))")
+        }
+        return n
     }
 
     private func parseHead(_ block: [UInt8], _ request: HTTPRequest) throws -> (String, Int, HTTPHeaders) {
@@ -385,6 +405,33 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                 }
             }
             return body
+        }
+
+        /// Exactly `n` body bytes into `sink`, in pieces of up to `readSize` (one buffer reused).
+        func stream(_ n: Int, into sink: HTTPBodySink) throws {
+            var at = 0
+            if !buffer.isEmpty {
+                let have = min(buffer.count, n)
+                try buffer.withUnsafeBytes { try sink.receive(UnsafeRawBufferPointer(rebasing: $0[0..<have])) }
+                buffer.removeFirst(have)
+                at = have
+            }
+            guard at < n else { return }
+            let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: min(n - at, SocketHTTPTransport.readSize), alignment: 16)
+            defer { piece.deallocate() }
+            while at < n {
+                let r = recv(fd, piece.baseAddress!, min(n - at, piece.count), 0)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    throw failure("reading the body (\(at) of \(n) bytes)", errno)
+                }
+                if r == 0 {
+                    sawEOF = true
+                    throw transport.transportError(request, "ConnectionClosed", "\(hostPort): the connection ended after \(at) of \(n) body bytes")
+                }
+                try sink.receive(UnsafeRawBufferPointer(rebasing: piece[0..<r]))
+                at += r
+            }
         }
 
         /// A body that ends with the connection.

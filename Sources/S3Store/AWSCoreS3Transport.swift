@@ -71,15 +71,18 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
         }
         let query = request.query.map { ($0.0, Self.bareNames.contains($0.0) && $0.1.isEmpty ? nil : Optional($0.1)) }
         let hasUploadId = request.query.contains { $0.0 == "uploadId" }
-        let req = AWSRequest(method: request.method, path: path, query: query, headers: HTTPHeaders(headers),
+        var req = AWSRequest(method: request.method, path: path, query: query, headers: HTTPHeaders(headers),
                              body: request.payload, payloadHash: payloadHash, operation: Self.operation(request),
                              resource: "\(request.bucket)/\(request.key)", timeout: 120,
                              errorInSuccessBody: request.method == "POST" && hasUploadId)
+        req.responseSink = request.responseSink
         do {
             let r = try c.send(req)
             var h: [String: String] = [:]
             for (n, v) in r.headers { h[n.lowercased()] = v }
-            return S3Response(status: r.status, headers: h, payload: r.body)
+            var resp = S3Response(status: r.status, headers: h, payload: r.body)
+            resp.bodyStreamed = r.bodyStreamed
+            return resp
         } catch let e as AWSError {
             switch e.kind {
             case .service:

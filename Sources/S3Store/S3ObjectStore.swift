@@ -16,6 +16,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AWSCore
 import BackupCrypto
 import ByteCoding
 import Dispatch
@@ -147,10 +148,11 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     /// Sends one request to replica `i`; a non-2xx answer is thrown as `S3ServiceError`.
     @discardableResult
     func send(_ i: Int, _ method: String, _ name: String, query: [(String, String)] = [], headers: [(String, String)] = [],
-              body: [UInt8] = [], payload: Data? = nil, accept: Set<Int> = []) throws -> S3Response {
+              body: [UInt8] = [], payload: Data? = nil, accept: Set<Int> = [], sink: HTTPBodySink? = nil) throws -> S3Response {
         let r = replicas[i]
-        let req = S3Request(method: method, bucket: r.location.bucket, key: name.isEmpty ? "" : r.location.key(name),
+        var req = S3Request(method: method, bucket: r.location.bucket, key: name.isEmpty ? "" : r.location.key(name),
                             query: query, headers: headers, payload: payload ?? Data(body))
+        req.responseSink = sink
         let resp = try transport.send(req, endpoint: r.endpoint)
         guard resp.isSuccess || accept.contains(resp.status) else { throw S3ServiceError(resp, request: req.summary) }
         return resp
