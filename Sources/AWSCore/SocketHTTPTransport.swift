@@ -67,6 +67,12 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
     private func exchange(_ fd: Int32, reused: Bool, _ request: HTTPRequest, _ target: Target, _ head: [UInt8]) throws -> HTTPResponse {
         var keep = false
         defer { if keep { putIdle(fd, target.poolKey) } else { close(fd) } }
+        // The request's timeout as the longest wait of each read and write (a reused connection
+        // may have carried a request with another).
+        let timeout = max(0.001, request.timeout)
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let conn = Connection(fd: fd, request: request, transport: self)
         do {
             if request.body.count <= 64 * 1024 {
@@ -282,9 +288,6 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            var tv = timeval(tv_sec: Int(request.timeout), tv_usec: Int((request.timeout - request.timeout.rounded(.down)) * 1e6))
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             return fd
         }
         let code = lastError == ECONNREFUSED ? "ConnectionRefused" : lastError == ETIMEDOUT ? "Timeout" : "TransportError"
