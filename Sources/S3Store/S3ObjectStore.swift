@@ -29,13 +29,14 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     public static let recordsDir = ".hsmbackup/records"
     public static let catalogName = ".hsmbackup/catalog.bin"
     public static let markerName = ".hsmbackup/REPLICA"
-    /// Ranged reads fetch this many record chunks at once: 16 (16 MiB) through a transport that
-    /// holds a response body once (`S3Transport.holdsBodiesOnce`: the socket transport of an
-    /// `http://` endpoint), else 8 (URLSession, `https://`, holds about twice a body). A server
-    /// like moto reads the whole object for every ranged GET, so fewer, larger GETs cost it less:
-    /// measured with the socket transport, 16 MiB windows with one ahead verified the bench's
-    /// 84 MiB archive in 1.4 s at 57 MiB peak RSS, 8 MiB windows in 1.9 s at 50 MiB (moto's CPU
-    /// 0.8 s against 1.3 s). `HSMBACKUP_S3_READ_WINDOW_CHUNKS` overrides both.
+    /// Ranged reads that go by windows (a reader through URLSession, and every repair) fetch
+    /// this many record chunks at once: 8 (8 MiB) through URLSession (`https://`, about twice a
+    /// response in memory), 16 through a transport that holds a response once
+    /// (`S3Transport.holdsBodiesOnce`; its readers stream instead, `S3ChunkStream.swift`). A
+    /// server like moto reads the whole object for every ranged GET, so fewer, larger GETs cost
+    /// it less: through the socket transport, 16 MiB windows with one ahead verified the bench's
+    /// 84 MiB archive in 1.4 s at 57-72 MiB peak RSS, 8 MiB windows in 1.9 s at 50 MiB; the
+    /// streamed read in 0.5-0.65 s at 47 MiB. `HSMBACKUP_S3_READ_WINDOW_CHUNKS` overrides both.
     static let readWindowChunksOverride = tunable("HSMBACKUP_S3_READ_WINDOW_CHUNKS", 1...16)
 
     /// The read window of replica `i`, in record chunks (see `readWindowChunksOverride`).
