@@ -211,13 +211,16 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
 public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
     public static let shared = DefaultHTTPTransport()
 
-    let plain: HTTPTransport
-    let tls: HTTPTransport
+    /// nil: URLSessionTransport.shared, made on first use (a process that only talks to an
+    /// `http://` endpoint never starts a URLSession).
+    let plain: HTTPTransport?
+    let tlsTransport: HTTPTransport?
+    var tls: HTTPTransport { tlsTransport ?? URLSessionTransport.shared }
 
-    public init(plain: HTTPTransport? = nil, tls: HTTPTransport = URLSessionTransport.shared,
+    public init(plain: HTTPTransport? = nil, tls: HTTPTransport? = nil,
                 environment: [String: String] = ProcessInfo.processInfo.environment) {
-        self.tls = tls
-        self.plain = plain ?? (environment["HSMBACKUP_HTTP_TRANSPORT"]?.lowercased() == "urlsession" ? tls : SocketHTTPTransport.shared)
+        tlsTransport = tls
+        self.plain = environment["HSMBACKUP_HTTP_TRANSPORT"]?.lowercased() == "urlsession" ? nil : plain ?? SocketHTTPTransport.shared
     }
 
     public func send(_ request: HTTPRequest) throws -> HTTPResponse {
@@ -226,5 +229,8 @@ public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
 
     public func holdsBodiesOnce(for url: URL) -> Bool { route(url).holdsBodiesOnce(for: url) }
 
-    private func route(_ url: URL) -> HTTPTransport { url.scheme?.lowercased() == "http" ? plain : tls }
+    private func route(_ url: URL) -> HTTPTransport {
+        if url.scheme?.lowercased() == "http", let plain { return plain }
+        return tls
+    }
 }
