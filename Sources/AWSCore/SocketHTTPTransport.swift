@@ -23,6 +23,9 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
 
     /// Longest status line + header block accepted from a server.
     public static let maximumHeaderBytes = 64 * 1024
+    /// Largest body held in memory (one that is not streamed to a sink): a Content-Length above
+    /// it is refused before anything is allocated, a chunked or close-delimited body when it grows past it.
+    public static let maximumBodyBytes = 1 << 31
     /// Longest chunk-size line of a chunked body.
     static let maximumChunkLineBytes = 1024
     /// Largest single read from the socket.
@@ -385,7 +388,14 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         }
 
         /// Exactly `n` body bytes: what is buffered, then straight from the socket into the body.
+        private func checkSize(_ n: Int) throws {
+            guard n <= SocketHTTPTransport.maximumBodyBytes else {
+                throw transport.transportError(request, "MalformedResponse", "\(hostPort): a body of more than \(SocketHTTPTransport.maximumBodyBytes) bytes")
+            }
+        }
+
         func readExactly(_ n: Int) throws -> Data {
+            try checkSize(n)
             var body = Data(count: n)
             let have = min(buffer.count, n)
             if have > 0 {
@@ -444,6 +454,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             while try fill("reading the body") {
                 body.append(contentsOf: buffer)
                 buffer = []
+                try checkSize(body.count)
             }
             return body
         }
@@ -485,6 +496,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     while try !readLine(limit: SocketHTTPTransport.maximumHeaderBytes).isEmpty {}
                     return body
                 }
+                try checkSize(body.count + size)
                 body.append(try readExactly(size))
                 guard try readLine(limit: 2).isEmpty else {
                     throw transport.transportError(request, "MalformedResponse", "\(hostPort): a chunk not followed by CRLF")

@@ -224,6 +224,8 @@ final class SocketTransportTests: XCTestCase {
 
     func testMalformedAnswersAreRefused() throws {
         for answer in ["SSH-2.0-OpenSSH\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFF\r\n",
                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"] {
             let server = try ScriptedHTTPServer { c, _, _ in
                 _ = c.readRequest()
