@@ -76,6 +76,10 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
                              resource: "\(request.bucket)/\(request.key)", timeout: 120,
                              errorInSuccessBody: request.method == "POST" && hasUploadId)
         req.responseSink = request.responseSink
+        // A streamed GET is not retried by the client after a transfer failure (it would fetch
+        // the whole range again): the store resumes it from where it got to. Throttling and
+        // clock skew, refused before any byte, are still retried here.
+        if request.responseSink != nil { req.idempotent = false }
         do {
             let r = try c.send(req)
             var h: [String: String] = [:]

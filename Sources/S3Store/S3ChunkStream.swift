@@ -19,7 +19,8 @@ final class ChunkAssembler: HTTPBodySink, @unchecked Sendable {
     let record: ObjectRecord
     let replica: Int
     let path: String
-    let firstChunk: Int
+    /// The first chunk of the range being received (moves on when a read resumes).
+    private(set) var firstChunk: Int
     private let deliver: ([UInt8]) throws -> Void
     /// The chunk being assembled.
     private(set) var nextChunk: Int
@@ -81,6 +82,15 @@ final class ChunkAssembler: HTTPBodySink, @unchecked Sendable {
                 try deliver(chunk)
             }
         }
+    }
+
+    /// The next GET starts at `nextChunk` (after a transfer died midway): the partial chunk is
+    /// dropped and the range begins there.
+    func resume() {
+        current = []
+        firstChunk = nextChunk
+        taken = 0
+        skip = 0
     }
 
     /// After the body: every chunk of the range must have come.
@@ -153,16 +163,38 @@ extension S3ObjectStore {
     /// ranged windows held whole.
     func streamsReads(_ i: Int) -> Bool { transport.holdsBodiesOnce(replicas[i].endpoint) }
 
-    /// One GET of replica `i` from `firstChunk` to the end, through `assembler` (a transport that
-    /// does not stream hands the body over whole, and it is fed from that).
+    /// A GET of replica `i` from `firstChunk` to the end, through `assembler` (a transport that
+    /// does not stream hands the body over whole, and it is fed from that). A transfer that dies
+    /// midway (no answer, a 5xx) resumes with a GET from the chunk it had reached, after a
+    /// backoff with jitter; `RetryPolicy.default.maximumAttempts` failures in a row without a
+    /// new chunk end it. (The client does not retry a streamed GET itself: it would fetch the
+    /// whole range again.)
     func streamObject(_ i: Int, record: ObjectRecord, firstChunk: Int, assembler: ChunkAssembler) throws {
-        let start = UInt64(firstChunk) * UInt64(record.chunkSize)
+        let policy = RetryPolicy.default
+        var failures = 0
+        while true {
+            let from = assembler.nextChunk
+            do {
+                try streamOnce(i, record: record, assembler: assembler)
+                return
+            } catch let e where e is S3TransportError || (e as? S3ServiceError).map({ $0.status >= 500 }) == true {
+                failures = assembler.nextChunk > from ? 1 : failures + 1
+                guard failures < policy.maximumAttempts else { throw e }
+                ThreadSleeper().sleep(seconds: policy.delay(afterAttempt: failures))
+                assembler.resume()
+            }
+        }
+    }
+
+    private func streamOnce(_ i: Int, record: ObjectRecord, assembler: ChunkAssembler) throws {
+        let first = assembler.nextChunk
+        let start = UInt64(first) * UInt64(record.chunkSize)
         let resp: S3Response
         do {
             resp = try send(i, "GET", record.key, headers: [("Range", "bytes=\(start)-\(record.size - 1)"), ("Accept-Encoding", "identity")],
                             sink: assembler)
         } catch let e as S3ServiceError where e.status == 416 {
-            throw ReplicaFindingError(ReplicaFinding(replica: i, path: assembler.path, problem: .sizeMismatch, chunk: firstChunk,
+            throw ReplicaFindingError(ReplicaFinding(replica: i, path: assembler.path, problem: .sizeMismatch, chunk: first,
                                                      detail: "the object is shorter than its record's \(record.size) bytes"))
         }
         if !resp.bodyStreamed {

@@ -1,8 +1,8 @@
 // Streamed reads (Sources/S3Store/S3ChunkStream.swift): the chunk assembler on its own (cutting,
 // checking, what a retried attempt re-delivers, a server that ignores Range), the bounded queue,
 // and against moto: a read is one GET through the streaming transport and ranged windows
-// through one that is not, both failing over mid-object; a transfer cut midway is retried and
-// the bytes come out once.
+// through one that is not, both failing over mid-object; a transfer cut midway resumes from the
+// chunk it reached and the bytes come out once.
 import AWSCore
 import BackupCrypto
 import Foundation
@@ -17,12 +17,17 @@ final class CountingTransport: S3Transport, @unchecked Sendable {
     let key: String
     private let lock = NSLock()
     private var _gets = 0
+    private var _ranges: [String] = []
     var gets: Int { lock.lock(); defer { lock.unlock() }; return _gets }
+    /// The Range header of each counted GET.
+    var ranges: [String] { lock.lock(); defer { lock.unlock() }; return _ranges }
 
     init(_ inner: S3Transport, key: String, streams: Bool) { self.inner = inner; self.key = key; self.streams = streams }
 
     func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
-        if r.method == "GET", r.key.hasSuffix("/" + key), !r.key.contains(".hsmbackup") { lock.lock(); _gets += 1; lock.unlock() }
+        if r.method == "GET", r.key.hasSuffix("/" + key), !r.key.contains(".hsmbackup") {
+            lock.lock(); _gets += 1; _ranges.append(r.headers.first { $0.0 == "Range" }?.1 ?? ""); lock.unlock()
+        }
         var r = r
         if !streams { r.responseSink = nil }
         return try inner.send(r, endpoint: endpoint)
@@ -162,18 +167,28 @@ final class S3StreamingReadTests: XCTestCase {
         }
     }
 
-    func testATransferCutMidwayIsRetriedAndItsBytesComeOutOnce() throws {
+    func testATransferCutMidwayResumesFromTheChunkItReachedAndItsBytesComeOutOnce() throws {
         let moto = try Moto.require()
         let proxy = try FaultProxy(upstream: moto.endpoint, arguments: ["--cut-body", "2"])
-        let (store, _) = try moto.makeStore(replicas: 1, endpoint: proxy.url)
+        let (plain, config) = try moto.makeStore(replicas: 1, endpoint: proxy.url)
+        let counter = CountingTransport(moto.transport(), key: "cut", streams: true)
+        let store = S3ObjectStore(configuration: config, configurationPath: plain.configurationPath, localDirectory: plain.localDirectory,
+                                  transport: counter)
         let good = pattern(9 << 20 | 5, seed: 47)
         _ = try store.put("cut", bytes: good)
-        // The streamed GET dies halfway twice; the client retries it and the assembler skips
-        // what it had already taken.
+        // The streamed GET dies halfway, twice; each time the read goes on with a GET from the
+        // chunk it had reached, and the bytes come out once, in order.
         let (r, got) = try read(store, "cut")
         XCTAssertEqual(try proxy.stats()["cut"], 2)
         XCTAssertEqual(got.count, good.count)
         XCTAssertTrue(got == good)
         XCTAssertTrue(r.findings.isEmpty, "\(r.findings)")
+        guard counter.holdsBodiesOnce(config.replicas[0].endpoint) else { return } // HSMBACKUP_HTTP_TRANSPORT=urlsession: windows
+        let starts = counter.ranges.map { UInt64($0.dropFirst("bytes=".count).split(separator: "-")[0])! }
+        XCTAssertEqual(starts.count, 3, "\(counter.ranges)")
+        XCTAssertEqual(starts.first, 0)
+        // Each resumed GET starts on a chunk boundary past the previous start (half of what was left was sent).
+        XCTAssertTrue(zip(starts, starts.dropFirst()).allSatisfy { $0 < $1 }, "\(starts)")
+        XCTAssertTrue(starts.allSatisfy { $0 % UInt64(ObjectRecord.defaultChunkSize) == 0 }, "\(starts)")
     }
 }
