@@ -27,6 +27,8 @@ public struct AWSRequest: Sendable {
     /// a 5xx, where the service may have applied it, it is not retried; throttling and clock
     /// skew (refused before anything happened) still are.
     public var idempotent: Bool = true
+    /// Where a 2xx body goes as it arrives when the transport streams (`HTTPRequest.responseSink`).
+    public var responseSink: HTTPBodySink?
 
     public init(method: String, path: String = "/", query: [(String, String?)] = [], headers: HTTPHeaders = HTTPHeaders(),
                 body: Data = Data(), payloadHash: String? = nil, operation: String, resource: String? = nil,
@@ -106,7 +108,8 @@ public final class AWSClient: @unchecked Sendable {
         var attempt = 0
         while true {
             attempt += 1
-            var http = HTTPRequest(method: request.method, url: url, headers: request.headers, body: request.body, timeout: request.timeout)
+            var http = HTTPRequest(method: request.method, url: url, headers: request.headers, body: request.body, timeout: request.timeout,
+                                   responseSink: request.responseSink)
             let skew = clockSkew
             signer.sign(&http, credentials: credentials, date: clock.now().addingTimeInterval(skew), payloadHash: payloadHash)
             let error: AWSError

@@ -57,14 +57,29 @@ public struct HTTPRequest: Sendable {
     public var body: Data
     /// Seconds without progress before the request fails (`AWSError.Kind.transport`).
     public var timeout: TimeInterval
+    /// Where a 2xx answer's body goes as it arrives, if the transport streams (then
+    /// `HTTPResponse.bodyStreamed` is true and `body` empty); a transport that does not stream
+    /// ignores it and returns the body whole, as for any other status.
+    public var responseSink: HTTPBodySink?
 
-    public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60) {
+    public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60,
+                responseSink: HTTPBodySink? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.timeout = timeout
+        self.responseSink = responseSink
     }
+}
+
+/// Receives a response body piece by piece, on the thread that sent the request. `begin` comes
+/// before each attempt's body (again when a client retries: what an earlier attempt delivered is
+/// the sink's to discard or skip); an error thrown by either method stops the transfer (the
+/// connection is closed) and comes out of `send` as it was thrown.
+public protocol HTTPBodySink: AnyObject, Sendable {
+    func begin(status: Int, headers: HTTPHeaders) throws
+    func receive(_ bytes: UnsafeRawBufferPointer) throws
 }
 
 public struct HTTPResponse: Sendable {
@@ -74,12 +89,15 @@ public struct HTTPResponse: Sendable {
     public var body: Data
     /// How many attempts the client made to get this answer (1 without retries).
     public var attempts: Int
+    /// The body went to the request's `responseSink` (and `body` is empty).
+    public var bodyStreamed: Bool
 
-    public init(status: Int, headers: HTTPHeaders, body: Data, attempts: Int = 1) {
+    public init(status: Int, headers: HTTPHeaders, body: Data, attempts: Int = 1, bodyStreamed: Bool = false) {
         self.status = status
         self.headers = headers
         self.body = body
         self.attempts = attempts
+        self.bodyStreamed = bodyStreamed
     }
 }
 
@@ -90,6 +108,13 @@ public struct HTTPResponse: Sendable {
 /// `Host`, `Content-Length`, `User-Agent`, which are never signed) and the path verbatim.
 public protocol HTTPTransport: Sendable {
     func send(_ request: HTTPRequest) throws -> HTTPResponse
+    /// Whether a response body from `url` costs its size once in memory (read into one buffer);
+    /// false for URLSession, which holds about twice a body. Callers size their reads by it.
+    func holdsBodiesOnce(for url: URL) -> Bool
+}
+
+extension HTTPTransport {
+    public func holdsBodiesOnce(for url: URL) -> Bool { false }
 }
 
 /// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
@@ -111,23 +136,9 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
 
     /// `maximumConnectionsPerHost` bounds parallel requests to one endpoint; `resourceTimeout`
     /// bounds a whole request (upload + answer).
-    /// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
-    /// after the first multi-MiB body every later one comes from the heap arenas of the libcurl
-    /// and delegate threads, which keep it: measured, 64 ranged GETs of 8 MiB left the process
-    /// 59 MiB larger. A fixed 1 MiB threshold keeps large bodies in mmap'd blocks that go back to
-    /// the system when freed (the same run: +18 MiB). Set once, when the first transport is made.
-    private static let heapSetting: Void = {
-        #if os(Linux)
-        // mallopt is in <malloc.h>, which the Glibc module does not import; M_MMAP_THRESHOLD is -3.
-        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-        if let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
-            _ = unsafeBitCast(f, to: Mallopt.self)(-3, 1 << 20)
-        }
-        #endif
-    }()
-
+    /// (`HeapSetting`: large bodies in mmap'd blocks that go back to the system when freed.)
     public init(maximumConnectionsPerHost: Int = 16, resourceTimeout: TimeInterval = 600) {
-        Self.heapSetting
+        HeapSetting.apply()
         let config = URLSessionConfiguration.ephemeral
         config.httpMaximumConnectionsPerHost = maximumConnectionsPerHost
         config.timeoutIntervalForResource = resourceTimeout
@@ -190,5 +201,36 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
             if let k = k as? String, let v = v as? String { headers.add(k, v) }
         }
         return HTTPResponse(status: http.statusCode, headers: headers, body: outcome.data ?? Data())
+    }
+}
+
+/// The transport the S3 store uses unless given another: `http://` endpoints through
+/// `SocketHTTPTransport` (bodies written from and read into one buffer, few system calls),
+/// `https://` through `URLSessionTransport` (TLS). `HSMBACKUP_HTTP_TRANSPORT=urlsession` sends
+/// everything through URLSession (a fallback, and the comparison in bench/README.md).
+public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
+    public static let shared = DefaultHTTPTransport()
+
+    /// nil: URLSessionTransport.shared, made on first use (a process that only talks to an
+    /// `http://` endpoint never starts a URLSession).
+    let plain: HTTPTransport?
+    let tlsTransport: HTTPTransport?
+    var tls: HTTPTransport { tlsTransport ?? URLSessionTransport.shared }
+
+    public init(plain: HTTPTransport? = nil, tls: HTTPTransport? = nil,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        tlsTransport = tls
+        self.plain = environment["HSMBACKUP_HTTP_TRANSPORT"]?.lowercased() == "urlsession" ? nil : plain ?? SocketHTTPTransport.shared
+    }
+
+    public func send(_ request: HTTPRequest) throws -> HTTPResponse {
+        try route(request.url).send(request)
+    }
+
+    public func holdsBodiesOnce(for url: URL) -> Bool { route(url).holdsBodiesOnce(for: url) }
+
+    private func route(_ url: URL) -> HTTPTransport {
+        if url.scheme?.lowercased() == "http", let plain { return plain }
+        return tls
     }
 }

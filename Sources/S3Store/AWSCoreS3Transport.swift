@@ -28,7 +28,7 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
         self.init(credentials: creds)
     }
 
-    public init(credentials: AWSCredentials, http: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default,
+    public init(credentials: AWSCredentials, http: HTTPTransport = DefaultHTTPTransport.shared, retry: RetryPolicy = .default,
                 clock: AWSClock = AWSCore.SystemClock(), sleeper: AWSSleeper = ThreadSleeper()) {
         self.credentials = credentials
         self.http = http
@@ -53,6 +53,11 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
     /// Server time minus local time as learnt by the client of `endpoint` (tests).
     public func clockSkew(_ endpoint: S3Endpoint, bucket: String) throws -> TimeInterval { try client(endpoint, bucket: bucket).clockSkew }
 
+    public func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool {
+        guard let url = URL(string: endpoint.url ?? "https://s3.\(endpoint.region).amazonaws.com") else { return false }
+        return http.holdsBodiesOnce(for: url)
+    }
+
     static let bareNames: Set<String> = ["uploads", "delete", "location", "versioning", "lifecycle"]
 
     public func send(_ request: S3Request, endpoint: S3Endpoint) throws -> S3Response {
@@ -66,15 +71,22 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
         }
         let query = request.query.map { ($0.0, Self.bareNames.contains($0.0) && $0.1.isEmpty ? nil : Optional($0.1)) }
         let hasUploadId = request.query.contains { $0.0 == "uploadId" }
-        let req = AWSRequest(method: request.method, path: path, query: query, headers: HTTPHeaders(headers),
+        var req = AWSRequest(method: request.method, path: path, query: query, headers: HTTPHeaders(headers),
                              body: request.payload, payloadHash: payloadHash, operation: Self.operation(request),
                              resource: "\(request.bucket)/\(request.key)", timeout: 120,
                              errorInSuccessBody: request.method == "POST" && hasUploadId)
+        req.responseSink = request.responseSink
+        // A streamed GET is not retried by the client after a transfer failure (it would fetch
+        // the whole range again): the store resumes it from where it got to. Throttling and
+        // clock skew, refused before any byte, are still retried here.
+        if request.responseSink != nil { req.idempotent = false }
         do {
             let r = try c.send(req)
             var h: [String: String] = [:]
             for (n, v) in r.headers { h[n.lowercased()] = v }
-            return S3Response(status: r.status, headers: h, payload: r.body)
+            var resp = S3Response(status: r.status, headers: h, payload: r.body)
+            resp.bodyStreamed = r.bodyStreamed
+            return resp
         } catch let e as AWSError {
             switch e.kind {
             case .service:

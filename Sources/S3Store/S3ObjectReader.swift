@@ -1,5 +1,6 @@
-// A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11):
-// ranged GETs of `readWindowChunks` record chunks, each chunk checked against the reference
+// A verified, fail-over stream over the replicas of one S3 object (spec/FORMAT.md 5.6, 5.11).
+// Through a transport that streams (an `http://` endpoint), one GET whose chunks are checked as
+// they arrive (`S3ChunkStream.swift`); otherwise ranged GETs of `readWindowChunks(replica)` record chunks, each chunk checked against the reference
 // record before it is released; `readsInFlight` windows are fetched ahead, in parallel, while
 // the caller consumes this one, and handed out in order (memory: at most that many windows plus
 // the current one, whatever the object's size); a replica that fails or disagrees is dropped,
@@ -31,6 +32,8 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
     private var ahead: [(first: Int, replica: Int, box: LockedBox<Result<[Data], ReplicaFindingError>?>, group: DispatchGroup)] = []
     /// The first chunk not yet asked for by `ahead`.
     private var nextFetch = 0
+    /// The streamed read in progress (`S3ChunkStream.swift`), when the replica's transport streams.
+    private var stream: (replica: Int, queue: ChunkQueue)?
 
     init(store: S3ObjectStore, key: String, readRepair: Bool) throws {
         self.store = store
@@ -44,12 +47,40 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         info = store.info(ref.record, replicas: candidates)
     }
 
+    deinit { stream?.queue.cancel() }
+
     public func read() throws -> [UInt8]? {
         if let failure { throw failure }
         if finished { return nil }
         if !pieces.isEmpty { return next() }
-        if chunk == record.chunkDigests.count { try finish(); return nil }
+        if chunk == record.chunkDigests.count {
+            stream?.queue.cancel()
+            stream = nil
+            try finish()
+            return nil
+        }
         while let current = candidates.first {
+            if store.streamsReads(current) {
+                if let s = stream, s.replica != current { s.queue.cancel(); stream = nil }
+                let queue = stream?.queue ?? store.startStream(current, record: record, firstChunk: chunk)
+                stream = (current, queue)
+                switch queue.pop() {
+                case .chunk(let c):
+                    hasher.update(c)
+                    chunk += 1
+                    return c
+                case .failed(let f):
+                    findings.append(f.finding)
+                case .end:
+                    findings.append(ReplicaFinding(replica: current, path: store.replicaLocation(current) + "/" + key, problem: .sizeMismatch,
+                                                   chunk: chunk, detail: "the read ended at chunk \(chunk) of \(record.chunkDigests.count)"))
+                }
+                // This replica failed or disagrees: the read goes on from the next, at this chunk.
+                queue.cancel()
+                stream = nil
+                candidates.removeFirst()
+                continue
+            }
             if let a = ahead.first, a.first != chunk || a.replica != current { ahead.removeAll() }
             if ahead.isEmpty { nextFetch = chunk }
             prefetch(current, limit: max(1, S3ObjectStore.readsInFlight))
@@ -86,7 +117,7 @@ public final class S3ObjectReader: ReplicaReadReporting, @unchecked Sendable {
         let total = record.chunkDigests.count
         while ahead.count < limit, nextFetch < total {
             let first = nextFetch
-            nextFetch = min(first + S3ObjectStore.readWindowChunks, total)
+            nextFetch = min(first + store.readWindowChunks(replica), total)
             let box = LockedBox<Result<[Data], ReplicaFindingError>?>(nil)
             let group = DispatchGroup()
             let store = self.store, record = self.record
@@ -124,7 +155,7 @@ extension S3ObjectStore {
     /// Chunks `firstChunk...` (up to a window) of replica `i`, each checked against `record`.
     /// The chunks are slices of the response body (no copy).
     func fetchWindow(_ i: Int, record: ObjectRecord, firstChunk: Int) -> Result<[Data], ReplicaFindingError> {
-        let last = min(firstChunk + Self.readWindowChunks, record.chunkDigests.count) - 1
+        let last = min(firstChunk + readWindowChunks(i), record.chunkDigests.count) - 1
         let start = UInt64(firstChunk) * UInt64(record.chunkSize)
         let end = UInt64(last) * UInt64(record.chunkSize) + UInt64(record.chunkLength(last)) - 1
         let path = replicaLocation(i) + "/" + record.key
@@ -178,6 +209,19 @@ extension S3ObjectStore {
             do { try send(i, "HEAD", record.key); return nil } catch { return replicaFinding(i, record.key, error) }
         }
         let hasher = SHA256Hasher()
+        if streamsReads(i) {
+            // One GET; each chunk checked and hashed as it arrives, nothing kept.
+            let assembler = ChunkAssembler(record: record, replica: i, path: replicaLocation(i) + "/" + record.key, firstChunk: 0) { hasher.update($0) }
+            do { try streamObject(i, record: record, firstChunk: 0, assembler: assembler) } catch let f as ReplicaFindingError {
+                return f.finding
+            } catch {
+                return replicaFinding(i, record.key, error)
+            }
+            guard hasher.finalize() == record.objectDigest else {
+                return ReplicaFinding(replica: i, path: replicaLocation(i) + "/" + record.key, problem: .digestMismatch, detail: "object digest does not match")
+            }
+            return nil
+        }
         var c = 0
         while c < record.chunkDigests.count {
             switch fetchWindow(i, record: record, firstChunk: c) {

@@ -1,6 +1,7 @@
 // The small request interface the S3 store is written against (spec/FORMAT.md section 5.11).
 // One implementation signs with AWSCore's SigV4 signer and sends through AWSCore's HTTP
 // transport (`AWSCoreS3Transport`); tests may put a fault-injecting transport in between.
+import AWSCore
 import Foundation
 
 /// Where one replica's requests go: a custom endpoint (MinIO, Ceph RGW, R2, moto: path-style
@@ -38,6 +39,9 @@ public struct S3Request: Sendable {
     public var query: [(String, String)]
     public var headers: [(String, String)]
     public var payload: Data
+    /// Where a 2xx answer's body goes as it arrives, when the transport streams (a transport
+    /// that does not returns it in `S3Response.payload`, which the caller must then deliver).
+    public var responseSink: HTTPBodySink?
 
     /// The body as bytes (a copy; large bodies go through `payload`).
     public var body: [UInt8] {
@@ -73,6 +77,8 @@ public struct S3Response: Sendable {
     public let headers: [String: String]
     /// The body as the HTTP transport delivered it (ranged reads slice it without copying).
     public let payload: Data
+    /// The body went to the request's `responseSink` (`payload` is empty).
+    public var bodyStreamed = false
 
     /// The body as bytes (a copy; fine for XML answers, large bodies go through `payload`).
     public var body: [UInt8] { [UInt8](payload) }
@@ -98,6 +104,13 @@ public struct S3Response: Sendable {
 /// whatever its status. Throws only when no response came (`S3TransportError`).
 public protocol S3Transport: Sendable {
     func send(_ request: S3Request, endpoint: S3Endpoint) throws -> S3Response
+    /// Whether a response body to `endpoint` costs its size once in memory (it arrives into one
+    /// buffer, as with `SocketHTTPTransport`); the store then reads in larger windows.
+    func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool
+}
+
+extension S3Transport {
+    public func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { false }
 }
 
 /// No answer from the service (connection refused, timeout, retries exhausted without a response).

@@ -26,14 +26,22 @@ final class MotoTransportTests: XCTestCase {
         return Server(endpoint: url, credentials: AWSCredentials(accessKeyID: akid, secretAccessKey: AWSSecretKey(secret)))
     }
 
-    func s3(_ s: Server, credentials: AWSCredentials? = nil) -> AWSClient {
+    func s3(_ s: Server, credentials: AWSCredentials? = nil, transport: HTTPTransport = URLSessionTransport.shared) -> AWSClient {
         AWSClient(service: "s3", region: "us-east-1", endpoint: s.endpoint, credentials: credentials ?? s.credentials,
-                  signingOptions: .s3, retry: RetryPolicy(maximumAttempts: 2))
+                  signingOptions: .s3, transport: transport, retry: RetryPolicy(maximumAttempts: 2))
     }
 
     func testS3RequestsThroughURLSessionWithSignatureChecks() throws {
+        try s3Requests(through: URLSessionTransport.shared)
+    }
+
+    func testS3RequestsThroughTheSocketTransportWithSignatureChecks() throws {
+        try s3Requests(through: SocketHTTPTransport.shared)
+    }
+
+    func s3Requests(through transport: HTTPTransport) throws {
         let s = try server()
-        let c = s3(s)
+        let c = s3(s, transport: transport)
         let bucket = "awscore-\(UUID().uuidString.prefix(8).lowercased())"
         _ = try c.send(AWSRequest(method: "PUT", path: "/" + bucket, operation: "CreateBucket"))
         // A key with every character class that needs encoding, sent once-encoded and signed as sent.

@@ -6,6 +6,8 @@ signatures made for the proxy's address still verify upstream, and injects fault
   --slowdown N   answer the first N requests with 503 SlowDown (S3's throttling error)
   --skew         answer a request whose x-amz-date is more than 15 minutes off this machine's
                  clock with 403 RequestTimeTooSkewed and a Date header (as AWS does; moto ignores skew)
+  --cut-body N   for the first N GET answers with a body over 1 MiB, send the full Content-Length
+                 but only half of the body, then close the connection (a transfer dying midway)
 
 Prints its port on the first line of stdout, then serves until killed. GET /__faultproxy/stats
 returns JSON counters (not a valid bucket name, so never forwarded). Standard library only.
@@ -13,7 +15,7 @@ returns JSON counters (not a valid bucket name, so never forwarded). Standard li
 import argparse, calendar, email.utils, http.client, http.server, json, socketserver, sys, threading, time, urllib.parse
 
 lock = threading.Lock()
-stats = {"forwarded": 0, "slowdown": 0, "skewed": 0}
+stats = {"forwarded": 0, "slowdown": 0, "skewed": 0, "cut": 0}
 
 
 def main():
@@ -21,9 +23,10 @@ def main():
     ap.add_argument("upstream")
     ap.add_argument("--slowdown", type=int, default=0)
     ap.add_argument("--skew", action="store_true")
+    ap.add_argument("--cut-body", type=int, default=0)
     args = ap.parse_args()
     up = urllib.parse.urlparse(args.upstream)
-    budget = {"slowdown": args.slowdown}
+    budget = {"slowdown": args.slowdown, "cut": args.cut_body}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -85,7 +88,18 @@ def main():
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            if self.command != "HEAD":
+            cut = False
+            if self.command == "GET" and len(data) > (1 << 20):
+                with lock:
+                    if budget["cut"] > 0:
+                        budget["cut"] -= 1
+                        stats["cut"] += 1
+                        cut = True
+            if cut:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+            elif self.command != "HEAD":
                 self.wfile.write(data)
             conn.close()
 

@@ -1,0 +1,308 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import AWSCore
+import Foundation
+import XCTest
+
+/// A loopback HTTP server scripted per connection: each accepted connection runs `script` on its
+/// own thread. Lets the tests send what real servers send (chunked bodies, 100 Continue, a
+/// keep-alive connection closed while idle, a truncated body, garbage) to `SocketHTTPTransport`.
+final class ScriptedHTTPServer: @unchecked Sendable {
+    final class Conn {
+        let fd: Int32
+        var buffer: [UInt8] = []
+        init(fd: Int32) { self.fd = fd }
+
+        /// One request: its head (request line and headers, as text) and its Content-Length body.
+        func readRequest() -> (head: String, body: [UInt8])? {
+            while true {
+                if let end = find([13, 10, 13, 10]) {
+                    let head = String(decoding: buffer[0..<end], as: UTF8.self)
+                    buffer.removeFirst(end + 4)
+                    var length = 0
+                    for line in head.components(separatedBy: "\r\n") where line.lowercased().hasPrefix("content-length:") {
+                        length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+                    }
+                    while buffer.count < length { guard fill() else { return nil } }
+                    let body = Array(buffer[0..<length])
+                    buffer.removeFirst(length)
+                    return (head, body)
+                }
+                guard fill() else { return nil }
+            }
+        }
+
+        private func find(_ pattern: [UInt8]) -> Int? {
+            guard buffer.count >= pattern.count else { return nil }
+            for i in 0...(buffer.count - pattern.count) where Array(buffer[i..<i + pattern.count]) == pattern { return i }
+            return nil
+        }
+
+        private func fill() -> Bool {
+            var b = [UInt8](repeating: 0, count: 65536)
+            let n = b.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n <= 0 { return false }
+            buffer.append(contentsOf: b[0..<n])
+            return true
+        }
+
+        func write(_ s: String) { write(Array(s.utf8)) }
+        func write(_ bytes: [UInt8]) {
+            var at = 0
+            while at < bytes.count {
+                let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + at, bytes.count - at, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return }
+                at += n
+            }
+        }
+    }
+
+    let port: UInt16
+    private let listener: Int32
+    private let lock = NSLock()
+    private var _accepted = 0
+    private var _heads: [String] = []
+    var accepted: Int { lock.lock(); defer { lock.unlock() }; return _accepted }
+    /// Every request head read through `Conn.readRequest` by a script that recorded it.
+    var heads: [String] { lock.lock(); defer { lock.unlock() }; return _heads }
+    func record(_ head: String) { lock.lock(); _heads.append(head); lock.unlock() }
+
+    init(_ script: @escaping @Sendable (Conn, Int, ScriptedHTTPServer) -> Void) throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, len) == 0 && listen(listener, 16) == 0 && getsockname(listener, $0, &len) == 0 }
+        }
+        guard ok else { close(listener); throw NSError(domain: "ScriptedHTTPServer", code: Int(errno)) }
+        self.listener = listener
+        port = UInt16(bigEndian: addr.sin_port)
+        Thread.detachNewThread { [weak self] in
+            while true {
+                let fd = accept(listener, nil, nil)
+                if fd < 0 { return }
+                guard let self else { close(fd); return }
+                self.lock.lock(); self._accepted += 1; let n = self._accepted; self.lock.unlock()
+                Thread.detachNewThread {
+                    script(Conn(fd: fd), n, self)
+                    close(fd)
+                }
+            }
+        }
+    }
+
+    deinit { shutdown(listener, Int32(SHUT_RDWR)); close(listener) }
+
+    var base: String { "http://127.0.0.1:\(port)" }
+}
+
+final class SocketTransportTests: XCTestCase {
+    let transport = SocketHTTPTransport(maximumIdleConnectionsPerHost: 4)
+
+    func get(_ server: ScriptedHTTPServer, _ path: String = "/o", method: String = "GET", body: Data = Data(), timeout: TimeInterval = 10) throws -> HTTPResponse {
+        try transport.send(HTTPRequest(method: method, url: URL(string: server.base + path)!, body: body, timeout: timeout))
+    }
+
+    func testAContentLengthBodyBothWaysAndTheRequestAsSigned() throws {
+        let body = Data((0..<(3 << 20) + 17).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        let server = try ScriptedHTTPServer { c, _, s in
+            guard let (head, got) = c.readRequest() else { return }
+            s.record(head)
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: \(got.count)\r\nConnection: close\r\n\r\n")
+            c.write(got)
+        }
+        var h = HTTPHeaders()
+        h.add("X-Amz-Date", "20261205T000000Z")
+        let url = URL(string: server.base + "/bucket/dir/a%20b%2Bc%24~%C3%A9%3D%26.txt?partNumber=2&uploadId=a%2Fb")!
+        let r = try transport.send(HTTPRequest(method: "PUT", url: url, headers: h, body: body))
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.body, body)
+        let head = try XCTUnwrap(server.heads.first)
+        let lines = head.components(separatedBy: "\r\n")
+        // The path and query go exactly as signed (percent-encoded once, not re-encoded or decoded).
+        XCTAssertEqual(lines[0], "PUT /bucket/dir/a%20b%2Bc%24~%C3%A9%3D%26.txt?partNumber=2&uploadId=a%2Fb HTTP/1.1")
+        XCTAssertTrue(lines.contains("Host: 127.0.0.1:\(server.port)"))
+        XCTAssertTrue(lines.contains("Content-Length: \(body.count)"))
+        XCTAssertTrue(lines.contains("X-Amz-Date: 20261205T000000Z"))
+        XCTAssertTrue(lines.contains("Accept-Encoding: identity"))
+        XCTAssertFalse(lines.contains { $0.lowercased().hasPrefix("transfer-encoding") })
+    }
+
+    func testAChunkedBodyWithExtensionsAndTrailersIsDecoded() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            c.write("5;name=value\r\nhello\r\n")
+            c.write("1\r\n \r\n")
+            c.write("A\r\n0123456789\r\n")
+            c.write("0\r\nX-Trailer: t\r\n\r\n")
+        }
+        let r = try get(server)
+        XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "hello 0123456789")
+    }
+
+    func testABodyThatEndsWithTheConnection() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end")
+        }
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "to the end")
+    }
+
+    func testKeepAliveReusesTheConnectionAndHeadHasNoBody() throws {
+        let server = try ScriptedHTTPServer { c, _, s in
+            while let (head, _) = c.readRequest() {
+                s.record(head)
+                if head.hasPrefix("HEAD") {
+                    c.write("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                } else {
+                    c.write("HTTP/1.1 404 Not Found\r\nContent-Length: 7\r\n\r\nmissing")
+                }
+            }
+        }
+        let h = try get(server, method: "HEAD")
+        XCTAssertEqual(h.status, 200)
+        XCTAssertEqual(h.body.count, 0)
+        XCTAssertEqual(h.headers["content-length"], "1000")
+        let g = try get(server)
+        XCTAssertEqual(g.status, 404)
+        XCTAssertEqual(String(decoding: g.body, as: UTF8.self), "missing")
+        XCTAssertEqual(try get(server, method: "HEAD").status, 200)
+        XCTAssertEqual(server.heads.count, 3)
+        XCTAssertEqual(server.accepted, 1, "all three requests on one kept-alive connection")
+    }
+
+    func testAKeptAliveConnectionTheServerClosedIsReplacedWithoutAnError() throws {
+        // The first connection answers once and then closes while idle, as servers do after their
+        // keep-alive timeout; the next request must go on a new connection, not fail.
+        let server = try ScriptedHTTPServer { c, n, _ in
+            guard c.readRequest() != nil else { return }
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            if n == 1 { return }
+            while c.readRequest() != nil { c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)") }
+        }
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#1")
+        // Whether the close has arrived before the next request (the idle check drops the
+        // connection) or after it was sent (no byte of an answer: sent again on a new one), the
+        // request succeeds.
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#2")
+        XCTAssertEqual(server.accepted, 2)
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#2")
+        XCTAssertEqual(server.accepted, 2)
+    }
+
+    func testInterimAnswersAreSkipped() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        }
+        let r = try get(server, method: "PUT", body: Data("x".utf8))
+        XCTAssertEqual(r.status, 201)
+        XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "ok")
+    }
+
+    func testATruncatedBodyIsATransportError() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\n\r\n")
+            c.write([UInt8](repeating: 1, count: 50))
+        }
+        XCTAssertThrowsError(try get(server)) { e in
+            let e = e as? AWSError
+            XCTAssertEqual(e?.kind, .transport)
+            XCTAssertEqual(e?.code, "ConnectionClosed")
+            XCTAssertTrue(e?.message.contains("50 of 100") ?? false, e?.message ?? "")
+            XCTAssertEqual(e?.isRetryable, true)
+        }
+    }
+
+    func testMalformedAnswersAreRefused() throws {
+        for answer in ["SSH-2.0-OpenSSH\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFF\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"] {
+            let server = try ScriptedHTTPServer { c, _, _ in
+                _ = c.readRequest()
+                c.write(answer)
+            }
+            XCTAssertThrowsError(try get(server), answer) { e in
+                XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse", "\(answer): \(e)")
+            }
+        }
+    }
+
+    func testAnOversizedHeadIsRefused() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\n")
+            for _ in 0..<2000 { c.write("X-Filler: " + String(repeating: "a", count: 60) + "\r\n") }
+            c.write("\r\n")
+        }
+        XCTAssertThrowsError(try get(server)) { e in XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse") }
+    }
+
+    func testNoAnswerWithinTheTimeoutIsATimeout() throws {
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            // Never answers; holds the connection until the client gives up.
+            _ = c.readRequest()
+        }
+        XCTAssertThrowsError(try get(server, timeout: 0.3)) { e in
+            XCTAssertEqual((e as? AWSError)?.kind, .transport)
+            XCTAssertEqual((e as? AWSError)?.code, "Timeout")
+        }
+    }
+
+    func testARefusedConnectionIsNamed() throws {
+        // A port that was free a moment ago: nothing listens there.
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, len) == 0 && getsockname(s, $0, &len) == 0 } }
+        let port = UInt16(bigEndian: addr.sin_port)
+        close(s)
+        XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:\(port)/x")!))) { e in
+            XCTAssertEqual((e as? AWSError)?.kind, .transport)
+            XCTAssertEqual((e as? AWSError)?.code, "ConnectionRefused")
+        }
+    }
+
+    func testHTTPSIsNotSentInTheClearAndTheDefaultRoutesByScheme() throws {
+        XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: "https://example.com/x")!))) { e in
+            XCTAssertEqual((e as? AWSError)?.kind, .configuration)
+        }
+        XCTAssertTrue(transport.holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertFalse(transport.holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
+        let plain = RecordingHTTP(), tls = RecordingHTTP()
+        let d = DefaultHTTPTransport(plain: plain, tls: tls)
+        _ = try d.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:9/a")!))
+        _ = try d.send(HTTPRequest(method: "GET", url: URL(string: "https://bucket.s3.us-east-1.amazonaws.com/b")!))
+        XCTAssertEqual(plain.paths, ["/a"])
+        XCTAssertEqual(tls.paths, ["/b"])
+        // HSMBACKUP_HTTP_TRANSPORT=urlsession sends http:// through the TLS-capable transport too.
+        let forced = DefaultHTTPTransport(tls: tls, environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"])
+        _ = try forced.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:9/c")!))
+        XCTAssertEqual(tls.paths, ["/b", "/c"])
+        XCTAssertTrue(DefaultHTTPTransport(environment: [:]).holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertFalse(DefaultHTTPTransport(environment: [:]).holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
+        XCTAssertFalse(DefaultHTTPTransport(environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"]).holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
+    }
+}
+
+final class RecordingHTTP: HTTPTransport, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _paths: [String] = []
+    var paths: [String] { lock.lock(); defer { lock.unlock() }; return _paths }
+    func send(_ request: HTTPRequest) throws -> HTTPResponse {
+        lock.lock(); _paths.append(request.url.path); lock.unlock()
+        return HTTPResponse(status: 200, headers: HTTPHeaders(), body: Data())
+    }
+}
