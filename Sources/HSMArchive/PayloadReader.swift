@@ -332,16 +332,20 @@ public final class PayloadReader: TarVisitor {
 
     /// Deferred mode: the digest of the next object, in payload order. Throws
     /// `objectDigestMismatch` naming the object when it is not its record's.
+    ///
+    /// Every object handed out lies before any failure the reader met since (it stops at the
+    /// first), so its digest is still judged after one: a mismatch here is the earlier error.
     public func accept(_ d: DigestedObject) throws {
-        if let failure { throw failure }
         guard onUncheckedObject != nil, d.entry == accepted + 1 else {
             preconditionFailure("PayloadReader.accept: object \(d.entry) out of order (expected \(accepted + 1))")
         }
         accepted += 1
-        found.update(d.encoded)
         guard d.matches else {
-            throw record(ArchiveError(.objectDigestMismatch, "object path, size or SHA-256 differs from manifest record \(d.entry)", field: d.path))
+            let e = ArchiveError(.objectDigestMismatch, "object path, size or SHA-256 differs from manifest record \(d.entry)", field: d.path)
+            if failure == nil { _ = record(e) }
+            throw e
         }
+        found.update(d.encoded)
     }
 
     private func record(_ error: Error) -> Error {

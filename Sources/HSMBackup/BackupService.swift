@@ -152,8 +152,10 @@ public final class BackupService {
                     // The stream checked every chunk of that replica, or says where it failed.
                     found += r.findings.filter { $0.replica == streamed }
                 } else {
-                    // The pass stopped early: that replica was not read through.
-                    found += store.verifyReplicas(entry.objectKey).filter { $0.replica == streamed }
+                    // The pass stopped early: that replica was not read through. Checked in full
+                    // again, with the object digest, so a record whose digest no replica's chunks
+                    // make is named on every replica, as before.
+                    found = store.verifyReplicas(entry.objectKey)
                 }
             }
             before = found.sorted { $0.replica < $1.replica }

@@ -36,8 +36,8 @@ public protocol ReplicatedStorage: ObjectStorage {
     var verifiesReplicasBesideRead: Bool { get }
     /// `verifyReplicas` for that caller: every replica's chunks against the record, the object
     /// digest being left to the reader, which checks it over the whole stream; `skipping` the
-    /// replica the reader streams (its `ReplicaReadReporting.streamingReplica`), whose chunks the
-    /// reader checks itself: each replica is hashed once.
+    /// replica the reader streams (`LocalObjectReader.streamingReplica`), whose chunks the reader
+    /// checks itself: each replica is hashed once.
     func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding]
     /// Verifies every replica of every object; with `repair`, heals what `repairable` allows.
     func scrub(repair: Bool, repairable: ((String) -> Bool)?, progress: ((Int, Int) -> Void)?) throws -> ScrubReport

@@ -238,9 +238,12 @@ public final class RestoreSession: HSMRestoreSession {
     private let checks: OrderedPipeline<[(object: UncheckedObject, index: Int)], CheckedBatch> = {
         let workers = OrderedPipeline<Int, Int>.defaultWorkers
         let hashers = (0..<workers).map { _ in SHA256Hasher() }
-        return OrderedPipeline(workers: workers) { batch, worker in
+        return OrderedPipeline(workers: workers, discardInput: { batch in for item in batch { wipeStorage(of: item.object.object.contents) } }) {
+            batch, worker in
             var out: CheckedBatch = []
             out.reserveCapacity(batch.count)
+            // Each object's plaintext is wiped once judged (or skipped after a failure).
+            defer { for item in batch { wipeStorage(of: item.object.object.contents) } }
             for item in batch {
                 let digest = item.object.digest(using: hashers[worker])
                 guard digest.matches else { out.append((digest, nil)); break }
@@ -254,6 +257,8 @@ public final class RestoreSession: HSMRestoreSession {
             return out
         }
     }()
+    /// The first object check that failed (digest or contents), once one has.
+    private var checkError: Error?
     private static let checkBatchObjects = 256
     private static let checkBatchBytes = 1 << 20
     private var failure: Error?
@@ -288,7 +293,7 @@ public final class RestoreSession: HSMRestoreSession {
 
     public func feed(_ bytes: [UInt8]) throws {
         if let failure { throw failure }
-        do { try opener.feed(bytes) } catch { throw fail(error) }
+        do { try opener.feed(bytes) } catch { throw fail(earlierCheckFailure() ?? error) }
     }
 
     public func finish() throws -> RestoreSummary {
@@ -296,7 +301,7 @@ public final class RestoreSession: HSMRestoreSession {
         let header: InnerHeader
         let summary: PayloadReader.Summary
         do {
-            try opener.finish()
+            do { try opener.finish() } catch { throw earlierCheckFailure() ?? error }
             header = opener.header!
             try submitChecks()
             try checks.drain { try self.deliverChecks($0) }
@@ -330,11 +335,28 @@ public final class RestoreSession: HSMRestoreSession {
     /// In payload order: the first object that breaks a rule (its digest first, then its
     /// contents) is the one reported.
     private func deliverChecks(_ batch: CheckedBatch) throws {
-        for (digest, identity) in batch {
-            try payload!.accept(digest)
-            guard let identity else { return } // accept threw: a digest mismatch ends the batch
-            try checker.record(try identity.get(), path: digest.path)
+        do {
+            for (digest, identity) in batch {
+                try payload!.accept(digest)
+                guard let identity else { return } // accept threw: a digest mismatch ends the batch
+                try checker.record(try identity.get(), path: digest.path)
+            }
+        } catch {
+            if checkError == nil { checkError = error }
+            throw error
         }
+    }
+
+    /// After an error met later in the payload (a chunk, the tar, the manifest, the end): the
+    /// objects queued before it are still checked, in order, and the first of them that fails
+    /// is the error to report, since it comes first in payload order. Nil when they all pass.
+    private func earlierCheckFailure() -> Error? {
+        if let checkError { return checkError }
+        do {
+            try submitChecks()
+            try checks.drain { try self.deliverChecks($0) }
+        } catch {}
+        return checkError
     }
 
     private func fail(_ error: Error) -> Error {
@@ -342,6 +364,7 @@ public final class RestoreSession: HSMRestoreSession {
         output?.abort()
         output = nil
         checks.shutdown()
+        for item in pendingChecks { wipeStorage(of: item.object.object.contents) }
         pendingChecks = []
         return error
     }

@@ -21,4 +21,20 @@ final class WipeTests: XCTestCase {
         XCTAssertEqual(copy, Array(repeating: 0, count: 4096))
         wipeStorage(of: [])   // nothing to clear, no crash
     }
+
+    /// A reused hasher (reset after finalize, or mid-stream) gives what a fresh one gives.
+    func testResetHasherMatchesAFreshOne() {
+        let a = Array("the first object".utf8), b = Array("the second, longer object".utf8)
+        let h = SHA256Hasher()
+        h.update(a)
+        _ = h.finalize()
+        h.reset()
+        h.update(b)
+        XCTAssertEqual(h.finalize(), SHA256Hasher.hash(b))
+        h.reset()
+        h.update(a)          // abandoned mid-stream
+        h.reset()
+        h.update(a + b)
+        XCTAssertEqual(h.finalize(), SHA256Hasher.hash(a + b))
+    }
 }

@@ -109,6 +109,35 @@ final class HostilePayloadTests: XCTestCase {
         XCTAssertEqual(try snapshot(hsm.directory), before)
     }
 
+    /// The first object's bytes differ from its manifest record, and the tar breaks later: the
+    /// restore (and its dry run) reports the object, the earlier error in payload order, though
+    /// objects are hashed on worker threads after the tar has been read past them.
+    func testAnEarlierObjectDigestMismatchIsReportedBeforeALaterTarError() throws {
+        let layout: [(ObjectKind, String)] = [(.policy, "policies/000001.json"), (.policy, "policies/000002.json"),
+                                              (.user, "users/000001.json"), (.key, "keys/000001.json"), (.key, "keys/000002.json")]
+        var objects: [PayloadObject] = []
+        for (i, (kind, path)) in layout.enumerated() {
+            objects.append(PayloadObject(kind: kind, path: path, contents: Array("{\"n\":\(i)}".utf8)))
+        }
+        var entries = try PaxTar.read(try PayloadBundle(objects: objects).tarBytes())
+        let changed = entries[1].path
+        entries[1] = TarEntry(path: changed, contents: Array("{\"n\":99}".utf8))
+        var tar = try PaxTar.write(entries)
+        // The end-of-archive blocks replaced by a block that is no ustar header.
+        tar.removeLast(1024)
+        tar += [UInt8](repeating: 0x41, count: 512) + [UInt8](repeating: 0, count: 1024)
+        for dryRun in [true, false] {
+            let hsm = try makeHSM()
+            let before = try snapshot(hsm.directory)
+            let blob = try seal(compressed: try Zstd.compress(tar), declaredBytes: UInt64(tar.count), counts: (1, 2, 2))
+            XCTAssertThrowsError(try hsm.restore(blob, dryRun: dryRun)) { e in
+                XCTAssertEqual((e as? ArchiveError)?.code, .objectDigestMismatch, "\(e)")
+                XCTAssertEqual((e as? ArchiveError)?.field, changed)
+            }
+            XCTAssertEqual(try snapshot(hsm.directory), before)
+        }
+    }
+
     private func snapshot(_ dir: String) throws -> [String: Data] {
         var out: [String: Data] = [:]
         for f in try FileManager.default.contentsOfDirectory(atPath: dir) { out[f] = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f)) }
