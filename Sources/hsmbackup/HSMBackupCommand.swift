@@ -31,6 +31,8 @@ struct HSMBackupCommand: AsyncParsableCommand {
             Err.line("hsmbackup: error: cannot protect the process's memory: \(error)")
             Foundation.exit(CLIExit.internalError.rawValue)
         }
+        // One malloc arena per core keeps the streaming commands' peak memory bounded.
+        MallocArenas.boundToCores(ProcessInfo.processInfo.activeProcessorCount)
         var args = Array(CommandLine.arguments.dropFirst())
         var home: String?
         if args.count >= 2, args[0] == "--home" {

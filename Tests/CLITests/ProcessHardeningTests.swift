@@ -13,6 +13,19 @@ final class ProcessHardeningTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("ok   process hardening: RLIMIT_CORE 0/0, not dumpable"), r.description)
     }
 
+    /// The malloc arena cap the CLI sets at start (one per core, at least 2), left to the
+    /// operator when MALLOC_ARENA_MAX is set.
+    func testMallocArenasAreCappedUnlessTheOperatorSetsThem() {
+        let outer = getenv("MALLOC_ARENA_MAX").map { String(cString: $0) }
+        unsetenv("MALLOC_ARENA_MAX")
+        defer { if let outer { setenv("MALLOC_ARENA_MAX", outer, 1) } }
+        XCTAssertEqual(MallocArenas.boundToCores(1), 2)
+        XCTAssertEqual(MallocArenas.boundToCores(16), 16)
+        setenv("MALLOC_ARENA_MAX", "4", 1)
+        XCTAssertNil(MallocArenas.boundToCores(2))
+        unsetenv("MALLOC_ARENA_MAX")
+    }
+
     /// From outside: /proc/<pid>/limits of a CLI process blocked reading stdin (`store put K -`),
     /// started by a shell that first raised its own core limit, so the 0 is the CLI's doing.
     func testARunningCLIProcessHasACoreFileLimitOfZero() throws {

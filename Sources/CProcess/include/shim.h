@@ -4,6 +4,9 @@
 #ifndef HSMBACKUP_CPROCESS_SHIM_H
 #define HSMBACKUP_CPROCESS_SHIM_H
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
@@ -43,4 +46,15 @@ static inline int hsmb_get_dumpable(void) {
     return -1;
 #endif
 }
+/// Caps glibc's malloc arenas (mallopt M_ARENA_MAX); returns 1 on success, 0 if refused, -1
+/// where the C library has no such setting.
+static inline int hsmb_set_malloc_arena_max(int arenas) {
+#if defined(__GLIBC__) && defined(M_ARENA_MAX)
+    return mallopt(M_ARENA_MAX, arenas);
+#else
+    (void)arenas;
+    return -1;
+#endif
+}
+
 #endif
