@@ -155,7 +155,8 @@ public final class InnerBlobWriter {
             throw fail(ArchiveError(.invalidArgument, "raw chunk data mixed with payload bytes, or too many chunks"))
         }
         rawChunks = true
-        let job = WrapJob(firstIndex: submittedChunks, pieces: [data], compressed: true)
+        // A copy: the worker wipes its job's storage, which must not be the caller's array.
+        let job = WrapJob(firstIndex: submittedChunks, pieces: [data.withUnsafeBufferPointer { Array($0) }], compressed: true)
         submittedChunks += 1
         do {
             try emitFrames(Self.wrap(job, compressor: nil, ebk: ebk, headerDigest: headerDigest,
