@@ -150,7 +150,9 @@ extension LocalObjectStore {
         let set = openReplicas(key)
         var bad = set.findings.filter { $0.replica != skipping }
         if let ref = set.reference {
-            bad += verifyAll(set.good.filter { $0.replica != skipping }, against: ref, parallel: true, objectDigest: false)
+            // One replica after another: this runs beside a pass that is itself CPU-bound, and a
+            // second thread here would take the core the pass's parser needs.
+            bad += verifyAll(set.good.filter { $0.replica != skipping }, against: ref, parallel: false, objectDigest: false)
         }
         return bad.sorted { $0.replica < $1.replica }
     }
