@@ -1,5 +1,6 @@
 import BackupCrypto
 import ByteCoding
+import Foundation
 import PayloadCodec
 
 // Implements the payload checks of spec/FORMAT.md section 4.7 as a stream, in memory that does
@@ -16,6 +17,38 @@ public struct ManifestRecord: Sendable, Equatable {
     public let path: String
     public let size: Int
     public let sha256: [UInt8]
+
+    init(kind: ObjectKind, path: String, size: Int, sha256: [UInt8]) {
+        self.kind = kind
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+    }
+
+    /// A record back from its `encoded` bytes (which `encode` wrote).
+    init(encoded e: UnsafeRawBufferPointer) {
+        let n = Int(e[1]) << 8 | Int(e[2])
+        kind = e[0] == 1 ? .policy : e[0] == 2 ? .user : .key
+        path = String(decoding: e[3..<(3 + n)], as: UTF8.self)
+        var v: UInt64 = 0
+        for i in 0..<8 { v = v << 8 | UInt64(e[3 + n + i]) }
+        size = Int(v)
+        sha256 = Array(e[(3 + n + 8)..<(3 + n + 8 + 32)])
+    }
+
+    /// `encoded` of a record given as the manifest's bytes (the digest as 64 lowercase hex
+    /// digits, already checked), written into `out`, whose storage is reused.
+    static func encode(kind: ObjectKind, path: UnsafeBufferPointer<UInt8>, size: Int, hexDigest: UnsafeBufferPointer<UInt8>,
+                       into out: inout [UInt8]) {
+        out.removeAll(keepingCapacity: true)
+        out.append(kind == .policy ? 1 : kind == .user ? 2 : 3)
+        out.append(UInt8(truncatingIfNeeded: path.count >> 8))
+        out.append(UInt8(truncatingIfNeeded: path.count))
+        out.append(contentsOf: path)
+        for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i))) }
+        func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c &- 0x30 : c &- 0x61 &+ 10 }
+        for i in 0..<32 { out.append(nibble(hexDigest[2 * i]) << 4 | nibble(hexDigest[2 * i + 1])) }
+    }
 
     /// The bytes both sides of the check hash: kind, path, size, SHA-256.
     var encoded: [UInt8] {
@@ -36,8 +69,12 @@ public struct ManifestRecord: Sendable, Equatable {
     /// 32 bits that tell a record from a changed one at once, so the error names the object
     /// (Swift's per-process seeded hash; the running SHA-256 is what decides).
     static func fingerprint(_ encoded: [UInt8]) -> UInt32 {
+        encoded.withUnsafeBytes { fingerprint($0) }
+    }
+
+    static func fingerprint(_ encoded: UnsafeRawBufferPointer) -> UInt32 {
         var h = Hasher()
-        encoded.withUnsafeBytes { h.combine(bytes: $0) }
+        h.combine(bytes: encoded)
         return UInt32(truncatingIfNeeded: h.finalize())
     }
 }
@@ -57,12 +94,12 @@ public struct ManifestParser {
     /// No record is longer (a 1024-byte path, a 64 MiB size): with this many bytes in hand, a
     /// record that does not parse is malformed, not short.
     static let maximumRecordBytes = 2048
-    private static let prefix = Array(#"{"format":"hsmbackup-payload","objects":["#.utf8)
-    private static let suffix = Array(#"],"version":1}"#.utf8)
 
     public let totalBytes: Int
     private let maximumObjectBytes: Int
     private var buffer: [UInt8] = []
+    /// The current record's encoded bytes (reused: one allocation for the whole manifest).
+    private var scratch: [UInt8] = []
     private var consumed = 0
     private var received = 0
     private var begun = false
@@ -85,6 +122,12 @@ public struct ManifestParser {
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, onRecord: (ManifestRecord) throws -> Void) throws {
+        try feedEncoded(bytes) { try onRecord(ManifestRecord(encoded: $0)) }
+    }
+
+    /// `feed`, each record handed over as its `ManifestRecord.encoded` bytes (valid for the call
+    /// only): the form the payload check hashes, with no String or array made per record.
+    public mutating func feedEncoded(_ bytes: UnsafeRawBufferPointer, onRecord: (UnsafeRawBufferPointer) throws -> Void) throws {
         buffer.append(contentsOf: bytes)
         received += bytes.count
         try parseAvailable(onRecord: onRecord)
@@ -109,46 +152,57 @@ public struct ManifestParser {
                      field: PayloadManifest.path)
     }
 
-    private mutating func parseAvailable(onRecord: (ManifestRecord) throws -> Void) throws {
+    private mutating func parseAvailable(onRecord: (UnsafeRawBufferPointer) throws -> Void) throws {
         let all = received == totalBytes
         var at = 0
-        func need(_ n: Int) -> Bool { at + n <= buffer.count }
-        func expect(_ literal: [UInt8]) throws {
-            guard need(literal.count), buffer[at..<(at + literal.count)].elementsEqual(literal) else {
-                throw fail("expected \(String(decoding: literal, as: UTF8.self))", at: consumed + at)
+        var scratch = self.scratch
+        self.scratch = []
+        defer { self.scratch = scratch }
+        try buffer.withUnsafeBufferPointer { b in
+            func expect(_ literal: StaticString) throws {
+                guard Self.matches(b, at, literal) else { throw fail("expected \(literal)", at: consumed + at) }
+                at += literal.utf8CodeUnitCount
             }
-            at += literal.count
+            if !begun {
+                guard at + Self.prefix.utf8CodeUnitCount <= b.count else {
+                    if all { throw fail("expected the manifest's opening", at: consumed) }
+                    return
+                }
+                try expect(Self.prefix)
+                begun = true
+            }
+            while !ended {
+                // Enough bytes for any record, or all there is.
+                guard all || b.count - at >= Self.maximumRecordBytes + Self.suffix.utf8CodeUnitCount else { break }
+                guard at + 1 <= b.count else { throw fail("the manifest ends inside its list", at: consumed + at) }
+                if b[at] == UInt8(ascii: "]") {
+                    try expect(Self.suffix)
+                    ended = true
+                    break
+                }
+                if count > 0 { try expect(",") }
+                let kind = try parseRecord(b, &at, into: &scratch)
+                count += 1
+                switch kind {
+                case .policy: policies += 1
+                case .user: users += 1
+                case .key: keys += 1
+                }
+                try scratch.withUnsafeBytes { try onRecord($0) }
+            }
+            if ended, at < b.count { throw fail("bytes after the manifest", at: consumed + at) }
         }
-        if !begun {
-            guard need(Self.prefix.count) else {
-                if all { throw fail("expected the manifest's opening", at: consumed) }
-                return
-            }
-            try expect(Self.prefix)
-            begun = true
-        }
-        while !ended {
-            // Enough bytes for any record, or all there is.
-            guard all || buffer.count - at >= Self.maximumRecordBytes + Self.suffix.count else { break }
-            guard need(1) else { throw fail("the manifest ends inside its list", at: consumed + at) }
-            if buffer[at] == UInt8(ascii: "]") {
-                try expect(Self.suffix)
-                ended = true
-                break
-            }
-            if count > 0 { try expect(Array(",".utf8)) }
-            let record = try parseRecord(&at)
-            count += 1
-            switch record.kind {
-            case .policy: policies += 1
-            case .user: users += 1
-            case .key: keys += 1
-            }
-            try onRecord(record)
-        }
-        if ended, at < buffer.count { throw fail("bytes after the manifest", at: consumed + at) }
         buffer.removeFirst(at)
         consumed += at
+    }
+
+    private static let prefix: StaticString = #"{"format":"hsmbackup-payload","objects":["#
+    private static let suffix: StaticString = #"],"version":1}"#
+
+    /// Whether `literal` is at `at` in `b` (false when `b` ends first).
+    private static func matches(_ b: UnsafeBufferPointer<UInt8>, _ at: Int, _ literal: StaticString) -> Bool {
+        let n = literal.utf8CodeUnitCount
+        return at + n <= b.count && memcmp(b.baseAddress! + at, literal.utf8Start, n) == 0
     }
 
     private static let hex = table("0123456789abcdef")
@@ -160,49 +214,58 @@ public struct ManifestParser {
         return t
     }
 
-    private mutating func parseRecord(_ at: inout Int) throws -> ManifestRecord {
-        let b = buffer
+    /// One record at `at`, written into `out` as its `ManifestRecord.encoded` bytes; returns
+    /// its kind. Pure byte work: no String unless an error names the path.
+    private mutating func parseRecord(_ b: UnsafeBufferPointer<UInt8>, _ at: inout Int, into out: inout [UInt8]) throws -> ObjectKind {
         let base = consumed
         func fail(_ why: String) -> ArchiveError { self.fail(why, at: base + at) }
         func expect(_ literal: StaticString) throws {
-            let n = literal.utf8CodeUnitCount
-            let ok = literal.withUTF8Buffer { lit in at + n <= b.count && b[at..<(at + n)].elementsEqual(lit) }
-            guard ok else { throw fail("expected \(literal)") }
-            at += n
+            guard Self.matches(b, at, literal) else { throw fail("expected \(literal)") }
+            at += literal.utf8CodeUnitCount
         }
-        func string(allowed: [Bool], maximum: Int) throws -> ArraySlice<UInt8> {
+        func string(allowed: [Bool], maximum: Int) throws -> Range<Int> {
             let start = at
-            while at < b.count, b[at] != UInt8(ascii: "\"") {
-                guard allowed[Int(b[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
-                at += 1
+            try allowed.withUnsafeBufferPointer { allowed in
+                while at < b.count, b[at] != UInt8(ascii: "\"") {
+                    guard allowed[Int(b[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
+                    at += 1
+                }
             }
-            let s = b[start..<at]
+            let r = start..<at
             try expect("\"")
-            return s
+            return r
         }
+        func bytes(_ r: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: b[r]) }
         try expect(#"{"kind":""#)
-        let kindBytes = try string(allowed: Self.lower, maximum: 8)
-        guard let kind = ObjectKind(rawValue: String(decoding: kindBytes, as: UTF8.self)) else { throw fail("unknown kind") }
+        let kindRange = try string(allowed: Self.lower, maximum: 8)
+        let kind: ObjectKind
+        switch kindRange.count {
+        case 6 where bytes(kindRange).elementsEqual("policy".utf8): kind = .policy
+        case 4 where bytes(kindRange).elementsEqual("user".utf8): kind = .user
+        case 3 where bytes(kindRange).elementsEqual("key".utf8): kind = .key
+        default: throw fail("unknown kind")
+        }
         if let previousKind, previousKind.payloadOrder > kind.payloadOrder {
             throw fail("objects must be ordered policies, users, keys")
         }
         previousKind = kind
         try expect(#","path":""#)
-        let pathBytes = try string(allowed: Self.pathChars, maximum: PayloadBundle.maximumPathBytes)
-        let path = String(decoding: pathBytes, as: UTF8.self)
-        guard pathBytes.starts(with: kind.directory.utf8), pathBytes.count > kind.directory.utf8.count + 5,
-              pathBytes.suffix(5).elementsEqual(".json".utf8) else {
-            throw fail("path \(path) is not \(kind.directory)<name>.json")
+        let pathRange = try string(allowed: Self.pathChars, maximum: PayloadBundle.maximumPathBytes)
+        let path = bytes(pathRange)
+        let directory = kind.directory.utf8
+        guard path.starts(with: directory), path.count > directory.count + 5, path.suffix(5).elementsEqual(".json".utf8) else {
+            throw fail("path \(String(decoding: path, as: UTF8.self)) is not \(kind.directory)<name>.json")
         }
         var h0 = Hasher(), h1 = Hasher()
         h0.combine(0 as UInt8)
         h1.combine(1 as UInt8)
-        pathBytes.withUnsafeBytes { h0.combine(bytes: $0); h1.combine(bytes: $0) }
+        h0.combine(bytes: UnsafeRawBufferPointer(path))
+        h1.combine(bytes: UnsafeRawBufferPointer(path))
         let key = SIMD2<UInt64>(UInt64(bitPattern: Int64(h0.finalize())), UInt64(bitPattern: Int64(h1.finalize())))
-        guard seen.insert(key).inserted else { throw fail("path \(path) listed twice") }
+        guard seen.insert(key).inserted else { throw fail("path \(String(decoding: path, as: UTF8.self)) listed twice") }
         try expect(#","sha256":""#)
-        let digestHex = try string(allowed: Self.hex, maximum: 64)
-        guard digestHex.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
+        let digestRange = try string(allowed: Self.hex, maximum: 64)
+        guard digestRange.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
         try expect(#","size":"#)
         let sizeAt = at
         var size = 0
@@ -214,7 +277,8 @@ public struct ManifestParser {
         }
         guard at > sizeAt else { throw fail("a size") }
         try expect("}")
-        return ManifestRecord(kind: kind, path: path, size: size, sha256: digestHex.withUnsafeBytes { Hex.decode(utf8: $0)! })
+        ManifestRecord.encode(kind: kind, path: path, size: size, hexDigest: bytes(digestRange), into: &out)
+        return kind
     }
 }
 
@@ -393,8 +457,7 @@ public final class PayloadReader: TarVisitor {
 
     public func entryData(_ bytes: UnsafeRawBufferPointer) throws {
         if entry == 0 {
-            try manifest!.feed(bytes) { r in
-                let encoded = r.encoded
+            try manifest!.feedEncoded(bytes) { encoded in
                 fingerprints.append(ManifestRecord.fingerprint(encoded))
                 listed.update(encoded)
             }

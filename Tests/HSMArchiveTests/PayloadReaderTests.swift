@@ -1,4 +1,5 @@
 import BackupCrypto
+import ByteCoding
 import Foundation
 import HSMArchive
 import PayloadCodec
@@ -15,9 +16,15 @@ final class PayloadReaderTests: XCTestCase {
     }
 
     func testManifestParsesTheSameInAnySplit() throws {
-        let manifest = try bundle(300).manifest.canonicalBytes()
+        let b300 = try bundle(300)
+        let manifest = try b300.manifest.canonicalBytes()
         let whole = try ManifestParser.parse(manifest)
         XCTAssertEqual(whole.count, 300)
+        // The streaming parser reads the values JSONEncoder wrote.
+        XCTAssertEqual(whole.map(\.kind), b300.manifest.objects.map(\.kind))
+        XCTAssertEqual(whole.map(\.path), b300.manifest.objects.map(\.path))
+        XCTAssertEqual(whole.map(\.size), b300.manifest.objects.map(\.size))
+        XCTAssertEqual(whole.map { Hex.encode($0.sha256) }, b300.manifest.objects.map(\.sha256))
         for step in [1, 7, 100, 2048, 5000] {
             var p = ManifestParser(totalBytes: manifest.count)
             var got: [ManifestRecord] = []
