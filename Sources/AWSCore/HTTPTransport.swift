@@ -111,10 +111,14 @@ public protocol HTTPTransport: Sendable {
     /// Whether a response body from `url` costs its size once in memory (read into one buffer);
     /// false for URLSession, which holds about twice a body. Callers size their reads by it.
     func holdsBodiesOnce(for url: URL) -> Bool
+    /// Whether a 2xx body from `url` goes to `HTTPRequest.responseSink` as it arrives, in bounded
+    /// pieces whatever its size and framing (false: the body comes back whole and the sink is ignored).
+    func streamsResponseBodies(for url: URL) -> Bool
 }
 
 extension HTTPTransport {
     public func holdsBodiesOnce(for url: URL) -> Bool { false }
+    public func streamsResponseBodies(for url: URL) -> Bool { false }
 }
 
 /// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
@@ -228,6 +232,8 @@ public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
     }
 
     public func holdsBodiesOnce(for url: URL) -> Bool { route(url).holdsBodiesOnce(for: url) }
+
+    public func streamsResponseBodies(for url: URL) -> Bool { route(url).streamsResponseBodies(for: url) }
 
     private func route(_ url: URL) -> HTTPTransport {
         if url.scheme?.lowercased() == "http", let plain { return plain }

@@ -36,6 +36,37 @@ final class CountingTransport: S3Transport, @unchecked Sendable {
     func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { streams && inner.holdsBodiesOnce(endpoint) }
 }
 
+extension CountingTransport: S3ResponseStreaming {
+    func streamsResponses(_ endpoint: S3Endpoint) -> Bool { streams && ((inner as? S3ResponseStreaming)?.streamsResponses(endpoint) ?? false) }
+}
+
+/// Answers every GET with no answer (a connection reset), after running `onGet`; counts them.
+final class DeadGetTransport: S3Transport, S3ResponseStreaming, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _gets = 0
+    var gets: Int { lock.lock(); defer { lock.unlock() }; return _gets }
+    let onGet: @Sendable () -> Void
+
+    init(onGet: @escaping @Sendable () -> Void) { self.onGet = onGet }
+
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
+        guard r.method == "GET" else { return S3Response(status: 200, headers: [:], body: []) }
+        lock.lock(); _gets += 1; lock.unlock()
+        onGet()
+        throw S3TransportError(request: r.summary, reason: "connection reset by peer")
+    }
+
+    func streamsResponses(_ endpoint: S3Endpoint) -> Bool { true }
+}
+
+/// Counts the backoffs instead of sleeping.
+final class CountingSleeper: AWSSleeper, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _sleeps = 0
+    var sleeps: Int { lock.lock(); defer { lock.unlock() }; return _sleeps }
+    func sleep(seconds: Double) { lock.lock(); _sleeps += 1; lock.unlock() }
+}
+
 final class S3StreamingReadTests: XCTestCase {
     /// A record of `bytes` in chunks of 4 KiB (the smallest allowed).
     func record(_ bytes: [UInt8], chunkSize: Int = 4096) -> ObjectRecord {
@@ -129,6 +160,40 @@ final class S3StreamingReadTests: XCTestCase {
         guard case .end = q.pop() else { return XCTFail("expected the end") }
     }
 
+    func testACancelledStreamFetchesNothingMore() throws {
+        let bytes = pattern(4096 * 3, seed: 10)
+        let rec = record(bytes)
+        let config = try S3StoreConfiguration(storeId: [UInt8](repeating: 7, count: 16), writeQuorum: 1,
+                                              replicas: [.init(location: try S3Location(bucket: "nowhere", prefix: "p"),
+                                                               endpoint: S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1"))])
+        let dir = NSTemporaryDirectory() + "hsmb-cancel-" + UUID().uuidString
+        // Without a reader gone, a dead replica gets every attempt the retry policy allows ...
+        let dead = DeadGetTransport {}
+        let store = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: dead)
+        XCTAssertTrue(store.streamsReads(0))
+        let sleeper = CountingSleeper()
+        let a = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
+        XCTAssertThrowsError(try store.streamObject(0, record: rec, firstChunk: 0, assembler: a, sleeper: sleeper)) { XCTAssertTrue($0 is S3TransportError, "\($0)") }
+        XCTAssertEqual(dead.gets, RetryPolicy.default.maximumAttempts)
+        // ... but once the reader drops the queue (here during the first GET), no backoff and no other GET.
+        let queue = ChunkQueue(capacity: 2)
+        let dropped = DeadGetTransport { queue.cancel() }
+        let store2 = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: dropped)
+        let sleeper2 = CountingSleeper()
+        let b = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0, isCancelled: { queue.isCancelled }) { try queue.push($0) }
+        XCTAssertThrowsError(try store2.streamObject(0, record: rec, firstChunk: 0, assembler: b, sleeper: sleeper2)) { XCTAssertTrue($0 is ChunkQueue.Cancelled, "\($0)") }
+        XCTAssertEqual(dropped.gets, 1)
+        XCTAssertEqual(sleeper2.sleeps, 0)
+        // A body that begins after the reader is gone is refused before any byte.
+        XCTAssertThrowsError(try b.begin(status: 206, headers: HTTPHeaders())) { XCTAssertTrue($0 is ChunkQueue.Cancelled) }
+        // A stream started on a queue already cancelled makes no GET at all.
+        let never = ChunkQueue(capacity: 1)
+        never.cancel()
+        let c = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0, isCancelled: { never.isCancelled }) { try never.push($0) }
+        XCTAssertThrowsError(try store2.streamObject(0, record: rec, firstChunk: 0, assembler: c)) { XCTAssertTrue($0 is ChunkQueue.Cancelled) }
+        XCTAssertEqual(dropped.gets, 1)
+    }
+
     func read(_ store: S3ObjectStore, _ key: String) throws -> (S3ObjectReader, [UInt8]) {
         let r = try store.get(key) as! S3ObjectReader
         var got: [UInt8] = []
@@ -150,7 +215,7 @@ final class S3StreamingReadTests: XCTestCase {
             XCTAssertTrue(clean.findings.isEmpty)
             // Streamed: one GET for the object; windows: 8 MiB each (URLSession holds a body twice).
             // (Under HSMBACKUP_HTTP_TRANSPORT=urlsession nothing streams.)
-            let streamed = counter.holdsBodiesOnce(config.replicas[0].endpoint)
+            let streamed = counter.streamsResponses(config.replicas[0].endpoint)
             XCTAssertEqual(streamed, streams && ProcessInfo.processInfo.environment["HSMBACKUP_HTTP_TRANSPORT"] != "urlsession")
             XCTAssertEqual(counter.gets, streamed ? 1 : 3, "streamed: \(streamed)")
             var evil = good
@@ -183,7 +248,7 @@ final class S3StreamingReadTests: XCTestCase {
         XCTAssertEqual(got.count, good.count)
         XCTAssertTrue(got == good)
         XCTAssertTrue(r.findings.isEmpty, "\(r.findings)")
-        guard counter.holdsBodiesOnce(config.replicas[0].endpoint) else { return } // HSMBACKUP_HTTP_TRANSPORT=urlsession: windows
+        guard counter.streamsResponses(config.replicas[0].endpoint) else { return } // HSMBACKUP_HTTP_TRANSPORT=urlsession: windows
         let starts = counter.ranges.map { UInt64($0.dropFirst("bytes=".count).split(separator: "-")[0])! }
         XCTAssertEqual(starts.count, 3, "\(counter.ranges)")
         XCTAssertEqual(starts.first, 0)
