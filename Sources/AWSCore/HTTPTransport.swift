@@ -61,9 +61,14 @@ public struct HTTPRequest: Sendable {
     /// `HTTPResponse.bodyStreamed` is true and `body` empty); a transport that does not stream
     /// ignores it and returns the body whole, as for any other status.
     public var responseSink: HTTPBodySink?
+    /// Whether the request may run twice. A transport sends a request again on its own (a kept-alive
+    /// connection found dead) only when it is, or when it was not wholly written. Default: every
+    /// method but POST.
+    public var idempotent: Bool
 
     public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60,
-                responseSink: HTTPBodySink? = nil) {
+                responseSink: HTTPBodySink? = nil, idempotent: Bool? = nil) {
+        self.idempotent = idempotent ?? (method != "POST")
         self.method = method
         self.url = url
         self.headers = headers

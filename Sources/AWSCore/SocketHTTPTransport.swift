@@ -11,7 +11,8 @@
 // Supported: Content-Length and chunked response bodies, a body read to the end of the connection,
 // interim 1xx answers (at most 8), HEAD/204/304 without a body, keep-alive reuse of idle connections
 // (an idle connection the server closed is detected before reuse; a reused connection that dies
-// before any byte of the answer is retried once on a new one), `request.timeout` as the longest
+// before any byte of the answer is retried once on a new one, a request that is not
+// `idempotent` only when it was not wholly written), `request.timeout` as the longest
 // wait of each read or write. A request whose body is not streamed must end within
 // `requestDeadline` (default 30 min); a streamed body must bring at least `minimumProgressBytes`
 // (64 KiB) in every `progressWindow` (120 s) once it has begun (both checked after each read or
@@ -80,7 +81,8 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         let target = try Target(request)
         let head = Self.head(request, target)
         // A kept-alive connection may have been closed by the server since: if it dies before any
-        // byte of the answer, the request goes once more on a new connection.
+        // byte of the answer, the request goes once more on a new connection (one that is not
+        // idempotent only if it was not wholly written: else the server may have run it).
         if let fd = takeIdle(target.poolKey) {
             do {
                 return try exchange(fd, reused: true, request, target, head)
@@ -118,8 +120,9 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             throw e
         }
         guard let (response, reusable) = try readResponse(conn, request, target, reused: reused) else {
-            if reused { throw StaleConnection() }
-            throw transportError(request, "ConnectionClosed", "\(target.hostPort): the server closed the connection without an answer")
+            if reused && request.idempotent { throw StaleConnection() }
+            throw transportError(request, "ConnectionClosed", "\(target.hostPort): the server closed the connection without an answer"
+                                 + (reused ? " (a kept-alive one; the request is not idempotent, so it is not sent again)" : ""))
         }
         keep = reusable
         return response

@@ -479,6 +479,46 @@ final class SocketTransportTests: XCTestCase {
             XCTAssertEqual(server.accepted, 2, answer)
         }
     }
+
+    func testAStaleConnectionReplaysOnlyWhatMayRunTwice() throws {
+        // The first connection answers one request, then reads the next and closes without an
+        // answer (as a server whose keep-alive timer fired just as the request arrived).
+        let server = try ScriptedHTTPServer { c, n, s in
+            guard let (head, _) = c.readRequest() else { return }
+            s.record(head)
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            if n == 1 {
+                if let (head, _) = c.readRequest() { s.record(head) }
+                return
+            }
+            while let (head, _) = c.readRequest() {
+                s.record(head)
+                c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            }
+        }
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#1")
+        // A POST (CompleteMultipartUpload, KMS CreateKey) the server may have run is not sent again.
+        XCTAssertThrowsError(try get(server, "/p?uploadId=u", method: "POST", body: Data("x".utf8))) { e in
+            XCTAssertEqual((e as? AWSError)?.code, "ConnectionClosed")
+            XCTAssertTrue((e as? AWSError)?.message.contains("not idempotent") ?? false, "\(e)")
+        }
+        XCTAssertEqual(server.heads.filter { $0.hasPrefix("POST") }.count, 1)
+        XCTAssertEqual(server.accepted, 1)
+        // The same stale connection under a GET: sent again on a new connection.
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#2")
+        // A POST marked idempotent (KMS Decrypt) is sent again too.
+        let s2 = try ScriptedHTTPServer { c, n, s in
+            while let (head, _) = c.readRequest() {
+                s.record(head)
+                if n == 1 && s.heads.count == 2 { return }
+                c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            }
+        }
+        XCTAssertEqual(String(decoding: try get(s2).body, as: UTF8.self), "#1")
+        let r = try transport.send(HTTPRequest(method: "POST", url: URL(string: s2.base + "/d")!, body: Data("x".utf8), idempotent: true))
+        XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "#2")
+        XCTAssertEqual(s2.heads.filter { $0.hasPrefix("POST") }.count, 2)
+    }
 }
 
 final class LockedFlag: @unchecked Sendable {
