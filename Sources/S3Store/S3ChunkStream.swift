@@ -64,8 +64,11 @@ final class ChunkAssembler: HTTPBodySink, @unchecked Sendable {
     func begin(status: Int, headers: HTTPHeaders) throws {
         if isCancelled() { throw ChunkQueue.Cancelled() }
         if status == 206 {
-            if let total = headers["content-range"]?.split(separator: "/").last.flatMap({ UInt64($0) }), total != record.size {
-                throw mismatch(.sizeMismatch, "the object has \(total) bytes, its record says \(record.size)")
+            // Another total is the object's (a finding); another range is the answer's (a failed
+            // attempt, as a transport error: the replica is not blamed for it).
+            let range = try S3ObjectStore.contentRange(headers["content-range"], path: path, first: rangeStart, last: record.size - 1)
+            if range.total != record.size {
+                throw mismatch(.sizeMismatch, "the object has \(range.total) bytes, its record says \(record.size)")
             }
             skip = taken
         } else {
@@ -181,6 +184,26 @@ final class ChunkQueue: @unchecked Sendable {
 }
 
 extension S3ObjectStore {
+    /// The `bytes first-last/total` of a 206 answer to a GET of `first...last`; throws
+    /// `S3TransportError` (a failed attempt, retried) when it is missing, malformed or another
+    /// range (the total may differ: that is for the caller to judge).
+    static func contentRange(_ value: String?, path: String, first: UInt64, last: UInt64) throws -> (first: UInt64, last: UInt64, total: UInt64) {
+        func parse() -> (UInt64, UInt64, UInt64)? {
+            guard let v = value, v.hasPrefix("bytes ") else { return nil }
+            let parts = v.dropFirst(6).split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { return nil }
+            let ends = parts[0].split(separator: "-", omittingEmptySubsequences: false)
+            let digits: (Substring) -> UInt64? = { s in s.isEmpty || !s.allSatisfy({ ("0"..."9").contains($0) }) ? nil : UInt64(s) }
+            guard ends.count == 2, let a = digits(ends[0]), let b = digits(ends[1]), let n = digits(parts[1]), a <= b else { return nil }
+            return (a, b, n)
+        }
+        guard let (a, b, n) = parse(), a == first, b == last || b == n &- 1 && n <= last else {
+            throw S3TransportError(request: "GET \(path) bytes=\(first)-\(last)",
+                                   reason: "a 206 answer for another range (Content-Range: \(value ?? "none"))")
+        }
+        return (a, b, n)
+    }
+
     /// Chunks held in a streamed read's queue (each one record chunk, 1 MiB).
     static let streamQueueChunks = tunable("HSMBACKUP_S3_STREAM_QUEUE_CHUNKS", 4, 1...64)
 

@@ -59,6 +59,13 @@ final class DeadGetTransport: S3Transport, S3ResponseStreaming, @unchecked Senda
     func streamsResponses(_ endpoint: S3Endpoint) -> Bool { true }
 }
 
+/// Answers every request with `answer`.
+final class FixedAnswerTransport: S3Transport, @unchecked Sendable {
+    let answer: S3Response
+    init(_ answer: S3Response) { self.answer = answer }
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response { answer }
+}
+
 /// Counts the backoffs instead of sleeping.
 final class CountingSleeper: AWSSleeper, @unchecked Sendable {
     private let lock = NSLock()
@@ -128,20 +135,50 @@ final class S3StreamingReadTests: XCTestCase {
         bad[2 * 4096 + 17] ^= 0x20
         var got = 0
         let a = ChunkAssembler(record: rec, replica: 2, path: "r2/k", firstChunk: 0) { _ in got += 1 }
-        let f = finding { try a.begin(status: 206, headers: HTTPHeaders()); try self.feed(a, bad[...], pieces: 3) }
+        let whole = headers([("Content-Range", "bytes 0-\(bytes.count - 1)/\(bytes.count)")])
+        let f = finding { try a.begin(status: 206, headers: whole); try self.feed(a, bad[...], pieces: 3) }
         XCTAssertEqual(f?.problem, .chunkMismatch)
         XCTAssertEqual(f?.chunk, 2)
         XCTAssertEqual(f?.replica, 2)
         XCTAssertEqual(got, 2)
         // Another size in Content-Range, a longer body, a shorter one.
         let b = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        XCTAssertEqual(finding { try b.begin(status: 206, headers: self.headers([("Content-Range", "bytes 0-9/99")])) }?.problem, .sizeMismatch)
+        XCTAssertEqual(finding { try b.begin(status: 206, headers: self.headers([("Content-Range", "bytes 0-98/99")])) }?.problem, .sizeMismatch)
         let c = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        XCTAssertEqual(finding { try c.begin(status: 206, headers: HTTPHeaders()); try self.feed(c, (bytes + [1])[...], pieces: 2) }?.problem, .sizeMismatch)
+        XCTAssertEqual(finding { try c.begin(status: 206, headers: whole); try self.feed(c, (bytes + [1])[...], pieces: 2) }?.problem, .sizeMismatch)
         let d = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        let short = finding { try d.begin(status: 206, headers: HTTPHeaders()); try self.feed(d, bytes.dropLast(5), pieces: 2); try d.finish() }
+        let short = finding { try d.begin(status: 206, headers: whole); try self.feed(d, bytes.dropLast(5), pieces: 2); try d.finish() }
         XCTAssertEqual(short?.problem, .sizeMismatch)
         XCTAssertEqual(short?.chunk, 2)
+    }
+
+    func testA206ForAnotherRangeIsAFailedAttemptNotAFinding() throws {
+        let bytes = pattern(4096 * 3, seed: 11)
+        let rec = record(bytes)
+        // The assembler (streamed reads), from chunk 1: the range must start there and run to the end.
+        for bad in ["bytes 0-12287/12288", "bytes 4096-8191/12288", "bytes 8192-12287/12288", "bytes +4096-12287/12288",
+                    "bytes 4096-12287/*", "4096-12287/12288", "bytes 4096-/12288"] {
+            let a = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+            XCTAssertThrowsError(try a.begin(status: 206, headers: headers([("Content-Range", bad)])), bad) { XCTAssertTrue($0 is S3TransportError, "\(bad): \($0)") }
+        }
+        let none = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+        XCTAssertThrowsError(try none.begin(status: 206, headers: HTTPHeaders())) { XCTAssertTrue($0 is S3TransportError, "\($0)") }
+        let good = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+        XCTAssertNoThrow(try good.begin(status: 206, headers: headers([("Content-Range", "bytes 4096-12287/12288")])))
+        // Ranged windows: a 206 of another range is an I/O failure of that attempt, not a chunk mismatch.
+        let config = try S3StoreConfiguration(storeId: [UInt8](repeating: 7, count: 16), writeQuorum: 1,
+                                              replicas: [.init(location: try S3Location(bucket: "nowhere", prefix: "p"),
+                                                               endpoint: S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1"))])
+        let dir = NSTemporaryDirectory() + "hsmb-range-" + UUID().uuidString
+        for (offset, ok) in [(4096, false), (0, true)] {
+            let fixed = FixedAnswerTransport(S3Response(status: 206, headers: ["content-range": "bytes \(offset)-\(offset + 12287)/12288"],
+                                                        body: Array((bytes + bytes)[offset..<offset + 12288])))
+            let store = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: fixed)
+            switch store.fetchWindow(0, record: rec, firstChunk: 0) {
+            case .success(let w): XCTAssertTrue(ok); XCTAssertEqual(w.count, 3)
+            case .failure(let f): XCTAssertFalse(ok, "\(f.finding)"); XCTAssertEqual(f.finding.problem, .ioError, "\(f.finding)")
+            }
+        }
     }
 
     func testACancelledQueueReleasesItsProducer() throws {
