@@ -65,6 +65,9 @@ public struct HTTPRequest: Sendable {
     /// connection found dead) only when it is, or when it was not wholly written. Default: every
     /// method but POST.
     public var idempotent: Bool
+    /// The largest 2xx body the caller expects when it is not streamed: a larger one is refused
+    /// (`MalformedResponse`) by a transport that enforces it (`SocketHTTPTransport`; at most 2 GiB).
+    public var maximumResponseBytes: Int?
 
     public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60,
                 responseSink: HTTPBodySink? = nil, idempotent: Bool? = nil) {

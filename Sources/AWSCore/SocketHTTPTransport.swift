@@ -37,6 +37,9 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
     /// Largest body held in memory (one that is not streamed to a sink): a Content-Length above
     /// it is refused before anything is allocated, a chunked or close-delimited body when it grows past it.
     public static let maximumBodyBytes = 1 << 31
+    /// Most bytes kept of a non-2xx body (an S3 or KMS error is a few hundred): the rest is not
+    /// read, and the connection is closed.
+    public static let maximumErrorBodyBytes = 1 << 20
     /// Longest chunk-size line of a chunked body.
     static let maximumChunkLineBytes = 1024
     /// Most trailer fields after a chunked body (their bytes are bounded by `maximumHeaderBytes`).
@@ -160,6 +163,10 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         // Ambiguous framing (request smuggling's ground) or a switched protocol: never reused.
         if (hasCodings && headers.contains("content-length")) || status == 101 { reusable = false }
         let sink = (200..<300).contains(status) ? request.responseSink : nil
+        // A body held whole: an error's is cut at `maximumErrorBodyBytes` (and the connection
+        // closed), a 2xx one larger than expected is refused.
+        let isError = !(200..<300).contains(status)
+        let limit = isError ? Self.maximumErrorBodyBytes : min(request.maximumResponseBytes ?? .max, Self.maximumBodyBytes)
         var body = Data()
         if request.method == "HEAD" || status == 204 || status == 304 || (100..<200).contains(status) {
             body = Data()
@@ -172,7 +179,13 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                 if chunked { try conn.readChunked { try sink.receive($0) } } else { try conn.readToEnd { try sink.receive($0) } }
                 return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && conn.cleanEnd)
             }
-            body = chunked ? try conn.readChunked() : try conn.readToEnd()
+            if isError {
+                let (kept, cut) = try conn.readCapped(limit) { chunked ? try conn.readChunked($0) : try conn.readToEnd($0) }
+                body = kept
+                if cut { reusable = false }
+            } else {
+                body = chunked ? try conn.readChunked(limit: limit) : try conn.readToEnd(limit: limit)
+            }
         } else if let n = try contentLength(headers, request, target) {
             if let sink {
                 try sink.begin(status: status, headers: headers)
@@ -180,7 +193,12 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                 try conn.stream(n) { try sink.receive($0) }
                 return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && conn.cleanEnd)
             }
-            body = try conn.readExactly(n)
+            if isError && n > limit {
+                body = try conn.readExactly(limit, limit: limit)
+                reusable = false
+            } else {
+                body = try conn.readExactly(n, limit: limit)
+            }
         } else {
             reusable = false
             if let sink {
@@ -189,7 +207,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                 try conn.readToEnd { try sink.receive($0) }
                 return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), false)
             }
-            body = try conn.readToEnd()
+            body = isError ? try conn.readCapped(limit) { try conn.readToEnd($0) }.0 : try conn.readToEnd(limit: limit)
         }
         return (HTTPResponse(status: status, headers: headers, body: body), reusable && conn.cleanEnd)
     }
@@ -478,16 +496,34 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
-        /// Refuses a body of more than `maximumBodyBytes` held in memory.
-        func checkSize(_ n: Int) throws {
-            guard n <= SocketHTTPTransport.maximumBodyBytes else {
-                throw transport.transportError(request, "MalformedResponse", "\(hostPort): a body of more than \(SocketHTTPTransport.maximumBodyBytes) bytes")
+        /// Refuses a body of more than `limit` bytes held in memory.
+        func checkSize(_ n: Int, _ limit: Int) throws {
+            guard n <= limit else {
+                throw transport.transportError(request, "MalformedResponse", "\(hostPort): a body of more than \(limit) bytes")
+            }
+        }
+
+        private struct BodyCut: Error {}
+
+        /// At most `cap` bytes of what `read` delivers, and whether there was more (then the
+        /// rest is left unread).
+        func readCapped(_ cap: Int, _ read: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> (Data, Bool) {
+            var body = Data()
+            do {
+                try read { p in
+                    let n = min(p.count, cap - body.count)
+                    body.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[0..<n]))
+                    if n < p.count { throw BodyCut() }
+                }
+                return (body, false)
+            } catch is BodyCut {
+                return (body, true)
             }
         }
 
         /// Exactly `n` body bytes: what is buffered, then straight from the socket into the body.
-        func readExactly(_ n: Int) throws -> Data {
-            try checkSize(n)
+        func readExactly(_ n: Int, limit: Int) throws -> Data {
+            try checkSize(n, limit)
             var body = Data(count: n)
             let have = min(buffer.count, n)
             if have > 0 {
@@ -561,11 +597,11 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
-        /// A body that ends with the connection, held whole (up to `maximumBodyBytes`).
-        func readToEnd() throws -> Data {
+        /// A body that ends with the connection, held whole (up to `limit` bytes).
+        func readToEnd(limit: Int) throws -> Data {
             var body = Data()
             try readToEnd { p in
-                try checkSize(body.count + p.count)
+                try checkSize(body.count + p.count, limit)
                 body.append(contentsOf: p)
             }
             return body
@@ -623,7 +659,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     }
                 }
                 // A body held whole is refused before a chunk that would take it past its bound.
-                if limit != .max { try checkSize(total + n) }
+                if limit != .max { try checkSize(total + n, limit) }
                 total += n
                 try stream(n, deliver)
                 guard try readLine(limit: 2).isEmpty else {
@@ -632,10 +668,10 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
-        /// A chunked body held whole (up to `maximumBodyBytes`).
-        func readChunked() throws -> Data {
+        /// A chunked body held whole (up to `limit` bytes).
+        func readChunked(limit: Int) throws -> Data {
             var body = Data()
-            try readChunked(limit: SocketHTTPTransport.maximumBodyBytes) { body.append(contentsOf: $0) }
+            try readChunked(limit: limit) { body.append(contentsOf: $0) }
             return body
         }
     }

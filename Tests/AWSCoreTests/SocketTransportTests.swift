@@ -519,6 +519,61 @@ final class SocketTransportTests: XCTestCase {
         XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "#2")
         XCTAssertEqual(s2.heads.filter { $0.hasPrefix("POST") }.count, 2)
     }
+
+    func testAnErrorBodyIsCutAtItsBoundAndItsConnectionClosed() throws {
+        let cap = SocketHTTPTransport.maximumErrorBodyBytes
+        for chunked in [false, true] {
+            let server = try ScriptedHTTPServer { c, n, _ in
+                while c.readRequest() != nil {
+                    if n == 1 {
+                        let big = [UInt8](repeating: 0x45, count: 5 << 20)
+                        if chunked {
+                            c.write("HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            for _ in 0..<5 { guard c.write(Array("100000\r\n".utf8) + big[0..<(1 << 20)] + Array("\r\n".utf8)) else { return } }
+                            c.write("0\r\n\r\n")
+                        } else {
+                            c.write("HTTP/1.1 500 Internal Server Error\r\nContent-Length: \(big.count)\r\n\r\n")
+                            guard c.write(big) else { return }
+                        }
+                    } else {
+                        c.write("HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nslow")
+                    }
+                }
+            }
+            let r = try get(server)
+            XCTAssertEqual(r.status, 500)
+            XCTAssertEqual(r.body.count, cap, "chunked \(chunked)")
+            // The rest was not read: the connection is not reused; a small error body leaves it reusable.
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "slow")
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "slow")
+            XCTAssertEqual(server.accepted, 2, "chunked \(chunked)")
+        }
+    }
+
+    func testA2xxBodyLargerThanExpectedIsRefused() throws {
+        let answers = ["HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + String(repeating: "x", count: 1000),
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + String(repeating: "x", count: 1000) + "\r\n0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + String(repeating: "32\r\n" + String(repeating: "x", count: 50) + "\r\n", count: 20) + "0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + String(repeating: "x", count: 1000)]
+        for answer in answers {
+            for limit in [100, 1000] {
+                let server = try ScriptedHTTPServer { c, _, _ in
+                    _ = c.readRequest()
+                    c.write(answer)
+                }
+                var request = HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!)
+                request.maximumResponseBytes = limit
+                if limit == 1000 {
+                    XCTAssertEqual(try transport.send(request).body.count, 1000, answer)
+                } else {
+                    XCTAssertThrowsError(try transport.send(request), answer) { e in
+                        XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse", "\(e)")
+                        XCTAssertTrue((e as? AWSError)?.message.contains("more than 100 bytes") ?? false, "\(e)")
+                    }
+                }
+            }
+        }
+    }
 }
 
 final class LockedFlag: @unchecked Sendable {
