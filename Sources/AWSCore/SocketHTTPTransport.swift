@@ -422,6 +422,15 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
+        /// Runs `deliver` (a sink, which may wait for its reader): the time it takes is not the
+        /// server's, so the progress window is extended by it.
+        private func handOver(_ deliver: () throws -> Void) throws {
+            guard let w = windowEnd else { return try deliver() }
+            let t0 = Self.now()
+            defer { windowEnd = w &+ (Self.now() &- t0) }
+            try deliver()
+        }
+
         /// The answer ended where its framing said and nothing follows it: the connection can be reused.
         var cleanEnd: Bool { !sawEOF && buffer.isEmpty }
 
@@ -554,7 +563,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             var at = 0
             if !buffer.isEmpty {
                 let have = min(buffer.count, n)
-                try buffer.withUnsafeBytes { try deliver(UnsafeRawBufferPointer(rebasing: $0[0..<have])) }
+                try buffer.withUnsafeBytes { p in try handOver { try deliver(UnsafeRawBufferPointer(rebasing: p[0..<have])) } }
                 buffer.removeFirst(have)
                 at = have
             }
@@ -571,7 +580,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     sawEOF = true
                     throw transport.transportError(request, "ConnectionClosed", "\(hostPort): the connection ended after \(at) of \(n) body bytes")
                 }
-                try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r]))
+                try handOver { try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r])) }
                 at += r
                 try progressed(r, "reading the body")
             }
@@ -580,7 +589,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         /// A body that ends with the connection, to `deliver` in pieces of up to `readSize`.
         func readToEnd(_ deliver: (UnsafeRawBufferPointer) throws -> Void) throws {
             if !buffer.isEmpty {
-                try buffer.withUnsafeBytes { try deliver($0) }
+                try buffer.withUnsafeBytes { p in try handOver { try deliver(p) } }
                 buffer = []
             }
             let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: SocketHTTPTransport.readSize, alignment: 16)
@@ -592,7 +601,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     throw failure("reading the body", errno)
                 }
                 if r == 0 { sawEOF = true; return }
-                try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r]))
+                try handOver { try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r])) }
                 try progressed(r, "reading the body")
             }
         }

@@ -441,6 +441,35 @@ final class SocketTransportTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(sink.bytes.count, 5000)
     }
 
+    func testTimeASinkWaitsForItsReaderIsNotCountedAgainstTheServer() throws {
+        // The sink holds its first piece 1.5 s (a reader busy elsewhere) while the progress window
+        // is 1 s: the server, which sent what it could meanwhile, is not failed for it.
+        let t = SocketHTTPTransport(minimumProgressBytes: 1000, progressWindow: 1)
+        final class SlowSink: HTTPBodySink, @unchecked Sendable {
+            let released = DispatchSemaphore(value: 0)
+            private let lock = NSLock()
+            private var _count = 0
+            var count: Int { lock.lock(); defer { lock.unlock() }; return _count }
+            func begin(status: Int, headers: HTTPHeaders) throws {}
+            func receive(_ bytes: UnsafeRawBufferPointer) throws {
+                lock.lock(); _count += bytes.count; let first = _count == bytes.count; lock.unlock()
+                if first { Thread.sleep(forTimeInterval: 1.5); released.signal() }
+            }
+        }
+        let sink = SlowSink()
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + String(repeating: "a", count: 100))
+            usleep(100_000)
+            c.write(String(repeating: "b", count: 100))
+            _ = sink.released.wait(timeout: .now() + 30)
+            c.write(String(repeating: "c", count: 1800))
+        }
+        let r = try t.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, timeout: 10, responseSink: sink))
+        XCTAssertTrue(r.bodyStreamed)
+        XCTAssertEqual(sink.count, 2000)
+    }
+
     func testTransferCodingsOtherThanChunkedAreReadToTheEnd() throws {
         // gzip then chunked, in two fields: not `chunked` alone, so the body is what comes until the
         // connection ends, undecoded.
