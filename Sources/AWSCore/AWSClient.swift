@@ -109,7 +109,7 @@ public final class AWSClient: @unchecked Sendable {
         while true {
             attempt += 1
             var http = HTTPRequest(method: request.method, url: url, headers: request.headers, body: request.body, timeout: request.timeout,
-                                   responseSink: request.responseSink)
+                                   responseSink: request.responseSink, idempotent: request.idempotent)
             let skew = clockSkew
             signer.sign(&http, credentials: credentials, date: clock.now().addingTimeInterval(skew), payloadHash: payloadHash)
             let error: AWSError

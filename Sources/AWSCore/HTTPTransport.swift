@@ -61,9 +61,17 @@ public struct HTTPRequest: Sendable {
     /// `HTTPResponse.bodyStreamed` is true and `body` empty); a transport that does not stream
     /// ignores it and returns the body whole, as for any other status.
     public var responseSink: HTTPBodySink?
+    /// Whether the request may run twice. A transport sends a request again on its own (a kept-alive
+    /// connection found dead) only when it is, or when it was not wholly written. Default: every
+    /// method but POST.
+    public var idempotent: Bool
+    /// The largest 2xx body the caller expects when it is not streamed: a larger one is refused
+    /// (`MalformedResponse`) by a transport that enforces it (`SocketHTTPTransport`; at most 2 GiB).
+    public var maximumResponseBytes: Int?
 
     public init(method: String, url: URL, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), timeout: TimeInterval = 60,
-                responseSink: HTTPBodySink? = nil) {
+                responseSink: HTTPBodySink? = nil, idempotent: Bool? = nil) {
+        self.idempotent = idempotent ?? (method != "POST")
         self.method = method
         self.url = url
         self.headers = headers
@@ -111,10 +119,14 @@ public protocol HTTPTransport: Sendable {
     /// Whether a response body from `url` costs its size once in memory (read into one buffer);
     /// false for URLSession, which holds about twice a body. Callers size their reads by it.
     func holdsBodiesOnce(for url: URL) -> Bool
+    /// Whether a 2xx body from `url` goes to `HTTPRequest.responseSink` as it arrives, in bounded
+    /// pieces whatever its size and framing (false: the body comes back whole and the sink is ignored).
+    func streamsResponseBodies(for url: URL) -> Bool
 }
 
 extension HTTPTransport {
     public func holdsBodiesOnce(for url: URL) -> Bool { false }
+    public func streamsResponseBodies(for url: URL) -> Bool { false }
 }
 
 /// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
@@ -228,6 +240,8 @@ public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
     }
 
     public func holdsBodiesOnce(for url: URL) -> Bool { route(url).holdsBodiesOnce(for: url) }
+
+    public func streamsResponseBodies(for url: URL) -> Bool { route(url).streamsResponseBodies(for: url) }
 
     private func route(_ url: URL) -> HTTPTransport {
         if url.scheme?.lowercased() == "http", let plain { return plain }

@@ -9,10 +9,21 @@
 // URLSession.
 //
 // Supported: Content-Length and chunked response bodies, a body read to the end of the connection,
-// interim 1xx answers, HEAD/204/304 without a body, keep-alive reuse of idle connections (an idle
-// connection the server closed is detected before reuse; a reused connection that dies before any
-// byte of the answer is retried once on a new one), `request.timeout` as the longest wait without
-// progress. Request bodies always go with Content-Length (never chunked: S3 refuses it).
+// interim 1xx answers (at most 8), HEAD/204/304 without a body, keep-alive reuse of idle connections
+// (an idle connection the server closed is detected before reuse; a reused connection that dies
+// before any byte of the answer is retried once on a new one, a request that is not
+// `idempotent` only when it was not wholly written), `request.timeout` as the longest
+// wait of each read or write. A request whose body is not streamed must end within
+// `requestDeadline` (default 30 min); a streamed body must bring at least `minimumProgressBytes`
+// (64 KiB) in every `progressWindow` (120 s) once it has begun (both checked after each read or
+// write, so a silent server is caught by `request.timeout` and a trickling one at most one
+// `request.timeout` late). A streamed 2xx body (`request.responseSink`) goes to the sink in pieces
+// of at most 1 MiB whatever its framing (Content-Length, chunked, to the end of the connection),
+// so memory stays bounded whatever its size. Framing: chunked decoding only when the
+// Transfer-Encoding values joined are exactly `chunked` (any other coding: read to the end, no
+// reuse); a connection is not kept after an answer with both Transfer-Encoding and
+// Content-Length, after a 101, or when bytes follow the body. Request bodies always go with
+// Content-Length (never chunked: S3 refuses it).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,20 +37,37 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
     /// Largest body held in memory (one that is not streamed to a sink): a Content-Length above
     /// it is refused before anything is allocated, a chunked or close-delimited body when it grows past it.
     public static let maximumBodyBytes = 1 << 31
+    /// Most bytes kept of a non-2xx body (an S3 or KMS error is a few hundred): the rest is not
+    /// read, and the connection is closed.
+    public static let maximumErrorBodyBytes = 1 << 20
     /// Longest chunk-size line of a chunked body.
     static let maximumChunkLineBytes = 1024
-    /// Largest single read from the socket.
-    static let readSize = 1 << 20
+    /// Most trailer fields after a chunked body (their bytes are bounded by `maximumHeaderBytes`).
+    public static let maximumTrailerLines = 64
+    /// Most interim (1xx) answers before the final one.
+    public static let maximumInterimAnswers = 8
+    /// Largest single read from the socket, and largest piece handed to a sink.
+    public static let readSize = 1 << 20
 
     private let maximumIdlePerHost: Int
     private let connectTimeout: TimeInterval
+    /// Longest a request may take (sending, the answer head, a body that is not streamed).
+    public let requestDeadline: TimeInterval
+    /// A streamed body fails with `Timeout` when fewer than `minimumProgressBytes` arrived in a
+    /// `progressWindow`.
+    public let minimumProgressBytes: Int
+    public let progressWindow: TimeInterval
     private let lock = NSLock()
     private var idle: [String: [Int32]] = [:]
 
-    public init(maximumIdleConnectionsPerHost: Int = 16, connectTimeout: TimeInterval = 10) {
+    public init(maximumIdleConnectionsPerHost: Int = 16, connectTimeout: TimeInterval = 10, requestDeadline: TimeInterval = 1800,
+                minimumProgressBytes: Int = 64 * 1024, progressWindow: TimeInterval = 120) {
         HeapSetting.apply()
         maximumIdlePerHost = maximumIdleConnectionsPerHost
         self.connectTimeout = connectTimeout
+        self.requestDeadline = requestDeadline
+        self.minimumProgressBytes = minimumProgressBytes
+        self.progressWindow = progressWindow
     }
 
     deinit {
@@ -48,13 +76,16 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
 
     public func holdsBodiesOnce(for url: URL) -> Bool { url.scheme?.lowercased() == "http" }
 
+    public func streamsResponseBodies(for url: URL) -> Bool { url.scheme?.lowercased() == "http" }
+
     // MARK: sending
 
     public func send(_ request: HTTPRequest) throws -> HTTPResponse {
         let target = try Target(request)
         let head = Self.head(request, target)
         // A kept-alive connection may have been closed by the server since: if it dies before any
-        // byte of the answer, the request goes once more on a new connection.
+        // byte of the answer, the request goes once more on a new connection (one that is not
+        // idempotent only if it was not wholly written: else the server may have run it).
         if let fd = takeIdle(target.poolKey) {
             do {
                 return try exchange(fd, reused: true, request, target, head)
@@ -76,6 +107,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // The whole request is bounded too (a server trickling a byte per `timeout` would not be).
         let conn = Connection(fd: fd, request: request, transport: self)
         do {
             if request.body.count <= 64 * 1024 {
@@ -91,8 +123,9 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             throw e
         }
         guard let (response, reusable) = try readResponse(conn, request, target, reused: reused) else {
-            if reused { throw StaleConnection() }
-            throw transportError(request, "ConnectionClosed", "\(target.hostPort): the server closed the connection without an answer")
+            if reused && request.idempotent { throw StaleConnection() }
+            throw transportError(request, "ConnectionClosed", "\(target.hostPort): the server closed the connection without an answer"
+                                 + (reused ? " (a kept-alive one; the request is not idempotent, so it is not sent again)" : ""))
         }
         keep = reusable
         return response
@@ -107,44 +140,80 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         var version = ""
         var headers = HTTPHeaders()
         var first = true
-        // Interim 1xx answers (100 Continue, 103 Early Hints) are skipped.
+        var interim = 0
+        // Interim 1xx answers (100 Continue, 103 Early Hints) are skipped, up to a bound.
         repeat {
             guard let block = try conn.readHeaderBlock(allowCleanEOF: first && reused) else { return nil }
             first = false
             (version, status, headers) = try parseHead(block, request)
+            if (100..<200).contains(status) && status != 101 {
+                interim += 1
+                guard interim <= Self.maximumInterimAnswers else {
+                    throw transportError(request, "MalformedResponse", "\(target.hostPort): more than \(Self.maximumInterimAnswers) interim (1xx) answers")
+                }
+            }
         } while (100..<200).contains(status) && status != 101
         let connectionTokens = headers.values("connection").flatMap { $0.lowercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         var reusable = version == "HTTP/1.1" ? !connectionTokens.contains("close") : connectionTokens.contains("keep-alive")
-        var body = Data()
+        // Transfer codings, every Transfer-Encoding field joined; chunked decoding only for exactly `chunked`.
+        let hasCodings = headers.contains("transfer-encoding")
+        let codings = headers.values("transfer-encoding").joined(separator: ",").split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
+        let chunked = codings == ["chunked"]
+        // Ambiguous framing (request smuggling's ground) or a switched protocol: never reused.
+        if (hasCodings && headers.contains("content-length")) || status == 101 { reusable = false }
         let sink = (200..<300).contains(status) ? request.responseSink : nil
+        // A body held whole: an error's is cut at `maximumErrorBodyBytes` (and the connection
+        // closed), a 2xx one larger than expected is refused.
+        let isError = !(200..<300).contains(status)
+        let limit = isError ? Self.maximumErrorBodyBytes : min(request.maximumResponseBytes ?? .max, Self.maximumBodyBytes)
+        var body = Data()
         if request.method == "HEAD" || status == 204 || status == 304 || (100..<200).contains(status) {
             body = Data()
-        } else if let sink, let n = try contentLength(headers, request, target) {
-            try sink.begin(status: status, headers: headers)
-            try conn.stream(n, into: sink)
-            return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && !conn.sawEOF)
-        } else if let te = headers["transfer-encoding"], te.lowercased().split(separator: ",").last?.trimmingCharacters(in: .whitespaces) == "chunked" {
-            body = try conn.readChunked()
+        } else if hasCodings {
+            if !chunked { reusable = false }
+            if let sink {
+                // Straight into the sink, piece by piece: memory is bounded whatever the body's size.
+                try sink.begin(status: status, headers: headers)
+                conn.startProgressWindow()
+                if chunked { try conn.readChunked { try sink.receive($0) } } else { try conn.readToEnd { try sink.receive($0) } }
+                return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && conn.cleanEnd)
+            }
+            if isError {
+                let (kept, cut) = try conn.readCapped(limit) { chunked ? try conn.readChunked($0) : try conn.readToEnd($0) }
+                body = kept
+                if cut { reusable = false }
+            } else {
+                body = chunked ? try conn.readChunked(limit: limit) : try conn.readToEnd(limit: limit)
+            }
         } else if let n = try contentLength(headers, request, target) {
-            body = try conn.readExactly(n)
+            if let sink {
+                try sink.begin(status: status, headers: headers)
+                conn.startProgressWindow()
+                try conn.stream(n) { try sink.receive($0) }
+                return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && conn.cleanEnd)
+            }
+            if isError && n > limit {
+                body = try conn.readExactly(limit, limit: limit)
+                reusable = false
+            } else {
+                body = try conn.readExactly(n, limit: limit)
+            }
         } else {
-            body = try conn.readToEnd()
             reusable = false
+            if let sink {
+                try sink.begin(status: status, headers: headers)
+                conn.startProgressWindow()
+                try conn.readToEnd { try sink.receive($0) }
+                return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), false)
+            }
+            body = isError ? try conn.readCapped(limit) { try conn.readToEnd($0) }.0 : try conn.readToEnd(limit: limit)
         }
-        if let sink {
-            // A chunked or close-delimited 2xx body: delivered whole.
-            try sink.begin(status: status, headers: headers)
-            try body.withUnsafeBytes { try sink.receive($0) }
-            return (HTTPResponse(status: status, headers: headers, body: Data(), bodyStreamed: true), reusable && !conn.sawEOF)
-        }
-        return (HTTPResponse(status: status, headers: headers, body: body), reusable && !conn.sawEOF)
+        return (HTTPResponse(status: status, headers: headers, body: body), reusable && conn.cleanEnd)
     }
 
-    /// The Content-Length, if the answer has one (chunked bodies are checked before this).
+    /// The Content-Length, if the answer has one (an answer with Transfer-Encoding ignores it).
     private func contentLength(_ headers: HTTPHeaders, _ request: HTTPRequest, _ target: Target) throws -> Int? {
-        if let te = headers["transfer-encoding"], te.lowercased().split(separator: ",").last?.trimmingCharacters(in: .whitespaces) == "chunked" {
-            return nil
-        }
         guard let cl = headers.values("content-length").first else { return nil }
         let values = Set(headers.values("content-length").map { $0.trimmingCharacters(in: .whitespaces) })
         let text = cl.trimmingCharacters(in: .whitespaces)
@@ -311,12 +380,59 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
         var sawEOF = false
         /// Scratch for reads into `buffer`.
         private var chunk: [UInt8] = []
+        /// When the request must be over (monotonic nanoseconds), until a streamed body begins.
+        private var deadline: UInt64?
+        /// While a body streams: the end of the current progress window and the bytes it brought.
+        private var windowEnd: UInt64?
+        private var windowBytes = 0
 
         init(fd: Int32, request: HTTPRequest, transport: SocketHTTPTransport) {
             self.fd = fd
             self.request = request
             self.transport = transport
+            deadline = Self.now() &+ Self.nanoseconds(transport.requestDeadline)
         }
+
+        private static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        private static func nanoseconds(_ t: TimeInterval) -> UInt64 { UInt64(max(0, min(t, 1e9)) * 1e9) }
+
+        /// The body streams from here on: instead of the whole-request deadline, each progress
+        /// window must bring `minimumProgressBytes`.
+        func startProgressWindow() {
+            deadline = nil
+            windowEnd = Self.now() &+ Self.nanoseconds(transport.progressWindow)
+            windowBytes = 0
+        }
+
+        /// Counts `n` bytes just received (or sent) and throws `Timeout` when the request is past
+        /// its deadline or a streamed body brought too little in its last window.
+        private func progressed(_ n: Int, _ what: String) throws {
+            windowBytes += n
+            let t = Self.now()
+            if let d = deadline, t >= d {
+                throw transport.transportError(request, "Timeout", "\(hostPort): \(what): the request took longer than \(transport.requestDeadline) s")
+            }
+            if let w = windowEnd, t >= w {
+                guard windowBytes >= transport.minimumProgressBytes else {
+                    throw transport.transportError(request, "Timeout",
+                                                   "\(hostPort): \(what): \(windowBytes) bytes in \(transport.progressWindow) s, fewer than the \(transport.minimumProgressBytes) required")
+                }
+                windowEnd = t &+ Self.nanoseconds(transport.progressWindow)
+                windowBytes = 0
+            }
+        }
+
+        /// Runs `deliver` (a sink, which may wait for its reader): the time it takes is not the
+        /// server's, so the progress window is extended by it.
+        private func handOver(_ deliver: () throws -> Void) throws {
+            guard let w = windowEnd else { return try deliver() }
+            let t0 = Self.now()
+            defer { windowEnd = w &+ (Self.now() &- t0) }
+            try deliver()
+        }
+
+        /// The answer ended where its framing said and nothing follows it: the connection can be reused.
+        var cleanEnd: Bool { !sawEOF && buffer.isEmpty }
 
         private var hostPort: String { "\(request.url.host ?? "?"):\(request.url.port ?? 80)" }
 
@@ -337,6 +453,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     throw failure("sending the request", errno)
                 }
                 at += n
+                try progressed(0, "sending the request")
             }
         }
 
@@ -351,6 +468,7 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                 }
                 if n == 0 { sawEOF = true; return false }
                 buffer.append(contentsOf: chunk[0..<n])
+                try progressed(n, what)
                 return true
             }
         }
@@ -387,15 +505,34 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
-        /// Exactly `n` body bytes: what is buffered, then straight from the socket into the body.
-        private func checkSize(_ n: Int) throws {
-            guard n <= SocketHTTPTransport.maximumBodyBytes else {
-                throw transport.transportError(request, "MalformedResponse", "\(hostPort): a body of more than \(SocketHTTPTransport.maximumBodyBytes) bytes")
+        /// Refuses a body of more than `limit` bytes held in memory.
+        func checkSize(_ n: Int, _ limit: Int) throws {
+            guard n <= limit else {
+                throw transport.transportError(request, "MalformedResponse", "\(hostPort): a body of more than \(limit) bytes")
             }
         }
 
-        func readExactly(_ n: Int) throws -> Data {
-            try checkSize(n)
+        private struct BodyCut: Error {}
+
+        /// At most `cap` bytes of what `read` delivers, and whether there was more (then the
+        /// rest is left unread).
+        func readCapped(_ cap: Int, _ read: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> (Data, Bool) {
+            var body = Data()
+            do {
+                try read { p in
+                    let n = min(p.count, cap - body.count)
+                    body.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[0..<n]))
+                    if n < p.count { throw BodyCut() }
+                }
+                return (body, false)
+            } catch is BodyCut {
+                return (body, true)
+            }
+        }
+
+        /// Exactly `n` body bytes: what is buffered, then straight from the socket into the body.
+        func readExactly(_ n: Int, limit: Int) throws -> Data {
+            try checkSize(n, limit)
             var body = Data(count: n)
             let have = min(buffer.count, n)
             if have > 0 {
@@ -415,17 +552,18 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                         throw transport.transportError(request, "ConnectionClosed", "\(hostPort): the connection ended after \(at) of \(n) body bytes")
                     }
                     at += r
+                    try progressed(r, "reading the body")
                 }
             }
             return body
         }
 
-        /// Exactly `n` body bytes into `sink`, in pieces of up to `readSize` (one buffer reused).
-        func stream(_ n: Int, into sink: HTTPBodySink) throws {
+        /// Exactly `n` body bytes to `deliver`, in pieces of up to `readSize` (one buffer reused).
+        func stream(_ n: Int, _ deliver: (UnsafeRawBufferPointer) throws -> Void) throws {
             var at = 0
             if !buffer.isEmpty {
                 let have = min(buffer.count, n)
-                try buffer.withUnsafeBytes { try sink.receive(UnsafeRawBufferPointer(rebasing: $0[0..<have])) }
+                try buffer.withUnsafeBytes { p in try handOver { try deliver(UnsafeRawBufferPointer(rebasing: p[0..<have])) } }
                 buffer.removeFirst(have)
                 at = have
             }
@@ -442,19 +580,38 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
                     sawEOF = true
                     throw transport.transportError(request, "ConnectionClosed", "\(hostPort): the connection ended after \(at) of \(n) body bytes")
                 }
-                try sink.receive(UnsafeRawBufferPointer(rebasing: piece[0..<r]))
+                try handOver { try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r])) }
                 at += r
+                try progressed(r, "reading the body")
             }
         }
 
-        /// A body that ends with the connection.
-        func readToEnd() throws -> Data {
-            var body = Data(buffer)
-            buffer = []
-            while try fill("reading the body") {
-                body.append(contentsOf: buffer)
+        /// A body that ends with the connection, to `deliver` in pieces of up to `readSize`.
+        func readToEnd(_ deliver: (UnsafeRawBufferPointer) throws -> Void) throws {
+            if !buffer.isEmpty {
+                try buffer.withUnsafeBytes { p in try handOver { try deliver(p) } }
                 buffer = []
-                try checkSize(body.count)
+            }
+            let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: SocketHTTPTransport.readSize, alignment: 16)
+            defer { piece.deallocate() }
+            while true {
+                let r = recv(fd, piece.baseAddress!, piece.count, 0)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    throw failure("reading the body", errno)
+                }
+                if r == 0 { sawEOF = true; return }
+                try handOver { try deliver(UnsafeRawBufferPointer(rebasing: piece[0..<r])) }
+                try progressed(r, "reading the body")
+            }
+        }
+
+        /// A body that ends with the connection, held whole (up to `limit` bytes).
+        func readToEnd(limit: Int) throws -> Data {
+            var body = Data()
+            try readToEnd { p in
+                try checkSize(body.count + p.count, limit)
+                body.append(contentsOf: p)
             }
             return body
         }
@@ -482,26 +639,49 @@ public final class SocketHTTPTransport: HTTPTransport, @unchecked Sendable {
             }
         }
 
-        /// A chunked body (RFC 9112 7.1): size lines in hex (extensions ignored), then trailers.
-        func readChunked() throws -> Data {
-            var body = Data()
+        /// A chunked body (RFC 9112 7.1) to `deliver`, each chunk in pieces of up to `readSize`:
+        /// size lines in hex digits only (extensions ignored), then at most `maximumTrailerLines`
+        /// trailer fields of at most `maximumHeaderBytes` in all.
+        func readChunked(limit: Int = .max, _ deliver: (UnsafeRawBufferPointer) throws -> Void) throws {
+            var total = 0
             while true {
                 let line = try readLine(limit: SocketHTTPTransport.maximumChunkLineBytes)
-                let sizeText = String(decoding: line.prefix { $0 != UInt8(ascii: ";") }, as: UTF8.self).trimmingCharacters(in: .whitespaces)
-                guard !sizeText.isEmpty, sizeText.count <= 15, let size = Int(sizeText, radix: 16), size >= 0 else {
-                    throw transport.transportError(request, "MalformedResponse", "\(hostPort): bad chunk size line \(sizeText.prefix(40))")
+                var size = line.prefix { $0 != UInt8(ascii: ";") }
+                while let b = size.last, b == 32 || b == 9 { size.removeLast() }
+                while let b = size.first, b == 32 || b == 9 { size.removeFirst() }
+                let isHex: (UInt8) -> Bool = { (48...57).contains($0) || (65...70).contains($0) || (97...102).contains($0) }
+                guard !size.isEmpty, size.count <= 15, size.allSatisfy(isHex), let n = Int(String(decoding: size, as: UTF8.self), radix: 16) else {
+                    throw transport.transportError(request, "MalformedResponse", "\(hostPort): bad chunk size line \(String(decoding: line.prefix(40), as: UTF8.self))")
                 }
-                if size == 0 {
-                    // Trailer fields up to an empty line.
-                    while try !readLine(limit: SocketHTTPTransport.maximumHeaderBytes).isEmpty {}
-                    return body
+                if n == 0 {
+                    var lines = 0
+                    var bytes = 0
+                    while true {
+                        let trailer = try readLine(limit: SocketHTTPTransport.maximumHeaderBytes)
+                        if trailer.isEmpty { return }
+                        lines += 1
+                        bytes += trailer.count + 2
+                        guard lines <= SocketHTTPTransport.maximumTrailerLines, bytes <= SocketHTTPTransport.maximumHeaderBytes else {
+                            throw transport.transportError(request, "MalformedResponse",
+                                                           "\(hostPort): trailers beyond \(SocketHTTPTransport.maximumTrailerLines) lines or \(SocketHTTPTransport.maximumHeaderBytes) bytes")
+                        }
+                    }
                 }
-                try checkSize(body.count + size)
-                body.append(try readExactly(size))
+                // A body held whole is refused before a chunk that would take it past its bound.
+                if limit != .max { try checkSize(total + n, limit) }
+                total += n
+                try stream(n, deliver)
                 guard try readLine(limit: 2).isEmpty else {
                     throw transport.transportError(request, "MalformedResponse", "\(hostPort): a chunk not followed by CRLF")
                 }
             }
+        }
+
+        /// A chunked body held whole (up to `limit` bytes).
+        func readChunked(limit: Int) throws -> Data {
+            var body = Data()
+            try readChunked(limit: limit) { body.append(contentsOf: $0) }
+            return body
         }
     }
 }

@@ -171,9 +171,16 @@ extension S3ObjectStore {
         let body = resp.payload
         var at = body.startIndex
         if resp.status == 206 {
-            if let total = resp.header("content-range")?.split(separator: "/").last.flatMap({ UInt64($0) }), total != record.size {
+            // Another range than the one asked for is a failed attempt, not a finding about the object.
+            let range: (first: UInt64, last: UInt64, total: UInt64)
+            do {
+                range = try Self.contentRange(resp.header("content-range"), path: path, first: start, last: end)
+            } catch {
+                return .failure(ReplicaFindingError(replicaFinding(i, record.key, error)))
+            }
+            if range.total != record.size {
                 return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch,
-                                                                   detail: "the object has \(total) bytes, its record says \(record.size)")))
+                                                                   detail: "the object has \(range.total) bytes, its record says \(record.size)")))
             }
         } else {
             // A 200: the whole object (a server that ignores Range).

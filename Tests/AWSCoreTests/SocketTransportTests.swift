@@ -47,14 +47,16 @@ final class ScriptedHTTPServer: @unchecked Sendable {
             return true
         }
 
-        func write(_ s: String) { write(Array(s.utf8)) }
-        func write(_ bytes: [UInt8]) {
+        /// False once the client has gone.
+        @discardableResult func write(_ s: String) -> Bool { write(Array(s.utf8)) }
+        @discardableResult func write(_ bytes: [UInt8]) -> Bool {
             var at = 0
             while at < bytes.count {
                 let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + at, bytes.count - at, Int32(MSG_NOSIGNAL)) }
-                if n <= 0 { return }
+                if n <= 0 { return false }
                 at += n
             }
+            return true
         }
     }
 
@@ -226,7 +228,11 @@ final class SocketTransportTests: XCTestCase {
         for answer in ["SSH-2.0-OpenSSH\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
                        "HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n",
                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFF\r\n",
-                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"] {
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                       // Only hex digits (Int(_:radix:) alone takes a sign).
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"] {
             let server = try ScriptedHTTPServer { c, _, _ in
                 _ = c.readRequest()
                 c.write(answer)
@@ -280,6 +286,11 @@ final class SocketTransportTests: XCTestCase {
             XCTAssertEqual((e as? AWSError)?.kind, .configuration)
         }
         XCTAssertTrue(transport.holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertTrue(transport.streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertFalse(transport.streamsResponseBodies(for: URL(string: "https://s3.amazonaws.com/")!))
+        XCTAssertFalse(URLSessionTransport.shared.streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertTrue(DefaultHTTPTransport(environment: [:]).streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
+        XCTAssertFalse(DefaultHTTPTransport(environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"]).streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
         XCTAssertFalse(transport.holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
         let plain = RecordingHTTP(), tls = RecordingHTTP()
         let d = DefaultHTTPTransport(plain: plain, tls: tls)
@@ -295,6 +306,310 @@ final class SocketTransportTests: XCTestCase {
         XCTAssertFalse(DefaultHTTPTransport(environment: [:]).holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
         XCTAssertFalse(DefaultHTTPTransport(environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"]).holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
     }
+
+    // MARK: streamed bodies, limits, framing
+
+    /// Records what a sink is handed; signals `first` at the first piece.
+    final class RecordingSink: HTTPBodySink, @unchecked Sendable {
+        let first = DispatchSemaphore(value: 0)
+        private let lock = NSLock()
+        private var _statuses: [Int] = []
+        private var _pieces: [Int] = []
+        private var _bytes: [UInt8] = []
+        var statuses: [Int] { lock.lock(); defer { lock.unlock() }; return _statuses }
+        var pieces: [Int] { lock.lock(); defer { lock.unlock() }; return _pieces }
+        var bytes: [UInt8] { lock.lock(); defer { lock.unlock() }; return _bytes }
+        func begin(status: Int, headers: HTTPHeaders) throws { lock.lock(); _statuses.append(status); lock.unlock() }
+        func receive(_ bytes: UnsafeRawBufferPointer) throws {
+            lock.lock()
+            if _pieces.isEmpty { first.signal() }
+            _pieces.append(bytes.count)
+            _bytes.append(contentsOf: bytes)
+            lock.unlock()
+        }
+    }
+
+    func testChunkedAndCloseDelimitedBodiesGoToTheSinkPieceByPiece() throws {
+        let body = (0..<(6 << 20) + 5).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+        for chunked in [true, false] {
+            let sink = RecordingSink()
+            // The server sends the first 3 MiB, then waits until the sink has had a piece: a
+            // transport that collected the body whole first would never hand it one.
+            let sawPieceFirst = LockedFlag()
+            let server = try ScriptedHTTPServer { c, _, _ in
+                _ = c.readRequest()
+                c.write("HTTP/1.1 200 OK\r\n" + (chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n") + "\r\n")
+                let first = Array(body[0..<(3 << 20)])
+                c.write(chunked ? Array("\(String(first.count, radix: 16))\r\n".utf8) + first + Array("\r\n".utf8) : first)
+                if sink.first.wait(timeout: .now() + 60) == .success { sawPieceFirst.set() }
+                var at = 3 << 20
+                var size = 1
+                while at < body.count {
+                    // Chunks from 1 byte to a few MiB (those cut into pieces of at most readSize).
+                    let n = min(size, body.count - at)
+                    let piece = Array(body[at..<at + n])
+                    c.write(chunked ? Array("\(String(n, radix: 16));x=y\r\n".utf8) + piece + Array("\r\n".utf8) : piece)
+                    at += n
+                    size = size >= 2 << 20 ? 1 : size * 7
+                }
+                if chunked { c.write("0\r\nX-Checksum: none\r\n\r\n") }
+            }
+            let r = try transport.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, responseSink: sink))
+            XCTAssertTrue(r.bodyStreamed)
+            XCTAssertEqual(r.body.count, 0)
+            XCTAssertEqual(sink.statuses, [200])
+            XCTAssertTrue(sawPieceFirst.value, "chunked \(chunked): the sink had nothing before the whole body had come")
+            XCTAssertTrue(sink.bytes == body, "chunked \(chunked)")
+            XCTAssertLessThanOrEqual(sink.pieces.max() ?? 0, SocketHTTPTransport.readSize, "chunked \(chunked)")
+            XCTAssertGreaterThan(sink.pieces.count, 6)
+        }
+    }
+
+    func testEndlessInterimAnswersAreRefused() throws {
+        for count in [SocketHTTPTransport.maximumInterimAnswers, 1000] {
+            let server = try ScriptedHTTPServer { c, _, _ in
+                _ = c.readRequest()
+                for _ in 0..<count { guard c.write("HTTP/1.1 100 Continue\r\n\r\n") else { return } }
+                c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            }
+            if count == SocketHTTPTransport.maximumInterimAnswers {
+                XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "ok")
+            } else {
+                XCTAssertThrowsError(try get(server)) { e in
+                    XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse")
+                    XCTAssertTrue((e as? AWSError)?.message.contains("interim") ?? false, "\(e)")
+                }
+            }
+        }
+    }
+
+    func testATrailerFloodIsRefused() throws {
+        for streamed in [false, true] {
+            let server = try ScriptedHTTPServer { c, _, _ in
+                _ = c.readRequest()
+                c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+                for i in 0..<100_000 { guard c.write("X-T\(i): a\r\n") else { return } }
+                c.write("\r\n")
+            }
+            let sink = RecordingSink()
+            XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, responseSink: streamed ? sink : nil))) { e in
+                XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse")
+                XCTAssertTrue((e as? AWSError)?.message.contains("trailers") ?? false, "\(e)")
+            }
+        }
+    }
+
+    func testATricklingServerFailsAtTheRequestDeadline() throws {
+        // Each read waits at most 10 s and a byte comes every 20 ms: only the whole-request
+        // deadline (0.5 s here) stops it, in the head or in a body that is not streamed.
+        let t = SocketHTTPTransport(requestDeadline: 0.5)
+        for head in [true, false] {
+            let server = try ScriptedHTTPServer { c, _, _ in
+                _ = c.readRequest()
+                let text = head ? "HTTP/1.1 200 OK\r\nX-Slow: " + String(repeating: "a", count: 60_000) + "\r\n\r\n"
+                    : "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + String(repeating: "b", count: 100_000)
+                for b in text.utf8 {
+                    guard c.write([b]) else { return }
+                    usleep(20_000)
+                }
+            }
+            XCTAssertThrowsError(try t.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, timeout: 10))) { e in
+                XCTAssertEqual((e as? AWSError)?.kind, .transport)
+                XCTAssertEqual((e as? AWSError)?.code, "Timeout")
+                XCTAssertTrue((e as? AWSError)?.message.contains("took longer than 0.5 s") ?? false, "\(e)")
+            }
+        }
+    }
+
+    func testATricklingStreamedBodyFailsTheProgressCheck() throws {
+        // A streamed body has no deadline (it lasts as long as the reader reads), but each
+        // window (0.3 s here) must bring 1000 bytes; a byte every 20 ms does not.
+        let t = SocketHTTPTransport(requestDeadline: 0.2, minimumProgressBytes: 1000, progressWindow: 0.3)
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + String(repeating: "c", count: 5000))
+            for _ in 0..<95_000 {
+                guard c.write([0x63]) else { return }
+                usleep(20_000)
+            }
+        }
+        let sink = RecordingSink()
+        XCTAssertThrowsError(try t.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, timeout: 10, responseSink: sink))) { e in
+            XCTAssertEqual((e as? AWSError)?.code, "Timeout")
+            XCTAssertTrue((e as? AWSError)?.message.contains("fewer than the 1000 required") ?? false, "\(e)")
+        }
+        XCTAssertGreaterThanOrEqual(sink.bytes.count, 5000)
+    }
+
+    func testTimeASinkWaitsForItsReaderIsNotCountedAgainstTheServer() throws {
+        // The sink holds its first piece 1.5 s (a reader busy elsewhere) while the progress window
+        // is 1 s: the server, which sent what it could meanwhile, is not failed for it.
+        let t = SocketHTTPTransport(minimumProgressBytes: 1000, progressWindow: 1)
+        final class SlowSink: HTTPBodySink, @unchecked Sendable {
+            let released = DispatchSemaphore(value: 0)
+            private let lock = NSLock()
+            private var _count = 0
+            var count: Int { lock.lock(); defer { lock.unlock() }; return _count }
+            func begin(status: Int, headers: HTTPHeaders) throws {}
+            func receive(_ bytes: UnsafeRawBufferPointer) throws {
+                lock.lock(); _count += bytes.count; let first = _count == bytes.count; lock.unlock()
+                if first { Thread.sleep(forTimeInterval: 1.5); released.signal() }
+            }
+        }
+        let sink = SlowSink()
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + String(repeating: "a", count: 100))
+            usleep(100_000)
+            c.write(String(repeating: "b", count: 100))
+            _ = sink.released.wait(timeout: .now() + 30)
+            c.write(String(repeating: "c", count: 1800))
+        }
+        let r = try t.send(HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!, timeout: 10, responseSink: sink))
+        XCTAssertTrue(r.bodyStreamed)
+        XCTAssertEqual(sink.count, 2000)
+    }
+
+    func testTransferCodingsOtherThanChunkedAreReadToTheEnd() throws {
+        // gzip then chunked, in two fields: not `chunked` alone, so the body is what comes until the
+        // connection ends, undecoded.
+        let raw = "5\r\nhello\r\n0\r\n\r\n"
+        let server = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + raw)
+        }
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), raw)
+        // chunked in two fields is chunked.
+        let two = try ScriptedHTTPServer { c, _, _ in
+            _ = c.readRequest()
+            c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + raw)
+        }
+        XCTAssertEqual(String(decoding: try get(two).body, as: UTF8.self), "hello")
+    }
+
+    func testAmbiguousOrOverlongAnswersDoNotLeaveTheirConnectionForReuse() throws {
+        let odd = ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"]
+        for answer in odd {
+            let server = try ScriptedHTTPServer { c, n, _ in
+                var first = n == 1
+                while c.readRequest() != nil {
+                    guard c.write(first ? answer : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") else { return }
+                    first = false
+                }
+            }
+            let r = try get(server)
+            XCTAssertEqual(String(decoding: r.body, as: UTF8.self), r.status == 101 ? "" : "ok", answer)
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "ok", answer)
+            XCTAssertEqual(server.accepted, 2, answer)
+            // A plain answer leaves it for reuse.
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "ok", answer)
+            XCTAssertEqual(server.accepted, 2, answer)
+        }
+    }
+
+    func testAStaleConnectionReplaysOnlyWhatMayRunTwice() throws {
+        // The first connection answers one request, then reads the next and closes without an
+        // answer (as a server whose keep-alive timer fired just as the request arrived).
+        let server = try ScriptedHTTPServer { c, n, s in
+            guard let (head, _) = c.readRequest() else { return }
+            s.record(head)
+            c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            if n == 1 {
+                if let (head, _) = c.readRequest() { s.record(head) }
+                return
+            }
+            while let (head, _) = c.readRequest() {
+                s.record(head)
+                c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            }
+        }
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#1")
+        // A POST (CompleteMultipartUpload, KMS CreateKey) the server may have run is not sent again.
+        XCTAssertThrowsError(try get(server, "/p?uploadId=u", method: "POST", body: Data("x".utf8))) { e in
+            XCTAssertEqual((e as? AWSError)?.code, "ConnectionClosed")
+            XCTAssertTrue((e as? AWSError)?.message.contains("not idempotent") ?? false, "\(e)")
+        }
+        XCTAssertEqual(server.heads.filter { $0.hasPrefix("POST") }.count, 1)
+        XCTAssertEqual(server.accepted, 1)
+        // The same stale connection under a GET: sent again on a new connection.
+        XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "#2")
+        // A POST marked idempotent (KMS Decrypt) is sent again too.
+        let s2 = try ScriptedHTTPServer { c, n, s in
+            while let (head, _) = c.readRequest() {
+                s.record(head)
+                if n == 1 && s.heads.count == 2 { return }
+                c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#\(n)")
+            }
+        }
+        XCTAssertEqual(String(decoding: try get(s2).body, as: UTF8.self), "#1")
+        let r = try transport.send(HTTPRequest(method: "POST", url: URL(string: s2.base + "/d")!, body: Data("x".utf8), idempotent: true))
+        XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "#2")
+        XCTAssertEqual(s2.heads.filter { $0.hasPrefix("POST") }.count, 2)
+    }
+
+    func testAnErrorBodyIsCutAtItsBoundAndItsConnectionClosed() throws {
+        let cap = SocketHTTPTransport.maximumErrorBodyBytes
+        for chunked in [false, true] {
+            let server = try ScriptedHTTPServer { c, n, _ in
+                while c.readRequest() != nil {
+                    if n == 1 {
+                        let big = [UInt8](repeating: 0x45, count: 5 << 20)
+                        if chunked {
+                            c.write("HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            for _ in 0..<5 { guard c.write(Array("100000\r\n".utf8) + big[0..<(1 << 20)] + Array("\r\n".utf8)) else { return } }
+                            c.write("0\r\n\r\n")
+                        } else {
+                            c.write("HTTP/1.1 500 Internal Server Error\r\nContent-Length: \(big.count)\r\n\r\n")
+                            guard c.write(big) else { return }
+                        }
+                    } else {
+                        c.write("HTTP/1.1 503 Slow Down\r\nContent-Length: 4\r\n\r\nslow")
+                    }
+                }
+            }
+            let r = try get(server)
+            XCTAssertEqual(r.status, 500)
+            XCTAssertEqual(r.body.count, cap, "chunked \(chunked)")
+            // The rest was not read: the connection is not reused; a small error body leaves it reusable.
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "slow")
+            XCTAssertEqual(String(decoding: try get(server).body, as: UTF8.self), "slow")
+            XCTAssertEqual(server.accepted, 2, "chunked \(chunked)")
+        }
+    }
+
+    func testA2xxBodyLargerThanExpectedIsRefused() throws {
+        let answers = ["HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + String(repeating: "x", count: 1000),
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + String(repeating: "x", count: 1000) + "\r\n0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + String(repeating: "32\r\n" + String(repeating: "x", count: 50) + "\r\n", count: 20) + "0\r\n\r\n",
+                       "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + String(repeating: "x", count: 1000)]
+        for answer in answers {
+            for limit in [100, 1000] {
+                let server = try ScriptedHTTPServer { c, _, _ in
+                    _ = c.readRequest()
+                    c.write(answer)
+                }
+                var request = HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!)
+                request.maximumResponseBytes = limit
+                if limit == 1000 {
+                    XCTAssertEqual(try transport.send(request).body.count, 1000, answer)
+                } else {
+                    XCTAssertThrowsError(try transport.send(request), answer) { e in
+                        XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse", "\(e)")
+                        XCTAssertTrue((e as? AWSError)?.message.contains("more than 100 bytes") ?? false, "\(e)")
+                    }
+                }
+            }
+        }
+    }
+}
+
+final class LockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value = false
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return _value }
+    func set() { lock.lock(); _value = true; lock.unlock() }
 }
 
 final class RecordingHTTP: HTTPTransport, @unchecked Sendable {

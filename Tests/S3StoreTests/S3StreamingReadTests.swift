@@ -36,6 +36,44 @@ final class CountingTransport: S3Transport, @unchecked Sendable {
     func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { streams && inner.holdsBodiesOnce(endpoint) }
 }
 
+extension CountingTransport: S3ResponseStreaming {
+    func streamsResponses(_ endpoint: S3Endpoint) -> Bool { streams && ((inner as? S3ResponseStreaming)?.streamsResponses(endpoint) ?? false) }
+}
+
+/// Answers every GET with no answer (a connection reset), after running `onGet`; counts them.
+final class DeadGetTransport: S3Transport, S3ResponseStreaming, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _gets = 0
+    var gets: Int { lock.lock(); defer { lock.unlock() }; return _gets }
+    let onGet: @Sendable () -> Void
+
+    init(onGet: @escaping @Sendable () -> Void) { self.onGet = onGet }
+
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
+        guard r.method == "GET" else { return S3Response(status: 200, headers: [:], body: []) }
+        lock.lock(); _gets += 1; lock.unlock()
+        onGet()
+        throw S3TransportError(request: r.summary, reason: "connection reset by peer")
+    }
+
+    func streamsResponses(_ endpoint: S3Endpoint) -> Bool { true }
+}
+
+/// Answers every request with `answer`.
+final class FixedAnswerTransport: S3Transport, @unchecked Sendable {
+    let answer: S3Response
+    init(_ answer: S3Response) { self.answer = answer }
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response { answer }
+}
+
+/// Counts the backoffs instead of sleeping.
+final class CountingSleeper: AWSSleeper, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _sleeps = 0
+    var sleeps: Int { lock.lock(); defer { lock.unlock() }; return _sleeps }
+    func sleep(seconds: Double) { lock.lock(); _sleeps += 1; lock.unlock() }
+}
+
 final class S3StreamingReadTests: XCTestCase {
     /// A record of `bytes` in chunks of 4 KiB (the smallest allowed).
     func record(_ bytes: [UInt8], chunkSize: Int = 4096) -> ObjectRecord {
@@ -97,20 +135,50 @@ final class S3StreamingReadTests: XCTestCase {
         bad[2 * 4096 + 17] ^= 0x20
         var got = 0
         let a = ChunkAssembler(record: rec, replica: 2, path: "r2/k", firstChunk: 0) { _ in got += 1 }
-        let f = finding { try a.begin(status: 206, headers: HTTPHeaders()); try self.feed(a, bad[...], pieces: 3) }
+        let whole = headers([("Content-Range", "bytes 0-\(bytes.count - 1)/\(bytes.count)")])
+        let f = finding { try a.begin(status: 206, headers: whole); try self.feed(a, bad[...], pieces: 3) }
         XCTAssertEqual(f?.problem, .chunkMismatch)
         XCTAssertEqual(f?.chunk, 2)
         XCTAssertEqual(f?.replica, 2)
         XCTAssertEqual(got, 2)
         // Another size in Content-Range, a longer body, a shorter one.
         let b = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        XCTAssertEqual(finding { try b.begin(status: 206, headers: self.headers([("Content-Range", "bytes 0-9/99")])) }?.problem, .sizeMismatch)
+        XCTAssertEqual(finding { try b.begin(status: 206, headers: self.headers([("Content-Range", "bytes 0-98/99")])) }?.problem, .sizeMismatch)
         let c = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        XCTAssertEqual(finding { try c.begin(status: 206, headers: HTTPHeaders()); try self.feed(c, (bytes + [1])[...], pieces: 2) }?.problem, .sizeMismatch)
+        XCTAssertEqual(finding { try c.begin(status: 206, headers: whole); try self.feed(c, (bytes + [1])[...], pieces: 2) }?.problem, .sizeMismatch)
         let d = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
-        let short = finding { try d.begin(status: 206, headers: HTTPHeaders()); try self.feed(d, bytes.dropLast(5), pieces: 2); try d.finish() }
+        let short = finding { try d.begin(status: 206, headers: whole); try self.feed(d, bytes.dropLast(5), pieces: 2); try d.finish() }
         XCTAssertEqual(short?.problem, .sizeMismatch)
         XCTAssertEqual(short?.chunk, 2)
+    }
+
+    func testA206ForAnotherRangeIsAFailedAttemptNotAFinding() throws {
+        let bytes = pattern(4096 * 3, seed: 11)
+        let rec = record(bytes)
+        // The assembler (streamed reads), from chunk 1: the range must start there and run to the end.
+        for bad in ["bytes 0-12287/12288", "bytes 4096-8191/12288", "bytes 8192-12287/12288", "bytes +4096-12287/12288",
+                    "bytes 4096-12287/*", "4096-12287/12288", "bytes 4096-/12288"] {
+            let a = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+            XCTAssertThrowsError(try a.begin(status: 206, headers: headers([("Content-Range", bad)])), bad) { XCTAssertTrue($0 is S3TransportError, "\(bad): \($0)") }
+        }
+        let none = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+        XCTAssertThrowsError(try none.begin(status: 206, headers: HTTPHeaders())) { XCTAssertTrue($0 is S3TransportError, "\($0)") }
+        let good = ChunkAssembler(record: rec, replica: 1, path: "r1/k", firstChunk: 1) { _ in }
+        XCTAssertNoThrow(try good.begin(status: 206, headers: headers([("Content-Range", "bytes 4096-12287/12288")])))
+        // Ranged windows: a 206 of another range is an I/O failure of that attempt, not a chunk mismatch.
+        let config = try S3StoreConfiguration(storeId: [UInt8](repeating: 7, count: 16), writeQuorum: 1,
+                                              replicas: [.init(location: try S3Location(bucket: "nowhere", prefix: "p"),
+                                                               endpoint: S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1"))])
+        let dir = NSTemporaryDirectory() + "hsmb-range-" + UUID().uuidString
+        for (offset, ok) in [(4096, false), (0, true)] {
+            let fixed = FixedAnswerTransport(S3Response(status: 206, headers: ["content-range": "bytes \(offset)-\(offset + 12287)/12288"],
+                                                        body: Array((bytes + bytes)[offset..<offset + 12288])))
+            let store = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: fixed)
+            switch store.fetchWindow(0, record: rec, firstChunk: 0) {
+            case .success(let w): XCTAssertTrue(ok); XCTAssertEqual(w.count, 3)
+            case .failure(let f): XCTAssertFalse(ok, "\(f.finding)"); XCTAssertEqual(f.finding.problem, .ioError, "\(f.finding)")
+            }
+        }
     }
 
     func testACancelledQueueReleasesItsProducer() throws {
@@ -127,6 +195,40 @@ final class S3StreamingReadTests: XCTestCase {
         XCTAssertTrue(outcome.value is ChunkQueue.Cancelled)
         q.close(.end)
         guard case .end = q.pop() else { return XCTFail("expected the end") }
+    }
+
+    func testACancelledStreamFetchesNothingMore() throws {
+        let bytes = pattern(4096 * 3, seed: 10)
+        let rec = record(bytes)
+        let config = try S3StoreConfiguration(storeId: [UInt8](repeating: 7, count: 16), writeQuorum: 1,
+                                              replicas: [.init(location: try S3Location(bucket: "nowhere", prefix: "p"),
+                                                               endpoint: S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1"))])
+        let dir = NSTemporaryDirectory() + "hsmb-cancel-" + UUID().uuidString
+        // Without a reader gone, a dead replica gets every attempt the retry policy allows ...
+        let dead = DeadGetTransport {}
+        let store = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: dead)
+        XCTAssertTrue(store.streamsReads(0))
+        let sleeper = CountingSleeper()
+        let a = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0) { _ in }
+        XCTAssertThrowsError(try store.streamObject(0, record: rec, firstChunk: 0, assembler: a, sleeper: sleeper)) { XCTAssertTrue($0 is S3TransportError, "\($0)") }
+        XCTAssertEqual(dead.gets, RetryPolicy.default.maximumAttempts)
+        // ... but once the reader drops the queue (here during the first GET), no backoff and no other GET.
+        let queue = ChunkQueue(capacity: 2)
+        let dropped = DeadGetTransport { queue.cancel() }
+        let store2 = S3ObjectStore(configuration: config, configurationPath: dir + "/c", localDirectory: dir, transport: dropped)
+        let sleeper2 = CountingSleeper()
+        let b = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0, isCancelled: { queue.isCancelled }) { try queue.push($0) }
+        XCTAssertThrowsError(try store2.streamObject(0, record: rec, firstChunk: 0, assembler: b, sleeper: sleeper2)) { XCTAssertTrue($0 is ChunkQueue.Cancelled, "\($0)") }
+        XCTAssertEqual(dropped.gets, 1)
+        XCTAssertEqual(sleeper2.sleeps, 0)
+        // A body that begins after the reader is gone is refused before any byte.
+        XCTAssertThrowsError(try b.begin(status: 206, headers: HTTPHeaders())) { XCTAssertTrue($0 is ChunkQueue.Cancelled) }
+        // A stream started on a queue already cancelled makes no GET at all.
+        let never = ChunkQueue(capacity: 1)
+        never.cancel()
+        let c = ChunkAssembler(record: rec, replica: 0, path: "r0/k", firstChunk: 0, isCancelled: { never.isCancelled }) { try never.push($0) }
+        XCTAssertThrowsError(try store2.streamObject(0, record: rec, firstChunk: 0, assembler: c)) { XCTAssertTrue($0 is ChunkQueue.Cancelled) }
+        XCTAssertEqual(dropped.gets, 1)
     }
 
     func read(_ store: S3ObjectStore, _ key: String) throws -> (S3ObjectReader, [UInt8]) {
@@ -150,7 +252,7 @@ final class S3StreamingReadTests: XCTestCase {
             XCTAssertTrue(clean.findings.isEmpty)
             // Streamed: one GET for the object; windows: 8 MiB each (URLSession holds a body twice).
             // (Under HSMBACKUP_HTTP_TRANSPORT=urlsession nothing streams.)
-            let streamed = counter.holdsBodiesOnce(config.replicas[0].endpoint)
+            let streamed = counter.streamsResponses(config.replicas[0].endpoint)
             XCTAssertEqual(streamed, streams && ProcessInfo.processInfo.environment["HSMBACKUP_HTTP_TRANSPORT"] != "urlsession")
             XCTAssertEqual(counter.gets, streamed ? 1 : 3, "streamed: \(streamed)")
             var evil = good
@@ -183,7 +285,7 @@ final class S3StreamingReadTests: XCTestCase {
         XCTAssertEqual(got.count, good.count)
         XCTAssertTrue(got == good)
         XCTAssertTrue(r.findings.isEmpty, "\(r.findings)")
-        guard counter.holdsBodiesOnce(config.replicas[0].endpoint) else { return } // HSMBACKUP_HTTP_TRANSPORT=urlsession: windows
+        guard counter.streamsResponses(config.replicas[0].endpoint) else { return } // HSMBACKUP_HTTP_TRANSPORT=urlsession: windows
         let starts = counter.ranges.map { UInt64($0.dropFirst("bytes=".count).split(separator: "-")[0])! }
         XCTAssertEqual(starts.count, 3, "\(counter.ranges)")
         XCTAssertEqual(starts.first, 0)
