@@ -29,6 +29,8 @@ public struct AWSRequest: Sendable {
     public var idempotent: Bool = true
     /// Where a 2xx body goes as it arrives when the transport streams (`HTTPRequest.responseSink`).
     public var responseSink: HTTPBodySink?
+    /// The largest 2xx body expected when it is not streamed (`HTTPRequest.maximumResponseBytes`).
+    public var maximumResponseBytes: Int?
 
     public init(method: String, path: String = "/", query: [(String, String?)] = [], headers: HTTPHeaders = HTTPHeaders(),
                 body: Data = Data(), payloadHash: String? = nil, operation: String, resource: String? = nil,
@@ -110,6 +112,7 @@ public final class AWSClient: @unchecked Sendable {
             attempt += 1
             var http = HTTPRequest(method: request.method, url: url, headers: request.headers, body: request.body, timeout: request.timeout,
                                    responseSink: request.responseSink, idempotent: request.idempotent)
+            http.maximumResponseBytes = request.maximumResponseBytes
             let skew = clockSkew
             signer.sign(&http, credentials: credentials, date: clock.now().addingTimeInterval(skew), payloadHash: payloadHash)
             let error: AWSError

@@ -76,6 +76,7 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
                              resource: "\(request.bucket)/\(request.key)", timeout: 120,
                              errorInSuccessBody: request.method == "POST" && hasUploadId)
         req.responseSink = request.responseSink
+        req.maximumResponseBytes = request.maximumResponseBytes
         // A streamed GET is not retried by the client after a transfer failure (it would fetch
         // the whole range again): the store resumes it from where it got to. Throttling and
         // clock skew, refused before any byte, are still retried here.

@@ -161,7 +161,9 @@ extension S3ObjectStore {
         let path = replicaLocation(i) + "/" + record.key
         let resp: S3Response
         do {
-            resp = try send(i, "GET", record.key, headers: [("Range", "bytes=\(start)-\(end)"), ("Accept-Encoding", "identity")])
+            // At most the whole object: a server that ignores Range answers it all (a 200, below).
+            resp = try send(i, "GET", record.key, headers: [("Range", "bytes=\(start)-\(end)"), ("Accept-Encoding", "identity")],
+                            maximumBytes: Int(clamping: record.size))
         } catch let e as S3ServiceError where e.status == 416 {
             return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: path, problem: .sizeMismatch, chunk: firstChunk,
                                                                detail: "the object is shorter than its record's \(record.size) bytes")))

@@ -146,14 +146,22 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         }
     }
 
+    /// Bounds on the bodies of the small GETs (`S3Request.maximumResponseBytes`): a replica
+    /// marker is a few hundred bytes; a listing page of 1,000 keys well under 2 MiB.
+    static let maximumMarkerBytes = 64 << 10
+    static let maximumListingBytes = 16 << 20
+
     /// Sends one request to replica `i`; a non-2xx answer is thrown as `S3ServiceError`.
+    /// `maximumBytes`: the largest 2xx body expected when it is not streamed.
     @discardableResult
     func send(_ i: Int, _ method: String, _ name: String, query: [(String, String)] = [], headers: [(String, String)] = [],
-              body: [UInt8] = [], payload: Data? = nil, accept: Set<Int> = [], sink: HTTPBodySink? = nil) throws -> S3Response {
+              body: [UInt8] = [], payload: Data? = nil, accept: Set<Int> = [], sink: HTTPBodySink? = nil,
+              maximumBytes: Int? = nil) throws -> S3Response {
         let r = replicas[i]
         var req = S3Request(method: method, bucket: r.location.bucket, key: name.isEmpty ? "" : r.location.key(name),
                             query: query, headers: headers, payload: payload ?? Data(body))
         req.responseSink = sink
+        req.maximumResponseBytes = maximumBytes
         let resp = try transport.send(req, endpoint: r.endpoint)
         guard resp.isSuccess || accept.contains(resp.status) else { throw S3ServiceError(resp, request: req.summary) }
         return resp
@@ -213,7 +221,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
             ReplicaFinding(replica: i, path: replicaLocation(i), problem: .replicaUnavailable, detail: why)
         }
         let resp: S3Response
-        do { resp = try send(i, "GET", Self.markerName) } catch let e as S3ServiceError {
+        do { resp = try send(i, "GET", Self.markerName, maximumBytes: Self.maximumMarkerBytes) } catch let e as S3ServiceError {
             if e.isNoSuchBucket { return unavailable("bucket \(replicas[i].location.bucket) does not exist (\(e.code))") }
             if e.isNotFound { return unavailable("no replica marker at \(replicas[i].location.key(Self.markerName))") }
             if e.isAuthFailure { return unavailable("access denied: \(e)") }
@@ -279,7 +287,8 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         }
         let results = Self.parallel(available) { i -> Result<Loaded, ReplicaFindingError> in
             do {
-                let resp = try self.send(i, "GET", self.recordName(key))
+                // One byte over the bound still arrives, to be named a record too long below.
+                let resp = try self.send(i, "GET", self.recordName(key), maximumBytes: ObjectRecord.maxRecordLength + 1)
                 guard resp.body.count <= ObjectRecord.maxRecordLength else {
                     return .failure(ReplicaFindingError(ReplicaFinding(replica: i, path: self.replicaLocation(i) + "/" + key, problem: .badRecord, detail: "record too long")))
                 }
@@ -383,7 +392,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         repeat {
             var q = [("list-type", "2"), ("prefix", fullPrefix), ("max-keys", "1000")]
             if let token { q.append(("continuation-token", token)) }
-            let resp = try send(i, "GET", "", query: q)
+            let resp = try send(i, "GET", "", query: q, maximumBytes: Self.maximumListingBytes)
             let xml = XMLScan(resp.body)
             for c in xml.blocks("Contents") {
                 guard let k = c.first("Key") else { continue }
@@ -482,7 +491,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         var failures: [ReplicaFinding] = []
         for i in available {
             do {
-                let resp = try send(i, "GET", Self.catalogName)
+                let resp = try send(i, "GET", Self.catalogName, maximumBytes: limit + 1)
                 guard resp.body.count <= limit else { throw StoreError(.limitExceeded, path: catalogLocation, "catalog larger than \(limit) bytes") }
                 etags[i] = resp.header("etag")
                 if let count = Self.catalogWriteCount(resp.body) {

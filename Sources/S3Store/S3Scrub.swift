@@ -121,7 +121,7 @@ extension S3ObjectStore {
         repeat {
             var q = [("uploads", ""), ("prefix", replicas[i].location.keyPrefix)]
             if let marker { q += [("key-marker", marker.0), ("upload-id-marker", marker.1)] }
-            let resp = try send(i, "GET", "", query: q)
+            let resp = try send(i, "GET", "", query: q, maximumBytes: Self.maximumListingBytes)
             let xml = XMLScan(resp.body)
             for u in xml.blocks("Upload") {
                 guard let k = u.first("Key"), let id = u.first("UploadId") else { continue }

@@ -42,6 +42,10 @@ public struct S3Request: Sendable {
     /// Where a 2xx answer's body goes as it arrives, when the transport streams (a transport
     /// that does not returns it in `S3Response.payload`, which the caller must then deliver).
     public var responseSink: HTTPBodySink?
+    /// The largest 2xx body the caller expects when it is not streamed (a record, a marker, the
+    /// catalog, a listing page, a ranged window): a transport that enforces it refuses a larger
+    /// one before holding it (`HTTPRequest.maximumResponseBytes`). Nil: no bound of the caller's.
+    public var maximumResponseBytes: Int?
 
     /// The body as bytes (a copy; large bodies go through `payload`).
     public var body: [UInt8] {

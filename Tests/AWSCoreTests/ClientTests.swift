@@ -45,6 +45,16 @@ final class ClientTests: XCTestCase {
                   clock: clock, sleeper: clock)
     }
 
+    /// The caller's bound on a 2xx body (and its idempotency) reach the transport on every attempt.
+    func testTheResponseBoundAndIdempotencyReachTheTransport() throws {
+        let t = ScriptedTransport([.fail("ConnectionReset"), .respond(200, [], "ok")])
+        var req = AWSRequest(method: "GET", path: "/b/k", operation: "GetObject")
+        req.maximumResponseBytes = 4096
+        XCTAssertEqual(try client(t, ManualClock(start)).send(req).status, 200)
+        XCTAssertEqual(t.sent.map(\.maximumResponseBytes), [4096, 4096])
+        XCTAssertEqual(t.sent.map(\.idempotent), [true, true])
+    }
+
     func testRetriesThrottlingWithBackoffAndSignsEachAttemptAfresh() throws {
         let slow = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
         let t = ScriptedTransport([.respond(503, [], slow), .respond(500, [], "<Error><Code>InternalError</Code><Message>x</Message></Error>"),

@@ -18,7 +18,10 @@ final class CountingTransport: S3Transport, @unchecked Sendable {
     private let lock = NSLock()
     private var _gets = 0
     private var _ranges: [String] = []
+    private var _bounds: [Int?] = []
     var gets: Int { lock.lock(); defer { lock.unlock() }; return _gets }
+    /// The `maximumResponseBytes` of each counted GET.
+    var bounds: [Int?] { lock.lock(); defer { lock.unlock() }; return _bounds }
     /// The Range header of each counted GET.
     var ranges: [String] { lock.lock(); defer { lock.unlock() }; return _ranges }
 
@@ -26,7 +29,7 @@ final class CountingTransport: S3Transport, @unchecked Sendable {
 
     func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
         if r.method == "GET", r.key.hasSuffix("/" + key), !r.key.contains(".hsmbackup") {
-            lock.lock(); _gets += 1; _ranges.append(r.headers.first { $0.0 == "Range" }?.1 ?? ""); lock.unlock()
+            lock.lock(); _gets += 1; _ranges.append(r.headers.first { $0.0 == "Range" }?.1 ?? ""); _bounds.append(r.maximumResponseBytes); lock.unlock()
         }
         var r = r
         if !streams { r.responseSink = nil }
@@ -255,6 +258,8 @@ final class S3StreamingReadTests: XCTestCase {
             let streamed = counter.streamsResponses(config.replicas[0].endpoint)
             XCTAssertEqual(streamed, streams && ProcessInfo.processInfo.environment["HSMBACKUP_HTTP_TRANSPORT"] != "urlsession")
             XCTAssertEqual(counter.gets, streamed ? 1 : 3, "streamed: \(streamed)")
+            // A window held whole is bounded by the object (a server ignoring Range sends it all).
+            if !streamed { XCTAssertEqual(counter.bounds, [good.count, good.count, good.count]) }
             var evil = good
             evil[(17 << 20) + 5] ^= 0x01 // chunk 17 of replica 0
             let l0 = config.replicas[0].location
