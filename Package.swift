@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Envelope", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         .target(name: "HSMArchive", dependencies: ["BackupCrypto", "ByteCoding", "PayloadCodec"]),
         .target(name: "SimulatedHSM", dependencies: ["HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"]),
-        .target(name: "PKCS11HSM", dependencies: ["CPKCS11", "HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec"],
+        .target(name: "PKCS11HSM", dependencies: ["CPKCS11", "HSMArchive", "BackupCrypto", "ByteCoding", "PayloadCodec", "Durability"],
                 // The kill tests' pause hook (HSMBACKUP_TEST_PKCS11_PAUSE) exists only in debug builds (§9.6).
                 swiftSettings: [.define("HSMBACKUP_TEST_HOOKS", .when(configuration: .debug))]),
         .target(name: "ObjectStore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),

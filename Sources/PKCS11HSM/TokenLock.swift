@@ -1,5 +1,6 @@
 import BackupCrypto
 import ByteCoding
+import Durability
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -17,9 +18,9 @@ import Glibc
 /// `HSMBACKUP_HOME`, else `~/.hsmbackup`); processes restoring onto one token must share it.
 final class TokenLock {
     let path: String
-    private var fd: Int32
+    private let lock: HolderLock
 
-    private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
+    private init(_ lock: HolderLock) { self.lock = lock; path = lock.path }
 
     static func directory() -> String {
         if let d = getenv("HSMBACKUP_PKCS11_LOCK_DIR"), d.pointee != 0 { return String(cString: d) }
@@ -43,35 +44,18 @@ final class TokenLock {
         } catch {
             throw PKCS11Error(.lockFailed, "cannot make the lock directory \(dir): \(error.localizedDescription)")
         }
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw PKCS11Error(.lockFailed, "cannot open the token's restore lock \(path): \(String(cString: strerror(errno)))") }
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            defer { close(fd) }
-            if e == EWOULDBLOCK {
-                let holder = Self.holder(fd).map { " (pid \($0))" } ?? ""
+        do {
+            return TokenLock(try HolderLock.acquire(path, wait: false))
+        } catch {
+            switch error.kind {
+            case .open: throw PKCS11Error(.lockFailed, "cannot open the token's restore lock \(path): \(error.reason)")
+            case .busy:
+                let holder = error.holder.map { " (pid \($0))" } ?? ""
                 throw PKCS11Error(.tokenBusy, "another restore\(holder) onto token \"\(token.label)\" (serial \(token.serialNumber)) holds \(path); this one changed nothing")
+            case .flock: throw PKCS11Error(.lockFailed, "flock \(path): \(error.reason)")
             }
-            throw PKCS11Error(.lockFailed, "flock \(path): \(String(cString: strerror(e)))")
         }
-        let pid = Array("\(getpid())\n".utf8)
-        if ftruncate(fd, 0) == 0 { _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
-        return TokenLock(path: path, fd: fd)
     }
 
-    private static func holder(_ fd: Int32) -> Int32? {
-        var buf = [UInt8](repeating: 0, count: 16)
-        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return nil }
-        return Int32(String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
-    }
-
-    func release() {
-        guard fd >= 0 else { return }
-        close(fd)
-        fd = -1
-    }
-
-    deinit { release() }
+    func release() { lock.release() }
 }

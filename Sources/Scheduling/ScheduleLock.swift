@@ -1,3 +1,4 @@
+import Durability
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -8,43 +9,24 @@ import Glibc
 /// pid is written into the file for the message another process prints.
 public final class ScheduleLock {
     public let path: String
-    private var fd: Int32
+    private let lock: HolderLock
 
-    private init(path: String, fd: Int32) { self.path = path; self.fd = fd }
+    private init(_ lock: HolderLock) { self.lock = lock; path = lock.path }
 
     /// Takes the lock. With `wait: false`, a lock another process holds is `busy` at once.
     public static func acquire(_ path: String, wait: Bool) throws -> ScheduleLock {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else {
-            throw SchedulingError(.io, path: path, "cannot open the lock file: \(String(cString: strerror(errno)))")
-        }
-        while flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            defer { close(fd) }
-            if e == EWOULDBLOCK {
-                let holder = Self.holder(fd).map { " (pid \($0))" } ?? ""
+        do {
+            return ScheduleLock(try HolderLock.acquire(path, wait: wait))
+        } catch {
+            switch error.kind {
+            case .open: throw SchedulingError(.io, path: path, "cannot open the lock file: \(error.reason)")
+            case .busy:
+                let holder = error.holder.map { " (pid \($0))" } ?? ""
                 throw SchedulingError(.busy, path: path, "another `hsmbackup schedule run`\(holder) holds the lock; this one did nothing")
+            case .flock: throw SchedulingError(.io, path: path, "flock: \(error.reason)")
             }
-            throw SchedulingError(.io, path: path, "flock: \(String(cString: strerror(e)))")
         }
-        let pid = Array("\(getpid())\n".utf8)
-        if ftruncate(fd, 0) == 0 { _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
-        return ScheduleLock(path: path, fd: fd)
     }
 
-    private static func holder(_ fd: Int32) -> Int32? {
-        var buf = [UInt8](repeating: 0, count: 16)
-        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return nil }
-        return Int32(String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
-    }
-
-    public func release() {
-        guard fd >= 0 else { return }
-        close(fd) // closing drops the flock
-        fd = -1
-    }
-
-    deinit { release() }
+    public func release() { lock.release() }
 }
