@@ -41,29 +41,27 @@ public struct ManifestRecord: Sendable, Equatable {
     static func encode(kind: ObjectKind, path: UnsafeBufferPointer<UInt8>, size: Int, hexDigest: UnsafeBufferPointer<UInt8>,
                        into out: inout [UInt8]) {
         out.removeAll(keepingCapacity: true)
-        out.append(kind == .policy ? 1 : kind == .user ? 2 : 3)
-        out.append(UInt8(truncatingIfNeeded: path.count >> 8))
-        out.append(UInt8(truncatingIfNeeded: path.count))
-        out.append(contentsOf: path)
-        for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i))) }
+        appendHead(kind: kind, path: path, size: size, into: &out)
         func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c &- 0x30 : c &- 0x61 &+ 10 }
         for i in 0..<32 { out.append(nibble(hexDigest[2 * i]) << 4 | nibble(hexDigest[2 * i + 1])) }
     }
 
     /// The bytes both sides of the check hash: kind, path, size, SHA-256.
     var encoded: [UInt8] {
-        let pathBytes = path.utf8.count
-        return [UInt8](unsafeUninitializedCapacity: 1 + 2 + pathBytes + 8 + 32) { out, count in
-            out[0] = kind == .policy ? 1 : kind == .user ? 2 : 3
-            out[1] = UInt8(truncatingIfNeeded: pathBytes >> 8)
-            out[2] = UInt8(truncatingIfNeeded: pathBytes)
-            var at = 3
-            for c in path.utf8 { out[at] = c; at += 1 }
-            for i in 0..<8 { out[at + i] = UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i)) }
-            at += 8
-            for i in 0..<32 { out[at + i] = sha256[i] }
-            count = at + 32
-        }
+        var out: [UInt8] = []
+        out.reserveCapacity(1 + 2 + path.utf8.count + 8 + 32)
+        Self.appendHead(kind: kind, path: path.utf8, size: size, into: &out)
+        out.append(contentsOf: sha256)
+        return out
+    }
+
+    /// The layout before the digest: kind (1 policy, 2 user, 3 key), path length u16, path, size u64.
+    private static func appendHead<P: Collection>(kind: ObjectKind, path: P, size: Int, into out: inout [UInt8]) where P.Element == UInt8 {
+        out.append(kind == .policy ? 1 : kind == .user ? 2 : 3)
+        out.append(UInt8(truncatingIfNeeded: path.count >> 8))
+        out.append(UInt8(truncatingIfNeeded: path.count))
+        out.append(contentsOf: path)
+        for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i))) }
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
