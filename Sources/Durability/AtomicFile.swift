@@ -296,4 +296,10 @@ extension AtomicFile {
         guard to > from else { return }
         _ = hsmb_start_writeback(fd, Int64(from), Int64(to - from))
     }
+
+    /// Sets or clears O_DIRECT on `fd`. Returns nil, or the errno (EINVAL where the file system
+    /// does not do direct I/O).
+    public static func setDirectIO(fd: Int32, _ on: Bool) -> Int32? {
+        hsmb_set_direct_io(fd, on ? 1 : 0) == 0 ? nil : errno
+    }
 }

@@ -189,7 +189,7 @@ final class ReplicaWriter {
             let (w, data) = job.value
             defer { slots.signal() }
             guard w.recordedFailure() == nil else { return }
-            do { try data.withUnsafeBytes { try w.writeAll($0) } } catch let e as ReplicaFailure {
+            do { try data.withUnsafeBytes { try w.writeChunk($0) } } catch let e as ReplicaFailure {
                 w.failureLock.lock()
                 w.backgroundFailure = e
                 w.failureLock.unlock()
@@ -197,10 +197,112 @@ final class ReplicaWriter {
         }
     }
 
-    /// Waits for every queued append; throws the first background failure.
+    /// Waits for every queued append; throws the first background failure. The record and
+    /// anything after it are written through the page cache again.
     func drainBackground() throws {
         waitForLane()
         if let f = recordedFailure() { throw f }
+        try endDirect()
+    }
+
+    // MARK: direct I/O for the background chunks (issue 17)
+    //
+    // A replica is written once and read rarely, yet a buffered write copies every byte into
+    // the page cache (in a virtual machine, onto freshly backed pages): for a 3-replica create
+    // of a 256 MiB payload that copy was 0.46 of 1.7 CPU-s, and it pushed 264 MB of other
+    // programs' cache out. With direct I/O the create costs 1.33 CPU-s instead of 1.62 (same
+    // wall time, medians of 6). Full chunks at aligned offsets therefore go
+    // to the disk with O_DIRECT from one aligned staging buffer per replica. The commit is the
+    // same fsync as before (O_DIRECT alone promises nothing about the device's cache or the
+    // file's metadata). Any file system that refuses O_DIRECT, or an unaligned piece, sends the
+    // rest of the file through the page cache: the bytes written are the same either way.
+    // `HSMBACKUP_DIRECT_IO=0` switches it off.
+    static let directIOEnabled = directIOSetting(ProcessInfo.processInfo.environment["HSMBACKUP_DIRECT_IO"])
+    static func directIOSetting(_ value: String?) -> Bool {
+        guard let value else { return true }
+        return !["0", "off", "no", "false"].contains(value.lowercased())
+    }
+    /// Memory and file-offset alignment: covers 512- and 4096-byte logical blocks.
+    static let directAlignment = 4096
+    /// The staging buffer's size: one store chunk.
+    static let directStageBytes = ObjectRecord.defaultChunkSize
+    private enum DirectState { case untried, on, off }
+    private var direct = DirectState.untried
+    private var stage: UnsafeMutableRawPointer?
+    /// True once a chunk went to the disk with O_DIRECT (for tests).
+    private(set) var wroteDirect = false
+
+    /// Bytes the lane's last `fdatasync` covered (see `syncBehind`).
+    private var syncedThrough = 0
+
+    /// Writes one queued chunk (on the lane): with O_DIRECT when it can, else through
+    /// `writeAll`; then syncs behind.
+    private func writeChunk(_ bytes: UnsafeRawBufferPointer) throws {
+        try writeChunkData(bytes)
+        try syncBehind()
+    }
+
+    /// Every `writebackBytes` the lane waits for the file's data so far to be on the disk. On
+    /// this machine kind (a virtual disk over a host file with a write-back cache) the commit's
+    /// fsync of 3 × 88 MB otherwise waited ~0.18 s for the host to flush it all at once; synced
+    /// in 8 MiB steps, the flushing overlaps the compression and a 256 MiB create took 0.97 s
+    /// instead of 1.11 s (medians of 8). Only the lane waits: the producer goes on while up to
+    /// `pendingChunks` chunks queue. It also makes a full disk or a failing one fail the create
+    /// early, at the chunk it reached.
+    private func syncBehind() throws {
+        guard written - syncedThrough >= Self.writebackBytes else { return }
+        guard fdatasync(fd) == 0 else { throw Self.failure(replica, tempPath, "fdatasync", errno) }
+        syncedThrough = written
+    }
+
+    private func writeChunkData(_ bytes: UnsafeRawBufferPointer) throws {
+        if direct == .untried { startDirect() }
+        let a = Self.directAlignment
+        guard direct == .on, bytes.count <= Self.directStageBytes, bytes.count % a == 0, written % a == 0, let stage else {
+            try endDirect()
+            return try writeAll(bytes)
+        }
+        memcpy(stage, bytes.baseAddress!, bytes.count)
+        var off = 0
+        while off < bytes.count {
+            let n = write(fd, stage + off, bytes.count - off)
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                // EINVAL: this file system wants another alignment after all. The page cache
+                // takes the rest (a real error will come back from the buffered write).
+                guard e == EINVAL else { throw Self.failure(replica, tempPath, "write", e) }
+                written += off
+                writebackFrom = written
+                try endDirect()
+                return try writeAll(UnsafeRawBufferPointer(rebasing: bytes[off...]))
+            }
+            off += n
+        }
+        written += bytes.count
+        writebackFrom = written
+        wroteDirect = true
+    }
+
+    private func startDirect() {
+        direct = .off
+        guard Self.directIOEnabled else { return }
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, Self.directAlignment, Self.directStageBytes) == 0, let p else { return }
+        guard AtomicFile.setDirectIO(fd: fd, true) == nil else { free(p); return }
+        stage = p
+        direct = .on
+    }
+
+    /// Back to buffered writes (idempotent); frees the staging buffer.
+    private func endDirect() throws {
+        if let stage {
+            free(stage)
+            self.stage = nil
+        }
+        guard direct == .on else { direct = .off; return }
+        direct = .off
+        if let e = AtomicFile.setDirectIO(fd: fd, false) { throw Self.failure(replica, tempPath, "fcntl", e) }
     }
 
     /// fsync and close the temp file.
@@ -231,6 +333,7 @@ final class ReplicaWriter {
         guard !done else { return }
         done = true
         waitForLane() // no queued write may reach a closed (or reused) descriptor
+        if let stage { free(stage); self.stage = nil }
         if fd >= 0 { close(fd); fd = -1 }
         unlink(tempPath)
     }
