@@ -1,6 +1,6 @@
 import COpenSSL
 
-/// Bytes that hold a secret: one heap allocation, wiped with OPENSSL_cleanse when the last
+/// Bytes that hold a secret: one heap allocation, wiped (`hsmb_cleanse`) when the last
 /// reference goes, never printed. Immutable after creation, so it is safe to share.
 public final class SecureBytes: @unchecked Sendable {
     private let pointer: UnsafeMutableRawPointer
@@ -89,7 +89,7 @@ where A.Element == UInt8, B.Element == UInt8 {
 }
 
 /// A reusable, growable working buffer for bytes that may be secret (plaintext frames, read and
-/// write buffers of a stream): one heap allocation, wiped with OPENSSL_cleanse when it grows
+/// write buffers of a stream): one heap allocation, wiped (`hsmb_cleanse`) when it grows
 /// (the old storage), on `wipe()` and on deinit. Unlike `SecureBytes` it is mutable and owned by
 /// one streaming object at a time; it is not Sendable and has no `description` of its contents.
 public final class SecretBuffer {

@@ -17,7 +17,16 @@
 
 static inline void hsmb_openssl_free(void *p) { OPENSSL_free(p); }
 
-static inline void hsmb_cleanse(void *p, size_t n) { OPENSSL_cleanse(p, n); }
+/// Wipes `n` bytes at `p` with stores the compiler may not drop. glibc's explicit_bzero is memset
+/// behind a barrier: 90 GB/s on a 64 KiB buffer here against OPENSSL_cleanse's 23 GB/s, and the
+/// pipelines wipe every plaintext buffer (3% of a full verify). Elsewhere: OPENSSL_cleanse.
+static inline void hsmb_cleanse(void *p, size_t n) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+    explicit_bzero(p, n);
+#else
+    OPENSSL_cleanse(p, n);
+#endif
+}
 
 static inline const int hsmb_wrap_allow_flag(void) { return EVP_CIPHER_CTX_FLAG_WRAP_ALLOW; }
 

@@ -366,6 +366,47 @@ public final class LocalObjectStore: ObjectStorage {
         return nil
     }
 
+    /// The chunks of several replicas against one record, chunk by chunk, as `verify(_:against:
+    /// objectDigest: false)` of each: the same findings, in `files` order. A chunk whose bytes
+    /// equal those of a replica's chunk already hashed takes that chunk's verdict (equal bytes,
+    /// equal digest), so replicas that agree cost one SHA-256 pass and a memcmp each instead of
+    /// a pass each (issue 17: 88 MB less hashing in a 3-replica verify).
+    func verifyChunksTogether(_ files: [ReplicaFile], against record: ObjectRecord) -> [ReplicaFinding] {
+        var found = [ReplicaFinding?](repeating: nil, count: files.count)
+        var live = Array(files.indices)
+        for c in 0..<record.chunkDigests.count where !live.isEmpty {
+            var hashed: [(bytes: [UInt8], good: Bool)] = []
+            var next: [Int] = []
+            for i in live {
+                let f = files[i]
+                let bytes: [UInt8]
+                do { bytes = try f.readChunk(c) } catch let e as ReplicaFailure { found[i] = e.finding; continue } catch {
+                    found[i] = ReplicaFinding(replica: f.replica, path: f.path, problem: .ioError, chunk: c, detail: "\(error)")
+                    continue
+                }
+                let good: Bool
+                if let same = hashed.first(where: { Self.sameBytes($0.bytes, bytes) }) {
+                    good = same.good
+                } else {
+                    good = SHA256Hasher.hash(bytes) == record.chunkDigests[c]
+                    hashed.append((bytes, good))
+                }
+                if good {
+                    next.append(i)
+                } else {
+                    found[i] = ReplicaFinding(replica: f.replica, path: f.path, problem: .chunkMismatch, chunk: c,
+                                              detail: "chunk \(c) does not match its digest")
+                }
+            }
+            live = next
+        }
+        return found.compactMap { $0 }
+    }
+
+    static func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
+    }
+
     /// Every replica of a set against the reference record: the object digest is computed on
     /// the first replica only (unless the record is already known consistent); if that replica
     /// fails on a chunk, the next replica whose chunks all matched computes it instead, and so

@@ -150,9 +150,10 @@ extension LocalObjectStore {
         let set = openReplicas(key)
         var bad = set.findings.filter { $0.replica != skipping }
         if let ref = set.reference {
-            // One replica after another: this runs beside a pass that is itself CPU-bound, and a
-            // second thread here would take the core the pass's parser needs.
-            bad += verifyAll(set.good.filter { $0.replica != skipping }, against: ref, parallel: false, objectDigest: false)
+            // On this thread only: it runs beside a pass that is itself CPU-bound, and a second
+            // thread here would take the core the pass's parser needs. The replicas are read
+            // side by side so that those that agree are hashed once.
+            bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record)
         }
         return bad.sorted { $0.replica < $1.replica }
     }

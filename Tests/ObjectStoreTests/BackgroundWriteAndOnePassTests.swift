@@ -107,6 +107,51 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         let all = (box.findings + r.findings.filter { $0.replica == 0 }).sorted { $0.replica < $1.replica }
         XCTAssertEqual(all.map(\.replica), store.verifyReplicas("k").map(\.replica))
     }
+
+    /// The side-by-side chunk check (equal chunks hashed once) finds exactly what checking each
+    /// replica on its own finds: damage in one replica, the same damage in two (equal bad bytes
+    /// share the bad verdict), damage at different chunks, and a read error.
+    func testTheSideBySideCheckFindsWhatEachReplicaAloneFinds() throws {
+        let cases: [(name: String, damage: (LocalObjectStore) -> Void, readError: Int?)] = [
+            ("none", { _ in }, nil),
+            ("one replica", { flipByte($0.objectPath(1, "k"), at: 2 * self.mib + 9) }, nil),
+            ("same bytes in two", { st in for r in [1, 2] { flipByte(st.objectPath(r, "k"), at: self.mib + 4) } }, nil),
+            ("different chunks", { st in
+                flipByte(st.objectPath(0, "k"), at: 5)
+                flipByte(st.objectPath(2, "k"), at: 3 * self.mib + 1)
+            }, nil),
+            ("all three at one chunk, two ways", { st in
+                for r in [0, 1, 2] { flipByte(st.objectPath(r, "k"), at: self.mib + 100 + (r == 2 ? 1 : 0)) }
+            }, nil),
+            ("a read error", { _ in }, 1),
+        ]
+        for (name, damage, readError) in cases {
+            let s = Scratch()
+            let failing = readError
+            let store = try makeStore(s, faults: { op, replica, _ in op == .read && replica == failing ? EIO : nil })
+            _ = try store.put("k", bytes: pattern(3 * mib + 300, seed: 12))
+            damage(store)
+            let set = store.openReplicas("k")
+            let ref = try XCTUnwrap(set.reference, name)
+            let together = store.verifyChunksTogether(set.good, against: ref.record)
+            let alone = set.good.compactMap { store.verify($0, against: ref.record, objectDigest: false) }
+            XCTAssertEqual(together, alone, name)
+            let expected = ["none": 0, "one replica": 1, "same bytes in two": 2, "different chunks": 2, "all three at one chunk, two ways": 3]
+            if let n = expected[name] {
+                XCTAssertEqual(together.count, n, name)
+                XCTAssertTrue(together.allSatisfy { $0.problem == .chunkMismatch }, name)
+            } else {
+                XCTAssertEqual((set.findings + together).filter { $0.replica == 1 }.map(\.osError), ["EIO"], name)
+            }
+        }
+    }
+
+    func testSameBytesComparesContentAndLength() {
+        XCTAssertTrue(LocalObjectStore.sameBytes([], []))
+        XCTAssertTrue(LocalObjectStore.sameBytes([1, 2, 3], [1, 2, 3]))
+        XCTAssertFalse(LocalObjectStore.sameBytes([1, 2, 3], [1, 2, 4]))
+        XCTAssertFalse(LocalObjectStore.sameBytes([1, 2], [1, 2, 3]))
+    }
 }
 
 private final class Box: @unchecked Sendable {
