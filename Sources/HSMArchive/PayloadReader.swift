@@ -109,14 +109,14 @@ public struct ManifestParser {
     private var previousKind: ObjectKind?
     /// Each path once: 128 bits of two seeded hashes stand for it (16 bytes a path, not a
     /// String). A collision could only refuse a good manifest, never pass a bad one.
-    private var seen = Set<SIMD2<UInt64>>()
+    private let seen: PathHashSet
 
     /// `expectedRecords`: how many records the header announces, so the path set is sized once
     /// (never beyond what `totalBytes` could hold: a record is at least 100 bytes).
     public init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes, expectedRecords: Int = 0) {
         self.totalBytes = totalBytes
         self.maximumObjectBytes = maximumObjectBytes
-        seen.reserveCapacity(min(max(0, expectedRecords), totalBytes / 100))
+        seen = PathHashSet(capacity: min(max(0, expectedRecords), totalBytes / 100))
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, onRecord: (ManifestRecord) throws -> Void) throws {
@@ -203,45 +203,58 @@ public struct ManifestParser {
         return at + n <= b.count && memcmp(b.baseAddress! + at, literal.utf8Start, n) == 0
     }
 
-    private static let hex = table("0123456789abcdef")
-    private static let lower = table("abcdefghijklmnopqrstuvwxyz")
-    private static let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
-    private static func table(_ chars: String) -> [Bool] {
-        var t = [Bool](repeating: false, count: 256)
+    // Byte classes as 256-entry tables, built once and never written again (so shared
+    // across threads safely): a record's parse reads them ~120 times.
+    nonisolated(unsafe) private static let hex = table("0123456789abcdef")
+    nonisolated(unsafe) private static let lower = table("abcdefghijklmnopqrstuvwxyz")
+    nonisolated(unsafe) private static let pathChars = table(String(decoding: Array(PayloadBundle.pathCharacters), as: UTF8.self))
+    private static func table(_ chars: String) -> UnsafePointer<Bool> {
+        let t = UnsafeMutablePointer<Bool>.allocate(capacity: 256)
+        t.initialize(repeating: false, count: 256)
         for c in chars.utf8 { t[Int(c)] = true }
-        return t
+        return UnsafePointer(t)
     }
 
     /// One record at `at`, written into `out` as its `ManifestRecord.encoded` bytes; returns
     /// its kind. Pure byte work: no String unless an error names the path.
     private mutating func parseRecord(_ b: UnsafeBufferPointer<UInt8>, _ at: inout Int, into out: inout [UInt8]) throws -> ObjectKind {
         let base = consumed
+        let p = b.baseAddress!, n = b.count
         func fail(_ why: String) -> ArchiveError { self.fail(why, at: base + at) }
         func expect(_ literal: StaticString) throws {
             guard Self.matches(b, at, literal) else { throw fail("expected \(literal)") }
             at += literal.utf8CodeUnitCount
         }
-        func string(allowed: [Bool], maximum: Int) throws -> Range<Int> {
+        func string(allowed: UnsafePointer<Bool>, maximum: Int) throws -> Range<Int> {
             let start = at
-            try allowed.withUnsafeBufferPointer { allowed in
-                while at < b.count, b[at] != UInt8(ascii: "\"") {
-                    guard allowed[Int(b[at])], at - start < maximum else { throw fail("character or length not allowed in a string") }
-                    at += 1
+            var i = at
+            while i < n, p[i] != UInt8(ascii: "\"") {
+                guard allowed[Int(p[i])], i - start < maximum else {
+                    at = i
+                    throw fail("character or length not allowed in a string")
                 }
+                i += 1
             }
+            at = i
             let r = start..<at
             try expect("\"")
             return r
         }
-        func bytes(_ r: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: b[r]) }
+        func equals(_ r: Range<Int>, _ literal: StaticString) -> Bool {
+            r.count == literal.utf8CodeUnitCount && memcmp(p + r.lowerBound, literal.utf8Start, r.count) == 0
+        }
         try expect(#"{"kind":""#)
         let kindRange = try string(allowed: Self.lower, maximum: 8)
         let kind: ObjectKind
-        switch kindRange.count {
-        case 6 where bytes(kindRange).elementsEqual("policy".utf8): kind = .policy
-        case 4 where bytes(kindRange).elementsEqual("user".utf8): kind = .user
-        case 3 where bytes(kindRange).elementsEqual("key".utf8): kind = .key
-        default: throw fail("unknown kind")
+        let directory: StaticString
+        if equals(kindRange, "policy") {
+            kind = .policy; directory = "policies/"
+        } else if equals(kindRange, "user") {
+            kind = .user; directory = "users/"
+        } else if equals(kindRange, "key") {
+            kind = .key; directory = "keys/"
+        } else {
+            throw fail("unknown kind")
         }
         if let previousKind, previousKind.payloadOrder > kind.payloadOrder {
             throw fail("objects must be ordered policies, users, keys")
@@ -249,34 +262,105 @@ public struct ManifestParser {
         previousKind = kind
         try expect(#","path":""#)
         let pathRange = try string(allowed: Self.pathChars, maximum: PayloadBundle.maximumPathBytes)
-        let path = bytes(pathRange)
-        let directory = kind.directory.utf8
-        guard path.starts(with: directory), path.count > directory.count + 5, path.suffix(5).elementsEqual(".json".utf8) else {
+        let path = UnsafeBufferPointer(rebasing: b[pathRange])
+        let d = directory.utf8CodeUnitCount
+        guard path.count > d + 5, memcmp(path.baseAddress!, directory.utf8Start, d) == 0,
+              memcmp(path.baseAddress! + path.count - 5, ".json", 5) == 0 else {
             throw fail("path \(String(decoding: path, as: UTF8.self)) is not \(kind.directory)<name>.json")
         }
-        var h0 = Hasher(), h1 = Hasher()
-        h0.combine(0 as UInt8)
-        h1.combine(1 as UInt8)
-        h0.combine(bytes: UnsafeRawBufferPointer(path))
-        h1.combine(bytes: UnsafeRawBufferPointer(path))
-        let key = SIMD2<UInt64>(UInt64(bitPattern: Int64(h0.finalize())), UInt64(bitPattern: Int64(h1.finalize())))
-        guard seen.insert(key).inserted else { throw fail("path \(String(decoding: path, as: UTF8.self)) listed twice") }
+        guard seen.insert(UnsafeRawBufferPointer(path)) else { throw fail("path \(String(decoding: path, as: UTF8.self)) listed twice") }
         try expect(#","sha256":""#)
         let digestRange = try string(allowed: Self.hex, maximum: 64)
         guard digestRange.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
         try expect(#","size":"#)
         let sizeAt = at
         var size = 0
-        while at < b.count, b[at] >= 0x30, b[at] <= 0x39 {
-            guard !(at > sizeAt && b[sizeAt] == 0x30) else { throw fail("a size with a leading zero") }
-            size = size * 10 + Int(b[at] - 0x30)
+        while at < n, p[at] >= 0x30, p[at] <= 0x39 {
+            guard !(at > sizeAt && p[sizeAt] == 0x30) else { throw fail("a size with a leading zero") }
+            size = size * 10 + Int(p[at] - 0x30)
             guard size <= maximumObjectBytes else { throw fail("size beyond the \(maximumObjectBytes)-byte entry limit") }
             at += 1
         }
         guard at > sizeAt else { throw fail("a size") }
         try expect("}")
-        ManifestRecord.encode(kind: kind, path: path, size: size, hexDigest: bytes(digestRange), into: &out)
+        ManifestRecord.encode(kind: kind, path: path, size: size, hexDigest: UnsafeBufferPointer(rebasing: b[digestRange]), into: &out)
         return kind
+    }
+}
+
+/// The manifest's paths seen so far, each as a 128-bit seeded hash in an open-addressing table
+/// (issue 17: two SipHash passes and a Swift `Set` were a fifth of the manifest's parse, which
+/// runs before any object can be checked). Two paths hashing alike could only make a good
+/// manifest be refused, never a bad one pass, and the seeds are random per process, so no
+/// archive can aim for it. The table doubles at half full. A class: it owns its table.
+final class PathHashSet {
+    private var slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>
+    private var count = 0
+    private let seeds: (UInt64, UInt64)
+
+    init(capacity: Int) {
+        var g = SystemRandomNumberGenerator()
+        seeds = (g.next() | 1, g.next() | 1)
+        var size = 64
+        while size < 2 * capacity { size *= 2 }
+        slots = .allocate(capacity: size)
+        slots.initialize(repeating: .zero)
+    }
+
+    deinit { slots.deallocate() }
+
+    /// Adds the path's hash; false when it was there already.
+    func insert(_ path: UnsafeRawBufferPointer) -> Bool {
+        if 2 * (count + 1) > slots.count { grow() }
+        var key = SIMD2(Self.hash(path, seeds.0), Self.hash(path, seeds.1))
+        if key == .zero { key.x = 1 } // zero marks an empty slot
+        let mask = slots.count - 1
+        var i = Int(truncatingIfNeeded: key.x) & mask
+        while slots[i] != .zero {
+            if slots[i] == key { return false }
+            i = (i + 1) & mask
+        }
+        slots[i] = key
+        count += 1
+        return true
+    }
+
+    private func grow() {
+        let old = slots
+        slots = .allocate(capacity: old.count * 2)
+        slots.initialize(repeating: .zero)
+        let mask = slots.count - 1
+        for key in old where key != .zero {
+            var i = Int(truncatingIfNeeded: key.x) & mask
+            while slots[i] != .zero { i = (i + 1) & mask }
+            slots[i] = key
+        }
+        old.deallocate()
+    }
+
+    /// A seeded 64-bit hash: 8 bytes at a time, multiply and fold, then a finalizer that
+    /// spreads every input bit (MurmurHash3's fmix64). The length is mixed in first.
+    static func hash(_ bytes: UnsafeRawBufferPointer, _ seed: UInt64) -> UInt64 {
+        let k: UInt64 = 0x9E37_79B9_7F4A_7C15
+        var h = seed ^ (UInt64(bytes.count) &* k)
+        var i = 0
+        while i + 8 <= bytes.count {
+            h = (h ^ bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* k
+            h ^= h >> 29
+            i += 8
+        }
+        if i < bytes.count {
+            var last: UInt64 = 0
+            for j in i..<bytes.count { last |= UInt64(bytes[j]) << (8 * (j - i)) }
+            h = (h ^ last) &* k
+            h ^= h >> 29
+        }
+        h ^= h >> 33
+        h = h &* 0xFF51_AFD7_ED55_8CCD
+        h ^= h >> 33
+        h = h &* 0xC4CE_B9FE_1A85_EC53
+        h ^= h >> 33
+        return h
     }
 }
 

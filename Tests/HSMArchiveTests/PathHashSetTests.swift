@@ -1,0 +1,32 @@
+import XCTest
+@testable import HSMArchive
+
+/// The manifest's set of paths seen (issue 17): each path once, through growth, by its bytes.
+final class PathHashSetTests: XCTestCase {
+    private func insert(_ set: PathHashSet, _ path: String) -> Bool {
+        Array(path.utf8).withUnsafeBytes { set.insert($0) }
+    }
+
+    func testEachPathIsNewOnceAcrossGrowth() {
+        let set = PathHashSet(capacity: 0) // starts small: grows many times on the way
+        let paths = (0..<20_000).map { "keys/\(String(format: "%06d", $0)).json" }
+        for p in paths { XCTAssertTrue(insert(set, p), p) }
+        for p in paths.shuffled().prefix(2_000) { XCTAssertFalse(insert(set, p), p) }
+        // Prefixes, suffixes and lengths that differ by a byte (the tail word's padding).
+        for p in ["keys/a.json", "keys/a.json\u{0}", "keys/a.jso", "", "x", "keys/000001.json/"] {
+            XCTAssertTrue(insert(set, p), p)
+            XCTAssertFalse(insert(set, p), p)
+        }
+    }
+
+    func testTheHashDependsOnEveryByteAndTheSeed() {
+        let base = Array("policies/some-policy-name.json".utf8)
+        let h = base.withUnsafeBytes { PathHashSet.hash($0, 7) }
+        for i in base.indices {
+            var v = base
+            v[i] ^= 1
+            XCTAssertNotEqual(v.withUnsafeBytes { PathHashSet.hash($0, 7) }, h, "byte \(i)")
+        }
+        XCTAssertNotEqual(base.withUnsafeBytes { PathHashSet.hash($0, 9) }, h)
+    }
+}
