@@ -65,16 +65,20 @@ public struct ManifestRecord: Sendable, Equatable {
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
-    /// (Swift's per-process seeded hash; the running SHA-256 is what decides).
+    /// (a seeded 64-bit hash, `PathHashSet.hash`, cut to 32 bits; the running SHA-256 is what
+    /// decides).
     static func fingerprint(_ encoded: [UInt8]) -> UInt32 {
         encoded.withUnsafeBytes { fingerprint($0) }
     }
 
     static func fingerprint(_ encoded: UnsafeRawBufferPointer) -> UInt32 {
-        var h = Hasher()
-        h.combine(bytes: encoded)
-        return UInt32(truncatingIfNeeded: h.finalize())
+        UInt32(truncatingIfNeeded: PathHashSet.hash(encoded, fingerprintSeed))
     }
+    /// Random per process: fingerprints are only compared within one.
+    private static let fingerprintSeed: UInt64 = {
+        var g = SystemRandomNumberGenerator()
+        return g.next()
+    }()
 }
 
 /// Streaming parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding

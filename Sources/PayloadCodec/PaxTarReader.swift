@@ -279,8 +279,22 @@ public final class PaxTarReader {
 
     /// A NUL-terminated (or full-width) UTF-8 field.
     private func field(_ at: Int, _ length: Int) -> String? {
-        let raw = block[at..<(at + length)]
-        let end = raw.firstIndex(of: 0) ?? raw.endIndex
-        return String(validating: raw[at..<end], as: UTF8.self)
+        block.withUnsafeBufferPointer { b in
+            let raw = UnsafeBufferPointer(rebasing: b[at..<(at + length)])
+            let end = raw.firstIndex(of: 0) ?? raw.endIndex
+            return Self.validUTF8(UnsafeBufferPointer(rebasing: raw[..<end]))
+        }
+    }
+
+    /// The bytes as a String when they are valid UTF-8, else nil. (`String(validating:as:)` over
+    /// an array slice is generic and looked its metadata up at run time on every call: issue 17.)
+    static func validUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        var any: UInt8 = 0
+        for b in bytes { any |= b }
+        let s = String(decoding: bytes, as: UTF8.self)
+        if any < 0x80 { return s } // ASCII
+        // Decoding replaces every invalid sequence with U+FFFD, so valid input is exactly the
+        // input that decodes to its own bytes.
+        return s.utf8.elementsEqual(bytes) ? s : nil
     }
 }
