@@ -210,13 +210,12 @@ final class ReplicaWriter {
     // A replica is written once and read rarely, yet a buffered write copies every byte into
     // the page cache (in a virtual machine, onto freshly backed pages): for a 3-replica create
     // of a 256 MiB payload that copy was 0.46 of 1.7 CPU-s, and it pushed 264 MB of other
-    // programs' cache out. With direct I/O the create costs 1.33 CPU-s instead of 1.62 (same
-    // wall time, medians of 6). Full chunks at aligned offsets therefore go
-    // to the disk with O_DIRECT from one aligned staging buffer per replica. The commit is the
-    // same fsync as before (O_DIRECT alone promises nothing about the device's cache or the
-    // file's metadata). Any file system that refuses O_DIRECT, or an unaligned piece, sends the
-    // rest of the file through the page cache: the bytes written are the same either way.
-    // `HSMBACKUP_DIRECT_IO=0` switches it off.
+    // programs' cache out. So full chunks at aligned offsets go to the disk with O_DIRECT, from
+    // one aligned staging buffer per replica: the create costs 1.33 CPU-s instead of 1.62, in
+    // the same wall time (medians of 6). The commit is the same fsync as before (O_DIRECT
+    // alone promises nothing about the device's cache or the file's metadata). A file system
+    // that refuses O_DIRECT, or an unaligned piece, sends the rest of the file through the page
+    // cache: the bytes written are the same either way. `HSMBACKUP_DIRECT_IO=0` switches it off.
     static let directIOEnabled = directIOSetting(ProcessInfo.processInfo.environment["HSMBACKUP_DIRECT_IO"])
     static func directIOSetting(_ value: String?) -> Bool {
         guard let value else { return true }
