@@ -65,20 +65,16 @@ public struct ManifestRecord: Sendable, Equatable {
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
-    /// (a seeded 64-bit hash, `PathHashSet.hash`, cut to 32 bits; the running SHA-256 is what
-    /// decides).
+    /// (Swift's per-process seeded hash; the running SHA-256 is what decides).
     static func fingerprint(_ encoded: [UInt8]) -> UInt32 {
         encoded.withUnsafeBytes { fingerprint($0) }
     }
 
     static func fingerprint(_ encoded: UnsafeRawBufferPointer) -> UInt32 {
-        UInt32(truncatingIfNeeded: PathHashSet.hash(encoded, fingerprintSeed))
+        var h = Hasher()
+        h.combine(bytes: encoded)
+        return UInt32(truncatingIfNeeded: h.finalize())
     }
-    /// Random per process: fingerprints are only compared within one.
-    private static let fingerprintSeed: UInt64 = {
-        var g = SystemRandomNumberGenerator()
-        return g.next()
-    }()
 }
 
 /// Streaming parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding
@@ -292,20 +288,20 @@ public struct ManifestParser {
     }
 }
 
-/// The manifest's paths seen so far, each as a 128-bit seeded hash in an open-addressing table
-/// (issue 17: two SipHash passes and a Swift `Set` were a fifth of the manifest's parse, which
-/// runs before any object can be checked). Two paths hashing alike could only make a good
-/// manifest be refused, never a bad one pass, and the seeds are random per process, so no
-/// archive can aim for it. The table doubles at three quarters full (16 bytes a slot: 8 MiB for
-/// the 380,000 paths of a 1 GiB payload, as the `Set` it replaces). A class: it owns its table.
+/// The manifest's paths seen so far, each as 128 bits of two SipHash passes (Swift's `Hasher`,
+/// keyed at random per process) in an open-addressing table (issue 17: the `Set` this replaces
+/// hashed each key a third time and grew as it went). SipHash is a keyed PRF, so no archive can
+/// aim for two paths that collide; a chance collision (2^-128 a pair) could only make a good
+/// manifest be refused, never a bad one pass. (A multiply-and-fold hash used here at first let
+/// chosen paths collide whatever its seed; the review caught it, `PathHashSetTests` keeps the
+/// pair.) The table doubles at three quarters full (16 bytes a slot: 8 MiB for the 380,000 paths
+/// of a 1 GiB payload, as the `Set` took). A class: it owns its table, so a copied
+/// `ManifestParser` shares it; feed one parser only.
 final class PathHashSet {
     private var slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>
     private var count = 0
-    private let seeds: (UInt64, UInt64)
 
     init(capacity: Int) {
-        var g = SystemRandomNumberGenerator()
-        seeds = (g.next() | 1, g.next() | 1)
         var size = 64
         while Self.full(size) < capacity { size *= 2 }
         slots = .allocate(capacity: size)
@@ -314,13 +310,13 @@ final class PathHashSet {
 
     deinit { slots.deallocate() }
 
-    /// Adds the path's hash; false when it was there already.
     /// The most paths a table of `size` slots holds before it doubles.
     private static func full(_ size: Int) -> Int { size / 4 * 3 }
 
+    /// Adds the path's hash; false when it was there already.
     func insert(_ path: UnsafeRawBufferPointer) -> Bool {
         if count + 1 > Self.full(slots.count) { grow() }
-        var key = SIMD2(Self.hash(path, seeds.0), Self.hash(path, seeds.1))
+        var key = SIMD2(Self.hash(path, domain: 0), Self.hash(path, domain: 1))
         if key == .zero { key.x = 1 } // zero marks an empty slot
         let mask = slots.count - 1
         var i = Int(truncatingIfNeeded: key.x) & mask
@@ -346,29 +342,12 @@ final class PathHashSet {
         old.deallocate()
     }
 
-    /// A seeded 64-bit hash: 8 bytes at a time, multiply and fold, then a finalizer that
-    /// spreads every input bit (MurmurHash3's fmix64). The length is mixed in first.
-    static func hash(_ bytes: UnsafeRawBufferPointer, _ seed: UInt64) -> UInt64 {
-        let k: UInt64 = 0x9E37_79B9_7F4A_7C15
-        var h = seed ^ (UInt64(bytes.count) &* k)
-        var i = 0
-        while i + 8 <= bytes.count {
-            h = (h ^ bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* k
-            h ^= h >> 29
-            i += 8
-        }
-        if i < bytes.count {
-            var last: UInt64 = 0
-            for j in i..<bytes.count { last |= UInt64(bytes[j]) << (8 * (j - i)) }
-            h = (h ^ last) &* k
-            h ^= h >> 29
-        }
-        h ^= h >> 33
-        h = h &* 0xFF51_AFD7_ED55_8CCD
-        h ^= h >> 33
-        h = h &* 0xC4CE_B9FE_1A85_EC53
-        h ^= h >> 33
-        return h
+    /// 64 bits of SipHash over a domain byte and the bytes.
+    static func hash(_ bytes: UnsafeRawBufferPointer, domain: UInt8) -> UInt64 {
+        var h = Hasher()
+        h.combine(domain)
+        h.combine(bytes: bytes)
+        return UInt64(bitPattern: Int64(h.finalize()))
     }
 }
 

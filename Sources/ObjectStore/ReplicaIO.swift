@@ -230,6 +230,10 @@ final class ReplicaWriter {
     private var stage: UnsafeMutableRawPointer?
     /// True once a chunk went to the disk with O_DIRECT (for tests).
     private(set) var wroteDirect = false
+    /// Tests only: an errno for the lane's own calls ("direct write", "fdatasync"), as if the OS
+    /// had returned it. (The store's `FaultHook` runs on the caller's thread, at the append, and
+    /// never reaches these.) Set before the first append.
+    var laneFaultsForTests: ((String) -> Int32?)?
 
     /// Bytes the lane's last `fdatasync` covered (see `syncBehind`).
     private var syncedThrough = 0
@@ -250,6 +254,7 @@ final class ReplicaWriter {
     /// early, at the chunk it reached.
     private func syncBehind() throws {
         guard written - syncedThrough >= Self.writebackBytes else { return }
+        if let e = laneFaultsForTests?("fdatasync") { throw Self.failure(replica, tempPath, "fdatasync", e) }
         guard fdatasync(fd) == 0 else { throw Self.failure(replica, tempPath, "fdatasync", errno) }
         syncedThrough = written
     }
@@ -264,13 +269,16 @@ final class ReplicaWriter {
         memcpy(stage, bytes.baseAddress!, bytes.count)
         var off = 0
         while off < bytes.count {
-            let n = write(fd, stage + off, bytes.count - off)
+            let n: Int
+            if let e = laneFaultsForTests?("direct write") { errno = e; n = -1 } else { n = write(fd, stage + off, bytes.count - off) }
             if n < 0 {
                 let e = errno
                 if e == EINTR { continue }
-                // EINVAL: this file system wants another alignment after all. The page cache
-                // takes the rest (a real error will come back from the buffered write).
-                guard e == EINVAL else { throw Self.failure(replica, tempPath, "write", e) }
+                // EINVAL: this file system wants another alignment after all; EOPNOTSUPP: it
+                // took the flag but does not do direct writes (some FUSE and network file
+                // systems). The page cache takes the rest; a real error comes back from the
+                // buffered write.
+                guard e == EINVAL || e == EOPNOTSUPP || e == ENOTSUP else { throw Self.failure(replica, tempPath, "write", e) }
                 written += off
                 writebackFrom = written
                 try endDirect()

@@ -112,6 +112,59 @@ final class DirectWriteTests: XCTestCase {
         XCTAssertTrue(try store.scrub().isClean)
     }
 
+    /// A direct write refused mid-stream (EINVAL: another alignment; EOPNOTSUPP: the flag was
+    /// taken but direct writes are not done) sends that chunk and the rest through the page
+    /// cache: every byte lands once, in order.
+    func testADirectWriteRefusedMidStreamFallsBackWithoutLosingBytes() throws {
+        for (errnoValue, refusedAt) in [(EINVAL, 3), (EOPNOTSUPP, 1)] {
+            let s = Scratch()
+            let w = try makeWriter(s)
+            var calls = 0
+            w.laneFaultsForTests = { op in
+                guard op == "direct write" else { return nil }
+                calls += 1
+                return calls == refusedAt ? errnoValue : nil
+            }
+            var expected: [UInt8] = []
+            for i in 0..<6 {
+                let chunk = pattern(mib, seed: UInt64(100 + i))
+                expected += chunk
+                try w.appendInBackground(chunk)
+            }
+            try w.drainBackground()
+            try w.append([9, 9])
+            expected += [9, 9]
+            try w.sync()
+            try w.publish(replacing: false)
+            let direct = ReplicaWriter.directIOEnabled && directIOWorks(in: s.path)
+            XCTAssertEqual(w.wroteDirect, direct && refusedAt > 1, "errno \(errnoValue)")
+            XCTAssertEqual(calls, direct ? refusedAt : 0, "no direct write after the refusal")
+            XCTAssertEqual(FileManager.default.contents(atPath: w.finalPath).map { [UInt8]($0) }, expected)
+        }
+    }
+
+    /// A real error from a direct write (EIO) or from the lane's sync behind fails that replica:
+    /// the drain reports it with the call and errno, and abort leaves no temp.
+    func testAFailingDirectWriteOrSyncBehindIsReported() throws {
+        for op in ["direct write", "fdatasync"] {
+            let s = Scratch()
+            if op == "direct write" && !(ReplicaWriter.directIOEnabled && directIOWorks(in: s.path)) { continue }
+            let w = try makeWriter(s)
+            w.laneFaultsForTests = { $0 == op ? EIO : nil }
+            XCTAssertThrowsError(try {
+                for i in 0..<12 { try w.appendInBackground(pattern(mib, seed: UInt64(200 + i))) }
+                try w.drainBackground()
+            }()) { e in
+                let finding = (e as? ReplicaFailure)?.finding
+                XCTAssertEqual(finding?.osError, "EIO", op)
+                XCTAssertTrue(finding?.detail.hasPrefix(op == "fdatasync" ? "fdatasync" : "write") ?? false, "\(String(describing: finding))")
+            }
+            w.abort()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: w.tempPath))
+            XCTAssertFalse(FileManager.default.fileExists(atPath: w.finalPath))
+        }
+    }
+
     /// `HSMBACKUP_DIRECT_IO` values that switch it off; anything else (or nothing) leaves it on.
     func testTheSwitchsValues() {
         for off in ["0", "off", "OFF", "no", "false"] { XCTAssertFalse(ReplicaWriter.directIOSetting(off), off) }
