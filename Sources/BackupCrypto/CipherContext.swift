@@ -14,14 +14,16 @@ final class CipherContext {
 
     /// One EVP_CipherUpdate over `input`, returning what it wrote into a buffer of `capacity`.
     func update(_ input: UnsafeRawBufferPointer, capacity: Int, function: String) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: max(capacity, 1))
-        var outLen: Int32 = 0
-        let ok = out.withUnsafeMutableBytes { o in
-            EVP_CipherUpdate(ctx, o.baseAddress!.assumingMemoryBound(to: UInt8.self), &outLen,
-                             input.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(input.count))
+        // Not zero-filled first: the array holds only the bytes OpenSSL wrote.
+        try [UInt8](unsafeUninitializedCapacity: max(capacity, 1)) { o, initialized in
+            var outLen: Int32 = 0
+            let ok = EVP_CipherUpdate(ctx, o.baseAddress!, &outLen,
+                                      input.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(input.count))
+            guard ok == 1, outLen >= 0, Int(outLen) <= o.count else {
+                initialized = 0
+                throw CryptoError.openSSL(function)
+            }
+            initialized = Int(outLen)
         }
-        guard ok == 1, outLen >= 0 else { throw CryptoError.openSSL(function) }
-        out.removeLast(out.count - Int(outLen))
-        return out
     }
 }

@@ -86,10 +86,11 @@ public final class FileHandleSource: ByteSource {
 
     public func read(maxCount: Int) throws -> [UInt8] {
         guard maxCount > 0 else { return [] }
-        var out = [UInt8](repeating: 0, count: maxCount)
-        let n = try out.withUnsafeMutableBytes { try read(into: $0) }
-        out.removeLast(maxCount - n)
-        return out
+        // Not zero-filled first: the array holds only the bytes read.
+        return try [UInt8](unsafeUninitializedCapacity: maxCount) { buffer, initialized in
+            initialized = 0
+            initialized = try read(into: UnsafeMutableRawBufferPointer(buffer))
+        }
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

@@ -45,17 +45,18 @@ public final class ZstdCompressor {
     /// One zstd frame with the content size in its header (ZSTD_compressCCtx always writes it).
     public func compress(_ input: ArraySlice<UInt8>) throws -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
-        var out = [UInt8](repeating: 0, count: bound)
-        let n = input.withUnsafeBytes { i in
-            out.withUnsafeMutableBytes { o in
-                ZSTD_compressCCtx(cctx, o.baseAddress, o.count, i.baseAddress, i.count, level)
+        // Not zero-filled first (a 64 KiB memset per chunk): the array holds only the bytes
+        // libzstd wrote.
+        return try [UInt8](unsafeUninitializedCapacity: max(bound, 1)) { o, initialized in
+            let n = input.withUnsafeBytes { i in
+                ZSTD_compressCCtx(cctx, o.baseAddress, bound, i.baseAddress, i.count, level)
             }
+            guard ZSTD_isError(n) == 0 else {
+                initialized = 0
+                throw PayloadCodecError(.compressFailed, String(cString: ZSTD_getErrorName(n)))
+            }
+            initialized = n
         }
-        guard ZSTD_isError(n) == 0 else {
-            throw PayloadCodecError(.compressFailed, String(cString: ZSTD_getErrorName(n)))
-        }
-        out.removeLast(out.count - n)
-        return out
     }
 }
 
