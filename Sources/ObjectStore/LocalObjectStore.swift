@@ -412,10 +412,10 @@ public final class LocalObjectStore: ObjectStorage {
     /// fails on a chunk, the next replica whose chunks all matched computes it instead, and so
     /// on, so the findings are exactly those of checking every replica in full. The first
     /// `parallel` runs the replicas on their own threads (each its own file descriptor).
-    /// With `objectDigest` false, chunks only: the caller has the object digest checked elsewhere.
-    func verifyAll(_ files: [ReplicaFile], against ref: ReplicaFile, parallel: Bool, objectDigest: Bool = true) -> [ReplicaFinding] {
+    /// (Chunks only, beside a reader that checks the object digest: `verifyChunksTogether`.)
+    func verifyAll(_ files: [ReplicaFile], against ref: ReplicaFile, parallel: Bool) -> [ReplicaFinding] {
         let record = ref.record
-        let known = !objectDigest || consistentRecords.contains(ref.recordBytes)
+        let known = consistentRecords.contains(ref.recordBytes)
         let results = ConcurrentResults<ReplicaFinding?>(count: files.count)
         // Iteration i touches only replica file i and the store's immutable settings (the memo locks).
         let work = UncheckedSendable { (i: Int) in self.verify(files[i], against: record, objectDigest: !known && i == 0) }
