@@ -109,7 +109,7 @@ public struct ManifestParser {
     private var previousKind: ObjectKind?
     /// Each path once: 128 bits of two seeded hashes stand for it (16 bytes a path, not a
     /// String). A collision could only refuse a good manifest, never pass a bad one.
-    private let seen: PathHashSet
+    private var seen: PathHashSet
 
     /// `expectedRecords`: how many records the header announces, so the path set is sized once
     /// (never beyond what `totalBytes` could hold: a record is at least 100 bytes).
@@ -268,6 +268,8 @@ public struct ManifestParser {
               memcmp(path.baseAddress! + path.count - 5, ".json", 5) == 0 else {
             throw fail("path \(String(decoding: path, as: UTF8.self)) is not \(kind.directory)<name>.json")
         }
+        // Copy on write: a copied parser goes on with its own set, as a value should.
+        if !isKnownUniquelyReferenced(&seen) { seen = seen.copy() }
         guard seen.insert(UnsafeRawBufferPointer(path)) else { throw fail("path \(String(decoding: path, as: UTF8.self)) listed twice") }
         try expect(#","sha256":""#)
         let digestRange = try string(allowed: Self.hex, maximum: 64)
@@ -295,11 +297,23 @@ public struct ManifestParser {
 /// manifest be refused, never a bad one pass. (A multiply-and-fold hash used here at first let
 /// chosen paths collide whatever its seed; the review caught it, `PathHashSetTests` keeps the
 /// pair.) The table doubles at three quarters full (16 bytes a slot: 8 MiB for the 380,000 paths
-/// of a 1 GiB payload, as the `Set` took). A class: it owns its table, so a copied
-/// `ManifestParser` shares it; feed one parser only.
+/// of a 1 GiB payload, as the `Set` took). A class, as it owns its table; `ManifestParser`
+/// copies it on write, so the parser keeps value semantics.
 final class PathHashSet {
     private var slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>
     private var count = 0
+
+    private init(slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>, count: Int) {
+        self.slots = slots
+        self.count = count
+    }
+
+    /// An independent set holding the same paths.
+    func copy() -> PathHashSet {
+        let table = UnsafeMutableBufferPointer<SIMD2<UInt64>>.allocate(capacity: slots.count)
+        _ = table.initialize(from: slots)
+        return PathHashSet(slots: table, count: count)
+    }
 
     init(capacity: Int) {
         var size = 64

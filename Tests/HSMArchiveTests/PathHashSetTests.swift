@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import HSMArchive
 
@@ -28,6 +29,28 @@ final class PathHashSetTests: XCTestCase {
             XCTAssertTrue(insert(set, "keys/aa0bbbbabb0.json"))
             XCTAssertTrue(insert(set, "keys/aapbbbbcbbp.json"))
         }
+    }
+
+    /// `ManifestParser` is a value: a copy made mid-manifest, after records were parsed, goes
+    /// on with its own paths seen, so feeding both the same remaining records refuses nothing.
+    func testACopiedManifestParserKeepsItsOwnPathsSeen() throws {
+        let records = (1...40).map { i in
+            #"{"kind":"key","path":"keys/\#(i).json","sha256":"\#(String(repeating: "a", count: 64))","size":1}"#
+        }
+        let text = #"{"format":"hsmbackup-payload","objects":["# + records.joined(separator: ",") + #"],"version":1}"#
+        let all = Array(text.utf8)
+        let cut = all.count * 3 / 4
+        var a = ManifestParser(totalBytes: all.count)
+        var before = 0, afterA = 0, afterB = 0
+        try all[..<cut].withUnsafeBytes { try a.feedEncoded($0) { _ in before += 1 } }
+        XCTAssertGreaterThan(before, 0, "records were parsed (and their paths kept) before the copy")
+        var b = a
+        try all[cut...].withUnsafeBytes { try a.feedEncoded($0) { _ in afterA += 1 } }
+        try all[cut...].withUnsafeBytes { try b.feedEncoded($0) { _ in afterB += 1 } }
+        try a.finish()
+        try b.finish()
+        XCTAssertEqual(before + afterA, 40)
+        XCTAssertEqual(before + afterB, 40)
     }
 
     func testTheTwoHalvesDependOnEveryByteAndTheDomain() {
