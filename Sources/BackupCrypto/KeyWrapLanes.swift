@@ -388,6 +388,10 @@ public enum AESKeyWrapLanes {
     private static func runW(_ plan: LanePlan, r: UnsafeMutablePointer<UInt64>, buffer: UnsafeMutablePointer<UInt64>,
                              aes: AESECB, encrypt: Bool) throws {
         guard !plan.groups.isEmpty else { return }
+        if plan.groups.count == plan.laneCount {
+            try runWSingleLaneGroups(plan, r: r, buffer: buffer, aes: aes, encrypt: encrypt)
+            return
+        }
         // Plain per-group state for the hot loop: no arrays, no division.
         let gs = UnsafeMutableBufferPointer<GroupCursor>.allocate(capacity: plan.groups.count)
         defer { gs.deallocate() }
@@ -443,6 +447,60 @@ public enum AESKeyWrapLanes {
         }
     }
 
+    /// `runW` for a batch of one-lane groups (LanePlan makes them when lengths mostly differ, as
+    /// an archive's compressed chunks do): the per-group bookkeeping above would run once per
+    /// lane per step (about 40 instructions each). Here each lane's state is plain arrays and a
+    /// lane-step is a store, a load, an XOR and the index update. Same steps, same results.
+    private static func runWSingleLaneGroups(_ plan: LanePlan, r: UnsafeMutablePointer<UInt64>,
+                                             buffer: UnsafeMutablePointer<UInt64>, aes: AESECB, encrypt: Bool) throws {
+        let count = plan.laneCount
+        // Per lane: R (contiguous, n words), n, the 6n steps and the current R index.
+        let rows = UnsafeMutablePointer<UnsafeMutablePointer<UInt64>>.allocate(capacity: count)
+        let ns = UnsafeMutablePointer<Int>.allocate(capacity: 3 * count)
+        let steps = ns + count, index = ns + 2 * count
+        defer { rows.deallocate(); ns.deallocate() }
+        for (k, g) in plan.groups.enumerated() {
+            rows[k] = r + g.rOffset
+            ns[k] = g.n
+            steps[k] = 6 * g.n
+            index[k] = encrypt ? 0 : g.n - 1
+            // Step 0: A is in place; unwrap applies t = 6n to it.
+            if !encrypt { buffer[2 * k] ^= UInt64(6 * g.n).bigEndian }
+            buffer[2 * k + 1] = rows[k][index[k]]
+        }
+        var active = count
+        let totalSteps = steps[0]
+        for s in 0..<totalSteps {
+            try aes.apply(buffer, blocks: active)
+            var b = buffer
+            if encrypt {
+                let tBE = UInt64(truncatingIfNeeded: s &+ 1).bigEndian
+                for k in 0..<active {
+                    let row = rows[k], i = index[k]
+                    row[i] = b[1]
+                    b[0] ^= tBE
+                    let ni = i &+ 1 == ns[k] ? 0 : i &+ 1
+                    index[k] = ni
+                    b[1] = row[ni]           // the next step's R (harmless after the last)
+                    b += 2
+                }
+            } else {
+                for k in 0..<active {
+                    let row = rows[k], i = index[k]
+                    row[i] = b[1]
+                    // The next step's t; after the last step (steps - s - 1 == 0) A stays as is.
+                    b[0] ^= UInt64(truncatingIfNeeded: steps[k] &- s &- 1).bigEndian
+                    let ni = i == 0 ? ns[k] &- 1 : i &- 1
+                    index[k] = ni
+                    b[1] = row[ni]
+                    b += 2
+                }
+            }
+            // Lanes are ordered longest first: those that just took their last step are a suffix.
+            while active > 0 && steps[active - 1] <= s &+ 1 { active -= 1 }
+        }
+    }
+
     /// One pass over a group after an ECB call: R[i] = LSB(B), A ^= t, load the next R.
     @inline(__always)
     private static func step(blocks: UnsafeMutablePointer<UInt64>, current: UnsafeMutablePointer<UInt64>,
@@ -493,6 +551,12 @@ private struct LanePlan {
         var byN: [Int: [Int]] = [:]
         for lane in lanes { byN[semiblocks[lane], default: []].append(lane) }
         var groups = byN.map { Group(n: $0.key, lanes: $0.value) }.sorted { $0.n > $1.n }
+        // Lockstep pays per group: when groups average under three lanes (compressed chunks
+        // differ in length by a few semiblocks), every lane becomes its own group and runW
+        // takes its per-lane loop. Equal lengths keep their groups.
+        if groups.count * 3 > lanes.count {
+            groups = groups.flatMap { g in g.lanes.map { Group(n: g.n, lanes: [$0]) } }
+        }
         var words = 0, blocks = 0
         for j in groups.indices {
             groups[j].rOffset = words

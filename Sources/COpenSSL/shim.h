@@ -28,6 +28,21 @@ static inline void hsmb_cleanse(void *p, size_t n) {
 #endif
 }
 
+/// OpenSSL's SipHash-2-4 with a 16-byte output (EVP_MAC "SIPHASH", size 16): the reference that
+/// SipHash128 is tested against. 1 on success.
+static inline int hsmb_siphash128_reference(const unsigned char key[16], const unsigned char *data, size_t len,
+                                            unsigned char out[16]) {
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "SIPHASH", NULL);
+    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    size_t size = 16, outlen = 0;
+    OSSL_PARAM params[2] = { OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size), OSSL_PARAM_construct_end() };
+    int ok = ctx && EVP_MAC_CTX_set_params(ctx, params) == 1 && EVP_MAC_init(ctx, key, 16, NULL) == 1
+        && EVP_MAC_update(ctx, data, len) == 1 && EVP_MAC_final(ctx, out, &outlen, 16) == 1 && outlen == 16;
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+    return ok;
+}
+
 static inline const int hsmb_wrap_allow_flag(void) { return EVP_CIPHER_CTX_FLAG_WRAP_ALLOW; }
 
 /// SP 800-108 KDF in counter mode, HMAC-SHA256, 32-bit big-endian counter before the fixed

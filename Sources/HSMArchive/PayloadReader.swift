@@ -290,9 +290,10 @@ public struct ManifestParser {
     }
 }
 
-/// The manifest's paths seen so far, each as 128 bits of two SipHash passes (Swift's `Hasher`,
-/// keyed at random per process) in an open-addressing table (issue 17: the `Set` this replaces
-/// hashed each key a third time and grew as it went). SipHash is a keyed PRF, so no archive can
+/// The manifest's paths seen so far, each as its 128-bit SipHash-2-4 (`SipHash128`, keyed at
+/// random per set) in an open-addressing table (issue 17: the `Set` this replaces hashed each
+/// key a third time and grew as it went; two passes of Swift's `Hasher`, the next version, cost
+/// five times one inlined pass). SipHash is a keyed PRF, so no archive can
 /// aim for two paths that collide; a chance collision (2^-128 a pair) could only make a good
 /// manifest be refused, never a bad one pass. (A multiply-and-fold hash used here at first let
 /// chosen paths collide whatever its seed; the review caught it, `PathHashSetTests` keeps the
@@ -302,24 +303,27 @@ public struct ManifestParser {
 final class PathHashSet {
     private var slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>
     private var count = 0
+    private let sip: SipHash128
 
-    private init(slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>, count: Int) {
+    private init(slots: UnsafeMutableBufferPointer<SIMD2<UInt64>>, count: Int, sip: SipHash128) {
         self.slots = slots
         self.count = count
+        self.sip = sip
     }
 
-    /// An independent set holding the same paths.
+    /// An independent set holding the same paths (under the same key).
     func copy() -> PathHashSet {
         let table = UnsafeMutableBufferPointer<SIMD2<UInt64>>.allocate(capacity: slots.count)
         _ = table.initialize(from: slots)
-        return PathHashSet(slots: table, count: count)
+        return PathHashSet(slots: table, count: count, sip: sip)
     }
 
-    init(capacity: Int) {
+    init(capacity: Int, sip: SipHash128 = .randomlyKeyed()) {
         var size = 64
         while Self.full(size) < capacity { size *= 2 }
         slots = .allocate(capacity: size)
         slots.initialize(repeating: .zero)
+        self.sip = sip
     }
 
     deinit { slots.deallocate() }
@@ -330,7 +334,8 @@ final class PathHashSet {
     /// Adds the path's hash; false when it was there already.
     func insert(_ path: UnsafeRawBufferPointer) -> Bool {
         if count + 1 > Self.full(slots.count) { grow() }
-        var key = SIMD2(Self.hash(path, domain: 0), Self.hash(path, domain: 1))
+        let (a, b) = sip.hash(path)
+        var key = SIMD2(a, b)
         if key == .zero { key.x = 1 } // zero marks an empty slot
         let mask = slots.count - 1
         var i = Int(truncatingIfNeeded: key.x) & mask
@@ -354,14 +359,6 @@ final class PathHashSet {
             slots[i] = key
         }
         old.deallocate()
-    }
-
-    /// 64 bits of SipHash over a domain byte and the bytes.
-    static func hash(_ bytes: UnsafeRawBufferPointer, domain: UInt8) -> UInt64 {
-        var h = Hasher()
-        h.combine(domain)
-        h.combine(bytes: bytes)
-        return UInt64(bitPattern: Int64(h.finalize()))
     }
 }
 

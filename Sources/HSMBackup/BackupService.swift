@@ -141,11 +141,16 @@ public final class BackupService {
             // before any repair.
             reader = try openReader(entry)
             let streamed = (reader as? LocalObjectReader)?.streamingReplica
-            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed)
-            defer { check.wait() }
-            let gated = GatedReader(reader, gate: { check.wait() })
+            // The reader lends the chunks it checked, so the check compares instead of hashing.
+            // Closed before any wait for the check, which may be waiting for the next chunk.
+            let feed = VerifiedChunkFeed()
+            (reader as? LocalObjectReader)?.verifiedChunks = feed
+            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed, verified: feed)
+            defer { feed.close(); check.wait() }
+            let gated = GatedReader(reader, gate: { feed.close(); check.wait() })
             report = try Verifier.verify(ReaderSource(gated), name: entry.backupId, level: level,
                                          keys: keys, expectedBackupID: entry.backupId, progress: progress)
+            feed.close()
             var found = check.wait()
             if let streamed {
                 if gated.readToEnd, let r = reader as? LocalObjectReader {
@@ -344,11 +349,11 @@ final class ReplicaCheck: @unchecked Sendable {
     private let done = DispatchGroup()
     private var findings: [ReplicaFinding] = []
 
-    init(store: ReplicatedStorage, key: String, skipping: Int?) {
+    init(store: ReplicatedStorage, key: String, skipping: Int?, verified: VerifiedChunkFeed?) {
         done.enter()
         let storeRef = UncheckedStore(store)
         DispatchQueue.global().async {
-            self.findings = storeRef.store.verifyReplicasBesideRead(key, skipping: skipping)
+            self.findings = storeRef.store.verifyReplicasBesideRead(key, skipping: skipping, verified: verified)
             self.done.leave()
         }
     }

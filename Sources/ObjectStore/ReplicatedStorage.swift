@@ -37,8 +37,9 @@ public protocol ReplicatedStorage: ObjectStorage {
     /// `verifyReplicas` for that caller: every replica's chunks against the record, the object
     /// digest being left to the reader, which checks it over the whole stream; `skipping` the
     /// replica the reader streams (`LocalObjectReader.streamingReplica`), whose chunks the reader
-    /// checks itself: each replica is hashed once.
-    func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding]
+    /// checks itself: each replica is hashed once. `verified`, when the reader lends its checked
+    /// chunks, spares hashing the others: each equal chunk is a memcmp.
+    func verifyReplicasBesideRead(_ key: String, skipping: Int?, verified: VerifiedChunkFeed?) -> [ReplicaFinding]
     /// Verifies every replica of every object; with `repair`, heals what `repairable` allows.
     func scrub(repair: Bool, repairable: ((String) -> Bool)?, progress: ((Int, Int) -> Void)?) throws -> ScrubReport
     /// Removes what dead writers left (temp files; stale multipart uploads) and reports unusable replicas.
@@ -68,7 +69,7 @@ public protocol ReplicatedStorage: ObjectStorage {
 
 extension ReplicatedStorage {
     public var verifiesReplicasBesideRead: Bool { false }
-    public func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding] {
+    public func verifyReplicasBesideRead(_ key: String, skipping: Int?, verified: VerifiedChunkFeed?) -> [ReplicaFinding] {
         verifyReplicas(key).filter { $0.replica != skipping }
     }
 

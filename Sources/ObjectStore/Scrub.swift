@@ -146,14 +146,14 @@ extension LocalObjectStore {
     /// record memo is locked.
     public var verifiesReplicasBesideRead: Bool { true }
 
-    public func verifyReplicasBesideRead(_ key: String, skipping: Int?) -> [ReplicaFinding] {
+    public func verifyReplicasBesideRead(_ key: String, skipping: Int?, verified: VerifiedChunkFeed?) -> [ReplicaFinding] {
         let set = openReplicas(key)
         var bad = set.findings.filter { $0.replica != skipping }
         if let ref = set.reference {
             // On this thread only: it runs beside a pass that is itself CPU-bound, and a second
             // thread here would take the core the pass's parser needs. The replicas are read
             // side by side so that those that agree are hashed once.
-            bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record)
+            bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record, verified: verified)
         }
         return bad.sorted { $0.replica < $1.replica }
     }

@@ -265,6 +265,48 @@ final class KeyWrapLanesTests: XCTestCase {
         XCTAssertEqual(outcomes[4], .bytes(ps[4]))
     }
 
+    /// A batch whose lanes mostly differ in semiblock count, as an archive's compressed chunks
+    /// do, runs the one-lane-per-group loop: KWP and KW, wrap equal to OpenSSL, unwrap of the
+    /// ciphertexts and of corrupted copies (one lane at a time, so the others still run) with
+    /// OpenSSL's outcome. Lengths from 9 bytes (two semiblocks) to a whole 64 KiB chunk; from
+    /// round 3 on, a few lanes share a length (they finish on the same step).
+    func testBatchOfDistinctLengthsAgreesWithOpenSSL() throws {
+        var rng = SplitMix64(seed: 0x6469_7374_696E_6374)
+        for round in 0..<6 {
+            let key = try WrappingKey(bytes: rng.bytes([16, 24, 32][round % 3]))
+            for padded in [true, false] {
+                // Distinct semiblock counts: 2, then random steps up, shuffled.
+                var n = 2
+                var ps: [[UInt8]] = []
+                for _ in 0..<(round == 0 ? 3 : 17) {
+                    let bytes = padded ? 8 * n - Int.random(in: 0...7, using: &rng) : 8 * n
+                    ps.append(rng.bytes(bytes))
+                    n += Int.random(in: 1...(round < 3 ? 40 : 700), using: &rng)
+                }
+                if round == 5 && padded { ps.append(rng.bytes(65536 + 37)) }
+                if round >= 3 { ps += [ps[0].count, ps[0].count, ps[4].count].map { rng.bytes($0) } }
+                ps.shuffle(using: &rng)
+                let distinct = Set(ps.map { ($0.count + 7) / 8 }).count
+                XCTAssertGreaterThan(distinct * 3, ps.count, "mostly distinct lengths")
+                XCTAssertEqual(distinct == ps.count, round < 3)
+                let out = try laneWrapBatch(ps, key, padded: padded)
+                for j in ps.indices {
+                    XCTAssertEqual(.bytes(out[j]), openSSLWrap(ps[j], key, padded: padded), "round \(round) lane \(j) wrap")
+                }
+                let back = laneUnwrapBatch(out, key, padded: padded)
+                for j in ps.indices { XCTAssertEqual(back[j], .bytes(ps[j]), "round \(round) lane \(j) unwrap") }
+                for victim in [0, ps.count / 2, ps.count - 1] {
+                    var cs = out
+                    cs[victim] = corrupt(cs[victim], &rng)
+                    let outcomes = laneUnwrapBatch(cs, key, padded: padded)
+                    for j in cs.indices {
+                        XCTAssertEqual(outcomes[j], openSSLUnwrap(cs[j], key, padded: padded), "round \(round) lane \(j), lane \(victim) corrupted")
+                    }
+                }
+            }
+        }
+    }
+
     /// One random corruption: a byte changed (never to itself), a semiblock cut or added, a
     /// length that is not a multiple of 8, or all bytes replaced.
     private func corrupt(_ c: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {

@@ -98,7 +98,7 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         let group = DispatchGroup()
         let box = Box()
         box.store = store
-        beside.async(group: group) { box.findings = box.store!.verifyReplicasBesideRead("k", skipping: 0) }
+        beside.async(group: group) { box.findings = box.store!.verifyReplicasBesideRead("k", skipping: 0, verified: nil) }
         XCTAssertEqual(try readAll(r), data)
         group.wait()
         XCTAssertEqual(box.findings.map(\.replica), [2], "replica 0 is the reader's")
@@ -144,6 +144,80 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
                 XCTAssertEqual((set.findings + together).filter { $0.replica == 1 }.map(\.osError), ["EIO"], name)
             }
         }
+    }
+
+    /// With the reader lending its checked chunks (`VerifiedChunkFeed`), the check beside the
+    /// read finds exactly what it finds hashing every chunk itself: no damage, damage in a checked
+    /// replica, damage in the streamed replica (the reader fails over, so the lent chunk comes
+    /// from another replica), the same damage in two replicas, and a feed of one slot that drops
+    /// chunks the check then hashes itself.
+    func testTheCheckBesideAReadFindsTheSameWithTheReadersChunks() throws {
+        let cases: [(name: String, flips: [(replica: Int, at: Int)], capacity: Int)] = [
+            ("none", [], 4),
+            ("checked replica", [(2, 2)], 4),
+            ("streamed replica", [(0, 1)], 4),
+            ("same bytes in two", [(1, 3), (2, 3)], 4),
+            ("one slot", [(1, 0), (2, 3)], 1),
+        ]
+        for (name, flips, capacity) in cases {
+            let s = Scratch()
+            let store = try makeStore(s)
+            let data = pattern(4 * mib + 5, seed: 21)
+            _ = try store.put("k", bytes: data)
+            for f in flips { flipByte(store.objectPath(f.replica, "k"), at: f.at * mib + 17) }
+            let expected = store.verifyReplicas("k").filter { $0.replica != 0 }
+
+            let r = try store.get("k", readRepair: false) as! LocalObjectReader
+            let feed = VerifiedChunkFeed(capacity: capacity)
+            r.verifiedChunks = feed
+            let box = Box()
+            box.store = store
+            let group = DispatchGroup()
+            DispatchQueue.global().async(group: group) {
+                box.findings = box.store!.verifyReplicasBesideRead("k", skipping: 0, verified: feed)
+            }
+            XCTAssertEqual(try readAll(r), data, name)
+            group.wait()
+            XCTAssertEqual(box.findings, expected, name)
+        }
+    }
+
+    /// The check trusts what the feed lends: a chunk lent as checked whose bytes equal a damaged
+    /// replica's is taken as good (so the feed is consulted), and a chunk the feed does not have
+    /// is hashed. Only `LocalObjectReader` lends, and only chunks that matched their digest.
+    func testTheCheckTakesLentChunksAsCheckedAndHashesTheRest() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        _ = try store.put("k", bytes: pattern(3 * mib, seed: 22))
+        flipByte(store.objectPath(1, "k"), at: mib + 9)
+        flipByte(store.objectPath(2, "k"), at: 2 * mib + 9)
+        let set = store.openReplicas("k")
+        let ref = try XCTUnwrap(set.reference)
+        let damaged = try set.good.first { $0.replica == 1 }!.readChunk(1)
+        let feed = VerifiedChunkFeed()
+        feed.offer(1, damaged)        // a lie, to see it used
+        feed.close()                  // chunks 0 and 2 never lent: hashed here
+        let found = store.verifyChunksTogether(set.good.filter { $0.replica != 0 }, against: ref.record, verified: feed)
+        XCTAssertEqual(found.map(\.replica), [2])
+        XCTAssertEqual(found.map(\.chunk), [2])
+    }
+
+    /// A reader that stops early never blocks the check: closing the feed (the reader's end,
+    /// failure or release) lets the check hash the chunks it still needs.
+    func testAnAbandonedReaderDoesNotHoldTheCheck() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        _ = try store.put("k", bytes: pattern(3 * mib + 1, seed: 23))
+        flipByte(store.objectPath(2, "k"), at: 3 * mib)
+        let feed = VerifiedChunkFeed()
+        do {
+            let r = try store.get("k", readRepair: false) as! LocalObjectReader
+            r.verifiedChunks = feed
+            _ = try r.read()            // chunk 0 only, then the reader goes
+        }
+        let found = store.verifyReplicasBesideRead("k", skipping: 0, verified: feed)
+        XCTAssertEqual(found.map(\.replica), [2])
+        XCTAssertEqual(found.map(\.chunk), [3])
     }
 
     func testSameBytesComparesContentAndLength() {
