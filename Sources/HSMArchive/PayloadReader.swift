@@ -65,16 +65,18 @@ public struct ManifestRecord: Sendable, Equatable {
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
-    /// (Swift's per-process seeded hash; the running SHA-256 is what decides).
+    /// (SipHash under a key drawn per process; the running SHA-256 is what decides). Computed
+    /// twice per object, on the manifest's record and on the object found: one inlined
+    /// SipHash pass, not an opaque `Hasher` (issue 17).
     static func fingerprint(_ encoded: [UInt8]) -> UInt32 {
         encoded.withUnsafeBytes { fingerprint($0) }
     }
 
     static func fingerprint(_ encoded: UnsafeRawBufferPointer) -> UInt32 {
-        var h = Hasher()
-        h.combine(bytes: encoded)
-        return UInt32(truncatingIfNeeded: h.finalize())
+        UInt32(truncatingIfNeeded: fingerprintKey.hash(encoded).0)
     }
+
+    private static let fingerprintKey = SipHash128.randomlyKeyed()
 }
 
 /// Streaming parser of the canonical manifest (spec 4.7). The grammar is the canonical encoding

@@ -229,15 +229,26 @@ final class SerializedRestoreTarget: RestoreTarget {
 
         var header: InnerHeader? { session?.header }
 
+        // The inner session is used through a reference that ends inside `use`, so that when
+        // `release` drops the stored one the session's clean-up (its deinit) runs before the
+        // next job gets its turn: a local binding alive across `release` let the next session
+        // begin while this one was still open (FleetVerifierTests caught it in debug builds).
         func feed(_ bytes: [UInt8]) throws {
-            guard let session else { throw HSMBackupError(.invalidArgument, "the dry-run restore session has ended") }
-            do { try session.feed(bytes) } catch { release(); throw error }
+            do { try use { try $0.feed(bytes) } } catch { release(); throw error }
         }
 
         func finish() throws -> RestoreSummary {
-            guard let session else { throw HSMBackupError(.invalidArgument, "the dry-run restore session has ended") }
-            defer { release() }
-            return try session.finish()
+            let outcome = Result { try use { try $0.finish() } }
+            release()
+            return try outcome.get()
+        }
+
+        private func use<T>(_ body: (any HSMRestoreSession) throws -> T) throws -> T {
+            lock.lock()
+            let current = session
+            lock.unlock()
+            guard let current else { throw HSMBackupError(.invalidArgument, "the dry-run restore session has ended") }
+            return try body(current)
         }
 
         /// Drops the inner session (its own clean-up runs now) and lets the next job in, once.
