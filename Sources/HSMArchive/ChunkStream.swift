@@ -61,8 +61,13 @@ public struct InnerFrameParser {
     private var buffer: [UInt8] = []
     private var start = 0
     private var failure: ArchiveError?
+    /// False for a caller that only checks the structure: its frames come with an empty
+    /// `ciphertext` (no copy of each frame; a full verification parses the blob twice).
+    private let keepsCiphertext: Bool
 
-    public init() {}
+    public init() { keepsCiphertext = true }
+
+    init(keepsCiphertext: Bool) { self.keepsCiphertext = keepsCiphertext }
 
     /// Feeds bytes; calls `onHeader` once, then `onFrame` for each complete frame, in order.
     public mutating func feed(_ bytes: [UInt8], onHeader: (InnerHeader) throws -> Void,
@@ -136,7 +141,7 @@ public struct InnerFrameParser {
                                    offset: frameAt + 1, chunk: chunkCount)
             }
             guard avail.count >= ChunkFormat.frameHeaderByteCount + length else { break }
-            let ciphertext = Array(try! r.readSlice(length, "chunk ciphertext"))
+            let ciphertext = keepsCiphertext ? Array(try! r.readSlice(length, "chunk ciphertext")) : []
             consume(ChunkFormat.frameHeaderByteCount + length)
             let frame = ChunkFrame(index: chunkCount, isFinal: isFinal, offset: frameAt, ciphertext: ciphertext)
             chunkCount += 1
@@ -164,7 +169,7 @@ public struct InnerStructureSummary: Sendable {
 }
 
 public struct InnerStructureChecker {
-    private var parser = InnerFrameParser()
+    private var parser = InnerFrameParser(keepsCiphertext: false)
     public init() {}
 
     /// The inner header, once its bytes have been fed.

@@ -255,4 +255,20 @@ public final class ReaderSource: ObjectSource {
         defer { offset += n }
         return Array(pending[offset..<(offset + n)])
     }
+
+    /// `read(maxCount:)` straight into the caller's buffer (no array in between: a verification
+    /// reads a whole archive through here).
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if offset == pending.count {
+            guard let next = try reader.read() else { return 0 }
+            pending = next
+            offset = 0
+        }
+        let n = Swift.min(buffer.count, pending.count - offset)
+        if n > 0 {
+            pending.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+        }
+        offset += n
+        return n
+    }
 }
