@@ -28,26 +28,13 @@ public struct SipHash128: Sendable {
     /// The 16-byte output as two words: (bytes 0-7, bytes 8-15), little-endian.
     @inline(__always)
     public func hash(_ bytes: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
-        var v0: UInt64 = 0x736F_6D65_7073_6575 ^ k0
-        var v1: UInt64 = 0x646F_7261_6E64_6F6D ^ k1 ^ 0xEE
-        var v2: UInt64 = 0x6C79_6765_6E65_7261 ^ k0
-        var v3: UInt64 = 0x7465_6462_7974_6573 ^ k1
-
-        @inline(__always) func round() {
-            v0 &+= v1; v1 = (v1 << 13) | (v1 >> 51); v1 ^= v0; v0 = (v0 << 32) | (v0 >> 32)
-            v2 &+= v3; v3 = (v3 << 16) | (v3 >> 48); v3 ^= v2
-            v0 &+= v3; v3 = (v3 << 21) | (v3 >> 43); v3 ^= v0
-            v2 &+= v1; v1 = (v1 << 17) | (v1 >> 47); v1 ^= v2; v2 = (v2 << 32) | (v2 >> 32)
-        }
-
+        var v = State(v0: 0x736F_6D65_7073_6575 ^ k0, v1: 0x646F_7261_6E64_6F6D ^ k1 ^ 0xEE,
+                      v2: 0x6C79_6765_6E65_7261 ^ k0, v3: 0x7465_6462_7974_6573 ^ k1)
         let count = bytes.count
         let whole = count & ~7
         var at = 0
         while at < whole {
-            let m = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self))
-            v3 ^= m
-            round(); round()
-            v0 ^= m
+            v.absorb(UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self)))
             at += 8
         }
         var last = UInt64(truncatingIfNeeded: count) << 56
@@ -57,15 +44,33 @@ public struct SipHash128: Sendable {
             shift += 8
             at += 1
         }
-        v3 ^= last
-        round(); round()
-        v0 ^= last
+        v.absorb(last)
 
-        v2 ^= 0xEE
-        round(); round(); round(); round()
-        let first = v0 ^ v1 ^ v2 ^ v3
-        v1 ^= 0xDD
-        round(); round(); round(); round()
-        return (first, v0 ^ v1 ^ v2 ^ v3)
+        v.v2 ^= 0xEE
+        v.round(); v.round(); v.round(); v.round()
+        let first = v.v0 ^ v.v1 ^ v.v2 ^ v.v3
+        v.v1 ^= 0xDD
+        v.round(); v.round(); v.round(); v.round()
+        return (first, v.v0 ^ v.v1 ^ v.v2 ^ v.v3)
+    }
+
+    /// The four words, in registers: a value type with inlined methods (a nested function
+    /// capturing the words was compiled as a call per round).
+    private struct State {
+        var v0, v1, v2, v3: UInt64
+
+        @inline(__always) mutating func round() {
+            v0 &+= v1; v1 = (v1 << 13) | (v1 >> 51); v1 ^= v0; v0 = (v0 << 32) | (v0 >> 32)
+            v2 &+= v3; v3 = (v3 << 16) | (v3 >> 48); v3 ^= v2
+            v0 &+= v3; v3 = (v3 << 21) | (v3 >> 43); v3 ^= v0
+            v2 &+= v1; v1 = (v1 << 17) | (v1 >> 47); v1 ^= v2; v2 = (v2 << 32) | (v2 >> 32)
+        }
+
+        /// One message word, two compression rounds (SipHash-2-x).
+        @inline(__always) mutating func absorb(_ m: UInt64) {
+            v3 ^= m
+            round(); round()
+            v0 ^= m
+        }
     }
 }

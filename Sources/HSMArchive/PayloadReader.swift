@@ -40,28 +40,43 @@ public struct ManifestRecord: Sendable, Equatable {
     /// digits, already checked), written into `out`, whose storage is reused.
     static func encode(kind: ObjectKind, path: UnsafeBufferPointer<UInt8>, size: Int, hexDigest: UnsafeBufferPointer<UInt8>,
                        into out: inout [UInt8]) {
+        // Written in place, not byte by byte through `append` (this runs once per record while
+        // the other threads wait for the manifest).
+        let total = 1 + 2 + path.count + 8 + 32
         out.removeAll(keepingCapacity: true)
-        appendHead(kind: kind, path: path, size: size, into: &out)
-        func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c &- 0x30 : c &- 0x61 &+ 10 }
-        for i in 0..<32 { out.append(nibble(hexDigest[2 * i]) << 4 | nibble(hexDigest[2 * i + 1])) }
+        out.reserveCapacity(total)
+        out.append(contentsOf: repeatElement(0, count: total))
+        out.withUnsafeMutableBufferPointer { o in
+            let d = o.baseAddress!
+            writeHead(kind: kind, path: path, size: size, to: d)
+            let digest = d + 3 + path.count + 8
+            @inline(__always) func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c &- 0x30 : c &- 0x61 &+ 10 }
+            for i in 0..<32 { digest[i] = nibble(hexDigest[2 * i]) << 4 | nibble(hexDigest[2 * i + 1]) }
+        }
     }
 
     /// The bytes both sides of the check hash: kind, path, size, SHA-256.
     var encoded: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(1 + 2 + path.utf8.count + 8 + 32)
-        Self.appendHead(kind: kind, path: path.utf8, size: size, into: &out)
-        out.append(contentsOf: sha256)
-        return out
+        precondition(sha256.count == 32)
+        var path = self.path
+        return path.withUTF8 { p in
+            let total = 1 + 2 + p.count + 8 + 32
+            return [UInt8](unsafeUninitializedCapacity: total) { o, initialized in
+                let d = o.baseAddress!
+                Self.writeHead(kind: kind, path: p, size: size, to: d)
+                sha256.withUnsafeBufferPointer { (d + 3 + p.count + 8).update(from: $0.baseAddress!, count: 32) }
+                initialized = total
+            }
+        }
     }
 
     /// The layout before the digest: kind (1 policy, 2 user, 3 key), path length u16, path, size u64.
-    private static func appendHead<P: Collection>(kind: ObjectKind, path: P, size: Int, into out: inout [UInt8]) where P.Element == UInt8 {
-        out.append(kind == .policy ? 1 : kind == .user ? 2 : 3)
-        out.append(UInt8(truncatingIfNeeded: path.count >> 8))
-        out.append(UInt8(truncatingIfNeeded: path.count))
-        out.append(contentsOf: path)
-        for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * i))) }
+    private static func writeHead(kind: ObjectKind, path: UnsafeBufferPointer<UInt8>, size: Int, to d: UnsafeMutablePointer<UInt8>) {
+        d[0] = kind == .policy ? 1 : kind == .user ? 2 : 3
+        d[1] = UInt8(truncatingIfNeeded: path.count >> 8)
+        d[2] = UInt8(truncatingIfNeeded: path.count)
+        if path.count > 0 { (d + 3).update(from: path.baseAddress!, count: path.count) }
+        UnsafeMutableRawPointer(d + 3 + path.count).storeBytes(of: UInt64(size).bigEndian, as: UInt64.self)
     }
 
     /// 32 bits that tell a record from a changed one at once, so the error names the object
