@@ -58,9 +58,22 @@ enum CanonicalKeyParser {
             guard c.lit("]") else { return nil }
         }
         guard c.lit(#","type":"#), let typeRange = c.str(),
-              let type = KeyType(rawValue: String(decoding: b[typeRange], as: UTF8.self)), c.lit("}"), c.at == c.count else { return nil }
+              let type = keyType(UnsafeBufferPointer(rebasing: b[typeRange])), c.lit("}"), c.at == c.count else { return nil }
         return Key(handle: handle.magnitude, type: type, bits: bits, material: material.range,
                    materialBytes: material.isHex ? material.range.count / 2 : nil)
+    }
+
+    /// `KeyType(rawValue:)` on the bytes, without making a String for each key (a test checks
+    /// that the two agree on every case).
+    static func keyType(_ b: UnsafeBufferPointer<UInt8>) -> KeyType? {
+        func equals(_ s: StaticString) -> Bool {
+            b.count == s.utf8CodeUnitCount && (b.count == 0 || memcmp(b.baseAddress!, s.utf8Start, b.count) == 0)
+        }
+        if equals("AES") { return .aes }
+        if equals("RSA") { return .rsa }
+        if equals("EC") { return .ec }
+        if equals("GENERIC_SECRET") { return .genericSecret }
+        return nil
     }
 
     @inline(__always) static func isHexDigit(_ c: UInt8) -> Bool {

@@ -33,6 +33,16 @@ final class CanonicalKeyParserTests: XCTestCase {
 
     /// Material that is not even-length hex (odd, a non-hex digit, upper case, empty) still
     /// takes the fast path, and its verdict matches `Hex.decode`'s.
+    /// The parser names the key type from its bytes: the same as `KeyType(rawValue:)` for every
+    /// type, and nothing for near misses.
+    func testKeyTypeFromBytesAgreesWithRawValue() {
+        let names = KeyType.allCases.map(\.rawValue) + ["", "aes", "AE", "AESX", "GENERIC_SECRE", "EC ", "DES"]
+        for name in names {
+            let parsed = Array(name.utf8).withUnsafeBufferPointer { CanonicalKeyParser.keyType($0) }
+            XCTAssertEqual(parsed, KeyType(rawValue: name), name)
+        }
+    }
+
     func testMaterialHexVerdictMatchesHexDecode() throws {
         var k = try SimulatedHSM.makeContents(keys: 1, users: 1, seed: 8, options: .deterministic).keys[0]
         let good = k.material
