@@ -553,7 +553,7 @@ private struct LanePlan {
         var groups = byN.map { Group(n: $0.key, lanes: $0.value) }.sorted { $0.n > $1.n }
         // Lockstep pays per group: when groups average under three lanes (compressed chunks
         // differ in length by a few semiblocks), every lane becomes its own group and runW
-        // takes its per-lane loop. Equal lengths keep their groups.
+        // takes its per-lane loop. A batch of mostly equal lengths keeps its groups.
         if groups.count * 3 > lanes.count {
             groups = groups.flatMap { g in g.lanes.map { Group(n: g.n, lanes: [$0]) } }
         }

@@ -144,8 +144,9 @@ public final class BackupService {
             // The reader lends the chunks it checked, so the check compares instead of hashing.
             // Closed before any wait for the check, which may be waiting for the next chunk.
             let feed = VerifiedChunkFeed()
-            (reader as? LocalObjectReader)?.verifiedChunks = feed
-            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed, verified: feed)
+            let local = reader as? LocalObjectReader
+            local?.verifiedChunks = feed
+            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed, verified: local == nil ? nil : feed)
             defer { feed.close(); check.wait() }
             let gated = GatedReader(reader, gate: { feed.close(); check.wait() })
             report = try Verifier.verify(ReaderSource(gated), name: entry.backupId, level: level,

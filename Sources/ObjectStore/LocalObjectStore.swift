@@ -373,8 +373,9 @@ public final class LocalObjectStore: ObjectStorage {
     /// a pass each (issue 17: 88 MB less hashing in a 3-replica verify).
     ///
     /// With `verified`, the chunks a reader beside this check has already matched to their
-    /// digests (`VerifiedChunkFeed`) stand for a chunk hashed here: equal bytes are good,
-    /// different bytes are not. Chunks the feed does not have are hashed as above.
+    /// digests under this same record (`VerifiedChunkFeed`) stand for a chunk hashed here: equal
+    /// bytes are good without hashing. Other bytes, and chunks the feed does not have, are
+    /// hashed as above.
     func verifyChunksTogether(_ files: [ReplicaFile], against record: ObjectRecord,
                               verified: VerifiedChunkFeed? = nil) -> [ReplicaFinding] {
         var found = [ReplicaFinding?](repeating: nil, count: files.count)
@@ -525,7 +526,9 @@ public final class LocalObjectReader: ObjectReading {
 
     /// Where the chunks this reader has checked are lent to a replica check beside it (set
     /// before the first read); closed when the stream ends, fails or the reader goes.
-    public var verifiedChunks: VerifiedChunkFeed?
+    public var verifiedChunks: VerifiedChunkFeed? {
+        didSet { verifiedChunks?.recordBytes = recordBytes }
+    }
 
     init(store: LocalObjectStore, key: String, readRepair: Bool = true) throws {
         self.store = store

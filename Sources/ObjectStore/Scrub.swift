@@ -153,7 +153,9 @@ extension LocalObjectStore {
             // On this thread only: it runs beside a pass that is itself CPU-bound, and a second
             // thread here would take the core the pass's parser needs. The replicas are read
             // side by side so that those that agree are hashed once.
-            bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record, verified: verified)
+            // The reader's chunks count only if it checked them against this reference record.
+            let lent = verified.flatMap { $0.lends(for: ref.recordBytes) ? $0 : nil }
+            bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record, verified: lent)
         }
         return bad.sorted { $0.replica < $1.replica }
     }

@@ -4,9 +4,11 @@
 // against the record, while `verifyReplicasBesideRead` checks the other replicas on another
 // thread. Without this, that check hashed one more replica (88 MB of SHA-256 for a 256 MiB
 // payload) to learn what the reader already knows. With it, a replica chunk whose bytes equal
-// the reader's checked bytes is good, and one whose bytes differ is not: the checked bytes hash
-// to the chunk digest, so different bytes with that digest would be a SHA-256 collision (the
-// rule every chunk check and `verifyChunksTogether` already rest on).
+// the reader's checked bytes is good without hashing: the checked bytes hash to the chunk digest
+// (the rule every chunk check and `verifyChunksTogether` already rest on). A chunk whose bytes
+// differ is hashed, as before. The lent chunks count only against the record the reader checked
+// them with: a check that finds another reference record (the replicas changed between the two
+// opens) does not use them.
 //
 // The feed never makes the reader wait: it keeps the last `capacity` chunks, and a chunk the
 // check did not take in time (or one the reader never reached) is hashed by the check itself.
@@ -20,10 +22,19 @@ public final class VerifiedChunkFeed: @unchecked Sendable {
     private var highest = -1
     private var closed = false
     private let capacity: Int
+    /// The record the lent chunks were checked against (the reader's; set before its first read).
+    var recordBytes: [UInt8]? {
+        get { condition.lock(); defer { condition.unlock() }; return record }
+        set { condition.lock(); record = newValue; condition.unlock() }
+    }
+    private var record: [UInt8]?
 
     public init(capacity: Int = 4) {
         self.capacity = max(1, capacity)
     }
+
+    /// Whether the lent chunks were checked against this record.
+    func lends(for record: [UInt8]) -> Bool { recordBytes == record }
 
     /// Reader side: chunk `index` matched its digest; these are its bytes (shared, not copied).
     func offer(_ index: Int, _ bytes: [UInt8]) {

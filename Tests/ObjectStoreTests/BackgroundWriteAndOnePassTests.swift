@@ -202,6 +202,29 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         XCTAssertEqual(found.map(\.chunk), [2])
     }
 
+    /// The lent chunks count only against the record the reader checked them with: when the
+    /// check's reference record is another (the replicas changed between the two opens), it
+    /// hashes every chunk itself. (A chunk lent as checked but equal to a damaged replica's shows
+    /// which way the check went.)
+    func testLentChunksCountOnlyForTheRecordTheyWereCheckedWith() throws {
+        let s = Scratch()
+        let store = try makeStore(s)
+        _ = try store.put("k", bytes: pattern(3 * mib, seed: 24))
+        flipByte(store.objectPath(1, "k"), at: mib + 9)
+        flipByte(store.objectPath(2, "k"), at: 2 * mib + 9)
+        let set = store.openReplicas("k")
+        let ref = try XCTUnwrap(set.reference)
+        let damaged = try set.good.first { $0.replica == 1 }!.readChunk(1)
+        for (record, expected) in [(Array(ref.recordBytes.reversed()), [1, 2]), (ref.recordBytes, [2])] {
+            let feed = VerifiedChunkFeed()
+            feed.recordBytes = record
+            feed.offer(1, damaged)
+            feed.close()
+            let found = store.verifyReplicasBesideRead("k", skipping: 0, verified: feed)
+            XCTAssertEqual(found.map(\.replica), expected)
+        }
+    }
+
     /// A reader that stops early never blocks the check: closing the feed (the reader's end,
     /// failure or release) lets the check hash the chunks it still needs.
     func testAnAbandonedReaderDoesNotHoldTheCheck() throws {
