@@ -182,11 +182,9 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         }
     }
 
-    /// The check trusts what the feed lends: a chunk lent as checked whose bytes equal a damaged
-    /// replica's is taken as good (so the feed is consulted), and a chunk the feed does not have
-    /// is hashed. Only `LocalObjectReader` lends, and only chunks that matched their digest.
-    func testTheCheckTakesLentChunksAsCheckedAndHashesTheRest() throws {
-        let s = Scratch()
+    /// A 3 MiB object whose replica 1 is damaged in chunk 1 and replica 2 in chunk 2; its replica
+    /// set, reference, and the damaged bytes of replica 1's chunk 1.
+    private func storeWithTwoDamagedReplicas(_ s: Scratch) throws -> (LocalObjectStore, LocalObjectStore.ReplicaSet, ReplicaFile, [UInt8]) {
         let store = try makeStore(s)
         _ = try store.put("k", bytes: pattern(3 * mib, seed: 22))
         flipByte(store.objectPath(1, "k"), at: mib + 9)
@@ -194,6 +192,15 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
         let set = store.openReplicas("k")
         let ref = try XCTUnwrap(set.reference)
         let damaged = try set.good.first { $0.replica == 1 }!.readChunk(1)
+        return (store, set, ref, damaged)
+    }
+
+    /// The check trusts what the feed lends: a chunk lent as checked whose bytes equal a damaged
+    /// replica's is taken as good (so the feed is consulted), and a chunk the feed does not have
+    /// is hashed. Only `LocalObjectReader` lends, and only chunks that matched their digest.
+    func testTheCheckTakesLentChunksAsCheckedAndHashesTheRest() throws {
+        let s = Scratch()
+        let (store, set, ref, damaged) = try storeWithTwoDamagedReplicas(s)
         let feed = VerifiedChunkFeed()
         feed.offer(1, damaged)        // a lie, to see it used
         feed.close()                  // chunks 0 and 2 never lent: hashed here
@@ -208,13 +215,7 @@ final class BackgroundWriteAndOnePassTests: XCTestCase {
     /// which way the check went.)
     func testLentChunksCountOnlyForTheRecordTheyWereCheckedWith() throws {
         let s = Scratch()
-        let store = try makeStore(s)
-        _ = try store.put("k", bytes: pattern(3 * mib, seed: 24))
-        flipByte(store.objectPath(1, "k"), at: mib + 9)
-        flipByte(store.objectPath(2, "k"), at: 2 * mib + 9)
-        let set = store.openReplicas("k")
-        let ref = try XCTUnwrap(set.reference)
-        let damaged = try set.good.first { $0.replica == 1 }!.readChunk(1)
+        let (store, _, ref, damaged) = try storeWithTwoDamagedReplicas(s)
         for (record, expected) in [(Array(ref.recordBytes.reversed()), [1, 2]), (ref.recordBytes, [2])] {
             let feed = VerifiedChunkFeed()
             feed.recordBytes = record
