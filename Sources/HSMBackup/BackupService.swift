@@ -140,21 +140,21 @@ public final class BackupService {
             // end of its stream, waits for that check, so `before` is what the replicas held
             // before any repair.
             reader = try openReader(entry)
-            let streamed = (reader as? LocalObjectReader)?.streamingReplica
             // The reader lends the chunks it checked, so the check compares instead of hashing.
             // Closed before any wait for the check, which may be waiting for the next chunk.
-            let feed = VerifiedChunkFeed()
             let local = reader as? LocalObjectReader
+            let streamed = local?.streamingReplica
+            let feed = local.map { _ in VerifiedChunkFeed() }
             local?.verifiedChunks = feed
-            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed, verified: local == nil ? nil : feed)
-            defer { feed.close(); check.wait() }
-            let gated = GatedReader(reader, gate: { feed.close(); check.wait() })
+            let check = ReplicaCheck(store: store, key: entry.objectKey, skipping: streamed, verified: feed)
+            defer { feed?.close(); check.wait() }
+            let gated = GatedReader(reader, gate: { feed?.close(); check.wait() })
             report = try Verifier.verify(ReaderSource(gated), name: entry.backupId, level: level,
                                          keys: keys, expectedBackupID: entry.backupId, progress: progress)
-            feed.close()
+            feed?.close()
             var found = check.wait()
             if let streamed {
-                if gated.readToEnd, let r = reader as? LocalObjectReader {
+                if gated.readToEnd, let r = local {
                     // The stream checked every chunk of that replica, or says where it failed.
                     found += r.findings.filter { $0.replica == streamed }
                 } else {

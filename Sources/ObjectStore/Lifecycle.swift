@@ -246,11 +246,7 @@ public final class ReaderSource: ObjectSource {
     public init(_ reader: ObjectReading) { self.reader = reader }
 
     public func read(maxCount: Int) throws -> [UInt8] {
-        if offset == pending.count {
-            guard let next = try reader.read() else { return [] }
-            pending = next
-            offset = 0
-        }
+        guard try refill() else { return [] }
         let n = Swift.min(maxCount, pending.count - offset)
         defer { offset += n }
         return Array(pending[offset..<(offset + n)])
@@ -259,16 +255,22 @@ public final class ReaderSource: ObjectSource {
     /// `read(maxCount:)` straight into the caller's buffer (no array in between: a verification
     /// reads a whole archive through here).
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        if offset == pending.count {
-            guard let next = try reader.read() else { return 0 }
-            pending = next
-            offset = 0
-        }
+        guard try refill() else { return 0 }
         let n = Swift.min(buffer.count, pending.count - offset)
         if n > 0 {
             pending.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
         }
         offset += n
         return n
+    }
+
+    /// Makes sure unread bytes are pending: false at the end of the stream.
+    private func refill() throws -> Bool {
+        if offset == pending.count {
+            guard let next = try reader.read() else { return false }
+            pending = next
+            offset = 0
+        }
+        return true
     }
 }

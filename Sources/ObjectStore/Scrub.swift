@@ -152,7 +152,8 @@ extension LocalObjectStore {
         if let ref = set.reference {
             // On this thread only: it runs beside a pass that is itself CPU-bound, and a second
             // thread here would take the core the pass's parser needs. The replicas are read
-            // side by side so that those that agree are hashed once.
+            // side by side so that those that agree are hashed once, or not at all where the
+            // reader lends the chunks it checked.
             // The reader's chunks count only if it checked them against this reference record.
             let lent = verified.flatMap { $0.lends(for: ref.recordBytes) ? $0 : nil }
             bad += verifyChunksTogether(set.good.filter { $0.replica != skipping }, against: ref.record, verified: lent)
