@@ -38,12 +38,15 @@ demo: build
 # line, are the last things printed.
 # The XCTests run with a moto server up (scripts/aws/with-moto.sh: venv in .build-aws-venv/,
 # loopback, signature checks on, stopped at the end); HSMBACKUP_REQUIRE_EXTERNAL=1 makes a test
-# whose external tool or server is missing fail instead of skip.
+# whose external tool or server is missing fail instead of skip. TMPDIR is a fresh directory,
+# removed when the suite ends however it ends, so the scratch homes, stores and tokens the tests
+# make (several GB over a run) never stay behind in /tmp.
 test: deps
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory man docs CONFIG=debug SWIFT="$(SWIFT)"
 	bash scripts/interop/run.sh $(BIN)
-	@set -o pipefail; HSMBACKUP_REQUIRE_EXTERNAL=1 bash scripts/aws/with-moto.sh \
+	@set -o pipefail; scratch=$$(mktemp -d -t hsmbackup-test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; \
+	  TMPDIR=$$scratch HSMBACKUP_REQUIRE_EXTERNAL=1 bash scripts/aws/with-moto.sh \
 	  $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -vE "^Test Case .*(started|passed)"; rc=$$?; \
 	  line=$$(grep -E "^\s*Executed [0-9]+ tests?, with ([0-9]+ tests? skipped and )?[0-9]+ failures?" .build/test.log | tail -1); \

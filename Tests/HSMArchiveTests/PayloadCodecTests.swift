@@ -61,6 +61,7 @@ final class PayloadCodecTests: XCTestCase {
     func testReaderRefusesLinksDotDotAndGarbage() throws {
         let dir = NSTemporaryDirectory() + "tarlinks-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/f"))
         try FileManager.default.createSymbolicLink(atPath: dir + "/l", withDestinationPath: "/etc/passwd")
         func bsdtar(_ args: [String]) throws -> [UInt8] {

@@ -22,6 +22,7 @@ final class VectorTests: XCTestCase {
 
     func testCommittedVectorsAndSamplesAreCurrent() throws {
         let tmp = NSTemporaryDirectory() + "vectors-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
         try SpecVectors.generate(vectorsDirectory: tmp + "/inner", samplesDirectory: tmp + "/samples")
         for (fresh, committed) in [(tmp + "/inner", Self.vectorsDir), (tmp + "/samples", Self.samplesDir)] {
             let names = try FileManager.default.contentsOfDirectory(atPath: fresh).sorted()

@@ -29,6 +29,13 @@ final class PKCS11CLITests: XCTestCase {
         }
     }
 
+    /// XCTest keeps every test case object until the process ends: release the fixture here, so
+    /// its token directory goes when the test does.
+    override func tearDown() {
+        fx = nil
+        super.tearDown()
+    }
+
     struct Result { let status: Int32; let out: String; let err: String }
 
     func environment(pin: String? = SoftHSMFixture.userPIN, extra: [String: String] = [:]) -> [String: String] {

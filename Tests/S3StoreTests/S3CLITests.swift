@@ -55,6 +55,7 @@ final class S3CLITests: XCTestCase {
     func makeHome(_ moto: Moto, buckets: [String]) throws -> Home {
         let root = NSTemporaryDirectory() + "hsmb-s3cli-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
         let h = Home(path: root, env: moto.cliEnvironment)
         var args = ["store", "init", "--endpoint", moto.endpoint, "--part-size-mib", "5"]
         for b in buckets { args += ["--s3", "s3://\(b)/hsm/backups"] }
