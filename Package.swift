@@ -67,7 +67,7 @@ let package = Package(
         .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
         // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP transport, retries, errors.
-        .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding"]),
+        .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
         // The AWS KMS keyring (issue 16), ESDK-compatible EDKs over AWSCore.
         .target(name: "AWSKMS", dependencies: ["AWSCore", "Envelope", "BackupCrypto"]),
         .executableTarget(name: "hsmbackup", dependencies: [

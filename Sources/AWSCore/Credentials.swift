@@ -1,4 +1,5 @@
 import BackupCrypto
+import Durability
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -105,12 +106,14 @@ public struct AWSSharedConfigFile: Sendable {
     public let path: String
     public private(set) var sections: [String: Section] = [:]
 
-    /// nil when the file does not exist; throws `AWSError` (credentials) when it cannot be read.
+    /// nil when the file does not exist; throws `AWSError` (credentials) when it cannot be read,
+    /// or is not a regular file (a FIFO with no writer would otherwise hang the command, and a
+    /// scheduled run with it, holding the schedule's lock).
     public static func load(_ path: String) throws -> AWSSharedConfigFile? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 {
-            if errno == ENOENT || errno == ENOTDIR { return nil }
-            throw AWSError.credentials("\(path): \(String(cString: strerror(errno)))")
+        let fd: Int32
+        do { fd = try AtomicFile.openRegularFile(path) } catch let e as FileError {
+            if e.code == .notFound { return nil }
+            throw AWSError.credentials("\(path) \(e.reason)")
         }
         defer { close(fd) }
         let limit = 1 << 20

@@ -27,6 +27,8 @@ public enum AtomicFile {
 
     /// Reads a whole file (for small state files; large objects are streamed by their owners).
     /// Only a regular file is read: a FIFO, device, socket or directory is refused, never waited on.
+    /// Key files are read with it too, so no copy stays behind: the result is sized from the
+    /// file's length up front (no growth leaves old storage), and the read buffer is cleared.
     public static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8] {
         let fd = try openRegularFile(path)
         defer { close(fd) }
@@ -36,7 +38,9 @@ public enum AtomicFile {
             throw FileError(code: .tooLarge, operation: "read", path: path, reason: "\(st.st_size) bytes exceeds the limit of \(limit)")
         }
         var out = [UInt8]()
+        out.reserveCapacity(Int(st.st_size) + 1)
         var buf = [UInt8](repeating: 0, count: 1 << 16)
+        defer { buf.withUnsafeMutableBytes { explicit_bzero($0.baseAddress!, $0.count) } }
         while true {
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
@@ -82,17 +86,67 @@ public enum AtomicFile {
         guard st.st_mode & S_IFMT == S_IFREG else { throw FileError.notRegular(path, mode: st.st_mode, operation: "read") }
     }
 
-    /// Checks a path that is about to be written (a temp file renamed over it): it must not exist
-    /// or be a regular file. A device, FIFO, socket or directory is refused, since the rename
-    /// would replace the node itself (`-o /dev/null` would become a regular file holding the output).
+    /// Checks a path that is about to be written (a temp file renamed over it): see `outputTarget`.
     public static func checkOutput(_ path: String) throws {
-        var st = stat()
-        if stat(path, &st) != 0 {
-            let e = errno
-            if e == ENOENT { return } // absent (or a dangling symlink, which the rename replaces)
-            throw FileError(errno: e, operation: "stat", path: path)
+        _ = try outputTarget(path)
+    }
+
+    /// The file an output named `path` replaces: `path` itself when it is absent or a regular
+    /// file; when it is a symbolic link (or a chain of them) to a regular file, that file, so
+    /// the output is written through the link (the link stays a link; a rename over the link
+    /// itself would leave the file it names, and whatever it held, in place). Refused
+    /// (`notRegularFile`): a directory, FIFO, device or socket, since the rename would replace the
+    /// node itself (`-o /dev/null` would become a regular file holding the output); a link to
+    /// nothing; and a link into `/dev` or `/proc`, or any path through `/proc`: `/dev/stdout` is
+    /// `/proc/self/fd/1`, which names whatever file the shell redirected to, and a rename beside
+    /// it would create a file in `/dev` (as root, replacing the system's `/dev/stdout`).
+    public static func outputTarget(_ path: String) throws -> String {
+        var current = path
+        for _ in 0..<40 {
+            if isUnderProc(current) {
+                throw FileError(code: .notRegularFile, operation: "write", path: path,
+                                reason: "is under /proc (a process's own descriptors), not a file of its own")
+            }
+            var st = stat()
+            if lstat(current, &st) != 0 {
+                let e = errno
+                if e == ENOENT && current == path { return path } // absent: created
+                if e == ENOENT {
+                    throw FileError(code: .notRegularFile, operation: "write", path: path,
+                                    reason: "is a symbolic link to \(current), which does not exist (name the file to create)")
+                }
+                throw FileError(errno: e, operation: "stat", path: current)
+            }
+            let kind = st.st_mode & S_IFMT
+            if kind == S_IFREG { return current }
+            guard kind == S_IFLNK else {
+                if current == path { throw FileError.notRegular(path, mode: st.st_mode, operation: "write") }
+                throw FileError(code: .notRegularFile, operation: "write", path: path,
+                                reason: "is a symbolic link to \(current), which \(FileError.notRegular(current, mode: st.st_mode, operation: "write").reason)")
+            }
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(current, &buf, buf.count - 1)
+            guard n >= 0 else { throw FileError(errno: errno, operation: "readlink", path: current) }
+            let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let next = target.hasPrefix("/") ? target : directory(of: current) + "/" + target
+            if next.hasPrefix("/dev/") || next.hasPrefix("/proc/") || next == "/proc" || isUnderProc(next) {
+                throw FileError(code: .notRegularFile, operation: "write", path: path,
+                                reason: "is a symbolic link to \(target), standard output or another descriptor or device, "
+                                    + "not a file of its own (use `-` for stdout where offered)")
+            }
+            current = next
         }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw FileError.notRegular(path, mode: st.st_mode, operation: "write") }
+        throw FileError(errno: ELOOP, operation: "write", path: path)
+    }
+
+    /// Whether `path`'s directory is `/proc` or below it, whatever the spelling (`fd/1` with
+    /// `/proc/self` as the working directory, `../proc/...`).
+    private static func isUnderProc(_ path: String) -> Bool {
+        if path == "/proc" || path.hasPrefix("/proc/") { return true }
+        guard let real = realpath(directory(of: path), nil) else { return false }
+        defer { free(real) }
+        let dir = String(cString: real)
+        return dir == "/proc" || dir.hasPrefix("/proc/")
     }
 
     /// fsyncs a directory so a rename or unlink inside it is durable.
@@ -103,19 +157,30 @@ public enum AtomicFile {
         guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync directory", path: dir) }
     }
 
-    /// Creates a directory (and parents) with owner-only permissions; an existing one is kept.
+    /// Creates a directory (and parents) with owner-only permissions; an existing directory (or
+    /// a symbolic link to one) is kept as it is. A file, device or FIFO on the way is refused
+    /// (`notDirectory`) rather than reported later as a path that does not exist.
     public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws {
         var parts: [Substring] = path.split(separator: "/", omittingEmptySubsequences: true)
         var current = path.hasPrefix("/") ? "" : "."
         if parts.isEmpty { return }
         let last = parts.removeLast()
+        func existing(_ dir: String) throws {
+            let e = errno
+            guard e == EEXIST else { throw FileError(errno: e, operation: "mkdir", path: dir) }
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw FileError(errno: errno, operation: "stat", path: dir) }
+            guard st.st_mode & S_IFMT == S_IFDIR else {
+                throw FileError(code: .notDirectory, operation: "mkdir", path: dir, reason: "is a \(FileError.kindName(st.st_mode)), not a directory")
+            }
+        }
         for p in parts {
             current += "/" + p
-            if mkdir(current, 0o700) != 0 && errno != EEXIST { throw FileError(errno: errno, operation: "mkdir", path: current) }
+            if mkdir(current, 0o700) != 0 { try existing(current) }
         }
         current += "/" + last
         if mkdir(current, mode) != 0 {
-            guard errno == EEXIST else { throw FileError(errno: errno, operation: "mkdir", path: current) }
+            try existing(current)
         } else {
             // mkdir's mode is filtered by the umask: set it exactly.
             _ = chmod(current, mode)
@@ -150,11 +215,14 @@ public enum AtomicFile {
         public private(set) var bytesWritten: Int = 0
         private var writebackStart = 0
 
+        /// The file replaced at commit: `path`, or the file a symbolic link at `path` names.
+        public let target: String
+
         public init(path: String, mode: mode_t = 0o600) throws {
             self.path = path
-            try AtomicFile.checkOutput(path)
-            let dir = AtomicFile.directory(of: path)
-            let name = AtomicFile.baseName(of: path)
+            target = try AtomicFile.outputTarget(path)
+            let dir = AtomicFile.directory(of: target)
+            let name = AtomicFile.baseName(of: target)
             var rnd = [UInt8](repeating: 0, count: 8)
             for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
             let suffix = rnd.map { String($0, radix: 16) }.joined()
@@ -206,9 +274,9 @@ public enum AtomicFile {
             guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: tempPath) }
             guard close(fd) == 0 else { fd = -1; throw FileError(errno: errno, operation: "close", path: tempPath) }
             fd = -1
-            guard rename(tempPath, path) == 0 else { throw FileError(errno: errno, operation: "rename", path: path) }
+            guard rename(tempPath, target) == 0 else { throw FileError(errno: errno, operation: "rename", path: target) }
             finished = true
-            try AtomicFile.syncDirectory(AtomicFile.directory(of: path))
+            try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
         }
 
         /// Removes the temp file; the target is untouched.
@@ -240,6 +308,8 @@ public struct FileError: Error, CustomStringConvertible, Sendable {
         case notRegularFile
         /// The path is a symbolic link that loops (ELOOP).
         case symlinkLoop
+        /// The path names a file (or another non-directory) where a directory is needed.
+        case notDirectory
     }
     public let code: Code
     public let operation: String

@@ -140,7 +140,11 @@ public final class AtomicFileSink: ByteSink {
     private var writebackAt = 0
 
     public init(path: String, mode: mode_t = 0o600) throws {
-        do { writer = try AtomicFile.Writer(path: path, mode: mode) } catch { throw EnvelopeError(.io, "\(error)") }
+        do { writer = try AtomicFile.Writer(path: path, mode: mode) } catch let e as FileError {
+            // A path that cannot be an output (a device, a link to stdout or to nothing) is the
+            // caller's mistake, as for inputs; anything else is I/O.
+            throw EnvelopeError(e.code == .notRegularFile || e.code == .symlinkLoop ? .invalidArgument : .io, "\(e)")
+        }
     }
 
     public func write(_ b: [UInt8]) throws {

@@ -58,6 +58,10 @@ public final class LocalObjectStore: ObjectStorage {
         guard access(confPath, F_OK) != 0 else {
             throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
         }
+        // Every replica directory is checked before any is written: one that holds a marker or
+        // objects is another store's disk (or one left by an init that never finished), and
+        // writing our marker there would take it from that store.
+        for p in paths { try refuseUsedReplica(resolve(p, root: root)) }
         for (i, p) in paths.enumerated() {
             try initReplica(resolve(p, root: root), index: i, storeId: config.storeId)
         }
@@ -84,6 +88,25 @@ public final class LocalObjectStore: ObjectStorage {
     }
 
     static func resolve(_ p: String, root: String) -> String { p.hasPrefix("/") ? p : root + "/" + p }
+
+    /// Refuses (`alreadyInitialized`) a replica directory that already has a marker, or
+    /// anything in its `objects/`.
+    static func refuseUsedReplica(_ path: String) throws {
+        var st = Glibc.stat()
+        if lstat(path + "/" + ReplicaMarker.fileName, &st) == 0 {
+            throw StoreError(.alreadyInitialized, path: path,
+                             "the replica directory already holds a replica marker (another store's replica, or one left by an init that "
+                                + "did not finish; remove the directory if no store uses it)")
+        }
+        guard let d = opendir(path + "/" + objectsDir) else { return }
+        defer { closedir(d) }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." {
+                throw StoreError(.alreadyInitialized, path: path, "the replica directory already holds objects (\(objectsDir)/\(name))")
+            }
+        }
+    }
 
     static func initReplica(_ path: String, index: Int, storeId: [UInt8]) throws {
         try fileOp(path) { try AtomicFile.makeDirectory(path) }

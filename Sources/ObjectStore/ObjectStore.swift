@@ -149,7 +149,7 @@ public final class FileSource: ObjectSource {
     public init(path: String) throws {
         self.path = path
         do { handle = FileHandle(fileDescriptor: try AtomicFile.openRegularFile(path), closeOnDealloc: true) } catch let e as FileError {
-            let code: StoreError.Code = e.code == .notFound ? .notFound : e.code == .notRegularFile || e.code == .symlinkLoop ? .invalidArgument : .ioError
+            let code: StoreError.Code = e.code == .notFound ? .notFound : e.code == .notRegularFile || e.code == .notDirectory || e.code == .symlinkLoop ? .invalidArgument : .ioError
             throw StoreError(code, path: path, "cannot open the input file: \(e.reason)")
         }
     }

@@ -28,6 +28,12 @@ public struct HSMError: Error, Equatable, CustomStringConvertible, Sendable {
     public static func == (a: HSMError, b: HSMError) -> Bool { a.code == b.code }
 
     static func file(_ e: FileError) -> HSMError {
-        HSMError(e.code == .notFound ? .notFound : .io, e.description, path: e.path)
+        let code: Code
+        switch e.code {
+        case .notFound: code = .notFound
+        case .notRegularFile, .notDirectory, .symlinkLoop: code = .invalidArgument
+        default: code = .io
+        }
+        return HSMError(code, e.description, path: e.path)
     }
 }

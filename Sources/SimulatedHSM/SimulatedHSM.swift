@@ -51,21 +51,48 @@ public final class SimulatedHSM {
                               akbk: OperatorBackupKey? = nil) throws -> SimulatedHSM {
         _ = try KeyHierarchy.manufacturerContext(identity.manufacturerId)
         try identity.validate()
-        if let existing = try? FileManager.default.contentsOfDirectory(atPath: directory), !existing.isEmpty {
-            throw HSMError(.alreadyExists, "the directory is not empty", path: directory)
+        // Absent (made here) or an empty directory; anything else is refused before anything
+        // changes (a file's or a device's mode is never touched).
+        var st = stat()
+        let existed = stat(directory, &st) == 0
+        if existed {
+            guard st.st_mode & S_IFMT == S_IFDIR else {
+                throw HSMError(.invalidArgument, "is a \(FileError.kindName(st.st_mode)), not a directory", path: directory)
+            }
+            let entries: [String]
+            do { entries = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+                throw HSMError(.io, "the directory cannot be listed: \(error.localizedDescription)", path: directory)
+            }
+            if !entries.isEmpty { throw HSMError(.alreadyExists, "the directory is not empty", path: directory) }
         }
         do {
-            try AtomicFile.makeDirectory(directory)
-            chmod(directory, 0o700)
-            try AtomicFile.write(try CanonicalJSON.encode(identity), to: directory + "/" + identityFile)
-            var raw = mkbk.secret.unsafeCopy()
-            defer { wipe(&raw) }
-            try AtomicFile.write(raw, to: directory + "/" + mkbkFile)
-        } catch let e as FileError { throw HSMError.file(e) }
-        let state = try ContentsState.write(HSMContents.empty, to: directory + "/" + contentsFile)
-        let hsm = SimulatedHSM(directory: directory, identity: identity, state: state, mkbk: mkbk, akbk: nil)
-        if let akbk { try hsm.installOperatorKey(akbk) }
-        return hsm
+            do {
+                try AtomicFile.makeDirectory(directory)
+                try restrictToOwner(directory)
+                try AtomicFile.write(try CanonicalJSON.encode(identity), to: directory + "/" + identityFile)
+                var raw = mkbk.secret.unsafeCopy()
+                defer { wipe(&raw) }
+                try AtomicFile.write(raw, to: directory + "/" + mkbkFile)
+            } catch let e as FileError { throw HSMError.file(e) }
+            let state = try ContentsState.write(HSMContents.empty, to: directory + "/" + contentsFile)
+            let hsm = SimulatedHSM(directory: directory, identity: identity, state: state, mkbk: mkbk, akbk: nil)
+            if let akbk { try hsm.installOperatorKey(akbk) }
+            return hsm
+        } catch {
+            // Nothing half-made stays behind (a retry would find "not empty"): the directory was
+            // empty or absent, so what is in it now is this call's.
+            for name in [akbkFile, contentsFile, mkbkFile, identityFile] { unlink(directory + "/" + name) }
+            if !existed { rmdir(directory) }
+            throw error
+        }
+    }
+
+    /// Sets the state directory to 0700 through a descriptor that is certainly a directory.
+    private static func restrictToOwner(_ directory: String) throws {
+        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileError(errno: errno, operation: "open directory", path: directory) }
+        defer { close(fd) }
+        guard fchmod(fd, 0o700) == 0 else { throw FileError(errno: errno, operation: "chmod", path: directory) }
     }
 
     /// Opens the HSM whose state is in `directory`.

@@ -93,6 +93,23 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(try AWSConfiguration.region(env), "ap-south-1")
     }
 
+    /// A credentials or config file that is a FIFO (no writer), a directory or a device is an
+    /// error at once, never a wait: a scheduled run would otherwise hang holding its lock.
+    func testACredentialsFileThatIsNotARegularFileIsRefusedWithoutWaiting() throws {
+        XCTAssertEqual(mkfifo(dir + "/fifo", 0o600), 0)
+        for (variable, path) in [("AWS_SHARED_CREDENTIALS_FILE", dir + "/fifo"), ("AWS_SHARED_CREDENTIALS_FILE", dir + "/.aws"),
+                                 ("AWS_SHARED_CREDENTIALS_FILE", "/dev/zero"), ("AWS_CONFIG_FILE", dir + "/fifo")] {
+            let env = AWSEnvironment(variables: [variable: path, "AWS_PROFILE": "p"], home: "/nonexistent")
+            let started = Date()
+            XCTAssertThrowsError(try { () throws -> Void in
+                if variable == "AWS_CONFIG_FILE" { _ = try AWSConfiguration.region(env) } else { _ = try AWSCredentialsResolver.resolve(env) }
+            }()) { e in
+                XCTAssertTrue("\(e)".contains("not a regular file"), "\(variable)=\(path): \(e)")
+            }
+            XCTAssertLessThan(Date().timeIntervalSince(started), 5, "\(path) was waited on")
+        }
+    }
+
     func testHalfTheEnvironmentPairIsAnError() {
         let env = AWSEnvironment(variables: ["AWS_ACCESS_KEY_ID": "K"], home: dir)
         XCTAssertThrowsError(try AWSCredentialsResolver.resolve(env)) { e in

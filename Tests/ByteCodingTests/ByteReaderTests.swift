@@ -1,4 +1,5 @@
 import ByteCoding
+import Foundation
 import Durability
 import XCTest
 #if canImport(Glibc)
@@ -111,6 +112,58 @@ final class ByteReaderTests: XCTestCase {
 
     /// startWriteback (sync_file_range) between appends changes nothing in what is published,
     /// and an aborted writer that started write-back still leaves nothing behind.
+    /// An output named through a symbolic link replaces the file the link names (the link
+    /// stays); a link to nothing, to a directory or device, into /dev or /proc (`/dev/stdout` is
+    /// `/proc/self/fd/1`), or a path under /proc, is refused before any temp file is made.
+    func testOutputsAreWrittenThroughLinksAndNeverBesideStdout() throws {
+        let dir = NSTemporaryDirectory() + "atomic-links-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([1], to: dir + "/real")
+        XCTAssertEqual(symlink("real", dir + "/link"), 0)
+        XCTAssertEqual(symlink("link", dir + "/link2"), 0)
+        try AtomicFile.write([2, 2], to: dir + "/link2")
+        var st = stat()
+        XCTAssertEqual(lstat(dir + "/link2", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "the link is still a link")
+        XCTAssertEqual(try AtomicFile.read(dir + "/real"), [2, 2], "the file it names holds the output")
+        XCTAssertEqual(try AtomicFile.outputTarget(dir + "/link2"), dir + "/real")
+        XCTAssertEqual(try AtomicFile.outputTarget(dir + "/absent"), dir + "/absent")
+
+        XCTAssertEqual(symlink("nowhere", dir + "/dangling"), 0)
+        XCTAssertEqual(symlink(dir, dir + "/to-dir"), 0)
+        XCTAssertEqual(symlink("/dev/stdout", dir + "/to-stdout"), 0)
+        XCTAssertEqual(symlink("/dev/null", dir + "/to-null"), 0)
+        for path in [dir + "/dangling", dir + "/to-dir", dir + "/to-stdout", dir + "/to-null", "/dev/stdout", "/dev/fd/1",
+                     "/proc/self/fd/1", "/proc/self/cwd/x"] {
+            XCTAssertThrowsError(try AtomicFile.Writer(path: path), path) { e in
+                XCTAssertEqual((e as? FileError)?.code, .notRegularFile, "\(path): \(e)")
+            }
+        }
+        XCTAssertEqual(lstat("/dev/stdout", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "/dev/stdout is untouched")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
+                       ["dangling", "link", "link2", "real", "to-dir", "to-null", "to-stdout"], "nothing created, no temp left")
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: "/dev").contains { $0.contains(AtomicFile.tempMarker) })
+        XCTAssertEqual(symlink("loop-b", dir + "/loop-a"), 0)
+        XCTAssertEqual(symlink("loop-a", dir + "/loop-b"), 0)
+        XCTAssertThrowsError(try AtomicFile.Writer(path: dir + "/loop-a")) { XCTAssertEqual(($0 as? FileError)?.code, .symlinkLoop) }
+    }
+
+    /// A file where a directory is wanted is refused as such (not reported later as a missing path).
+    func testMakeDirectoryRefusesAFileOnTheWay() throws {
+        let dir = NSTemporaryDirectory() + "atomic-mkdir-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir + "/a")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([1], to: dir + "/file")
+        for path in [dir + "/file", dir + "/file/sub"] {
+            XCTAssertThrowsError(try AtomicFile.makeDirectory(path)) { XCTAssertEqual(($0 as? FileError)?.code, .notDirectory, "\(path): \($0)") }
+        }
+        try AtomicFile.makeDirectory(dir + "/a") // an existing directory is fine
+        XCTAssertEqual(symlink("a", dir + "/to-a"), 0)
+        try AtomicFile.makeDirectory(dir + "/to-a/b") // so is a link to one
+    }
+
     func testStartWritebackKeepsTheFileAtomicAndWhole() throws {
         let dir = NSTemporaryDirectory() + "atomic-\(UUID().uuidString)"
         try AtomicFile.makeDirectory(dir)

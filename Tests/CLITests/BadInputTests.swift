@@ -75,6 +75,105 @@ final class BadInputTests: CLIWorldTestCase {
         XCTAssertEqual(try Files.list(dir).sorted(), ["fifo", "full", "m.env", "null", "plain.txt"], "no temp file left beside the targets")
     }
 
+    // MARK: outputs through symbolic links; directories that are not ours to take
+
+    /// `-o /dev/stdout` with stdout redirected to a file (as the harness does): refused before
+    /// anything is written, never a temp file in /dev (as root the rename would have replaced the
+    /// system's /dev/stdout). A link to a regular file is written through; a link to nothing is refused.
+    func testOutputsThroughLinksAreWrittenThroughAndStdoutLinksAreRefused() throws {
+        let dir = try scratch()
+        let plain = try plainFile(dir)
+        let message = dir + "/m.env"
+        try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
+        try w.expect(0, ["store", "put", "misc/link-test", plain])
+        XCTAssertEqual(symlink("/dev/stdout", dir + "/to-stdout"), 0)
+        XCTAssertEqual(symlink("nowhere", dir + "/dangling"), 0)
+        for target in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", dir + "/to-stdout", dir + "/dangling"] {
+            for args in [["envelope", "decrypt", message, "-o", target, "--kms-key", "k1"],
+                         ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", target],
+                         ["store", "get", "misc/link-test", "-o", target]] {
+                let r = try w.run(args)
+                assertRefused(r, 64, mentioning: target.hasSuffix("dangling") ? "does not exist" : "not a file of its own")
+                XCTAssertTrue(r.stdout.isEmpty || !r.stdout.contains("hello, envelope"), r.description)
+            }
+        }
+        var st = stat()
+        XCTAssertEqual(lstat("/dev/stdout", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "/dev/stdout is still a link")
+        XCTAssertFalse(try Files.list("/dev").contains { $0.contains(".tmp-") }, "no temp file in /dev")
+
+        // Written through: the link stays, the file it names gets the output.
+        try Files.write(Array("old\n".utf8), dir + "/real.txt")
+        XCTAssertEqual(symlink("real.txt", dir + "/link.txt"), 0)
+        try w.expect(0, ["envelope", "decrypt", message, "-o", dir + "/link.txt", "--kms-key", "k1"])
+        XCTAssertEqual(lstat(dir + "/link.txt", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK)
+        XCTAssertEqual(String(decoding: try Files.read(dir + "/real.txt"), as: UTF8.self), "hello, envelope\n")
+        XCTAssertFalse(try Files.list(dir).contains { $0.contains(".tmp-") }, "no temp left")
+        assertRefused(try w.run(["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", "-"], cwd: dir), 64, mentioning: "standard output")
+        XCTAssertFalse(Files.exists(dir + "/-"), "no file named -")
+    }
+
+    /// `envelope rewrap` through a link replaces the file the link names (so the old keys open
+    /// no name of it); a file with another hard link is refused and left as it was.
+    func testRewrapThroughALinkReplacesItsFileAndAHardLinkIsRefused() throws {
+        let dir = try scratch()
+        let plain = try plainFile(dir)
+        let message = dir + "/m.env"
+        try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
+        XCTAssertEqual(symlink("m.env", dir + "/via-link.env"), 0)
+        try w.expect(0, ["envelope", "rewrap", dir + "/via-link.env", "--kms-key", "k1", "--to-kms-key", "k2"])
+        var st = stat()
+        XCTAssertEqual(lstat(dir + "/via-link.env", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "the link is still a link")
+        assertRefused(try w.run(["envelope", "decrypt", message, "-o", dir + "/out1", "--kms-key", "k1"]), 67, mentioning: "k2")
+        try w.expect(0, ["envelope", "decrypt", message, "-o", dir + "/out2", "--kms-key", "k2"])
+
+        XCTAssertEqual(link(message, dir + "/hard.env"), 0)
+        let before = try Files.read(message)
+        assertRefused(try w.run(["envelope", "rewrap", message, "--kms-key", "k2", "--to-kms-key", "k1"]), 64, mentioning: "hard links")
+        XCTAssertEqual(try Files.read(message), before, "refused: the message is unchanged")
+        XCTAssertFalse(try Files.list(dir).contains { $0.contains(".tmp-") }, "no temp left")
+    }
+
+    /// `hsm create` on a file (or device) is refused before its mode changes.
+    func testHSMCreateOnAFileIsRefusedAndTheFileIsUntouched() throws {
+        let dir = try scratch()
+        let file = try plainFile(dir)
+        XCTAssertEqual(chmod(file, 0o640), 0)
+        for target in [file, file + "/sub"] {
+            assertRefused(try w.run(["hsm", "create", target, "--manufacturer", "acme", "--model", "M1", "--serial", "F1", "--cluster", "c1"]),
+                          64, mentioning: "not a directory")
+        }
+        var st = stat()
+        XCTAssertEqual(stat(file, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o640, "the file's mode is unchanged")
+        if getuid() == 0 {
+            let null = try device(in: dir, "null", minor: 3)
+            assertRefused(try w.run(["hsm", "create", null, "--manufacturer", "acme", "--model", "M1", "--serial", "F2", "--cluster", "c1"]),
+                          64, mentioning: "not a directory")
+            XCTAssertEqual(stat(null, &st), 0)
+            XCTAssertEqual(st.st_mode & S_IFMT, S_IFCHR)
+        }
+    }
+
+    /// `store init --replica-dir` on another store's replica is refused before any marker is
+    /// written: the other store keeps its replica.
+    func testStoreInitRefusesAnotherStoresReplica() throws {
+        let dir = try scratch()
+        let theirs = w.home + "/store/replica-1"
+        let marker = try Files.read(theirs + "/REPLICA")
+        let home = dir + "/second-home"
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        let fresh = dir + "/fresh-replica"
+        let r = try CLI.run(["store", "init", "--replica-dir", fresh, "--replica-dir", theirs], home: home)
+        assertRefused(r, 64, mentioning: "replica marker")
+        XCTAssertEqual(try Files.read(theirs + "/REPLICA"), marker, "their marker is unchanged")
+        XCTAssertFalse(Files.exists(fresh + "/REPLICA"), "no marker written before the refusal")
+        XCTAssertFalse(Files.exists(home + "/store/store.conf"))
+        try w.expect(0, ["store", "fsck"])
+    }
+
     // MARK: item 11: stdout on a full disk
 
     func testAFullStdoutExits74WithAMessageNeverACrash() throws {

@@ -115,6 +115,10 @@ struct BackupCreate: ParsableCommand {
         if out != nil && (!tags.isEmpty || neverExpires) {
             throw ValidationError("--tag and --never-expires describe a backup in the store's catalog; they do not apply with --out")
         }
+        if out == "-" {
+            // The report is what goes to stdout; a file named "-" would only surprise.
+            throw ValidationError("--out takes a file name: the archive cannot go to standard output (the command's report does)")
+        }
         _ = try parsePairs(tags, "--tag")
         try pkcs11.validate(hsm: hsm)
         if allowPartial && !pkcs11.enabled { throw ValidationError("--allow-partial goes with --pkcs11") }

@@ -95,7 +95,7 @@ extension FileError: CLIExitMappable {
     var cliExit: CLIExit {
         switch code {
         case .notFound, .symlinkLoop: return .notFound
-        case .notRegularFile: return .usage
+        case .notRegularFile, .notDirectory: return .usage
         default: return .ioError
         }
     }
