@@ -70,6 +70,16 @@ public struct ManifestRecord: Sendable, Equatable {
         }
     }
 
+    /// The length of the encoded record that starts at `offset` in `b`.
+    static func encodedCount(in b: UnsafeRawBufferPointer, at offset: Int) -> Int {
+        3 + (Int(b[offset + 1]) << 8 | Int(b[offset + 2])) + 8 + 32
+    }
+
+    /// The path bytes of an encoded record.
+    static func encodedPath(_ e: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: e[3..<(3 + (Int(e[1]) << 8 | Int(e[2])))])
+    }
+
     /// The layout before the digest: kind (1 policy, 2 user, 3 key), path length u16, path, size u64.
     private static func writeHead(kind: ObjectKind, path: UnsafeBufferPointer<UInt8>, size: Int, to d: UnsafeMutablePointer<UInt8>) {
         d[0] = kind == .policy ? 1 : kind == .user ? 2 : 3
@@ -127,13 +137,37 @@ public struct ManifestParser {
     /// Each path once: 128 bits of two seeded hashes stand for it (16 bytes a path, not a
     /// String). A collision could only refuse a good manifest, never pass a bad one.
     private var seen: PathHashSet
+    /// When true, the caller checks the paths (`ManifestRecordLane`, on another core): each record
+    /// goes out with the offset its "listed twice" error names, and `seen` stays empty.
+    private let callerChecksPaths: Bool
+    private var pathEnd = 0
 
     /// `expectedRecords`: how many records the header announces, so the path set is sized once
     /// (never beyond what `totalBytes` could hold: a record is at least 100 bytes).
     public init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes, expectedRecords: Int = 0) {
+        self.init(totalBytes: totalBytes, maximumObjectBytes: maximumObjectBytes, expectedRecords: expectedRecords, callerChecksPaths: false)
+    }
+
+    init(totalBytes: Int, maximumObjectBytes: Int = PayloadBundle.tarLimits.maximumEntryBytes, expectedRecords: Int = 0,
+         callerChecksPaths: Bool) {
         self.totalBytes = totalBytes
         self.maximumObjectBytes = maximumObjectBytes
-        seen = PathHashSet(capacity: min(max(0, expectedRecords), totalBytes / 100))
+        self.callerChecksPaths = callerChecksPaths
+        seen = PathHashSet(capacity: callerChecksPaths ? 0 : min(max(0, expectedRecords), totalBytes / 100))
+    }
+
+    /// The records' paths at most once each is the caller's check (`callerChecksPaths`): each
+    /// record as `ManifestRecord.encoded`, with the offset `duplicatePath` names for it.
+    mutating func feedRecords(_ bytes: UnsafeRawBufferPointer, onRecord: (UnsafeRawBufferPointer, Int) throws -> Void) throws {
+        precondition(callerChecksPaths)
+        buffer.append(contentsOf: bytes)
+        received += bytes.count
+        try parseAvailable(onRecord: onRecord)
+    }
+
+    /// The error of a path listed a second time, at `offset` (what this parser throws itself).
+    static func duplicatePath(_ path: UnsafeRawBufferPointer, at offset: Int) -> ArchiveError {
+        malformed("path \(String(decoding: path, as: UTF8.self)) listed twice", at: offset)
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, onRecord: (ManifestRecord) throws -> Void) throws {
@@ -143,9 +177,10 @@ public struct ManifestParser {
     /// `feed`, each record handed over as its `ManifestRecord.encoded` bytes (valid for the call
     /// only): the form the payload check hashes, with no String or array made per record.
     public mutating func feedEncoded(_ bytes: UnsafeRawBufferPointer, onRecord: (UnsafeRawBufferPointer) throws -> Void) throws {
+        precondition(!callerChecksPaths)
         buffer.append(contentsOf: bytes)
         received += bytes.count
-        try parseAvailable(onRecord: onRecord)
+        try parseAvailable { encoded, _ in try onRecord(encoded) }
     }
 
     /// All `totalBytes` have been fed: the manifest must have ended exactly there.
@@ -162,12 +197,14 @@ public struct ManifestParser {
         return out
     }
 
-    private func fail(_ why: String, at offset: Int) -> ArchiveError {
+    private func fail(_ why: String, at offset: Int) -> ArchiveError { Self.malformed(why, at: offset) }
+
+    private static func malformed(_ why: String, at offset: Int) -> ArchiveError {
         ArchiveError(.manifestMalformed, "the manifest is not a canonical version-1 manifest: \(why) at byte \(offset)",
                      field: PayloadManifest.path)
     }
 
-    private mutating func parseAvailable(onRecord: (UnsafeRawBufferPointer) throws -> Void) throws {
+    private mutating func parseAvailable(onRecord: (UnsafeRawBufferPointer, Int) throws -> Void) throws {
         let all = received == totalBytes
         var at = 0
         var scratch = self.scratch
@@ -203,7 +240,8 @@ public struct ManifestParser {
                 case .user: users += 1
                 case .key: keys += 1
                 }
-                try scratch.withUnsafeBytes { try onRecord($0) }
+                let pathEnd = self.pathEnd
+                try scratch.withUnsafeBytes { try onRecord($0, pathEnd) }
             }
             if ended, at < b.count { throw fail("bytes after the manifest", at: consumed + at) }
         }
@@ -285,9 +323,13 @@ public struct ManifestParser {
               memcmp(path.baseAddress! + path.count - 5, ".json", 5) == 0 else {
             throw fail("path \(String(decoding: path, as: UTF8.self)) is not \(kind.directory)<name>.json")
         }
-        // Copy on write: a copied parser goes on with its own set, as a value should.
-        if !isKnownUniquelyReferenced(&seen) { seen = seen.copy() }
-        guard seen.insert(UnsafeRawBufferPointer(path)) else { throw fail("path \(String(decoding: path, as: UTF8.self)) listed twice") }
+        if callerChecksPaths {
+            pathEnd = base + at
+        } else {
+            // Copy on write: a copied parser goes on with its own set, as a value should.
+            if !isKnownUniquelyReferenced(&seen) { seen = seen.copy() }
+            guard seen.insert(UnsafeRawBufferPointer(path)) else { throw Self.duplicatePath(UnsafeRawBufferPointer(path), at: base + at) }
+        }
         try expect(#","sha256":""#)
         let digestRange = try string(allowed: Self.hex, maximum: 64)
         guard digestRange.count == 64 else { throw fail("sha256 is not 64 lowercase hex digits") }
@@ -431,6 +473,8 @@ public final class PayloadReader: TarVisitor {
     private var accepted = 0
     private var tar: PaxTarReader!
     private var manifest: ManifestParser?
+    /// While the manifest streams: its paths, fingerprints and running digest, on another core.
+    private var recordLane: ManifestRecordLane?
     private var fingerprints: [UInt32] = []
     private let listed = SHA256Hasher()
     private let found = SHA256Hasher()
@@ -510,11 +554,16 @@ public final class PayloadReader: TarVisitor {
     }
 
     private func record(_ error: Error) -> Error {
-        let e: Error
+        var e: Error
         if let p = error as? PayloadCodecError {
             e = ArchiveError(.tarMalformed, p.reason, offset: p.offset, field: p.entryPath)
         } else {
             e = error
+        }
+        // A path listed twice that the lane has not reported yet lies before this failure.
+        if let lane = recordLane {
+            recordLane = nil
+            if let earlier = lane.drain() { e = earlier }
         }
         failure = e
         wipe(&contents)
@@ -529,7 +578,9 @@ public final class PayloadReader: TarVisitor {
             guard path == PayloadManifest.path else {
                 throw ArchiveError(.manifestMalformed, "the first tar entry must be \(PayloadManifest.path)", field: path)
             }
-            manifest = ManifestParser(totalBytes: size, expectedRecords: Int(descriptor.policyCount) + Int(descriptor.userCount) + Int(descriptor.keyCount))
+            let expected = Int(descriptor.policyCount) + Int(descriptor.userCount) + Int(descriptor.keyCount)
+            manifest = ManifestParser(totalBytes: size, callerChecksPaths: true)
+            recordLane = ManifestRecordLane(expectedRecords: min(expected, size / 100), listed: listed)
             if size == 0 { try endManifest() }
             return
         }
@@ -554,10 +605,8 @@ public final class PayloadReader: TarVisitor {
 
     public func entryData(_ bytes: UnsafeRawBufferPointer) throws {
         if entry == 0 {
-            try manifest!.feedEncoded(bytes) { encoded in
-                fingerprints.append(ManifestRecord.fingerprint(encoded))
-                listed.update(encoded)
-            }
+            let lane = recordLane!
+            try manifest!.feedRecords(bytes) { encoded, pathEnd in lane.add(encoded, pathEnd: pathEnd) }
         } else if onUncheckedObject != nil {
             contents.append(contentsOf: bytes)
         } else {
@@ -592,6 +641,9 @@ public final class PayloadReader: TarVisitor {
     }
 
     private func endManifest() throws {
+        // The lane's records all parsed before anything `finish` could find: its error first.
+        fingerprints = try recordLane!.finish()
+        recordLane = nil
         try manifest!.finish()
         let counts = manifest!.counts
         let (p, u, k) = (counts[.policy]!, counts[.user]!, counts[.key]!)

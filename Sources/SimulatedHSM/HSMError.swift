@@ -31,7 +31,7 @@ public struct HSMError: Error, Equatable, CustomStringConvertible, Sendable {
         let code: Code
         switch e.code {
         case .notFound: code = .notFound
-        case .notRegularFile, .notDirectory, .symlinkLoop: code = .invalidArgument
+        case .notDirectory: code = .invalidArgument  // `hsm create` under a path that is a file
         default: code = .io
         }
         return HSMError(code, e.description, path: e.path)
