@@ -55,6 +55,58 @@ final class PayloadReaderTests: XCTestCase {
         }
     }
 
+    /// The streaming reader checks the paths on another core (`ManifestRecordLane`, issue 17):
+    /// its error is the serial parser's, word for word and offset for offset, wherever the
+    /// repeated path lies (first record pair, across the lane's 64 KiB batches, the last
+    /// record), and it comes first when a later fault of any kind follows it (a malformed
+    /// record, a tar cut inside the manifest).
+    func testTheRecordLaneReportsExactlyWhatTheSerialParserReports() throws {
+        let n = 6000 // about 360 KiB of encoded records: more batches than the lane holds at once
+        let manifest = String(decoding: try bundle(n).manifest.canonicalBytes(), as: UTF8.self)
+        func name(_ i: Int) -> String { (i < 2 ? "policies/" : "keys/") + String(format: "%06d.json", i + 1) }
+        /// The manifest with record `i`'s path made record `i - 1`'s.
+        func duplicating(_ i: Int, in text: String) -> String {
+            text.replacingOccurrences(of: "\"path\":\"\(name(i))\"", with: "\"path\":\"\(name(i - 1))\"")
+        }
+        func serialError(_ text: String) -> String? {
+            do { _ = try ManifestParser.parse(Array(text.utf8)); return nil } catch { return "\(error)" }
+        }
+        func readerError(_ text: String, cutTarAt cut: Int? = nil) -> String? {
+            var tar = try! PaxTar.write([TarEntry(path: PayloadManifest.path, contents: Array(text.utf8))])
+            if let cut { tar = Array(tar[..<cut]) }
+            let descriptor = PayloadDescriptor(payloadBytes: UInt64(tar.count), userCount: 0, keyCount: UInt32(n - 2), policyCount: 2)
+            let reader = PayloadReader(descriptor: descriptor)
+            do {
+                var at = 0
+                while at < tar.count {
+                    let end = min(tar.count, at + 65536)
+                    try reader.feed(Array(tar[at..<end]))
+                    at = end
+                }
+                _ = try reader.finish()
+                return nil
+            } catch { return "\(error)" }
+        }
+        for i in [3, 4, 300, 1088, 1089, 1090, 1091, 3000, 4500, n - 1] {
+            let text = duplicating(i, in: manifest)
+            let expected = try XCTUnwrap(serialError(text), "record \(i)")
+            XCTAssertTrue(expected.contains("listed twice"), expected)
+            XCTAssertEqual(readerError(text), expected, "record \(i)")
+        }
+        // A repeated path, then a malformed record far after it: the repeated path is the error.
+        let both = duplicating(10, in: manifest).replacingOccurrences(of: "\"path\":\"\(name(1700))\",\"sha256\"",
+                                                                      with: "\"path\":\"\(name(1700))\",\"SHA256\"")
+        let first = try XCTUnwrap(serialError(duplicating(10, in: manifest)))
+        XCTAssertNotEqual(serialError(manifest.replacingOccurrences(of: "\"path\":\"\(name(1700))\",\"sha256\"",
+                                                                     with: "\"path\":\"\(name(1700))\",\"SHA256\"")), nil)
+        XCTAssertEqual(readerError(both), first)
+        // A repeated path, then the tar cut inside the manifest, well after it.
+        XCTAssertEqual(readerError(duplicating(10, in: manifest), cutTarAt: 150_000), first)
+        // No repeated path: the malformed record's own error, as the serial parser gives it.
+        let malformed = manifest.replacingOccurrences(of: "\"path\":\"\(name(1700))\",\"sha256\"", with: "\"path\":\"\(name(1700))\",\"SHA256\"")
+        XCTAssertEqual(readerError(malformed), serialError(malformed))
+    }
+
     func testAChangedObjectIsNamedWhereItIs() throws {
         let b = try bundle(50)
         var entries = try PaxTar.read(try b.tarBytes())
