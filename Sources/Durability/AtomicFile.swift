@@ -6,9 +6,10 @@ import Darwin
 #endif
 
 /// Files that appear whole or not at all: write a temp file beside the target (owner-only,
-/// whatever the umask), fsync it, rename it over the target, fsync the directory. A crash at any
-/// instant leaves the old file or the new one, plus at most a temp file named `.<name>.tmp-*`
-/// that `AtomicFile.removeStaleTemps` cleans up. Every module that persists state uses this.
+/// whatever the umask; without a name until the commit where Linux allows it), fsync it, rename
+/// it over the target, fsync the directory. A crash at any instant leaves the old file or the
+/// new one, plus at most a temp file named `.<name>.tmp-*` that `AtomicFile.removeStaleTemps`
+/// cleans up. Every module that persists state uses this.
 public enum AtomicFile {
     /// Prefix of temp files, so cleaners can find them.
     public static let tempMarker = ".tmp-"
@@ -206,19 +207,29 @@ public enum AtomicFile {
     }
 
     /// A streaming atomic writer: `append` as often as needed, then `commit` (durable rename) or
-    /// `abort` (temp removed). If neither is called, deinit aborts, so no partial file survives.
+    /// `abort` (nothing left). If neither is called, deinit aborts, so no partial file survives.
+    ///
+    /// Where Linux allows it the new file has no name until the commit (O_TMPFILE in the
+    /// target's directory): a process killed mid-write (Ctrl-C during `envelope decrypt -o`)
+    /// leaves nothing, not a temp holding part of the plaintext. At the commit it gets the temp
+    /// name (linkat through /proc/self/fd) and is renamed over the target at once. Elsewhere, or
+    /// when the file system or /proc refuses, the temp is an ordinary `.<name>.tmp-*` file, which
+    /// a kill can leave behind (`removeStaleTemps`).
     public final class Writer {
         public let path: String
+        /// The file replaced at commit: `path`, or the file a symbolic link at `path` names.
+        public let target: String
+        /// The temp's name (for an unnamed temp, the name it takes for the instant before the rename).
         public let tempPath: String
+        /// True when the temp has no name until the commit.
+        public let unnamed: Bool
         private var fd: Int32
         private var finished = false
         public private(set) var bytesWritten: Int = 0
         private var writebackStart = 0
 
-        /// The file replaced at commit: `path`, or the file a symbolic link at `path` names.
-        public let target: String
-
-        public init(path: String, mode: mode_t = 0o600) throws {
+        /// `allowUnnamed: false` always makes a named temp (tests of that path).
+        public init(path: String, mode: mode_t = 0o600, allowUnnamed: Bool = true) throws {
             self.path = path
             target = try AtomicFile.outputTarget(path)
             let dir = AtomicFile.directory(of: target)
@@ -227,14 +238,35 @@ public enum AtomicFile {
             for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
             let suffix = rnd.map { String($0, radix: 16) }.joined()
             tempPath = dir + "/." + name + AtomicFile.tempMarker + suffix
+            if allowUnnamed, let u = Self.openUnnamed(in: dir, mode: mode) {
+                fd = u
+                unnamed = true
+                return
+            }
+            unnamed = false
             fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-            guard fd >= 0 else { throw FileError(errno: errno, operation: "create", path: tempPath) }
+            guard fd >= 0 else { throw FileError(errno: errno, operation: "create a temp file for", path: path) }
             // open's mode is filtered by the umask: set it exactly.
             guard fchmod(fd, mode) == 0 else {
                 let e = errno
                 close(fd); unlink(tempPath)
                 throw FileError(errno: e, operation: "fchmod", path: tempPath)
             }
+        }
+
+        /// An O_TMPFILE descriptor in `dir` with exactly `mode`, where the later link through
+        /// /proc/self/fd will work; nil otherwise (the caller makes a named temp instead, which
+        /// also reports why it cannot, for example a directory that does not exist).
+        private static func openUnnamed(in dir: String, mode: mode_t) -> Int32? {
+            #if os(Linux) && (arch(x86_64) || arch(arm64))
+            let oTmpfile: Int32 = 0o20000000 | O_DIRECTORY // O_TMPFILE (does not import into Swift)
+            let fd = open(dir, oTmpfile | O_WRONLY | O_CLOEXEC, mode)
+            guard fd >= 0 else { return nil }
+            guard fchmod(fd, mode) == 0, access("/proc/self/fd/\(fd)", F_OK) == 0 else { close(fd); return nil }
+            return fd
+            #else
+            return nil
+            #endif
         }
 
         deinit { if !finished { abort() } }
@@ -246,7 +278,7 @@ public enum AtomicFile {
                 let n = Glibc.write(fd, bytes.baseAddress! + off, bytes.count - off)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    throw FileError(errno: errno, operation: "write", path: tempPath)
+                    throw FileError(errno: errno, operation: "write", path: path)
                 }
                 off += n
             }
@@ -268,23 +300,29 @@ public enum AtomicFile {
             writebackStart = bytesWritten
         }
 
-        /// fsync, rename over the target, fsync the directory.
+        /// fsync, (an unnamed temp:) link it to its temp name, rename over the target, fsync the directory.
         public func commit() throws {
             precondition(!finished, "AtomicFile.Writer committed twice")
-            guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: tempPath) }
-            guard close(fd) == 0 else { fd = -1; throw FileError(errno: errno, operation: "close", path: tempPath) }
+            guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: path) }
+            if unnamed {
+                guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, tempPath, AT_SYMLINK_FOLLOW) == 0 else {
+                    throw FileError(errno: errno, operation: "link the new file beside", path: path)
+                }
+            }
+            let closed = close(fd)
             fd = -1
+            guard closed == 0 else { throw FileError(errno: errno, operation: "close", path: path) }
             guard rename(tempPath, target) == 0 else { throw FileError(errno: errno, operation: "rename", path: target) }
             finished = true
             try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
         }
 
-        /// Removes the temp file; the target is untouched.
+        /// Drops the new file (and its temp name, if it has one yet); the target is untouched.
         public func abort() {
             guard !finished else { return }
             finished = true
             if fd >= 0 { close(fd); fd = -1 }
-            unlink(tempPath)
+            unlink(tempPath) // a named temp; an unnamed one has this name only if the rename failed
         }
     }
 

@@ -112,6 +112,38 @@ final class ByteReaderTests: XCTestCase {
 
     /// startWriteback (sync_file_range) between appends changes nothing in what is published,
     /// and an aborted writer that started write-back still leaves nothing behind.
+    /// While a writer works, its file has no name where Linux allows it (O_TMPFILE), so a kill
+    /// leaves nothing (not a temp holding part of a decrypted message); the commit still
+    /// replaces the target whole. The named-temp fallback behaves the same at commit and abort.
+    func testAWriterLeavesNoNamedTempWhileItWorks() throws {
+        let dir = NSTemporaryDirectory() + "atomic-unnamed-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AtomicFile.write([1], to: dir + "/f")
+        for allowUnnamed in [true, false] {
+            let w = try AtomicFile.Writer(path: dir + "/f", allowUnnamed: allowUnnamed)
+            try w.append([7, 7, 7])
+            let during = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+            if w.unnamed {
+                XCTAssertEqual(during, ["f"], "an unnamed temp is invisible")
+            } else {
+                XCTAssertEqual(during.count, 2, "a named temp beside the target: \(during)")
+            }
+            XCTAssertEqual(try AtomicFile.read(dir + "/f"), [1], "the target is untouched until the commit")
+            try w.commit()
+            XCTAssertEqual(try AtomicFile.read(dir + "/f"), [7, 7, 7])
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["f"], "no temp left")
+            let mode = (try FileManager.default.attributesOfItem(atPath: dir + "/f")[.posixPermissions] as? NSNumber)?.intValue
+            XCTAssertEqual(mode, 0o600)
+            let aborted = try AtomicFile.Writer(path: dir + "/f", allowUnnamed: allowUnnamed)
+            try aborted.append([9])
+            aborted.abort()
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["f"])
+            XCTAssertEqual(try AtomicFile.read(dir + "/f"), [7, 7, 7])
+            try AtomicFile.write([1], to: dir + "/f")
+        }
+    }
+
     /// An output named through a symbolic link replaces the file the link names (the link
     /// stays); a link to nothing, to a directory or device, into /dev or /proc (`/dev/stdout` is
     /// `/proc/self/fd/1`), or a path under /proc, is refused before any temp file is made.

@@ -44,6 +44,28 @@ final class RecoveryCLITests: CLIWorldTestCase {
         XCTAssertEqual(try JSON.array(stuck.stdout).count, 0, "\(context): nothing stuck\n\(stuck)", file: file, line: line)
     }
 
+    /// `envelope decrypt -o` killed at random moments leaves no temp file beside the output (the
+    /// new file has no name until its commit, O_TMPFILE) and no partial output: the output is
+    /// there whole, or not at all.
+    func testKilledDecryptLeavesNeitherATempNorPartOfThePlaintext() throws {
+        let dir = w.path("killed-decrypt")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var plain = [UInt8](repeating: 0, count: 24 << 20)
+        for i in stride(from: 0, to: plain.count, by: 4096) { plain[i] = UInt8(truncatingIfNeeded: i >> 12) }
+        try Files.write(plain, dir + "/plain.bin")
+        try w.expect(0, ["envelope", "encrypt", dir + "/plain.bin", "-o", dir + "/m.env", "--kms-key", "k1"])
+        for round in 0..<8 {
+            try killed(["envelope", "decrypt", dir + "/m.env", "-o", dir + "/out.bin", "--kms-key", "k1"], home: w.home,
+                       afterMicroseconds: UInt32.random(in: 10_000...150_000))
+            let names = try Files.list(dir)
+            XCTAssertFalse(names.contains { $0.contains(".tmp-") }, "round \(round): \(names)")
+            if names.contains("out.bin") {
+                XCTAssertEqual(try Files.read(dir + "/out.bin"), plain, "round \(round): an output is whole")
+                try FileManager.default.removeItem(atPath: dir + "/out.bin")
+            }
+        }
+    }
+
     func testKilledBackupCreateIsFinishedOrRolledBackByFsck() throws {
         let hsm = try w.makeHSM(keys: 300)
         let temps = (0..<3).map { w.home + "/store/replica-\($0)/tmp" }
