@@ -26,6 +26,20 @@ public enum AtomicFile {
         }
     }
 
+    /// Writes `bytes` to a new file at `path`, whole, only if nothing is there: `exists` if a file
+    /// (or a link) already has the name, even one made by a concurrent writer a moment before.
+    /// For files that must never be replaced: keys.
+    public static func create(_ bytes: [UInt8], at path: String, mode: mode_t = 0o600) throws {
+        let w = try Writer(path: path, mode: mode)
+        do {
+            try w.append(bytes)
+            try w.commitNew()
+        } catch {
+            w.abort()
+            throw error
+        }
+    }
+
     /// Reads a whole file (for small state files; large objects are streamed by their owners).
     /// Only a regular file is read: a FIFO, device, socket or directory is refused, never waited on.
     /// Key files are read with it too, so no copy stays behind: the result is sized from the
@@ -314,6 +328,30 @@ public enum AtomicFile {
             guard closed == 0 else { throw FileError(errno: errno, operation: "close", path: path) }
             guard rename(tempPath, target) == 0 else { throw FileError(errno: errno, operation: "rename", path: target) }
             finished = true
+            try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
+        }
+
+        /// Like `commit`, but the file is published with link(2), which fails (`exists`) when the
+        /// name is taken, instead of a rename that would replace what is there.
+        public func commitNew() throws {
+            precondition(!finished, "AtomicFile.Writer committed twice")
+            guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: path) }
+            let published: Int32
+            if unnamed {
+                published = linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, target, AT_SYMLINK_FOLLOW)
+            } else {
+                published = link(tempPath, target)
+            }
+            guard published == 0 else {
+                let e = errno
+                throw e == EEXIST ? FileError(code: .exists, operation: "create", path: path, reason: "it already exists")
+                    : FileError(errno: e, operation: "create", path: path)
+            }
+            finished = true
+            if !unnamed { unlink(tempPath) }
+            let closed = close(fd)
+            fd = -1
+            guard closed == 0 else { throw FileError(errno: errno, operation: "close", path: path) }
             try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
         }
 

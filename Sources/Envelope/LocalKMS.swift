@@ -52,23 +52,48 @@ public final class LocalKMS: @unchecked Sendable {
     @discardableResult
     public func createKey(_ name: String) throws -> KeyInfo {
         try Self.validate(name: name)
-        if (try? info(name)) != nil { throw EnvelopeError(.keyExists, "local KMS key \"\(name)\" already exists") }
-        try io { try AtomicFile.makeDirectory(keyDir(name)) }
-        var info = KeyInfo(name: name, created: Self.now(), versions: [])
-        try addVersion(&info)
-        return info
+        return try changing {
+            if (try? info(name)) != nil { throw EnvelopeError(.keyExists, "local KMS key \"\(name)\" already exists") }
+            try io { try AtomicFile.makeDirectory(keyDir(name)) }
+            var info = KeyInfo(name: name, created: Self.now(), versions: [])
+            try addVersion(&info)
+            return info
+        }
     }
 
     /// Adds a new version, which becomes the primary one; older versions still decrypt.
     @discardableResult
     public func rotate(_ name: String) throws -> KeyInfo {
-        var i = try info(name)
-        try addVersion(&i)
-        return i
+        try changing {
+            var i = try info(name)
+            try addVersion(&i)
+            return i
+        }
+    }
+
+    /// Runs a read-modify-write of the key store under its lock (`keys/.lock`), so two `rotate`s
+    /// (or a rotate and an enable) at once cannot both take one version number or drop each
+    /// other's change to `key.json`: an archive made under a version another writer then replaced
+    /// or dropped would never open again.
+    private func changing<T>(_ body: () throws -> T) throws -> T {
+        try io {
+            try AtomicFile.makeDirectory(directory, mode: 0o700)
+            try AtomicFile.makeDirectory(directory + "/keys", mode: 0o700)
+        }
+        let lock: HolderLock
+        do { lock = try HolderLock.acquire(directory + "/keys/.lock", wait: true) } catch {
+            throw EnvelopeError(.io, "local KMS: cannot lock \(directory)/keys/.lock: \(error.reason)")
+        }
+        defer { lock.release() }
+        return try body()
     }
 
     @discardableResult
     public func setEnabled(_ name: String, version: Int, enabled: Bool) throws -> KeyInfo {
+        try changing { try setEnabledLocked(name, version: version, enabled: enabled) }
+    }
+
+    private func setEnabledLocked(_ name: String, version: Int, enabled: Bool) throws -> KeyInfo {
         var i = try info(name)
         guard let idx = i.versions.firstIndex(where: { $0.version == version }) else {
             throw EnvelopeError(.keyNotFound, "local KMS key \"\(name)\" has no version \(version)")
@@ -170,7 +195,8 @@ public final class LocalKMS: @unchecked Sendable {
         let v = (info.versions.map(\.version).max() ?? 0) + 1
         var bytes = SecureRandom.secureBytes(count: 32).unsafeCopy()
         defer { wipe(&bytes) }
-        try io { try AtomicFile.write(bytes, to: keyDir(info.name) + "/v\(v).key", mode: 0o600) }
+        // Create-only, even under the lock: a key version is never replaced.
+        try io { try AtomicFile.create(bytes, at: keyDir(info.name) + "/v\(v).key", mode: 0o600) }
         info.versions.append(VersionInfo(version: v, created: Self.now(), enabled: true))
         try writeInfo(info)
     }

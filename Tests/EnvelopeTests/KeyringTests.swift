@@ -1,4 +1,5 @@
 import BackupCrypto
+import Durability
 import Envelope
 import Foundation
 import XCTest
@@ -94,6 +95,51 @@ final class KeyringTests: XCTestCase {
             let mode = (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as! NSNumber).intValue
             XCTAssertEqual(mode & 0o077, 0, path)
         }
+    }
+
+    /// Rotations at once (here threads; separate processes take the same lock) never share a
+    /// version number or drop each other's version: every version made is listed, its key file
+    /// is its own, and a message made under any of them opens. Two creates of one key: one wins.
+    func testConcurrentRotationsKeepEveryVersion() throws {
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var errors: [String] = []
+            var created = 0
+        }
+        let dir = self.dir
+        let kms = LocalKMS(directory: dir)
+        try kms.createKey("busy")
+        let rotations = 8
+        let tally = Tally()
+        DispatchQueue.concurrentPerform(iterations: rotations) { _ in
+            do { try LocalKMS(directory: dir).rotate("busy") } catch {
+                tally.lock.lock(); tally.errors.append("\(error)"); tally.lock.unlock()
+            }
+        }
+        XCTAssertEqual(tally.errors, [])
+        let info = try kms.info("busy")
+        XCTAssertEqual(info.versions.map(\.version), Array(1...(rotations + 1)))
+        var keys = Set<[UInt8]>()
+        for v in info.versions {
+            let k = try kms.exportKey("busy", version: v.version).key
+            keys.insert(k.withUnsafeBytes { Array($0) })
+        }
+        XCTAssertEqual(keys.count, rotations + 1, "every version has its own key")
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            if (try? LocalKMS(directory: dir).createKey("once")) != nil { tally.lock.lock(); tally.created += 1; tally.lock.unlock() }
+        }
+        XCTAssertEqual(tally.created, 1)
+        XCTAssertEqual(try kms.info("once").versions.count, 1)
+    }
+
+    /// `AtomicFile.create` never replaces: the second create of a name fails `exists` and the
+    /// first file stays.
+    func testAtomicCreateNeverReplaces() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try AtomicFile.create([1], at: dir + "/k")
+        XCTAssertThrowsError(try AtomicFile.create([2], at: dir + "/k")) { XCTAssertEqual(($0 as? FileError)?.code, .exists) }
+        XCTAssertEqual(try AtomicFile.read(dir + "/k"), [1])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["k"], "no temp left")
     }
 
     func testRewrapWritesANewMessageUnderNewKeys() throws {

@@ -64,8 +64,12 @@ enum HSMHome {
             try AtomicFile.makeDirectory(AtomicFile.directory(of: path))
             var raw = key.unsafeCopy()
             defer { wipe(&raw) }
-            try AtomicFile.write(raw, to: path)
-        } catch let e as FileError { throw HSMError(.io, e.description, path: path) }
+            // Create-only: two `create`s at once must not leave HSMs made under a key that the
+            // second one replaced.
+            try AtomicFile.create(raw, at: path)
+        } catch let e as FileError {
+            throw HSMError(e.code == .exists ? .alreadyExists : e.code == .notDirectory ? .invalidArgument : .io, e.description, path: path)
+        }
     }
 }
 
