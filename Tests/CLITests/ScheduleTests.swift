@@ -345,6 +345,15 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(stale.exitCode, 82, stale.description)
         XCTAssertTrue(stale.stdout.contains("the newest READY backup is 1d3h old; its schedule allows 1d2h"), stale.description)
         XCTAssertEqual(try Self.run(w, ["status", "--grace", "4h"], at: t0 + 27 * 3600).exitCode, 0, "a longer grace")
+        // The Prometheus file cannot be written (its directory is missing): the report is still
+        // printed, stderr says so, and an ok status fails as an I/O error (74).
+        let unwritable = w.path("no-such-dir") + "/hsmbackup.prom"
+        let okButNoFile = try Self.run(w, ["status", "--grace", "4h", "--prometheus", unwritable], at: t0 + 27 * 3600)
+        XCTAssertEqual(okButNoFile.exitCode, 74, okButNoFile.description)
+        XCTAssertTrue(okButNoFile.stdout.contains("status ok"), okButNoFile.description)
+        XCTAssertTrue(okButNoFile.stderr.contains("Prometheus file was not written"), okButNoFile.description)
+        XCTAssertEqual(try Self.run(w, ["status", "--prometheus", unwritable], at: t0 + 27 * 3600).exitCode, 82,
+                       "a failing status keeps its own code")
 
         // Failed verification: a full verification on an HSM of another manufacturer cannot pass.
         let other = try w.makeHSM(keys: 2, cluster: "c-verify")

@@ -309,7 +309,9 @@ struct StatusCommand: ParsableCommand {
             its last verification passed; otherwise the first of: 81 a cluster's last scheduled verification \
             failed, 82 a cluster's newest READY backup is older than its schedule allows (or it has none), \
             83 a store replica is unavailable or the last scrub failed. --prometheus FILE also writes the figures \
-            in the Prometheus text format (atomically), for node_exporter's textfile collector.
+            in the Prometheus text format (atomically), for node_exporter's textfile collector. The report is \
+            printed whatever happens to that file; a write that fails is reported on stderr and makes the exit \
+            code 74 when it would otherwise be 0 (a failing status keeps its own code).
             """)
 
     @Flag(help: "Machine-readable output.") var json = false
@@ -321,10 +323,18 @@ struct StatusCommand: ParsableCommand {
             let grace = try Interval.parse(self.grace)
             if let prometheus { try PathArgument.output(prometheus) }
             let r = try Health.report(home: ScheduleHome.current, clock: try CLIClock.current(), grace: grace)
-            if let prometheus { try PrometheusExport.write(r, to: prometheus) }
             if json { try JSONOutput.print(r) } else { try printText(r) }
+            var exportFailed: Error?
+            if let prometheus {
+                do { try PrometheusExport.write(r, to: prometheus) } catch {
+                    exportFailed = error
+                    Err.line("hsmbackup: error: the Prometheus file was not written (node_exporter keeps serving the old one): \(error)")
+                }
+            }
             switch r.verdict {
-            case .ok: return
+            case .ok:
+                if let exportFailed { throw exportFailed }
+                return
             case .verificationFailed: throw ExitCode(CLIExit.statusVerificationFailed.rawValue)
             case .stale: throw ExitCode(CLIExit.statusStale.rawValue)
             case .storeDegraded: throw ExitCode(CLIExit.statusStoreDegraded.rawValue)
