@@ -39,6 +39,10 @@ public struct UnitOptions: Sendable {
                 throw SchedulingError(.invalidArgument, "\(what) \(p): the character U+\(String(bad.value, radix: 16, uppercase: true)) has a meaning in unit files or crontab; choose a path without it")
             }
         }
+        // The name becomes two file names in the unit directory: no path in it.
+        guard !name.contains("/"), name != ".", name != "..", !name.hasPrefix("-") else {
+            throw SchedulingError(.invalidArgument, "--name \"\(name)\": a unit name, not a path (no '/', not '.', '..' or starting with '-')")
+        }
         for (what, v) in [("--name", name), ("--on-calendar", onCalendar)] + (user.map { [("--user", $0)] } ?? []) {
             guard !v.isEmpty, !v.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F || "\"'\\%;$`".unicodeScalars.contains($0) }),
                   what == "--on-calendar" || !v.contains(" ") else {

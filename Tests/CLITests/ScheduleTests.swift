@@ -426,6 +426,23 @@ final class ScheduleTests: XCTestCase {
 
     // MARK: systemd and cron
 
+    /// `--name` is a unit name, never a path; a timer path that cannot be written is found
+    /// before the service is written, so an install is whole or absent.
+    func testScheduleInstallIsWholeOrAbsent() throws {
+        let w = try CLIWorld()
+        defer { w.tearDown() }
+        let dir = w.path("units")
+        for bad in ["--name=a/b", "--name=..", "--name=-x"] {
+            let r = try w.run(["schedule", "install", "--systemd", dir, "--binary", CLI.binary.path, bad])
+            XCTAssertEqual(r.exitCode, 64, r.description)
+            XCTAssertTrue(r.stderr.contains("a unit name, not a path"), r.description)
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/nightly.timer", withIntermediateDirectories: true)
+        let r = try w.run(["schedule", "install", "--systemd", dir, "--binary", CLI.binary.path, "--name", "nightly"])
+        XCTAssertEqual(r.exitCode, 64, r.description)
+        XCTAssertEqual(try Files.list(dir), ["nightly.timer"], "no service written without its timer")
+    }
+
     func testSystemdUnitsPassSystemdAnalyzeAndCronLine() throws {
         guard let analyze = External.find("systemd-analyze") else { return try External.missing("systemd-analyze") }
         let w = try CLIWorld()

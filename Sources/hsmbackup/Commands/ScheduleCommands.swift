@@ -290,12 +290,22 @@ struct ScheduleInstall: ParsableCommand {
             if cron { try Out.line(Units.cronLine(options, minute: minute)); return }
             guard let dir = systemd else { return }
             try AtomicFile.makeDirectory(dir, mode: 0o755)
-            for (file, text) in [("\(name).service", Units.service(options)), ("\(name).timer", Units.timer(options))] {
+            let units = [("\(name).service", Units.service(options)), ("\(name).timer", Units.timer(options))]
+            // Both paths are checked before either is written, and a timer that cannot be
+            // written takes its new service back: never half an install.
+            for (file, _) in units { try PathArgument.output(dir + "/" + file) }
+            let servicePath = dir + "/" + units[0].0
+            let previousService = try? AtomicFile.read(servicePath, limit: 1 << 20)
+            for (i, (file, text)) in units.enumerated() {
                 let path = dir + "/" + file
-                try PathArgument.output(path)
-                try AtomicFile.write(Array(text.utf8), to: path, mode: 0o644)
-                try Out.line("wrote \(path)")
+                do { try AtomicFile.write(Array(text.utf8), to: path, mode: 0o644) } catch {
+                    if i == 1 {
+                        if let previousService { try? AtomicFile.write(previousService, to: servicePath, mode: 0o644) } else { unlink(servicePath) }
+                    }
+                    throw error
+                }
             }
+            for (file, _) in units { try Out.line("wrote \(dir + "/" + file)") }
             try Out.line("enable with: systemctl daemon-reload && systemctl enable --now \(name).timer")
         }
     }
