@@ -251,7 +251,7 @@ public enum AtomicFile {
             var rnd = [UInt8](repeating: 0, count: 8)
             for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
             let suffix = rnd.map { String($0, radix: 16) }.joined()
-            tempPath = dir + "/." + name + AtomicFile.tempMarker + suffix
+            tempPath = dir + "/." + AtomicFile.shortened(name) + AtomicFile.tempMarker + suffix
             if allowUnnamed, let u = Self.openUnnamed(in: dir, mode: mode) {
                 fd = u
                 unnamed = true
@@ -362,6 +362,21 @@ public enum AtomicFile {
             if fd >= 0 { close(fd); fd = -1 }
             unlink(tempPath) // a named temp; an unnamed one has this name only if the rename failed
         }
+    }
+
+    /// `name` cut to at most 200 UTF-8 bytes (whole characters), so a temp name built from it
+    /// stays within the usual 255-byte file-name limit whatever the target's name.
+    static func shortened(_ name: String) -> String {
+        guard name.utf8.count > 200 else { return name }
+        var out = ""
+        var bytes = 0
+        for ch in name {
+            let n = ch.utf8.count
+            if bytes + n > 200 { break }
+            out.append(ch)
+            bytes += n
+        }
+        return out
     }
 
     public static func directory(of path: String) -> String {

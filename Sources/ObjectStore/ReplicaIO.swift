@@ -60,7 +60,8 @@ final class FileLock {
     }
 
     private static func lock(_ path: String, exclusive: Bool, blocking: Bool) throws -> FileLock? {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        // O_NOFOLLOW: a link planted at a lock's name is refused, never followed and created.
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw StoreError(.ioError, path: path, "cannot open lock file: \(String(cString: strerror(errno)))") }
         var op = exclusive ? LOCK_EX : LOCK_SH
         if !blocking { op |= LOCK_NB }

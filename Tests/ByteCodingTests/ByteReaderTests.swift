@@ -182,6 +182,21 @@ final class ByteReaderTests: XCTestCase {
         XCTAssertThrowsError(try AtomicFile.Writer(path: dir + "/loop-a")) { XCTAssertEqual(($0 as? FileError)?.code, .symlinkLoop) }
     }
 
+    /// A target name near the file-name limit still gets a temp (its name is cut, not the target's).
+    func testALongTargetNameIsWritten() throws {
+        let dir = NSTemporaryDirectory() + "atomic-long-\(UUID().uuidString)"
+        try AtomicFile.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let name = String(repeating: "é", count: 120) + ".bin" // 244 bytes
+        for allowUnnamed in [true, false] {
+            let w = try AtomicFile.Writer(path: dir + "/" + name, allowUnnamed: allowUnnamed)
+            try w.append([1, 2])
+            try w.commit()
+            XCTAssertEqual(try AtomicFile.read(dir + "/" + name), [1, 2])
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [name])
+    }
+
     /// A file where a directory is wanted is refused as such (not reported later as a missing path).
     func testMakeDirectoryRefusesAFileOnTheWay() throws {
         let dir = NSTemporaryDirectory() + "atomic-mkdir-\(UUID().uuidString)"
