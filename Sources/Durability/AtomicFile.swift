@@ -101,67 +101,63 @@ public enum AtomicFile {
         guard st.st_mode & S_IFMT == S_IFREG else { throw FileError.notRegular(path, mode: st.st_mode, operation: "read") }
     }
 
-    /// Checks a path that is about to be written (a temp file renamed over it): see `outputTarget`.
+    /// Checks a path that is about to be written (a temp file beside it, renamed over it). It
+    /// must be absent, a regular file, or a symbolic link, which the rename replaces (the file
+    /// it named is left as it was: an output never writes through a link, so a link planted in
+    /// a shared directory cannot aim a root run at another file). Refused (`notRegularFile`): a
+    /// directory, FIFO, device or socket, or a link to one, since the user meant that node
+    /// (`-o /dev/null` would become a regular file holding the output); a link into `/dev` or
+    /// `/proc`, and any path in `/proc`, or a link in `/dev`: `/dev/stdout` is
+    /// `/proc/self/fd/1`, and a rename beside it would create a file in `/dev` (as root,
+    /// replacing the system's `/dev/stdout`).
     public static func checkOutput(_ path: String) throws {
-        _ = try outputTarget(path)
+        if isUnderProc(path) {
+            throw FileError(code: .notRegularFile, operation: "write", path: path,
+                            reason: "is under /proc (a process's own descriptors), not a file of its own")
+        }
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            let e = errno
+            if e == ENOENT { return }
+            throw FileError(errno: e, operation: "stat", path: path)
+        }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFREG { return }
+        guard kind == S_IFLNK else { throw FileError.notRegular(path, mode: st.st_mode, operation: "write") }
+        // A link: where it points only decides whether to refuse; the rename replaces the link.
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n >= 0 else { throw FileError(errno: errno, operation: "readlink", path: path) }
+        let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if isUnder(directory(of: path), "/dev") || target.hasPrefix("/dev/") || target.hasPrefix("/proc/") || target == "/proc" {
+            throw FileError(code: .notRegularFile, operation: "write", path: path,
+                            reason: "is a symbolic link to \(target), standard output or another descriptor or device, "
+                                + "not a file of its own (use `-` for stdout where offered)")
+        }
+        var resolved = stat()
+        if stat(path, &resolved) != 0 {
+            let e = errno
+            if e == ENOENT { return } // a link to nothing: replaced
+            throw FileError(errno: e, operation: "stat", path: path)
+        }
+        guard resolved.st_mode & S_IFMT == S_IFREG else {
+            throw FileError(code: .notRegularFile, operation: "write", path: path,
+                            reason: "is a symbolic link to \(target), which \(FileError.notRegular(target, mode: resolved.st_mode, operation: "write").reason)")
+        }
     }
 
-    /// The file an output named `path` replaces: `path` itself when it is absent or a regular
-    /// file; when it is a symbolic link (or a chain of them) to a regular file, that file, so
-    /// the output is written through the link (the link stays a link; a rename over the link
-    /// itself would leave the file it names, and whatever it held, in place). Refused
-    /// (`notRegularFile`): a directory, FIFO, device or socket, since the rename would replace the
-    /// node itself (`-o /dev/null` would become a regular file holding the output); a link to
-    /// nothing; and a link into `/dev` or `/proc`, or any path through `/proc`: `/dev/stdout` is
-    /// `/proc/self/fd/1`, which names whatever file the shell redirected to, and a rename beside
-    /// it would create a file in `/dev` (as root, replacing the system's `/dev/stdout`).
-    public static func outputTarget(_ path: String) throws -> String {
-        var current = path
-        for _ in 0..<40 {
-            if isUnderProc(current) {
-                throw FileError(code: .notRegularFile, operation: "write", path: path,
-                                reason: "is under /proc (a process's own descriptors), not a file of its own")
-            }
-            var st = stat()
-            if lstat(current, &st) != 0 {
-                let e = errno
-                if e == ENOENT && current == path { return path } // absent: created
-                if e == ENOENT {
-                    throw FileError(code: .notRegularFile, operation: "write", path: path,
-                                    reason: "is a symbolic link to \(current), which does not exist (name the file to create)")
-                }
-                throw FileError(errno: e, operation: "stat", path: current)
-            }
-            let kind = st.st_mode & S_IFMT
-            if kind == S_IFREG { return current }
-            guard kind == S_IFLNK else {
-                if current == path { throw FileError.notRegular(path, mode: st.st_mode, operation: "write") }
-                throw FileError(code: .notRegularFile, operation: "write", path: path,
-                                reason: "is a symbolic link to \(current), which \(FileError.notRegular(current, mode: st.st_mode, operation: "write").reason)")
-            }
-            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            let n = readlink(current, &buf, buf.count - 1)
-            guard n >= 0 else { throw FileError(errno: errno, operation: "readlink", path: current) }
-            let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let next = target.hasPrefix("/") ? target : directory(of: current) + "/" + target
-            if next.hasPrefix("/dev/") || next.hasPrefix("/proc/") || next == "/proc" || isUnderProc(next) {
-                throw FileError(code: .notRegularFile, operation: "write", path: path,
-                                reason: "is a symbolic link to \(target), standard output or another descriptor or device, "
-                                    + "not a file of its own (use `-` for stdout where offered)")
-            }
-            current = next
-        }
-        throw FileError(errno: ELOOP, operation: "write", path: path)
+    /// Whether `dir` (any spelling) resolves to `root` or below it.
+    private static func isUnder(_ dir: String, _ root: String) -> Bool {
+        guard let real = realpath(dir, nil) else { return false }
+        defer { free(real) }
+        let d = String(cString: real)
+        return d == root || d.hasPrefix(root + "/")
     }
 
     /// Whether `path`'s directory is `/proc` or below it, whatever the spelling (`fd/1` with
     /// `/proc/self` as the working directory, `../proc/...`).
     private static func isUnderProc(_ path: String) -> Bool {
-        if path == "/proc" || path.hasPrefix("/proc/") { return true }
-        guard let real = realpath(directory(of: path), nil) else { return false }
-        defer { free(real) }
-        let dir = String(cString: real)
-        return dir == "/proc" || dir.hasPrefix("/proc/")
+        path == "/proc" || path.hasPrefix("/proc/") || isUnder(directory(of: path), "/proc")
     }
 
     /// fsyncs a directory so a rename or unlink inside it is durable.
@@ -231,13 +227,16 @@ public enum AtomicFile {
     /// a kill can leave behind (`removeStaleTemps`).
     public final class Writer {
         public let path: String
-        /// The file replaced at commit: `path`, or the file a symbolic link at `path` names.
-        public let target: String
-        /// The temp's name (for an unnamed temp, the name it takes for the instant before the rename).
+        /// The temp's path (for an unnamed temp, the name it takes for the instant before the rename).
         public let tempPath: String
         /// True when the temp has no name until the commit.
         public let unnamed: Bool
-        private var fd: Int32
+        /// The target's directory, opened once: the temp is made, named and renamed in this
+        /// directory, whatever happens to the path's other components meanwhile.
+        private let dirfd: Int32
+        private let name: String
+        private let tempName: String
+        private var fd: Int32 = -1
         private var finished = false
         public private(set) var bytesWritten: Int = 0
         private var writebackStart = 0
@@ -245,36 +244,34 @@ public enum AtomicFile {
         /// `allowUnnamed: false` always makes a named temp (tests of that path).
         public init(path: String, mode: mode_t = 0o600, allowUnnamed: Bool = true) throws {
             self.path = path
-            target = try AtomicFile.outputTarget(path)
-            let dir = AtomicFile.directory(of: target)
-            let name = AtomicFile.baseName(of: target)
+            try AtomicFile.checkOutput(path)
+            let dir = AtomicFile.directory(of: path)
+            name = AtomicFile.baseName(of: path)
             var rnd = [UInt8](repeating: 0, count: 8)
             for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
-            let suffix = rnd.map { String($0, radix: 16) }.joined()
-            tempPath = dir + "/." + AtomicFile.shortened(name) + AtomicFile.tempMarker + suffix
-            if allowUnnamed, let u = Self.openUnnamed(in: dir, mode: mode) {
+            tempName = "." + AtomicFile.shortened(name) + AtomicFile.tempMarker + rnd.map { String($0, radix: 16) }.joined()
+            tempPath = dir + "/" + tempName
+            dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard dirfd >= 0 else { throw FileError(errno: errno, operation: "open the directory of", path: path) }
+            if allowUnnamed, let u = Self.openUnnamed(dirfd: dirfd, mode: mode) {
                 fd = u
                 unnamed = true
                 return
             }
             unnamed = false
-            fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+            // (From here a throw runs deinit, which closes `dirfd` and removes a named temp.)
+            fd = openat(dirfd, tempName, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
             guard fd >= 0 else { throw FileError(errno: errno, operation: "create a temp file for", path: path) }
             // open's mode is filtered by the umask: set it exactly.
-            guard fchmod(fd, mode) == 0 else {
-                let e = errno
-                close(fd); unlink(tempPath)
-                throw FileError(errno: e, operation: "fchmod", path: tempPath)
-            }
+            guard fchmod(fd, mode) == 0 else { throw FileError(errno: errno, operation: "fchmod", path: tempPath) }
         }
 
-        /// An O_TMPFILE descriptor in `dir` with exactly `mode`, where the later link through
-        /// /proc/self/fd will work; nil otherwise (the caller makes a named temp instead, which
-        /// also reports why it cannot, for example a directory that does not exist).
-        private static func openUnnamed(in dir: String, mode: mode_t) -> Int32? {
+        /// An O_TMPFILE descriptor in the directory with exactly `mode`, where the later link
+        /// through /proc/self/fd will work; nil otherwise (the caller makes a named temp).
+        private static func openUnnamed(dirfd: Int32, mode: mode_t) -> Int32? {
             #if os(Linux) && (arch(x86_64) || arch(arm64))
             let oTmpfile: Int32 = 0o20000000 | O_DIRECTORY // O_TMPFILE (does not import into Swift)
-            let fd = open(dir, oTmpfile | O_WRONLY | O_CLOEXEC, mode)
+            let fd = openat(dirfd, ".", oTmpfile | O_WRONLY | O_CLOEXEC, mode)
             guard fd >= 0 else { return nil }
             guard fchmod(fd, mode) == 0, access("/proc/self/fd/\(fd)", F_OK) == 0 else { close(fd); return nil }
             return fd
@@ -283,7 +280,10 @@ public enum AtomicFile {
             #endif
         }
 
-        deinit { if !finished { abort() } }
+        deinit {
+            if !finished { abort() }
+            close(dirfd)
+        }
 
         public func append(_ bytes: UnsafeRawBufferPointer) throws {
             precondition(!finished, "AtomicFile.Writer used after commit/abort")
@@ -319,16 +319,16 @@ public enum AtomicFile {
             precondition(!finished, "AtomicFile.Writer committed twice")
             guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: path) }
             if unnamed {
-                guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, tempPath, AT_SYMLINK_FOLLOW) == 0 else {
+                guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", dirfd, tempName, AT_SYMLINK_FOLLOW) == 0 else {
                     throw FileError(errno: errno, operation: "link the new file beside", path: path)
                 }
             }
             let closed = close(fd)
             fd = -1
             guard closed == 0 else { throw FileError(errno: errno, operation: "close", path: path) }
-            guard rename(tempPath, target) == 0 else { throw FileError(errno: errno, operation: "rename", path: target) }
+            guard renameat(dirfd, tempName, dirfd, name) == 0 else { throw FileError(errno: errno, operation: "rename", path: path) }
             finished = true
-            try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
+            guard fsync(dirfd) == 0 else { throw FileError(errno: errno, operation: "fsync directory", path: AtomicFile.directory(of: path)) }
         }
 
         /// Like `commit`, but the file is published with link(2), which fails (`exists`) when the
@@ -338,9 +338,9 @@ public enum AtomicFile {
             guard fsync(fd) == 0 else { throw FileError(errno: errno, operation: "fsync", path: path) }
             let published: Int32
             if unnamed {
-                published = linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, target, AT_SYMLINK_FOLLOW)
+                published = linkat(AT_FDCWD, "/proc/self/fd/\(fd)", dirfd, name, AT_SYMLINK_FOLLOW)
             } else {
-                published = link(tempPath, target)
+                published = linkat(dirfd, tempName, dirfd, name, 0)
             }
             guard published == 0 else {
                 let e = errno
@@ -348,11 +348,11 @@ public enum AtomicFile {
                     : FileError(errno: e, operation: "create", path: path)
             }
             finished = true
-            if !unnamed { unlink(tempPath) }
+            if !unnamed { unlinkat(dirfd, tempName, 0) }
             let closed = close(fd)
             fd = -1
             guard closed == 0 else { throw FileError(errno: errno, operation: "close", path: path) }
-            try AtomicFile.syncDirectory(AtomicFile.directory(of: target))
+            guard fsync(dirfd) == 0 else { throw FileError(errno: errno, operation: "fsync directory", path: AtomicFile.directory(of: path)) }
         }
 
         /// Drops the new file (and its temp name, if it has one yet); the target is untouched.
@@ -360,7 +360,7 @@ public enum AtomicFile {
             guard !finished else { return }
             finished = true
             if fd >= 0 { close(fd); fd = -1 }
-            unlink(tempPath) // a named temp; an unnamed one has this name only if the rename failed
+            unlinkat(dirfd, tempName, 0) // a named temp; an unnamed one has this name only if the rename failed
         }
     }
 

@@ -37,14 +37,19 @@ public enum Rewrap {
 
     /// Rewraps the file at `path` in place: the new message goes to a temp file beside it and
     /// replaces the old one atomically only after every frame (and the old signature) verified.
-    /// Through a symbolic link, the file it names is replaced. A file with other hard links is
-    /// refused (`invalidArgument`): the rename replaces one name, and the others would go on
+    /// A symbolic link, or a file with other hard links, is refused (`invalidArgument`): the
+    /// rename replaces one name, and the file the link names, or the other names, would go on
     /// holding the message under the keys being retired.
     @discardableResult
     public static func rewrapFile(at path: String, keyrings: [Keyring], newKeyrings: [Keyring],
                                   options: DecryptOptions = DecryptOptions()) throws -> MessageHeader {
-        let source = try FileHandleSource(path: path)
         var st = stat()
+        if lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFLNK {
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
+            throw EnvelopeError(.invalidArgument, "\(path) is a symbolic link (to \(target)): rewrap the file itself, so that no name "
+                                + "is left holding the message under the old keys")
+        }
+        let source = try FileHandleSource(path: path)
         if stat(path, &st) == 0, st.st_nlink > 1 {
             throw EnvelopeError(.invalidArgument, "\(path) has \(st.st_nlink) hard links: a rewrap replaces one name, and the others "
                                 + "would still hold the message under the old keys (remove the other links, or rewrap a copy)")

@@ -110,8 +110,6 @@ final class ByteReaderTests: XCTestCase {
         XCTAssertEqual(try AtomicFile.read(dir + "/f"), [1])
     }
 
-    /// startWriteback (sync_file_range) between appends changes nothing in what is published,
-    /// and an aborted writer that started write-back still leaves nothing behind.
     /// While a writer works, its file has no name where Linux allows it (O_TMPFILE), so a kill
     /// leaves nothing (not a temp holding part of a decrypted message); the commit still
     /// replaces the target whole. The named-temp fallback behaves the same at commit and abort.
@@ -144,29 +142,33 @@ final class ByteReaderTests: XCTestCase {
         }
     }
 
-    /// An output named through a symbolic link replaces the file the link names (the link
-    /// stays); a link to nothing, to a directory or device, into /dev or /proc (`/dev/stdout` is
-    /// `/proc/self/fd/1`), or a path under /proc, is refused before any temp file is made.
-    func testOutputsAreWrittenThroughLinksAndNeverBesideStdout() throws {
+    /// An output named through a symbolic link replaces the link, never the file it names (a
+    /// link planted in a shared directory cannot aim a root run at another file); a link to a
+    /// directory or device, into /dev or /proc (`/dev/stdout` is `/proc/self/fd/1`), or a path
+    /// under /proc, is refused before any temp file is made.
+    func testOutputsReplaceLinksAndAreNeverMadeBesideStdout() throws {
         let dir = NSTemporaryDirectory() + "atomic-links-\(UUID().uuidString)"
         try AtomicFile.makeDirectory(dir)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try AtomicFile.write([1], to: dir + "/real")
         XCTAssertEqual(symlink("real", dir + "/link"), 0)
         XCTAssertEqual(symlink("link", dir + "/link2"), 0)
-        try AtomicFile.write([2, 2], to: dir + "/link2")
-        var st = stat()
-        XCTAssertEqual(lstat(dir + "/link2", &st), 0)
-        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "the link is still a link")
-        XCTAssertEqual(try AtomicFile.read(dir + "/real"), [2, 2], "the file it names holds the output")
-        XCTAssertEqual(try AtomicFile.outputTarget(dir + "/link2"), dir + "/real")
-        XCTAssertEqual(try AtomicFile.outputTarget(dir + "/absent"), dir + "/absent")
-
         XCTAssertEqual(symlink("nowhere", dir + "/dangling"), 0)
+        try AtomicFile.write([2, 2], to: dir + "/link2")
+        try AtomicFile.write([3], to: dir + "/dangling")
+        var st = stat()
+        for name in ["link2", "dangling"] {
+            XCTAssertEqual(lstat(dir + "/" + name, &st), 0)
+            XCTAssertEqual(st.st_mode & S_IFMT, S_IFREG, "\(name): the link was replaced by the output")
+        }
+        XCTAssertEqual(try AtomicFile.read(dir + "/real"), [1], "the file the link named is untouched")
+        XCTAssertEqual(try AtomicFile.read(dir + "/link2"), [2, 2])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/nowhere"), "nothing created where a link pointed")
+
         XCTAssertEqual(symlink(dir, dir + "/to-dir"), 0)
         XCTAssertEqual(symlink("/dev/stdout", dir + "/to-stdout"), 0)
         XCTAssertEqual(symlink("/dev/null", dir + "/to-null"), 0)
-        for path in [dir + "/dangling", dir + "/to-dir", dir + "/to-stdout", dir + "/to-null", "/dev/stdout", "/dev/fd/1",
+        for path in [dir + "/to-dir", dir + "/to-stdout", dir + "/to-null", "/dev/stdout", "/dev/fd/1",
                      "/proc/self/fd/1", "/proc/self/cwd/x"] {
             XCTAssertThrowsError(try AtomicFile.Writer(path: path), path) { e in
                 XCTAssertEqual((e as? FileError)?.code, .notRegularFile, "\(path): \(e)")
@@ -175,7 +177,7 @@ final class ByteReaderTests: XCTestCase {
         XCTAssertEqual(lstat("/dev/stdout", &st), 0)
         XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "/dev/stdout is untouched")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
-                       ["dangling", "link", "link2", "real", "to-dir", "to-null", "to-stdout"], "nothing created, no temp left")
+                       ["dangling", "link", "link2", "real", "to-dir", "to-null", "to-stdout"], "no temp left")
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: "/dev").contains { $0.contains(AtomicFile.tempMarker) })
         XCTAssertEqual(symlink("loop-b", dir + "/loop-a"), 0)
         XCTAssertEqual(symlink("loop-a", dir + "/loop-b"), 0)
@@ -211,6 +213,8 @@ final class ByteReaderTests: XCTestCase {
         try AtomicFile.makeDirectory(dir + "/to-a/b") // so is a link to one
     }
 
+    /// startWriteback (sync_file_range) between appends changes nothing in what is published,
+    /// and an aborted writer that started write-back still leaves nothing behind.
     func testStartWritebackKeepsTheFileAtomicAndWhole() throws {
         let dir = NSTemporaryDirectory() + "atomic-\(UUID().uuidString)"
         try AtomicFile.makeDirectory(dir)

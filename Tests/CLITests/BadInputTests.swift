@@ -79,21 +79,21 @@ final class BadInputTests: CLIWorldTestCase {
 
     /// `-o /dev/stdout` with stdout redirected to a file (as the harness does): refused before
     /// anything is written, never a temp file in /dev (as root the rename would have replaced the
-    /// system's /dev/stdout). A link to a regular file is written through; a link to nothing is refused.
-    func testOutputsThroughLinksAreWrittenThroughAndStdoutLinksAreRefused() throws {
+    /// system's /dev/stdout). Another link is replaced by the output, never written through (a
+    /// link planted in a shared directory cannot aim the command at another file).
+    func testOutputsReplaceLinksAndStdoutLinksAreRefused() throws {
         let dir = try scratch()
         let plain = try plainFile(dir)
         let message = dir + "/m.env"
         try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
         try w.expect(0, ["store", "put", "misc/link-test", plain])
         XCTAssertEqual(symlink("/dev/stdout", dir + "/to-stdout"), 0)
-        XCTAssertEqual(symlink("nowhere", dir + "/dangling"), 0)
-        for target in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", dir + "/to-stdout", dir + "/dangling"] {
+        for target in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", dir + "/to-stdout"] {
             for args in [["envelope", "decrypt", message, "-o", target, "--kms-key", "k1"],
                          ["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", target],
                          ["store", "get", "misc/link-test", "-o", target]] {
                 let r = try w.run(args)
-                assertRefused(r, 64, mentioning: target.hasSuffix("dangling") ? "does not exist" : "not a file of its own")
+                assertRefused(r, 64, mentioning: "not a file of its own")
                 XCTAssertTrue(r.stdout.isEmpty || !r.stdout.contains("hello, envelope"), r.description)
             }
         }
@@ -102,32 +102,36 @@ final class BadInputTests: CLIWorldTestCase {
         XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "/dev/stdout is still a link")
         XCTAssertFalse(try Files.list("/dev").contains { $0.contains(".tmp-") }, "no temp file in /dev")
 
-        // Written through: the link stays, the file it names gets the output.
+        // Another link is replaced by the output; the file it named is left as it was.
         try Files.write(Array("old\n".utf8), dir + "/real.txt")
         XCTAssertEqual(symlink("real.txt", dir + "/link.txt"), 0)
         try w.expect(0, ["envelope", "decrypt", message, "-o", dir + "/link.txt", "--kms-key", "k1"])
         XCTAssertEqual(lstat(dir + "/link.txt", &st), 0)
-        XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK)
-        XCTAssertEqual(String(decoding: try Files.read(dir + "/real.txt"), as: UTF8.self), "hello, envelope\n")
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFREG)
+        XCTAssertEqual(String(decoding: try Files.read(dir + "/link.txt"), as: UTF8.self), "hello, envelope\n")
+        XCTAssertEqual(String(decoding: try Files.read(dir + "/real.txt"), as: UTF8.self), "old\n")
         XCTAssertFalse(try Files.list(dir).contains { $0.contains(".tmp-") }, "no temp left")
         assertRefused(try w.run(["backup", "create", "--hsm", w.sourceHSM, "--kms-key", "k1", "--out", "-"], cwd: dir), 64, mentioning: "standard output")
         XCTAssertFalse(Files.exists(dir + "/-"), "no file named -")
     }
 
-    /// `envelope rewrap` through a link replaces the file the link names (so the old keys open
-    /// no name of it); a file with another hard link is refused and left as it was.
-    func testRewrapThroughALinkReplacesItsFileAndAHardLinkIsRefused() throws {
+    /// `envelope rewrap` of a symbolic link, or of a file with another hard link, is refused and
+    /// changes nothing: the file the link names, or the other name, would keep the old keys' message.
+    func testRewrapRefusesALinkAndAHardLinkedFile() throws {
         let dir = try scratch()
         let plain = try plainFile(dir)
         let message = dir + "/m.env"
         try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
         XCTAssertEqual(symlink("m.env", dir + "/via-link.env"), 0)
-        try w.expect(0, ["envelope", "rewrap", dir + "/via-link.env", "--kms-key", "k1", "--to-kms-key", "k2"])
+        let original = try Files.read(message)
+        assertRefused(try w.run(["envelope", "rewrap", dir + "/via-link.env", "--kms-key", "k1", "--to-kms-key", "k2"]), 64,
+                      mentioning: "symbolic link")
         var st = stat()
         XCTAssertEqual(lstat(dir + "/via-link.env", &st), 0)
         XCTAssertEqual(st.st_mode & S_IFMT, S_IFLNK, "the link is still a link")
+        XCTAssertEqual(try Files.read(message), original)
+        try w.expect(0, ["envelope", "rewrap", message, "--kms-key", "k1", "--to-kms-key", "k2"])
         assertRefused(try w.run(["envelope", "decrypt", message, "-o", dir + "/out1", "--kms-key", "k1"]), 67, mentioning: "k2")
-        try w.expect(0, ["envelope", "decrypt", message, "-o", dir + "/out2", "--kms-key", "k2"])
 
         XCTAssertEqual(link(message, dir + "/hard.env"), 0)
         let before = try Files.read(message)

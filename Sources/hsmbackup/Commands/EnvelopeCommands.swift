@@ -170,8 +170,8 @@ struct EnvelopeRewrapCommand: ParsableCommand {
         discussion: "Opens the message with the key options (none: every local KMS key) and writes a new message for the "
             + "--to-kms-key / --to-raw-aes-key keys, with a fresh data key and message ID: each frame is verified, "
             + "decrypted and re-encrypted as it streams. The file is replaced atomically once all of it verified; "
-            + "the old keys no longer open it (spec §3.7). Through a symbolic link, the file it names is replaced; "
-            + "a file with other hard links is refused, since those names would keep the message under the old keys.")
+            + "the old keys no longer open it (spec §3.7). A symbolic link, or a file with other hard links, is refused, "
+            + "since the file it names, or those names, would keep the message under the old keys.")
 
     @Argument(help: "The message file (rewritten in place).") var file: String
     @OptionGroup var keys: EnvelopeKeyOptions
