@@ -192,7 +192,13 @@ public final class LocalKMS: @unchecked Sendable {
     }
 
     private func addVersion(_ info: inout KeyInfo) throws {
-        let v = (info.versions.map(\.version).max() ?? 0) + 1
+        // Past every version listed and every key file on disk: a rotate killed between its key
+        // file and key.json leaves a file no version names; it is skipped, never reused or removed.
+        let onDisk = ((try? FileManager.default.contentsOfDirectory(atPath: keyDir(info.name))) ?? []).compactMap { name -> Int? in
+            guard name.hasPrefix("v"), name.hasSuffix(".key") else { return nil }
+            return Int(name.dropFirst().dropLast(4))
+        }
+        let v = max(info.versions.map(\.version).max() ?? 0, onDisk.max() ?? 0) + 1
         var bytes = SecureRandom.secureBytes(count: 32).unsafeCopy()
         defer { wipe(&bytes) }
         // Create-only, even under the lock: a key version is never replaced.

@@ -132,6 +132,19 @@ final class KeyringTests: XCTestCase {
         XCTAssertEqual(try kms.info("once").versions.count, 1)
     }
 
+    /// A rotate (or create) killed between its key file and key.json leaves a key file no version
+    /// names: the next rotate skips that number and works; the orphan is left alone.
+    func testAnInterruptedRotateDoesNotBlockTheNext() throws {
+        let kms = LocalKMS(directory: dir)
+        try kms.createKey("k")
+        try AtomicFile.write([UInt8](repeating: 7, count: 32), to: dir + "/keys/k/v2.key") // the orphan
+        XCTAssertEqual(try kms.rotate("k").versions.map(\.version), [1, 3])
+        XCTAssertEqual(try AtomicFile.read(dir + "/keys/k/v2.key"), [UInt8](repeating: 7, count: 32))
+        try FileManager.default.createDirectory(atPath: dir + "/keys/fresh", withIntermediateDirectories: true)
+        try AtomicFile.write([UInt8](repeating: 8, count: 32), to: dir + "/keys/fresh/v1.key") // a create killed early
+        XCTAssertEqual(try kms.createKey("fresh").versions.map(\.version), [2])
+    }
+
     /// `AtomicFile.create` never replaces: the second create of a name fails `exists` and the
     /// first file stays.
     func testAtomicCreateNeverReplaces() throws {
