@@ -62,8 +62,17 @@ public final class LocalObjectStore: ObjectStorage {
         // objects is another store's disk (or one left by an init that never finished), and
         // writing our marker there would take it from that store.
         for p in paths { try refuseUsedReplica(resolve(p, root: root)) }
-        for (i, p) in paths.enumerated() {
-            try initReplica(resolve(p, root: root), index: i, storeId: config.storeId)
+        var marked: [String] = []
+        do {
+            for (i, p) in paths.enumerated() {
+                let path = resolve(p, root: root)
+                try initReplica(path, index: i, storeId: config.storeId)
+                marked.append(path + "/" + ReplicaMarker.fileName)
+            }
+        } catch {
+            // A failed init leaves no marker of its own behind (a retry would find it "in use").
+            for m in marked { unlink(m) }
+            throw error
         }
         // The configuration is written last: a store exists only once it is whole.
         try fileOp(confPath) { try AtomicFile.write(try config.encode(), to: confPath) }
@@ -89,16 +98,27 @@ public final class LocalObjectStore: ObjectStorage {
 
     static func resolve(_ p: String, root: String) -> String { p.hasPrefix("/") ? p : root + "/" + p }
 
-    /// Refuses (`alreadyInitialized`) a replica directory that already has a marker, or
-    /// anything in its `objects/`.
+    /// Refuses a replica path that is not a directory (`invalidArgument`), and a replica
+    /// directory that already has a marker or anything in its `objects/` (`alreadyInitialized`).
     static func refuseUsedReplica(_ path: String) throws {
+        if let d = opendir(path) { closedir(d) } else {
+            let e = errno
+            if e == ENOENT { return } // made by the init
+            if e == ENOTDIR { throw StoreError(.invalidArgument, path: path, "the replica path is not a directory") }
+            throw StoreError(.ioError, path: path, "replica directory: \(String(cString: strerror(e)))")
+        }
         var st = Glibc.stat()
         if lstat(path + "/" + ReplicaMarker.fileName, &st) == 0 {
             throw StoreError(.alreadyInitialized, path: path,
                              "the replica directory already holds a replica marker (another store's replica, or one left by an init that "
                                 + "did not finish; remove the directory if no store uses it)")
+        } else if errno != ENOENT {
+            throw StoreError(.ioError, path: path, "replica marker: \(String(cString: strerror(errno)))")
         }
-        guard let d = opendir(path + "/" + objectsDir) else { return }
+        guard let d = opendir(path + "/" + objectsDir) else {
+            if errno == ENOENT { return }
+            throw StoreError(errno == ENOTDIR ? .invalidArgument : .ioError, path: path + "/" + objectsDir, "\(String(cString: strerror(errno)))")
+        }
         defer { closedir(d) }
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
@@ -119,7 +139,8 @@ public final class LocalObjectStore: ObjectStorage {
 
     static func fileOp<T>(_ path: String, _ body: () throws -> T) throws -> T {
         do { return try body() } catch let e as FileError {
-            throw StoreError(e.code == .notFound ? .notFound : .ioError, path: e.path, "\(e.operation): \(e.reason)")
+            throw StoreError(e.code == .notFound ? .notFound : e.code == .notDirectory ? .invalidArgument : .ioError,
+                             path: e.path, "\(e.operation): \(e.reason)")
         }
     }
 

@@ -176,6 +176,13 @@ final class BadInputTests: CLIWorldTestCase {
         XCTAssertFalse(Files.exists(fresh + "/REPLICA"), "no marker written before the refusal")
         XCTAssertFalse(Files.exists(home + "/store/store.conf"))
         try w.expect(0, ["store", "fsck"])
+        // A replica path that is a file: refused before any marker, so a retry with a good path works.
+        let file = try plainFile(dir)
+        let r2 = try CLI.run(["store", "init", "--replica-dir", fresh, "--replica-dir", file], home: home)
+        assertRefused(r2, 64, mentioning: "not a directory")
+        XCTAssertFalse(Files.exists(fresh + "/REPLICA"))
+        let r3 = try CLI.run(["store", "init", "--replica-dir", fresh, "--replica-dir", dir + "/second"], home: home)
+        XCTAssertEqual(r3.exitCode, 0, r3.description)
     }
 
     // MARK: item 11: stdout on a full disk
