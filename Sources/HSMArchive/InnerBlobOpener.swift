@@ -201,11 +201,14 @@ public final class InnerBlobChecker {
 
     public var header: InnerHeader? { opener.header }
 
-    public func feed(_ bytes: [UInt8]) throws { try opener.feed(bytes) }
+    /// A failure of the payload check that lies before the opener's own wins (`PayloadReader.earlierFailure`).
+    public func feed(_ bytes: [UInt8]) throws {
+        do { try opener.feed(bytes) } catch { throw payload?.earlierFailure() ?? error }
+    }
 
     /// Ends the input; returns the payload's object counts once everything checked.
     public func finish() throws -> PayloadReader.Summary {
-        try opener.finish()
+        do { try opener.finish() } catch { throw payload?.earlierFailure() ?? error }
         return try payload!.finish()
     }
 }

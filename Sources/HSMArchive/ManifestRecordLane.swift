@@ -29,7 +29,6 @@ final class ManifestRecordLane: @unchecked Sendable {
     // The parser thread's:
     private var batch: [UInt8] = []
     private var pathEnds: [Int] = []
-    private var submitted = false
 
     /// `listed` receives every record's encoded bytes, in order (the caller reads it only after
     /// `finish`); `expectedRecords` sizes the path set once.
@@ -54,6 +53,11 @@ final class ManifestRecordLane: @unchecked Sendable {
         let out = fingerprints
         fingerprints = []
         return out
+    }
+
+    /// After `drain`: whether `path` repeats one of the records added.
+    func contains(_ path: [UInt8]) -> Bool {
+        queue.sync { path.withUnsafeBytes { seen.contains($0) } }
     }
 
     /// Waits for every record added; the first repeated path's error, if any.

@@ -141,6 +141,9 @@ public struct ManifestParser {
     /// goes out with the offset its "listed twice" error names, and `seen` stays empty.
     private let callerChecksPaths: Bool
     private var pathEnd = 0
+    /// Where, in `buffer`, the path of a record whose parse has begun but not ended lies: if the
+    /// record then fails, its path may still be a repeat, which the serial parser reported first.
+    private var unfinishedPath: Range<Int>?
 
     /// `expectedRecords`: how many records the header announces, so the path set is sized once
     /// (never beyond what `totalBytes` could hold: a record is at least 100 bytes).
@@ -163,6 +166,13 @@ public struct ManifestParser {
         buffer.append(contentsOf: bytes)
         received += bytes.count
         try parseAvailable(onRecord: onRecord)
+    }
+
+    /// After a failure inside a record (`callerChecksPaths`): that record's path and the offset
+    /// its "listed twice" error would name, when its path had been read.
+    func unfinishedRecordPath() -> (path: [UInt8], end: Int)? {
+        guard let r = unfinishedPath, r.upperBound <= buffer.count else { return nil }
+        return (Array(buffer[r]), pathEnd)
     }
 
     /// The error of a path listed a second time, at `offset` (what this parser throws itself).
@@ -234,6 +244,7 @@ public struct ManifestParser {
                 }
                 if count > 0 { try expect(",") }
                 let kind = try parseRecord(b, &at, into: &scratch)
+                unfinishedPath = nil
                 count += 1
                 switch kind {
                 case .policy: policies += 1
@@ -325,6 +336,7 @@ public struct ManifestParser {
         }
         if callerChecksPaths {
             pathEnd = base + at
+            unfinishedPath = pathRange
         } else {
             // Copy on write: a copied parser goes on with its own set, as a value should.
             if !isKnownUniquelyReferenced(&seen) { seen = seen.copy() }
@@ -389,6 +401,20 @@ final class PathHashSet {
 
     /// The most paths a table of `size` slots holds before it doubles.
     private static func full(_ size: Int) -> Int { size / 4 * 3 }
+
+    /// Whether the path's hash is in the set.
+    func contains(_ path: UnsafeRawBufferPointer) -> Bool {
+        let (a, b) = sip.hash(path)
+        var key = SIMD2(a, b)
+        if key == .zero { key.x = 1 }
+        let mask = slots.count - 1
+        var i = Int(truncatingIfNeeded: key.x) & mask
+        while slots[i] != .zero {
+            if slots[i] == key { return true }
+            i = (i + 1) & mask
+        }
+        return false
+    }
 
     /// Adds the path's hash; false when it was there already.
     func insert(_ path: UnsafeRawBufferPointer) -> Bool {
@@ -553,6 +579,14 @@ public final class PayloadReader: TarVisitor {
         found.update(d.encoded)
     }
 
+    /// For a consumer that stops on an error of its own (a later chunk that does not
+    /// authenticate, a blob cut short): the reader's own failure that lies before it, if any,
+    /// which is then the one to report (a path listed twice that the lane has not yet reported).
+    public func earlierFailure() -> Error? {
+        guard let lane = recordLane, let e = lane.drain() else { return nil }
+        return record(e)
+    }
+
     private func record(_ error: Error) -> Error {
         var e: Error
         if let p = error as? PayloadCodecError {
@@ -560,10 +594,15 @@ public final class PayloadReader: TarVisitor {
         } else {
             e = error
         }
-        // A path listed twice that the lane has not reported yet lies before this failure.
+        // A path listed twice that the lane has not reported yet lies before this failure; so
+        // does the path of the record this failure interrupted, if it repeats an earlier one.
         if let lane = recordLane {
             recordLane = nil
-            if let earlier = lane.drain() { e = earlier }
+            if let earlier = lane.drain() {
+                e = earlier
+            } else if let (path, end) = manifest?.unfinishedRecordPath(), lane.contains(path) {
+                e = path.withUnsafeBytes { ManifestParser.duplicatePath($0, at: end) }
+            }
         }
         failure = e
         wipe(&contents)

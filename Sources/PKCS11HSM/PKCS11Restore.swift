@@ -94,12 +94,16 @@ final class PKCS11RestoreSession: HSMRestoreSession {
 
     func feed(_ bytes: [UInt8]) throws {
         if let failure { throw failure }
-        do { try opener.feed(bytes) } catch { failure = error; throw error }
+        do { try opener.feed(bytes) } catch {
+            let e = payload?.earlierFailure() ?? error
+            failure = e
+            throw e
+        }
     }
 
     func finish() throws -> RestoreSummary {
         if let failure { throw failure }
-        try opener.finish()
+        do { try opener.finish() } catch { throw payload?.earlierFailure() ?? error }
         _ = try payload!.finish()
         let header = opener.header!
         guard let record else { throw PKCS11Error(.malformedObject, "the payload is empty: not a PKCS#11 payload") }

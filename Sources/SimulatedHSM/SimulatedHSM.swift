@@ -378,6 +378,7 @@ public final class RestoreSession: HSMRestoreSession {
     /// objects queued before it are still checked, in order, and the first of them that fails
     /// is the error to report, since it comes first in payload order. Nil when they all pass.
     private func earlierCheckFailure() -> Error? {
+        if let e = payload?.earlierFailure() { return e }
         if let checkError { return checkError }
         do {
             try submitChecks()

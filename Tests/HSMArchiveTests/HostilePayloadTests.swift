@@ -112,6 +112,49 @@ final class HostilePayloadTests: XCTestCase {
     /// The first object's bytes differ from its manifest record, and the tar breaks later: the
     /// restore (and its dry run) reports the object, the earlier error in payload order, though
     /// objects are hashed on worker threads after the tar has been read past them.
+    /// A path listed twice in the manifest (checked on another core, `ManifestRecordLane`) is
+    /// still the error when a later chunk does not authenticate, or the blob is cut short: it
+    /// comes first in the stream, as the serial check reported it, whichever consumer reads.
+    func testARepeatedPathIsReportedBeforeALaterChunkOrTruncationFault() throws {
+        let n = 3000
+        let objects = (0..<n).map { i in
+            PayloadObject(kind: i < 2 ? .policy : .key, path: (i < 2 ? "policies/" : "keys/") + String(format: "%06d.json", i + 1),
+                          contents: Array("{\"n\":\(i)}".utf8))
+        }
+        var entries = try PaxTar.read(try PayloadBundle(objects: objects).tarBytes())
+        let manifest = String(decoding: entries[0].contents, as: UTF8.self)
+            .replacingOccurrences(of: "\"path\":\"keys/000006.json\"", with: "\"path\":\"keys/000005.json\"")
+        entries[0] = TarEntry(path: entries[0].path, contents: Array(manifest.utf8))
+        let tar = try PaxTar.write(entries)
+        let pbk = try KeyHierarchy.derivePBK(mkbk: mkbk, akbk: akbk, manufacturerId: "acme")
+        var blob: [UInt8] = []
+        let writer = try InnerBlobWriter(metadata: ManufacturerMetadata(manufacturerId: "acme", model: "M", firmwareVersion: "1.0.0",
+                                                                        serialNumber: "9", hsmId: "hsm-9", clusterId: "c"),
+                                         backupId: SecureRandom.bytes(count: 16), createdAt: 1_800_000_000,
+                                         payload: PayloadDescriptor(payloadBytes: UInt64(tar.count), userCount: 0, keyCount: UInt32(n - 2), policyCount: 2),
+                                         pbk: pbk, ebk: try EphemeralBackupKey.random(), sink: { blob += $0 })
+        try writer.write(tar)
+        try writer.finish()
+        XCTAssertGreaterThan(writer.header.payload.chunkCount, 8)
+        var lastChunkBad = blob
+        lastChunkBad[lastChunkBad.count - 40] ^= 1
+        let cutShort = Array(blob[..<(blob.count * 3 / 4)])
+        let keyring = BackupKeyring(manufacturerId: "acme", mkbk: mkbk, akbk: akbk)
+        for (what, bytes) in [("a later chunk altered", lastChunkBad), ("the blob cut short", cutShort)] {
+            let checker = InnerBlobChecker(keyring: keyring)
+            XCTAssertThrowsError(try { try checker.feed(bytes); _ = try checker.finish() }(), what) { e in
+                XCTAssertEqual((e as? ArchiveError)?.code, .manifestMalformed, "\(what): \(e)")
+                XCTAssertTrue("\(e)".contains("keys/000005.json listed twice"), "\(what): \(e)")
+            }
+            let hsm = try makeHSM()
+            let before = try snapshot(hsm.directory)
+            XCTAssertThrowsError(try hsm.restore(bytes, dryRun: false), what) { e in
+                XCTAssertTrue("\(e)".contains("keys/000005.json listed twice"), "\(what): \(e)")
+            }
+            XCTAssertEqual(try snapshot(hsm.directory), before)
+        }
+    }
+
     func testAnEarlierObjectDigestMismatchIsReportedBeforeALaterTarError() throws {
         let layout: [(ObjectKind, String)] = [(.policy, "policies/000001.json"), (.policy, "policies/000002.json"),
                                               (.user, "users/000001.json"), (.key, "keys/000001.json"), (.key, "keys/000002.json")]

@@ -102,6 +102,22 @@ final class PayloadReaderTests: XCTestCase {
         XCTAssertEqual(readerError(both), first)
         // A repeated path, then the tar cut inside the manifest, well after it.
         XCTAssertEqual(readerError(duplicating(10, in: manifest), cutTarAt: 150_000), first)
+        // The repeated path's own record malformed after its path (its sha256, its size, cut
+        // inside it): the serial parser reported the repeat first, and so does the reader.
+        let repeated = duplicating(1700, in: manifest)
+        let second = try XCTUnwrap(repeated.range(of: "\"path\":\"\(name(1699))\"", options: .backwards))
+        let tail = repeated[second.upperBound...]
+        for broken in [tail.replacingOccurrences(of: ",\"sha256\":\"", with: ",\"sha256\":\"Z", options: .anchored),
+                       tail.replacingOccurrences(of: ",\"sha256\"", with: ",\"SHA256\"", options: .anchored)] {
+            let text = String(repeated[..<second.upperBound]) + broken
+            let expected = try XCTUnwrap(serialError(text))
+            XCTAssertTrue(expected.contains("listed twice"), expected)
+            XCTAssertEqual(readerError(text), expected)
+        }
+        // ... and cut inside that record, after its path.
+        let cut = String(repeated[..<second.upperBound]) + ",\"sha2"
+        XCTAssertEqual(readerError(cut), serialError(cut))
+        XCTAssertTrue(serialError(cut)?.contains("listed twice") ?? false)
         // No repeated path: the malformed record's own error, as the serial parser gives it.
         let malformed = manifest.replacingOccurrences(of: "\"path\":\"\(name(1700))\",\"sha256\"", with: "\"path\":\"\(name(1700))\",\"SHA256\"")
         XCTAssertEqual(readerError(malformed), serialError(malformed))
