@@ -65,24 +65,30 @@ public final class SimulatedHSM {
             }
             if !entries.isEmpty { throw HSMError(.alreadyExists, "the directory is not empty", path: directory) }
         }
+        var ours = false // true once this call's identity.json is in place
         do {
             do {
                 try AtomicFile.makeDirectory(directory)
                 try restrictToOwner(directory)
-                try AtomicFile.write(try CanonicalJSON.encode(identity), to: directory + "/" + identityFile)
+                // Create-only: of two creates of one directory at once, the second stops here
+                // and touches nothing of the first's.
+                try AtomicFile.create(try CanonicalJSON.encode(identity), at: directory + "/" + identityFile)
+                ours = true
                 var raw = mkbk.secret.unsafeCopy()
                 defer { wipe(&raw) }
-                try AtomicFile.write(raw, to: directory + "/" + mkbkFile)
-            } catch let e as FileError { throw HSMError.file(e) }
+                try AtomicFile.create(raw, at: directory + "/" + mkbkFile)
+            } catch let e as FileError {
+                throw e.code == .exists ? HSMError(.alreadyExists, "the directory is not empty", path: directory) : HSMError.file(e)
+            }
             let state = try ContentsState.write(HSMContents.empty, to: directory + "/" + contentsFile)
             let hsm = SimulatedHSM(directory: directory, identity: identity, state: state, mkbk: mkbk, akbk: nil)
             if let akbk { try hsm.installOperatorKey(akbk) }
             return hsm
         } catch {
-            // Nothing half-made stays behind (a retry would find "not empty"): the directory was
-            // empty or absent, so what is in it now is this call's.
-            for name in [akbkFile, contentsFile, mkbkFile, identityFile] { unlink(directory + "/" + name) }
-            if !existed { rmdir(directory) }
+            // Nothing half-made stays behind (a retry would find "not empty"); only what this
+            // call made is removed.
+            if ours { for name in [akbkFile, contentsFile, mkbkFile, identityFile] { unlink(directory + "/" + name) } }
+            if !existed { rmdir(directory) } // fails, harmlessly, if anything else is in it
             throw error
         }
     }

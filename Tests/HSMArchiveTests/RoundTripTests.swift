@@ -29,6 +29,28 @@ final class RoundTripTests: XCTestCase {
                        file: file, line: line)
     }
 
+    /// Creates of one directory at once: one wins; the others fail "not empty" and leave the
+    /// winner's HSM whole (its identity and MKBK are never replaced or removed).
+    func testConcurrentCreatesOfOneDirectoryLeaveOneWholeHSM() throws {
+        final class Outcomes: @unchecked Sendable { let lock = NSLock(); var won: [Int] = []; var refused = 0 }
+        let dir = Fixture.tempDir()
+        let outcomes = Outcomes()
+        DispatchQueue.concurrentPerform(iterations: 4) { n in
+            do {
+                _ = try SimulatedHSM.create(at: dir, identity: Fixture.identity(n + 1), mkbk: Fixture.mkbk, akbk: Fixture.akbk)
+                outcomes.lock.lock(); outcomes.won.append(n + 1); outcomes.lock.unlock()
+            } catch let e as HSMError where e.code == .alreadyExists {
+                outcomes.lock.lock(); outcomes.refused += 1; outcomes.lock.unlock()
+            } catch {
+                XCTFail("\(error)")
+            }
+        }
+        XCTAssertEqual(outcomes.won.count, 1)
+        XCTAssertEqual(outcomes.refused, 3)
+        let hsm = try SimulatedHSM.open(at: dir)
+        XCTAssertEqual(hsm.identity.serialNumber, "SN-\(outcomes.won[0])")
+    }
+
     func testEmptyHSM() throws { try roundTrip(.empty) }
 
     func testOneKey() throws {
