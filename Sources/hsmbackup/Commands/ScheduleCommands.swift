@@ -333,13 +333,19 @@ struct StatusCommand: ParsableCommand {
             let grace = try Interval.parse(self.grace)
             if let prometheus { try PathArgument.output(prometheus) }
             let r = try Health.report(home: ScheduleHome.current, clock: try CLIClock.current(), grace: grace)
-            if json { try JSONOutput.print(r) } else { try printText(r) }
+            // The report and the file are independent: neither failing stops the other.
             var exportFailed: Error?
-            if let prometheus {
-                do { try PrometheusExport.write(r, to: prometheus) } catch {
-                    exportFailed = error
-                    Err.line("hsmbackup: error: the Prometheus file was not written (node_exporter keeps serving the old one): \(error)")
-                }
+            func export() {
+                guard let prometheus else { return }
+                do { try PrometheusExport.write(r, to: prometheus) } catch { exportFailed = error }
+            }
+            do { if json { try JSONOutput.print(r) } else { try printText(r) } } catch {
+                export()
+                throw error
+            }
+            export()
+            if let exportFailed, r.verdict != .ok {
+                Err.line("hsmbackup: error: the Prometheus file was not written (node_exporter keeps serving the old one): \(exportFailed)")
             }
             switch r.verdict {
             case .ok:
