@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "HSMArchiveTests", dependencies: ["Durability", "HSMArchive", "SimulatedHSM", "PayloadCodec", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "ObjectStoreTests", dependencies: ["Durability", "ObjectStore", "BackupCrypto", "ByteCoding"]),
         .testTarget(name: "HSMBackupTests", dependencies: ["HSMBackup", "Envelope", "HSMArchive", "SimulatedHSM", "ObjectStore", "BackupCrypto", "ByteCoding"]),
-        .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening"]),
+        .testTarget(name: "CLITests", dependencies: ["hsmbackup", "ProcessHardening", "Durability"]),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "ObjectStore", "BackupCrypto"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "BackupCrypto", "ByteCoding"],
                     resources: [.copy("Vectors")]),

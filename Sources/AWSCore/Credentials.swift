@@ -113,7 +113,7 @@ public struct AWSSharedConfigFile: Sendable {
         let fd: Int32
         do { fd = try AtomicFile.openRegularFile(path) } catch let e as FileError {
             if e.code == .notFound { return nil }
-            throw AWSError.credentials("\(path) \(e.reason)")
+            throw AWSError.credentials(e.code == .notRegularFile ? "\(path) \(e.reason)" : "\(path): \(e.reason)")
         }
         defer { close(fd) }
         let limit = 1 << 20
