@@ -43,7 +43,8 @@ public enum AtomicFile {
     /// Reads a whole file (for small state files; large objects are streamed by their owners).
     /// Only a regular file is read: a FIFO, device, socket or directory is refused, never waited on.
     /// Key files are read with it too, so no copy stays behind: the result is sized from the
-    /// file's length up front (no growth leaves old storage), and the read buffer is cleared.
+    /// file's length up front (no growth leaves old storage unless the file grows meanwhile),
+    /// the read buffer is cleared, and so is the partial result when the read fails.
     public static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8] {
         let fd = try openRegularFile(path)
         defer { close(fd) }
@@ -56,16 +57,20 @@ public enum AtomicFile {
         out.reserveCapacity(Int(st.st_size) + 1)
         var buf = [UInt8](repeating: 0, count: 1 << 16)
         defer { buf.withUnsafeMutableBytes { explicit_bzero($0.baseAddress!, $0.count) } }
+        func failing(_ e: FileError) -> FileError {
+            out.withUnsafeMutableBytes { if let p = $0.baseAddress { explicit_bzero(p, $0.count) } }
+            return e
+        }
         while true {
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw FileError(errno: errno, operation: "read", path: path)
+                throw failing(FileError(errno: errno, operation: "read", path: path))
             }
             if n == 0 { break }
             out.append(contentsOf: buf[0..<n])
             guard out.count <= limit else {
-                throw FileError(code: .tooLarge, operation: "read", path: path, reason: "exceeds the limit of \(limit)")
+                throw failing(FileError(code: .tooLarge, operation: "read", path: path, reason: "exceeds the limit of \(limit)"))
             }
         }
         return out
