@@ -16,24 +16,21 @@ public enum AtomicFile {
 
     /// Writes `bytes` to `path` atomically with permission bits `mode` (default 0600).
     public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws {
-        let w = try Writer(path: path, mode: mode)
-        do {
-            try w.append(bytes)
-            try w.commit()
-        } catch {
-            w.abort()
-            throw error
-        }
+        try publish(bytes, path, mode, replacing: true)
     }
 
     /// Writes `bytes` to a new file at `path`, whole, only if nothing is there: `exists` if a file
     /// (or a link) already has the name, even one made by a concurrent writer a moment before.
     /// For files that must never be replaced: keys.
     public static func create(_ bytes: [UInt8], at path: String, mode: mode_t = 0o600) throws {
+        try publish(bytes, path, mode, replacing: false)
+    }
+
+    private static func publish(_ bytes: [UInt8], _ path: String, _ mode: mode_t, replacing: Bool) throws {
         let w = try Writer(path: path, mode: mode)
         do {
             try w.append(bytes)
-            try w.commitNew()
+            if replacing { try w.commit() } else { try w.commitNew() }
         } catch {
             w.abort()
             throw error

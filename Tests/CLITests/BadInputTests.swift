@@ -51,14 +51,21 @@ final class BadInputTests: CLIWorldTestCase {
         return p
     }
 
-    // MARK: item 10: output onto a device or FIFO
-
-    func testOutputOntoADeviceOrFIFOIsRefusedAndTheNodeSurvives() throws {
+    /// A scratch directory with a plain file, a message of it under k1 and (with `storedAs`)
+    /// the plain file stored under that key.
+    private func messageFixture(storedAs key: String? = nil) throws -> (dir: String, plain: String, message: String) {
         let dir = try scratch()
         let plain = try plainFile(dir)
         let message = dir + "/m.env"
         try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
-        try w.expect(0, ["store", "put", "misc/device-test", plain])
+        if let key { try w.expect(0, ["store", "put", key, plain]) }
+        return (dir, plain, message)
+    }
+
+    // MARK: item 10: output onto a device or FIFO
+
+    func testOutputOntoADeviceOrFIFOIsRefusedAndTheNodeSurvives() throws {
+        let (dir, plain, message) = try messageFixture(storedAs: "misc/device-test")
         let targets = [try device(in: dir, "null", minor: 3), try device(in: dir, "full", minor: 7), try fifo(in: dir)]
         for target in targets {
             let before = try XCTUnwrap(node(target))
@@ -82,11 +89,7 @@ final class BadInputTests: CLIWorldTestCase {
     /// system's /dev/stdout). Another link is replaced by the output, never written through (a
     /// link planted in a shared directory cannot aim the command at another file).
     func testOutputsReplaceLinksAndStdoutLinksAreRefused() throws {
-        let dir = try scratch()
-        let plain = try plainFile(dir)
-        let message = dir + "/m.env"
-        try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
-        try w.expect(0, ["store", "put", "misc/link-test", plain])
+        let (dir, _, message) = try messageFixture(storedAs: "misc/link-test")
         XCTAssertEqual(symlink("/dev/stdout", dir + "/to-stdout"), 0)
         for target in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", dir + "/to-stdout"] {
             for args in [["envelope", "decrypt", message, "-o", target, "--kms-key", "k1"],
@@ -118,10 +121,7 @@ final class BadInputTests: CLIWorldTestCase {
     /// `envelope rewrap` of a symbolic link, or of a file with another hard link, is refused and
     /// changes nothing: the file the link names, or the other name, would keep the old keys' message.
     func testRewrapRefusesALinkAndAHardLinkedFile() throws {
-        let dir = try scratch()
-        let plain = try plainFile(dir)
-        let message = dir + "/m.env"
-        try w.expect(0, ["envelope", "encrypt", plain, "-o", message, "--kms-key", "k1"])
+        let (dir, _, message) = try messageFixture()
         XCTAssertEqual(symlink("m.env", dir + "/via-link.env"), 0)
         let original = try Files.read(message)
         assertRefused(try w.run(["envelope", "rewrap", dir + "/via-link.env", "--kms-key", "k1", "--to-kms-key", "k2"]), 64,
