@@ -277,6 +277,10 @@ final class BadInputTests: CLIWorldTestCase {
         XCTAssertEqual(viaFD.stdout, "hello, envelope\n")
         let unset = try w.run(["envelope", "decrypt", message, "-o", "-", "--raw-aes-key", "env:NO_SUCH_KEY_VARIABLE"] + raw)
         assertRefused(unset, 64, mentioning: "NO_SUCH_KEY_VARIABLE is not set")
+        // fd:0 with the message on standard input too: refused, never a key read from the message.
+        let both = try w.run(["envelope", "decrypt", "-", "-o", "-", "--raw-aes-key", "fd:0"] + raw, stdin: try Data(contentsOf: URL(fileURLWithPath: message)))
+        assertRefused(both, 64, mentioning: "reads standard input")
+        XCTAssertEqual(both.stdout, "")
     }
 
     // MARK: item 15: named keys are the only keys tried

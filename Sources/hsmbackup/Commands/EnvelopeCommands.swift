@@ -92,7 +92,7 @@ struct EnvelopeEncryptCommand: ParsableCommand {
     func run() throws {
         try CLIEnvelope.run {
             let ctx = try CLIEnvelope.parseContext(context)
-            try CLIEnvelope.requireInput(input)
+            try CLIEnvelope.requireInput(input, keys: keys)
             try CLIEnvelope.requireOutput(output)
             let h = try EnvelopeFile.encrypt(input: input, output: output, keyrings: try keys.encryptionKeyrings(), context: ctx,
                                              suite: signed ? .committingSigned : .committing, frameLength: frameLength)
@@ -115,7 +115,7 @@ struct EnvelopeDecryptCommand: ParsableCommand {
 
     func run() throws {
         try CLIEnvelope.run {
-            try CLIEnvelope.requireInput(input)
+            try CLIEnvelope.requireInput(input, keys: keys)
             try CLIEnvelope.requireOutput(output)
             var options = DecryptOptions(policy: allowLegacy ? .allowLegacyDecrypt : .requireCommitment)
             options.limits.maximumEncryptedDataKeys = maxEDKs
@@ -277,8 +277,13 @@ enum CLIEnvelope {
     }
 
     /// An input file must exist and be a regular file (a FIFO or device would hang or never end).
-    static func requireInput(_ path: String) throws {
-        if path != "-" { try PathArgument.input(path) }
+    /// Standard input (`-`) cannot also be where a raw key is read from (`fd:0`): the key would
+    /// be read from the message's first bytes.
+    static func requireInput(_ path: String, keys: EnvelopeKeyOptions? = nil) throws {
+        if path != "-" { try PathArgument.input(path); return }
+        if let keys, keys.rawKeys.contains(where: { $0 == "fd:0" }) {
+            throw ValidationError("--raw-aes-key fd:0 reads standard input, which is the input (-) here: give the key as file:, env: or another fd:")
+        }
     }
 
     /// An output file must be absent or a regular file (a device node would be replaced).
