@@ -403,34 +403,36 @@ final class PathHashSet {
     private static func full(_ size: Int) -> Int { size / 4 * 3 }
 
     /// Whether the path's hash is in the set.
-    func contains(_ path: UnsafeRawBufferPointer) -> Bool {
-        let (a, b) = sip.hash(path)
-        var key = SIMD2(a, b)
-        if key == .zero { key.x = 1 }
-        let mask = slots.count - 1
-        var i = Int(truncatingIfNeeded: key.x) & mask
-        while slots[i] != .zero {
-            if slots[i] == key { return true }
-            i = (i + 1) & mask
-        }
-        return false
-    }
+    func contains(_ path: UnsafeRawBufferPointer) -> Bool { probe(key(path)).found }
 
     /// Adds the path's hash; false when it was there already.
     func insert(_ path: UnsafeRawBufferPointer) -> Bool {
         if count + 1 > Self.full(slots.count) { grow() }
+        let k = key(path)
+        let (slot, found) = probe(k)
+        if found { return false }
+        slots[slot] = k
+        count += 1
+        return true
+    }
+
+    /// The path's 128-bit key; zero marks an empty slot, so no key is zero.
+    @inline(__always) private func key(_ path: UnsafeRawBufferPointer) -> SIMD2<UInt64> {
         let (a, b) = sip.hash(path)
         var key = SIMD2(a, b)
-        if key == .zero { key.x = 1 } // zero marks an empty slot
+        if key == .zero { key.x = 1 }
+        return key
+    }
+
+    /// Linear probing from the key's home slot: where the key is, or the empty slot it would take.
+    @inline(__always) private func probe(_ key: SIMD2<UInt64>) -> (slot: Int, found: Bool) {
         let mask = slots.count - 1
         var i = Int(truncatingIfNeeded: key.x) & mask
         while slots[i] != .zero {
-            if slots[i] == key { return false }
+            if slots[i] == key { return (i, true) }
             i = (i + 1) & mask
         }
-        slots[i] = key
-        count += 1
-        return true
+        return (i, false)
     }
 
     private func grow() {

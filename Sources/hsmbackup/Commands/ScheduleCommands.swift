@@ -334,16 +334,12 @@ struct StatusCommand: ParsableCommand {
             if let prometheus { try PathArgument.output(prometheus) }
             let r = try Health.report(home: ScheduleHome.current, clock: try CLIClock.current(), grace: grace)
             // The report and the file are independent: neither failing stops the other.
+            let printed = Result { if json { try JSONOutput.print(r) } else { try printText(r) } }
             var exportFailed: Error?
-            func export() {
-                guard let prometheus else { return }
+            if let prometheus {
                 do { try PrometheusExport.write(r, to: prometheus) } catch { exportFailed = error }
             }
-            do { if json { try JSONOutput.print(r) } else { try printText(r) } } catch {
-                export()
-                throw error
-            }
-            export()
+            try printed.get()
             if let exportFailed, r.verdict != .ok {
                 Err.line("hsmbackup: error: the Prometheus file was not written (node_exporter keeps serving the old one): \(exportFailed)")
             }
