@@ -111,6 +111,35 @@ final class PayloadCodecTests: XCTestCase {
         }
     }
 
+    /// The tuned match finder (hash log 12, matches of 7 bytes or more) makes standard frames
+    /// that any decoder reads, and on key records (canonical JSON, hex key material) in 64 KiB
+    /// frames it compresses within 1% of libzstd's own level 1.
+    func testTunedCompressorKeepsFramesStandardAndTheRatio() throws {
+        var rng = SeededGenerator(seed: 11)
+        var records: [UInt8] = []
+        var i = 0
+        while records.count < 8 * 65_536 {
+            let material = (0..<800).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let hex = material.map { String(format: "%02x", $0) }.joined()
+            let json = #"{"attributes":{"class":"secret","extractable":false,"label":"key-\#(i)"},"id":\#(i),"material":"\#(hex)"}"#
+            records += Array(json.utf8)
+            i += 1
+        }
+        let tuned = try ZstdCompressor()
+        let plain = try ZstdCompressor(tuned: false)
+        var tunedBytes = 0, plainBytes = 0
+        for start in stride(from: 0, to: records.count, by: 65_536) {
+            let piece = records[start..<min(start + 65_536, records.count)]
+            let a = try tuned.compress(piece), b = try plain.compress(piece)
+            XCTAssertEqual(a[4] & 0x23, 0x20, "single segment, no dictionary id")
+            XCTAssertEqual(try Zstd.decompress(a, exactSize: piece.count), Array(piece))
+            XCTAssertEqual(try Zstd.decompress(b, exactSize: piece.count), Array(piece))
+            tunedBytes += a.count
+            plainBytes += b.count
+        }
+        XCTAssertLessThanOrEqual(Double(tunedBytes), Double(plainBytes) * 1.01, "tuned \(tunedBytes) bytes, libzstd level 1 \(plainBytes)")
+    }
+
     /// Spec 4.7: the writer's frames are single-segment or have a window no larger than their
     /// content, at every piece size the format allows; a dictionary id or a larger window is
     /// refused although zstd itself would decode the frame.
