@@ -642,8 +642,11 @@ public final class BackupCatalog {
     func catchUp(_ entry: BackupEntry) throws -> BackupEntry {
         var e = entry
         while e.generation < BackupEntry.maxGeneration, store.anyReplicaHolds(Self.metaKey(e.backupId, e.generation + 1)) {
+            let key = Self.metaKey(e.backupId, e.generation + 1)
             do { e = try readMeta(e.backupId, e.generation + 1) } catch {
-                throw StoreError(.badCatalog, key: Self.metaKey(e.backupId, e.generation + 1),
+                // A put of it that died or missed its quorum before any record: never written.
+                if (try? store.removeUnfinishedPut(key)) == true { break }
+                throw StoreError(.badCatalog, key: key,
                                  "metadata newer than the catalog does not read (\(error)); run `hsmbackup store scrub --repair`, then `hsmbackup store reindex`")
             }
         }
@@ -859,7 +862,12 @@ public final class BackupCatalog {
         let adopted: (BackupEntry, UInt64?)? = try mutate { s in
             let current = s.entries[id]
             for g in (inv.metas[id] ?? []).sorted(by: >) where g > (current?.generation ?? 0) {
-                guard let e = try? readMeta(id, g) else { continue }
+                guard let e = try? readMeta(id, g) else {
+                    // What an unfinished put left goes (else the next change of this backup
+                    // would find its generation taken); anything else stays for scrub.
+                    _ = try? store.removeUnfinishedPut(Self.metaKey(id, g))
+                    continue
+                }
                 s.entries[id] = e
                 return (e, current?.generation)
             }

@@ -119,6 +119,9 @@ extension BackupCatalog {
             }
             let g = last + 1
             let p = RetentionPolicy(clusterId: clusterId, days: days, generation: g)
+            // A put of this generation that died or missed its quorum before any record would
+            // make the key look taken forever.
+            _ = try? store.removeUnfinishedPut(Self.policyKey(clusterId, g))
             _ = try store.put(Self.policyKey(clusterId, g), bytes: try p.encodeObject())
             s.policies[clusterId] = days == 0 ? nil : p
             return g

@@ -65,6 +65,11 @@ public protocol ReplicatedStorage: ObjectStorage {
     func writeCatalog(_ bytes: [UInt8]) throws
     /// Removes temps a crashed catalog writer left (the caller holds the catalog lock).
     func removeCatalogTemps() throws -> [String]
+    /// Deletes `key` when it is what a put that never finished leaves (an object on some replica
+    /// with a checksum record on none) and says whether it did. Only for keys whose writers the
+    /// caller's lock excludes (the catalog's metadata and policy objects, under the catalog
+    /// lock): a put in progress looks the same for an instant.
+    func removeUnfinishedPut(_ key: String) throws -> Bool
 }
 
 extension ReplicatedStorage {
@@ -129,6 +134,11 @@ extension LocalObjectStore: ReplicatedStorage {
     public func removeCatalogTemps() throws -> [String] {
         try Self.fileOp(root) { try AtomicFile.removeStaleTemps(in: root + "/" + Self.catalogDirectory) }
     }
+
+    /// Never: a replica file appears whole (record included) by one rename, so an unfinished put
+    /// leaves only a temp, which `fsck` removes; a file without a valid record is damage, for
+    /// scrub to report and repair.
+    public func removeUnfinishedPut(_ key: String) throws -> Bool { false }
 }
 
 

@@ -438,6 +438,30 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         return DeleteReport(key: key, removed: removed, failed: failed)
     }
 
+    /// An object on some location and a checksum record on none is what a put left that died
+    /// (or missed its quorum) between the object and its record: it was never written (§5.11).
+    /// Every location must answer: a record on one that cannot be reached would make it a put
+    /// that finished there.
+    public func removeUnfinishedPut(_ key: String) throws -> Bool {
+        try ObjectKey.validate(key)
+        guard unavailableReplicas().isEmpty else { return false }
+        func exists(_ i: Int, _ name: String) throws -> Bool {
+            do { _ = try send(i, "HEAD", name); return true } catch let e as S3ServiceError where e.isNotFound { return false }
+        }
+        var holders: [Int] = []
+        for i in 0..<replicaCount {
+            if try exists(i, recordName(key)) { return false }
+            if try exists(i, key) { holders.append(i) }
+        }
+        guard !holders.isEmpty else { return false }
+        for i in holders {
+            do { _ = try send(i, "DELETE", key) } catch {
+                throw StoreError(.ioError, key: key, replica: i, "removing what an unfinished put left: \(error)")
+            }
+        }
+        return true
+    }
+
     public func anyReplicaHolds(_ key: String) -> Bool {
         availableReplicas.contains { (try? send($0, "HEAD", key)) != nil }
     }

@@ -267,7 +267,17 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
             fail(exists)
             throw exists
         }
-        try checkQuorum("write")
+        do { try checkQuorum("write") } catch {
+            // Below the quorum with the object already published on some locations (create-only:
+            // those copies are ours): a failed put leaves no object behind.
+            if !overwrite {
+                lock.lock()
+                let published = live
+                lock.unlock()
+                _ = S3ObjectStore.parallel(published) { i in _ = try? self.store.send(i, "DELETE", self.key) }
+            }
+            throw error
+        }
         let record = ObjectRecord(key: key, size: size, createdMillis: fixedCreatedMillis ?? store.clock.nowMillis(),
                                   chunkSize: ObjectRecord.defaultChunkSize, chunkDigests: chunkDigests, objectDigest: hasher.finalize())
         let recordBytes = try record.encode()

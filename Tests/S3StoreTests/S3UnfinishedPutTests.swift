@@ -1,0 +1,112 @@
+// A put that fails (or dies) between publishing an object and its checksum record must not leave
+// the store stuck: the writer undoes what it published when it misses its quorum, and the
+// catalog treats a metadata or policy object with no record on any location as never written.
+import AWSCore
+import BackupCrypto
+import Foundation
+@testable import ObjectStore
+@testable import S3Store
+import XCTest
+
+/// Wraps the real transport: requests `refuse` matches answer 503 (after the retries, as the
+/// store sees a location that stays down for that one request).
+final class RefusingTransport: S3Transport, @unchecked Sendable {
+    let inner: S3Transport
+    let refuse: @Sendable (S3Request) -> Bool
+    private let lock = NSLock()
+    private var _refused = 0
+    var refused: Int { lock.lock(); defer { lock.unlock() }; return _refused }
+
+    init(_ inner: S3Transport, refuse: @escaping @Sendable (S3Request) -> Bool) { self.inner = inner; self.refuse = refuse }
+
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
+        if refuse(r) {
+            lock.lock(); _refused += 1; lock.unlock()
+            throw S3ServiceError(status: 503, code: "ServiceUnavailable", message: "refused by the test", request: r.summary)
+        }
+        return try inner.send(r, endpoint: endpoint)
+    }
+
+    func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { inner.holdsBodiesOnce(endpoint) }
+}
+
+final class S3UnfinishedPutTests: XCTestCase {
+    /// Replica 1 refuses the object's PUT, so a 2-of-2 put misses its quorum after replica 0 took
+    /// the object: the writer deletes replica 0's copy, and a retry succeeds.
+    func testAPutThatMissesItsQuorumAfterPublishingLeavesNoObject() throws {
+        let moto = try Moto.require()
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2)
+        let root = (store.location as NSString).deletingLastPathComponent
+        let bucket1 = config.replicas[1].location.bucket
+        let refusing = RefusingTransport(moto.transport()) { r in
+            r.method == "PUT" && r.bucket == bucket1 && r.key.hasSuffix("/half") && !r.key.contains(".hsmbackup")
+        }
+        let flaky = try StoreLocator.openS3(root: root, transport: refusing)
+        XCTAssertThrowsError(try flaky.put("half", bytes: pattern(1000, seed: 1))) { e in
+            XCTAssertEqual((e as? StoreError)?.code, .quorumNotReached, "\(e)")
+        }
+        XCTAssertEqual(refusing.refused, 1)
+        let head = try moto.raw("HEAD", config.replicas[0].location.bucket, "p/x/half")
+        XCTAssertEqual(head.status, 404, "the copy replica 0 took was removed")
+        XCTAssertFalse(store.anyReplicaHolds("half"))
+        _ = try store.put("half", bytes: pattern(1000, seed: 2))
+        XCTAssertEqual(try store.getAll("half"), pattern(1000, seed: 2))
+    }
+
+    /// A metadata generation whose put died between object and record (simulated: the object
+    /// written out of band, no record anywhere) does not block the backup's next change, and
+    /// `recover` removes one it finds too.
+    func testAMetadataObjectWithoutARecordCountsAsNeverWritten() throws {
+        let moto = try Moto.require()
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2)
+        let catalog = try BackupCatalog(store: store)
+        let e = try catalog.add(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"),
+                                archive: BytesSource(pattern(100, seed: 1))).entry
+        let orphan = BackupCatalog.metaKey("b1", e.generation + 1)
+        _ = try moto.raw("PUT", config.replicas[0].location.bucket, "p/x/" + orphan, body: Array("{\"half\":".utf8))
+        XCTAssertTrue(store.anyReplicaHolds(orphan))
+
+        let tagged = try catalog.tag("b1", ["k": "v"])
+        XCTAssertEqual(tagged.generation, e.generation + 1)
+        XCTAssertEqual(tagged.tags, ["k": "v"])
+        XCTAssertEqual(try catalog.readMeta("b1", tagged.generation).tags, ["k": "v"], "the new generation has a record and reads")
+
+        // The same left behind by a change of another backup: `recover` drops it and adopts nothing.
+        let b2 = try catalog.add(NewBackup(backupId: "b2", clusterId: "c", hsmId: "h", manufacturer: "sim"),
+                                 archive: BytesSource(pattern(100, seed: 2))).entry
+        let orphan2 = BackupCatalog.metaKey("b2", b2.generation + 1)
+        _ = try moto.raw("PUT", config.replicas[1].location.bucket, "p/x/" + orphan2, body: Array("{}".utf8))
+        _ = try catalog.recoverBackup("b2")
+        XCTAssertFalse(store.anyReplicaHolds(orphan2))
+        XCTAssertEqual(try catalog.tag("b2", ["a": "b"]).generation, b2.generation + 1)
+    }
+
+    /// A metadata object that has a record but does not read (damage, not an unfinished put) is
+    /// not deleted: the change is refused as before, naming scrub and reindex.
+    func testADamagedMetadataObjectWithARecordIsKept() throws {
+        let moto = try Moto.require()
+        let (store, _) = try moto.makeStore(replicas: 2, quorum: 2)
+        let catalog = try BackupCatalog(store: store)
+        let e = try catalog.create(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"))
+        let next = BackupCatalog.metaKey("b1", e.generation + 1)
+        _ = try store.put(next, bytes: Array("not metadata".utf8))
+        XCTAssertThrowsError(try catalog.tag("b1", ["k": "v"])) { err in
+            XCTAssertEqual((err as? StoreError)?.code, .badCatalog, "\(err)")
+        }
+        XCTAssertFalse(try store.removeUnfinishedPut(next))
+        XCTAssertEqual(try store.getAll(next), Array("not metadata".utf8))
+    }
+
+    /// A retention policy generation left without a record does not make `setRetention` fail
+    /// with alreadyExists on every retry.
+    func testAPolicyObjectWithoutARecordDoesNotBlockTheNextPolicy() throws {
+        let moto = try Moto.require()
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2)
+        let catalog = try BackupCatalog(store: store)
+        try catalog.setRetention("c", days: 30)
+        _ = try moto.raw("PUT", config.replicas[0].location.bucket, "p/x/" + BackupCatalog.policyKey("c", 2), body: Array("{".utf8))
+        try catalog.setRetention("c", days: 40)
+        XCTAssertEqual(try store.getAll(BackupCatalog.policyKey("c", 2)).isEmpty, false)
+        try catalog.setRetention("c", days: 50)
+    }
+}
