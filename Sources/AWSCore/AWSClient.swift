@@ -106,7 +106,7 @@ public final class AWSClient: @unchecked Sendable {
     /// attempts) or throws the last `AWSError`.
     public func send(_ request: AWSRequest) throws -> HTTPResponse {
         let url = try url(for: request)
-        let payloadHash = request.payloadHash ?? Hex.encode(request.body.withUnsafeBytes { SHA256Hasher.hash(Array($0)) })
+        let payloadHash = request.payloadHash ?? Hex.encode(Self.sha256(request.body))
         var attempt = 0
         while true {
             attempt += 1
@@ -144,6 +144,14 @@ public final class AWSClient: @unchecked Sendable {
             guard error.isRetryable, attempt < retry.maximumAttempts, request.idempotent || !mayHaveBeenApplied else { throw error }
             sleeper.sleep(seconds: retry.delay(afterAttempt: attempt))
         }
+    }
+
+    /// SHA-256 of a body, hashed where it lies: a KMS Encrypt body holds a data key, and a copy
+    /// (`Array(body)`) would be freed unwiped.
+    static func sha256(_ body: Data) -> [UInt8] {
+        let h = SHA256Hasher()
+        body.withUnsafeBytes { h.update($0) }
+        return h.finalize()
     }
 
     /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form of HTTP's `Date`.

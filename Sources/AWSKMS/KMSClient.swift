@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import AWSCore
 import BackupCrypto
 import Envelope
@@ -8,8 +11,9 @@ import Foundation
 /// Every call is one `POST /` through an `AWSClient` (signing, retries, error codes).
 ///
 /// Secret hygiene: a data key's plaintext is base64 in the request (Encrypt) and the answer
-/// (GenerateDataKey, Decrypt). Our own buffers holding it are wiped; the copies inside
-/// Foundation's URLSession and JSON parser are outside our reach.
+/// (GenerateDataKey, Decrypt). Our own buffers holding it are wiped: the request and answer
+/// bodies where they lie once the call is over, the key decoded from base64 straight into
+/// `SecureBytes`; the copies inside Foundation's URLSession and JSON parser are outside our reach.
 public final class KMSClient: Sendable {
     public let client: AWSClient
 
@@ -57,8 +61,8 @@ public final class KMSClient: Sendable {
         body.context("EncryptionContext", context)
         if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
         let answer = try call("GenerateDataKey", body: body.finish(), resource: keyID)
-        return GeneratedDataKey(plaintext: try answer.blob("Plaintext", secret: true).secure,
-                                ciphertextBlob: try answer.blob("CiphertextBlob").plain, keyID: try answer.string("KeyId"))
+        return GeneratedDataKey(plaintext: try answer.secretBlob("Plaintext"),
+                                ciphertextBlob: try answer.blob("CiphertextBlob"), keyID: try answer.string("KeyId"))
     }
 
     public struct EncryptResult: Sendable {
@@ -72,8 +76,8 @@ public final class KMSClient: Sendable {
         body.context("EncryptionContext", context)
         if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
         body.secretBase64Field("Plaintext", plaintext) // last: nothing after it reallocates the buffer
-        let answer = try call("Encrypt", body: body.finish(), resource: keyID)
-        return EncryptResult(ciphertextBlob: try answer.blob("CiphertextBlob").plain, keyID: try answer.string("KeyId"))
+        let answer = try call("Encrypt", body: body.finish(), resource: keyID, secretBody: true)
+        return EncryptResult(ciphertextBlob: try answer.blob("CiphertextBlob"), keyID: try answer.string("KeyId"))
     }
 
     public struct DecryptResult: Sendable {
@@ -88,7 +92,7 @@ public final class KMSClient: Sendable {
         body.context("EncryptionContext", context)
         if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
         let answer = try call("Decrypt", body: body.finish(), resource: keyID)
-        return DecryptResult(plaintext: try answer.blob("Plaintext", secret: true).secure, keyID: try answer.string("KeyId"))
+        return DecryptResult(plaintext: try answer.secretBlob("Plaintext"), keyID: try answer.string("KeyId"))
     }
 
     public struct KeyMetadata: Sendable {
@@ -142,26 +146,34 @@ public final class KMSClient: Sendable {
             guard let s = object[name] as? String, !s.isEmpty else { throw invalid("the answer has no \(name)") }
             return s
         }
-        func blob(_ name: String, secret: Bool = false) throws -> (plain: [UInt8], secure: SecureBytes) {
-            guard let s = object[name] as? String, var bytes = Data(base64Encoded: s).map({ [UInt8]($0) }) else {
+        func blob(_ name: String) throws -> [UInt8] {
+            guard let s = object[name] as? String, let bytes = Data(base64Encoded: s) else {
                 throw invalid("the answer's \(name) is missing or not base64")
             }
-            if secret {
-                defer { wipe(&bytes) }
-                return ([], SecureBytes(copying: bytes))
+            return [UInt8](bytes)
+        }
+        /// A secret blob, decoded into wiped memory with no copy in between.
+        func secretBlob(_ name: String) throws -> SecureBytes {
+            guard let s = object[name] as? String, let key = secretFromBase64(s) else {
+                throw invalid("the answer's \(name) is missing or not base64")
             }
-            return (bytes, SecureBytes(copying: []))
+            return key
         }
     }
 
-    private func call(_ op: String, body: Data, resource: String?, idempotent: Bool = true) throws -> Answer {
+    /// `secretBody`: the request holds a data key (Encrypt).
+    private func call(_ op: String, body: Data, resource: String?, idempotent: Bool = true, secretBody: Bool = false) throws -> Answer {
+        // Every copy of the body handed down (AWSRequest, HTTPRequest) shares this storage, so
+        // zeroing it where it lies reaches them all, also when the call fails.
+        defer { if secretBody { wipeStorage(ofData: body) } }
         var headers = HTTPHeaders()
         headers.add("Content-Type", "application/x-amz-json-1.1")
         headers.add("X-Amz-Target", "TrentService.\(op)")
         var request = AWSRequest(method: "POST", path: "/", headers: headers, body: body, operation: op, resource: resource)
         request.idempotent = idempotent
-        var response = try client.send(request)
-        defer { response.body.resetBytes(in: 0..<response.body.count) }
+        let response = try client.send(request)
+        // In place: `resetBytes` would give a copy fresh storage if another holder shared it.
+        defer { wipeStorage(ofData: response.body) }
         if response.body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             return Answer(operation: op, object: [:], region: client.region) // CreateAlias answers with no body
         }
@@ -172,6 +184,55 @@ public final class KMSClient: Sendable {
                            message: "the answer is not a JSON object", resource: resource)
         }
         return Answer(operation: op, object: obj, region: client.region)
+    }
+}
+
+/// Decodes padded standard base64 (KMS's blobs) straight into wiped memory: `Data(base64Encoded:)`
+/// would leave the secret in a buffer freed unwiped. Nil when `s` is not base64.
+func secretFromBase64(_ s: String) -> SecureBytes? {
+    struct NotBase64: Error {}
+    let text = s.utf8
+    guard text.count % 4 == 0 else { return nil }
+    var padding = 0
+    for c in text.reversed().prefix(2) { if c == 0x3D { padding += 1 } else { break } }
+    let count = text.count / 4 * 3 - padding
+    return try? SecureBytes(count: count) { out in
+        var acc: UInt32 = 0, bits = 0, n = 0 // at most 14 live bits
+        for (i, c) in text.enumerated() {
+            let v: UInt32
+            switch c {
+            case 0x41...0x5A: v = UInt32(c - 0x41)
+            case 0x61...0x7A: v = UInt32(c - 0x61 + 26)
+            case 0x30...0x39: v = UInt32(c - 0x30 + 52)
+            case 0x2B: v = 62
+            case 0x2F: v = 63
+            case 0x3D where i >= text.count - padding: continue
+            default: throw NotBase64()
+            }
+            acc = (acc << 6 | v) & 0x3FFF
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                guard n < count else { throw NotBase64() }
+                out[n] = UInt8(truncatingIfNeeded: acc >> bits)
+                n += 1
+            }
+        }
+        guard n == count else { throw NotBase64() }
+    }
+}
+
+/// Zeroes the bytes of `data` where they lie, also while other copies of the value share the
+/// storage (they read zeros afterwards), as `wipeStorage(of:)` does for arrays. For buffers at
+/// the end of their life.
+func wipeStorage(ofData data: Data) {
+    data.withUnsafeBytes { b in
+        guard let p = b.baseAddress, b.count > 0 else { return }
+        #if canImport(Glibc)
+        explicit_bzero(UnsafeMutableRawPointer(mutating: p), b.count)
+        #else
+        UnsafeMutableRawBufferPointer(mutating: b).initializeMemory(as: UInt8.self, repeating: 0)
+        #endif
     }
 }
 

@@ -1,6 +1,7 @@
 // The S3 store's transport on AWSCore: one signing, retrying `AWSClient` per endpoint (path-style
 // for a custom endpoint: `<endpoint>/<bucket>/<key>`; virtual-hosted on AWS:
-// `https://<bucket>.s3.<region>.amazonaws.com/<key>`). AWSCore signs every attempt afresh (SigV4,
+// `https://<bucket>.s3.<region>.amazonaws.com/<key>`, path-style for a bucket with a dot in its
+// name, which the wildcard certificate does not cover: `https://s3.<region>.amazonaws.com/<bucket>/<key>`). AWSCore signs every attempt afresh (SigV4,
 // S3 rules), retries throttling and server errors with backoff and full jitter, and corrects the
 // clock from a RequestTimeTooSkewed answer's Date header. An error answer comes back here as an
 // `S3Response` with a synthesized `<Error>` body, so the store maps statuses and codes in one place.
@@ -38,7 +39,7 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
     }
 
     func client(_ endpoint: S3Endpoint, bucket: String) throws -> AWSClient {
-        let base = endpoint.url ?? "https://\(bucket).s3.\(endpoint.region).amazonaws.com"
+        let base = endpoint.baseURL(bucket: bucket)
         let id = base + "|" + endpoint.region
         lock.lock()
         defer { lock.unlock() }
@@ -63,7 +64,7 @@ public final class AWSCoreS3Transport: S3Transport, @unchecked Sendable {
     public func send(_ request: S3Request, endpoint: S3Endpoint) throws -> S3Response {
         let c = try client(endpoint, bucket: request.bucket)
         let key = AWSURIEncoding.encodePath(request.key)
-        let path = endpoint.pathStyle ? "/" + request.bucket + "/" + key : "/" + key
+        let path = endpoint.pathStyle(bucket: request.bucket) ? "/" + request.bucket + "/" + key : "/" + key
         var payloadHash: String?
         var headers: [(String, String)] = []
         for (n, v) in request.headers {

@@ -73,9 +73,13 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     public var readRepair = true
     /// `fsck` aborts multipart uploads under the prefix initiated longer ago than this.
     public var staleUploadAgeMillis: UInt64 = 24 * 3_600_000
+    /// The largest stale age `store fsck` takes, in seconds (ten years; in milliseconds it stays
+    /// far inside UInt64).
+    public static let maximumStaleUploadSeconds: UInt64 = 10 * 365 * 86_400
 
     private let state = NSLock()
     private var markerOK: [Bool]
+    private var _fsckSkipped: [String] = []
     /// The ETag of each replica's catalog as last read (nil: absent), for compare-and-swap.
     private var catalogETags: [Int: String?] = [:]
 
@@ -89,25 +93,143 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         markerOK = Array(repeating: false, count: configuration.replicas.count)
     }
 
+    /// What the last `fsck` left undone, one line each: uploads it did not abort because their
+    /// age is unknown (an `Initiated` date that does not parse: the upload may be live), and
+    /// replicas whose uploads could not be listed.
+    public var fsckSkipped: [String] {
+        state.lock(); defer { state.unlock() }
+        return _fsckSkipped
+    }
+
+    func setFsckSkipped(_ lines: [String]) { state.lock(); _fsckSkipped = lines; state.unlock() }
+
     // MARK: creating
 
-    /// Initializes every replica location: creates a missing bucket, writes the replica marker
-    /// create-only. A location that already holds a marker of another store is refused.
-    public static func initialize(_ configuration: S3StoreConfiguration, transport: S3Transport) throws {
-        for (i, r) in configuration.replicas.enumerated() {
-            try ensureBucket(r, transport: transport)
-            let marker = ReplicaMarker(storeId: configuration.storeId, index: i).encode()
-            let req = S3Request(method: "PUT", bucket: r.location.bucket, key: r.location.key(markerName),
-                                headers: [("If-None-Match", "*")] + checksumHeaders(marker), body: marker)
-            let resp = try sendOrThrow(transport, req, r.endpoint, replica: i)
-            if resp.status == 412 {
-                let existing = try sendOrThrow(transport, S3Request(method: "GET", bucket: r.location.bucket, key: r.location.key(markerName)), r.endpoint, replica: i)
-                if let m = try? ReplicaMarker.parse(existing.body), m.storeId == configuration.storeId, m.index == i { continue }
-                throw StoreError(.alreadyInitialized, replica: i, path: r.location.description,
-                                 "this location already belongs to another hsmbackup store (or another replica index)")
+    /// Initializes every replica location, all or nothing. First every location is checked
+    /// without changing anything: its bucket answers (or does not exist yet) and it holds no
+    /// other store's marker. Then the missing buckets are created, the markers written
+    /// create-only, and `finish` runs (the caller's last step: writing the configuration). When
+    /// any step fails, what this run created is removed again, markers first, then buckets (never
+    /// a marker or bucket that was there before), so running init again starts from the same place.
+    public static func initialize(_ configuration: S3StoreConfiguration, transport: S3Transport,
+                                  finish: () throws -> Void = {}) throws {
+        var missingBuckets: [Int] = []
+        var alreadyMarked: Set<Int> = []
+        for i in configuration.replicas.indices {
+            switch try probeLocation(configuration, i, transport: transport) {
+            case .noBucket: missingBuckets.append(i)
+            case .free: break
+            case .ours: alreadyMarked.insert(i)
             }
-            guard resp.isSuccess else { throw storeError(S3ServiceError(resp, request: req.summary), replica: i, path: r.location.description) }
         }
+        var createdBuckets: [Int] = []
+        var createdMarkers: [Int] = []
+        do {
+            for i in missingBuckets {
+                let r = configuration.replicas[i]
+                // Two locations may share a bucket (different prefixes): it is created once.
+                if createdBuckets.contains(where: { Self.sameBucket(configuration.replicas[$0], r) }) { continue }
+                if try createBucket(r, transport: transport, replica: i) { createdBuckets.append(i) }
+            }
+            for (i, r) in configuration.replicas.enumerated() where !alreadyMarked.contains(i) {
+                let marker = ReplicaMarker(storeId: configuration.storeId, index: i).encode()
+                let req = S3Request(method: "PUT", bucket: r.location.bucket, key: r.location.key(markerName),
+                                    headers: [("If-None-Match", "*")] + checksumHeaders(marker), body: marker)
+                let resp = try sendOrThrow(transport, req, r.endpoint, replica: i)
+                if resp.status == 412 {
+                    // Written since the check: another init raced this one (or an earlier attempt of ours).
+                    if try markerOwner(configuration, i, transport: transport) == .ours { continue }
+                    throw StoreError(.alreadyInitialized, replica: i, path: r.location.description,
+                                     "this location already belongs to another hsmbackup store (or another replica index)")
+                }
+                guard resp.isSuccess else { throw storeError(S3ServiceError(resp, request: req.summary), replica: i, path: r.location.description) }
+                createdMarkers.append(i)
+            }
+            try finish()
+        } catch {
+            let left = undoInitialization(configuration, markers: createdMarkers, buckets: createdBuckets, transport: transport)
+            guard !left.isEmpty else { throw error }
+            let note = "; init could not undo what it wrote (remove it before running init again): " + left.joined(separator: "; ")
+            if let e = error as? StoreError { throw StoreError(e.code, key: e.key, replica: e.replica, path: e.path, e.reason + note, findings: e.findings) }
+            throw StoreError(.ioError, "\(error)" + note)
+        }
+    }
+
+    enum LocationState: Equatable { case noBucket, free, ours }
+
+    /// What `store init` finds at replica location `i`, without changing it. A bucket that
+    /// refuses the listing (access denied, wrong region) or a marker of another store is an error.
+    static func probeLocation(_ configuration: S3StoreConfiguration, _ i: Int, transport: S3Transport) throws -> LocationState {
+        let r = configuration.replicas[i]
+        // A GET, not a HEAD: an error answer to a HEAD has no body, so its code (NoSuchBucket,
+        // RequestTimeTooSkewed, AccessDenied) could not be told apart.
+        var probe = S3Request(method: "GET", bucket: r.location.bucket, query: [("list-type", "2"), ("max-keys", "1"), ("prefix", r.location.keyPrefix)])
+        probe.maximumResponseBytes = maximumListingBytes
+        let resp = try sendOrThrow(transport, probe, r.endpoint, replica: i)
+        if !resp.isSuccess {
+            let e = S3ServiceError(resp, request: probe.summary)
+            if e.isNoSuchBucket { return .noBucket }
+            throw storeError(e, replica: i, path: r.location.description)
+        }
+        switch try markerOwner(configuration, i, transport: transport) {
+        case .none: return .free
+        case .ours: return .ours
+        case .other:
+            throw StoreError(.alreadyInitialized, replica: i, path: r.location.description,
+                             "this location already belongs to another hsmbackup store (or another replica index)")
+        }
+    }
+
+    enum MarkerOwner: Equatable { case none, ours, other }
+
+    /// Whose replica marker location `i` holds: none, this store's for index `i`, or another's
+    /// (another store, another index, or bytes that are no marker).
+    static func markerOwner(_ configuration: S3StoreConfiguration, _ i: Int, transport: S3Transport) throws -> MarkerOwner {
+        let r = configuration.replicas[i]
+        var get = S3Request(method: "GET", bucket: r.location.bucket, key: r.location.key(markerName))
+        get.maximumResponseBytes = maximumMarkerBytes
+        let resp = try sendOrThrow(transport, get, r.endpoint, replica: i)
+        guard resp.isSuccess else {
+            let e = S3ServiceError(resp, request: get.summary)
+            if e.isNotFound { return .none }
+            throw storeError(e, replica: i, path: r.location.description)
+        }
+        guard let m = try? ReplicaMarker.parse(resp.body), m.storeId == configuration.storeId, m.index == i else { return .other }
+        return .ours
+    }
+
+    /// Removes the markers and buckets a failed init created; returns what it could not remove.
+    /// A marker is deleted only while it still is this store's (create-only writes mean nobody
+    /// else can have replaced it, but the check costs one GET); a bucket only if it is empty.
+    static func undoInitialization(_ configuration: S3StoreConfiguration, markers: [Int], buckets: [Int], transport: S3Transport) -> [String] {
+        var left: [String] = []
+        for i in markers {
+            let r = configuration.replicas[i]
+            let name = "s3://\(r.location.bucket)/\(r.location.key(markerName))"
+            do {
+                guard try markerOwner(configuration, i, transport: transport) == .ours else { continue }
+                let req = S3Request(method: "DELETE", bucket: r.location.bucket, key: r.location.key(markerName))
+                let resp = try sendOrThrow(transport, req, r.endpoint, replica: i)
+                if !resp.isSuccess && resp.status != 404 { left.append("\(name): \(S3ServiceError(resp, request: req.summary))") }
+            } catch {
+                left.append("\(name): \(error)")
+            }
+        }
+        for i in buckets {
+            let r = configuration.replicas[i]
+            let req = S3Request(method: "DELETE", bucket: r.location.bucket)
+            do {
+                let resp = try sendOrThrow(transport, req, r.endpoint, replica: i)
+                if !resp.isSuccess && resp.status != 404 { left.append("bucket \(r.location.bucket) (created by this init): \(S3ServiceError(resp, request: req.summary))") }
+            } catch {
+                left.append("bucket \(r.location.bucket) (created by this init): \(error)")
+            }
+        }
+        return left
+    }
+
+    static func sameBucket(_ a: S3StoreConfiguration.Replica, _ b: S3StoreConfiguration.Replica) -> Bool {
+        a.location.bucket == b.location.bucket && a.endpoint == b.endpoint
     }
 
     static func ensureBucket(_ r: S3StoreConfiguration.Replica, transport: S3Transport) throws {
@@ -121,17 +243,20 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
         try createBucket(r, transport: transport)
     }
 
-    static func createBucket(_ r: S3StoreConfiguration.Replica, transport: S3Transport) throws {
+    /// Creates the bucket of `r`; says whether this call created it (false: it was ours already).
+    @discardableResult
+    static func createBucket(_ r: S3StoreConfiguration.Replica, transport: S3Transport, replica: Int? = nil) throws -> Bool {
         var body: [UInt8] = []
         if r.endpoint.region != "us-east-1" {
             body = Array("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>\(r.endpoint.region)</LocationConstraint></CreateBucketConfiguration>".utf8)
         }
         let req = S3Request(method: "PUT", bucket: r.location.bucket, body: body)
-        let resp = try sendOrThrow(transport, req, r.endpoint, replica: nil)
+        let resp = try sendOrThrow(transport, req, r.endpoint, replica: replica)
         let e = resp.isSuccess ? nil : S3ServiceError(resp, request: req.summary)
         if let e, e.code != "BucketAlreadyOwnedByYou" {
-            throw storeError(e, replica: nil, path: r.location.description)
+            throw storeError(e, replica: replica, path: r.location.description)
         }
+        return e == nil
     }
 
     // MARK: requests
@@ -376,8 +501,12 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
 
     /// The object keys under `prefix` in replica `i` (paginated ListObjectsV2), internal names excluded.
     func listKeys(_ i: Int, prefix: String, stopAt: ((String) -> Bool)? = nil) throws -> [String] {
-        try listRaw(i, prefix: replicas[i].location.keyPrefix + prefix).compactMap { full in
-            let key = String(full.key.dropFirst(replicas[i].location.keyPrefix.count))
+        let keyPrefix = replicas[i].location.keyPrefix
+        let fullPrefix = keyPrefix + prefix
+        return try listRaw(i, prefix: fullPrefix).compactMap { full in
+            // A server that ignores `prefix` lists other stores' keys too: only ours, compared as
+            // bytes (String.hasPrefix matches canonically equivalent, different keys).
+            guard full.key.utf8.starts(with: fullPrefix.utf8), let key = String(full.key.utf8.dropFirst(keyPrefix.utf8.count)) else { return nil }
             guard (try? ObjectKey.validate(key)) != nil else { return nil }
             return key
         }
@@ -385,10 +514,14 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
 
     struct Listed { let key: String; let size: UInt64; let etag: String }
 
-    /// Every S3 key under `fullPrefix` in replica `i`, page by page.
+    /// Every S3 key under `fullPrefix` in replica `i`, page by page. A truncated page without a
+    /// continuation token, or with one already followed, is an I/O error: stopping there would
+    /// return part of the listing as all of it (reindex would forget backups), following it would
+    /// never end.
     func listRaw(_ i: Int, prefix fullPrefix: String) throws -> [Listed] {
         var out: [Listed] = []
         var token: String?
+        var followed: Set<String> = []
         repeat {
             var q = [("list-type", "2"), ("prefix", fullPrefix), ("max-keys", "1000")]
             if let token { q.append(("continuation-token", token)) }
@@ -398,9 +531,22 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
                 guard let k = c.first("Key") else { continue }
                 out.append(Listed(key: k, size: UInt64(c.first("Size") ?? "") ?? 0, etag: c.first("ETag") ?? ""))
             }
-            token = xml.first("IsTruncated") == "true" ? xml.first("NextContinuationToken") : nil
-        } while token != nil
+            guard xml.first("IsTruncated") == "true" else { break }
+            guard let next = xml.first("NextContinuationToken"), !next.isEmpty else {
+                throw listingError(i, fullPrefix, "a truncated ListObjectsV2 page has no NextContinuationToken (after \(out.count) keys)")
+            }
+            guard followed.insert(next).inserted else {
+                throw listingError(i, fullPrefix, "ListObjectsV2 repeated the continuation token \"\(next)\" (after \(out.count) keys)")
+            }
+            token = next
+        } while true
         return out
+    }
+
+    /// A listing of replica `i` that cannot be complete: where (bucket and prefix) and why.
+    func listingError(_ i: Int, _ fullPrefix: String, _ why: String) -> StoreError {
+        StoreError(.ioError, replica: i, path: "s3://\(replicas[i].location.bucket)/\(fullPrefix)",
+                   "the listing is incomplete: \(why)")
     }
 
     public func delete(_ key: String) throws -> DeleteReport {
@@ -557,6 +703,12 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
                 headers.append(seen.map { ("If-Match", $0) } ?? ("If-None-Match", "*"))
             }
             do { return .success(try self.send(i, "PUT", Self.catalogName, headers: headers, body: bytes).header("etag")) } catch {
+                // A 412 or 409 to a PUT that was retried (its answer lost) can be our own first
+                // attempt, applied: the location then holds exactly these bytes, as written.
+                if let s = error as? S3ServiceError, s.isPreconditionFailed || s.status == 409,
+                   let now = try? self.send(i, "GET", Self.catalogName, maximumBytes: bytes.count + 1), now.body == bytes {
+                    return .success(now.header("etag"))
+                }
                 return .failure(error)
             }
         }

@@ -50,7 +50,7 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         self.key = key
         self.overwrite = overwrite
         self.fixedCreatedMillis = createdMillis
-        partSize = store.configuration.partSize
+        partSize = store.configuration.uploadPartSize
         singlePutLimit = store.configuration.singlePutLimit
         var live: [Int] = []
         for i in targets ?? Array(0..<store.replicaCount) {
@@ -208,9 +208,25 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         if !overwrite { headers.append(("If-None-Match", "*")) }
         let targets = live
         let results = S3ObjectStore.parallel(targets) { i -> Error? in
-            do { try self.store.send(i, "PUT", self.key, headers: headers, payload: body); return nil } catch { return error }
+            do { try self.store.send(i, "PUT", self.key, headers: headers, payload: body); return nil } catch {
+                // A 412 to a PUT that was retried (a lost answer, a reused connection that died)
+                // can be our own first attempt, applied: the key then holds exactly our bytes.
+                if let s = error as? S3ServiceError, s.isPreconditionFailed, !self.overwrite,
+                   self.holdsExactly(i, byteCount: body.count, digest: digest) {
+                    return nil
+                }
+                return error
+            }
         }
         for i in targets { if let e = results[i]! { drop(i, e) } }
+    }
+
+    /// Whether replica `i` holds `byteCount` bytes with SHA-256 `digest` under the key (one GET,
+    /// bounded: only single-PUT objects are checked this way).
+    private func holdsExactly(_ i: Int, byteCount: Int, digest: [UInt8]) -> Bool {
+        guard let resp = try? store.send(i, "GET", key, maximumBytes: byteCount + 1) else { return false }
+        let bytes = resp.body
+        return bytes.count == byteCount && SHA256Hasher.hash(bytes) == digest
     }
 
     private func complete() throws {

@@ -89,50 +89,74 @@ extension S3ObjectStore {
 
     /// Aborts multipart uploads under every replica's prefix that were initiated longer ago than
     /// `staleUploadAgeMillis` (a writer killed mid-way leaves its parts there, invisible but
-    /// billed), and reports unusable replicas.
+    /// billed), and reports unusable replicas. An upload whose age is unknown is left alone and
+    /// named in `fsckSkipped`, as is a replica whose uploads cannot be listed.
     public func fsck() -> StoreFsckReport {
         var report = StoreFsckReport()
+        var skipped: [String] = []
         let now = clock.nowMillis()
         for i in 0..<replicaCount {
             if let p = replicaStatus(i) { report.unavailableReplicas.append(p); continue }
-            guard let uploads = try? listUploads(i) else { continue }
-            for u in uploads where now >= u.initiatedMillis && now - u.initiatedMillis >= staleUploadAgeMillis {
-                let r = replicas[i]
+            let r = replicas[i]
+            let uploads: [PendingUpload]
+            do { uploads = try listUploads(i) } catch {
+                skipped.append("replica \(i) (\(r.location)): multipart uploads not listed: \(error)")
+                continue
+            }
+            for u in uploads {
+                let name = "s3://\(r.location.bucket)/\(u.key) (multipart upload \(u.uploadId))"
+                guard let initiated = u.initiatedMillis else {
+                    skipped.append("\(name): its Initiated date \"\(u.initiated)\" does not parse, so its age is unknown (it may be live)")
+                    continue
+                }
+                guard now >= initiated && now - initiated >= staleUploadAgeMillis else { continue }
                 let req = S3Request(method: "DELETE", bucket: r.location.bucket, key: u.key, query: [("uploadId", u.uploadId)])
                 if let resp = try? transport.send(req, endpoint: r.endpoint), resp.isSuccess || resp.status == 404 {
-                    report.tempsRemoved.append("s3://\(r.location.bucket)/\(u.key) (multipart upload \(u.uploadId))")
+                    report.tempsRemoved.append(name)
                 }
             }
         }
         report.tempsRemoved.sort()
+        setFsckSkipped(skipped)
         return report
     }
 
     public struct PendingUpload: Sendable {
         public let key: String
         public let uploadId: String
-        public let initiatedMillis: UInt64
+        /// The `Initiated` date as the server wrote it.
+        public let initiated: String
+        /// `initiated` in milliseconds since 1970, nil when it does not parse.
+        public let initiatedMillis: UInt64?
     }
 
     /// Multipart uploads in progress under replica `i`'s prefix (ListMultipartUploads, paginated).
+    /// As with `listRaw`, a truncated page without markers, or with markers already followed, is
+    /// an I/O error; uploads outside the prefix (a server that ignores it) are not listed.
     public func listUploads(_ i: Int) throws -> [PendingUpload] {
         var out: [PendingUpload] = []
+        let keyPrefix = replicas[i].location.keyPrefix
         var marker: (String, String)?
+        var followed: Set<[String]> = []
         repeat {
-            var q = [("uploads", ""), ("prefix", replicas[i].location.keyPrefix)]
+            var q = [("uploads", ""), ("prefix", keyPrefix)]
             if let marker { q += [("key-marker", marker.0), ("upload-id-marker", marker.1)] }
             let resp = try send(i, "GET", "", query: q, maximumBytes: Self.maximumListingBytes)
             let xml = XMLScan(resp.body)
             for u in xml.blocks("Upload") {
-                guard let k = u.first("Key"), let id = u.first("UploadId") else { continue }
-                out.append(PendingUpload(key: k, uploadId: id, initiatedMillis: Self.parseISO8601Millis(u.first("Initiated") ?? "") ?? 0))
+                guard let k = u.first("Key"), let id = u.first("UploadId"), k.utf8.starts(with: keyPrefix.utf8) else { continue }
+                let initiated = u.first("Initiated") ?? ""
+                out.append(PendingUpload(key: k, uploadId: id, initiated: initiated, initiatedMillis: Self.parseISO8601Millis(initiated)))
             }
-            if xml.first("IsTruncated") == "true", let k = xml.first("NextKeyMarker"), let u = xml.first("NextUploadIdMarker") {
-                marker = (k, u)
-            } else {
-                marker = nil
+            guard xml.first("IsTruncated") == "true" else { break }
+            guard let k = xml.first("NextKeyMarker"), !k.isEmpty, let u = xml.first("NextUploadIdMarker") else {
+                throw listingError(i, keyPrefix, "a truncated ListMultipartUploads page has no NextKeyMarker and NextUploadIdMarker (after \(out.count) uploads)")
             }
-        } while marker != nil
+            guard followed.insert([k, u]).inserted else {
+                throw listingError(i, keyPrefix, "ListMultipartUploads repeated the markers \"\(k)\", \"\(u)\" (after \(out.count) uploads)")
+            }
+            marker = (k, u)
+        } while true
         return out
     }
 

@@ -56,10 +56,23 @@ public struct S3StoreConfiguration: Equatable, Sendable {
     public static let version = 1
     public static let fileName = "store.json"
     public static let maxReplicas = StoreConfig.maxReplicas
-    /// S3's own limits: parts of 5 MiB...5 GiB, at most 10,000 of them; we keep parts at most 64 MiB
-    /// (a part is held in memory) and a multiple of the 1 MiB record chunk.
-    public static let partSizeRange = (5 << 20)...(64 << 20)
+    /// S3's own limits: parts of 5 MiB...5 GiB, at most 10,000 of them (`maximumParts`). An object
+    /// may reach `ObjectRecord.maxObjectSize` (64 GiB), so a part holds at least a 10,000th of it,
+    /// rounded up to the 1 MiB record chunk: 7 MiB (5 and 6 MiB parts would run out of part
+    /// numbers at 48.8 and 58.6 GiB, after uploading them). We keep parts at most 64 MiB (a part
+    /// is held in memory) and a multiple of the record chunk.
+    public static let maximumParts = 10_000
+    public static let partSizeRange = minimumPartSize...(64 << 20)
+    /// What a configuration file may say: stores made before the 7 MiB rule allowed 5 and 6 MiB.
+    /// Such a store opens as before; its uploads use `uploadPartSize` (the part size only shapes
+    /// new uploads, stored objects read the same).
+    public static let acceptedPartSizeRange = (5 << 20)...(64 << 20)
     public static let defaultPartSize = 8 << 20
+    static var minimumPartSize: Int {
+        let chunk = UInt64(ObjectRecord.defaultChunkSize)
+        let least = (ObjectRecord.maxObjectSize + UInt64(maximumParts) - 1) / UInt64(maximumParts)
+        return Int((least + chunk - 1) / chunk * chunk)
+    }
 
     public struct Replica: Equatable, Sendable {
         public let location: S3Location
@@ -75,8 +88,18 @@ public struct S3StoreConfiguration: Equatable, Sendable {
     /// Objects up to this size are written with one PUT; larger ones with multipart.
     public let singlePutLimit: Int
 
+    /// The part size of uploads: `partSize`, raised to the least that reaches the largest object
+    /// in `maximumParts` parts for a store whose file predates that rule.
+    public var uploadPartSize: Int { max(partSize, Self.minimumPartSize) }
+
     public init(storeId: [UInt8], writeQuorum: Int, replicas: [Replica], partSize: Int = defaultPartSize,
                 singlePutLimit: Int? = nil) throws {
+        try self.init(storeId: storeId, writeQuorum: writeQuorum, replicas: replicas, partSize: partSize,
+                      singlePutLimit: singlePutLimit, accepting: Self.partSizeRange)
+    }
+
+    init(storeId: [UInt8], writeQuorum: Int, replicas: [Replica], partSize: Int, singlePutLimit: Int?,
+         accepting sizes: ClosedRange<Int>) throws {
         guard storeId.count == 16 else { throw StoreError(.invalidArgument, "a store id has 16 bytes") }
         guard (1...Self.maxReplicas).contains(replicas.count) else {
             throw StoreError(.invalidArgument, "a store has 1...\(Self.maxReplicas) replicas, not \(replicas.count)")
@@ -86,8 +109,10 @@ public struct S3StoreConfiguration: Equatable, Sendable {
         }
         let places = replicas.map { "\($0.endpoint.url ?? $0.endpoint.region)|\($0.location.bucket)|\($0.location.prefix)" }
         guard Set(places).count == places.count else { throw StoreError(.invalidArgument, "replica locations must be distinct") }
-        guard Self.partSizeRange.contains(partSize), partSize % ObjectRecord.defaultChunkSize == 0 else {
-            throw StoreError(.invalidArgument, "the part size must be a multiple of 1 MiB in 5...64 MiB, not \(partSize)")
+        guard sizes.contains(partSize), partSize % ObjectRecord.defaultChunkSize == 0 else {
+            throw StoreError(.invalidArgument, "the part size must be a multiple of 1 MiB in \(Self.partSizeRange.lowerBound >> 20)..."
+                             + "\(Self.partSizeRange.upperBound >> 20) MiB, not \(partSize) bytes (\(Self.maximumParts) parts, "
+                             + "S3's limit, must hold the largest object, \(ObjectRecord.maxObjectSize >> 30) GiB)")
         }
         let limit = singlePutLimit ?? partSize
         guard (0...partSize).contains(limit) else {
@@ -142,7 +167,8 @@ public struct S3StoreConfiguration: Equatable, Sendable {
                 return Replica(location: try S3Location(url: r.url), endpoint: S3Endpoint(url: r.endpoint, region: r.region))
             }
             return try S3StoreConfiguration(storeId: id, writeQuorum: f.writeQuorum, replicas: replicas,
-                                            partSize: f.partSize ?? defaultPartSize, singlePutLimit: f.singlePutLimit)
+                                            partSize: f.partSize ?? defaultPartSize, singlePutLimit: f.singlePutLimit,
+                                            accepting: acceptedPartSizeRange)
         } catch let e as StoreError { throw bad(e.reason) }
     }
 

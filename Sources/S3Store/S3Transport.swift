@@ -5,7 +5,8 @@ import AWSCore
 import Foundation
 
 /// Where one replica's requests go: a custom endpoint (MinIO, Ceph RGW, R2, moto: path-style
-/// addressing) or AWS itself (`endpoint` nil: virtual-hosted `https://<bucket>.s3.<region>.amazonaws.com`).
+/// addressing) or AWS itself (`endpoint` nil: virtual-hosted `https://<bucket>.s3.<region>.amazonaws.com`,
+/// path-style `https://s3.<region>.amazonaws.com/<bucket>` for a bucket name with a dot).
 public struct S3Endpoint: Hashable, Sendable, Codable {
     /// `http(s)://host[:port]`, no path; nil for AWS.
     public let url: String?
@@ -16,15 +17,24 @@ public struct S3Endpoint: Hashable, Sendable, Codable {
         self.region = region
     }
 
-    /// Path-style for every custom endpoint (they often lack wildcard DNS and certificates).
-    public var pathStyle: Bool { url != nil }
+    /// Path-style for every custom endpoint (they often lack wildcard DNS and certificates), and
+    /// on AWS for a bucket name with a dot: `a.b.s3.<region>.amazonaws.com` is two labels deep,
+    /// which the wildcard certificate `*.s3.<region>.amazonaws.com` does not cover.
+    public func pathStyle(bucket: String) -> Bool { url != nil || bucket.contains(".") }
+
+    /// Where requests about `bucket` go: the custom endpoint, else the bucket's AWS host (or the
+    /// regional host itself when the bucket is addressed path-style).
+    public func baseURL(bucket: String) -> String {
+        if let url { return url }
+        return pathStyle(bucket: bucket) ? "https://s3.\(region).amazonaws.com" : "https://\(bucket).s3.\(region).amazonaws.com"
+    }
 
     /// The base URL and the path of `bucket`/`key` (key already percent-encoded per segment).
     public func url(bucket: String, encodedKey: String) -> String {
-        if let url {
-            return url + "/" + bucket + (encodedKey.isEmpty ? "/" : "/" + encodedKey)
+        if pathStyle(bucket: bucket) {
+            return baseURL(bucket: bucket) + "/" + bucket + (encodedKey.isEmpty ? "/" : "/" + encodedKey)
         }
-        return "https://\(bucket).s3.\(region).amazonaws.com/" + encodedKey
+        return baseURL(bucket: bucket) + "/" + encodedKey
     }
 }
 

@@ -43,12 +43,14 @@ public enum StoreLocator {
             throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
         }
         let t = try transport ?? makeTransport()
-        try S3ObjectStore.initialize(configuration, transport: t)
-        do {
-            try AtomicFile.makeDirectory(root)
-            try AtomicFile.write(try configuration.encode(), to: path)
-        } catch let e as FileError {
-            throw StoreError(.ioError, path: e.path, "\(e.operation): \(e.reason)")
+        // Written inside initialize: a configuration that cannot be written takes the markers back.
+        try S3ObjectStore.initialize(configuration, transport: t) {
+            do {
+                try AtomicFile.makeDirectory(root)
+                try AtomicFile.write(try configuration.encode(), to: path)
+            } catch let e as FileError {
+                throw StoreError(.ioError, path: e.path, "\(e.operation): \(e.reason)")
+            }
         }
         return try openS3(root: root, clock: clock, transport: t)
     }

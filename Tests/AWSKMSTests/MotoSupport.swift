@@ -122,7 +122,11 @@ final class RecordingTransport: HTTPTransport, @unchecked Sendable {
     private let lock = NSLock()
     private(set) var requests: [HTTPRequest] = []
     func send(_ request: HTTPRequest) throws -> HTTPResponse {
-        lock.lock(); requests.append(request); lock.unlock()
+        // A copy of the body: KMSClient zeroes an Encrypt body (it holds the data key) where it
+        // lies once the call is over, which would reach a recorded copy sharing its storage.
+        var kept = request
+        kept.body = Data([UInt8](request.body))
+        lock.lock(); requests.append(kept); lock.unlock()
         return try URLSessionTransport.shared.send(request)
     }
     var operations: [String] { requests.compactMap { $0.headers["x-amz-target"] } }

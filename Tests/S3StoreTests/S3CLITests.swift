@@ -57,7 +57,7 @@ final class S3CLITests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
         let h = Home(path: root, env: moto.cliEnvironment)
-        var args = ["store", "init", "--endpoint", moto.endpoint, "--part-size-mib", "5"]
+        var args = ["store", "init", "--endpoint", moto.endpoint, "--part-size-mib", "7"]
         for b in buckets { args += ["--s3", "s3://\(b)/hsm/backups"] }
         let out = try h.expect(0, args)
         XCTAssertTrue(out.contains("created S3 store"), out)

@@ -55,9 +55,9 @@ struct Moto {
             S3StoreConfiguration.Replica(location: try S3Location(bucket: Self.bucketName(tag), prefix: "p/x"),
                                          endpoint: S3Endpoint(url: url, region: region))
         }
-        // 5 MiB parts: S3's smallest, so the multipart tests stay small.
+        // 7 MiB parts: the smallest the store takes, so the multipart tests stay small.
         let config = try S3StoreConfiguration(storeId: SecureRandom.bytes(count: 16), writeQuorum: quorum ?? (count / 2 + 1),
-                                              replicas: replicas, partSize: 5 << 20)
+                                              replicas: replicas, partSize: 7 << 20)
         let root = home ?? NSTemporaryDirectory() + "hsmb-s3-" + UUID().uuidString
         let store = try StoreLocator.createS3(root: root, configuration: config, transport: transport ?? self.transport())
         return (store, config)

@@ -30,6 +30,18 @@ final class RefusingTransport: S3Transport, @unchecked Sendable {
     func holdsBodiesOnce(_ endpoint: S3Endpoint) -> Bool { inner.holdsBodiesOnce(endpoint) }
 }
 
+/// Wraps the real transport: a matching request is sent twice, as a retry after a lost answer
+/// would send it, and the second answer is what the store sees.
+final class ResendingTransport: S3Transport, @unchecked Sendable {
+    let inner: S3Transport
+    let resend: @Sendable (S3Request) -> Bool
+    init(_ inner: S3Transport, resend: @escaping @Sendable (S3Request) -> Bool) { self.inner = inner; self.resend = resend }
+    func send(_ r: S3Request, endpoint: S3Endpoint) throws -> S3Response {
+        if resend(r) { _ = try inner.send(r, endpoint: endpoint) }
+        return try inner.send(r, endpoint: endpoint)
+    }
+}
+
 final class S3UnfinishedPutTests: XCTestCase {
     /// Replica 1 refuses the object's PUT, so a 2-of-2 put misses its quorum after replica 0 took
     /// the object: the writer deletes replica 0's copy, and a retry succeeds.
@@ -108,5 +120,44 @@ final class S3UnfinishedPutTests: XCTestCase {
         try catalog.setRetention("c", days: 40)
         XCTAssertEqual(try store.getAll(BackupCatalog.policyKey("c", 2)).isEmpty, false)
         try catalog.setRetention("c", days: 50)
+    }
+
+    /// A create-only PUT whose first attempt was applied and whose retry got 412 is our own
+    /// object: the put succeeds. Different bytes under the key are still refused.
+    func testARetriedCreateOnlyPutThatFindsItsOwnBytesSucceeds() throws {
+        let moto = try Moto.require()
+        let (store, _) = try moto.makeStore(replicas: 2, quorum: 2)
+        let root = (store.location as NSString).deletingLastPathComponent
+        let twice = try StoreLocator.openS3(root: root, transport: ResendingTransport(moto.transport()) { r in
+            r.method == "PUT" && r.key.hasSuffix("/again") && !r.key.contains(".hsmbackup")
+        })
+        _ = try twice.put("again", bytes: pattern(2000, seed: 3))
+        XCTAssertEqual(try store.getAll("again"), pattern(2000, seed: 3))
+        XCTAssertTrue(store.verifyReplicas("again").isEmpty)
+
+        // Someone else's bytes under the key (the pre-check blinded): still alreadyExists.
+        _ = try store.put("theirs", bytes: pattern(2000, seed: 4))
+        let blind = try StoreLocator.openS3(root: root, transport: HidingTransport(moto.transport(), hiding: "theirs"))
+        XCTAssertThrowsError(try blind.put("theirs", bytes: pattern(2000, seed: 5))) { e in
+            XCTAssertEqual((e as? StoreError)?.code, .alreadyExists, "\(e)")
+        }
+        XCTAssertEqual(try store.getAll("theirs"), pattern(2000, seed: 4))
+    }
+
+    /// A catalog PUT sent twice (the retry of a lost answer gets 412: its ETag is stale) counts
+    /// as written: the change that wrote it succeeds, and the next change too.
+    func testARetriedCatalogWriteThatFindsItsOwnBytesSucceeds() throws {
+        let moto = try Moto.require()
+        let (store, _) = try moto.makeStore(replicas: 2, quorum: 2)
+        let root = (store.location as NSString).deletingLastPathComponent
+        _ = try BackupCatalog(store: store)
+        let twice = try StoreLocator.openS3(root: root, transport: ResendingTransport(moto.transport()) { r in
+            r.method == "PUT" && r.key.hasSuffix(".hsmbackup/catalog.bin")
+        })
+        let catalog = try BackupCatalog(store: twice)
+        let e = try catalog.add(NewBackup(backupId: "b1", clusterId: "c", hsmId: "h", manufacturer: "sim"),
+                                archive: BytesSource(pattern(100, seed: 1))).entry
+        XCTAssertEqual(try catalog.tag("b1", ["k": "v"]).generation, e.generation + 1)
+        XCTAssertEqual(try BackupCatalog(store: store).entry("b1").tags, ["k": "v"])
     }
 }

@@ -79,7 +79,7 @@ struct StoreInit: ParsableCommand {
     var endpoint: String?
     @Option(name: .long, help: "The S3 region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile; us-east-1 for a custom endpoint).")
     var region: String?
-    @Option(name: .customLong("part-size-mib"), help: "S3 multipart part size in MiB, 5...64 (default 8); objects up to it take one PUT.")
+    @Option(name: .customLong("part-size-mib"), help: "S3 multipart part size in MiB, 7...64 (default 8; 10,000 parts must hold a 64 GiB object); objects up to it take one PUT.")
     var partSizeMiB: Int?
     @OptionGroup var output: StoreJSONOption
 
@@ -90,6 +90,11 @@ struct StoreInit: ParsableCommand {
             }
         } else {
             guard replicas == nil, replicaDirs.isEmpty else { throw ValidationError("--s3 and --replicas/--replica-dir are exclusive") }
+            let range = S3StoreConfiguration.partSizeRange
+            if let p = partSizeMiB, !((range.lowerBound >> 20)...(range.upperBound >> 20)).contains(p) {
+                throw ValidationError("--part-size-mib \(p): give \(range.lowerBound >> 20)...\(range.upperBound >> 20) "
+                                      + "(S3 takes at most \(S3StoreConfiguration.maximumParts) parts, and an object may reach \(ObjectRecord.maxObjectSize >> 30) GiB)")
+            }
         }
     }
 
@@ -325,6 +330,8 @@ struct StoreFsckResult: Encodable {
     /// leftover archives removed), before the catalog was checked.
     let recovered: [RecoveryAction]
     let catalog: [CatalogFinding]
+    /// What fsck left undone (S3: uploads of unknown age, replicas whose uploads were not listed).
+    let skipped: [String]
 }
 
 struct StoreFsck: ParsableCommand {
@@ -332,9 +339,16 @@ struct StoreFsck: ParsableCommand {
         commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
         discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
 
-    @Option(name: .customLong("stale-upload-seconds"), help: "S3 store: abort multipart uploads under the prefix initiated at least this long ago (default 86400: a day).")
+    @Option(name: .customLong("stale-upload-seconds"), help: "S3 store: abort multipart uploads under the prefix initiated at least this long ago (default 86400: a day; at most 315360000: ten years).")
     var staleUploadSeconds: UInt64?
     @OptionGroup var output: StoreJSONOption
+
+    func validate() throws {
+        // Bounded so that the age in milliseconds cannot overflow.
+        if let s = staleUploadSeconds, s > S3ObjectStore.maximumStaleUploadSeconds {
+            throw ValidationError("--stale-upload-seconds \(s): give at most \(S3ObjectStore.maximumStaleUploadSeconds) (ten years)")
+        }
+    }
 
     func run() throws {
         try StoreCLI.run {
@@ -345,12 +359,14 @@ struct StoreFsck: ParsableCommand {
             let temps = fsck.tempsRemoved + (try catalog.removeStaleTemps())
             let recovered = try BackupService(catalog: catalog).recover()
             let result = StoreFsckResult(tempsRemoved: temps, unavailableReplicas: fsck.unavailableReplicas,
-                                         recovered: recovered, catalog: try catalog.check())
+                                         recovered: recovered, catalog: try catalog.check(),
+                                         skipped: (store as? S3ObjectStore)?.fsckSkipped ?? [])
             if output.json { try JSONOutput.print(result) } else {
                 try StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
                 for t in result.tempsRemoved { try StoreCLI.say("  \(t)") }
                 for a in result.recovered { try StoreCLI.say("recovered: \(a.backupId): \(a.action.rawValue): \(a.detail)") }
                 for f in result.unavailableReplicas { try StoreCLI.say("unavailable: \(f)") }
+                for k in result.skipped { try StoreCLI.say("skipped: \(k)") }
                 for f in result.catalog { try StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
                 if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { try StoreCLI.say("catalog and objects agree") }
             }
