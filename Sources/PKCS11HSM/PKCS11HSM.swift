@@ -70,6 +70,8 @@ public struct PKCS11RestoreReport: Codable, Sendable {
     public let unchecked: Int
     public let replaced: Int
     public let recoveredStale: Int
+    /// Labels of objects under the temporary label that refused C_DestroyObject (left as they were).
+    public let staleLeft: [String]
     public let dryRun: Bool
     public let skippedAtBackup: [SkippedObject]
 }
@@ -122,20 +124,26 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
     }
 
     /// The PBK and PBK_T of one manufacturer, found by label prefix (and, when given, CKA_ID).
+    /// A PBK pairs only with a PBK_T of its manufacturer and CKA_ID (the fingerprint), so a lone
+    /// PBK_T (a provision killed between its steps, another operator key) never hides the pair.
     static func findProvisioning(_ s: PKCS11Session, fingerprint: [UInt8]? = nil) throws -> Provisioning? {
         var template: [Attribute] = [.ulong(0x0, CK.oSecretKey), .bool(0x1, true)]
         if let fingerprint { template.append(.bytes(0x102, fingerprint)) }
-        var pbks: [String: (UInt64, [UInt8])] = [:], tpbks: [String: (UInt64, [UInt8])] = [:]
+        var pbks: [(mfr: String, handle: UInt64, id: [UInt8])] = [], tpbks: [(mfr: String, handle: UInt64, id: [UInt8])] = []
         for h in try s.find(template) {
             let label = try labelOf(s, h)
             if label.hasPrefix(PKCS11Labels.pbkPrefix) {
-                pbks[String(label.dropFirst(PKCS11Labels.pbkPrefix.count))] = (h, try idOf(s, h))
+                pbks.append((String(label.dropFirst(PKCS11Labels.pbkPrefix.count)), h, try idOf(s, h)))
             } else if label.hasPrefix(PKCS11Labels.tokenPBKPrefix) {
-                tpbks[String(label.dropFirst(PKCS11Labels.tokenPBKPrefix.count))] = (h, try idOf(s, h))
+                tpbks.append((String(label.dropFirst(PKCS11Labels.tokenPBKPrefix.count)), h, try idOf(s, h)))
             }
         }
-        guard let (mfr, p) = pbks.sorted(by: { $0.key < $1.key }).first, let t = tpbks[mfr], t.1 == p.1 else { return nil }
-        return Provisioning(manufacturer: mfr, pbk: p.0, tokenPBK: t.0, fingerprint: p.1)
+        for p in pbks.sorted(by: { ($0.mfr, $0.handle) < ($1.mfr, $1.handle) }) {
+            if let t = tpbks.first(where: { $0.mfr == p.mfr && $0.id == p.id }) {
+                return Provisioning(manufacturer: p.mfr, pbk: p.handle, tokenPBK: t.handle, fingerprint: p.id)
+            }
+        }
+        return nil
     }
 
     // MARK: identity
@@ -234,6 +242,12 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         s.logout()
         // The SO makes PBK_T (only the SO can set CKA_TRUSTED).
         try s.login(user: CK.userSO, pin: soPIN)
+        // A PBK_T of this manufacturer and fingerprint has no PBK (there is no pair, checked
+        // above): a provision killed between its two steps left it. The retry replaces it.
+        for h in try s.find([.ulong(0x0, CK.oSecretKey), .bool(0x1, true), .bytes(0x102, fingerprint),
+                             .bytes(0x3, Array((PKCS11Labels.tokenPBKPrefix + manufacturerId).utf8))]) {
+            try s.destroy(h)
+        }
         let tHandle = try s.create(keyTemplate(tpbk, label: PKCS11Labels.tokenPBKPrefix + manufacturerId, privateObject: false,
                                                trusted: true, unwrap: tekTemplate))
         s.logout()
@@ -303,11 +317,12 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         // per object (§9.5 "Memory"): pass 1 decides what is taken and where each private key's
         // public half is; pass 2 makes the entries and spools them.
         enum Examined { case ignored, skipped(SkippedObject), object(TokenObject, signWith: (id: String, keyType: UInt64)?) }
-        func examine(_ h: UInt64, publicIndex: (String, UInt64) -> Int?) throws -> Examined {
+        /// `publicIndex(h, id, keyType)`: the payload index of private key h's public half, given
+        /// only when h passed its `sign` check on this token (pass 2).
+        func examine(_ h: UInt64, publicIndex: (UInt64, String, UInt64) -> Int?) throws -> Examined {
             guard case .ulong(let cls) = try session.required(h, 0x0, as: .ulong) else { return .ignored }
             let label = try Self.labelOf(session, h)
             if h == p.pbk || h == p.tokenPBK { return .ignored }
-            if label.hasPrefix(PKCS11Labels.pbkPrefix) || label.hasPrefix(PKCS11Labels.tokenPBKPrefix) { return .ignored }
             let idHex = Hex.encode(try Self.idOf(session, h))
             var keyType: UInt64?
             if cls == CK.oSecretKey || cls == CK.oPrivateKey || cls == CK.oPublicKey,
@@ -316,7 +331,19 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
                 .skipped(SkippedObject(label: label, id: idHex, objectClass: CK.className(cls), keyType: keyType.map(CK.keyTypeName),
                                        rv: rv, reason: reason))
             }
-            if label.hasPrefix(PKCS11Labels.restoringPrefix) { return skip(nil, "left by an unfinished restore (the next restore removes it)") }
+            if label.hasPrefix(PKCS11Labels.pbkPrefix) || label.hasPrefix(PKCS11Labels.tokenPBKPrefix) {
+                return skip(nil, "an hsmbackup PBK that is not the pair in use (another manufacturer or operator key, or left by an unfinished provision); PBKs are never backed up")
+            }
+            if cls == CK.oSecretKey || cls == CK.oPrivateKey || cls == CK.oPublicKey, keyType == nil {
+                return skip(nil, "the token gives no CKA_KEY_TYPE: the key could not be restored")
+            }
+            if label.hasPrefix(PKCS11Labels.restoringPrefix) {
+                // One that refuses C_DestroyObject stays whatever a restore does: say so, not "the next restore removes it".
+                if case .success(.bool(false)) = try session.attribute(h, 0x172, as: .bool) {
+                    return skip(nil, "left under the temporary label by an unfinished restore, and CKA_DESTROYABLE is false: no restore can remove it; relabel or remove it with the token's own tools")
+                }
+                return skip(nil, "left by an unfinished restore (the next restore removes it)")
+            }
             guard let specs = AttributeRegistry.specs(forClass: cls) else { return skip(nil, "objects of this class are not backed up") }
             // Nested templates are not carried (§9.4): a key restored without its wrap/unwrap/derive
             // template would be weaker than the original (its unwrap template no longer binds what
@@ -332,7 +359,16 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             var attrs: [EncodedAttribute] = [], info: [EncodedAttribute] = []
             var values: [UInt64: AttributeValue] = [:]
             for spec in specs {
-                guard case .success(let v) = try session.attribute(h, spec.type, as: spec.kind) else { continue }
+                let v: AttributeValue
+                switch try session.attribute(h, spec.type, as: spec.kind) {
+                case .success(let value): v = value
+                case .failure(let r):
+                    if let n = r.tooLong {
+                        return skip(nil, "its \(spec.name) is \(n) bytes, over the \(PKCS11Limits.attributeBytes >> 20) MiB this version reads")
+                    }
+                    // CKR_ATTRIBUTE_SENSITIVE / CKR_ATTRIBUTE_TYPE_INVALID: the token does not give it.
+                    continue
+                }
                 // Empty dates and an empty mechanism list read back as "none" but are refused in templates.
                 if spec.role == .restore, case .bytes(let b) = v, b.isEmpty, spec.type == 0x110 || spec.type == 0x111 { continue }
                 if case .ulongs(let u) = v, u.isEmpty { continue }
@@ -360,10 +396,11 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
                     return skip(r.rv, r.rv == 0x6A ? "the key is not extractable" : r.rv == 0x69 ? "the token cannot wrap this key with the backup's token key" : "the token refused to wrap it")
                 }
                 check = try recordCheck(h, cls: cls, keyType: keyType, values: values)
-                // Private keys are checked by signing and verifying with their public half (same CKA_ID and type).
-                if check == nil, cls == CK.oPrivateKey, case .bool(true)? = values[0x108], let keyType {
+                // Private keys are checked by signing and verifying with their public half (same
+                // CKA_ID and type), recorded only when that check passed here (between the passes).
+                if check == nil, cls == CK.oPrivateKey, case .bool(true)? = values[0x108], let keyType, Self.signCheckMechanism(keyType) != nil {
                     signWith = (idHex, keyType)
-                    if let pub = publicIndex(idHex, keyType) { check = KeyCheck(kind: "sign", value: "", publicKey: pub) }
+                    if let pub = publicIndex(h, idHex, keyType) { check = KeyCheck(kind: "sign", value: "", publicKey: pub) }
                 }
             }
             return .object(TokenObject(objectClass: cls, className: CK.className(cls), keyType: keyType, keyTypeName: keyType.map(CK.keyTypeName),
@@ -376,12 +413,14 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         var taken: [UInt64] = []
         var skipped: [SkippedObject] = []
         var firstPublic: [String: Int] = [:]
+        var signCandidates: [(handle: UInt64, id: String, keyType: UInt64)] = []
         var wrappedCount = 0
         for h in handles {
-            switch try examine(h, publicIndex: { _, _ in nil }) {
+            switch try examine(h, publicIndex: { _, _, _ in nil }) {
             case .ignored: continue
             case .skipped(let o): skipped.append(o)
-            case .object(let o, _):
+            case .object(let o, let signWith):
+                if let w = signWith { signCandidates.append((h, w.id, w.keyType)) }
                 if o.objectClass == CK.oPublicKey, let k = o.keyType {
                     let key = "\(k)/\(o.idHex)"
                     if firstPublic[key] == nil { firstPublic[key] = taken.count }
@@ -390,6 +429,15 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
                 taken.append(h)
             }
         }
+        // The `sign` checks, run on this token with the restore's mechanism: a key that cannot
+        // pass here (DSA, PSS-only, CKA_ALWAYS_AUTHENTICATE, a public half without CKA_VERIFY)
+        // gets no check, so its restore counts it unchecked instead of failing every time.
+        var signChecked = Set<UInt64>()
+        for c in signCandidates {
+            guard let pi = firstPublic["\(c.keyType)/\(c.id)"] else { continue }
+            if (try? Self.runSignCheck(session, key: c.handle, publicKey: taken[pi], keyType: c.keyType)) == true { signChecked.insert(c.handle) }
+        }
+        signCandidates = []
         if !skipped.isEmpty && !options.allowPartial {
             throw PKCS11Error(.partialBackup, "\(skipped.count) object(s) cannot be backed up; nothing was written (--allow-partial backs up the rest)",
                               skipped: skipped)
@@ -414,7 +462,7 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         wipe(&recordJSON)
         for (i, h) in taken.enumerated() {
             let path = String(format: "keys/%06d.json", i + 1)
-            guard case .object(let o, _) = try examine(h, publicIndex: { firstPublic["\($1)/\($0)"] }) else {
+            guard case .object(let o, _) = try examine(h, publicIndex: { h, id, k in signChecked.contains(h) ? firstPublic["\(k)/\(id)"] : nil }) else {
                 throw PKCS11Error(.tokenChanged, "object \(i + 1) of token \"\(token.label)\" changed during the backup; nothing was written")
             }
             var json = try PayloadJSON.encode(o)
@@ -478,6 +526,23 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             return KeyCheck(kind: "hmac-sha256", value: Hex.encode(v.prefix(8)), publicKey: nil)
         }
         return nil
+    }
+
+    /// The mechanism of the `sign` check (§9.6) for a key type; nil for types it does not cover.
+    static func signCheckMechanism(_ keyType: UInt64?) -> UInt64? {
+        switch keyType {
+        case CK.kEC?: return CK.mECDSA
+        case CK.kRSA?: return CK.mSHA256RSAPKCS
+        default: return nil
+        }
+    }
+
+    /// The `sign` check: `key` signs the check message, `publicKey` verifies. False for a bad
+    /// signature or an uncovered key type; throws the refusing call's error.
+    static func runSignCheck(_ s: PKCS11Session, key: UInt64, publicKey: UInt64, keyType: UInt64?) throws -> Bool {
+        guard let mech = signCheckMechanism(keyType) else { return false }
+        let sig = try s.sign(mech, key: key, PKCS11Labels.checkMessage)
+        return try s.verify(mech, key: publicKey, PKCS11Labels.checkMessage, signature: sig)
     }
 
     // MARK: restore

@@ -31,6 +31,24 @@ public enum CK {
     public static func keyTypeName(_ k: UInt64) -> String { keyTypeNames[k] ?? "CKK_0x\(String(k, radix: 16))" }
 }
 
+/// Bounds on what a module reports (STYLE 3): every length or count it returns is converted with
+/// `Int(exactly:)` and checked against a named maximum before anything is allocated, so a faulty
+/// or hostile module cannot trap the process or make it allocate what it says.
+public enum PKCS11Limits {
+    /// An attribute value, a wrapped key or a one-shot output (C_Encrypt, C_Sign).
+    public static let attributeBytes = 1 << 24
+    /// Slots C_GetSlotList may report.
+    public static let slots = 1 << 16
+
+    /// `reported` as an Int no larger than `limit`, or `callFailed` naming the call and what it did.
+    public static func length(_ reported: UInt64, limit: Int, _ function: String, _ what: @autoclosure () -> String) throws -> Int {
+        guard let n = Int(exactly: reported), n <= limit else {
+            throw PKCS11Error(.callFailed, "\(what()): the module reported \(reported), over the limit of \(limit)", function: function)
+        }
+        return n
+    }
+}
+
 /// Version and identity strings of the library (C_GetInfo) and of a token (C_GetTokenInfo).
 public struct ModuleInfo: Codable, Sendable, Equatable {
     public let cryptokiVersion: String
@@ -141,8 +159,12 @@ public final class PKCS11Module: @unchecked Sendable {
         let getSlots = try Self.need(functions.pointee.C_GetSlotList, "C_GetSlotList")
         var count: CK_ULONG = 0
         try Self.check(getSlots(1, nil, &count), "C_GetSlotList", "listing slots")
-        var slots = [CK_SLOT_ID](repeating: 0, count: Int(count))
+        let n = try PKCS11Limits.length(UInt64(count), limit: PKCS11Limits.slots, "C_GetSlotList", "listing slots")
+        var slots = [CK_SLOT_ID](repeating: 0, count: n)
         if count > 0 { try Self.check(getSlots(1, &slots, &count), "C_GetSlotList", "listing slots") }
+        guard UInt64(count) <= UInt64(n) else {
+            throw PKCS11Error(.callFailed, "listing slots: the module reported \(count) slots written into room for \(n)", function: "C_GetSlotList")
+        }
         let getToken = try Self.need(functions.pointee.C_GetTokenInfo, "C_GetTokenInfo")
         var out: [TokenInfo] = []
         for slot in slots.prefix(Int(count)) {

@@ -204,18 +204,27 @@ extension PKCS11HSM {
     }
 
     /// Removes objects an earlier restore left under its temporary label (it was killed in phase 2).
-    func removeStaleRestoreObjects() throws -> Int {
+    /// One that refuses C_DestroyObject (CKA_DESTROYABLE false, from an earlier version that gave
+    /// such objects the temporary label) is skipped and named, so it cannot block every restore.
+    func removeStaleRestoreObjects() throws -> (removed: Int, left: [String]) {
         var n = 0
-        for h in try session.find([.bool(0x1, true)]) where try Self.labelOf(session, h).hasPrefix(PKCS11Labels.restoringPrefix) {
-            try session.destroy(h)
-            n += 1
+        var left: [String] = []
+        for h in try session.find([.bool(0x1, true)]) {
+            let label = try Self.labelOf(session, h)
+            guard label.hasPrefix(PKCS11Labels.restoringPrefix) else { continue }
+            do {
+                try session.destroy(h)
+                n += 1
+            } catch let e as PKCS11Error where e.rv == 0x1B {
+                left.append(label)
+            }
         }
-        return n
+        return (n, left)
     }
 
     /// Objects on the token with the same class, label and CKA_ID (the duplicate policy, §9.6).
     func existing(_ o: TokenObject) throws -> [UInt64] {
-        var t: [Attribute] = [.ulong(0x0, o.objectClass), .bool(0x1, true), .bytes(0x3, Array(o.label.utf8))]
+        var t: [Attribute] = [.ulong(0x0, o.objectClass), .bool(0x1, true), .bytes(0x3, o.labelBytes)]
         if let id = Hex.decode(o.idHex), !o.idHex.isEmpty { t.append(.bytes(0x102, id)) }
         if let k = o.keyType { t.append(.ulong(0x100, k)) }
         return try session.find(t)
@@ -246,8 +255,22 @@ extension PKCS11HSM {
         if !dryRun { try lockForRestore() }
         defer { if !dryRun { releaseRestoreLock() } }
         let s = session
-        var made: [UInt64] = []
-        func rollBack() { for h in made.reversed() { try? s.destroy(h) }; made = [] }
+        // Token objects made by phase 2 (handle, object index). The rollback names what it could not destroy.
+        var made: [(UInt64, Int)] = []
+        func rollBack(after error: Error) -> Error {
+            var left: [String] = []
+            for (h, i) in made.reversed() {
+                do { try s.destroy(h) } catch {
+                    let name = (try? src.load(i)).map { "\($0.className) \"\($0.label)\"" } ?? "object \(i + 1)"
+                    left.append("\(name) (\((error as? PKCS11Error)?.rvName ?? "\(error)"))")
+                }
+            }
+            made = []
+            guard !left.isEmpty else { return error }
+            let note = "; the rollback could not destroy \(left.count) object(s), left on the token: " + left.joined(separator: ", ")
+            if let e = error as? PKCS11Error { return PKCS11Error(e.code, e.reason + note, function: e.function, rv: e.rv, skipped: e.skipped) }
+            return PKCS11Error(.callFailed, "\(error)" + note, function: "C_DestroyObject")
+        }
         var keys: [UInt64] = []
         defer { for h in keys { try? s.destroy(h) } }
 
@@ -258,7 +281,17 @@ extension PKCS11HSM {
         var seenDuplicates = Set<UInt64>()
         for i in 0..<src.count { for h in try existing(try src.load(i)) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
         if !duplicates.isEmpty && !options.replace && !dryRun {
-            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\"; nothing was changed (--replace replaces them)")
+            let names = try duplicates.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (duplicates.count > 5 ? ", ..." : "")
+            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\" (\(names)); nothing was changed (--replace replaces them)")
+        }
+        // --replace cannot replace what refuses C_DestroyObject: refused before anything is made,
+        // not found out at the end with both copies on the token.
+        if options.replace && !dryRun {
+            let fixed = try duplicates.filter { if case .success(.bool(false)) = try s.attribute($0, 0x172, as: .bool) { return true }; return false }
+            if !fixed.isEmpty {
+                let names = try fixed.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (fixed.count > 5 ? ", ..." : "")
+                throw PKCS11Error(.duplicateObject, "\(fixed.count) object(s) to replace on token \"\(token.label)\" have CKA_DESTROYABLE false (\(names)), so --replace cannot replace them; nothing was changed")
+            }
         }
         guard let wrappedTEK = Hex.decode(record.wrappedTEK) else { throw PKCS11Error(.malformedObject, "wrappedTEK is not hex") }
         let tek: UInt64
@@ -283,7 +316,8 @@ extension PKCS11HSM {
 
         // Phase 2 makes non-modifiable objects after the others (they cannot take the temporary
         // label, so a kill after them leaves objects under their final labels), and
-        // non-destroyable ones last (a rollback cannot remove them).
+        // non-destroyable ones last, under their final labels, once every other object passed its
+        // check (neither a rollback nor the next restore's sweep could remove them).
         func rank(_ i: Int) -> Int { src.flags[i] & 2 != 0 ? 2 : src.flags[i] & 1 != 0 ? 1 : 0 }
         let order = (0..<src.count).sorted { a, b in (rank(a), a) < (rank(b), b) }
 
@@ -293,8 +327,12 @@ extension PKCS11HSM {
             if let k = o.keyType { t.append(.ulong(0x100, k)) }
             t.append(.bool(0x1, onToken))
             let modifiable = !o.attributes.contains { $0.type == 0x170 && $0.value == "00" }
+            let destroyable = !o.attributes.contains { $0.type == 0x172 && $0.value == "00" }
             for a in try o.restoreAttributes() {
-                if a.type == 0x3, onToken, modifiable { t.append(.bytes(0x3, Array((PKCS11Labels.restoringPrefix + restoreId + "/").utf8) + Array(o.label.utf8))); continue }
+                if a.type == 0x3, onToken, modifiable, destroyable {
+                    t.append(.bytes(0x3, Array((PKCS11Labels.restoringPrefix + restoreId + "/").utf8) + o.labelBytes))
+                    continue
+                }
                 t.append(a)
             }
             do {
@@ -335,10 +373,13 @@ extension PKCS11HSM {
                 ok = (try? s.sign(CK.mSHA256HMAC, key: h, PKCS11Labels.checkMessage)).map { Hex.encode($0.prefix(8)) == c.value } ?? false
             case "sign":
                 guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { return .unchecked }
-                let mech = o.keyType == CK.kEC ? CK.mECDSA : CK.mSHA256RSAPKCS
-                if let sig = try? s.sign(mech, key: h, PKCS11Labels.checkMessage) {
-                    ok = (try? s.verify(mech, key: ph, PKCS11Labels.checkMessage, signature: sig)) ?? false
-                } else { ok = false }
+                // An earlier version recorded `sign` for key types the check does not cover (DSA):
+                // such a key is unchecked, not failed.
+                guard Self.signCheckMechanism(o.keyType) != nil else { return .unchecked }
+                do { ok = try Self.runSignCheck(s, key: h, publicKey: ph, keyType: o.keyType) } catch let e as PKCS11Error {
+                    throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its sign check after unwrapping",
+                                      function: e.function, rv: e.rv)
+                }
             default:
                 throw PKCS11Error(.malformedObject, "object \(i + 1): check kind \"\(c.kind)\" unknown")
             }
@@ -348,10 +389,14 @@ extension PKCS11HSM {
             return .checked
         }
 
-        func runChecks(_ handles: [Int: UInt64]) throws -> (checked: Int, unchecked: Int) {
+        /// The checks of objects `indices`; a `sign` check whose public half is in `later` is
+        /// returned in `deferred` instead (it runs once that half exists).
+        func runChecks(_ handles: [Int: UInt64], _ indices: [Int], deferring later: Set<Int> = []) throws -> (checked: Int, unchecked: Int, deferred: [Int]) {
             var checked = 0, unchecked = 0
-            for i in 0..<src.count {
+            var deferred: [Int] = []
+            for i in indices {
                 let o = try src.load(i)
+                if let c = o.check, c.kind == "sign", let pi = c.publicKey, later.contains(pi) { deferred.append(i); continue }
                 guard let h = handles[i] else { if o.wrapped != nil { unchecked += 1 }; continue }
                 switch try checkOne(i, o, h, handles) {
                 case .checked: checked += 1
@@ -359,7 +404,7 @@ extension PKCS11HSM {
                 case .none: break
                 }
             }
-            return (checked, unchecked)
+            return (checked, unchecked, deferred)
         }
 
         // Phase 1: everything as session objects, checked. This is the dry run. Each object is
@@ -408,30 +453,36 @@ extension PKCS11HSM {
         for h in phase1Live { try? s.destroy(h) }
         if dryRun {
             lastRestore = PKCS11RestoreReport(objects: src.count, checked: phase1.checked, unchecked: phase1.unchecked, replaced: 0, recoveredStale: 0,
-                                              dryRun: true, skippedAtBackup: record.skipped)
+                                              staleLeft: [], dryRun: true, skippedAtBackup: record.skipped)
             return
         }
         pauseHook("between")
         let stale = try removeStaleRestoreObjects()
 
-        // Phase 2: token objects under the temporary label, checked, then the old ones (--replace)
-        // removed, then the labels set. Any failure before the last step destroys all it made.
+        // Phase 2: token objects under the temporary label, checked, then the non-destroyable
+        // ones under their final labels, checked, then the labels set, then the old ones
+        // (--replace) removed. Any failure before that destroys all it can of what it made.
+        let late = order.filter { src.flags[$0] & 2 != 0 }
+        let early = order.filter { src.flags[$0] & 2 == 0 }
         var tokenHandles: [Int: UInt64] = [:]
         var relabel: [(UInt64, Int)] = []
-        let result: (checked: Int, unchecked: Int)
+        var result = (checked: 0, unchecked: 0)
+        func makeOnToken(_ i: Int) throws {
+            let h = try make(i, token: true)
+            made.append((h, i))
+            tokenHandles[i] = h
+            pauseHook("phase2", made: made.count)
+            if src.flags[i] & 3 == 0 { relabel.append((h, i)) }
+        }
         do {
-            for i in order {
-                let h = try make(i, token: true)
-                made.append(h)
-                tokenHandles[i] = h
-                pauseHook("phase2", made: made.count)
-                if src.flags[i] & 1 == 0 { relabel.append((h, i)) }
-            }
-            result = try runChecks(tokenHandles)
-            for (h, i) in relabel { try s.setAttributes(h, [.bytes(0x3, Array(try src.load(i).label.utf8))]) }
+            for i in early { try makeOnToken(i) }
+            let first = try runChecks(tokenHandles, early, deferring: Set(late))
+            for i in late { try makeOnToken(i) }
+            let second = try runChecks(tokenHandles, late + first.deferred)
+            result = (first.checked + second.checked, first.unchecked + second.unchecked)
+            for (h, i) in relabel { try s.setAttributes(h, [.bytes(0x3, try src.load(i).labelBytes)]) }
         } catch {
-            rollBack()
-            throw error
+            throw rollBack(after: error)
         }
         made = []
         // The new objects are complete: only now are the ones they replace destroyed, so a
@@ -443,6 +494,7 @@ extension PKCS11HSM {
                               function: "C_DestroyObject")
         }
         lastRestore = PKCS11RestoreReport(objects: src.count, checked: result.checked, unchecked: result.unchecked,
-                                          replaced: duplicates.count, recoveredStale: stale, dryRun: false, skippedAtBackup: record.skipped)
+                                          replaced: duplicates.count, recoveredStale: stale.removed, staleLeft: stale.left, dryRun: false,
+                                          skippedAtBackup: record.skipped)
     }
 }

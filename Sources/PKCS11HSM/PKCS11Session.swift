@@ -203,59 +203,87 @@ public final class PKCS11Session {
             var n: CK_ULONG = 0
             try check(findObjects(handle, &batch, CK_ULONG(batch.count), &n), "C_FindObjects", "searching objects")
             if n == 0 { break }
+            guard UInt64(n) <= UInt64(batch.count) else {
+                throw PKCS11Error(.callFailed, "searching objects: the token returned \(n) handles for \(batch.count) places", function: "C_FindObjects")
+            }
             out.append(contentsOf: batch.prefix(Int(n)).map { UInt64($0) })
         }
         return out
     }
 
-    /// Reads one attribute with the two-call pattern. Returns the CK_RV when the token will not
-    /// give it (sensitive, absent): one refused attribute never hides the others.
+    /// Reads one attribute with the two-call pattern. Returns the CK_RV only when the token says
+    /// it will not give the value (CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID): one
+    /// refused attribute never hides the others. Any other CK_RV, a length the two calls disagree
+    /// on, or a value of the wrong size for its kind throws: an attribute silently left out would
+    /// come back with the target token's default (spec §9.4). A value over
+    /// `PKCS11Limits.attributeBytes` is a refusal with `tooLong` set, so the caller can list the object.
     public func attribute(_ object: UInt64, _ type: UInt64, as kind: AttributeKind) throws -> Result<AttributeValue, ReadRefusal> {
         let get = try need(f.C_GetAttributeValue, "C_GetAttributeValue")
+        let what = "reading attribute \(AttributeRegistry.name(type)) of object \(object)"
         var a = CK_ATTRIBUTE(type: CK_ATTRIBUTE_TYPE(type), pValue: nil, ulValueLen: 0)
         let rv = get(handle, CK_OBJECT_HANDLE(object), &a, 1)
-        if rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_DEVICE_REMOVED {
-            try check(rv, "C_GetAttributeValue", "reading attribute 0x\(String(type, radix: 16))")
+        if rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID { return .failure(ReadRefusal(rv: UInt64(rv))) }
+        try check(rv, "C_GetAttributeValue", what)
+        guard a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION else {
+            throw PKCS11Error(.callFailed, "\(what): CKR_OK with no length (CK_UNAVAILABLE_INFORMATION)", function: "C_GetAttributeValue")
         }
-        guard rv == CKR_OK, a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION else { return .failure(ReadRefusal(rv: UInt64(rv))) }
-        let n = Int(a.ulValueLen)
-        guard n <= 1 << 24 else { return .failure(ReadRefusal(rv: UInt64(CKR_GENERAL_ERROR))) }
+        guard UInt64(a.ulValueLen) <= UInt64(PKCS11Limits.attributeBytes) else {
+            return .failure(ReadRefusal(rv: UInt64(CKR_OK), tooLong: UInt64(a.ulValueLen)))
+        }
+        let n = try PKCS11Limits.length(UInt64(a.ulValueLen), limit: PKCS11Limits.attributeBytes, "C_GetAttributeValue", what)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: max(1, n), alignment: 16)
         defer { memset_s(buf, max(1, n)); buf.deallocate() }
         a.pValue = buf
         let rv2 = get(handle, CK_OBJECT_HANDLE(object), &a, 1)
-        guard rv2 == CKR_OK, Int(a.ulValueLen) == n else { return .failure(ReadRefusal(rv: UInt64(rv2))) }
+        if rv2 == CKR_BUFFER_TOO_SMALL || (rv2 == CKR_OK && a.ulValueLen != CK_ULONG(n)) {
+            throw PKCS11Error(.tokenChanged, "\(what): its length changed between the two calls of the read", function: "C_GetAttributeValue",
+                              rv: UInt64(rv2))
+        }
+        try check(rv2, "C_GetAttributeValue", what)
         let raw = UnsafeRawBufferPointer(start: buf, count: n)
         let size = MemoryLayout<CK_ULONG>.size
+        func wrongSize(_ expected: String) -> PKCS11Error {
+            PKCS11Error(.callFailed, "\(what): the token gave \(n) bytes for \(expected)", function: "C_GetAttributeValue")
+        }
         switch kind {
         case .bool:
-            guard n == 1 else { return .failure(ReadRefusal(rv: UInt64(CKR_ATTRIBUTE_VALUE_INVALID))) }
+            guard n == 1 else { throw wrongSize("a CK_BBOOL") }
             return .success(.bool(raw[0] != 0))
         case .ulong:
-            guard n == size else { return .failure(ReadRefusal(rv: UInt64(CKR_ATTRIBUTE_VALUE_INVALID))) }
+            guard n == size else { throw wrongSize("a CK_ULONG") }
             return .success(.ulong(UInt64(raw.loadUnaligned(as: CK_ULONG.self))))
         case .ulongs:
-            guard n % size == 0 else { return .failure(ReadRefusal(rv: UInt64(CKR_ATTRIBUTE_VALUE_INVALID))) }
+            guard n % size == 0 else { throw wrongSize("an array of CK_ULONG") }
             return .success(.ulongs((0..<(n / size)).map { UInt64(raw.loadUnaligned(fromByteOffset: $0 * size, as: CK_ULONG.self)) }))
         case .bytes:
             return .success(.bytes(Array(raw)))
         }
     }
 
-    public struct ReadRefusal: Error, Sendable { public let rv: UInt64 }
+    public struct ReadRefusal: Error, Sendable {
+        public let rv: UInt64
+        /// For an attribute read: the length the token reported when it is over `PKCS11Limits.attributeBytes`.
+        public let tooLong: UInt64?
+        public init(rv: UInt64, tooLong: UInt64? = nil) {
+            self.rv = rv
+            self.tooLong = tooLong
+        }
+    }
 
     /// The byte length of an attribute's value (the first call of the two-call pattern only),
     /// nil when the token does not give it. For attribute arrays (CKA_WRAP_TEMPLATE, ...), whose
     /// value is never read here, a non-zero length means a non-empty template.
     public func attributeLength(_ object: UInt64, _ type: UInt64) throws -> Int? {
         let get = try need(f.C_GetAttributeValue, "C_GetAttributeValue")
+        let what = "reading the length of attribute \(AttributeRegistry.name(type)) of object \(object)"
         var a = CK_ATTRIBUTE(type: CK_ATTRIBUTE_TYPE(type), pValue: nil, ulValueLen: 0)
         let rv = get(handle, CK_OBJECT_HANDLE(object), &a, 1)
-        if rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_DEVICE_REMOVED {
-            try check(rv, "C_GetAttributeValue", "reading attribute 0x\(String(type, radix: 16))")
+        if rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID { return nil }
+        try check(rv, "C_GetAttributeValue", what)
+        guard a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION else {
+            throw PKCS11Error(.callFailed, "\(what): CKR_OK with no length (CK_UNAVAILABLE_INFORMATION)", function: "C_GetAttributeValue")
         }
-        guard rv == CKR_OK, a.ulValueLen != HB_CK_UNAVAILABLE_INFORMATION else { return nil }
-        return Int(a.ulValueLen)
+        return try PKCS11Limits.length(UInt64(a.ulValueLen), limit: PKCS11Limits.attributeBytes, "C_GetAttributeValue", what)
     }
 
     /// A secret value (CKA_VALUE of an extractable, non-sensitive key) read straight into wiped memory.
@@ -328,13 +356,19 @@ public final class PKCS11Session {
     /// C_WrapKey with the two-call length pattern. Returns the CK_RV on refusal (so a backup can list it).
     public func wrap(_ mechanism: Mechanism, wrappingKey: UInt64, key: UInt64) throws -> Result<[UInt8], ReadRefusal> {
         let wrapKey = try need(f.C_WrapKey, "C_WrapKey")
-        return mechanism.with { m in
+        return try mechanism.with { m in
             var n: CK_ULONG = 0
             let rv = wrapKey(handle, m, CK_OBJECT_HANDLE(wrappingKey), CK_OBJECT_HANDLE(key), nil, &n)
             guard rv == CKR_OK else { return .failure(ReadRefusal(rv: UInt64(rv))) }
-            var out = [UInt8](repeating: 0, count: Int(n))
+            let count = try PKCS11Limits.length(UInt64(n), limit: PKCS11Limits.attributeBytes, "C_WrapKey", "wrapping object \(key)")
+            var out = [UInt8](repeating: 0, count: count)
+            defer { wipe(&out) }
             let rv2 = wrapKey(handle, m, CK_OBJECT_HANDLE(wrappingKey), CK_OBJECT_HANDLE(key), &out, &n)
             guard rv2 == CKR_OK else { return .failure(ReadRefusal(rv: UInt64(rv2))) }
+            // The second call may shorten the length, never lengthen it past the buffer.
+            guard UInt64(n) <= UInt64(count) else {
+                throw PKCS11Error(.callFailed, "wrapping object \(key): the token reported \(n) bytes written into a buffer of \(count)", function: "C_WrapKey")
+            }
             return .success(Array(out.prefix(Int(n))))
         }
     }
@@ -380,8 +414,12 @@ public final class PKCS11Session {
         var input = data
         var n: CK_ULONG = 0
         try check(run(handle, &input, CK_ULONG(input.count), nil, &n), name, "\(name) (length)")
-        var out = [UInt8](repeating: 0, count: Int(n))
+        let count = try PKCS11Limits.length(UInt64(n), limit: PKCS11Limits.attributeBytes, name, "\(name) (length)")
+        var out = [UInt8](repeating: 0, count: count)
         try check(run(handle, &input, CK_ULONG(input.count), &out, &n), name, name)
+        guard UInt64(n) <= UInt64(count) else {
+            throw PKCS11Error(.callFailed, "\(name): the token reported \(n) bytes written into a buffer of \(count)", function: name)
+        }
         return Array(out.prefix(Int(n)))
     }
 

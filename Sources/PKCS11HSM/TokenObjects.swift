@@ -48,6 +48,10 @@ public enum AttributeRegistry {
         s(0x10B, "CKA_VERIFY_RECOVER", .bool, .restore), s(0x106, "CKA_WRAP", .bool, .restore),
         s(0x120, "CKA_MODULUS", .bytes, .restore), s(0x122, "CKA_PUBLIC_EXPONENT", .bytes, .restore),
         s(0x180, "CKA_EC_PARAMS", .bytes, .restore), s(0x181, "CKA_EC_POINT", .bytes, .restore),
+        // DSA and DH public keys: the domain parameters and the public value (a token creates
+        // none without them; RSA and EC keys do not give them).
+        s(0x130, "CKA_PRIME", .bytes, .restore), s(0x131, "CKA_SUBPRIME", .bytes, .restore), s(0x132, "CKA_BASE", .bytes, .restore),
+        s(0x11, "CKA_VALUE", .bytes, .restore),
         s(0x86, "CKA_TRUSTED", .bool, .info), s(0x121, "CKA_MODULUS_BITS", .ulong, .info),
     ]
     static let data: [AttributeSpec] = [
@@ -119,6 +123,12 @@ public struct EncodedAttribute: Codable, Sendable, Equatable {
     public let name: String
     /// Lowercase hex of the portable bytes.
     public let value: String
+
+    public init(type: UInt64, name: String, value: String) {
+        self.type = type
+        self.name = name
+        self.value = value
+    }
 }
 
 /// How a secret or private key's value travels.
@@ -172,7 +182,10 @@ public struct TokenObject: Codable, Sendable, Equatable {
         self.check = check
     }
 
+    /// The label for messages (bytes that are not UTF-8 shown as U+FFFD).
     public var label: String { string(0x3) ?? "" }
+    /// The label's bytes exactly as the token gave them: what the restore writes and searches for.
+    public var labelBytes: [UInt8] { attributes.first { $0.type == 0x3 }.flatMap { Hex.decode($0.value) } ?? [] }
     public var idHex: String { attributes.first { $0.type == 0x102 }?.value ?? "" }
 
     func string(_ type: UInt64) -> String? {
@@ -189,7 +202,7 @@ public struct TokenObject: Codable, Sendable, Equatable {
             guard keyType != nil else { throw PKCS11Error(.malformedObject, "a key without a key type") }
         }
         var seen = Set<UInt64>()
-        return try attributes.map { a in
+        var out = try attributes.map { a in
             guard let spec = specs.first(where: { $0.type == a.type }), spec.role == .restore else {
                 throw PKCS11Error(.malformedObject, "attribute \(AttributeRegistry.name(a.type)) is not a restore attribute of \(className)")
             }
@@ -197,7 +210,16 @@ public struct TokenObject: Codable, Sendable, Equatable {
             guard let bytes = Hex.decode(a.value) else { throw PKCS11Error(.malformedObject, "\(spec.name): value is not hex") }
             return Attribute(a.type, try AttributeRegistry.decode(bytes, kind: spec.kind, name: spec.name))
         }
+        // A secret or private key whose archive lacks a security attribute must not take the
+        // target's default (SoftHSM: CKA_SENSITIVE false, so readable): the safe value instead (§9.4).
+        if objectClass == CK.oSecretKey || objectClass == CK.oPrivateKey {
+            for a in Self.safeDefaults where !seen.contains(a.type) { out.append(a) }
+        }
+        return out
     }
+
+    /// CKA_SENSITIVE true, CKA_EXTRACTABLE false, CKA_PRIVATE true.
+    static let safeDefaults: [Attribute] = [.bool(0x103, true), .bool(0x162, false), .bool(0x2, true)]
 }
 
 /// The payload's first object (`policies/pkcs11-token.json`): where the backup came from and how

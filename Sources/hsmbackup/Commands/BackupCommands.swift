@@ -511,6 +511,7 @@ struct RestoreCommand: ParsableCommand {
             if let r = token?.lastRestore {
                 try Out.line("  PKCS#11: \(r.objects) objects \(dryRun ? "unwrapped as session objects and destroyed" : "created on the token"); \(r.checked) keys passed their functional check, \(r.unchecked) have none\(r.replaced > 0 ? "; \(r.replaced) replaced" : "")\(r.recoveredStale > 0 ? "; \(r.recoveredStale) left by an unfinished restore removed" : "")")
                 for o in r.skippedAtBackup { try Out.line("  not in the backup: " + PKCS11CLI.describe(o)) }
+                for l in r.staleLeft { Err.line("hsmbackup: warning: \"\(Printable.escape(l))\" is left under the temporary label: it refuses C_DestroyObject (CKA_DESTROYABLE false)") }
                 return
             }
             try Out.line("  \(summary.policies) policies, \(summary.users) users, \(summary.keys) keys; \(summary.chunks) chunks verified\(dryRun ? "; nothing changed" : "; all previous contents replaced")")
