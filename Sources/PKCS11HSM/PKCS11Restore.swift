@@ -257,7 +257,7 @@ extension PKCS11HSM {
         let s = session
         // Token objects made by phase 2 (handle, object index). The rollback names what it could not destroy.
         var made: [(UInt64, Int)] = []
-        func rollBack(after error: Error) -> Error {
+        func rollBack(after error: Error) -> (error: Error, complete: Bool) {
             var left: [String] = []
             for (h, i) in made.reversed() {
                 do { try s.destroy(h) } catch {
@@ -266,10 +266,10 @@ extension PKCS11HSM {
                 }
             }
             made = []
-            guard !left.isEmpty else { return error }
+            guard !left.isEmpty else { return (error, true) }
             let note = "; the rollback could not destroy \(left.count) object(s), left on the token: " + left.joined(separator: ", ")
-            if let e = error as? PKCS11Error { return PKCS11Error(e.code, e.reason + note, function: e.function, rv: e.rv, skipped: e.skipped) }
-            return PKCS11Error(.callFailed, "\(error)" + note, function: "C_DestroyObject")
+            if let e = error as? PKCS11Error { return (PKCS11Error(e.code, e.reason + note, function: e.function, rv: e.rv, skipped: e.skipped), false) }
+            return (PKCS11Error(.callFailed, "\(error)" + note, function: "C_DestroyObject"), false)
         }
         var keys: [UInt64] = []
         defer { for h in keys { try? s.destroy(h) } }
@@ -280,9 +280,15 @@ extension PKCS11HSM {
         var duplicates: [UInt64] = []
         var seenDuplicates = Set<UInt64>()
         for i in 0..<src.count { for h in try existing(try src.load(i)) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
+        // A restore killed in phase 2 may have given some objects their final labels: they are
+        // among the duplicates, and the refusal says where they come from.
+        let interrupted = dryRun ? nil : restoreLock?.interruptedRestore()
+        let interruptedNote = interrupted.map {
+            "; an earlier restore onto this token was interrupted in phase 2 (\($0)): objects it labelled are among these, so running that restore again with --replace completes it"
+        } ?? ""
         if !duplicates.isEmpty && !options.replace && !dryRun {
             let names = try duplicates.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (duplicates.count > 5 ? ", ..." : "")
-            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\" (\(names)); nothing was changed (--replace replaces them)")
+            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\" (\(names)); nothing was changed (--replace replaces them)" + interruptedNote)
         }
         // --replace cannot replace what refuses C_DestroyObject: refused before anything is made,
         // not found out at the end with both copies on the token.
@@ -290,7 +296,7 @@ extension PKCS11HSM {
             let fixed = try duplicates.filter { if case .success(.bool(false)) = try s.attribute($0, 0x172, as: .bool) { return true }; return false }
             if !fixed.isEmpty {
                 let names = try fixed.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (fixed.count > 5 ? ", ..." : "")
-                throw PKCS11Error(.duplicateObject, "\(fixed.count) object(s) to replace on token \"\(token.label)\" have CKA_DESTROYABLE false (\(names)), so --replace cannot replace them; nothing was changed")
+                throw PKCS11Error(.duplicateObject, "\(fixed.count) object(s) to replace on token \"\(token.label)\" have CKA_DESTROYABLE false (\(names)), so --replace cannot replace them; nothing was changed" + interruptedNote)
             }
         }
         guard let wrappedTEK = Hex.decode(record.wrappedTEK) else { throw PKCS11Error(.malformedObject, "wrappedTEK is not hex") }
@@ -474,6 +480,7 @@ extension PKCS11HSM {
             pauseHook("phase2", made: made.count)
             if src.flags[i] & 3 == 0 { relabel.append((h, i)) }
         }
+        try restoreLock?.beginJournal(backupId: restoreId, token: token)
         do {
             for i in early { try makeOnToken(i) }
             let first = try runChecks(tokenHandles, early, deferring: Set(late))
@@ -482,13 +489,18 @@ extension PKCS11HSM {
             result = (first.checked + second.checked, first.unchecked + second.unchecked)
             for (h, i) in relabel { try s.setAttributes(h, [.bytes(0x3, try src.load(i).labelBytes)]) }
         } catch {
-            throw rollBack(after: error)
+            let (e, complete) = rollBack(after: error)
+            // Wholly rolled back: nothing of this restore is left to explain.
+            if complete { restoreLock?.endJournal() }
+            throw e
         }
         made = []
         // The new objects are complete: only now are the ones they replace destroyed, so a
         // failure can leave both (reported), never neither.
         var notReplaced = 0
         for h in duplicates where (try? s.destroy(h)) == nil { notReplaced += 1 }
+        // Done (an old journal too: its leftovers were swept, or replaced as duplicates).
+        restoreLock?.endJournal()
         if notReplaced > 0 {
             throw PKCS11Error(.callFailed, "the restore is complete, but \(notReplaced) of the \(duplicates.count) objects it replaces could not be destroyed: the token holds both copies of those",
                               function: "C_DestroyObject")

@@ -35,6 +35,30 @@ final class TokenLock {
         return directory() + "/pkcs11-" + Hex.encode(Array(SHA256Hasher.hash(key).prefix(16))) + ".lock"
     }
 
+    /// The restore journal beside the lock (§9.6): written before phase 2 makes its first token
+    /// object, removed when the restore ends (done, or wholly rolled back). One found by the next
+    /// restore means the last one onto this token was killed in phase 2, possibly after some
+    /// objects got their final labels: the duplicate refusal says so and how to finish.
+    var journalPath: String { String(path.dropLast(".lock".count)) + ".journal" }
+
+    /// Records that phase 2 of the restore of `backupId` begins. Under the lock.
+    func beginJournal(backupId: String, token: TokenInfo) throws {
+        let stamp = ISO8601DateFormatter().string(from: Date())
+        let text = "restore of backup \(backupId) onto token \"\(token.label)\" (serial \(token.serialNumber)), phase 2 begun \(stamp) by pid \(getpid())\n"
+        do { try AtomicFile.write(Array(text.utf8), to: journalPath) } catch let e as FileError {
+            throw PKCS11Error(.lockFailed, "cannot write the restore journal \(journalPath): \(e.operation): \(e.reason); nothing was changed")
+        }
+    }
+
+    /// What an interrupted restore's journal says, or nil when there is none.
+    func interruptedRestore() -> String? {
+        guard let bytes = try? AtomicFile.read(journalPath, limit: 4096) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? "an unnamed restore" : text
+    }
+
+    func endJournal() { unlink(journalPath) }
+
     /// Takes the lock or fails (`tokenBusy` when another process holds it).
     static func acquire(modulePath: String, token: TokenInfo) throws -> TokenLock {
         let path = path(modulePath: modulePath, token: token)

@@ -137,3 +137,44 @@ extension PKCS11CLITests {
         XCTAssertEqual(try fx.objectCount("B"), 6)
     }
 }
+
+extension PKCS11CLITests {
+    /// A restore killed after some objects took their final labels (the non-modifiable ones)
+    /// leaves a journal beside the token's lock: the next restore's duplicate refusal names the
+    /// interrupted restore and says that --replace finishes it; that run then removes the journal.
+    func testAnInterruptedRestoreIsNamedByTheNextOne() throws {
+        for t in ["A", "B"] {
+            try fx.initToken(t)
+            let r = try run(["pkcs11", "provision", "--module", module, "--token", t, "--manufacturer", "softhsm"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        let sa = try fx.session("A")
+        for i in 0..<6 {
+            _ = try sa.create([.ulong(0x0, CK.oData), .bool(0x1, true), .bool(0x2, true), .bool(0x170, i % 2 == 1),
+                               .bytes(0x3, Array("data-\(i)".utf8)), .bytes(0x11, [UInt8(i)])])
+        }
+        let archive = fx.dir + "/journal.hsmbak"
+        XCTAssertEqual(try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", archive]).status, 0)
+        // Five made: the three modifiable ones (temporary label), two non-modifiable (final labels).
+        let marker = fx.dir + "/paused-journal"
+        let (p, _, err) = try launch(["restore", archive] + token + ["--token", "B"],
+                                     env: environment(extra: ["HSMBACKUP_TEST_PKCS11_PAUSE": "phase2:5:\(marker)"]))
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: marker) && p.isRunning && waited < 1200 { usleep(50_000); waited += 1 }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+
+        let refused = try run(["restore", archive] + token + ["--token", "B"])
+        XCTAssertEqual(refused.status, 64, refused.err)
+        XCTAssertTrue(refused.err.contains("duplicateObject") && refused.err.contains("interrupted in phase 2"), refused.err)
+        XCTAssertTrue(refused.err.contains("--replace completes it"), refused.err)
+        let done = try run(["restore", archive] + token + ["--token", "B", "--replace"])
+        XCTAssertEqual(done.status, 0, done.err)
+        XCTAssertEqual(try fx.objectCount("B"), 6)
+        // The journal went with the restore that finished: a later refusal is a plain one.
+        let again = try run(["restore", archive] + token + ["--token", "B"])
+        XCTAssertEqual(again.status, 64, again.err)
+        XCTAssertFalse(again.err.contains("interrupted"), again.err)
+    }
+}
