@@ -615,26 +615,30 @@ public final class BackupCatalog {
     /// change killed between its metadata and catalog writes) is taken first: the metadata wins.
     @discardableResult
     public func update(_ backupId: String, _ body: (inout BackupEntry) throws -> Void) throws -> BackupEntry {
-        let updated: BackupEntry = try mutate { s in
-            guard var e = s.entries[backupId] else { throw StoreError(.notFound, key: backupId, "no such backup") }
-            e = try catchUp(e)
-            s.entries[backupId] = e
-            let before = e
-            try body(&e)
-            guard e != before else { return e }
-            precondition(e.backupId == before.backupId, "update may not change the backup id")
-            try BackupEntry.validateTags(e.tags)
-            guard before.generation < BackupEntry.maxGeneration else {
-                throw StoreError(.limitExceeded, key: backupId, "generation \(before.generation) is the last one; the backup cannot change")
-            }
-            e.generation = before.generation + 1
-            e.updatedMillis = clock.nowMillis()
-            try writeMeta(e)
-            s.entries[backupId] = e
-            return e
-        }
+        let updated: BackupEntry = try mutate { s in try change(&s, backupId, body) }
         dropOldMeta(backupId, before: updated.generation)
         return updated
+    }
+
+    /// `update`'s work on a snapshot the caller holds under the catalog lock (the caller saves
+    /// it, then drops the old generation): several changes decided and made under one hold.
+    func change(_ s: inout CatalogSnapshot, _ backupId: String, _ body: (inout BackupEntry) throws -> Void) throws -> BackupEntry {
+        guard var e = s.entries[backupId] else { throw StoreError(.notFound, key: backupId, "no such backup") }
+        e = try catchUp(e)
+        s.entries[backupId] = e
+        let before = e
+        try body(&e)
+        guard e != before else { return e }
+        precondition(e.backupId == before.backupId, "update may not change the backup id")
+        try BackupEntry.validateTags(e.tags)
+        guard before.generation < BackupEntry.maxGeneration else {
+            throw StoreError(.limitExceeded, key: backupId, "generation \(before.generation) is the last one; the backup cannot change")
+        }
+        e.generation = before.generation + 1
+        e.updatedMillis = clock.nowMillis()
+        try writeMeta(e)
+        s.entries[backupId] = e
+        return e
     }
 
     /// The entry as its newest metadata generation says, when that is ahead of the catalog's:

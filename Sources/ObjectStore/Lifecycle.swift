@@ -113,15 +113,14 @@ extension BackupCatalog {
 
     private func writePolicy(_ clusterId: String, days: Int) throws {
         let generation: UInt64 = try mutate { s in
-            let last = s.policies[clusterId]?.generation ?? latestPolicyGeneration(clusterId)
+            // The stored objects count too: a policy change killed after its object and before
+            // the catalog write left a generation the catalog does not know, whose key is taken.
+            let last = max(s.policies[clusterId]?.generation ?? 0, latestPolicyGeneration(clusterId))
             guard last < BackupEntry.maxGeneration else {
                 throw StoreError(.limitExceeded, key: clusterId, "policy generation \(last) is the last one")
             }
             let g = last + 1
             let p = RetentionPolicy(clusterId: clusterId, days: days, generation: g)
-            // A put of this generation that died or missed its quorum before any record would
-            // make the key look taken forever.
-            _ = try? store.removeUnfinishedPut(Self.policyKey(clusterId, g))
             _ = try store.put(Self.policyKey(clusterId, g), bytes: try p.encodeObject())
             s.policies[clusterId] = days == 0 ? nil : p
             return g
@@ -138,28 +137,38 @@ extension BackupCatalog {
 
     /// Marks expired backups `PENDING_DELETION` in one cluster (or every cluster with a policy).
     /// A backup whose change fails is skipped and reported; the others are still marked.
+    ///
+    /// Decided and done under one hold of the catalog lock, over each entry as its newest
+    /// metadata says: from a snapshot read before the lock, a `backup delete` of the newest
+    /// backup in between (or a change whose metadata is ahead of the catalog) would let the rule
+    /// "keep the newest" expire every READY backup of the cluster.
     @discardableResult
     public func applyRetention(clusterId: String? = nil) throws -> RetentionReport {
-        let snapshot = try load()
         let now = clock.nowMillis()
-        var expired: [String] = []
-        for policy in snapshot.policies.values where clusterId == nil || policy.clusterId == clusterId {
-            expired += RetentionRules.expired(snapshot.entries.values, policy: policy, nowMillis: now)
-        }
-        expired.sort(by: BackupEntry.utf8Less)
         var report = RetentionReport()
-        for id in expired {
-            do {
-                try update(id) { e in
-                    guard e.state == .ready, !e.neverExpires else { return }
-                    e.state = .pendingDeletion
-                    e.deleteRequestedMillis = now
+        var changed: [BackupEntry] = []
+        try mutate { s in
+            let known = s.entries.count > 16 ? store.existingKeys(prefix: "backups/") : nil
+            var expired: [String] = []
+            for policy in s.policies.values where clusterId == nil || policy.clusterId == clusterId {
+                let entries = s.entries.values.filter { $0.clusterId == policy.clusterId }.map { current($0, known: known) }
+                expired += RetentionRules.expired(entries, policy: policy, nowMillis: now)
+            }
+            expired.sort(by: BackupEntry.utf8Less)
+            for id in expired {
+                do {
+                    changed.append(try change(&s, id) { e in
+                        guard e.state == .ready, !e.neverExpires else { return }
+                        e.state = .pendingDeletion
+                        e.deleteRequestedMillis = now
+                    })
+                    report.expired.append(id)
+                } catch let err as StoreError {
+                    report.failed.append(RetentionReport.Failure(backupId: id, code: err.code, message: err.description))
                 }
-                report.expired.append(id)
-            } catch let err as StoreError {
-                report.failed.append(RetentionReport.Failure(backupId: id, code: err.code, message: err.description))
             }
         }
+        for e in changed { dropOldMeta(e.backupId, before: e.generation) }
         return report
     }
 

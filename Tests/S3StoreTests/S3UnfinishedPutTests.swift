@@ -118,8 +118,10 @@ final class S3UnfinishedPutTests: XCTestCase {
         try catalog.setRetention("c", days: 30)
         _ = try moto.raw("PUT", config.replicas[0].location.bucket, "p/x/" + BackupCatalog.policyKey("c", 2), body: Array("{".utf8))
         try catalog.setRetention("c", days: 40)
-        XCTAssertEqual(try store.getAll(BackupCatalog.policyKey("c", 2)).isEmpty, false)
+        XCTAssertEqual(try catalog.load().policies["c"]?.days, 40)
+        XCTAssertFalse(store.anyReplicaHolds(BackupCatalog.policyKey("c", 2)), "the leftover generation is gone")
         try catalog.setRetention("c", days: 50)
+        XCTAssertEqual(try catalog.load().policies["c"]?.days, 50)
     }
 
     /// A create-only PUT whose first attempt was applied and whose retry got 412 is our own
