@@ -105,26 +105,7 @@ extension PKCS11CLITests {
     /// modifiable one, so a restore killed while it makes the modifiable ones leaves only objects
     /// under the temporary label (which the next restore removes), never one under a final label.
     func testARestoreKilledInPhase2LeavesNoObjectUnderItsFinalLabel() throws {
-        for t in ["A", "B"] {
-            try fx.initToken(t)
-            let r = try run(["pkcs11", "provision", "--module", module, "--token", t, "--manufacturer", "softhsm"])
-            XCTAssertEqual(r.status, 0, r.err)
-        }
-        let sa = try fx.session("A")
-        for i in 0..<6 {
-            _ = try sa.create([.ulong(0x0, CK.oData), .bool(0x1, true), .bool(0x2, true), .bool(0x170, i % 2 == 1),
-                               .bytes(0x3, Array("data-\(i)".utf8)), .bytes(0x11, [UInt8(i)])])
-        }
-        let archive = fx.dir + "/nm.hsmbak"
-        XCTAssertEqual(try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", archive]).status, 0)
-        let marker = fx.dir + "/paused-nm"
-        let (p, _, err) = try launch(["restore", archive] + token + ["--token", "B"],
-                                     env: environment(extra: ["HSMBACKUP_TEST_PKCS11_PAUSE": "phase2:3:\(marker)"]))
-        var waited = 0
-        while !FileManager.default.fileExists(atPath: marker) && p.isRunning && waited < 1200 { usleep(50_000); waited += 1 }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        let archive = try restoreOfSixDataObjectsKilled(afterMaking: 3)
         let s = try fx.session("B")
         let labels = try s.find([.bool(0x1, true)]).map { h -> String in
             guard case .success(.bytes(let b)) = try s.attribute(h, 0x3, as: .bytes) else { return "" }
@@ -143,28 +124,8 @@ extension PKCS11CLITests {
     /// leaves a journal beside the token's lock: the next restore's duplicate refusal names the
     /// interrupted restore and says that --replace finishes it; that run then removes the journal.
     func testAnInterruptedRestoreIsNamedByTheNextOne() throws {
-        for t in ["A", "B"] {
-            try fx.initToken(t)
-            let r = try run(["pkcs11", "provision", "--module", module, "--token", t, "--manufacturer", "softhsm"])
-            XCTAssertEqual(r.status, 0, r.err)
-        }
-        let sa = try fx.session("A")
-        for i in 0..<6 {
-            _ = try sa.create([.ulong(0x0, CK.oData), .bool(0x1, true), .bool(0x2, true), .bool(0x170, i % 2 == 1),
-                               .bytes(0x3, Array("data-\(i)".utf8)), .bytes(0x11, [UInt8(i)])])
-        }
-        let archive = fx.dir + "/journal.hsmbak"
-        XCTAssertEqual(try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", archive]).status, 0)
         // Five made: the three modifiable ones (temporary label), two non-modifiable (final labels).
-        let marker = fx.dir + "/paused-journal"
-        let (p, _, err) = try launch(["restore", archive] + token + ["--token", "B"],
-                                     env: environment(extra: ["HSMBACKUP_TEST_PKCS11_PAUSE": "phase2:5:\(marker)"]))
-        var waited = 0
-        while !FileManager.default.fileExists(atPath: marker) && p.isRunning && waited < 1200 { usleep(50_000); waited += 1 }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
-
+        let archive = try restoreOfSixDataObjectsKilled(afterMaking: 5)
         let refused = try run(["restore", archive] + token + ["--token", "B"])
         XCTAssertEqual(refused.status, 64, refused.err)
         XCTAssertTrue(refused.err.contains("duplicateObject") && refused.err.contains("interrupted in phase 2"), refused.err)
@@ -176,5 +137,30 @@ extension PKCS11CLITests {
         let again = try run(["restore", archive] + token + ["--token", "B"])
         XCTAssertEqual(again.status, 64, again.err)
         XCTAssertFalse(again.err.contains("interrupted"), again.err)
+    }
+}
+
+extension PKCS11CLITests {
+    /// Tokens A and B provisioned; six data objects on A, the odd ones non-modifiable (so phase 2
+    /// makes them after the others, under their final labels); A backed up; a restore onto B
+    /// killed once phase 2 has made `made` token objects. Returns the archive.
+    func restoreOfSixDataObjectsKilled(afterMaking made: Int) throws -> String {
+        try provisionAB()
+        let sa = try fx.session("A")
+        for i in 0..<6 {
+            _ = try sa.create([.ulong(0x0, CK.oData), .bool(0x1, true), .bool(0x2, true), .bool(0x170, i % 2 == 1),
+                               .bytes(0x3, Array("data-\(i)".utf8)), .bytes(0x11, [UInt8(i)])])
+        }
+        let archive = fx.dir + "/six-\(made).hsmbak"
+        XCTAssertEqual(try run(["backup", "create"] + token + ["--token", "A", "--kms-key", "k", "--out", archive]).status, 0)
+        let marker = fx.dir + "/paused-six-\(made)"
+        let (p, _, err) = try launch(["restore", archive] + token + ["--token", "B"],
+                                     env: environment(extra: ["HSMBACKUP_TEST_PKCS11_PAUSE": "phase2:\(made):\(marker)"]))
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: marker) && p.isRunning && waited < 1200 { usleep(50_000); waited += 1 }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        return archive
     }
 }
