@@ -278,6 +278,12 @@ public struct RecoveryAction: Codable, Equatable, Sendable {
     public let backupId: String
     public let action: Action
     public let detail: String
+    /// For `skipped`: true when a live writer holds the backup's lock (nothing is wrong; the
+    /// next fsck retries), false when recovery could not settle the backup (a replica refused).
+    public var liveWriter = false
+
+    /// Whether this action leaves something `fsck` must report: skipped, not for a live writer.
+    public var needsAttention: Bool { action == .skipped && !liveWriter }
 }
 
 public struct ReindexReport: Codable, Sendable {
@@ -838,7 +844,8 @@ public final class BackupCatalog {
         var actions: [RecoveryAction] = []
         for id in ids.sorted(by: BackupEntry.utf8Less) {
             guard let lock = try tryRecoveryLock(id) else {
-                actions.append(RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe; left for the next fsck"))
+                actions.append(RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe; left for the next fsck",
+                                              liveWriter: true))
                 continue
             }
             defer { withExtendedLifetime(lock) {} }
@@ -854,7 +861,7 @@ public final class BackupCatalog {
     /// objects. A `skipped` action means a live writer holds the backup's lock.
     public func recoverBackup(_ id: String, checkArchive: ((BackupEntry) -> String?)? = nil) throws -> [RecoveryAction] {
         guard let lock = try tryRecoveryLock(id) else {
-            return [RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe")]
+            return [RecoveryAction(backupId: id, action: .skipped, detail: "a writer holds the backup's lock stripe", liveWriter: true)]
         }
         defer { withExtendedLifetime(lock) {} }
         return try recoverOne(id, try inventory(prefix: Self.backupPrefix(id)), checkArchive ?? storeLevelArchiveCheck)

@@ -49,6 +49,8 @@ public final class LocalObjectStore: ObjectStorage {
         guard access(confPath, F_OK) != 0 else {
             throw StoreError(.alreadyInitialized, path: root, "a store already exists here")
         }
+        // The replica directories that exist already, before anything is made.
+        try refuseDuplicateReplicas(paths, root: root)
         try fileOp(root) { try AtomicFile.makeDirectory(root) }
         try fileOp(root + "/" + locksDir) { try AtomicFile.makeDirectory(root + "/" + locksDir) }
         // Two inits at once: the second waits here, then finds the first one's configuration, so
@@ -62,16 +64,25 @@ public final class LocalObjectStore: ObjectStorage {
         // objects is another store's disk (or one left by an init that never finished), and
         // writing our marker there would take it from that store.
         for p in paths { try refuseUsedReplica(resolve(p, root: root)) }
+        var made: [String] = []
         var marked: [String] = []
         do {
+            // Two spellings of one directory (`/d1` and `/d1/`, `r` and `./r`, a link and its
+            // target) would be one replica counted twice, the second marker overwriting the
+            // first: compared by device and inode once every replica directory exists.
+            for p in paths { try makeDirectory(resolve(p, root: root), made: &made) }
+            try refuseDuplicateReplicas(paths, root: root)
             for (i, p) in paths.enumerated() {
                 let path = resolve(p, root: root)
-                try initReplica(path, index: i, storeId: config.storeId)
+                // Listed before it is written: a marker written whose directory fsync failed goes too.
                 marked.append(path + "/" + ReplicaMarker.fileName)
+                try initReplica(path, index: i, storeId: config.storeId, made: &made)
             }
         } catch {
-            // A failed init leaves no marker of its own behind (a retry would find it "in use").
+            // A failed init leaves no marker of its own behind (a retry would find it "in use"),
+            // and no directory it made; rmdir removes only empty ones, never what was there.
             for m in marked { unlink(m) }
+            for d in made.reversed() { rmdir(d) }
             throw error
         }
         // The configuration is written last: a store exists only once it is whole.
@@ -128,10 +139,44 @@ public final class LocalObjectStore: ObjectStorage {
         }
     }
 
-    static func initReplica(_ path: String, index: Int, storeId: [UInt8]) throws {
+    /// Refuses two replica paths that name one directory, by (st_dev, st_ino) of those that
+    /// exist (`invalidArgument`, naming both paths as given).
+    static func refuseDuplicateReplicas(_ paths: [String], root: String) throws {
+        var seen: [(dev: UInt64, ino: UInt64, path: String)] = []
+        for p in paths {
+            var st = Glibc.stat()
+            guard followingStat(resolve(p, root: root), &st) == 0 else { continue }
+            let (dev, ino) = (UInt64(st.st_dev), UInt64(st.st_ino))
+            if let first = seen.first(where: { $0.dev == dev && $0.ino == ino }) {
+                throw StoreError(.invalidArgument, path: resolve(p, root: root),
+                                 "replica paths \(first.path) and \(p) are the same directory; each replica needs its own")
+            }
+            seen.append((dev, ino, p))
+        }
+    }
+
+    /// `AtomicFile.makeDirectory`, noting in `made` each directory (parents first) that this
+    /// call created: exactly those whose mkdir succeeded, so a failed init can take them back.
+    static func makeDirectory(_ path: String, made: inout [String]) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o700) == 0 { made.append(current) }
+        }
+        if made.last == current { _ = chmod(current, 0o700) } // mkdir's mode is filtered by the umask
+        // Checks what was there (a file on the way is refused) and reports any other failure.
         try fileOp(path) { try AtomicFile.makeDirectory(path) }
-        try fileOp(path) { try AtomicFile.makeDirectory(path + "/" + objectsDir) }
-        try fileOp(path) { try AtomicFile.makeDirectory(path + "/" + tempDirName) }
+    }
+
+    static func initReplica(_ path: String, index: Int, storeId: [UInt8]) throws {
+        var made: [String] = []
+        try initReplica(path, index: index, storeId: storeId, made: &made)
+    }
+
+    static func initReplica(_ path: String, index: Int, storeId: [UInt8], made: inout [String]) throws {
+        try makeDirectory(path, made: &made)
+        try makeDirectory(path + "/" + objectsDir, made: &made)
+        try makeDirectory(path + "/" + tempDirName, made: &made)
         let marker = path + "/" + ReplicaMarker.fileName
         try fileOp(marker) { try AtomicFile.write(ReplicaMarker(storeId: storeId, index: index).encode(), to: marker) }
         try fileOp(path) { try AtomicFile.syncDirectory(path) }
@@ -317,8 +362,14 @@ public final class LocalObjectStore: ObjectStorage {
             if let problem = self.replicaProblem(i) { return .failed(problem) }
             let path = self.objectPath(i, key)
             if let e = self.faults?(.remove, i, path) { return .failed(OSError.finding(replica: i, path: path, operation: "unlink", errno: e)) }
-            guard unlink(path) == 0 else {
-                return errno == ENOENT ? .absent : .failed(OSError.finding(replica: i, path: path, operation: "unlink", errno: errno))
+            if unlink(path) != 0 {
+                let e = errno
+                if e == ENOENT { return .absent }
+                guard e == EISDIR else { return .failed(OSError.finding(replica: i, path: path, operation: "unlink", errno: e)) }
+                // A directory in the replica file's place (unlink cannot remove it): moved aside.
+                do { try self.moveDirectoryAside(i, key) } catch let f as ReplicaFailure { return .failed(f.finding) } catch {
+                    return .failed(ReplicaFinding(replica: i, path: path, problem: .ioError, detail: "\(error)"))
+                }
             }
             do { try AtomicFile.syncDirectory(self.objectDir(i, key)) } catch {
                 return .removedButDirectoryNotSynced(ReplicaFinding(replica: i, path: path, problem: .ioError, detail: "fsync directory: \(error)"))
@@ -377,8 +428,32 @@ public final class LocalObjectStore: ObjectStorage {
         footer.writeBytes(ObjectRecord.endMagic)
         try w.append(ref.recordBytes + footer.bytes)
         try w.sync()
+        // rename(2) replaces a file or a symbolic link, but not a directory (EISDIR).
+        var st = Glibc.stat()
+        if lstat(objectPath(target, key), &st) == 0, st.st_mode & S_IFMT == S_IFDIR { try moveDirectoryAside(target, key) }
         try w.publish(replacing: true)
         return true
+    }
+
+    /// Moves a directory found in the place of replica `replica`'s file of `key` into the
+    /// replica's `tmp/`, under a temp name of the key's stripe (the rename takes a non-empty
+    /// directory whole), so the name is free for a repair or a delete; the stale-temp sweep
+    /// removes the tree later. The caller holds the key's stripe lock.
+    func moveDirectoryAside(_ replica: Int, _ key: String) throws {
+        let path = objectPath(replica, key)
+        let tmp = tempDir(replica)
+        if mkdir(tmp, 0o700) != 0 && errno != EEXIST { throw ReplicaWriter.failure(replica, tmp, "mkdir", errno) }
+        var rnd = [UInt8](repeating: 0, count: 8)
+        for i in rnd.indices { rnd[i] = UInt8.random(in: 0...255) }
+        let aside = tmp + "/." + Self.fanOut(key) + "-" + ObjectKey.fileName(key) + AtomicFile.tempMarker + "dir-"
+            + rnd.map { String($0, radix: 16) }.joined()
+        guard rename(path, aside) == 0 else { throw ReplicaWriter.failure(replica, path, "move the directory in its place aside", errno) }
+        do {
+            try AtomicFile.syncDirectory(tmp)
+            try AtomicFile.syncDirectory(objectDir(replica, key))
+        } catch {
+            throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: .ioError, detail: "fsync directory: \(error)"))
+        }
     }
 
     /// Streams every chunk of a replica through its digest; nil when all is well.
@@ -493,8 +568,13 @@ public final class LocalObjectStore: ObjectStorage {
     /// Removes temp files of writers that are gone, from each replica's `tmp/` directory (cheap:
     /// it holds only temps). A temp is removed only while its stripe lock can be taken, so a live
     /// writer's temp is never touched.
-    public func removeStaleTemps() -> [String] {
+    public func removeStaleTemps() -> [String] { sweepTemps().removed }
+
+    /// `removeStaleTemps`, and the temps it could not remove (a directory moved aside by
+    /// `moveDirectoryAside` that holds something undeletable), each with why: fsck reports them.
+    func sweepTemps() -> (removed: [String], failed: [ReplicaFinding]) {
         var removed: [String] = []
+        var failed: [ReplicaFinding] = []
         for i in replicaPaths.indices where replicaProblem(i) == nil {
             if let r = try? AtomicFile.removeStaleTemps(in: replicaPaths[i]) { removed += r.map { replicaPaths[i] + "/" + $0 } }
             let tmp = tempDir(i)
@@ -503,12 +583,59 @@ public final class LocalObjectStore: ObjectStorage {
                 let stripe = String(name.dropFirst().prefix(2))
                 guard stripe.utf8.count == 2, Hex.decode(stripe) != nil,
                       let lock = try? FileLock.tryAcquire(stripeLockPath(fanOut: stripe)) else { continue }
-                if unlink(tmp + "/" + name) == 0 { removed.append(tmp + "/" + name); any = true }
+                let path = tmp + "/" + name
+                if unlink(path) == 0 {
+                    removed.append(path); any = true
+                } else if errno == EISDIR {
+                    if let why = Self.removeTree(path) {
+                        failed.append(ReplicaFinding(replica: i, path: path, problem: .ioError,
+                                                     detail: "a directory moved out of a replica file's place cannot be removed: \(why)"))
+                    } else {
+                        removed.append(path); any = true
+                    }
+                }
                 withExtendedLifetime(lock) {}
             }
             if any { try? AtomicFile.syncDirectory(tmp) }
         }
-        return removed.sorted()
+        return (removed.sorted(), failed)
+    }
+
+    /// How deep `removeTree` goes (one descriptor per level); a deeper tree is reported.
+    static let maxTreeDepth = 64
+
+    /// Removes a directory tree without following symbolic links (a link inside is removed, not
+    /// what it names); nil when it is gone, else what failed.
+    static func removeTree(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return "open \(path): \(String(cString: strerror(errno)))" }
+        if let why = emptyTree(fd, path, depth: 0) { return why }
+        guard rmdir(path) == 0 else { return "rmdir \(path): \(String(cString: strerror(errno)))" }
+        return nil
+    }
+
+    /// Removes everything in the directory open as `fd` (and closes it).
+    private static func emptyTree(_ fd: Int32, _ path: String, depth: Int) -> String? {
+        guard let d = fdopendir(fd) else { let e = errno; close(fd); return "opendir \(path): \(String(cString: strerror(e)))" }
+        defer { closedir(d) }
+        guard depth < maxTreeDepth else { return "\(path) is more than \(maxTreeDepth) directories deep" }
+        // Names as raw bytes (any name, UTF-8 or not), read in full before anything is removed.
+        var names: [[CChar]] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }).map { CChar(bitPattern: $0) } + [0] }
+            if name != [46, 0] && name != [46, 46, 0] { names.append(name) }
+        }
+        for name in names {
+            let shown = path + "/" + String(decoding: name.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if unlinkat(fd, name, 0) == 0 { continue }
+            let e = errno
+            guard e == EISDIR else { return "unlink \(shown): \(String(cString: strerror(e)))" }
+            let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard sub >= 0 else { return "open \(shown): \(String(cString: strerror(errno)))" }
+            if let why = emptyTree(sub, shown, depth: depth + 1) { return why }
+            guard unlinkat(fd, name, AT_REMOVEDIR) == 0 else { return "rmdir \(shown): \(String(cString: strerror(errno)))" }
+        }
+        return nil
     }
 
     /// The thorough sweep of fsck: also temp-like files inside the fan-out directories (left by
@@ -816,14 +943,19 @@ public final class LocalObjectWriter: ObjectWriting {
         }
         try checkQuorum("fsync")
         var published: [Int] = []
+        // Replicas whose file got its name but whose directory fsync failed: not durable, so not
+        // written, yet a whole object under the key until removed.
+        var linkedOnly: [Int] = []
         for w in writers {
             do { try w.publish(replacing: false); published.append(w.replica) } catch let e as ReplicaFailure {
-                failed.append(e.finding); w.abort()
+                failed.append(e.finding)
+                if w.linked { linkedOnly.append(w.replica) }
+                w.abort()
             }
         }
         guard published.count >= store.config.writeQuorum else {
-            // Undo: a failed put leaves no object behind.
-            for i in published { unlink(store.objectPath(i, key)); try? AtomicFile.syncDirectory(store.objectDir(i, key)) }
+            // Undo: a failed put leaves no object behind (spec 5.4 step 6), on any replica.
+            for i in published + linkedOnly { unlink(store.objectPath(i, key)); try? AtomicFile.syncDirectory(store.objectDir(i, key)) }
             let e = StoreError(.quorumNotReached, key: key,
                                "publish: \(published.count) of \(store.replicaPaths.count) replicas durable, the write quorum is \(store.config.writeQuorum)",
                                findings: failed.sorted { $0.replica < $1.replica })
@@ -846,3 +978,6 @@ public final class LocalObjectWriter: ObjectWriting {
         lock = nil
     }
 }
+
+/// stat(2), following symbolic links (inside `LocalObjectStore`, `stat` names the object stat).
+private func followingStat(_ path: String, _ st: inout Glibc.stat) -> Int32 { stat(path, &st) }

@@ -322,7 +322,13 @@ final class ReplicaWriter {
         guard rc == 0 else { throw Self.failure(replica, tempPath, "close", errno) }
     }
 
-    /// Makes the synced temp file the replica file, durably.
+    /// True once the temp has the final name (link or rename done), even if the directory's
+    /// fsync then failed: a put that misses its quorum must remove such a file too (spec 5.4
+    /// step 6), or the object it holds comes back later.
+    private(set) var linked = false
+
+    /// Makes the synced temp file the replica file, durably. The writer is done only after the
+    /// directory's fsync; before that a failure leaves `linked` for the caller to undo.
     func publish(replacing: Bool) throws {
         if let e = faults?(.publish, replica, finalPath) { throw Self.failure(replica, finalPath, "publish", e) }
         if replacing {
@@ -331,10 +337,12 @@ final class ReplicaWriter {
             guard link(tempPath, finalPath) == 0 else { throw Self.failure(replica, finalPath, "link", errno) }
             unlink(tempPath)
         }
-        done = true
+        linked = true
+        if let e = faults?(.sync, replica, dir) { throw Self.failure(replica, dir, "fsync directory", e) }
         do { try AtomicFile.syncDirectory(dir) } catch {
             throw ReplicaFailure(finding: ReplicaFinding(replica: replica, path: dir, problem: .ioError, detail: "fsync directory: \(error)", osError: nil))
         }
+        done = true
     }
 
     func abort() {
@@ -343,7 +351,7 @@ final class ReplicaWriter {
         waitForLane() // no queued write may reach a closed (or reused) descriptor
         if let stage { free(stage); self.stage = nil }
         if fd >= 0 { close(fd); fd = -1 }
-        unlink(tempPath)
+        if !linked { unlink(tempPath) } // once linked, the temp's name is already gone
     }
 }
 
@@ -376,8 +384,17 @@ final class ReplicaFile {
     static func open(replica: Int, path: String, key: String, faults: FaultHook?) -> Result<ReplicaFile, ReplicaFailure> {
         if let e = faults?(.open, replica, path) { return .failure(ReplicaWriter.failure(replica, path, "open", e)) }
         // O_NONBLOCK: a FIFO in a replica's place must not block the open (it is refused below).
-        let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(ReplicaWriter.failure(replica, path, "open", errno)) }
+        // O_NOFOLLOW: a symbolic link is not a copy of its own (it may name another replica's
+        // file, which would count twice); it is a bad replica, and repair's rename replaces it.
+        let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            let e = errno
+            if e == ELOOP {
+                return .failure(ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: .badRecord,
+                                                                       detail: "the replica file is a symbolic link, not a file of its own")))
+            }
+            return .failure(ReplicaWriter.failure(replica, path, "open", e))
+        }
         func fail(_ problem: ReplicaFinding.Problem, _ detail: String) -> Result<ReplicaFile, ReplicaFailure> {
             close(fd)
             return .failure(ReplicaFailure(finding: ReplicaFinding(replica: replica, path: path, problem: problem, detail: detail)))

@@ -42,6 +42,9 @@ public struct ObjectFinding: Codable, Equatable, Sendable {
 
 public struct StoreFsckReport: Codable, Sendable {
     public var tempsRemoved: [String] = []
+    /// Temps that could not be removed (a directory tree moved out of a replica file's place
+    /// that holds something undeletable), each with why.
+    public var tempsNotRemoved: [ReplicaFinding] = []
     public var unavailableReplicas: [ReplicaFinding] = []
 
     public init() {}
@@ -164,7 +167,9 @@ extension LocalObjectStore {
     /// Removes stale temp files and reports unusable replica directories.
     public func fsck() -> StoreFsckReport {
         var report = StoreFsckReport()
-        report.tempsRemoved = (removeStaleTemps() + removeStrayTemps()).sorted()
+        let temps = sweepTemps()
+        report.tempsRemoved = (temps.removed + removeStrayTemps()).sorted()
+        report.tempsNotRemoved = temps.failed
         report.unavailableReplicas = replicaPaths.indices.compactMap { replicaProblem($0) }
         return report
     }

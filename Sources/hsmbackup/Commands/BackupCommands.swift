@@ -261,14 +261,19 @@ struct BackupTag: EntryCommand {
 }
 
 struct BackupPurge: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "purge", abstract: "Remove from every replica the backups whose recovery window has passed.")
+    static let configuration = CommandConfiguration(
+        commandName: "purge", abstract: "Remove from every replica the backups whose recovery window has passed.",
+        discussion: "Exits 74 when a backup could not be removed from every replica (it stays PENDING_DELETION and the next purge retries it); the others are still purged.")
     @Flag(help: "Machine-readable output.") var json = false
     func run() throws {
         try runMapped {
             let r = try ArchiveRef.service().purge()
-            if json { try JSONOutput.print(r); return }
-            try Out.line("purged \(r.purged.count) backup(s)\(r.purged.isEmpty ? "" : ": " + r.purged.joined(separator: ", "))")
-            for f in r.failed { try Out.line("  not purged: \(f.key) replica \(f.finding.replica): \(f.finding.detail) (retried on the next purge)") }
+            if json { try JSONOutput.print(r) } else {
+                try Out.line("purged \(r.purged.count) backup(s)\(r.purged.isEmpty ? "" : ": " + r.purged.joined(separator: ", "))")
+                for f in r.failed { try Out.line("  not purged: \(f.key) replica \(f.finding.replica): \(f.finding.detail) (retried on the next purge)") }
+            }
+            // A replica that refused is the store failing (README: 74), not a verification finding.
+            if !r.failed.isEmpty { throw ExitCode(CLIExit.ioError.rawValue) }
         }
     }
 }

@@ -325,6 +325,8 @@ struct StoreScrub: ParsableCommand {
 
 struct StoreFsckResult: Encodable {
     let tempsRemoved: [String]
+    /// Temps (a directory moved out of a replica file's place) that could not be removed.
+    let tempsNotRemoved: [ReplicaFinding]
     let unavailableReplicas: [ReplicaFinding]
     /// What recovery did (abandoned creates finished or rolled back, newer metadata taken,
     /// leftover archives removed), before the catalog was checked.
@@ -332,12 +334,19 @@ struct StoreFsckResult: Encodable {
     let catalog: [CatalogFinding]
     /// What fsck left undone (S3: uploads of unknown age, replicas whose uploads were not listed).
     let skipped: [String]
+
+    /// What makes fsck exit 65. A backup recovery skipped because its writer is alive is not
+    /// one: the next fsck settles it. One it could not settle (a replica refused a delete) is,
+    /// even when the catalog agrees with what the objects say.
+    var hasFindings: Bool {
+        !catalog.isEmpty || !unavailableReplicas.isEmpty || !tempsNotRemoved.isEmpty || recovered.contains { $0.needsAttention }
+    }
 }
 
 struct StoreFsck: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fsck", abstract: "Remove stale temp files and check the catalog against the objects.",
-        discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it) or a replica is unavailable.")
+        discussion: "First finishes what killed commands left: an abandoned backup create or copy becomes READY if its archive is whole and verifies, else it is rolled back; metadata newer than the catalog wins; archive objects no backup uses are removed. Exits 65 when the catalog still disagrees with the objects (`store reindex` rebuilds it), a replica is unavailable, recovery had to leave a backup unsettled (for any reason but a live writer: a replica refused), or a temp could not be removed.")
 
     @Option(name: .customLong("stale-upload-seconds"), help: "S3 store: abort multipart uploads under the prefix initiated at least this long ago (default 86400: a day; at most 315360000: ten years).")
     var staleUploadSeconds: UInt64?
@@ -358,19 +367,20 @@ struct StoreFsck: ParsableCommand {
             let fsck = store.fsck()
             let temps = fsck.tempsRemoved + (try catalog.removeStaleTemps())
             let recovered = try BackupService(catalog: catalog).recover()
-            let result = StoreFsckResult(tempsRemoved: temps, unavailableReplicas: fsck.unavailableReplicas,
+            let result = StoreFsckResult(tempsRemoved: temps, tempsNotRemoved: fsck.tempsNotRemoved, unavailableReplicas: fsck.unavailableReplicas,
                                          recovered: recovered, catalog: try catalog.check(),
                                          skipped: (store as? S3ObjectStore)?.fsckSkipped ?? [])
             if output.json { try JSONOutput.print(result) } else {
                 try StoreCLI.say("removed \(result.tempsRemoved.count) stale temp files")
                 for t in result.tempsRemoved { try StoreCLI.say("  \(t)") }
+                for f in result.tempsNotRemoved { try StoreCLI.say("temp not removed: \(f)") }
                 for a in result.recovered { try StoreCLI.say("recovered: \(a.backupId): \(a.action.rawValue): \(a.detail)") }
                 for f in result.unavailableReplicas { try StoreCLI.say("unavailable: \(f)") }
                 for k in result.skipped { try StoreCLI.say("skipped: \(k)") }
                 for f in result.catalog { try StoreCLI.say("catalog: \(f.backupId): \(f.problem.rawValue): \(f.detail)") }
-                if result.catalog.isEmpty && result.unavailableReplicas.isEmpty { try StoreCLI.say("catalog and objects agree") }
+                if !result.hasFindings { try StoreCLI.say("catalog and objects agree") }
             }
-            if !result.catalog.isEmpty || !result.unavailableReplicas.isEmpty { throw ExitCode(CLIExit.verificationFailed.rawValue) }
+            if result.hasFindings { throw ExitCode(CLIExit.verificationFailed.rawValue) }
         }
     }
 }
