@@ -507,9 +507,11 @@ public final class BackupCatalog {
     public func mutate<T>(_ body: (inout CatalogSnapshot) throws -> T) throws -> T {
         let lock = try FileLock.acquire(lockPath)
         defer { withExtendedLifetime(lock) {} }
-        var snapshot = try load()
+        let loaded = try load()
+        var snapshot = loaded
         let result = try body(&snapshot)
-        try save(snapshot)
+        // Nothing changed (a retention pass that expired nothing): no write, so no quorum needed.
+        if snapshot != loaded { try save(snapshot) }
         return result
     }
 

@@ -435,7 +435,11 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
         var signChecked = Set<UInt64>()
         for c in signCandidates {
             guard let pi = firstPublic["\(c.keyType)/\(c.id)"] else { continue }
-            if (try? Self.runSignCheck(session, key: c.handle, publicKey: taken[pi], keyType: c.keyType)) == true { signChecked.insert(c.handle) }
+            do {
+                if try Self.runSignCheck(session, key: c.handle, publicKey: taken[pi], keyType: c.keyType) { signChecked.insert(c.handle) }
+            } catch let e as PKCS11Error where e.rv.map(Self.signCheckRefusals.contains) == true {
+                // The key refuses the check's mechanism or needs a login per use: no check.
+            }
         }
         signCandidates = []
         if !skipped.isEmpty && !options.allowPartial {
@@ -529,6 +533,12 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
     }
 
     /// The mechanism of the `sign` check (§9.6) for a key type; nil for types it does not cover.
+    /// What a key answers when the `sign` check cannot run on it (so it gets no check): any other
+    /// failure (a device or session error) fails the backup instead of silently dropping the check.
+    /// CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT, CKR_MECHANISM_INVALID,
+    /// CKR_MECHANISM_PARAM_INVALID, CKR_USER_NOT_LOGGED_IN.
+    static let signCheckRefusals: Set<UInt64> = [0x68, 0x63, 0x70, 0x71, 0x101]
+
     static func signCheckMechanism(_ keyType: UInt64?) -> UInt64? {
         switch keyType {
         case CK.kEC?: return CK.mECDSA

@@ -280,24 +280,26 @@ extension PKCS11HSM {
         var duplicates: [UInt64] = []
         var seenDuplicates = Set<UInt64>()
         for i in 0..<src.count { for h in try existing(try src.load(i)) where seenDuplicates.insert(h).inserted { duplicates.append(h) } }
-        // A restore killed in phase 2 may have given some objects their final labels: they are
-        // among the duplicates, and the refusal says where they come from.
-        let interrupted = dryRun ? nil : restoreLock?.interruptedRestore()
-        let interruptedNote = interrupted.map {
-            "; an earlier restore onto this token was interrupted in phase 2 (\($0)): objects it labelled are among these, so running that restore again with --replace completes it"
-        } ?? ""
-        if !duplicates.isEmpty && !options.replace && !dryRun {
-            let names = try duplicates.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (duplicates.count > 5 ? ", ..." : "")
-            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\" (\(names)); nothing was changed (--replace replaces them)" + interruptedNote)
-        }
         // --replace cannot replace what refuses C_DestroyObject: refused before anything is made,
         // not found out at the end with both copies on the token.
-        if options.replace && !dryRun {
-            let fixed = try duplicates.filter { if case .success(.bool(false)) = try s.attribute($0, 0x172, as: .bool) { return true }; return false }
-            if !fixed.isEmpty {
-                let names = try fixed.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (fixed.count > 5 ? ", ..." : "")
-                throw PKCS11Error(.duplicateObject, "\(fixed.count) object(s) to replace on token \"\(token.label)\" have CKA_DESTROYABLE false (\(names)), so --replace cannot replace them; nothing was changed" + interruptedNote)
-            }
+        let fixed = dryRun ? [] : try duplicates.filter { if case .success(.bool(false)) = try s.attribute($0, 0x172, as: .bool) { return true }; return false }
+        // A restore killed in phase 2 may have given some objects their final labels: they are
+        // among the duplicates, and the refusal says where they come from and, when --replace
+        // can, that it finishes the job.
+        let interrupted = dryRun ? nil : restoreLock?.interruptedRestore()
+        let interruptedNote = interrupted.map {
+            "; an earlier restore onto this token was interrupted in phase 2 (\($0)): objects it labelled are among these"
+                + (fixed.isEmpty ? ", so running that restore again with --replace completes it" : "")
+        } ?? ""
+        func names(_ hs: [UInt64]) throws -> String {
+            try hs.prefix(5).map { "\"\(try Self.labelOf(s, $0))\"" }.joined(separator: ", ") + (hs.count > 5 ? ", ..." : "")
+        }
+        if !duplicates.isEmpty && !options.replace && !dryRun {
+            throw PKCS11Error(.duplicateObject, "\(duplicates.count) object(s) with the same class, label and CKA_ID already exist on token \"\(token.label)\" (\(try names(duplicates))); nothing was changed (--replace replaces them"
+                              + (fixed.isEmpty ? ")" : " only when none has CKA_DESTROYABLE false; \(fixed.count) of these do, and only the token's own tools can remove them)") + interruptedNote)
+        }
+        if options.replace && !dryRun && !fixed.isEmpty {
+            throw PKCS11Error(.duplicateObject, "\(fixed.count) object(s) to replace on token \"\(token.label)\" have CKA_DESTROYABLE false (\(try names(fixed))), so --replace cannot replace them; nothing was changed; only the token's own tools can remove them" + interruptedNote)
         }
         guard let wrappedTEK = Hex.decode(record.wrappedTEK) else { throw PKCS11Error(.malformedObject, "wrappedTEK is not hex") }
         let tek: UInt64
@@ -381,7 +383,13 @@ extension PKCS11HSM {
                 guard let pi = c.publicKey, let ph = handles[pi], (0..<src.count).contains(pi) else { return .unchecked }
                 // An earlier version recorded `sign` for key types the check does not cover (DSA):
                 // such a key is unchecked, not failed.
-                guard Self.signCheckMechanism(o.keyType) != nil else { return .unchecked }
+                guard let mech = Self.signCheckMechanism(o.keyType) else { return .unchecked }
+                // So did it for keys the check cannot pass on any token, which the archive's own
+                // attributes show: unchecked too, or such an archive would never restore.
+                if o.bool(0x202) == true || o.ulongs(0x4000_0600).map({ !$0.isEmpty && !$0.contains(mech) }) == true
+                    || (try? src.load(pi))?.bool(0x10A) == false {
+                    return .unchecked
+                }
                 do { ok = try Self.runSignCheck(s, key: h, publicKey: ph, keyType: o.keyType) } catch let e as PKCS11Error {
                     throw PKCS11Error(.checkFailed, "object \(i + 1) (\(o.className) \"\(o.label)\") failed its sign check after unwrapping",
                                       function: e.function, rv: e.rv)
@@ -463,6 +471,8 @@ extension PKCS11HSM {
             return
         }
         pauseHook("between")
+        // The journal first: the sweep below already changes the token.
+        try restoreLock?.beginJournal(backupId: restoreId, token: token)
         let stale = try removeStaleRestoreObjects()
 
         // Phase 2: token objects under the temporary label, checked, then the non-destroyable
@@ -480,7 +490,6 @@ extension PKCS11HSM {
             pauseHook("phase2", made: made.count)
             if src.flags[i] & 3 == 0 { relabel.append((h, i)) }
         }
-        try restoreLock?.beginJournal(backupId: restoreId, token: token)
         do {
             for i in early { try makeOnToken(i) }
             let first = try runChecks(tokenHandles, early, deferring: Set(late))

@@ -157,6 +157,12 @@ public struct KeyCheck: Codable, Sendable, Equatable {
     public let kind: String
     public let value: String
     public let publicKey: Int?
+
+    public init(kind: String, value: String, publicKey: Int?) {
+        self.kind = kind
+        self.value = value
+        self.publicKey = publicKey
+    }
 }
 
 /// One token object in the payload (`keys/NNNNNN.json`).
@@ -187,6 +193,18 @@ public struct TokenObject: Codable, Sendable, Equatable {
     /// The label's bytes exactly as the token gave them: what the restore writes and searches for.
     public var labelBytes: [UInt8] { attributes.first { $0.type == 0x3 }.flatMap { Hex.decode($0.value) } ?? [] }
     public var idHex: String { attributes.first { $0.type == 0x102 }?.value ?? "" }
+
+    /// A boolean attribute's recorded value, nil when the object does not carry it.
+    func bool(_ type: UInt64) -> Bool? {
+        guard let a = attributes.first(where: { $0.type == type }) else { return nil }
+        return a.value == "01" ? true : a.value == "00" ? false : nil
+    }
+
+    /// A CK_ULONG array attribute's recorded values (8 bytes big-endian each), nil when absent.
+    func ulongs(_ type: UInt64) -> [UInt64]? {
+        guard let a = attributes.first(where: { $0.type == type }), let b = Hex.decode(a.value), b.count % 8 == 0 else { return nil }
+        return stride(from: 0, to: b.count, by: 8).map { i in b[i..<(i + 8)].reduce(0) { $0 << 8 | UInt64($1) } }
+    }
 
     func string(_ type: UInt64) -> String? {
         guard let a = attributes.first(where: { $0.type == type }), let b = Hex.decode(a.value) else { return nil }

@@ -129,7 +129,10 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
                 let r = configuration.replicas[i]
                 // Two locations may share a bucket (different prefixes): it is created once.
                 if createdBuckets.contains(where: { Self.sameBucket(configuration.replicas[$0], r) }) { continue }
-                if try createBucket(r, transport: transport, replica: i) { createdBuckets.append(i) }
+                // The probe found no bucket, so it is this run's whatever the answer says (a retried
+                // CreateBucket whose first attempt was applied answers BucketAlreadyOwnedByYou).
+                try createBucket(r, transport: transport, replica: i)
+                createdBuckets.append(i)
             }
             for (i, r) in configuration.replicas.enumerated() where !alreadyMarked.contains(i) {
                 let marker = ReplicaMarker(storeId: configuration.storeId, index: i).encode()
@@ -138,7 +141,8 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
                 let resp = try sendOrThrow(transport, req, r.endpoint, replica: i)
                 if resp.status == 412 {
                     // Written since the check: another init raced this one (or an earlier attempt of ours).
-                    if try markerOwner(configuration, i, transport: transport) == .ours { continue }
+                    // The probe found none and the store id is this run's: our own retried PUT.
+                    if try markerOwner(configuration, i, transport: transport) == .ours { createdMarkers.append(i); continue }
                     throw StoreError(.alreadyInitialized, replica: i, path: r.location.description,
                                      "this location already belongs to another hsmbackup store (or another replica index)")
                 }

@@ -56,4 +56,17 @@ final class RetentionUnderLockTests: XCTestCase {
         try c.removeRetention("c")
         XCTAssertNil(try c.retention("c"))
     }
+
+    /// A retention pass that expires nothing writes nothing: no catalog write (so no quorum is
+    /// needed, and a scheduled run does not fail for an unreachable replica it did not need).
+    func testARetentionPassThatExpiresNothingDoesNotWriteTheCatalog() throws {
+        let s = Scratch()
+        let clock = ManualClock()
+        let c = try catalog(s, clock: clock)
+        try c.setRetention("c", days: 7)
+        _ = try add(c, "a")
+        let before = try c.load().writeCount
+        XCTAssertEqual(try c.applyRetention().expired, [])
+        XCTAssertEqual(try c.load().writeCount, before)
+    }
 }

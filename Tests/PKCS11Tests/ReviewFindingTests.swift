@@ -59,6 +59,34 @@ final class PKCS11ReviewFindingTests: XCTestCase {
         XCTAssertEqual(b.lastRestore?.checked, 2)
     }
 
+    /// An archive from before that fix carries `sign` checks on keys the check cannot pass on any
+    /// token (PSS-only, CKA_ALWAYS_AUTHENTICATE, a public half with CKA_VERIFY false): the
+    /// archive's own attributes show it, so those keys restore unchecked instead of never.
+    func testAnOlderArchivesSignChecksOnKeysThatCannotPassThemCountAsUnchecked() throws {
+        let fx = try SoftHSMFixture()
+        let keys = try BackupKeys.random()
+        for t in ["A", "B"] { try fx.initToken(t); _ = try fx.provision(t, manufacturer: Self.manufacturer, keys: keys) }
+        let s = try fx.session("A")
+        try TestObjects.pair(s, rsaBits: 2048, label: "rsa-pss-only", id: 0x61, privateExtra: [Attribute(0x4000_0600, .ulongs([0x43]))])
+        try TestObjects.pair(s, rsaBits: 2048, label: "rsa-always-auth", id: 0x62, privateExtra: [.bool(0x202, true)])
+        try TestObjects.pair(s, curve: TestObjects.p256, label: "ec-no-verify", id: 0x63, publicVerify: false)
+        let archive = try backup(try fx.open("A"))
+        let (_, bundle) = try InnerBlob.open(archive.blob, keyring: BackupKeyring(manufacturerId: Self.manufacturer, mkbk: keys.mkbk, akbk: keys.akbk))
+        let (record, objects) = try PKCS11Payload.decode(bundle.objects)
+        // As the earlier version wrote them: a `sign` check on every private key with a public half.
+        let old = objects.map { o -> TokenObject in
+            guard o.objectClass == CK.oPrivateKey,
+                  let pub = objects.firstIndex(where: { $0.objectClass == CK.oPublicKey && $0.idHex == o.idHex }) else { return o }
+            return TokenObject(objectClass: o.objectClass, className: o.className, keyType: o.keyType, keyTypeName: o.keyTypeName,
+                               attributes: o.attributes, info: o.info, wrapped: o.wrapped, check: KeyCheck(kind: "sign", value: "", publicKey: pub))
+        }
+        XCTAssertEqual(old.filter { $0.check?.kind == "sign" }.count, 3)
+        let b = try fx.open("B")
+        try b.apply(record: record, objects: old, restoreId: "t", dryRun: true)
+        XCTAssertEqual(b.lastRestore?.checked, 0, "\(String(describing: b.lastRestore))")
+        XCTAssertEqual(b.lastRestore?.unchecked, 3, "\(String(describing: b.lastRestore))")
+    }
+
     // MARK: finding 3
 
     /// A value over the 16 MiB read limit was left out silently (the data object came back

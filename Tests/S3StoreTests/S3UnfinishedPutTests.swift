@@ -162,4 +162,29 @@ final class S3UnfinishedPutTests: XCTestCase {
         XCTAssertEqual(try catalog.tag("b1", ["k": "v"]).generation, e.generation + 1)
         XCTAssertEqual(try BackupCatalog(store: store).entry("b1").tags, ["k": "v"])
     }
+
+    /// A store init whose marker and CreateBucket requests were each sent twice (the retry of a
+    /// lost answer) and which then fails on another replica takes back that marker and bucket
+    /// too: they are this run's, and a rerun succeeds.
+    func testAFailedInitTakesBackWhatARetriedRequestMade() throws {
+        let moto = try Moto.require()
+        let buckets = (0..<2).map { _ in Moto.bucketName("retry") }
+        let replicas = try buckets.map {
+            S3StoreConfiguration.Replica(location: try S3Location(bucket: $0, prefix: "p/x"), endpoint: S3Endpoint(url: moto.endpoint, region: moto.region))
+        }
+        let config = try S3StoreConfiguration(storeId: SecureRandom.bytes(count: 16), writeQuorum: 2, replicas: replicas)
+        let root = NSTemporaryDirectory() + "hsmb-s3retry-" + UUID().uuidString
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
+        let first = buckets[0], second = buckets[1]
+        let twice = ResendingTransport(moto.transport()) { r in r.method == "PUT" && r.bucket == first }
+        let flaky = RefusingTransport(twice) { r in r.method == "PUT" && r.bucket == second && r.key.contains(".hsmbackup") }
+        XCTAssertThrowsError(try StoreLocator.createS3(root: root, configuration: config, transport: flaky)) { e in
+            XCTAssertFalse("\(e)".contains("could not undo"), "\(e)")
+        }
+        for b in buckets {
+            XCTAssertTrue(String(decoding: try moto.raw("GET", b, query: [("list-type", "2")]).body, as: UTF8.self).contains("NoSuchBucket"),
+                          "\(b): the bucket init created is removed again, marker first")
+        }
+        _ = try StoreLocator.createS3(root: root, configuration: config, transport: moto.transport())
+    }
 }
