@@ -78,6 +78,9 @@ public final class LocalObjectStore: ObjectStorage {
                 marked.append(path + "/" + ReplicaMarker.fileName)
                 try initReplica(path, index: i, storeId: config.storeId, made: &made)
             }
+            // The configuration is written last: a store exists only once it is whole. Inside
+            // the rollback: one that cannot be written (ENOSPC, EIO) takes the markers back too.
+            try fileOp(confPath) { try AtomicFile.write(try config.encode(), to: confPath) }
         } catch {
             // A failed init leaves no marker of its own behind (a retry would find it "in use"),
             // and no directory it made; rmdir removes only empty ones, never what was there.
@@ -85,8 +88,6 @@ public final class LocalObjectStore: ObjectStorage {
             for d in made.reversed() { rmdir(d) }
             throw error
         }
-        // The configuration is written last: a store exists only once it is whole.
-        try fileOp(confPath) { try AtomicFile.write(try config.encode(), to: confPath) }
         return try LocalObjectStore(root: root, clock: clock)
     }
 
@@ -632,6 +633,13 @@ public final class LocalObjectStore: ObjectStorage {
             guard e == EISDIR else { return "unlink \(shown): \(String(cString: strerror(e)))" }
             let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard sub >= 0 else { return "open \(shown): \(String(cString: strerror(errno)))" }
+            // Never into another file system (a mount below the moved directory): O_NOFOLLOW
+            // does not stop at a mount point, and emptying it would delete what is not ours.
+            var parent = Glibc.stat(), child = Glibc.stat()
+            guard fstat(fd, &parent) == 0, fstat(sub, &child) == 0, parent.st_dev == child.st_dev else {
+                close(sub)
+                return "\(shown) is a mount point or cannot be examined; not removed"
+            }
             if let why = emptyTree(sub, shown, depth: depth + 1) { return why }
             guard unlinkat(fd, name, AT_REMOVEDIR) == 0 else { return "rmdir \(shown): \(String(cString: strerror(errno)))" }
         }

@@ -437,8 +437,9 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
             guard let pi = firstPublic["\(c.keyType)/\(c.id)"] else { continue }
             do {
                 if try Self.runSignCheck(session, key: c.handle, publicKey: taken[pi], keyType: c.keyType) { signChecked.insert(c.handle) }
-            } catch let e as PKCS11Error where e.rv.map(Self.signCheckRefusals.contains) == true {
-                // The key refuses the check's mechanism or needs a login per use: no check.
+            } catch let e as PKCS11Error where e.rv.map(Self.signCheckTokenFailures.contains) != true {
+                // The key (or the module) refuses the check: its mechanism, a login per use, a
+                // missing function. No check; the restore counts the key unchecked.
             }
         }
         signCandidates = []
@@ -533,11 +534,12 @@ public final class PKCS11HSM: BackupSource, RestoreTarget {
     }
 
     /// The mechanism of the `sign` check (§9.6) for a key type; nil for types it does not cover.
-    /// What a key answers when the `sign` check cannot run on it (so it gets no check): any other
-    /// failure (a device or session error) fails the backup instead of silently dropping the check.
-    /// CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT, CKR_MECHANISM_INVALID,
-    /// CKR_MECHANISM_PARAM_INVALID, CKR_USER_NOT_LOGGED_IN.
-    static let signCheckRefusals: Set<UInt64> = [0x68, 0x63, 0x70, 0x71, 0x101]
+    /// Failures of the token or the session, not of the key, during the `sign` check: they fail
+    /// the backup instead of silently dropping the check (a transient fault would otherwise leave
+    /// a key unchecked for good). Any other refusal means the key cannot be checked.
+    /// CKR_HOST_MEMORY, CKR_GENERAL_ERROR, CKR_DEVICE_ERROR, CKR_DEVICE_MEMORY, CKR_DEVICE_REMOVED,
+    /// CKR_SESSION_CLOSED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, CKR_CRYPTOKI_NOT_INITIALIZED.
+    static let signCheckTokenFailures: Set<UInt64> = [0x02, 0x05, 0x30, 0x31, 0x32, 0xB0, 0xB3, 0xE0, 0x190]
 
     static func signCheckMechanism(_ keyType: UInt64?) -> UInt64? {
         switch keyType {

@@ -471,9 +471,14 @@ extension PKCS11HSM {
             return
         }
         pauseHook("between")
-        // The journal first: the sweep below already changes the token.
+        // The journal first: the sweep below already changes the token. If the sweep fails, an
+        // earlier interrupted restore's journal is put back: this one labelled nothing.
         try restoreLock?.beginJournal(backupId: restoreId, token: token)
-        let stale = try removeStaleRestoreObjects()
+        let stale: (removed: Int, left: [String])
+        do { stale = try removeStaleRestoreObjects() } catch {
+            if let interrupted { restoreLock?.restoreJournal(interrupted) } else { restoreLock?.endJournal() }
+            throw error
+        }
 
         // Phase 2: token objects under the temporary label, checked, then the non-destroyable
         // ones under their final labels, checked, then the labels set, then the old ones

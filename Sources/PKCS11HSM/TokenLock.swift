@@ -59,6 +59,9 @@ final class TokenLock {
 
     func endJournal() { unlink(journalPath) }
 
+    /// Puts back an earlier journal's text (best effort: the restore that called it is failing).
+    func restoreJournal(_ text: String) { try? AtomicFile.write(Array((text + "\n").utf8), to: journalPath) }
+
     /// Takes the lock or fails (`tokenBusy` when another process holds it).
     static func acquire(modulePath: String, token: TokenInfo) throws -> TokenLock {
         let path = path(modulePath: modulePath, token: token)

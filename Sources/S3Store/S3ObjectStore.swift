@@ -129,10 +129,10 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
                 let r = configuration.replicas[i]
                 // Two locations may share a bucket (different prefixes): it is created once.
                 if createdBuckets.contains(where: { Self.sameBucket(configuration.replicas[$0], r) }) { continue }
-                // The probe found no bucket, so it is this run's whatever the answer says (a retried
-                // CreateBucket whose first attempt was applied answers BucketAlreadyOwnedByYou).
-                try createBucket(r, transport: transport, replica: i)
-                createdBuckets.append(i)
+                // Only a bucket this request created is taken back: BucketAlreadyOwnedByYou may be
+                // another init's bucket made since the probe (or our own retried request's, which
+                // then stays, empty and harmless: a rerun uses it).
+                if try createBucket(r, transport: transport, replica: i) { createdBuckets.append(i) }
             }
             for (i, r) in configuration.replicas.enumerated() where !alreadyMarked.contains(i) {
                 let marker = ReplicaMarker(storeId: configuration.storeId, index: i).encode()
