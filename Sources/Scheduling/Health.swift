@@ -109,7 +109,7 @@ public enum Health {
         }
 
         let schedules = file.schedules.map { s -> HealthReport.ScheduleHealth in
-            let r = state.schedules[s.name]
+            let r = state.record(for: s)
             return HealthReport.ScheduleHealth(
                 name: s.name, cluster: s.currentCluster(r), source: s.source.description, sourceKind: s.source.kind, every: s.every, verify: s.verify,
                 lastRun: r?.lastRun, lastOutcome: r?.lastOutcome, lastError: r?.lastError, lastBackupId: r?.lastBackupId,
@@ -119,7 +119,7 @@ public enum Health {
 
         let ready = entries.filter { $0.state == .ready }
         // Each schedule counts for the cluster its backups land in (its last backup's cluster).
-        let clusterOf = Dictionary(uniqueKeysWithValues: file.schedules.map { ($0.name, $0.currentCluster(state.schedules[$0.name])) })
+        let clusterOf = Dictionary(uniqueKeysWithValues: file.schedules.map { ($0.name, $0.currentCluster(state.record(for: $0))) })
         let clusterNames = Set(clusterOf.values).union(ready.map(\.clusterId)).sorted()
         var clusters: [HealthReport.ClusterHealth] = []
         for c in clusterNames {
@@ -128,7 +128,7 @@ public enum Health {
             let failedVerification = backups.filter(\.failedVerification)
                 .sorted { ($0.createdMillis, $0.backupId) < ($1.createdMillis, $1.backupId) }.map(\.backupId)
             let newest = backups.filter { !$0.failedVerification }.max { ($0.createdMillis, $0.backupId) < ($1.createdMillis, $1.backupId) }
-            let verification = mine.compactMap { state.schedules[$0.name]?.lastVerification }
+            let verification = mine.compactMap { state.record(for: $0)?.lastVerification }
                 .max { ($0.at, $0.backupId) < ($1.at, $1.backupId) }
             var h = HealthReport.ClusterHealth(
                 cluster: c, schedules: mine.map(\.name), maxAgeSeconds: nil, readyBackups: backups.count,
@@ -145,7 +145,12 @@ public enum Health {
                     h.status = HealthReport.Verdict.verificationFailed.rawValue
                     h.problems.append("the last verification (\(v.level.rawValue), backup \(v.backupId.isEmpty ? "none" : v.backupId), at \(v.at)) failed with \(v.errors) error(s)")
                 }
-                if let age = h.newestAgeSeconds {
+                if let newest, newest.createdMillis / 1000 > now &+ 300 {
+                    // Dated in the future: the clock was ahead when it was made, or is behind now.
+                    // Its age would read 0 and hide a schedule that has stopped.
+                    if h.status == "ok" { h.status = HealthReport.Verdict.stale.rawValue }
+                    h.problems.append("the newest READY backup \(newest.backupId) is dated \(Timestamp.rfc3339(millis: newest.createdMillis)), in the future: check the clock")
+                } else if let age = h.newestAgeSeconds {
                     if age > allowed {
                         if h.status == "ok" { h.status = HealthReport.Verdict.stale.rawValue }
                         h.problems.append("the newest \(failedVerification.isEmpty ? "" : "verified ")READY backup is \(Interval(seconds: age)) old; its schedule allows \(Interval(seconds: allowed))")
@@ -161,7 +166,7 @@ public enum Health {
                     h.problems.append("\(failedVerification.count) READY backup(s) failed their verification (tagged \(BackupEntry.verificationTag)=\(BackupEntry.verificationFailed), newest \(last)); they do not count as the newest backup")
                 }
                 for s in mine {
-                    if let r = state.schedules[s.name], r.lastOutcome == "failed", let e = r.lastError {
+                    if let r = state.record(for: s), r.lastOutcome == "failed", let e = r.lastError {
                         h.problems.append("schedule \(s.name): last run failed (\(r.consecutiveFailures) in a row): \(e)")
                     }
                 }

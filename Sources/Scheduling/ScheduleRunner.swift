@@ -74,6 +74,9 @@ public enum DueRules {
     /// is one interval after that run.
     public static func isDue(_ s: Schedule, _ r: ScheduleRecord?, now: UInt64) -> Bool {
         guard r?.lastRun != nil else { return true }
+        // A last run in the future: the clock was ahead then (or went back since). Due now, or
+        // backups would stop for as long as the clock was ahead.
+        if let last = r?.lastRun.flatMap(Timestamp.seconds(rfc3339:)), last > now &+ slack(s.every) { return true }
         return now &+ slack(s.every) >= nextRun(s, r)
     }
 
@@ -85,6 +88,19 @@ public enum DueRules {
     public static func scrubDue(_ every: Interval, _ r: ScrubRecord?, now: UInt64) -> Bool {
         guard let next = scrubNext(every, r) else { return true }
         return now &+ slack(every) >= next
+    }
+}
+
+extension ScheduleStateFile {
+    /// Schedule `s`'s record, if it is that schedule's: one whose last run is older than the
+    /// schedule was added belongs to an earlier schedule of the same name (removed, then added
+    /// again, which is how a schedule is changed), whose state the new one must not inherit.
+    public func record(for s: Schedule) -> ScheduleRecord? {
+        guard let r = schedules[s.name] else { return nil }
+        if let last = r.lastRun.flatMap(Timestamp.seconds(rfc3339:)), let added = Timestamp.seconds(rfc3339: s.added), last < added {
+            return nil
+        }
+        return r
     }
 }
 
@@ -133,13 +149,22 @@ public final class ScheduleRunner {
         // PKCS#11 user PINs, read at most once per run and wiped when the run ends.
         let pins = PKCS11PINSource()
 
-        for s in file.schedules where DueRules.isDue(s, state.schedules[s.name], now: started) {
+        // A state write that fails (a full or read-only home) does not stop the others: every
+        // due schedule still runs, the write is tried again after each, and the run then fails
+        // with that error.
+        var saveError: Error?
+        func save() {
+            do { try saveState(&state, file); saveError = nil } catch { saveError = error }
+        }
+        for s in file.schedules {
+            let prior = state.record(for: s)
+            guard DueRules.isDue(s, prior, now: started) else { continue }
             summary.due.append(s.name)
-            var record = state.schedules[s.name] ?? ScheduleRecord()
+            var record = prior ?? ScheduleRecord()
             let ok = runOne(s, &record, service: service, kms: kms, pins: pins)
             state.schedules[s.name] = record
             if ok { summary.succeeded.append(s.name) } else { summary.failed.append(s.name) }
-            try saveState(&state, file)
+            save()
         }
 
         // With no schedule at all there is nothing to keep healthy yet (a fresh install's timer).
@@ -147,15 +172,16 @@ public final class ScheduleRunner {
             let (record, passed) = scrub(service)
             state.scrub = record
             summary.scrubPassed = passed
-            try saveState(&state, file)
+            save()
         }
 
-        if summary.due.isEmpty && summary.scrubPassed == nil { try saveState(&state, file) }
+        if (summary.due.isEmpty && summary.scrubPassed == nil) || saveError != nil { save() }
         log(LogEvent([("time", Timestamp.rfc3339(started)), ("event", "run"), ("due", "\(summary.due.count)"),
                       ("succeeded", "\(summary.succeeded.count)"), ("failed", "\(summary.failed.count)"),
                       ("scrub", summary.scrubPassed.map { $0 ? "ok" : "failed" } ?? "not-due"),
                       ("duration_s", Self.seconds(ContinuousClock.now - runClock)),
-                      ("outcome", summary.allSucceeded ? "ok" : "failed")]))
+                      ("outcome", summary.allSucceeded && saveError == nil ? "ok" : "failed")]))
+        if let saveError { throw saveError }
         return summary
     }
 
