@@ -1,6 +1,7 @@
 import Durability
 import Foundation
 import HSMBackup
+import ObjectStore
 
 // The schedule file and the state file (docs/SCHEDULES.md). Both are JSON written by Foundation's
 // JSONEncoder with sorted keys, atomically (temp, fsync, rename, fsync directory), owner-only,
@@ -196,6 +197,36 @@ public struct Schedule: Codable, Equatable, Sendable {
             throw SchedulingError(.invalidArgument, "schedule name \"\(name)\": use 1 to \(maxNameLength) of A-Z a-z 0-9 . _ - (not starting with . or -)")
         }
     }
+
+    // The rules `schedule add` applies to its options and `loadSchedules` to a hand-edited file,
+    // in one place: each says what is wrong, nil when the value is fine; the caller says where.
+
+    /// A schedule's (or the scrub's) interval: `Interval.minimum` to `Interval.maximum`.
+    public static func problem(every: Interval) -> String? {
+        every >= Interval.minimum && every <= Interval.maximum ? nil : "\(every): give \(Interval.minimum) to \(Interval.maximum)"
+    }
+
+    /// A backup tag `schedule run` sets itself (`verification=failed`) may not be given.
+    public static func problem(tags: [String: String]) -> String? {
+        tags[BackupEntry.verificationTag] == nil ? nil
+            : "\(BackupEntry.verificationTag)=…: that tag is set by `schedule run` on a backup that fails its verification"
+    }
+
+    /// `added` must be what `schedule add` writes, YYYY-MM-DDTHH:MM:SSZ: `status` judges a never
+    /// successful schedule against it, and a time it cannot read would make it never stale.
+    public static func problem(added: String) -> String? {
+        Timestamp.seconds(rfc3339: added) != nil ? nil
+            : "\"\(added)\" is not a UTC time written YYYY-MM-DDTHH:MM:SSZ (no offsets or fractions)"
+    }
+
+    /// Every rule above, for one schedule read from a file: the first broken one, with its field.
+    func problem() -> (field: String, reason: String)? {
+        do { try Self.validate(name: name) } catch let e as SchedulingError { return ("name", e.reason) } catch { return ("name", "\(error)") }
+        if let p = Self.problem(every: every) { return ("every", p) }
+        if let p = Self.problem(tags: tags) { return ("tags", p) }
+        if let p = Self.problem(added: added) { return ("added", p) }
+        return nil
+    }
 }
 
 /// `<home>/schedules.json`.
@@ -295,11 +326,17 @@ public struct ScheduleHome: Sendable {
     public func loadSchedules() throws -> ScheduleFile {
         guard let bytes = try readIfPresent(scheduleFile) else { return ScheduleFile() }
         let file = try decode(ScheduleFile.self, bytes, path: scheduleFile, format: ScheduleFile.formatName, version: ScheduleFile.currentVersion)
+        // A hand-edited file passes the checks `schedule add` applies, or nothing reads it: a
+        // value the runner or `status` cannot use must fail loudly, not be skipped quietly.
         var seen = Set<String>()
-        for s in file.schedules {
-            do { try Schedule.validate(name: s.name) } catch let e as SchedulingError { throw SchedulingError(.badFile, path: scheduleFile, e.reason) }
+        for (i, s) in file.schedules.enumerated() {
+            if let (field, reason) = s.problem() {
+                let which = field == "name" ? "schedules[\(i)]" : "schedule \"\(s.name)\""
+                throw SchedulingError(.badFile, path: scheduleFile, "\(which): \(field): \(reason)")
+            }
             guard seen.insert(s.name).inserted else { throw SchedulingError(.badFile, path: scheduleFile, "schedule \"\(s.name)\" appears twice") }
         }
+        if let p = Schedule.problem(every: file.scrubEvery) { throw SchedulingError(.badFile, path: scheduleFile, "scrubEvery: \(p)") }
         return file
     }
 

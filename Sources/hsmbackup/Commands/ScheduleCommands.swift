@@ -91,18 +91,15 @@ struct ScheduleAdd: ParsableCommand {
         if allowPartial && !pkcs11.enabled { throw ValidationError("--allow-partial goes with --pkcs11") }
         if verifyHSM != nil && verify != .full { throw ValidationError("--verify-hsm is for --verify full") }
         if verifyHSM != nil && pkcs11.enabled { throw ValidationError("--verify-hsm is for --hsm schedules; a PKCS#11 schedule's full verification is a dry-run restore on its own token") }
-        if try parsePairs(tags, "--tag")[BackupEntry.verificationTag] != nil {
-            throw ValidationError("--tag \(BackupEntry.verificationTag)=…: that tag is set by `schedule run` on a backup that fails its verification")
-        }
+        // The rule a hand-edited schedule file is held to as well (Schedule.problem(tags:)).
+        if let p = Schedule.problem(tags: try parsePairs(tags, "--tag")) { throw ValidationError("--tag \(p)") }
     }
 
     func run() throws {
         try runMapped {
             try Schedule.validate(name: name)
             let every = try Interval.parse(self.every)
-            guard every >= Interval.minimum, every <= Interval.maximum else {
-                throw SchedulingError(.invalidArgument, "--every \(every): give \(Interval.minimum) to \(Interval.maximum)")
-            }
+            if let p = Schedule.problem(every: every) { throw SchedulingError(.invalidArgument, "--every \(p)") }
             // Keys are checked now, without credentials: a local key must exist; an AWS key must be
             // a key ARN (an alias only encrypts, and every scheduled backup is verified, which
             // decrypts). AWS credentials are read at run time from the environment, never stored.
@@ -203,9 +200,7 @@ struct ScheduleScrubInterval: ParsableCommand {
     func run() throws {
         try runMapped {
             let every = try Interval.parse(self.every)
-            guard every >= Interval.minimum, every <= Interval.maximum else {
-                throw SchedulingError(.invalidArgument, "scrub interval \(every): give \(Interval.minimum) to \(Interval.maximum)")
-            }
+            if let p = Schedule.problem(every: every) { throw SchedulingError(.invalidArgument, "scrub interval \(p)") }
             let home = ScheduleHome.current
             try home.editing {
                 var file = try home.loadSchedules()
@@ -254,8 +249,13 @@ struct ScheduleInstall: ParsableCommand {
         discussion: """
             The timer fires hourly with Persistent=true (a machine that was off catches up at boot); \
             `schedule run` decides what is due. The service is hardened (NoNewPrivileges, ProtectSystem=strict, \
-            PrivateTmp, ...), and the home is the only path it may write.
+            PrivateTmp, ...), and the home is the only path it may write. A unit file of that name that \
+            hsmbackup did not write (its first line is not "\(unitHeader)...") is never replaced unless \
+            --force is given (exit 64, naming it): `--name sshd` must not replace sshd.service.
             """)
+
+    /// How every unit `Units` writes begins: what marks an existing unit file as ours to replace.
+    static let unitHeader = "# Written by `hsmbackup schedule install"
 
     @Option(help: "Write <name>.service and <name>.timer into this directory (e.g. /etc/systemd/system).") var systemd: String?
     @Flag(help: "Print the crontab line instead.") var cron = false
@@ -266,10 +266,12 @@ struct ScheduleInstall: ParsableCommand {
     @Option(help: "After each run, write `status --prometheus` to this file (node_exporter's textfile directory).") var prometheus: String?
     @Option(help: "For --cron: the minute of each hour (0-59, default 7).") var minute = 7
     @Option(name: .customLong("pkcs11-pin-file"), help: "For --systemd: the root-only file holding the PKCS#11 user PIN, loaded with LoadCredential= (default /etc/hsmbackup/pkcs11-pin when a schedule is PKCS#11; otherwise the line is commented out).") var pkcs11PINFile: String?
+    @Flag(help: "For --systemd: replace <name>.service and <name>.timer even if hsmbackup did not write them.") var force = false
 
     func validate() throws {
         guard (systemd != nil) != cron else { throw ValidationError("give --systemd DIR or --cron") }
         guard (0...59).contains(minute) else { throw ValidationError("--minute must be 0...59") }
+        if force && systemd == nil { throw ValidationError("--force goes with --systemd") }
     }
 
     func run() throws {
@@ -294,16 +296,31 @@ struct ScheduleInstall: ParsableCommand {
             // Both paths are checked before either is written, and a timer that cannot be
             // written takes its new service back: never half an install.
             for (file, _) in units { try PathArgument.output(dir + "/" + file) }
-            let servicePath = dir + "/" + units[0].0
-            let previousService = try? AtomicFile.read(servicePath, limit: 1 << 20)
-            for (i, (file, text)) in units.enumerated() {
+            // What is there now, read before anything is written: a unit we did not write is
+            // refused without --force, and the rollback below restores what a write replaced
+            // and removes only what this run created. A file that cannot be read is an error,
+            // never taken for absent (the rollback would then delete it).
+            var previous: [[UInt8]?] = []
+            for (file, _) in units {
                 let path = dir + "/" + file
-                do { try AtomicFile.write(Array(text.utf8), to: path, mode: 0o644) } catch {
-                    if i == 1 {
-                        if let previousService { try? AtomicFile.write(previousService, to: servicePath, mode: 0o644) } else { unlink(servicePath) }
+                let old: [UInt8]?
+                do { old = try AtomicFile.read(path, limit: 1 << 20) } catch let e as FileError where e.code == .notFound { old = nil }
+                if let old, !force, !old.starts(with: Array(Self.unitHeader.utf8)) {
+                    throw SchedulingError(.invalidArgument, path: path, "exists and was not written by hsmbackup (it does not start with \"\(Self.unitHeader)\"); "
+                        + "choose another --name, or give --force to replace it")
+                }
+                previous.append(old)
+            }
+            var written: [Int] = []
+            for (i, (file, text)) in units.enumerated() {
+                do { try AtomicFile.write(Array(text.utf8), to: dir + "/" + file, mode: 0o644) } catch {
+                    for j in written.reversed() {
+                        let path = dir + "/" + units[j].0
+                        if let old = previous[j] { try? AtomicFile.write(old, to: path, mode: 0o644) } else { unlink(path) }
                     }
                     throw error
                 }
+                written.append(i)
             }
             for (file, _) in units { try Out.line("wrote \(dir + "/" + file)") }
             try Out.line("enable with: systemctl daemon-reload && systemctl enable --now \(name).timer")
@@ -321,7 +338,9 @@ struct StatusCommand: ParsableCommand {
             83 a store replica is unavailable or the last scrub failed. --prometheus FILE also writes the figures \
             in the Prometheus text format (atomically), for node_exporter's textfile collector. The report is \
             printed whatever happens to that file; a write that fails is reported on stderr and makes the exit \
-            code 74 when it would otherwise be 0 (a failing status keeps its own code).
+            code 74 when it would otherwise be 0 (a failing status keeps its own code). When no report can be \
+            made (a bad schedule or state file, 65; one that cannot be read, 74) the file is still written, \
+            with every verdict 0 and hsmbackup_status_error 1, and the exit code is that failure's.
             """)
 
     @Flag(help: "Machine-readable output.") var json = false
@@ -332,12 +351,24 @@ struct StatusCommand: ParsableCommand {
         try runMapped {
             let grace = try Interval.parse(self.grace)
             if let prometheus { try PathArgument.output(prometheus) }
-            let r = try Health.report(home: ScheduleHome.current, clock: try CLIClock.current(), grace: grace)
+            let clock = try CLIClock.current()
+            let r: HealthReport
+            do { r = try Health.report(home: ScheduleHome.current, clock: clock, grace: grace) } catch {
+                // No report (a bad or unreadable schedule or state file): the metrics file must
+                // not keep saying the last verdict, so it says "error" instead; the exit code is
+                // the failure's own.
+                if let prometheus {
+                    do { try StatusMetrics.writeError(at: clock, to: prometheus) } catch let writeError {
+                        Err.line("hsmbackup: error: the Prometheus file was not written either (node_exporter keeps serving the old one): \(writeError)")
+                    }
+                }
+                throw error
+            }
             // The report and the file are independent: neither failing stops the other.
             let printed = Result { if json { try JSONOutput.print(r) } else { try printText(r) } }
             var exportFailed: Error?
             if let prometheus {
-                do { try PrometheusExport.write(r, to: prometheus) } catch { exportFailed = error }
+                do { try StatusMetrics.write(r, to: prometheus) } catch { exportFailed = error }
             }
             try printed.get()
             if let exportFailed, r.verdict != .ok {
@@ -375,5 +406,34 @@ struct StatusCommand: ParsableCommand {
             for p in s.problems { try Out.line("  \(p)") }
         }
         if let e = r.storeError { try Out.line("store: \(e)") }
+    }
+}
+
+/// The `status --prometheus` file: the report's figures plus `hsmbackup_status_error` (0 when the
+/// report was made, 1 when it could not be: then every verdict gauge is 0). Written atomically,
+/// mode 0644 (node_exporter reads it as another user).
+enum StatusMetrics {
+    static let errorHelp = "# HELP hsmbackup_status_error 1 if `hsmbackup status` could not make its report (a bad or unreadable schedule or state file); the verdict gauges are then all 0\n"
+        + "# TYPE hsmbackup_status_error gauge\n"
+
+    static func write(_ r: HealthReport, to path: String) throws {
+        try write(PrometheusExport.render(r) + Array((errorHelp + "hsmbackup_status_error 0\n").utf8), to: path)
+    }
+
+    static func writeError(at clock: StoreClock, to path: String) throws {
+        // The same names and help as PrometheusExport's, so a dashboard reads both files alike.
+        let verdicts: [HealthReport.Verdict] = [.ok, .verificationFailed, .stale, .storeDegraded]
+        var text = "# HELP hsmbackup_status 1 for the verdict of `hsmbackup status` (its exit code names the same)\n# TYPE hsmbackup_status gauge\n"
+        for v in verdicts { text += "hsmbackup_status{verdict=\"\(v.rawValue)\"} 0\n" }
+        text += "# HELP hsmbackup_status_time_seconds when the report was made (Unix time)\n# TYPE hsmbackup_status_time_seconds gauge\n"
+        text += "hsmbackup_status_time_seconds \(clock.nowMillis() / 1000)\n"
+        text += errorHelp + "hsmbackup_status_error 1\n"
+        try write(Array(text.utf8), to: path)
+    }
+
+    private static func write(_ bytes: [UInt8], to path: String) throws {
+        do { try AtomicFile.write(bytes, to: path, mode: 0o644) } catch let e as FileError {
+            throw SchedulingError(.io, path: path, e.reason)
+        }
     }
 }
