@@ -66,7 +66,10 @@ public enum DueRules {
         guard let last = r?.lastRun.flatMap(Timestamp.seconds(rfc3339:)) else {
             return Timestamp.seconds(rfc3339: s.added) ?? 0
         }
-        let wait = r?.lastOutcome == "ok" ? s.every.seconds : min(s.every.seconds, retryAfter)
+        // A run whose backup was stored and verified waits a whole interval even if its retention
+        // step failed (lastSuccess is that run): retrying hourly would add a backup an hour.
+        let succeeded = r?.lastOutcome == "ok" || (r?.lastSuccess != nil && r?.lastSuccess == r?.lastRun)
+        let wait = succeeded ? s.every.seconds : min(s.every.seconds, retryAfter)
         return last &+ wait
     }
 
@@ -278,6 +281,9 @@ public final class ScheduleRunner {
             event("ok", [("level", s.verify.rawValue), ("warnings", "\(report.findings.count - report.errors.count)")])
 
             step = .retention
+            // The backup is stored and verified: that is this run's success, whatever retention
+            // does next (a retention failure is reported, and retried at the next run).
+            record.lastSuccess = record.lastRun
             let retention = try service.applyRetention(cluster: created.entry.clusterId)
             if let f = retention.failed.first {
                 throw SchedulingError(.io, "retention could not mark \(retention.failed.count) backup(s): \(f.backupId): \(f.message)")

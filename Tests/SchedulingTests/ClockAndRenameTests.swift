@@ -43,4 +43,19 @@ final class ClockAndRenameTests: XCTestCase {
         XCTAssertEqual(state.record(for: original), old)
         XCTAssertFalse(DueRules.isDue(original, state.record(for: original), now: now))
     }
+
+    /// A run whose backup was stored and verified but whose retention step failed is not retried
+    /// an hour later (that would add a backup an hour): it waits a whole interval, like a success.
+    func testARetentionFailureAfterAStoredBackupWaitsAWholeInterval() throws {
+        let last: UInt64 = 2_000_000_000
+        let s = try schedule(every: "1d", added: last - 86_400)
+        var r = record(lastRun: last)
+        r.lastOutcome = "failed"
+        r.lastSuccess = r.lastRun
+        XCTAssertEqual(DueRules.nextRun(s, r), last + 86_400)
+        XCTAssertFalse(DueRules.isDue(s, r, now: last + 3_600))
+        // A run that failed before its backup was stored is retried after an hour, as before.
+        r.lastSuccess = Timestamp.rfc3339(last - 86_400)
+        XCTAssertEqual(DueRules.nextRun(s, r), last + 3_600)
+    }
 }
