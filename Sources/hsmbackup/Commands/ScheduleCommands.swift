@@ -163,7 +163,8 @@ struct ScheduleList: ParsableCommand {
         try runMapped {
             let home = ScheduleHome.current
             let file = try home.loadSchedules(), state = try home.loadState()
-            let rows = file.schedules.map { Row(schedule: $0, state: state.schedules[$0.name], nextRun: Timestamp.rfc3339(DueRules.nextRun($0, state.schedules[$0.name]))) }
+            // Each schedule's own record (not one left by an earlier schedule of the same name).
+            let rows = file.schedules.map { Row(schedule: $0, state: state.record(for: $0), nextRun: Timestamp.rfc3339(DueRules.nextRun($0, state.record(for: $0)))) }
             if json { try JSONOutput.print(rows); return }
             if rows.isEmpty { try Out.line("no schedules (add one with `hsmbackup schedule add`)"); return }
             for r in rows {
