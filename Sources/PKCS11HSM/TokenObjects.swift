@@ -194,16 +194,21 @@ public struct TokenObject: Codable, Sendable, Equatable {
     public var labelBytes: [UInt8] { attributes.first { $0.type == 0x3 }.flatMap { Hex.decode($0.value) } ?? [] }
     public var idHex: String { attributes.first { $0.type == 0x102 }?.value ?? "" }
 
-    /// A boolean attribute's recorded value, nil when the object does not carry it.
-    func bool(_ type: UInt64) -> Bool? {
-        guard let a = attributes.first(where: { $0.type == type }) else { return nil }
-        return a.value == "01" ? true : a.value == "00" ? false : nil
+    /// A recorded attribute decoded by the registry's rules (the ones `restoreAttributes` applies),
+    /// nil when the object does not carry it or it does not decode.
+    private func decoded(_ type: UInt64, _ kind: AttributeKind) -> AttributeValue? {
+        guard let a = attributes.first(where: { $0.type == type }), let b = Hex.decode(a.value) else { return nil }
+        return try? AttributeRegistry.decode(b, kind: kind, name: a.name)
     }
 
-    /// A CK_ULONG array attribute's recorded values (8 bytes big-endian each), nil when absent.
+    func bool(_ type: UInt64) -> Bool? {
+        if case .bool(let v)? = decoded(type, .bool) { return v }
+        return nil
+    }
+
     func ulongs(_ type: UInt64) -> [UInt64]? {
-        guard let a = attributes.first(where: { $0.type == type }), let b = Hex.decode(a.value), b.count % 8 == 0 else { return nil }
-        return stride(from: 0, to: b.count, by: 8).map { i in b[i..<(i + 8)].reduce(0) { $0 << 8 | UInt64($1) } }
+        if case .ulongs(let v)? = decoded(type, .ulongs) { return v }
+        return nil
     }
 
     func string(_ type: UInt64) -> String? {
