@@ -71,6 +71,10 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     public let localDirectory: String
     /// Repair bad replicas found while reading (on by default).
     public var readRepair = true
+    /// A writer checks a CompleteMultipartUpload whose answer was lost by the object's composite
+    /// SHA-256 checksum when the server reports one equal to its own (on by default; off, always
+    /// by reading the object back: tests).
+    var lostCompleteByChecksum = true
     /// `fsck` aborts multipart uploads under the prefix initiated longer ago than this.
     public var staleUploadAgeMillis: UInt64 = 24 * 3_600_000
     /// The largest stale age `store fsck` takes, in seconds (ten years; in milliseconds it stays

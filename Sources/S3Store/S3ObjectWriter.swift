@@ -4,6 +4,10 @@
 // parallel, at most `maxPartsInFlight` parts in memory whatever the object's size, and completed
 // create-only. The checksum record follows the object. A replica that fails is dropped (its
 // upload aborted); below the write quorum the whole put fails and nothing stays published.
+// Every copy carries the writer's random token (`x-amz-meta-hsmbackup-writer`): a PUT or a
+// Complete whose answer was lost and whose retry is refused (412, NoSuchUpload, a 5xx) counts as
+// written only where the key now holds an object with this writer's token and exactly its bytes
+// (`holdsOurs`), never another writer's object, even one with the same bytes.
 import BackupCrypto
 import ByteCoding
 import Dispatch
@@ -42,6 +46,10 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
     private var partHasher = SHA256Hasher()
     private var chunkDigests: [[UInt8]] = []
     private var finished = false
+    /// This writer's random token, sent as `writerMetadata` with every copy it creates (the
+    /// single PUT, CreateMultipartUpload): what tells its own object from another writer's.
+    let writerToken = Hex.encode(SecureRandom.bytes(count: 16))
+    static let writerMetadata = "x-amz-meta-hsmbackup-writer"
     private var failure: StoreError?
 
     init(store: S3ObjectStore, key: String, targets: [Int]? = nil, overwrite: Bool = false, createdMillis: UInt64? = nil) throws {
@@ -160,7 +168,7 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         let results = S3ObjectStore.parallel(targets) { i -> Result<String, Error> in
             do {
                 let resp = try self.store.send(i, "POST", self.key, query: [("uploads", "")],
-                                               headers: [("x-amz-checksum-algorithm", "SHA256")])
+                                               headers: [("x-amz-checksum-algorithm", "SHA256"), (Self.writerMetadata, self.writerToken)])
                 guard let id = XMLScan(resp.body).first("UploadId"), !id.isEmpty else {
                     throw StoreError(.ioError, key: self.key, replica: i, "CreateMultipartUpload answered without an UploadId")
                 }
@@ -205,6 +213,7 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
 
     private func singlePut(_ body: Data, digest: [UInt8]) throws {
         var headers = S3ObjectStore.checksumHeaders(digest: digest)
+        headers.append((Self.writerMetadata, writerToken))
         if !overwrite { headers.append(("If-None-Match", "*")) }
         let targets = live
         let results = S3ObjectStore.parallel(targets) { i -> Error? in
@@ -221,15 +230,57 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         for i in targets { if let e = results[i]! { drop(i, e) } }
     }
 
-    /// Whether replica `i` holds `byteCount` bytes with SHA-256 `digest` under the key (one GET,
-    /// bounded: only single-PUT objects are checked this way).
+    /// Whether replica `i` holds this writer's object under the key: its token, `byteCount` bytes
+    /// with SHA-256 `digest` (one GET, bounded: only single-PUT objects are checked this way).
     private func holdsExactly(_ i: Int, byteCount: Int, digest: [UInt8]) -> Bool {
-        guard let resp = try? store.send(i, "GET", key, maximumBytes: byteCount + 1) else { return false }
+        guard let resp = try? store.send(i, "GET", key, maximumBytes: byteCount + 1),
+              resp.header(Self.writerMetadata) == writerToken else { return false }
         let bytes = resp.body
         return bytes.count == byteCount && SHA256Hasher.hash(bytes) == digest
     }
 
-    private func complete() throws {
+    /// Whether a failed CompleteMultipartUpload may be our own, applied by an earlier attempt
+    /// whose answer was lost (the client retried it): the retry then meets NoSuchUpload (the
+    /// upload is gone, completed), a 412 (create-only: the key now holds the object that attempt
+    /// published), or a 5xx where a server fails on the upload it no longer has.
+    static func mayBeLostComplete(_ error: Error, overwrite: Bool) -> Bool {
+        guard let s = error as? S3ServiceError else { return false }
+        return s.code == "NoSuchUpload" || (s.isPreconditionFailed && !overwrite) || s.status >= 500
+    }
+
+    /// Whether replica `i` holds, under the key, the object this writer's multipart upload
+    /// made: a HEAD must show this writer's token (no other writer has it: another's object,
+    /// even with the same bytes, is never ours) and the size of `record`; then its content must
+    /// be ours, by the composite SHA-256 checksum S3 reports (`x-amz-checksum-mode: ENABLED`:
+    /// the SHA-256 of the parts' SHA-256 digests, `-<parts>` on AWS, bare on moto) when it
+    /// equals the one of `partChecksums`, else by reading it all back, chunk by chunk against
+    /// `record` as a verify does (bounded memory: streamed, or ranged windows).
+    private func holdsOurs(_ i: Int, record: ObjectRecord, partChecksums: [String]) -> Bool {
+        guard let head = try? store.send(i, "HEAD", key, headers: [("x-amz-checksum-mode", "ENABLED")]),
+              head.header(Self.writerMetadata) == writerToken else { return false }
+        if let length = head.header("content-length"), UInt64(length) != record.size { return false }
+        if store.lostCompleteByChecksum, let reported = head.header("x-amz-checksum-sha256"),
+           let composite = Self.compositeChecksum(partChecksums),
+           reported == composite || reported == composite + "-\(partChecksums.count)" {
+            return true
+        }
+        return store.verify(i, against: record) == nil
+    }
+
+    /// The base64 SHA-256 of the concatenated part digests (S3's composite checksum), or nil
+    /// when a part's checksum does not decode.
+    static func compositeChecksum(_ partChecksums: [String]) -> String? {
+        var all: [UInt8] = []
+        for c in partChecksums {
+            guard let d = Data(base64Encoded: c), d.count == 32 else { return nil }
+            all += d
+        }
+        return Data(SHA256Hasher.hash(all)).base64EncodedString()
+    }
+
+    /// Completes every live replica's upload. `record` is the object's (what a lost answer's
+    /// check compares against).
+    private func complete(_ record: ObjectRecord) throws {
         group.wait()
         try checkQuorum("upload parts")
         lock.lock()
@@ -256,7 +307,15 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
                                          request: "POST \(self.key)?uploadId")
                 }
                 return nil
-            } catch { return error }
+            } catch {
+                // An earlier attempt may have completed it, its answer lost: the replica is
+                // written if the key holds exactly our object (never another writer's).
+                if Self.mayBeLostComplete(error, overwrite: self.overwrite),
+                   self.holdsOurs(i, record: record, partChecksums: (1...n).map { done[$0]!.checksum }) {
+                    return nil
+                }
+                return error
+            }
         }
         for (i, _, _) in targets {
             if let e = results[i]! { drop(i, e); abortUpload(i) } else { lock.lock(); uploads[i] = nil; lock.unlock() }
@@ -273,7 +332,9 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
     public func commit() throws -> PutReport {
         try checkOpen()
         if partCount == 0 || !buffer.isEmpty { try sealPart(last: true) }
-        if partCount > 0 { try complete() }
+        let record = ObjectRecord(key: key, size: size, createdMillis: fixedCreatedMillis ?? store.clock.nowMillis(),
+                                  chunkSize: ObjectRecord.defaultChunkSize, chunkDigests: chunkDigests, objectDigest: hasher.finalize())
+        if partCount > 0 { try complete(record) }
         lock.lock()
         let exists = alreadyExists, ours = live
         lock.unlock()
@@ -294,8 +355,6 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
             }
             throw error
         }
-        let record = ObjectRecord(key: key, size: size, createdMillis: fixedCreatedMillis ?? store.clock.nowMillis(),
-                                  chunkSize: ObjectRecord.defaultChunkSize, chunkDigests: chunkDigests, objectDigest: hasher.finalize())
         let recordBytes = try record.encode()
         let headers = S3ObjectStore.checksumHeaders(recordBytes)
         let targets = live

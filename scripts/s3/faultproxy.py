@@ -9,13 +9,52 @@ signatures made for the proxy's address still verify upstream, and injects fault
   --cut-body N   for the first N GET answers with a body over 1 MiB, send the full Content-Length
                  but only half of the body, then close the connection (a transfer dying midway)
 
+Lost answers, armed at run time (the test knows its buckets only once the store exists):
+
+  GET /__faultproxy/lose?method=M[&param=P][&path=S][&n=N][&retry=R][&hold=1]
+                 the Nth (default 1st) request with method M whose query has parameter P (any
+                 query when P is absent) and whose path contains S is forwarded upstream, then
+                 its connection is closed without an answer: the request was applied, its answer
+                 lost. Every later request with the same method, path and query (the client's
+                 retry) is then, per R:
+                   forward  forwarded as usual (default; moto answers a retried Complete 200)
+                   412      412 PreconditionFailed, not forwarded
+                   404      404 NoSuchUpload, not forwarded
+                   500      500 InternalError, not forwarded
+                   auto     412 when the retry carries If-None-Match: *, else 404 NoSuchUpload
+                            (what a server that keeps no memory of the completed upload answers)
+                 hold=1: the first retry waits until GET /__faultproxy/release (so a test can act
+                 between the lost answer and the retry), then goes on per R.
+  GET /__faultproxy/release   lets held retries go on
+
 Prints its port on the first line of stdout, then serves until killed. GET /__faultproxy/stats
-returns JSON counters (not a valid bucket name, so never forwarded). Standard library only.
+returns JSON counters (not a valid bucket name, so never forwarded): besides the ones above,
+"forwarded_<METHOD>" (forwarded requests by method), "lost" (answers dropped), "held"
+(retries waiting or released), "retried" (retries of a lost request seen) and "answered"
+(retries answered by the proxy itself). Standard library only.
 """
 import argparse, calendar, email.utils, http.client, http.server, json, socketserver, sys, threading, time, urllib.parse
 
 lock = threading.Lock()
-stats = {"forwarded": 0, "slowdown": 0, "skewed": 0, "cut": 0}
+stats = {"forwarded": 0, "slowdown": 0, "skewed": 0, "cut": 0, "lost": 0, "held": 0, "retried": 0, "answered": 0}
+# Armed lost-answer rules: {method, param, path, n, seen, retry, hold}; and the requests whose
+# answer was dropped: (method, full path) -> the rule.
+rules = []
+lost = {}
+release = threading.Event()
+
+RETRY_ANSWERS = {
+    "412": (412, b"<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message>"
+                 b"<Condition>If-None-Match</Condition></Error>"),
+    "404": (404, b"<Error><Code>NoSuchUpload</Code><Message>The specified upload does not exist. The upload ID may be invalid, "
+                 b"or the upload may have been aborted or completed.</Message></Error>"),
+    "500": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>"),
+}
+
+
+def query_params(path):
+    q = urllib.parse.urlsplit(path).query
+    return urllib.parse.parse_qs(q, keep_blank_values=True)
 
 
 def main():
@@ -54,6 +93,50 @@ def main():
                 with lock:
                     data = json.dumps(stats).encode()
                 return self.reply(200, data)
+            if self.path.startswith("/__faultproxy/lose"):
+                q = {k: v[0] for k, v in query_params(self.path).items()}
+                rule = {"method": q["method"], "param": q.get("param", ""), "path": q.get("path", ""), "n": int(q.get("n", "1")),
+                        "seen": 0, "retry": q.get("retry", "forward"), "hold": q.get("hold") == "1"}
+                if rule["retry"] not in ("forward", "auto") and rule["retry"] not in RETRY_ANSWERS:
+                    return self.reply(400, b"<Error><Code>BadRule</Code></Error>")
+                with lock:
+                    rules.append(rule)
+                return self.reply(200, b"<Armed/>")
+            if self.path.startswith("/__faultproxy/release"):
+                release.set()
+                return self.reply(200, b"<Released/>")
+            # A lost request's retry, or the request whose answer is to be lost.
+            drop = False
+            with lock:
+                retry_of = lost.get((self.command, self.path))
+                if retry_of is not None:
+                    stats["retried"] += 1
+                else:
+                    for rule in rules:
+                        if rule["method"] == self.command and (not rule["param"] or rule["param"] in query_params(self.path)) \
+                                and rule["path"] in urllib.parse.urlsplit(self.path).path and rule["seen"] < rule["n"]:
+                            rule["seen"] += 1
+                            if rule["seen"] == rule["n"]:
+                                drop = True
+                                lost[(self.command, self.path)] = rule
+                            break
+            if retry_of is not None:
+                if retry_of["hold"]:
+                    with lock:
+                        first = retry_of.get("held") is None
+                        retry_of["held"] = True
+                        if first:
+                            stats["held"] += 1
+                    if first:
+                        release.wait(120)
+                answer = retry_of["retry"]
+                if answer == "auto":
+                    answer = "412" if self.headers.get("If-None-Match") == "*" else "404"
+                if answer in RETRY_ANSWERS:
+                    with lock:
+                        stats["answered"] += 1
+                    status, text = RETRY_ANSWERS[answer]
+                    return self.reply(status, text)
             with lock:
                 if budget["slowdown"] > 0:
                     budget["slowdown"] -= 1
@@ -82,11 +165,21 @@ def main():
             data = resp.read()
             with lock:
                 stats["forwarded"] += 1
+                stats["forwarded_" + self.command] = stats.get("forwarded_" + self.command, 0) + 1
+            if drop:
+                # Applied upstream; the answer never reaches the client.
+                with lock:
+                    stats["lost"] += 1
+                conn.close()
+                self.close_connection = True
+                return
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                     self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            # A HEAD answer has no body but the object's Content-Length.
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length if length is not None else str(len(data)))
             self.end_headers()
             cut = False
             if self.command == "GET" and len(data) > (1 << 20):
