@@ -101,13 +101,42 @@ public struct InnerFrameParser {
         if finished, !bytes.isEmpty {
             throw ArchiveError(.dataAfterFinalChunk, "\(bytes.count) bytes after the final chunk", offset: offset)
         }
+        if start == buffer.count {
+            // Nothing pending: parse the piece where it lies and keep only its unfinished tail,
+            // so a frame inside the piece is copied once (into its `ciphertext`), not twice.
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+            var used = 0
+            // Also when `onFrame` throws: what was consumed stays consumed.
+            defer { if used < bytes.count { buffer.append(contentsOf: bytes[used...]) } }
+            try parse(bytes[...], used: &used, onHeader: onHeader, onFrame: onFrame)
+            return
+        }
         buffer.append(contentsOf: bytes)
+        var used = 0
+        defer { start += used; compact() }
+        try parse(buffer[start...], used: &used, onHeader: onHeader, onFrame: onFrame)
+    }
+
+    /// Drops consumed bytes once they are most of the buffer (amortized: no shift per frame).
+    private mutating func compact() {
+        if start > 1 << 16, start * 2 > buffer.count {
+            buffer.removeFirst(start)
+            start = 0
+        }
+    }
+
+    /// Parses what `input` holds (the bytes from `offset` on): the header, then every complete
+    /// frame, adding to `used` what it consumed (`offset` moves by as many).
+    private mutating func parse(_ input: ArraySlice<UInt8>, used: inout Int, onHeader: (InnerHeader) throws -> Void,
+                                onFrame: (ChunkFrame) throws -> Void) throws {
         while true {
-            let avail = buffer[start...]
+            let avail = input.dropFirst(used)
             if header == nil {
                 guard let length = try InnerHeader.headerLength(prefix: avail), avail.count >= length else { break }
                 let h = try InnerHeader.parse(prefix: avail.prefix(length))
-                consume(length)
+                used += length
+                offset += length
                 header = h
                 try onHeader(h)
                 continue
@@ -142,21 +171,13 @@ public struct InnerFrameParser {
             }
             guard avail.count >= ChunkFormat.frameHeaderByteCount + length else { break }
             let ciphertext = keepsCiphertext ? Array(try! r.readSlice(length, "chunk ciphertext")) : []
-            consume(ChunkFormat.frameHeaderByteCount + length)
+            used += ChunkFormat.frameHeaderByteCount + length
+            offset += ChunkFormat.frameHeaderByteCount + length
             let frame = ChunkFrame(index: chunkCount, isFinal: isFinal, offset: frameAt, ciphertext: ciphertext)
             chunkCount += 1
             if isFinal { finished = true }
             try onFrame(frame)
         }
-        if start > 1 << 16, start * 2 > buffer.count {
-            buffer.removeFirst(start)
-            start = 0
-        }
-    }
-
-    private mutating func consume(_ n: Int) {
-        start += n
-        offset += n
     }
 }
 

@@ -16,13 +16,15 @@ final class StreamingTests: XCTestCase {
         XCTAssertGreaterThan(pieces.count, 3, "the writer streams: header, then one piece per chunk")
         let reference = try InnerBlob.open(blob, keyring: Fixture.keyring).bundle
         var rng = SystemRandomNumberGenerator()
-        for split in [1, 7, 64, 1000] {
+        // Pieces shorter than a frame, and longer ones holding several whole frames (parsed where
+        // they lie) with a frame cut at either end; 1000 and 1001 draw random lengths.
+        for split in [1, 7, 64, 1000, 1001, 2048, blob.count] {
             var tar: [UInt8] = []
             let opener = InnerBlobOpener(keyring: Fixture.keyring) { tar.append(contentsOf: $0) }
             var checker = InnerStructureChecker()
             var at = 0
             while at < blob.count {
-                let n = split == 1000 ? Int.random(in: 1...200, using: &rng) : split
+                let n = split == 1000 ? Int.random(in: 1...200, using: &rng) : split == 1001 ? Int.random(in: 1...4000, using: &rng) : split
                 let piece = Array(blob[at..<min(at + n, blob.count)])
                 try opener.feed(piece)
                 try checker.feed(piece)
