@@ -86,6 +86,10 @@ final class MDContext {
 public final class P384Signer {
     private let md: MDContext
     private let key: P384PrivateKey
+    /// The first failed update: the signature would not cover every byte, so `finish` throws it.
+    private var failure: CryptoError?
+    /// EVP_DigestSignUpdate; a test replaces it to make an update fail (OpenSSL offers no way).
+    var updateCall: (OpaquePointer, UnsafeRawPointer?, Int) -> Int32 = { EVP_DigestSignUpdate($0, $1, $2) }
 
     public init(privateKey: P384PrivateKey) throws {
         key = privateKey
@@ -96,12 +100,14 @@ public final class P384Signer {
     }
 
     public func update(_ bytes: UnsafeRawBufferPointer) {
-        if bytes.count > 0 { _ = EVP_DigestSignUpdate(md.ctx, bytes.baseAddress, bytes.count) }
+        guard bytes.count > 0, failure == nil else { return }
+        if updateCall(md.ctx, bytes.baseAddress, bytes.count) != 1 { failure = CryptoError.openSSL("EVP_DigestSignUpdate") }
     }
     public func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
 
     /// The DER signature.
     public func finish() throws -> [UInt8] {
+        if let failure { throw failure }
         var len = 0
         guard EVP_DigestSignFinal(md.ctx, nil, &len) == 1 else { throw CryptoError.openSSL("EVP_DigestSignFinal") }
         var out = [UInt8](repeating: 0, count: len)
@@ -114,6 +120,10 @@ public final class P384Signer {
 public final class P384Verifier {
     private let md: MDContext
     private let key: P384PublicKey
+    /// An update failed: the digest misses bytes, so no signature verifies (fail closed).
+    private var failed = false
+    /// EVP_DigestVerifyUpdate; a test replaces it to make an update fail (OpenSSL offers no way).
+    var updateCall: (OpaquePointer, UnsafeRawPointer?, Int) -> Int32 = { EVP_DigestVerifyUpdate($0, $1, $2) }
 
     public init(publicKey: P384PublicKey) throws {
         key = publicKey
@@ -124,12 +134,18 @@ public final class P384Verifier {
     }
 
     public func update(_ bytes: UnsafeRawBufferPointer) {
-        if bytes.count > 0 { _ = EVP_DigestVerifyUpdate(md.ctx, bytes.baseAddress, bytes.count) }
+        guard bytes.count > 0, !failed else { return }
+        if updateCall(md.ctx, bytes.baseAddress, bytes.count) != 1 {
+            failed = true
+            CryptoError.clearQueue()
+        }
     }
     public func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
 
-    /// True only for a valid DER signature (OpenSSL re-encodes and refuses non-DER forms).
+    /// True only for a valid DER signature (OpenSSL re-encodes and refuses non-DER forms) over
+    /// every byte given: false once an update failed.
     public func verify(_ derSignature: [UInt8]) -> Bool {
+        guard !failed else { return false }
         let ok = derSignature.withUnsafeBufferPointer { EVP_DigestVerifyFinal(md.ctx, $0.baseAddress, $0.count) }
         CryptoError.clearQueue()
         return ok == 1

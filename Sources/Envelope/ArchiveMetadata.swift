@@ -74,10 +74,14 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
         return out
     }
 
+    /// A key under the reserved prefix: its bytes start with `hsmbackup.`. Not `String.hasPrefix`,
+    /// which compares characters: "hsmbackup." and a combining mark would not "have the prefix".
+    public static func isReserved(_ key: [UInt8]) -> Bool { key.starts(with: prefix.utf8) }
+
     /// Adds the reserved pairs to the caller's context; the caller's context may not already use
     /// the `hsmbackup.` prefix.
     public func merged(into context: EncryptionContext = .empty) throws -> EncryptionContext {
-        if let bad = context.pairs.first(where: { $0.keyString.hasPrefix(Self.prefix) }) {
+        if let bad = context.pairs.first(where: { Self.isReserved($0.key) }) {
             throw EnvelopeError(.archiveMetadataInvalid, "context key \"\(bad.keyString)\" uses the reserved prefix \(Self.prefix)")
         }
         try validate()
@@ -88,7 +92,7 @@ public struct ArchiveMetadata: Sendable, Equatable, Codable {
     /// `hsmbackup.` key, numbers in canonical decimal, the marker and a known format version.
     public init(context: EncryptionContext) throws {
         var values: [Key: String] = [:]
-        for p in context.pairs where p.keyString.hasPrefix(Self.prefix) {
+        for p in context.pairs where Self.isReserved(p.key) {
             guard let k = Key(rawValue: p.keyString), Array(k.rawValue.utf8) == p.key else {
                 throw EnvelopeError(.archiveMetadataInvalid, "unknown reserved context key \"\(p.keyString)\"")
             }

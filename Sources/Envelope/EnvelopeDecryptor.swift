@@ -39,7 +39,8 @@ public final class EnvelopeDecryptor {
     /// FFFFFFFF (the 2^32 − 1st frame) cannot overflow. Internal: tests start it near the end.
     var expected: UInt64 = 1
     private var finished = false
-    private var failure: EnvelopeError?
+    /// The first error of a call (of any type: a source's own error too); later calls throw it.
+    private var failure: Error?
     private var inBody = true
     /// Opens every frame: one GCM context and key schedule for the message.
     private let opener: AESGCMFrameOpener
@@ -141,10 +142,13 @@ public final class EnvelopeDecryptor {
         let count: Int
         do {
             count = try header.contentType == .framed ? readFrame() : readNonFramed()
-        } catch let e as EnvelopeError {
-            failure = e
+        } catch {
+            // Whatever failed (a tag, or the source mid-frame with its own error type, which the
+            // first throw keeps for the caller's exit code), the reader is mid-frame and the
+            // verifier may have stopped: no later call may go on from here.
+            failure = error
             plaintext.wipe()
-            throw e
+            throw error
         }
         return try plaintext.withUnsafeMutableBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }

@@ -49,7 +49,7 @@ public struct RawAESKeyring: Keyring {
     public let wrappingKey: WrappingKey
 
     public init(namespace: String, name: String, wrappingKey: WrappingKey) throws {
-        guard namespace != "aws-kms" else { throw EnvelopeError(.invalidArgument, "a raw AES key namespace may not be \"aws-kms\"") }
+        guard !namespace.utf8.elementsEqual("aws-kms".utf8) else { throw EnvelopeError(.invalidArgument, "a raw AES key namespace may not be \"aws-kms\"") }
         guard !namespace.isEmpty, namespace.utf8.count <= Int(UInt16.max) else {
             throw EnvelopeError(.invalidArgument, "the key namespace must be 1...65535 bytes")
         }
@@ -86,7 +86,7 @@ public struct RawAESKeyring: Keyring {
     }
 
     public func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome {
-        guard edk.providerID == namespace, edk.rawAESKeyName == name else { return .notMine }
+        guard edk.hasProviderID(namespace), edk.hasRawAESKeyName(name) else { return .notMine }
         return Self.open(edk, key: wrappingKey, context: context)
     }
 

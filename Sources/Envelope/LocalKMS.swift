@@ -53,8 +53,24 @@ public final class LocalKMS: @unchecked Sendable {
     public func createKey(_ name: String) throws -> KeyInfo {
         try Self.validate(name: name)
         return try changing {
-            if (try? info(name)) != nil { throw EnvelopeError(.keyExists, "local KMS key \"\(name)\" already exists") }
-            try io { try AtomicFile.makeDirectory(keyDir(name)) }
+            // Only a key that is positively absent is created. A key.json that does not parse or
+            // names another key (a copied directory), or cannot be read, is reported as it is:
+            // writing a key.json listing only a new version would drop every older version.
+            do {
+                _ = try info(name)
+                throw EnvelopeError(.keyExists, "local KMS key \"\(name)\" already exists")
+            } catch let e as EnvelopeError where e.code == .keyNotFound {}
+            // No key.json, but key versions: its key.json was lost (or a create was killed before
+            // writing it); they may open archives, so the name is not free.
+            let dir = keyDir(name)
+            if FileManager.default.fileExists(atPath: dir) {
+                let versions = try io { try FileManager.default.contentsOfDirectory(atPath: dir) }.filter(Self.isVersionFileName).sorted()
+                if !versions.isEmpty {
+                    throw EnvelopeError(.keystoreCorrupt, "local KMS key \"\(name)\": \(dir) holds key versions (\(versions.joined(separator: ", "))) "
+                                        + "but no readable key.json; restore its key.json, or move the directory away if no archive uses them")
+                }
+            }
+            try io { try AtomicFile.makeDirectory(dir) }
             var info = KeyInfo(name: name, created: Self.now(), versions: [])
             try addVersion(&info)
             return info
@@ -122,8 +138,12 @@ public final class LocalKMS: @unchecked Sendable {
 
     /// Parses the bytes of a `key.json` that must describe key `name` (`path` names it in errors).
     public static func parseKeyInfo(_ bytes: [UInt8], name: String, path: String) throws -> KeyInfo {
-        guard let i = try? JSONDecoder().decode(KeyInfo.self, from: Data(bytes)), i.name == name else {
+        guard let i = try? JSONDecoder().decode(KeyInfo.self, from: Data(bytes)) else {
             throw EnvelopeError(.keystoreCorrupt, "\(path) does not parse as key metadata")
+        }
+        // By bytes: "\u{212A}" (KELVIN SIGN) is `==` to "K".
+        guard i.name.utf8.elementsEqual(name.utf8) else {
+            throw EnvelopeError(.keystoreCorrupt, "\(path) is the metadata of key \"\(i.name)\", not \"\(name)\" (a copied key directory?)")
         }
         return i
     }
@@ -160,12 +180,14 @@ public final class LocalKMS: @unchecked Sendable {
     /// A keyring that opens EDKs of every key in this keystore (it cannot encrypt).
     public var decryptionKeyring: LocalKMSKeyring { LocalKMSKeyring(kms: self, keyName: nil) }
 
-    /// "NAME/vN" → (NAME, N).
+    /// "NAME/vN" → (NAME, N), on the bytes (a `/` or `v` followed by a combining mark is not one).
     public static func parseEDKKeyName(_ s: String) -> (name: String, version: Int)? {
-        guard let slash = s.lastIndex(of: "/") else { return nil }
-        let name = String(s[..<slash])
-        let v = s[s.index(after: slash)...]
-        guard v.hasPrefix("v"), let n = Int(v.dropFirst()), n > 0, "v\(n)" == v, (try? validate(name: name)) != nil else { return nil }
+        let b = Array(s.utf8)
+        guard let slash = b.lastIndex(of: UInt8(ascii: "/")) else { return nil }
+        let name = String(decoding: b[..<slash], as: UTF8.self)
+        let v = b[(slash + 1)...]
+        guard v.first == UInt8(ascii: "v"), let n = Int(String(decoding: v.dropFirst(), as: UTF8.self)), n > 0,
+              v.elementsEqual("v\(n)".utf8), (try? validate(name: name)) != nil else { return nil }
         return (name, n)
     }
 
@@ -183,6 +205,11 @@ public final class LocalKMS: @unchecked Sendable {
     // MARK: private
 
     private func keyDir(_ name: String) -> String { directory + "/keys/" + name }
+
+    /// `v*.key`, compared as bytes (a combining mark after the `v` must not hide a file).
+    private static func isVersionFileName(_ file: String) -> Bool {
+        file.utf8.first == UInt8(ascii: "v") && file.utf8.count >= 5 && file.utf8.suffix(4).elementsEqual(".key".utf8)
+    }
 
     private func loadKey(_ name: String, version: Int) throws -> WrappingKey {
         let path = keyDir(name) + "/v\(version).key"
@@ -256,9 +283,9 @@ public struct LocalKMSKeyring: Keyring {
     }
 
     public func unwrap(_ edk: EncryptedDataKey, context: EncryptionContext) throws -> UnwrapOutcome {
-        guard edk.providerID == LocalKMS.namespace, let full = edk.rawAESKeyName,
+        guard edk.hasProviderID(LocalKMS.namespace), let full = edk.rawAESKeyName,
               let (name, version) = LocalKMS.parseEDKKeyName(full) else { return .notMine }
-        if let keyName, keyName != name { return .notMine }
+        if let keyName, !keyName.utf8.elementsEqual(name.utf8) { return .notMine }
         let key: WrappingKey
         do { key = try kms.wrappingKey(name, version: version) } catch let e as EnvelopeError where e.code == .keyNotFound {
             return .notMine

@@ -23,9 +23,16 @@ public struct EncryptedDataKey: Sendable, Equatable, Hashable {
         return String(validating: providerInfo[..<nameEnd], as: UTF8.self)
     }
 
+    /// Provider IDs and key names match byte for byte, as in the SDKs: Swift `String` equality
+    /// would take an NFD spelling for the NFC one (canonical equivalence).
+    public func hasProviderID(_ id: String) -> Bool { providerID.utf8.elementsEqual(id.utf8) }
+
+    /// Whether the provider info has the raw AES layout and names `name`, byte for byte.
+    public func hasRawAESKeyName(_ name: String) -> Bool { rawAESKeyName?.utf8.elementsEqual(name.utf8) ?? false }
+
     /// A person-readable name of the key that opens this EDK.
     public var keyDescription: String {
-        if providerID == "aws-kms" { return "aws-kms key \(String(decoding: providerInfo, as: UTF8.self))" }
+        if hasProviderID("aws-kms") { return "aws-kms key \(String(decoding: providerInfo, as: UTF8.self))" }
         if let n = rawAESKeyName { return "\(providerID) key \"\(n)\"" }
         return "\(providerID) (provider info \(Hex.encode(providerInfo.prefix(32))))"
     }

@@ -1,5 +1,6 @@
 import BackupCrypto
 import ByteCoding
+import Durability
 import Foundation
 
 /// Rewrap (spec/FORMAT.md §3.7): the same plaintext under other KMS keys, as a **new message**.
@@ -43,18 +44,36 @@ public enum Rewrap {
     @discardableResult
     public static func rewrapFile(at path: String, keyrings: [Keyring], newKeyrings: [Keyring],
                                   options: DecryptOptions = DecryptOptions()) throws -> MessageHeader {
-        var st = stat()
-        if lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFLNK {
-            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
-            throw EnvelopeError(.invalidArgument, "\(path) is a symbolic link (to \(target)): rewrap the file itself, so that no name "
-                                + "is left holding the message under the old keys")
+        // O_NOFOLLOW, and the type and link count of the open file itself: a path checked first
+        // and opened after could be swapped for a link in between.
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            let e = errno
+            var lst = stat()
+            if e == ELOOP, lstat(path, &lst) == 0, lst.st_mode & S_IFMT == S_IFLNK {
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
+                throw EnvelopeError(.invalidArgument, "\(path) is a symbolic link (to \(target)): rewrap the file itself, so that no name "
+                                    + "is left holding the message under the old keys")
+            }
+            let fe = FileError(errno: e, operation: "open", path: path)
+            throw EnvelopeError(fe.code == .symlinkLoop ? .invalidArgument : .io, "cannot open \(path) for reading: \(fe.reason)")
         }
-        let source = try FileHandleSource(path: path)
-        if stat(path, &st) == 0, st.st_nlink > 1 {
+        let source = FileHandleSource(FileHandle(fileDescriptor: fd, closeOnDealloc: true), name: path)
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            throw EnvelopeError(.io, "cannot open \(path) for reading: \(String(cString: strerror(errno)))")
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw EnvelopeError(.invalidArgument, "cannot open \(path) for reading: \(FileError.notRegular(path, mode: st.st_mode, operation: "open").reason)")
+        }
+        // Regular files ignore O_NONBLOCK; cleared so the descriptor behaves as a plain one.
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+        if st.st_nlink > 1 {
             throw EnvelopeError(.invalidArgument, "\(path) has \(st.st_nlink) hard links: a rewrap replaces one name, and the others "
                                 + "would still hold the message under the old keys (remove the other links, or rewrap a copy)")
         }
-        let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.uint16Value ?? 0o600
+        let mode = st.st_mode & 0o7777
         var options = options
         if options.readAheadBytes == 0 { options.readAheadBytes = EnvelopeFile.readChunkBytes }
         let sink = try AtomicFileSink(path: path, mode: mode_t(mode))

@@ -245,7 +245,8 @@ public final class BackupService {
     /// then points at it and the archive it pointed at when switching is deleted. Objects are
     /// never rewritten in place. The backup's writer lock is held throughout, so `store fsck`
     /// never takes the new object for a leftover; a kill leaves at most one archive the entry
-    /// does not name, which fsck removes.
+    /// does not name, which fsck removes. An archive whose `backup-id` is not this backup's is
+    /// refused (`metadataMismatch`) before anything is written, as inspect, verify and restore do.
     @discardableResult
     public func rewrap(_ id: String, keyrings: [Keyring], newKeyrings: [Keyring]) throws -> BackupEntry {
         let entry = try resolve(id)
@@ -257,13 +258,18 @@ public final class BackupService {
         guard entry.generation < BackupEntry.maxGeneration else {
             throw StoreError(.limitExceeded, key: entry.backupId, "generation \(entry.generation) is the last one; the backup cannot change")
         }
+        // No read-repair of the source: the writer holds the new key's stripe lock, and a
+        // repair would take the old key's too (a deadlock when both hash to one stripe).
+        let header = HeaderReplaySource(ReaderSource(try openReader(entry, readRepair: false)))
+        // The archive must be this backup's, as inspect, verify and restore check, before anything
+        // is written: else an archive put under this key would be made this backup's for good.
+        // The header bytes read for the check are the ones the rewrap then reads.
+        try ArchiveMetadata.read(from: header).metadata.check(isBackup: entry.backupId)
+        let source = header.replaying()
         let newKey = BackupCatalog.archiveKey(entry.backupId, generation: entry.generation + 1)
         let writer = try store.makeWriter(newKey)
         var committed = false
         do {
-            // No read-repair of the source: the writer holds the new key's stripe lock, and a
-            // repair would take the old key's too (a deadlock when both hash to one stripe).
-            let source = ReaderSource(try openReader(entry, readRepair: false))
             try Rewrap.rewrap(source: source, sink: ObjectWriterSink(writer), keyrings: keyrings, newKeyrings: newKeyrings)
             let put = try writer.commit()
             committed = true
@@ -289,6 +295,34 @@ public final class BackupService {
             }
             throw error
         }
+    }
+}
+
+/// Reads a stream's first bytes once for a check, then hands them out again followed by the
+/// rest, so that the check and the reader after it see the same bytes.
+final class HeaderReplaySource: ByteSource {
+    private let source: ByteSource
+    private var recorded: [UInt8] = []
+    private var replayAt: Int?
+
+    init(_ source: ByteSource) { self.source = source }
+
+    /// From here on, reads start again at the first byte.
+    func replaying() -> HeaderReplaySource {
+        replayAt = 0
+        return self
+    }
+
+    func read(maxCount: Int) throws -> [UInt8] {
+        guard let at = replayAt else {
+            let b = try source.read(maxCount: maxCount)
+            recorded += b
+            return b
+        }
+        guard at < recorded.count else { return try source.read(maxCount: maxCount) }
+        let n = min(maxCount, recorded.count - at)
+        replayAt = at + n
+        return Array(recorded[at..<(at + n)])
     }
 }
 

@@ -35,11 +35,11 @@ public struct EnvelopeHeaderSummary: Codable, Sendable {
         headerBytes = h.byteCount
         keys = h.encryptedDataKeys.map { edk in
             // An aws-kms EDK names its key ARN in UTF-8 (spec §3.5); a raw AES one its key name.
-            let arn = edk.providerID == "aws-kms" ? String(validating: edk.providerInfo, as: UTF8.self) : nil
+            let arn = edk.hasProviderID("aws-kms") ? String(validating: edk.providerInfo, as: UTF8.self) : nil
             return Key(provider: edk.providerID, key: edk.rawAESKeyName ?? arn ?? Hex.encode(edk.providerInfo))
         }
         var other: [String: String] = [:]
-        for p in h.context.pairs where !p.keyString.hasPrefix(ArchiveMetadata.prefix) { other[p.keyString] = p.valueString }
+        for p in h.context.pairs where !ArchiveMetadata.isReserved(p.key) { other[p.keyString] = p.valueString }
         otherContext = other
     }
 }

@@ -1,4 +1,4 @@
-import BackupCrypto
+@testable import BackupCrypto
 import ByteCoding
 import XCTest
 
@@ -179,6 +179,38 @@ final class AEADAndSignatureVectorTests: XCTestCase {
         XCTAssertThrowsError(try P384PublicKey(encodedPoint: [UInt8](repeating: 0x02, count: 49))) {
             XCTAssertEqual(($0 as? CryptoError)?.code, .invalidPublicKey)
         }
+    }
+
+    /// A failed EVP_DigestSignUpdate / EVP_DigestVerifyUpdate (made to fail here: OpenSSL has no
+    /// input that does) leaves a digest that misses bytes: signing throws from `finish`, and
+    /// verification says false, even for a signature of the bytes that did reach the digest.
+    func testAFailedDigestUpdateFailsTheSignatureAndTheVerification() throws {
+        let key = try P384PrivateKey()
+        let msg = SecureRandom.bytes(count: 1000)
+        let good = try key.signature(for: msg)
+        XCTAssertTrue(key.publicKey.isValidSignature(good, for: msg))
+
+        let signer = try P384Signer(privateKey: key)
+        var calls = 0
+        let realSign = signer.updateCall
+        signer.updateCall = { ctx, data, count in
+            calls += 1
+            return calls == 2 ? 0 : realSign(ctx, data, count)
+        }
+        signer.update(Array(msg[..<300])); signer.update(Array(msg[300..<600])); signer.update(Array(msg[600...]))
+        XCTAssertThrowsError(try signer.finish()) { XCTAssertEqual(($0 as? CryptoError)?.code, .openSSL, "\($0)") }
+
+        let verifier = try P384Verifier(publicKey: key.publicKey)
+        calls = 0
+        let realVerify = verifier.updateCall
+        verifier.updateCall = { ctx, data, count in
+            calls += 1
+            return calls == 2 ? 0 : realVerify(ctx, data, count)
+        }
+        verifier.update(Array(msg[..<300])); verifier.update(Array(msg[300..<600])); verifier.update(Array(msg[600...]))
+        // Not even the signature of the bytes that did reach the digest.
+        let ofTheRest = try key.signature(for: Array(msg[..<300]) + Array(msg[600...]))
+        XCTAssertFalse(verifier.verify(ofTheRest), "a digest that missed bytes verifies nothing")
     }
 
     private func leftPad(_ b: [UInt8], _ n: Int) -> [UInt8] {

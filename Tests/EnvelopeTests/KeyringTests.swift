@@ -140,9 +140,81 @@ final class KeyringTests: XCTestCase {
         try AtomicFile.write([UInt8](repeating: 7, count: 32), to: dir + "/keys/k/v2.key") // the orphan
         XCTAssertEqual(try kms.rotate("k").versions.map(\.version), [1, 3])
         XCTAssertEqual(try AtomicFile.read(dir + "/keys/k/v2.key"), [UInt8](repeating: 7, count: 32))
+        // A create killed early looks like a key whose key.json was lost: refused, not taken over.
         try FileManager.default.createDirectory(atPath: dir + "/keys/fresh", withIntermediateDirectories: true)
-        try AtomicFile.write([UInt8](repeating: 8, count: 32), to: dir + "/keys/fresh/v1.key") // a create killed early
-        XCTAssertEqual(try kms.createKey("fresh").versions.map(\.version), [2])
+        try AtomicFile.write([UInt8](repeating: 8, count: 32), to: dir + "/keys/fresh/v1.key")
+        assertEnvelopeError(.keystoreCorrupt) { try kms.createKey("fresh") }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/keys/fresh"), ["v1.key"])
+    }
+
+    /// `create-key` makes a key only when there is positively none. A key.json that does not
+    /// parse, one that names another key (keys/old copied to keys/prod), one that cannot be read,
+    /// and key versions with no key.json are reported with their own code, and nothing on disk
+    /// changes: a key.json listing only a new version would drop the old ones, and with them
+    /// every archive made under them.
+    func testCreateKeyRefusesAKeyItCannotReadAndChangesNothing() throws {
+        let kms = LocalKMS(directory: dir)
+        try kms.createKey("old")
+        try kms.rotate("old")
+        let m = try EnvelopeEncryptor.encrypt(pattern(100), keyrings: [try kms.keyring("old")])
+        try FileManager.default.copyItem(atPath: dir + "/keys/old", toPath: dir + "/keys/prod")
+        try kms.createKey("bad")
+        try AtomicFile.write(Array("{\"name\": ".utf8), to: dir + "/keys/bad/key.json")
+        try kms.createKey("lost")
+        try kms.rotate("lost")
+        try FileManager.default.removeItem(atPath: dir + "/keys/lost/key.json")
+        try kms.createKey("unreadable")
+        try FileManager.default.removeItem(atPath: dir + "/keys/unreadable/key.json")
+        try FileManager.default.createDirectory(atPath: dir + "/keys/unreadable/key.json", withIntermediateDirectories: false)
+        let before = try snapshot(dir + "/keys")
+
+        for name in ["prod", "bad"] {
+            let e = assertEnvelopeError(.keystoreCorrupt, name) { try kms.createKey(name) }
+            XCTAssertTrue(e?.reason.contains("keys/\(name)/key.json") ?? false, "\(e?.reason ?? "")")
+            XCTAssertEqual(e?.reason.contains("key \"old\", not \"prod\""), name == "prod", "\(e?.reason ?? "")")
+        }
+        let lost = assertEnvelopeError(.keystoreCorrupt) { try kms.createKey("lost") }
+        XCTAssertTrue(lost?.reason.contains(dir + "/keys/lost") ?? false, "names the directory: \(lost?.reason ?? "")")
+        XCTAssertTrue(lost?.reason.contains("v1.key, v2.key") ?? false, "\(lost?.reason ?? "")")
+        assertEnvelopeError(.io) { try kms.createKey("unreadable") }
+        XCTAssertEqual(try snapshot(dir + "/keys"), before, "a refused create-key changes nothing")
+        XCTAssertEqual(try EnvelopeDecryptor.decrypt(m, keyrings: [try kms.keyring("old")]).plaintext, pattern(100))
+    }
+
+    /// Every file and directory under `root` (the lock file aside) with its bytes.
+    private func snapshot(_ root: String) throws -> [String: Data] {
+        var out: [String: Data] = [:]
+        for case let rel as String in FileManager.default.enumerator(atPath: root)! where !rel.hasSuffix(".lock") {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: root + "/" + rel, isDirectory: &isDir)
+            out[rel] = isDir.boolValue ? Data("<dir>".utf8) : try Data(contentsOf: URL(fileURLWithPath: root + "/" + rel))
+        }
+        return out
+    }
+
+    /// Raw AES keyrings match an EDK by the bytes of its provider ID and key name, as the SDKs do:
+    /// Swift's `==` takes NFC "café" for NFD "café" (canonical equivalence), the format does not.
+    func testKeyNamesAndNamespacesMatchByBytes() throws {
+        let nfc = "caf\u{e9}", nfd = "cafe\u{301}"
+        XCTAssertEqual(nfc, nfd, "Swift calls them equal")
+        for (writer, reader) in [(testKeyring(nfd, byte: 1), testKeyring(nfc, byte: 1)),
+                                 (testKeyring("k", byte: 1, namespace: nfd), testKeyring("k", byte: 1, namespace: nfc))] {
+            let m = try EnvelopeEncryptor.encrypt(pattern(10), keyrings: [writer])
+            let edk = try HeaderReader.read(from: MemorySource(m)).encryptedDataKeys[0]
+            guard case .notMine = try reader.unwrap(edk, context: try HeaderReader.read(from: MemorySource(m)).context) else {
+                return XCTFail("\(reader.keyDescription) took the EDK of \(writer.keyDescription)")
+            }
+            let e = assertEnvelopeError(.noUsableKey) { try EnvelopeDecryptor.decrypt(m, keyrings: [reader]) }
+            XCTAssertFalse(e?.reason.contains("Tried and failed") ?? true, "not tried at all")
+            XCTAssertEqual(try EnvelopeDecryptor.decrypt(m, keyrings: [writer]).plaintext, pattern(10))
+        }
+        // key.json must name its directory's key by bytes too: KELVIN SIGN is `==` to "K".
+        let kelvin = Array(#"{"name": "\u212Aey", "created": "2026-01-01T00:00:00Z", "versions": []}"#.utf8)
+        XCTAssertEqual("\u{212A}ey", "Key", "Swift calls them equal")
+        assertEnvelopeError(.keystoreCorrupt) { try LocalKMS.parseKeyInfo(kelvin, name: "Key", path: "key.json") }
+        XCTAssertNil(LocalKMS.parseEDKKeyName("prod/\u{301}v1"))
+        XCTAssertNil(LocalKMS.parseEDKKeyName("prod/v1\u{301}"))
+        XCTAssertEqual(LocalKMS.parseEDKKeyName("prod/v12")?.version, 12)
     }
 
     /// `AtomicFile.create` never replaces: the second create of a name fails `exists` and the
@@ -238,6 +310,75 @@ final class KeyringTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["x.hsmbak"])
     }
 
+    /// The link refusals hold for the file rewrapFile opened, not for what the path named a moment
+    /// earlier: here another thread keeps swapping the path between a regular file and a symbolic
+    /// link to (or a third name of) another message. Every rewrap either is refused or rewraps
+    /// the regular file; none reads the other message through the link or the extra name.
+    func testRewrapFileJudgesTheFileItOpenedNotThePathBefore() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let a = testKeyring("a", byte: 1)
+        func message(_ which: String) throws -> [UInt8] {
+            try EnvelopeEncryptor.encrypt(pattern(64), keyrings: [a], context: try EncryptionContext(["which": which]))
+        }
+        let plain = try message("plain"), other = try message("other")
+        let path = dir + "/m.env", linked = dir + "/linked.env", hard = dir + "/hard.env"
+        try AtomicFile.write(other, to: linked)
+        try AtomicFile.write(other, to: hard)
+        XCTAssertEqual(link(hard, dir + "/hard-2.env"), 0) // so that a name swapped in is a third one
+
+        // The plain refusals, with their codes and messages as before.
+        XCTAssertEqual(symlink(linked, path), 0)
+        let e = assertEnvelopeError(.invalidArgument) { try Rewrap.rewrapFile(at: path, keyrings: [a], newKeyrings: [a]) }
+        XCTAssertTrue(e?.reason.contains("is a symbolic link (to \(linked))") ?? false, "\(e?.reason ?? "")")
+        try FileManager.default.removeItem(atPath: path)
+        XCTAssertEqual(link(hard, path), 0)
+        let h = assertEnvelopeError(.invalidArgument) { try Rewrap.rewrapFile(at: path, keyrings: [a], newKeyrings: [a]) }
+        XCTAssertTrue(h?.reason.contains("has 3 hard links") ?? false, "\(h?.reason ?? "")")
+
+        final class Flag: @unchecked Sendable {
+            let lock = NSLock()
+            var stop = false
+            var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stop }
+        }
+        for kind in ["symbolic", "hard"] {
+            let flag = Flag()
+            let swapper = Thread { [dir] in
+                var i = 0
+                while !flag.isStopped {
+                    i += 1
+                    let tmp = dir + "/swap-\(i)"
+                    if i % 2 == 0 {
+                        _ = kind == "symbolic" ? symlink(linked, tmp) : link(hard, tmp)
+                    } else {
+                        try? Data(plain).write(to: URL(fileURLWithPath: tmp))
+                    }
+                    rename(tmp, path)
+                }
+            }
+            swapper.start()
+            var rewrapped = 0, refused = 0
+            let deadline = Date().addingTimeInterval(1)
+            while Date() < deadline {
+                do {
+                    let which = try Rewrap.rewrapFile(at: path, keyrings: [a], newKeyrings: [a]).context.value(forKey: "which")
+                    XCTAssertEqual(which, "plain", "through a \(kind) link, rewrapFile read the message the link names")
+                    if which != "plain" { break }
+                    rewrapped += 1
+                } catch let e as EnvelopeError {
+                    XCTAssertEqual(e.code, .invalidArgument, "\(e)")
+                    refused += 1
+                }
+            }
+            flag.lock.lock(); flag.stop = true; flag.lock.unlock()
+            while !swapper.isFinished { usleep(1000) }
+            XCTAssertGreaterThan(refused, 0, kind)
+            print("\(kind) links swapped in: \(rewrapped) rewrapped, \(refused) refused")
+        }
+        for file in [linked, hard] {
+            XCTAssertEqual(try EnvelopeDecryptor.decrypt(try AtomicFile.read(file), keyrings: [a]).header.context.value(forKey: "which"), "other")
+        }
+    }
+
     /// Offset of the footer of a framed signed message (walks the frames without keys).
     private func bodyEnd(_ m: [UInt8]) -> Int {
         let h = try! HeaderReader.read(from: MemorySource(m))
@@ -280,6 +421,13 @@ final class KeyringTests: XCTestCase {
         for key in ["hsmbackup.inner-bytes", "hsmbackup.copy-of", "hsmbackup.copy-source", "hsmbackup.copied-at"] {
             assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting(key, to: "1")) }
         }
+        // The reserved prefix is 10 bytes: a combining mark after it does not take a key out of
+        // it (by Characters, "hsmbackup.\u{301}x" does not "have the prefix" "hsmbackup.").
+        let marked = "hsmbackup.\u{301}x"
+        XCTAssertFalse(marked.hasPrefix(ArchiveMetadata.prefix), "Swift says it has no prefix")
+        assertEnvelopeError(.archiveMetadataInvalid) { try md.merged(into: try EncryptionContext([marked: "1"])) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting(marked, to: "1")) }
+        assertEnvelopeError(.archiveMetadataInvalid) { try ArchiveMetadata(context: try ctx.setting("hsmbackup.format\u{301}", to: "1")) }
         // Operator keys follow §3.2.2 only: an empty value is theirs to use.
         XCTAssertEqual(try ArchiveMetadata(context: try ctx.setting("operator-note", to: "")), md)
 

@@ -150,6 +150,52 @@ final class RobustnessTests: XCTestCase {
         assertEnvelopeError(.frameAuthenticationFailed) { try d.nextChunk() }
     }
 
+    /// An error of the byte source itself (the object store's own error type, mid-frame or
+    /// mid-footer) fails the decryptor for good, as a tag failure does: the first call throws the
+    /// source's error as it is, every later call throws it again and no plaintext comes out,
+    /// even though the source would now go on (the reader is mid-frame; the signature verifier
+    /// stopped at the footer).
+    func testASourceErrorOfAnyTypeFailsTheDecryptorForGood() throws {
+        struct StoreHiccup: Error, Equatable { let at: Int }
+        final class HiccupSource: ByteSource {
+            let bytes: [UInt8], failAt: Int
+            var position = 0, failed = false
+            init(_ bytes: [UInt8], failAt: Int) { self.bytes = bytes; self.failAt = failAt }
+            func read(maxCount: Int) throws -> [UInt8] {
+                let n = min(maxCount, bytes.count - position)
+                if !failed, n > 0, position + n > failAt {
+                    failed = true
+                    throw StoreHiccup(at: failAt)
+                }
+                defer { position += n }
+                return Array(bytes[position..<(position + n)])
+            }
+        }
+        for signed in [false, true] {
+            let m = try message(signed: signed)
+            let h = try HeaderReader.read(from: MemorySource(m)).byteCount
+            for failAt in h..<m.count {
+                let d = try EnvelopeDecryptor(source: HiccupSource(m, failAt: failAt), keyrings: [ring])
+                var out: [UInt8] = []
+                var first: Error?
+                while first == nil {
+                    do {
+                        guard let chunk = try d.nextChunk() else { break }
+                        out += chunk
+                    } catch { first = error }
+                }
+                XCTAssertEqual(first as? StoreHiccup, StoreHiccup(at: failAt), "failing at \(failAt): \(String(describing: first))")
+                for _ in 0..<3 {
+                    XCTAssertThrowsError(try d.nextChunk(), "failing at \(failAt)") {
+                        XCTAssertEqual($0 as? StoreHiccup, StoreHiccup(at: failAt), "failing at \(failAt): later calls throw the first error")
+                    }
+                }
+                XCTAssertTrue(plaintext.starts(with: out), "failing at \(failAt)")
+                XCTAssertLessThan(out.count, plaintext.count, "failing at \(failAt): the whole plaintext came out")
+            }
+        }
+    }
+
     func testHeaderRulesAndPolicy() throws {
         // An unsigned suite whose context holds the public-key pair, and a caller supplying it.
         assertEnvelopeError(.reservedContextKey) {

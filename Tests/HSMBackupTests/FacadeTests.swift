@@ -242,6 +242,43 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(try w.snapshot("t"), before)
     }
 
+    /// `backup rewrap` checks the archive's backup id as inspect, verify and restore do, before
+    /// it writes anything: else backup B's archive, put at A's key, would become A's archive for
+    /// good (re-encrypted under the new keys, the entry pointing at it). Nothing in the store changes.
+    func testRewrapOfAnArchiveSwappedUnderAnotherBackupsIdIsRefusedAndChangesNothing() throws {
+        let w = try World(keys: 4, users: 1)
+        let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
+        let b = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
+        let bBytes = try w.service.store.getAll(b.objectKey)
+        _ = try w.service.store.delete(a.objectKey)
+        _ = try w.service.store.put(a.objectKey, bytes: bBytes)
+        let before = try storeFiles(w)
+        let entry = try w.service.resolve(a.backupId)
+        XCTAssertThrowsError(try w.service.rewrap(a.backupId, keyrings: [w.kms.decryptionKeyring], newKeyrings: [try w.keyring("other-key")])) {
+            XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch, "\($0)")
+        }
+        XCTAssertEqual(try storeFiles(w), before, "a refused rewrap changes nothing in the store")
+        XCTAssertEqual(try w.service.resolve(a.backupId), entry)
+        XCTAssertEqual(try w.service.store.getAll(a.objectKey), bBytes)
+        // Its own archive is rewrapped as ever.
+        XCTAssertNotEqual(try w.service.rewrap(b.backupId, keyrings: [w.kms.decryptionKeyring], newKeyrings: [try w.keyring("other-key")]).objectKey,
+                          b.objectKey)
+        XCTAssertTrue(try w.service.verify(b.backupId, level: .envelope, keys: VerificationKeys(keyrings: [try w.keyring("other-key")])).passed)
+    }
+
+    /// Every file of the store with its bytes; lock files are made on demand and are not content (spec 5.10).
+    private func storeFiles(_ w: World) throws -> [String: Data] {
+        let root = w.root + "/store"
+        var out: [String: Data] = [:]
+        for case let rel as String in FileManager.default.enumerator(atPath: root)! where !rel.hasPrefix("locks/") {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: root + "/" + rel, isDirectory: &isDir), !isDir.boolValue {
+                out[rel] = try Data(contentsOf: URL(fileURLWithPath: root + "/" + rel))
+            }
+        }
+        return out
+    }
+
     func testIdPrefixesResolveOnlyWhenUnique() throws {
         let w = try World(keys: 2, users: 1)
         let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry.backupId
