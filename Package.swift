@@ -20,8 +20,11 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
-        // C libraries, each behind a shim header. Only BackupCrypto and PayloadCodec import them.
+        // C libraries, each behind a shim header. Only BackupCrypto, PayloadCodec and AWSCore (CTLS) import them.
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        // libssl for AWSCore's HTTPS (TLSConnection.swift is the only Swift that imports it).
+        .systemLibrary(name: "CTLS", pkgConfig: "libssl",
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive",
                        providers: [.apt(["libarchive-dev"])]),
@@ -66,8 +69,9 @@ let package = Package(
         // Payload key wrapping throughput: OpenSSL's KWP against AESKeyWrapLanes (release build).
         .executableTarget(name: "KWPBench", dependencies: ["BackupCrypto"]),
         .executableTarget(name: "BenchTool", dependencies: ["BackupCrypto", "SimulatedHSM", "ObjectStore"]), // make bench
-        // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP transport, retries, errors.
-        .target(name: "AWSCore", dependencies: ["BackupCrypto", "ByteCoding", "Durability"]),
+        // AWS plumbing (issue 16): SigV4, credentials/region/endpoints, HTTP/HTTPS transport (TLS on
+        // libssl, proxies), retries, errors. No FoundationNetworking (and so no libcurl) anywhere.
+        .target(name: "AWSCore", dependencies: ["CTLS", "BackupCrypto", "ByteCoding", "Durability"]),
         // The AWS KMS keyring (issue 16), ESDK-compatible EDKs over AWSCore.
         .target(name: "AWSKMS", dependencies: ["AWSCore", "Envelope", "BackupCrypto"]),
         .executableTarget(name: "hsmbackup", dependencies: [

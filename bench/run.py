@@ -655,31 +655,24 @@ def row_s3():
         t_local, rss_local, _ = run_rss(hb("backup", "create", "--hsm", HSM, "--kms-key", KMS_KEY, "--out", local_file))
         t_vlocal, _, _ = run_rss(hb("verify", local_file, "--level", "envelope"))
         rm(local_file)
-        # Context: the same create through URLSession (the transport before the socket one).
-        us_env = dict(env, HSMBACKUP_HTTP_TRANSPORT="urlsession")
-        t_us, rss_us, out_us = run_rss(ours_create(), env=us_env)
-        id_us = json.loads(out_us)["backupId"]
         om, pm = med(o), med(p)
         add_row("backup create through S3 (moto), %.0f MiB archive, 1 location" % (size / 2**20), om, pm,
                 "<= 1.2x aws s3 cp up; peak RSS <= 64 MiB", om <= 1.2 * pm and max(orss) / 1024.0 <= 64,
                 ours_label="hsmbackup backup create (S3 store)", peer_label="aws s3 cp FILE s3://... (same archive)",
                 detail="peak RSS %.1f MiB; the same backup into a local file (no store) takes %.2f s, peak RSS %.1f MiB; "
-                       "through URLSession (HSMBACKUP_HTTP_TRANSPORT=urlsession) %.2f s, peak RSS %.1f MiB; "
                        "moto is Python, so both sides are bounded by it"
-                       % (max(orss) / 1024.0, t_local, rss_local / 1024.0, t_us, rss_us / 1024.0),
+                       % (max(orss) / 1024.0, t_local, rss_local / 1024.0),
                 samples={"ours": o, "peer": p})
         key = "s3://bench-ours/hsm/backups/%s/archive" % ids[-1]
         o, p, orss = alternate(hs("verify", ids[-1], "--level", "envelope"),
                                [aws, "s3", "cp", "--only-show-errors", key, back], ours_env=env, peer_env=env,
                                peer_prep=lambda: rm(back))
-        t_vus, rss_vus, _ = run_rss(hs("verify", id_us, "--level", "envelope"), env=us_env)
         om, pm = med(o), med(p)
         add_row("verify --level envelope through S3 (moto), %.0f MiB archive" % (size / 2**20), om, pm,
                 "<= 1.2x aws s3 cp down; peak RSS <= 64 MiB", om <= 1.2 * pm and max(orss) / 1024.0 <= 64,
                 ours_label="hsmbackup verify --level envelope (S3 store)", peer_label="aws s3 cp s3://... FILE (download only)",
-                detail="peak RSS %.1f MiB; ours also decrypts and checks every frame (verify of the local file: %.2f s); "
-                       "through URLSession (HSMBACKUP_HTTP_TRANSPORT=urlsession, 8 MiB ranged windows) %.2f s, peak RSS %.1f MiB"
-                       % (max(orss) / 1024.0, t_vlocal, t_vus, rss_vus / 1024.0),
+                detail="peak RSS %.1f MiB; ours also decrypts and checks every frame (verify of the local file: %.2f s)"
+                       % (max(orss) / 1024.0, t_vlocal),
                 samples={"ours": o, "peer": p})
         rm(back)
         # backup list of S3_BACKUPS backups: a catalog made by BenchTool in a local store, put in

@@ -70,7 +70,7 @@ public final class AWSClient: @unchecked Sendable {
 
     /// `service` is the signing name (`s3`, `kms`); `signingOptions` `.s3` for S3, `.standard` otherwise.
     public init(service: String, region: String, endpoint: URL, credentials: AWSCredentials,
-                signingOptions: SigV4Signer.Options = .standard, transport: HTTPTransport = URLSessionTransport.shared,
+                signingOptions: SigV4Signer.Options = .standard, transport: HTTPTransport = DefaultHTTPTransport.shared,
                 retry: RetryPolicy = .default, clock: AWSClock = SystemClock(), sleeper: AWSSleeper = ThreadSleeper()) {
         self.service = service
         self.region = region

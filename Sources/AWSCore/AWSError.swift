@@ -73,6 +73,33 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
         AWSError(kind: .configuration, service: service, operation: operation, code: code, message: message)
     }
 
+    /// `text` (from a server, a proxy or the user) made safe for a message that may reach a
+    /// terminal: C0 controls, DEL and C1 controls (ESC, CR, LF, NUL, CSI …) as `\xNN`.
+    public static func escapingControls<S: StringProtocol>(_ text: S) -> String {
+        var out = ""
+        for u in text.unicodeScalars {
+            if u.value < 0x20 || (0x7F...0x9F).contains(u.value) {
+                let hex = Array("0123456789ABCDEF")
+                out += "\\x" + String(hex[Int(u.value >> 4)]) + String(hex[Int(u.value & 0xF)])
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
+
+    /// Bytes as printable ASCII for a message: anything else (controls, DEL, bytes from 0x80 on) as `\xNN`.
+    public static func escapingControls<C: Collection>(bytes: C) -> String where C.Element == UInt8 {
+        var out = ""
+        let hex = Array("0123456789ABCDEF")
+        for b in bytes {
+            if b >= 0x20 && b < 0x7F { out.unicodeScalars.append(Unicode.Scalar(b)) } else {
+                out += "\\x" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 0xF)])
+            }
+        }
+        return out
+    }
+
     public static func credentials(_ message: String) -> AWSError {
         AWSError(kind: .credentials, service: "aws", operation: "credentials", code: "NoCredentials", message: message)
     }
@@ -129,8 +156,16 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
         return code == "InvalidSignatureException" && message.contains("Signature expired")
     }
 
-    /// Worth another attempt (signed afresh): throttling, 5xx, timeouts, no answer at all.
+    /// Transport failures another attempt cannot cure: the server's certificate was refused (an
+    /// untrusted chain, another host's name, expired), no TLS version or cipher both sides accept
+    /// (a TLS 1.0/1.1-only server, or not TLS at all), a proxy that refused the CONNECT tunnel (407,
+    /// 403, …). Retrying them would only repeat the same handshake or refusal, with backoff.
+    public static let finalTransportCodes: Set<String> = ["CertificateVerifyFailed", "TLSHandshakeFailed", "ProxyConnectRefused"]
+
+    /// Worth another attempt (signed afresh): throttling, 5xx, timeouts, no answer at all (but
+    /// not the final transport failures above).
     public var isRetryable: Bool {
+        if kind == .transport && Self.finalTransportCodes.contains(code) { return false }
         switch category {
         case .throttled, .serverError, .transport, .clockSkew: return true
         default: return false

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 
 /// Region and endpoint resolution, following the AWS SDKs' conventions.
@@ -59,14 +62,51 @@ public enum AWSConfiguration {
         return Endpoint(url: URL(string: "https://\(service).\(region).\(suffix)")!, isCustom: false, source: "AWS default")
     }
 
-    /// An endpoint URL: http or https, a host, optionally a port and a base path; no query.
+    /// An endpoint URL: http or https, a host, optionally a port and a base path; no query. The
+    /// host must pass `isValidHost`.
     public static func parse(_ s: String, source: String) throws -> Endpoint {
         guard let c = URLComponents(string: s), let scheme = c.scheme?.lowercased(), scheme == "http" || scheme == "https",
               let host = c.host, !host.isEmpty, c.query == nil, c.fragment == nil, c.user == nil, c.password == nil,
               let url = c.url else {
-            throw AWSError.configuration("InvalidEndpoint", "endpoint \"\(s)\" from \(source) is not an http(s) URL with a host (and no query or credentials)")
+            throw AWSError.configuration("InvalidEndpoint", "endpoint \"\(AWSError.escapingControls(s))\" from \(source) is not an http(s) URL with a host (and no query or credentials)")
+        }
+        let raw = c.percentEncodedHost ?? host
+        guard isValidHost(raw) else {
+            throw AWSError.configuration("InvalidEndpoint", "endpoint \"\(AWSError.escapingControls(s))\" from \(source): " + invalidHostReason(raw))
         }
         return Endpoint(url: url, isCustom: true, source: source)
+    }
+
+    /// Whether `host`, as written in a URL (percent-encoded form; an IPv6 literal in brackets), is
+    /// one the transport sends: a DNS name of letters, digits and hyphens in dot-separated labels
+    /// (1 to 63 characters, no hyphen first or last, at most 253 in all, one trailing dot allowed),
+    /// an IPv4 address, or an IPv6 address in brackets (no zone). So no percent-encoding (a host
+    /// decoded from `%0D%0A` would split the request head, one from `%00` be cut short where C
+    /// reads it), no spaces, controls or underscores.
+    public static func isValidHost(_ host: String) -> Bool {
+        if host.hasPrefix("[") {
+            guard host.hasSuffix("]"), host.count > 2 else { return false }
+            let inner = String(host.dropFirst().dropLast())
+            var a = in6_addr()
+            return inner.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x3A) || ($0 >= 0x41 && $0 <= 0x46) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2E }
+                && inet_pton(AF_INET6, inner, &a) == 1
+        }
+        var name = Substring(host)
+        if name.hasSuffix(".") { name = name.dropLast() }
+        guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+        for label in name.utf8.split(separator: 0x2E, omittingEmptySubsequences: false) {
+            guard (1...63).contains(label.count), label.first != 0x2D, label.last != 0x2D,
+                  label.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }) else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Why `host` (percent-encoded form) was refused, with it escaped.
+    public static func invalidHostReason(_ host: String) -> String {
+        "host \"\(AWSError.escapingControls(host))\" is not a DNS name or an IP address (a name is letters, digits and hyphens in "
+            + "dot-separated labels; no percent-encoding, underscores, spaces or control characters)"
     }
 
     /// The retry policy: `AWS_MAX_ATTEMPTS` (1...20, the AWS SDKs' variable) or the default of 8

@@ -1,10 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// HTTP header fields in the order they were added; names compare case-insensitively.
 public struct HTTPHeaders: Sendable, Sequence, CustomStringConvertible {
@@ -116,8 +110,8 @@ public struct HTTPResponse: Sendable {
 /// `Host`, `Content-Length`, `User-Agent`, which are never signed) and the path verbatim.
 public protocol HTTPTransport: Sendable {
     func send(_ request: HTTPRequest) throws -> HTTPResponse
-    /// Whether a response body from `url` costs its size once in memory (read into one buffer);
-    /// false for URLSession, which holds about twice a body. Callers size their reads by it.
+    /// Whether a response body from `url` costs its size once in memory (read into one buffer, as
+    /// `SocketHTTPTransport` does); a transport that holds more returns false. Callers size their reads by it.
     func holdsBodiesOnce(for url: URL) -> Bool
     /// Whether a 2xx body from `url` goes to `HTTPRequest.responseSink` as it arrives, in bounded
     /// pieces whatever its size and framing (false: the body comes back whole and the sink is ignored).
@@ -129,110 +123,19 @@ extension HTTPTransport {
     public func streamsResponseBodies(for url: URL) -> Bool { false }
 }
 
-/// `HTTPTransport` on FoundationNetworking's URLSession (libcurl on Linux), one long-lived
-/// session per transport (the Linux URLSession has a history of teardown races; use `shared`).
-///
-/// Bodies are in memory and bounded by the caller: a request body via `uploadTask(with:from:)`
-/// (libcurl sends `Content-Length`, never chunked), a response body via the data task's
-/// completion. Large objects go as parts of at most a few tens of MiB and come back as ranged
-/// GETs; the URLSession of swift-corelibs-foundation has no streaming response API with
-/// backpressure (its delegate receives every piece as fast as the socket delivers it), so a
-/// bounded streaming read is a ranged read. `Accept-Encoding: identity` is set on every request
-/// unless the caller set one, so libcurl's default (`deflate, gzip, br, zstd`) never makes a
-/// server send, and curl silently decode, a compressed body whose checksum would then not match.
-public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
-    public static let shared = URLSessionTransport()
-
-    private let session: URLSession
-    private let delegateQueue: OperationQueue
-
-    /// `maximumConnectionsPerHost` bounds parallel requests to one endpoint; `resourceTimeout`
-    /// bounds a whole request (upload + answer).
-    /// (`HeapSetting`: large bodies in mmap'd blocks that go back to the system when freed.)
-    public init(maximumConnectionsPerHost: Int = 16, resourceTimeout: TimeInterval = 600) {
-        HeapSetting.apply()
-        let config = URLSessionConfiguration.ephemeral
-        config.httpMaximumConnectionsPerHost = maximumConnectionsPerHost
-        config.timeoutIntervalForResource = resourceTimeout
-        config.requestCachePolicy = .reloadIgnoringLocalCacheData
-        config.urlCache = nil
-        config.httpCookieStorage = nil
-        config.httpShouldSetCookies = false
-        let queue = OperationQueue()
-        queue.name = "hsmbackup.URLSessionTransport"
-        queue.maxConcurrentOperationCount = max(2, maximumConnectionsPerHost)
-        delegateQueue = queue
-        session = URLSession(configuration: config, delegate: nil, delegateQueue: queue)
-    }
-
-    private final class Outcome: @unchecked Sendable {
-        var data: Data?
-        var response: URLResponse?
-        var error: Error?
-    }
-
-    public func send(_ request: HTTPRequest) throws -> HTTPResponse {
-        var r = URLRequest(url: request.url)
-        r.httpMethod = request.method
-        r.timeoutInterval = request.timeout
-        r.httpShouldHandleCookies = false
-        for (name, value) in request.headers { r.addValue(value, forHTTPHeaderField: name) }
-        if request.headers["accept-encoding"] == nil { r.setValue("identity", forHTTPHeaderField: "Accept-Encoding") }
-        if request.headers["content-type"] == nil, !request.body.isEmpty || request.method == "PUT" || request.method == "POST" {
-            // libcurl would otherwise send application/x-www-form-urlencoded with a body.
-            r.setValue("application/octet-stream", forHTTPHeaderField: "Content-Type")
-        }
-        let outcome = Outcome()
-        let done = DispatchSemaphore(value: 0)
-        let handler: @Sendable (Data?, URLResponse?, Error?) -> Void = { data, response, error in
-            outcome.data = data
-            outcome.response = response
-            outcome.error = error
-            done.signal()
-        }
-        let task: URLSessionTask
-        if request.method == "PUT" || request.method == "POST" || !request.body.isEmpty {
-            task = session.uploadTask(with: r, from: request.body, completionHandler: handler)
-        } else {
-            task = session.dataTask(with: r, completionHandler: handler)
-        }
-        task.resume()
-        done.wait()
-        if let error = outcome.error {
-            let ns = error as NSError
-            let code = ns.code == NSURLErrorTimedOut ? "Timeout" : ns.code == NSURLErrorCannotConnectToHost ? "ConnectionRefused" : "TransportError"
-            throw AWSError(kind: .transport, service: "http", operation: request.method, code: code,
-                           message: "\(request.url.scheme ?? "")://\(request.url.host ?? "")\(request.url.port.map { ":\($0)" } ?? ""): \(ns.localizedDescription) (\(ns.domain) \(ns.code))")
-        }
-        guard let http = outcome.response as? HTTPURLResponse else {
-            throw AWSError(kind: .transport, service: "http", operation: request.method, code: "NoResponse",
-                           message: "no HTTP response from \(request.url.host ?? "?")")
-        }
-        var headers = HTTPHeaders()
-        for (k, v) in http.allHeaderFields {
-            if let k = k as? String, let v = v as? String { headers.add(k, v) }
-        }
-        return HTTPResponse(status: http.statusCode, headers: headers, body: outcome.data ?? Data())
-    }
-}
-
-/// The transport the S3 store uses unless given another: `http://` endpoints through
-/// `SocketHTTPTransport` (bodies written from and read into one buffer, few system calls),
-/// `https://` through `URLSessionTransport` (TLS). `HSMBACKUP_HTTP_TRANSPORT=urlsession` sends
-/// everything through URLSession (a fallback, and the comparison in bench/README.md).
+/// The transport the AWS clients (S3 store, KMS) use unless given another: `http://` and
+/// `https://` both through `SocketHTTPTransport.shared` (TLS on libssl; proxies and the CA bundle
+/// from the environment). There is no other HTTP stack in the process: FoundationNetworking, and
+/// libcurl with it, are not linked. `plain` and `tls` replace it per scheme (tests).
 public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
     public static let shared = DefaultHTTPTransport()
 
-    /// nil: URLSessionTransport.shared, made on first use (a process that only talks to an
-    /// `http://` endpoint never starts a URLSession).
-    let plain: HTTPTransport?
-    let tlsTransport: HTTPTransport?
-    var tls: HTTPTransport { tlsTransport ?? URLSessionTransport.shared }
+    let plain: HTTPTransport
+    let tls: HTTPTransport
 
-    public init(plain: HTTPTransport? = nil, tls: HTTPTransport? = nil,
-                environment: [String: String] = ProcessInfo.processInfo.environment) {
-        tlsTransport = tls
-        self.plain = environment["HSMBACKUP_HTTP_TRANSPORT"]?.lowercased() == "urlsession" ? nil : plain ?? SocketHTTPTransport.shared
+    public init(plain: HTTPTransport? = nil, tls: HTTPTransport? = nil) {
+        self.plain = plain ?? SocketHTTPTransport.shared
+        self.tls = tls ?? SocketHTTPTransport.shared
     }
 
     public func send(_ request: HTTPRequest) throws -> HTTPResponse {
@@ -244,7 +147,6 @@ public final class DefaultHTTPTransport: HTTPTransport, @unchecked Sendable {
     public func streamsResponseBodies(for url: URL) -> Bool { route(url).streamsResponseBodies(for: url) }
 
     private func route(_ url: URL) -> HTTPTransport {
-        if url.scheme?.lowercased() == "http", let plain { return plain }
-        return tls
+        url.scheme?.lowercased() == "http" ? plain : tls
     }
 }

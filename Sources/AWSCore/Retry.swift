@@ -23,7 +23,9 @@ public struct ThreadSleeper: AWSSleeper {
 /// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and
 /// Jitter"): before attempt n+1 (n ≥ 1) wait uniform(0, min(cap, base·2^(n-1))). Only
 /// retryable errors (`AWSError.isRetryable`) are retried, at most `maximumAttempts` attempts in
-/// all; a clock-skew error is retried at once with the corrected clock.
+/// all; a clock-skew error is retried at once with the corrected clock. A refused certificate, a
+/// failed TLS handshake and a proxy that refused CONNECT are transport errors that are never
+/// retried (`AWSError.finalTransportCodes`).
 public struct RetryPolicy: Sendable {
     public var maximumAttempts: Int
     public var baseDelay: Double

@@ -34,7 +34,7 @@ public struct AWSKMSKeyring: GeneratingKeyring {
     /// A keyring for `identifier` (key ARN, alias ARN or `alias/NAME`): the region comes from the
     /// ARN, else from the AWS configuration; credentials and endpoint are resolved the AWS way.
     public static func make(_ identifier: String, credentials: AWSCredentials, environment: AWSEnvironment = .process,
-                            transport: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default,
+                            transport: HTTPTransport = DefaultHTTPTransport.shared, retry: RetryPolicy = .default,
                             grantTokens: [String] = []) throws -> AWSKMSKeyring {
         let key = try KMSKeyIdentifier(identifier)
         let region = try key.region ?? AWSConfiguration.requireRegion(environment, for: "KMS key \(identifier)")

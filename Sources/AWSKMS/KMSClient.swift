@@ -12,8 +12,11 @@ import Foundation
 ///
 /// Secret hygiene: a data key's plaintext is base64 in the request (Encrypt) and the answer
 /// (GenerateDataKey, Decrypt). Our own buffers holding it are wiped: the request and answer
-/// bodies where they lie once the call is over, the key decoded from base64 straight into
-/// `SecureBytes`; the copies inside Foundation's URLSession and JSON parser are outside our reach.
+/// bodies where they lie once the call is over; the answer's `Plaintext` is taken from the body's
+/// bytes and decoded from base64 straight into `SecureBytes` (`SecretJSONField`), and the JSON
+/// parser only ever sees a copy with that value emptied, so no Foundation `String` holds the key.
+/// The transport wipes its scratch buffers when an exchange ends and a body it had to grow, and
+/// libssl wipes each decrypted record once read (SSL_OP_CLEANSE_PLAINTEXT).
 public final class KMSClient: Sendable {
     public let client: AWSClient
 
@@ -22,7 +25,7 @@ public final class KMSClient: Sendable {
     /// A client for `region`, with credentials and the endpoint resolved the AWS way
     /// (`AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, config file, else kms.<region>.amazonaws.com).
     public static func make(region: String, credentials: AWSCredentials, environment: AWSEnvironment = .process,
-                            transport: HTTPTransport = URLSessionTransport.shared, retry: RetryPolicy = .default) throws -> KMSClient {
+                            transport: HTTPTransport = DefaultHTTPTransport.shared, retry: RetryPolicy = .default) throws -> KMSClient {
         let endpoint = try AWSConfiguration.endpoint(service: "kms", region: region, environment)
         // GenerateDataKey and Decrypt answer with the plaintext data key, and Encrypt sends it:
         // over plain HTTP anyone on the path reads the key of the whole archive. Only a loopback
@@ -61,7 +64,7 @@ public final class KMSClient: Sendable {
         body.context("EncryptionContext", context)
         if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
         let answer = try call("GenerateDataKey", body: body.finish(), resource: keyID)
-        return GeneratedDataKey(plaintext: try answer.secretBlob("Plaintext"),
+        return GeneratedDataKey(plaintext: try answer.secretPlaintext(),
                                 ciphertextBlob: try answer.blob("CiphertextBlob"), keyID: try answer.string("KeyId"))
     }
 
@@ -92,7 +95,7 @@ public final class KMSClient: Sendable {
         body.context("EncryptionContext", context)
         if !grantTokens.isEmpty { body.field("GrantTokens", grantTokens) }
         let answer = try call("Decrypt", body: body.finish(), resource: keyID)
-        return DecryptResult(plaintext: try answer.secretBlob("Plaintext"), keyID: try answer.string("KeyId"))
+        return DecryptResult(plaintext: try answer.secretPlaintext(), keyID: try answer.string("KeyId"))
     }
 
     public struct KeyMetadata: Sendable {
@@ -138,6 +141,8 @@ public final class KMSClient: Sendable {
         let operation: String
         let object: [String: Any]
         let region: String
+        /// The answer's `Plaintext` (a data key), taken from the body's bytes: `object` has it emptied.
+        var plaintext: SecureBytes? = nil
 
         func invalid(_ why: String) -> AWSError {
             AWSError(kind: .invalidResponse, service: "kms", operation: operation, code: "InvalidResponse", message: why)
@@ -152,11 +157,9 @@ public final class KMSClient: Sendable {
             }
             return [UInt8](bytes)
         }
-        /// A secret blob, decoded into wiped memory with no copy in between.
-        func secretBlob(_ name: String) throws -> SecureBytes {
-            guard let s = object[name] as? String, let key = secretFromBase64(s) else {
-                throw invalid("the answer's \(name) is missing or not base64")
-            }
+        /// The data key (`Plaintext`), decoded into wiped memory from the body's bytes.
+        func secretPlaintext() throws -> SecureBytes {
+            guard let key = plaintext else { throw invalid("the answer has no Plaintext") }
             return key
         }
     }
@@ -174,24 +177,41 @@ public final class KMSClient: Sendable {
         let response = try client.send(request)
         // In place: `resetBytes` would give a copy fresh storage if another holder shared it.
         defer { wipeStorage(ofData: response.body) }
-        if response.body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+        let space: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+        if response.body.allSatisfy(space) {
             return Answer(operation: op, object: [:], region: client.region) // CreateAlias answers with no body
         }
-        let parsed = try? JSONSerialization.jsonObject(with: response.body, options: [.fragmentsAllowed])
-        if parsed is NSNull { return Answer(operation: op, object: [:], region: client.region) } // moto's CreateAlias: `null`
-        guard let obj = parsed as? [String: Any] else {
-            throw AWSError(kind: .invalidResponse, service: "kms", operation: op, status: response.status, code: "InvalidResponse",
-                           message: "the answer is not a JSON object", resource: resource)
+        func invalid(_ why: String) -> AWSError {
+            AWSError(kind: .invalidResponse, service: "kms", operation: op, status: response.status, code: "InvalidResponse",
+                     message: why, resource: resource)
         }
-        return Answer(operation: op, object: obj, region: client.region)
+        // The data key is taken from the bytes first (straight into SecureBytes); the parser gets
+        // the body without it. A body the strict scan refuses is an error, whatever the parser
+        // would make of it (a key it did not take could otherwise end up in a String).
+        let plaintext: SecureBytes?
+        let rest: Data
+        do {
+            (plaintext, rest) = try SecretJSONField.extract("Plaintext", from: response.body)
+        } catch let e as SecretJSONField.Malformed {
+            let trimmed = response.body.drop(while: space).reversed().drop(while: space)
+            if Array(trimmed.reversed()) == Array("null".utf8) { return Answer(operation: op, object: [:], region: client.region) } // moto's CreateAlias
+            throw invalid("the answer is not a JSON object as KMS sends: \(e)")
+        }
+        guard let obj = (try? JSONSerialization.jsonObject(with: rest)) as? [String: Any] else {
+            throw invalid("the answer is not a JSON object")
+        }
+        return Answer(operation: op, object: obj, region: client.region, plaintext: plaintext)
     }
 }
 
 /// Decodes padded standard base64 (KMS's blobs) straight into wiped memory: `Data(base64Encoded:)`
 /// would leave the secret in a buffer freed unwiped. Nil when `s` is not base64.
-func secretFromBase64(_ s: String) -> SecureBytes? {
-    struct NotBase64: Error {}
-    let text = s.utf8
+func secretFromBase64(_ s: String) -> SecureBytes? { secretFromBase64(bytes: s.utf8) }
+
+/// The same from bytes where they lie (a KMS answer's body).
+private struct NotBase64: Error {}
+
+func secretFromBase64<C: BidirectionalCollection>(bytes text: C) -> SecureBytes? where C.Element == UInt8 {
     guard text.count % 4 == 0 else { return nil }
     var padding = 0
     for c in text.reversed().prefix(2) { if c == 0x3D { padding += 1 } else { break } }

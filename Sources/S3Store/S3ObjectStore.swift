@@ -29,10 +29,11 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     public static let recordsDir = ".hsmbackup/records"
     public static let catalogName = ".hsmbackup/catalog.bin"
     public static let markerName = ".hsmbackup/REPLICA"
-    /// Ranged reads that go by windows (a reader through URLSession, and every repair) fetch
-    /// this many record chunks at once: 8 (8 MiB) through URLSession (`https://`, about twice a
-    /// response in memory), 16 through a transport that holds a response once
-    /// (`S3Transport.holdsBodiesOnce`; its readers stream instead, `S3ChunkStream.swift`). A
+    /// Ranged reads that go by windows (a reader through a transport that cannot stream, and
+    /// every repair) fetch this many record chunks at once: 8 (8 MiB) through a transport that
+    /// may hold a response twice in memory, 16 through one that holds it once
+    /// (`S3Transport.holdsBodiesOnce`; the built-in transport's readers stream instead,
+    /// `S3ChunkStream.swift`). A
     /// server like moto reads the whole object for every ranged GET, so fewer, larger GETs cost
     /// it less: through the socket transport, 16 MiB windows with one ahead verified the bench's
     /// 84 MiB archive in 1.4 s at 57-72 MiB peak RSS, 8 MiB windows in 1.9 s at 50 MiB; the
@@ -49,7 +50,7 @@ public final class S3ObjectStore: ReplicatedStorage, @unchecked Sendable {
     /// keeps `verify` under 64 MiB; more did not make it faster against moto.
     static let readsInFlight = tunable("HSMBACKUP_S3_READS_IN_FLIGHT", 1, 0...16)
     /// Parts being sent per writer while the next one fills (each held once in memory, shared by
-    /// every replica's upload; URLSession copies an in-memory body once more while sending it).
+    /// every replica's upload).
     static let maxPartsInFlight = tunable("HSMBACKUP_S3_PARTS_IN_FLIGHT", 1, 1...16)
 
     /// A positive integer from the environment (a tuning knob, see README), else `fallback`.

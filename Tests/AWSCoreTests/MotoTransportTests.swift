@@ -4,9 +4,10 @@ import ByteCoding
 import Foundation
 import XCTest
 
-/// AWSCore end to end against moto with signature checks on (scripts/aws/moto.sh): the URLSession
-/// transport and the S3 rules of the signer (path encoded once, `x-amz-content-sha256`), with
-/// the S3 requests a store makes. Skips without moto; fails under HSMBACKUP_REQUIRE_EXTERNAL=1.
+/// AWSCore end to end against moto with signature checks on (scripts/aws/moto.sh): the socket
+/// transport (directly and as the default the clients use) and the S3 rules of the signer (path
+/// encoded once, `x-amz-content-sha256`), with the S3 requests a store makes. The same requests
+/// over HTTPS are in TLSTransportTests. Skips without moto; fails under HSMBACKUP_REQUIRE_EXTERNAL=1.
 struct MissingExternal: Error, CustomStringConvertible { let description: String }
 
 final class MotoTransportTests: XCTestCase {
@@ -15,7 +16,7 @@ final class MotoTransportTests: XCTestCase {
         let credentials: AWSCredentials
     }
 
-    func server() throws -> Server {
+    static func server() throws -> Server {
         let env = ProcessInfo.processInfo.environment
         guard let e = env["HSMBACKUP_TEST_AWS_ENDPOINT"], let url = URL(string: e), let akid = env["HSMBACKUP_TEST_AWS_ACCESS_KEY_ID"],
               let secret = env["HSMBACKUP_TEST_AWS_SECRET_ACCESS_KEY"] else {
@@ -26,21 +27,22 @@ final class MotoTransportTests: XCTestCase {
         return Server(endpoint: url, credentials: AWSCredentials(accessKeyID: akid, secretAccessKey: AWSSecretKey(secret)))
     }
 
-    func s3(_ s: Server, credentials: AWSCredentials? = nil, transport: HTTPTransport = URLSessionTransport.shared) -> AWSClient {
+    static func s3(_ s: Server, credentials: AWSCredentials? = nil, transport: HTTPTransport = DefaultHTTPTransport.shared) -> AWSClient {
         AWSClient(service: "s3", region: "us-east-1", endpoint: s.endpoint, credentials: credentials ?? s.credentials,
                   signingOptions: .s3, transport: transport, retry: RetryPolicy(maximumAttempts: 2))
     }
 
-    func testS3RequestsThroughURLSessionWithSignatureChecks() throws {
-        try s3Requests(through: URLSessionTransport.shared)
+    func testS3RequestsThroughTheDefaultTransportWithSignatureChecks() throws {
+        // What AWSClient, KMSClient and the S3 store use when given nothing else.
+        try Self.s3Requests(through: DefaultHTTPTransport.shared, server: try Self.server())
     }
 
     func testS3RequestsThroughTheSocketTransportWithSignatureChecks() throws {
-        try s3Requests(through: SocketHTTPTransport.shared)
+        try Self.s3Requests(through: SocketHTTPTransport.shared, server: try Self.server())
     }
 
-    func s3Requests(through transport: HTTPTransport) throws {
-        let s = try server()
+    /// The S3 requests a store makes, through `transport` to `s` (moto, or a TLS front before it).
+    static func s3Requests(through transport: HTTPTransport, server s: Server) throws {
         let c = s3(s, transport: transport)
         let bucket = "awscore-\(UUID().uuidString.prefix(8).lowercased())"
         _ = try c.send(AWSRequest(method: "PUT", path: "/" + bucket, operation: "CreateBucket"))
@@ -87,9 +89,9 @@ final class MotoTransportTests: XCTestCase {
     }
 
     func testWrongSecretIsAnAuthenticationError() throws {
-        let s = try server()
+        let s = try Self.server()
         let bad = AWSCredentials(accessKeyID: s.credentials.accessKeyID, secretAccessKey: AWSSecretKey("wrong"))
-        XCTAssertThrowsError(try s3(s, credentials: bad).send(AWSRequest(method: "GET", path: "/", operation: "ListBuckets"))) { e in
+        XCTAssertThrowsError(try Self.s3(s, credentials: bad).send(AWSRequest(method: "GET", path: "/", operation: "ListBuckets"))) { e in
             let e = e as! AWSError
             XCTAssertEqual(e.code, "SignatureDoesNotMatch")
             XCTAssertEqual(e.category, .authentication)

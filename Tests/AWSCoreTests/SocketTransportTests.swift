@@ -281,30 +281,45 @@ final class SocketTransportTests: XCTestCase {
         }
     }
 
-    func testHTTPSIsNotSentInTheClearAndTheDefaultRoutesByScheme() throws {
-        XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: "https://example.com/x")!))) { e in
+    func testHTTPSIsNeverSentInTheClearAndTheDefaultRoutesBothSchemesToTheSocketTransport() throws {
+        // An https:// URL whose server speaks plain HTTP: the first bytes on the wire are a TLS
+        // ClientHello (a handshake record, 0x16 0x03), never the request; the handshake fails,
+        // finally (no retry), with a reason that names the likely mistake.
+        let first = LockedBytes()
+        let server = try ScriptedHTTPServer { c, _, _ in
+            var b = [UInt8](repeating: 0, count: 4096)
+            let n = b.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, $0.count, 0) }
+            if n > 0 { first.set(Array(b[0..<n])) }
+            c.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+        XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: "https://127.0.0.1:\(server.port)/secret-path")!))) { e in
+            let e = e as? AWSError
+            XCTAssertEqual(e?.kind, .transport)
+            XCTAssertEqual(e?.code, "TLSHandshakeFailed", "\(String(describing: e))")
+            XCTAssertTrue(e?.message.contains("https://127.0.0.1:\(server.port)") ?? false, "\(String(describing: e))")
+            XCTAssertTrue(e?.message.contains("not a TLS server") ?? false, "\(String(describing: e))")
+            XCTAssertEqual(e?.isRetryable, false)
+        }
+        XCTAssertEqual(Array(first.value.prefix(2)), [0x16, 0x03])
+        XCTAssertFalse(String(decoding: first.value, as: UTF8.self).contains("secret-path"))
+        // Other schemes are refused before anything is sent.
+        XCTAssertThrowsError(try transport.send(HTTPRequest(method: "GET", url: URL(string: "ftp://127.0.0.1:9/x")!))) { e in
             XCTAssertEqual((e as? AWSError)?.kind, .configuration)
         }
-        XCTAssertTrue(transport.holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertTrue(transport.streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertFalse(transport.streamsResponseBodies(for: URL(string: "https://s3.amazonaws.com/")!))
-        XCTAssertFalse(URLSessionTransport.shared.streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertTrue(DefaultHTTPTransport(environment: [:]).streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertFalse(DefaultHTTPTransport(environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"]).streamsResponseBodies(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertFalse(transport.holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
+        // Both schemes stream and hold a body once, through the default transport too.
+        for u in ["http://127.0.0.1:9/", "https://s3.amazonaws.com/"] {
+            let url = URL(string: u)!
+            XCTAssertTrue(transport.holdsBodiesOnce(for: url), u)
+            XCTAssertTrue(transport.streamsResponseBodies(for: url), u)
+            XCTAssertTrue(DefaultHTTPTransport().holdsBodiesOnce(for: url), u)
+            XCTAssertTrue(DefaultHTTPTransport().streamsResponseBodies(for: url), u)
+        }
         let plain = RecordingHTTP(), tls = RecordingHTTP()
         let d = DefaultHTTPTransport(plain: plain, tls: tls)
         _ = try d.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:9/a")!))
         _ = try d.send(HTTPRequest(method: "GET", url: URL(string: "https://bucket.s3.us-east-1.amazonaws.com/b")!))
         XCTAssertEqual(plain.paths, ["/a"])
         XCTAssertEqual(tls.paths, ["/b"])
-        // HSMBACKUP_HTTP_TRANSPORT=urlsession sends http:// through the TLS-capable transport too.
-        let forced = DefaultHTTPTransport(tls: tls, environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"])
-        _ = try forced.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:9/c")!))
-        XCTAssertEqual(tls.paths, ["/b", "/c"])
-        XCTAssertTrue(DefaultHTTPTransport(environment: [:]).holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
-        XCTAssertFalse(DefaultHTTPTransport(environment: [:]).holdsBodiesOnce(for: URL(string: "https://s3.amazonaws.com/")!))
-        XCTAssertFalse(DefaultHTTPTransport(environment: ["HSMBACKUP_HTTP_TRANSPORT": "urlsession"]).holdsBodiesOnce(for: URL(string: "http://127.0.0.1:9/")!))
     }
 
     // MARK: streamed bodies, limits, framing
@@ -603,6 +618,102 @@ final class SocketTransportTests: XCTestCase {
             }
         }
     }
+
+    func testControlCharactersFromTheServerAreEscapedInErrors() throws {
+        // Server and proxy text in an error message ends up on a terminal: ESC and the other
+        // controls are shown as \xNN, never sent as they are.
+        func controlFree(_ s: String) -> Bool { !s.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } }
+        let answers: [(answer: String, shown: String)] = [
+            ("HTTP/1.1 2x0 \u{1B}[31mred\r\n\r\n", #"not an HTTP/1.x status line: HTTP/1.1 2x0 \x1B[31mred"#),
+            ("HTTP/1.1 200 OK\r\n\u{1B}]0;title\u{07}\r\n\r\n", #"a header line without a name: \x1B]0;title\x07"#),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 12\u{1B}[2J\r\n\r\n", #"invalid Content-Length 12\x1B[2J"#),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\u{1B}[2J\r\n", #"bad chunk size line zz\x1B[2J"#),
+        ]
+        for (answer, shown) in answers {
+            let server = try ScriptedHTTPServer { c, _, s in
+                guard let (head, _) = c.readRequest() else { return }
+                s.record(head)
+                c.write(answer)
+            }
+            XCTAssertThrowsError(try get(server), shown) { e in
+                let e = e as? AWSError
+                XCTAssertEqual(e?.code, "MalformedResponse", "\(String(describing: e))")
+                XCTAssertTrue(e?.message.contains(shown) ?? false, "\(String(describing: e))")
+                XCTAssertTrue(controlFree(e?.message ?? "\u{1B}"), "\(String(describing: e))")
+            }
+            XCTAssertEqual(server.heads.count, 1)
+        }
+        // A proxy's answer to CONNECT: its status line, its reason phrase.
+        let connectAnswers: [(answer: String, code: String, shown: String)] = [
+            ("HTTP/1.1 403 Forbidden\u{1B}[2J\u{1B}[H\r\n\r\n", "ProxyConnectRefused", #"refused CONNECT: HTTP 403 Forbidden\x1B[2J\x1B[H"#),
+            ("HTTP/1.1 502 Bad\u{7F}Gateway\r\n\r\n", "ProxyConnectFailed", #"could not open the tunnel: HTTP 502 Bad\x7FGateway"#),
+            ("HTTP/1.1 4\u{1B}3 x\r\n\r\n", "ProxyConnectFailed", #"no HTTP status line: HTTP/1.1 4\x1B3 x"#),
+        ]
+        for (answer, code, shown) in connectAnswers {
+            let proxy = try ScriptedHTTPServer { c, _, s in
+                guard let (head, _) = c.readRequest() else { return }
+                s.record(head)
+                c.write(answer)
+            }
+            let t = SocketHTTPTransport(proxies: ProxySettings(variables: ["https_proxy": "http://127.0.0.1:\(proxy.port)"]))
+            XCTAssertThrowsError(try t.send(HTTPRequest(method: "GET", url: URL(string: "https://proxied-host:8443/x")!, timeout: 5)), shown) { e in
+                let e = e as? AWSError
+                XCTAssertEqual(e?.code, code, "\(String(describing: e))")
+                XCTAssertTrue(e?.message.contains(shown) ?? false, "\(String(describing: e))")
+                XCTAssertTrue(controlFree(e?.message ?? "\u{1B}"), "\(String(describing: e))")
+            }
+            XCTAssertEqual(proxy.heads.map { $0.components(separatedBy: "\r\n")[0] }, ["CONNECT proxied-host:8443 HTTP/1.1"])
+        }
+    }
+
+    func testChunkedAndCloseDelimitedBodiesHeldWholeArriveIntactAcrossManyReads() throws {
+        // Such bodies (a KMS answer may be one) grow in a buffer that is wiped whenever it moves
+        // and when it is dropped; the wiping itself cannot be seen from here, only that every byte
+        // arrives, in order, and that the size bound still holds.
+        let n = (3 << 20) + 12345
+        let body = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
+        for chunked in [true, false] {
+            let server = try ScriptedHTTPServer { c, _, _ in
+                guard c.readRequest() != nil else { return }
+                if chunked {
+                    c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    var at = 0, size = 1
+                    while at < body.count {
+                        let k = min(size, body.count - at)
+                        guard c.write(Array(String(k, radix: 16).utf8) + [13, 10] + Array(body[at..<at + k]) + [13, 10]) else { return }
+                        at += k
+                        size = size * 3 + 1
+                    }
+                    c.write("0\r\n\r\n")
+                } else {
+                    c.write("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    for at in stride(from: 0, to: body.count, by: 7001) {
+                        guard c.write(Array(body[at..<min(at + 7001, body.count)])) else { return }
+                    }
+                }
+            }
+            XCTAssertTrue(try get(server).body == Data(body), "chunked \(chunked)")
+            var limited = HTTPRequest(method: "GET", url: URL(string: server.base + "/o")!)
+            limited.maximumResponseBytes = n - 1
+            XCTAssertThrowsError(try transport.send(limited), "chunked \(chunked)") { e in
+                XCTAssertEqual((e as? AWSError)?.code, "MalformedResponse", "\(e)")
+            }
+            // A small one, as a KMS answer is.
+            let small = try ScriptedHTTPServer { c, _, _ in
+                guard c.readRequest() != nil else { return }
+                c.write(chunked ? "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n\"b\"\r\n1\r\n}\r\n0\r\n\r\n"
+                                : "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\":\"b\"}")
+            }
+            XCTAssertEqual(String(decoding: try get(small).body, as: UTF8.self), #"{"a":"b"}"#)
+        }
+    }
+}
+
+final class LockedBytes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: [UInt8] = []
+    var value: [UInt8] { lock.lock(); defer { lock.unlock() }; return _value }
+    func set(_ v: [UInt8]) { lock.lock(); _value = v; lock.unlock() }
 }
 
 final class LockedFlag: @unchecked Sendable {

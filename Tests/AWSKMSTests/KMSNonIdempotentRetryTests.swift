@@ -1,5 +1,6 @@
 import AWSCore
 import AWSKMS
+import BackupCrypto
 import Envelope
 import Foundation
 import XCTest
@@ -53,5 +54,66 @@ final class KMSEndpointSecurityReviewTests: XCTestCase {
         for url in ["https://kms.internal.example:8443", "http://127.0.0.1:4566", "http://localhost:4566", "http://[::1]:4566"] {
             XCTAssertNoThrow(try make(url), url)
         }
+    }
+}
+
+/// scripts/tls/connectproxy.py: an HTTP proxy (CONNECT and absolute form) that counts what it saw.
+final class RecordingProxy {
+    let process = Process()
+    let port: UInt16
+
+    init() throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("scripts/tls/connectproxy.py").path
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        var line = [UInt8]()
+        while let c = out.fileHandleForReading.readData(ofLength: 1).first, c != 0x0a { line.append(c) }
+        guard let p = UInt16(String(decoding: line, as: UTF8.self)) else {
+            process.terminate()
+            throw MissingExternal("scripts/tls/connectproxy.py did not start (python3 needed)")
+        }
+        port = p
+    }
+
+    deinit {
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    /// The CONNECT targets and the absolute-form request lines it was sent.
+    func seen() throws -> [String] {
+        let t = SocketHTTPTransport(maximumIdleConnectionsPerHost: 0, proxies: .direct)
+        let r = try t.send(HTTPRequest(method: "GET", url: URL(string: "http://127.0.0.1:\(port)/__proxy/stats")!))
+        let stats = try XCTUnwrap(try JSONSerialization.jsonObject(with: r.body) as? [String: Any])
+        return (stats["connects"] as? [String] ?? []) + (stats["forwards"] as? [String] ?? [])
+    }
+}
+
+final class KMSLoopbackProxyTests: XCTestCase {
+    /// GenerateDataKey and Decrypt answer with the data key in plaintext: a plain-HTTP KMS
+    /// endpoint (allowed only on loopback, as moto or LocalStack at http://localhost:4566) must
+    /// never be sent through http_proxy, whatever no_proxy says.
+    func testALoopbackKMSEndpointIsNeverSentThroughAProxy() throws {
+        let moto = try Moto.require()
+        let proxy = try RecordingProxy()
+        let port = try XCTUnwrap(moto.endpoint.port)
+        let via = "http://127.0.0.1:\(proxy.port)"
+        let transport = SocketHTTPTransport(proxies: ProxySettings(variables: ["http_proxy": via, "https_proxy": via, "no_proxy": ""]))
+        let arn = try moto.createKey("loopback and proxies")
+        let ctx = try EncryptionContext(["purpose": "no-proxy"])
+        for host in ["localhost", "127.0.0.1"] {
+            let kms = try KMSClient.make(region: moto.region, credentials: moto.credentials,
+                                         environment: AWSEnvironment(variables: ["AWS_ENDPOINT_URL_KMS": "http://\(host):\(port)"], home: "/nonexistent"),
+                                         transport: transport, retry: RetryPolicy(maximumAttempts: 1))
+            let key = try kms.generateDataKey(keyID: arn, numberOfBytes: 32, context: ctx)
+            XCTAssertEqual(key.plaintext.count, 32)
+            let back = try kms.decrypt(keyID: arn, ciphertextBlob: key.ciphertextBlob, context: ctx)
+            XCTAssertTrue(back.plaintext.constantTimeEquals(key.plaintext), host)
+        }
+        XCTAssertEqual(try proxy.seen(), [], "the proxy saw a KMS request")
     }
 }

@@ -21,7 +21,7 @@ final class FlakyKMSTransport: HTTPTransport, @unchecked Sendable {
             return HTTPResponse(status: status, headers: HTTPHeaders([("Content-Type", "application/x-amz-json-1.1")]),
                                 body: Data(#"{"__type":"\#(type)","message":"injected by the test"}"#.utf8))
         }
-        return try URLSessionTransport.shared.send(request)
+        return try SocketHTTPTransport.shared.send(request)
     }
 }
 

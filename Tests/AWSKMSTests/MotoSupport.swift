@@ -49,7 +49,7 @@ struct Moto {
         AWSEnvironment(variables: ["AWS_ENDPOINT_URL_KMS": endpoint.absoluteString, "AWS_REGION": region], home: "/nonexistent")
     }
 
-    func kms(transport: HTTPTransport = URLSessionTransport.shared, credentials: AWSCredentials? = nil) -> KMSClient {
+    func kms(transport: HTTPTransport = DefaultHTTPTransport.shared, credentials: AWSCredentials? = nil) -> KMSClient {
         KMSClient(client: AWSClient(service: "kms", region: region, endpoint: endpoint, credentials: credentials ?? self.credentials,
                                     signingOptions: .standard, transport: transport, retry: RetryPolicy(maximumAttempts: 3)))
     }
@@ -59,7 +59,7 @@ struct Moto {
         try kms().createKey(description: description).arn
     }
 
-    func keyring(_ id: String, transport: HTTPTransport = URLSessionTransport.shared) throws -> AWSKMSKeyring {
+    func keyring(_ id: String, transport: HTTPTransport = DefaultHTTPTransport.shared) throws -> AWSKMSKeyring {
         try AWSKMSKeyring.make(id, credentials: credentials, environment: environment, transport: transport, retry: RetryPolicy(maximumAttempts: 3))
     }
 }
@@ -117,7 +117,7 @@ enum HSMBackupBinary {
     private final class Marker {}
 }
 
-/// A transport that passes every request to URLSession and keeps a copy of what was sent.
+/// A transport that passes every request to the socket transport and keeps a copy of what was sent.
 final class RecordingTransport: HTTPTransport, @unchecked Sendable {
     private let lock = NSLock()
     private(set) var requests: [HTTPRequest] = []
@@ -127,7 +127,7 @@ final class RecordingTransport: HTTPTransport, @unchecked Sendable {
         var kept = request
         kept.body = Data([UInt8](request.body))
         lock.lock(); requests.append(kept); lock.unlock()
-        return try URLSessionTransport.shared.send(request)
+        return try SocketHTTPTransport.shared.send(request)
     }
     var operations: [String] { requests.compactMap { $0.headers["x-amz-target"] } }
     func json(_ i: Int) -> [String: Any] { (try? JSONSerialization.jsonObject(with: requests[i].body)) as? [String: Any] ?? [:] }

@@ -46,7 +46,7 @@ final class S3ObjectStoreTests: XCTestCase {
         // 1,005 objects written straight into the bucket: the listing must page (1,000 per page).
         let loc = config.replicas[0].location
         let errors = LockedBox<[String]>([])
-        // Eight workers (not a thousand queued blocks: each request blocks its thread on URLSession).
+        // Eight workers (not a thousand queued blocks: each request blocks its thread).
         DispatchQueue.concurrentPerform(iterations: 8) { w in
             for i in stride(from: w, to: 1005, by: 8) {
                 do { _ = try moto.raw("PUT", loc.bucket, loc.key(String(format: "many/k%04d", i)), body: [1]) } catch {

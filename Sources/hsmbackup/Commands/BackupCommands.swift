@@ -55,6 +55,7 @@ enum ArchiveRef {
     }
 
     static func service() throws -> BackupService {
+        try TransportPreflight.check(storeRoot: Home.store)
         do { return try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: Home.store))) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first (or name an archive file)")
         }
@@ -286,7 +287,9 @@ struct BackupCopy: ParsableCommand {
     @Flag(help: "Machine-readable output.") var json = false
     func run() throws {
         try runMapped {
-            let e = try ArchiveRef.service().copy(id, to: try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: toStore))), cluster: cluster)
+            let source = try ArchiveRef.service()
+            try TransportPreflight.check(storeRoot: toStore)
+            let e = try source.copy(id, to: try BackupService(catalog: BackupCatalog(store: StoreLocator.open(root: toStore))), cluster: cluster)
             if json { try JSONOutput.print(e); return }
             try Out.line("copied \(e.backupId) to \(toStore): \(e.state.rawValue), source cluster \(e.copySource?.sourceCluster ?? "?")")
         }

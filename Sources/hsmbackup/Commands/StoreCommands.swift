@@ -37,6 +37,7 @@ extension StoreError: CLIExitMappable {
 enum StoreCLI {
     /// Opens the store; opening removes dead writers' temp files unless fsck is to report them.
     static func open(removeStaleTemps: Bool = true) throws -> any ReplicatedStorage {
+        try TransportPreflight.check(storeRoot: Home.store)
         do { return try StoreLocator.open(root: Home.store, removeStaleTemps: removeStaleTemps) } catch let e as StoreError where e.code == .notFound {
             throw StoreError(.notFound, path: Home.store, "no store here; run `hsmbackup store init` first")
         }
@@ -121,6 +122,7 @@ extension StoreInit {
     func runS3() throws {
         let config = try S3StoreConfiguration.resolve(urls: s3, endpoint: endpoint, region: region, writeQuorum: quorum,
                                                       partSize: (partSizeMiB ?? 8) << 20, storeId: SecureRandom.bytes(count: 16))
+        try TransportPreflight.check(config)
         let store = try StoreLocator.createS3(root: Home.store, configuration: config)
         _ = try BackupCatalog(store: store)
         let status = StoreStatus(store)
