@@ -101,21 +101,36 @@ public struct InnerFrameParser {
         if finished, !bytes.isEmpty {
             throw ArchiveError(.dataAfterFinalChunk, "\(bytes.count) bytes after the final chunk", offset: offset)
         }
-        if start == buffer.count {
-            // Nothing pending: parse the piece where it lies and keep only its unfinished tail,
-            // so a frame inside the piece is copied once (into its `ciphertext`), not twice.
-            buffer.removeAll(keepingCapacity: true)
-            start = 0
+        // A frame begun in an earlier piece is completed with just the bytes it still needs, so
+        // that the rest of this piece can be parsed where it lies: a frame inside a piece is
+        // copied once (into its `ciphertext`), not first into `buffer` as well.
+        var from = 0
+        while start < buffer.count, from < bytes.count {
+            let n = min(bytes.count - from, bytesToCompletePending())
+            buffer.append(contentsOf: bytes[from..<(from + n)])
+            from += n
             var used = 0
             // Also when `onFrame` throws: what was consumed stays consumed.
-            defer { if used < bytes.count { buffer.append(contentsOf: bytes[used...]) } }
-            try parse(bytes[...], used: &used, onHeader: onHeader, onFrame: onFrame)
-            return
+            defer { start += used; compact() }
+            try parse(buffer[start...], used: &used, onHeader: onHeader, onFrame: onFrame)
         }
-        buffer.append(contentsOf: bytes)
+        guard from < bytes.count else { return }
+        buffer.removeAll(keepingCapacity: true)
+        start = 0
         var used = 0
-        defer { start += used; compact() }
-        try parse(buffer[start...], used: &used, onHeader: onHeader, onFrame: onFrame)
+        defer { if from + used < bytes.count { buffer.append(contentsOf: bytes[(from + used)...]) } }
+        try parse(bytes[from...], used: &used, onHeader: onHeader, onFrame: onFrame)
+    }
+
+    /// How many more bytes the pending header or frame in `buffer` needs before it can be parsed
+    /// (at least 1; all there is while the header, whose length is not yet known, is pending).
+    private func bytesToCompletePending() -> Int {
+        let pending = buffer.count - start
+        guard header != nil, !finished else { return .max }
+        guard pending >= ChunkFormat.frameHeaderByteCount else { return ChunkFormat.frameHeaderByteCount - pending }
+        var length = 0
+        for k in 1...4 { length = length << 8 | Int(buffer[start + k]) }
+        return max(1, ChunkFormat.frameHeaderByteCount + length - pending)
     }
 
     /// Drops consumed bytes once they are most of the buffer (amortized: no shift per frame).

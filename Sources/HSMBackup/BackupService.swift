@@ -322,7 +322,34 @@ final class HeaderReplaySource: ByteSource {
         guard at < recorded.count else { return try source.read(maxCount: maxCount) }
         let n = min(maxCount, recorded.count - at)
         replayAt = at + n
+        defer { releaseReplayed() }
         return Array(recorded[at..<(at + n)])
+    }
+
+    /// After the replay, straight into the caller's buffer, as the underlying source reads
+    /// (the archive's bytes are not copied once more on their way through).
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard let at = replayAt, at < recorded.count else {
+            if replayAt == nil {
+                let n = try source.read(into: buffer)
+                recorded += UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                return n
+            }
+            return try source.read(into: buffer)
+        }
+        let n = min(buffer.count, recorded.count - at)
+        recorded.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + at, byteCount: n) }
+        replayAt = at + n
+        releaseReplayed()
+        return n
+    }
+
+    /// Once every recorded byte went out again, they are not kept.
+    private func releaseReplayed() {
+        if let at = replayAt, at >= recorded.count, !recorded.isEmpty {
+            recorded = []
+            replayAt = 0
+        }
     }
 }
 
