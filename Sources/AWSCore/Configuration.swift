@@ -94,6 +94,11 @@ public enum AWSConfiguration {
         var name = Substring(host)
         if name.hasSuffix(".") { name = name.dropLast() }
         guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+        // The resolver (getaddrinfo, through inet_aton) reads `127.1`, `0x7f.0.0.1`, `2130706433`,
+        // `0177.0.0.1` or `127.000.000.001` as an IPv4 address; such a host looks like a name to
+        // everything else here (the loopback and no_proxy rules, the certificate check), so it is
+        // refused: an IPv4 address is written as four decimal numbers.
+        if isShorthandIPv4(String(name)) { return false }
         for label in name.utf8.split(separator: 0x2E, omittingEmptySubsequences: false) {
             guard (1...63).contains(label.count), label.first != 0x2D, label.last != 0x2D,
                   label.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }) else {
@@ -103,10 +108,20 @@ public enum AWSConfiguration {
         return true
     }
 
+    /// Whether the resolver takes `s` as an IPv4 address (inet_aton, as getaddrinfo does) that is
+    /// not in the strict dotted-quad form inet_pton takes: a shorthand (`127.1`, `2130706433`), a
+    /// hex or octal part (`0x7f.0.0.1`, `0177.0.0.1`), leading zeros (`127.000.000.001`).
+    public static func isShorthandIPv4(_ s: String) -> Bool {
+        guard !s.isEmpty, !s.contains(where: { $0.isWhitespace }) else { return false }
+        var a = in_addr()
+        return inet_aton(s, &a) != 0 && inet_pton(AF_INET, s, &a) != 1
+    }
+
     /// Why `host` (percent-encoded form) was refused, with it escaped.
     public static func invalidHostReason(_ host: String) -> String {
         "host \"\(AWSError.escapingControls(host))\" is not a DNS name or an IP address (a name is letters, digits and hyphens in "
-            + "dot-separated labels; no percent-encoding, underscores, spaces or control characters)"
+            + "dot-separated labels; no percent-encoding, underscores, spaces or control characters; an IPv4 address is four "
+            + "decimal numbers such as 127.0.0.1, not a shorthand, hex or octal form such as 127.1 or 0x7f.0.0.1)"
     }
 
     /// The retry policy: `AWS_MAX_ATTEMPTS` (1...20, the AWS SDKs' variable) or the default of 8

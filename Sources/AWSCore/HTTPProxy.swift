@@ -215,8 +215,11 @@ public struct ProxySettings: Sendable, CustomStringConvertible {
 
     /// Whether `host` (a name or an IP literal, brackets optional) is this machine's loopback:
     /// `localhost` or a name under it (a trailing dot and case ignored), an address in
-    /// 127.0.0.0/8 (also written with leading zeros, `127.000.000.001`), `::1`, or an IPv4-mapped
-    /// `::ffff:127.x.x.x`. Names are not resolved.
+    /// 127.0.0.0/8, `::1`, or an IPv4-mapped `::ffff:127.x.x.x`. An IPv4 address is read as the
+    /// resolver reads it (inet_aton, which getaddrinfo uses): `127.1`, `0x7f.0.0.1`, `2130706433`,
+    /// `0177.0.0.1` and `127.000.000.001` are loopback too (`AWSConfiguration.isValidHost` refuses
+    /// those forms before a request gets here; this agrees with the resolver all the same). Names
+    /// are not resolved.
     public static func isLoopback(_ host: String) -> Bool {
         var h = host.lowercased()
         if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
@@ -227,10 +230,12 @@ public struct ProxySettings: Sendable, CustomStringConvertible {
             if a == [UInt8](repeating: 0, count: 15) + [1] { return true }
             return a[0..<10].allSatisfy { $0 == 0 } && a[10] == 0xFF && a[11] == 0xFF && a[12] == 127
         }
-        // A dotted quad with leading zeros, which inet_pton refuses but other parsers take.
-        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy { ("0"..."9").contains($0) } && Int($0)! <= 255 }
-            && Int(parts[0]) == 127
+        // The forms inet_pton refuses but the resolver takes (shorthand, hex, octal, leading
+        // zeros); inet_aton also takes anything after a space, which no host has.
+        guard !h.isEmpty, !h.contains(where: { $0.isWhitespace }) else { return false }
+        var v4 = in_addr()
+        guard inet_aton(h, &v4) != 0 else { return false }
+        return withUnsafeBytes(of: &v4) { $0[0] } == 127
     }
 
     static func ipBytes(_ s: String) -> [UInt8]? {

@@ -7,7 +7,11 @@
 // Every copy carries the writer's random token (`x-amz-meta-hsmbackup-writer`): a PUT or a
 // Complete whose answer was lost and whose retry is refused (412, NoSuchUpload, a 5xx) counts as
 // written only where the key now holds an object with this writer's token and exactly its bytes
-// (`holdsOurs`), never another writer's object, even one with the same bytes.
+// (`holdsExactly`, `holdsOurs`), never another writer's object, even one with the same bytes.
+// When that check cannot be made (it fails itself), or a write ends with no answer or a 5xx, the
+// replica fails with an I/O error (never `alreadyExists`: no other writer is known) and is
+// remembered as one that may hold our object; a put that fails undoes its copies by HEADing the
+// key and deleting it only when it carries this writer's token (`deleteIfOurs`).
 import BackupCrypto
 import ByteCoding
 import Dispatch
@@ -51,6 +55,20 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
     let writerToken = Hex.encode(SecureRandom.bytes(count: 16))
     static let writerMetadata = "x-amz-meta-hsmbackup-writer"
     private var failure: StoreError?
+    /// Replicas whose key may hold this put's object: each whose single PUT or Complete succeeded
+    /// (or counted as ours), and each whose outcome is unknown (no answer, a 5xx, a lost answer's
+    /// check that could not be made). A put that fails undoes these (`undo`), checking the token.
+    private var mayHoldOurs: Set<Int> = []
+
+    /// What a check of the key on one replica found.
+    enum Ownership: Equatable {
+        /// This writer's object: its token, its size and its content.
+        case ours
+        /// No object (404), or another writer's: another token or none, another size or content.
+        case notOurs
+        /// The check itself failed (no answer, a server error, access refused): it may be ours.
+        case unknown(String)
+    }
 
     init(store: S3ObjectStore, key: String, targets: [Int]? = nil, overwrite: Bool = false, createdMillis: UInt64? = nil) throws {
         try ObjectKey.validate(key)
@@ -220,23 +238,64 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
             do { try self.store.send(i, "PUT", self.key, headers: headers, payload: body); return nil } catch {
                 // A 412 to a PUT that was retried (a lost answer, a reused connection that died)
                 // can be our own first attempt, applied: the key then holds exactly our bytes.
-                if let s = error as? S3ServiceError, s.isPreconditionFailed, !self.overwrite,
-                   self.holdsExactly(i, byteCount: body.count, digest: digest) {
-                    return nil
+                if let s = error as? S3ServiceError, s.isPreconditionFailed, !self.overwrite {
+                    return self.settle(i, error, self.holdsExactly(i, byteCount: body.count, digest: digest))
                 }
+                if Self.outcomeUnknown(error) { self.mayHold(i) }
                 return error
             }
         }
-        for i in targets { if let e = results[i]! { drop(i, e) } }
+        for i in targets { if let e = results[i]! { drop(i, e) } else { mayHold(i) } }
     }
 
-    /// Whether replica `i` holds this writer's object under the key: its token, `byteCount` bytes
-    /// with SHA-256 `digest` (one GET, bounded: only single-PUT objects are checked this way).
-    private func holdsExactly(_ i: Int, byteCount: Int, digest: [UInt8]) -> Bool {
-        guard let resp = try? store.send(i, "GET", key, maximumBytes: byteCount + 1),
-              resp.header(Self.writerMetadata) == writerToken else { return false }
+    private func mayHold(_ i: Int) {
+        lock.lock()
+        mayHoldOurs.insert(i)
+        lock.unlock()
+    }
+
+    /// Whether a failed write may still have been applied: no answer came (an earlier attempt's
+    /// may have been lost), or a 5xx (which can follow an applied attempt whose answer was lost).
+    static func outcomeUnknown(_ error: Error) -> Bool {
+        guard let s = error as? S3ServiceError else { return true }
+        return s.status >= 500
+    }
+
+    /// A failed write of replica `i` (`error`) settled by a check of what the key holds: ours is
+    /// written (nil); not ours is the failure itself (a 412: another writer's object); a check
+    /// that could not be made is an I/O error, and the replica may hold our object.
+    private func settle(_ i: Int, _ error: Error, _ check: Ownership) -> Error? {
+        switch check {
+        case .ours: return nil
+        case .notOurs: return error
+        case .unknown(let why):
+            mayHold(i)
+            return StoreError(.ioError, key: key, replica: i, path: store.replicaLocation(i) + "/" + key,
+                              "the write failed (\(error)) after a retry, and whether the key holds this writer's object "
+                                  + "(an earlier attempt, applied, its answer lost) could not be checked: \(why)")
+        }
+    }
+
+    /// What a failed check request says: no object is not ours; anything else leaves it unknown.
+    static func ownership(afterFailed error: Error) -> Ownership {
+        if let s = error as? S3ServiceError, s.isNotFound { return .notOurs }
+        return .unknown("\(error)")
+    }
+
+    /// Whether replica `i` holds this writer's object under the key: a HEAD must show its token
+    /// and `byteCount` bytes (another writer's object, of any size, is told apart without reading
+    /// it); then one GET, bounded (only single-PUT objects are checked this way), must bring
+    /// `byteCount` bytes with SHA-256 `digest`.
+    private func holdsExactly(_ i: Int, byteCount: Int, digest: [UInt8]) -> Ownership {
+        let head: S3Response
+        do { head = try store.send(i, "HEAD", key) } catch { return Self.ownership(afterFailed: error) }
+        guard head.header(Self.writerMetadata) == writerToken else { return .notOurs }
+        if let length = head.header("content-length"), Int(length) != byteCount { return .notOurs }
+        let resp: S3Response
+        do { resp = try store.send(i, "GET", key, maximumBytes: byteCount + 1) } catch { return Self.ownership(afterFailed: error) }
+        guard resp.header(Self.writerMetadata) == writerToken else { return .notOurs }
         let bytes = resp.body
-        return bytes.count == byteCount && SHA256Hasher.hash(bytes) == digest
+        return bytes.count == byteCount && SHA256Hasher.hash(bytes) == digest ? .ours : .notOurs
     }
 
     /// Whether a failed CompleteMultipartUpload may be our own, applied by an earlier attempt
@@ -255,16 +314,24 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
     /// the SHA-256 of the parts' SHA-256 digests, `-<parts>` on AWS, bare on moto) when it
     /// equals the one of `partChecksums`, else by reading it all back, chunk by chunk against
     /// `record` as a verify does (bounded memory: streamed, or ranged windows).
-    private func holdsOurs(_ i: Int, record: ObjectRecord, partChecksums: [String]) -> Bool {
-        guard let head = try? store.send(i, "HEAD", key, headers: [("x-amz-checksum-mode", "ENABLED")]),
-              head.header(Self.writerMetadata) == writerToken else { return false }
-        if let length = head.header("content-length"), UInt64(length) != record.size { return false }
+    /// A check that fails itself (the HEAD, or the read-back with an I/O error) is `unknown`.
+    private func holdsOurs(_ i: Int, record: ObjectRecord, partChecksums: [String]) -> Ownership {
+        let head: S3Response
+        do { head = try store.send(i, "HEAD", key, headers: [("x-amz-checksum-mode", "ENABLED")]) } catch {
+            return Self.ownership(afterFailed: error)
+        }
+        guard head.header(Self.writerMetadata) == writerToken else { return .notOurs }
+        if let length = head.header("content-length"), UInt64(length) != record.size { return .notOurs }
         if store.lostCompleteByChecksum, let reported = head.header("x-amz-checksum-sha256"),
            let composite = Self.compositeChecksum(partChecksums),
            reported == composite || reported == composite + "-\(partChecksums.count)" {
-            return true
+            return .ours
         }
-        return store.verify(i, against: record) == nil
+        guard let finding = store.verify(i, against: record) else { return .ours }
+        switch finding.problem {
+        case .ioError, .replicaUnavailable: return .unknown(finding.detail)
+        default: return .notOurs // missing, or other content (size, chunk, digest)
+        }
     }
 
     /// The base64 SHA-256 of the concatenated part digests (S3's composite checksum), or nil
@@ -310,15 +377,16 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
             } catch {
                 // An earlier attempt may have completed it, its answer lost: the replica is
                 // written if the key holds exactly our object (never another writer's).
-                if Self.mayBeLostComplete(error, overwrite: self.overwrite),
-                   self.holdsOurs(i, record: record, partChecksums: (1...n).map { done[$0]!.checksum }) {
-                    return nil
+                if Self.mayBeLostComplete(error, overwrite: self.overwrite) {
+                    return self.settle(i, error, self.holdsOurs(i, record: record, partChecksums: (1...n).map { done[$0]!.checksum }))
                 }
+                // No answer at all: an attempt may have completed it all the same.
+                if Self.outcomeUnknown(error) { self.mayHold(i) }
                 return error
             }
         }
         for (i, _, _) in targets {
-            if let e = results[i]! { drop(i, e); abortUpload(i) } else { lock.lock(); uploads[i] = nil; lock.unlock() }
+            if let e = results[i]! { drop(i, e); abortUpload(i) } else { lock.lock(); uploads[i] = nil; mayHoldOurs.insert(i); lock.unlock() }
         }
     }
 
@@ -329,32 +397,55 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         if let id { _ = try? store.send(i, "DELETE", key, query: [("uploadId", id)]) }
     }
 
+    /// Undoes a failed create-only put where it published, or may have (`mayHoldOurs`): the key
+    /// is deleted only where it holds this writer's object (`deleteIfOurs`), never another
+    /// writer's. `records`: the replicas whose record this put wrote, deleted where the object
+    /// was ours or is absent (never under another writer's object). Once: the set is emptied.
+    private func undo(records: [Int] = []) {
+        lock.lock()
+        let objects = mayHoldOurs
+        mayHoldOurs = []
+        lock.unlock()
+        guard !overwrite else { return }
+        let all = Array(objects.union(records)).sorted()
+        guard !all.isEmpty else { return }
+        _ = S3ObjectStore.parallel(all) { i in
+            let gone = self.deleteIfOurs(i)
+            if gone, records.contains(i) { _ = try? self.store.send(i, "DELETE", self.store.recordName(self.key)) }
+        }
+    }
+
+    /// Deletes the key on replica `i` if it holds this writer's object: a HEAD must show its
+    /// token, and the DELETE carries `If-Match: <that HEAD's ETag>`, so an object put by another
+    /// writer between the two is not deleted (on a server that honours If-Match on DELETE, as AWS
+    /// S3 and moto do; one that ignores it leaves that window open, and only a delete of our
+    /// object by someone else first could put another there, create-only). True when the key
+    /// holds no object of anyone's (ours deleted, or none); false when it holds another writer's
+    /// or what it holds could not be told (the HEAD or the DELETE failed: ours may stay).
+    @discardableResult
+    func deleteIfOurs(_ i: Int) -> Bool {
+        let head: S3Response
+        do { head = try store.send(i, "HEAD", key) } catch let s as S3ServiceError where s.isNotFound { return true } catch { return false }
+        guard head.header(Self.writerMetadata) == writerToken else { return false }
+        var headers: [(String, String)] = []
+        if let etag = head.header("etag"), !etag.isEmpty { headers.append(("If-Match", etag)) }
+        do { try store.send(i, "DELETE", key, headers: headers); return true } catch let s as S3ServiceError where s.isNotFound {
+            return true // deleted by an attempt whose answer was lost, or by someone else
+        } catch {
+            return false
+        }
+    }
+
     public func commit() throws -> PutReport {
         try checkOpen()
         if partCount == 0 || !buffer.isEmpty { try sealPart(last: true) }
         let record = ObjectRecord(key: key, size: size, createdMillis: fixedCreatedMillis ?? store.clock.nowMillis(),
                                   chunkSize: ObjectRecord.defaultChunkSize, chunkDigests: chunkDigests, objectDigest: hasher.finalize())
         if partCount > 0 { try complete(record) }
-        lock.lock()
-        let exists = alreadyExists, ours = live
-        lock.unlock()
-        if let exists, !overwrite {
-            // Another writer's object is there: undo ours on the replicas we did create.
-            _ = S3ObjectStore.parallel(ours) { i in _ = try? self.store.send(i, "DELETE", self.key) }
-            fail(exists)
-            throw exists
-        }
-        do { try checkQuorum("write") } catch {
-            // Below the quorum with the object already published on some locations (create-only:
-            // those copies are ours): a failed put leaves no object behind.
-            if !overwrite {
-                lock.lock()
-                let published = live
-                lock.unlock()
-                _ = S3ObjectStore.parallel(published) { i in _ = try? self.store.send(i, "DELETE", self.key) }
-            }
-            throw error
-        }
+        // Another writer's object on some location (alreadyExists), or below the quorum with the
+        // object already published on some locations: checkQuorum fails the writer, and its
+        // abort undoes what this put published, or may have (ours only, by the token).
+        try checkQuorum("write")
         let recordBytes = try record.encode()
         let headers = S3ObjectStore.checksumHeaders(recordBytes)
         let targets = live
@@ -364,34 +455,36 @@ public final class S3ObjectWriter: ObjectWriting, @unchecked Sendable {
         var published: [Int] = []
         for i in targets { if let e = results[i]! { drop(i, e) } else { published.append(i) } }
         guard published.count >= quorum else {
-            // Undo: a failed put leaves no object behind.
-            if !overwrite {
-                _ = S3ObjectStore.parallel(targets) { i in
-                    _ = try? self.store.send(i, "DELETE", self.key)
-                    _ = try? self.store.send(i, "DELETE", self.store.recordName(self.key))
-                }
-            }
+            // Undo: a failed put leaves no object of ours behind, nor its records.
+            undo(records: targets)
             let e = StoreError(.quorumNotReached, key: key,
                                "publish: \(published.count) of \(store.replicaCount) replicas durable, the write quorum is \(quorum)",
                                findings: failed.sorted { $0.replica < $1.replica })
             fail(e)
             throw e
         }
+        lock.lock()
+        mayHoldOurs = [] // published: nothing to undo (a location that failed keeps what it got)
+        lock.unlock()
         finished = true
         return PutReport(info: store.info(record, replicas: published), written: published.sorted(),
                          failed: failed.sorted { $0.replica < $1.replica })
     }
 
     /// Aborts every multipart upload in progress; nothing is published. Safe to call more than once.
+    /// A create-only put that published on some locations (or may have) before it failed is
+    /// undone here (`undo`: this writer's object only, by its token).
     public func abort() {
-        if finished && uploads.isEmpty { return }
+        lock.lock()
+        let idle = finished && uploads.isEmpty && mayHoldOurs.isEmpty
+        lock.unlock()
+        if idle { return }
         group.wait()
         lock.lock()
         let open = Array(uploads.keys)
         lock.unlock()
         for i in open { abortUpload(i) }
+        undo()
         finished = true
-        if failure == nil, alreadyExists == nil, partCount == 0 { return }
-        // A single PUT or a completed upload whose commit failed later is undone by commit itself.
     }
 }

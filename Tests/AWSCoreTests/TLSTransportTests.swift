@@ -696,6 +696,59 @@ final class TLSTransportTests: XCTestCase {
         }
     }
 
+    func testShorthandIPv4HostsAreRefusedBeforeAnyConnection() throws {
+        // getaddrinfo reads these as 127.0.0.1 (inet_aton); to the loopback rule, no_proxy and the
+        // certificate check they would be names, so with http_proxy set a request would have gone
+        // to the proxy in cleartext. They are refused (InvalidEndpoint) before any connection.
+        let proxy = try ConnectProxy()
+        let server = try recordingServer("local")
+        let t = try TLSFixture.transport(proxies: ProxySettings(variables: ["https_proxy": "http://127.0.0.1:\(proxy.port)",
+                                                                            "http_proxy": "http://127.0.0.1:\(proxy.port)", "no_proxy": ""]))
+        let forms = ["127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "127.000.000.001", "0x7F000001", "127.0.1", "127.1.", "1.2.3", "0"]
+        for host in forms {
+            XCTAssertFalse(AWSConfiguration.isValidHost(host), host)
+            for url in ["http://\(host):\(server.port)/key", "https://\(host):\(server.port)/key"] {
+                XCTAssertThrowsError(try get(t, url, timeout: 2), url) { e in
+                    let e = e as? AWSError
+                    XCTAssertEqual(e?.kind, .configuration, "\(url): \(String(describing: e))")
+                    XCTAssertEqual(e?.code, "InvalidEndpoint", "\(url): \(String(describing: e))")
+                    XCTAssertTrue(e?.message.contains(host) ?? false, "\(url): \(String(describing: e))")
+                    XCTAssertEqual(e?.isRetryable, false)
+                }
+            }
+            XCTAssertThrowsError(try AWSConfiguration.parse("http://\(host):4566", source: "AWS_ENDPOINT_URL"), host) { e in
+                XCTAssertEqual((e as? AWSError)?.code, "InvalidEndpoint", host)
+            }
+        }
+        XCTAssertEqual(try proxy.connects(), [])
+        XCTAssertEqual(try forwards(proxy), [])
+        XCTAssertEqual(server.accepted, 0)
+        // The loopback rule reads IPv4 as the resolver does (for callers that do not validate).
+        for host in ["127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "127.000.000.001", "[127.1]"] {
+            XCTAssertTrue(ProxySettings.isLoopback(host), host)
+        }
+        for host in ["128.1", "0x80.0.0.1", "2147483648", "0200.0.0.1", "0", "127.0.0.1 x", "1e2"] {
+            XCTAssertFalse(ProxySettings.isLoopback(host), host)
+        }
+        // The plain forms still go direct with both proxy variables set.
+        for host in ["127.0.0.1", "localhost"] {
+            XCTAssertTrue(AWSConfiguration.isValidHost(host), host)
+            XCTAssertEqual(String(decoding: try get(t, "http://\(host):\(server.port)/key").body, as: UTF8.self), "local", host)
+        }
+        XCTAssertTrue(AWSConfiguration.isValidHost("[::1]"))
+        XCTAssertEqual(firstLines(server), ["GET /key HTTP/1.1", "GET /key HTTP/1.1"], "origin form: straight to the server")
+        if let v6 = try? TLSFront(host: "::1") {
+            XCTAssertEqual(try get(t, "https://[::1]:\(v6.port)/__tls/bytes?n=2").body, TLSFixture.pattern(2))
+            XCTAssertEqual(try v6.count("requests"), 1)
+        }
+        XCTAssertEqual(try proxy.connects(), [])
+        XCTAssertEqual(try forwards(proxy), [])
+        for good in ["http://127.0.0.1:4566", "http://localhost:4566", "http://[::1]:4566", "http://10.0.0.5:9000", "https://s3.eu-west-1.amazonaws.com",
+                     "https://0x7f.example:9000", "https://1.2.3.example"] {
+            XCTAssertNoThrow(try AWSConfiguration.parse(good, source: "test"), good)
+        }
+    }
+
     // MARK: a peer that trickles a TLS record
 
     /// A TLS server (Python's ssl over memory BIOs, so it controls every byte on the wire) that

@@ -29,6 +29,19 @@ extension FaultProxy {
 
     func release() throws { _ = try Data(contentsOf: URL(string: url + "/__faultproxy/release")!) }
 
+    /// Arms a failure (faultproxy.py `/__faultproxy/fail`): the next `count` (nil: every one until
+    /// `unfail()`) `method` requests whose path contains `path` are answered 500 (`answer` "500")
+    /// or cut without an answer ("cut"), never forwarded.
+    func fail(method: String, path: String, count: Int? = nil, answer: String = "500") throws {
+        var c = URLComponents(string: url + "/__faultproxy/fail")!
+        c.queryItems = [URLQueryItem(name: "method", value: method), URLQueryItem(name: "path", value: path),
+                        URLQueryItem(name: "count", value: String(count ?? -1)), URLQueryItem(name: "answer", value: answer)]
+        let reply = String(decoding: try Data(contentsOf: c.url!), as: UTF8.self)
+        guard reply.contains("Armed") else { throw StoreError(.ioError, "the fault proxy refused the rule: \(reply)") }
+    }
+
+    func unfail() throws { _ = try Data(contentsOf: URL(string: url + "/__faultproxy/unfail")!) }
+
     /// Waits until the proxy holds a retry (a lost answer's retry arrived); false after `seconds`.
     func waitForHeldRetry(seconds: Double = 60) throws -> Bool {
         let until = Date().addingTimeInterval(seconds)
@@ -258,5 +271,166 @@ final class S3LostAnswerTests: XCTestCase {
         XCTAssertEqual(digest(try store.getAll("rec", limit: 16 << 20)), digest(bytes))
         XCTAssertTrue(store.verifyReplicas("rec").isEmpty)
         XCTAssertEqual(try openUploads(moto, config), [])
+    }
+
+    // MARK: outcomes that cannot be checked (three-valued check, token-checked undo)
+
+    /// Writes `bytes` through `w` in 1 MiB pieces.
+    func feed(_ w: S3ObjectWriter, _ bytes: [UInt8]) throws {
+        for at in stride(from: 0, to: bytes.count, by: 1 << 20) { try w.write(Array(bytes[at..<min(at + (1 << 20), bytes.count)])) }
+    }
+
+    /// A create-only multipart put: Complete on replica 0 applied, its answer lost, the retry
+    /// answered 412, and the HEAD that would check the key failing (500, every attempt of the
+    /// check: the test transport makes 8). No other writer exists, so the put must not say
+    /// `alreadyExists`: replica 0 fails with an I/O error naming the check, the put misses the
+    /// quorum, and its undo removes our copies — replica 1's, and replica 0's once its HEAD gets
+    /// through again (`undoSeesTheKey`). When the fault outlasts the undo too, our object stays
+    /// on replica 0: the undo never deletes what it could not see to be ours. It has no record
+    /// (a put that died between object and record, as spec 5.11 says) and blocks a later put of
+    /// the key there until it is removed.
+    func lostCompleteWhoseCheckFails(undoSeesTheKey: Bool, answer: String, seed: UInt64) throws {
+        let moto = try Moto.require()
+        let proxy = try FaultProxy(upstream: moto.endpoint, arguments: [])
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2, endpoint: proxy.url)
+        try store.checkAccess()
+        let r0 = config.replicas[0]
+        let bytes = pattern(Self.multipartSize, seed: seed)
+        let w = try S3ObjectWriter(store: store, key: "big") // its HEAD of the key before the faults
+        try proxy.lose(method: "POST", param: "uploadId", path: "/" + r0.location.bucket + "/", retry: "412")
+        try proxy.fail(method: "HEAD", path: "/" + r0.location.bucket + "/" + r0.location.key("big"), count: undoSeesTheKey ? 8 : nil, answer: answer)
+        try feed(w, bytes)
+        XCTAssertThrowsError(try w.commit()) { e in
+            let e = e as? StoreError
+            XCTAssertNotEqual(e?.code, .alreadyExists, "no other writer: \(String(describing: e))")
+            XCTAssertEqual(e?.code, .quorumNotReached, "\(String(describing: e))")
+            let f = e?.findings.first { $0.replica == 0 }
+            XCTAssertEqual(f?.problem, .ioError, "\(String(describing: e))")
+            XCTAssertTrue(f?.detail.contains("could not be checked") ?? false, "\(String(describing: f))")
+            XCTAssertTrue(f?.detail.contains("big") ?? false, "the key is named: \(String(describing: f))")
+        }
+        let s = try proxy.stats()
+        XCTAssertEqual(s["lost"], 1, "\(s)")
+        XCTAssertGreaterThanOrEqual(s["answered"] ?? 0, 1, "the retry met 412: \(s)")
+        XCTAssertGreaterThanOrEqual(s["failed"] ?? 0, 8, "every attempt of the check failed: \(s)")
+        try proxy.unfail()
+        XCTAssertEqual(try rawDigest(moto, config, 1, "big"), "absent", "our copy on replica 1 is undone")
+        if undoSeesTheKey {
+            XCTAssertEqual(try rawDigest(moto, config, 0, "big"), "absent", "our copy on replica 0 is undone once it can be seen")
+        } else {
+            let head = try moto.raw("HEAD", r0.location.bucket, r0.location.key("big"))
+            XCTAssertEqual(head.header(S3ObjectWriter.writerMetadata), w.writerToken, "ours stays: the undo could not see it")
+            XCTAssertThrowsError(try store.put("big", bytes: [1, 2, 3])) { e in
+                XCTAssertEqual((e as? StoreError)?.code, .alreadyExists, "\(e)")
+            }
+        }
+        for i in 0..<2 {
+            XCTAssertEqual(try rawDigest(moto, config, i, S3ObjectStore.recordsDir + "/big"), "absent", "no record on replica \(i)")
+        }
+        XCTAssertEqual(try openUploads(moto, config), [])
+    }
+
+    func testALostCompleteWhoseCheckFailsIsAnIOErrorAndUndone() throws {
+        try lostCompleteWhoseCheckFails(undoSeesTheKey: true, answer: "500", seed: 60)
+    }
+
+    /// Cut connections, until lifted (a cut on a pooled connection may also be retried at once by
+    /// the transport, so a count of failures would not line up with the client's attempts).
+    func testALostCompleteWhoseCheckIsCutIsAnIOErrorAndOursStaysUnseen() throws {
+        try lostCompleteWhoseCheckFails(undoSeesTheKey: false, answer: "cut", seed: 61)
+    }
+
+    func testALostCompleteWhoseCheckAndUndoFailLeavesOurObjectWithoutARecord() throws {
+        try lostCompleteWhoseCheckFails(undoSeesTheKey: false, answer: "500", seed: 62)
+    }
+
+    /// Complete on replica 0 applied, its answer lost, and every retry cut (no answer at all):
+    /// the replica fails with a transport error, the put misses the quorum, and the undo deletes
+    /// what it completed on both replicas — replica 0's too, which the dropped replica alone
+    /// would have left behind (its abort meets NoSuchUpload: the upload was completed).
+    func testAQuorumMissAfterATransportErrorOnCompleteDeletesOurCompletedObject() throws {
+        let moto = try Moto.require()
+        let proxy = try FaultProxy(upstream: moto.endpoint, arguments: [])
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2, endpoint: proxy.url)
+        try store.checkAccess()
+        let r0 = config.replicas[0]
+        try proxy.lose(method: "POST", param: "uploadId", path: "/" + r0.location.bucket + "/", retry: "cut")
+        let bytes = pattern(Self.multipartSize, seed: 63)
+        XCTAssertThrowsError(try store.put("cut", from: BytesSource(bytes))) { e in
+            XCTAssertEqual((e as? StoreError)?.code, .quorumNotReached, "\(e)")
+        }
+        let s = try proxy.stats()
+        XCTAssertEqual(s["lost"], 1, "\(s)")
+        XCTAssertGreaterThanOrEqual(s["answered"] ?? 0, 1, "retries cut: \(s)")
+        for i in 0..<2 {
+            XCTAssertEqual(try rawDigest(moto, config, i, "cut"), "absent", "our completed object on replica \(i) is deleted")
+            XCTAssertEqual(try rawDigest(moto, config, i, S3ObjectStore.recordsDir + "/cut"), "absent", "no record on replica \(i)")
+        }
+        XCTAssertEqual(try openUploads(moto, config), [])
+    }
+
+    /// The undo deletes only an object with this writer's token: another writer's object that
+    /// took the key after ours was deleted out of band stays.
+    func testTheUndoNeverDeletesAnotherWritersObject() throws {
+        let moto = try Moto.require()
+        let proxy = try FaultProxy(upstream: moto.endpoint, arguments: [])
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2, endpoint: proxy.url)
+        try store.checkAccess()
+        let r0 = config.replicas[0]
+        let w = try S3ObjectWriter(store: store, key: "k")
+        // Complete on replica 0 applied, answer lost, every retry cut: replica 0 may hold ours.
+        try proxy.lose(method: "POST", param: "uploadId", path: "/" + r0.location.bucket + "/", retry: "cut", hold: true)
+        let bytes = pattern(Self.multipartSize, seed: 64)
+        try feed(w, bytes)
+        let outcome = LockedBox<Error?>(nil)
+        let done = DispatchGroup()
+        DispatchQueue.global().async(group: done) {
+            do { _ = try w.commit() } catch { outcome.mutate { $0 = error } }
+        }
+        guard try proxy.waitForHeldRetry() else {
+            try proxy.release()
+            done.wait()
+            return XCTFail("no retry of the lost Complete reached the proxy")
+        }
+        // Ours replaced by another writer's object, identical bytes, before the undo.
+        XCTAssertTrue(try moto.raw("DELETE", r0.location.bucket, r0.location.key("k")).isSuccess)
+        XCTAssertTrue(try moto.raw("PUT", r0.location.bucket, r0.location.key("k"), body: bytes).isSuccess)
+        try proxy.release()
+        XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
+        XCTAssertEqual((outcome.value as? StoreError)?.code, .quorumNotReached, "\(String(describing: outcome.value))")
+        XCTAssertEqual(try rawDigest(moto, config, 0, "k"), digest(bytes), "their object stays")
+        XCTAssertNil(try moto.raw("HEAD", r0.location.bucket, r0.location.key("k")).header(S3ObjectWriter.writerMetadata))
+        XCTAssertEqual(try rawDigest(moto, config, 1, "k"), "absent", "ours on replica 1 is undone")
+        XCTAssertEqual(try openUploads(moto, config), [])
+    }
+
+    /// Two writers race a create-only single PUT of one key; the other's object, larger than
+    /// ours, lands first. The 412 is checked by a HEAD (another token): alreadyExists at once,
+    /// their object never read (no GET: before, a bounded GET of it failed as a malformed answer
+    /// and was retried 8 times), and our copy on the other replica undone.
+    func testAnotherWritersLargerObjectRefusesASinglePutWithoutReadingIt() throws {
+        let moto = try Moto.require()
+        let proxy = try FaultProxy(upstream: moto.endpoint, arguments: [])
+        let (store, config) = try moto.makeStore(replicas: 2, quorum: 2, endpoint: proxy.url)
+        try store.checkAccess()
+        let r0 = config.replicas[0]
+        let w = try S3ObjectWriter(store: store, key: "small") // the key is free now
+        try w.write(pattern(5000, seed: 70))
+        let theirs = pattern(300_000, seed: 71)
+        XCTAssertTrue(try moto.raw("PUT", r0.location.bucket, r0.location.key("small"), body: theirs).isSuccess)
+        let before = try proxy.stats()
+        let start = Date()
+        XCTAssertThrowsError(try w.commit()) { e in
+            XCTAssertEqual((e as? StoreError)?.code, .alreadyExists, "\(e)")
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        let s = try proxy.stats()
+        XCTAssertEqual((s["forwarded_GET"] ?? 0) - (before["forwarded_GET"] ?? 0), 0, "their object is not read: \(s)")
+        XCTAssertLessThan(elapsed, 1.0)
+        XCTAssertEqual(try rawDigest(moto, config, 0, "small"), digest(theirs), "their object is left as it is")
+        XCTAssertEqual(try rawDigest(moto, config, 1, "small"), "absent", "our copy on replica 1 is undone")
+        for i in 0..<2 {
+            XCTAssertEqual(try rawDigest(moto, config, i, S3ObjectStore.recordsDir + "/small"), "absent", "no record on replica \(i)")
+        }
     }
 }

@@ -23,24 +23,36 @@ Lost answers, armed at run time (the test knows its buckets only once the store 
                    500      500 InternalError, not forwarded
                    auto     412 when the retry carries If-None-Match: *, else 404 NoSuchUpload
                             (what a server that keeps no memory of the completed upload answers)
+                   cut      its connection closed without an answer, not forwarded (a retry
+                            that never gets through either: the client ends with no answer)
                  hold=1: the first retry waits until GET /__faultproxy/release (so a test can act
                  between the lost answer and the retry), then goes on per R.
   GET /__faultproxy/release   lets held retries go on
 
+Failing requests, armed at run time:
+
+  GET /__faultproxy/fail?method=M[&path=S][&count=N][&answer=A]
+                 the next N (default: every one until lifted) requests with method M whose path
+                 contains S are not forwarded but answered per A: 500 (default, 500
+                 InternalError) or cut (the connection closed without an answer)
+  GET /__faultproxy/unfail    lifts every fail rule
+
 Prints its port on the first line of stdout, then serves until killed. GET /__faultproxy/stats
 returns JSON counters (not a valid bucket name, so never forwarded): besides the ones above,
 "forwarded_<METHOD>" (forwarded requests by method), "lost" (answers dropped), "held"
-(retries waiting or released), "retried" (retries of a lost request seen) and "answered"
-(retries answered by the proxy itself). Standard library only.
+(retries waiting or released), "retried" (retries of a lost request seen), "answered"
+(retries answered by the proxy itself) and "failed" (requests a fail rule answered or cut). Standard library only.
 """
 import argparse, calendar, email.utils, http.client, http.server, json, socketserver, sys, threading, time, urllib.parse
 
 lock = threading.Lock()
-stats = {"forwarded": 0, "slowdown": 0, "skewed": 0, "cut": 0, "lost": 0, "held": 0, "retried": 0, "answered": 0}
+stats = {"forwarded": 0, "slowdown": 0, "skewed": 0, "cut": 0, "lost": 0, "held": 0, "retried": 0, "answered": 0, "failed": 0}
 # Armed lost-answer rules: {method, param, path, n, seen, retry, hold}; and the requests whose
 # answer was dropped: (method, full path) -> the rule.
 rules = []
 lost = {}
+# Fail rules: {method, path, left (-1: until lifted), answer}.
+fails = []
 release = threading.Event()
 
 RETRY_ANSWERS = {
@@ -97,7 +109,7 @@ def main():
                 q = {k: v[0] for k, v in query_params(self.path).items()}
                 rule = {"method": q["method"], "param": q.get("param", ""), "path": q.get("path", ""), "n": int(q.get("n", "1")),
                         "seen": 0, "retry": q.get("retry", "forward"), "hold": q.get("hold") == "1"}
-                if rule["retry"] not in ("forward", "auto") and rule["retry"] not in RETRY_ANSWERS:
+                if rule["retry"] not in ("forward", "auto", "cut") and rule["retry"] not in RETRY_ANSWERS:
                     return self.reply(400, b"<Error><Code>BadRule</Code></Error>")
                 with lock:
                     rules.append(rule)
@@ -105,6 +117,34 @@ def main():
             if self.path.startswith("/__faultproxy/release"):
                 release.set()
                 return self.reply(200, b"<Released/>")
+            if self.path.startswith("/__faultproxy/fail"):
+                q = {k: v[0] for k, v in query_params(self.path).items()}
+                rule = {"method": q["method"], "path": q.get("path", ""), "left": int(q.get("count", "-1")),
+                        "answer": q.get("answer", "500")}
+                if rule["answer"] not in ("500", "cut"):
+                    return self.reply(400, b"<Error><Code>BadRule</Code></Error>")
+                with lock:
+                    fails.append(rule)
+                return self.reply(200, b"<Armed/>")
+            if self.path.startswith("/__faultproxy/unfail"):
+                with lock:
+                    fails.clear()
+                return self.reply(200, b"<Lifted/>")
+            failing = None
+            with lock:
+                for rule in fails:
+                    if rule["method"] == self.command and rule["path"] in urllib.parse.urlsplit(self.path).path and rule["left"] != 0:
+                        if rule["left"] > 0:
+                            rule["left"] -= 1
+                        stats["failed"] += 1
+                        failing = rule["answer"]
+                        break
+            if failing == "cut":
+                self.close_connection = True
+                return
+            if failing is not None:
+                status, text = RETRY_ANSWERS["500"]
+                return self.reply(status, text)
             # A lost request's retry, or the request whose answer is to be lost.
             drop = False
             with lock:
@@ -132,6 +172,11 @@ def main():
                 answer = retry_of["retry"]
                 if answer == "auto":
                     answer = "412" if self.headers.get("If-None-Match") == "*" else "404"
+                if answer == "cut":
+                    with lock:
+                        stats["answered"] += 1
+                    self.close_connection = True
+                    return
                 if answer in RETRY_ANSWERS:
                     with lock:
                         stats["answered"] += 1
