@@ -67,20 +67,9 @@ final class S3TLSCLITests: XCTestCase {
         let statsPort: Int
 
         init(pki: String, upstream: String, proxy: Bool = false, extra: [String] = []) throws {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = (proxy ? ["python3", S3TLSCLITests.repository.appendingPathComponent("scripts/tls/connectproxy.py").path]
-                : ["python3", S3TLSCLITests.repository.appendingPathComponent("scripts/tls/tlsfront.py").path,
-                   "--cert", pki + "/localhost.pem", "--key", pki + "/localhost.key", "--upstream", upstream]) + extra
-            let out = Pipe()
-            process.standardOutput = out
-            try process.run()
-            var line = [UInt8]()
-            while true {
-                let b = out.fileHandleForReading.readData(ofLength: 1)
-                guard let c = b.first, c != 0x0a else { break }
-                line.append(c)
-            }
-            let ports = String(decoding: line, as: UTF8.self).split(separator: " ").compactMap { Int($0) }
+            let ports = try proxy ? startPythonHelper(process, script: "scripts/tls/connectproxy.py", extra)
+                : startPythonHelper(process, script: "scripts/tls/tlsfront.py",
+                                    ["--cert", pki + "/localhost.pem", "--key", pki + "/localhost.key", "--upstream", upstream] + extra)
             guard ports.count == (proxy ? 1 : 2) else { process.terminate(); throw XCTSkip("a helper server did not start") }
             (port, statsPort) = (ports[0], proxy ? ports[0] : ports[1])
         }

@@ -93,28 +93,34 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
     return out
 }
 
+/// Starts `python3 SCRIPT ARGS` (SCRIPT relative to the repository) and returns the numbers on
+/// the first line it prints: the helper servers under scripts/ print their ports there.
+func startPythonHelper(_ process: Process, script: String, _ arguments: [String]) throws -> [Int] {
+    let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent(script).path
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", path] + arguments
+    let out = Pipe()
+    process.standardOutput = out
+    try process.run()
+    var line = [UInt8]()
+    while true {
+        let b = out.fileHandleForReading.readData(ofLength: 1)
+        guard let c = b.first, c != 0x0a else { break }
+        line.append(c)
+    }
+    return String(decoding: line, as: UTF8.self).split(separator: " ").compactMap { Int($0) }
+}
+
 /// A fault proxy (scripts/s3/faultproxy.py) in front of moto, stopped when released.
 final class FaultProxy {
     let process = Process()
     let url: String
 
     init(upstream: String, arguments: [String]) throws {
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts/s3/faultproxy.py").path
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, upstream] + arguments
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        var line = [UInt8]()
-        while true {
-            let b = out.fileHandleForReading.readData(ofLength: 1)
-            guard let c = b.first else { break }
-            if c == 0x0a { break }
-            line.append(c)
-        }
-        guard let port = Int(String(decoding: line, as: UTF8.self)) else { throw StoreError(.ioError, "the fault proxy did not start") }
-        url = "http://127.0.0.1:\(port)"
+        let ports = try startPythonHelper(process, script: "scripts/s3/faultproxy.py", [upstream] + arguments)
+        guard ports.count == 1 else { throw StoreError(.ioError, "the fault proxy did not start") }
+        url = "http://127.0.0.1:\(ports[0])"
     }
 
     func stats() throws -> [String: Int] {

@@ -58,6 +58,18 @@ def main():
         a.close()
         b.close()
 
+    def connect_upstream(conn, host, port):
+        """A connection to host:port (through --map), or None after answering 502 and closing."""
+        try:
+            upstream = socket.create_connection((names.get(host, host), port), timeout=10)
+        except OSError:
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+            return None
+        upstream.settimeout(None)
+        conn.settimeout(None)
+        return upstream
+
     def split_host_port(hp, default):
         if hp.startswith("["):
             host, _, rest = hp[1:].partition("]")
@@ -101,14 +113,9 @@ def main():
             host, port = split_host_port(target, 443)
             with lock:
                 stats["connects"].append(target)
-            try:
-                upstream = socket.create_connection((names.get(host, host), port), timeout=10)
-            except OSError:
-                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                conn.close()
+            upstream = connect_upstream(conn, host, port)
+            if upstream is None:
                 return
-            upstream.settimeout(None)
-            conn.settimeout(None)
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             if rest:
                 upstream.sendall(rest)
@@ -121,14 +128,9 @@ def main():
             stats["forwards"].append(lines[0])
         hostport, slash, path = target[len("http://"):].partition("/")
         host, port = split_host_port(hostport, 80)
-        try:
-            upstream = socket.create_connection((names.get(host, host), port), timeout=10)
-        except OSError:
-            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            conn.close()
+        upstream = connect_upstream(conn, host, port)
+        if upstream is None:
             return
-        upstream.settimeout(None)
-        conn.settimeout(None)
         kept = [l for l in lines[1:] if not l.lower().startswith(("proxy-authorization:", "proxy-connection:"))]
         upstream.sendall(("%s /%s %s\r\n" % (method, path, version) + "".join(l + "\r\n" for l in kept) + "\r\n").encode("latin-1") + rest)
         relay(conn, upstream)
