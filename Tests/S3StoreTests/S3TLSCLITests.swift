@@ -16,14 +16,7 @@ import XCTest
 final class S3TLSCLITests: XCTestCase {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    static var binary: URL {
-        let bundle = Bundle(for: S3TLSCLITests.self).bundleURL
-        for dir in [bundle, bundle.deletingLastPathComponent()] {
-            let c = dir.appendingPathComponent("hsmbackup")
-            if FileManager.default.isExecutableFile(atPath: c.path) { return c }
-        }
-        return bundle.deletingLastPathComponent().appendingPathComponent("hsmbackup")
-    }
+    static var binary: URL { S3CLITests.binary }
 
     /// Runs a program, capturing stdout, stderr and the exit code.
     static func run(_ executable: String, _ args: [String], env: [String: String]) throws -> (out: String, err: String, code: Int32) {
