@@ -23,11 +23,11 @@ extension FaultProxy {
         c.queryItems = [URLQueryItem(name: "method", value: method), URLQueryItem(name: "param", value: param),
                         URLQueryItem(name: "path", value: path), URLQueryItem(name: "n", value: String(n)),
                         URLQueryItem(name: "retry", value: retry), URLQueryItem(name: "hold", value: hold ? "1" : "0")]
-        let answer = String(decoding: try Data(contentsOf: c.url!), as: UTF8.self)
+        let answer = String(decoding: try control(c.url!), as: UTF8.self)
         guard answer.contains("Armed") else { throw StoreError(.ioError, "the fault proxy refused the rule: \(answer)") }
     }
 
-    func release() throws { _ = try Data(contentsOf: URL(string: url + "/__faultproxy/release")!) }
+    func release() throws { _ = try control(URL(string: url + "/__faultproxy/release")!) }
 
     /// Arms a failure (faultproxy.py `/__faultproxy/fail`): the next `count` (nil: every one until
     /// `unfail()`) `method` requests whose path contains `path` are answered 500 (`answer` "500")
@@ -36,11 +36,11 @@ extension FaultProxy {
         var c = URLComponents(string: url + "/__faultproxy/fail")!
         c.queryItems = [URLQueryItem(name: "method", value: method), URLQueryItem(name: "path", value: path),
                         URLQueryItem(name: "count", value: String(count ?? -1)), URLQueryItem(name: "answer", value: answer)]
-        let reply = String(decoding: try Data(contentsOf: c.url!), as: UTF8.self)
+        let reply = String(decoding: try control(c.url!), as: UTF8.self)
         guard reply.contains("Armed") else { throw StoreError(.ioError, "the fault proxy refused the rule: \(reply)") }
     }
 
-    func unfail() throws { _ = try Data(contentsOf: URL(string: url + "/__faultproxy/unfail")!) }
+    func unfail() throws { _ = try control(URL(string: url + "/__faultproxy/unfail")!) }
 
     /// Waits until the proxy holds a retry (a lost answer's retry arrived); false after `seconds`.
     func waitForHeldRetry(seconds: Double = 60) throws -> Bool {

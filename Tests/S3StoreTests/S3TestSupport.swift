@@ -124,8 +124,17 @@ final class FaultProxy {
     }
 
     func stats() throws -> [String: Int] {
-        let data = try Data(contentsOf: URL(string: url + "/__faultproxy/stats")!)
+        let data = try control(URL(string: url + "/__faultproxy/stats")!)
         return (try JSONSerialization.jsonObject(with: data) as? [String: Int]) ?? [:]
+    }
+
+    /// GET of one of the proxy's own control paths (through the project's HTTP client: there is
+    /// no FoundationNetworking, so `Data(contentsOf:)` reads files only).
+    func control(_ url: URL) throws -> Data {
+        let t = SocketHTTPTransport(maximumIdleConnectionsPerHost: 0, proxies: .direct)
+        let r = try t.send(HTTPRequest(method: "GET", url: url))
+        guard r.status == 200 else { throw StoreError(.ioError, "the fault proxy answered \(r.status) to \(url.path)") }
+        return r.body
     }
 
     deinit {
