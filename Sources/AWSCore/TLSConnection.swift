@@ -187,30 +187,20 @@ final class TLSSession {
         return outcome(r, errno: err, handshake: true)
     }
 
-    func read(_ p: UnsafeMutableRawPointer, _ n: Int) -> TLSOutcome {
-        ERR_clear_error()
-        var got = 0
-        let r = SSL_read_ex(ssl, p, n, &got)
-        let err = errno
-        if r == 1 { return .done(got) }
-        return outcome(r, errno: err, handshake: false)
-    }
+    func read(_ p: UnsafeMutableRawPointer, _ n: Int) -> TLSOutcome { transfer { SSL_read_ex(ssl, p, n, &$0) } }
 
-    func peek(_ p: UnsafeMutableRawPointer, _ n: Int) -> TLSOutcome {
-        ERR_clear_error()
-        var got = 0
-        let r = SSL_peek_ex(ssl, p, n, &got)
-        let err = errno
-        if r == 1 { return .done(got) }
-        return outcome(r, errno: err, handshake: false)
-    }
+    func peek(_ p: UnsafeMutableRawPointer, _ n: Int) -> TLSOutcome { transfer { SSL_peek_ex(ssl, p, n, &$0) } }
 
-    func write(_ p: UnsafeRawPointer, _ n: Int) -> TLSOutcome {
+    func write(_ p: UnsafeRawPointer, _ n: Int) -> TLSOutcome { transfer { SSL_write_ex(ssl, p, n, &$0) } }
+
+    /// One SSL_*_ex call on a clear error queue; errno is read right after it (a syscall failure
+    /// is reported through it).
+    private func transfer(_ call: (inout Int) -> Int32) -> TLSOutcome {
         ERR_clear_error()
-        var sent = 0
-        let r = SSL_write_ex(ssl, p, n, &sent)
+        var count = 0
+        let r = call(&count)
         let err = errno
-        if r == 1 { return .done(sent) }
+        if r == 1 { return .done(count) }
         return outcome(r, errno: err, handshake: false)
     }
 

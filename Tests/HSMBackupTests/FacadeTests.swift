@@ -222,15 +222,21 @@ final class FacadeTests: XCTestCase {
         XCTAssertEqual(try w.service.undelete(id).state, .ready)
     }
 
-    /// Whoever can write the store could swap two valid archives (an old backup in place of a
-    /// new one); the catalog id is checked against the archive's own.
-    func testAnArchiveSwappedUnderAnotherBackupsIdIsRefused() throws {
+    /// Two backups, a and b, with b's archive put in place of a's (what a store writer could do).
+    func worldWithSwappedArchive() throws -> (w: World, a: BackupEntry, b: BackupEntry, bBytes: [UInt8]) {
         let w = try World(keys: 4, users: 1)
         let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
         let b = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
         let bBytes = try w.service.store.getAll(b.objectKey)
         _ = try w.service.store.delete(a.objectKey)
         _ = try w.service.store.put(a.objectKey, bytes: bBytes)
+        return (w, a, b, bBytes)
+    }
+
+    /// Whoever can write the store could swap two valid archives (an old backup in place of a
+    /// new one); the catalog id is checked against the archive's own.
+    func testAnArchiveSwappedUnderAnotherBackupsIdIsRefused() throws {
+        let (w, a, _, _) = try worldWithSwappedArchive()
         XCTAssertThrowsError(try w.service.inspect(a.backupId)) { XCTAssertEqual(($0 as? HSMBackupError)?.code, .metadataMismatch) }
         let report = try w.service.verify(a.backupId, level: .structure)
         XCTAssertEqual(report.errors.map(\.code), ["metadataMismatch"])
@@ -246,12 +252,7 @@ final class FacadeTests: XCTestCase {
     /// it writes anything: else backup B's archive, put at A's key, would become A's archive for
     /// good (re-encrypted under the new keys, the entry pointing at it). Nothing in the store changes.
     func testRewrapOfAnArchiveSwappedUnderAnotherBackupsIdIsRefusedAndChangesNothing() throws {
-        let w = try World(keys: 4, users: 1)
-        let a = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
-        let b = try w.service.createBackup(of: try w.hsm("prod"), keyrings: [try w.keyring()]).entry
-        let bBytes = try w.service.store.getAll(b.objectKey)
-        _ = try w.service.store.delete(a.objectKey)
-        _ = try w.service.store.put(a.objectKey, bytes: bBytes)
+        let (w, a, b, bBytes) = try worldWithSwappedArchive()
         let before = try storeFiles(w)
         let entry = try w.service.resolve(a.backupId)
         XCTAssertThrowsError(try w.service.rewrap(a.backupId, keyrings: [w.kms.decryptionKeyring], newKeyrings: [try w.keyring("other-key")])) {
